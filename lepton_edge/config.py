@@ -1,0 +1,251 @@
+"""The one typed configuration of a device, loaded from YAML.
+
+Every model forbids unknown fields so that a typo fails loudly, and every field is described;
+``deploy/device.example.yaml`` shows each option by example. Errors name the file, the field path
+and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lepton_edge.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    path: Path = Field(description="ONNX model (or built artifact directory) to run.")
+    labels: Path | list[str] | None = Field(
+        None,
+        description="Class names: a text file with one label per line, or an inline list. "
+        "Defaults to the labels in the model's metadata, if any.",
+    )
+    task: Literal["auto", "detect", "classify", "raw"] = Field(
+        "auto", description="What the model does; `auto` reads the model metadata and output shapes."
+    )
+
+
+class OnnxRuntimeBackendConfig(Strict):
+    type: Literal["onnxruntime"] = Field("onnxruntime", description="Run the model with onnxruntime.")
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="Execution providers in order of preference; unavailable ones are skipped with a warning.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads inside one operator; 0 picks the number of physical cores."
+    )
+    inter_op_threads: int = Field(1, ge=1, description="Threads running independent operators in parallel.")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisation level."
+    )
+    allow_spinning: bool | None = Field(
+        None,
+        description="Let idle intra-op threads spin. None: spin in a bare loop, sleep inside the pipeline "
+        "where other stages need the cores.",
+    )
+    warmup_runs: int = Field(3, ge=0, description="Inference runs on a zero tensor before the first frame.")
+
+
+class TensorRTBackendConfig(Strict):
+    type: Literal["tensorrt"] = Field(description="Run a serialized TensorRT engine (needs TensorRT and CUDA).")
+    device: int = Field(0, ge=0, description="CUDA device index.")
+    cuda_graph: bool = Field(False, description="Capture inference in a CUDA graph and replay it.")
+    warmup_runs: int = Field(3, ge=0, description="Inference runs before the first frame.")
+
+
+BackendConfig = Annotated[OnnxRuntimeBackendConfig | TensorRTBackendConfig, Field(discriminator="type")]
+
+
+class ReconnectConfig(Strict):
+    initial_backoff_s: float = Field(0.5, gt=0, description="First wait before reopening a failed live source.")
+    max_backoff_s: float = Field(10.0, gt=0, description="Cap of the exponential backoff between reopen attempts.")
+    stall_timeout_s: float = Field(
+        5.0, gt=0, description="A live source that delivers no frame for this long is closed and reopened."
+    )
+    max_attempts: int = Field(0, ge=0, description="Give up after this many failed reopen attempts; 0 retries forever.")
+
+
+class SourceConfig(Strict):
+    uri: str = Field(
+        description="Where frames come from: a video or image file or folder, rtsp://, http(s)://, /dev/videoN "
+        "or v4l2://N, csi://N, gst:<pipeline>, synthetic://shapes?fps=30, or a .npy/.npz tensor recording."
+    )
+    id: str | None = Field(None, description="Source id carried by every frame and result; defaults to the URI.")
+    live: bool | None = Field(
+        None,
+        description="Live sources drop stale frames (latest frame wins); offline sources block and drop nothing. "
+        "None decides from the URI: cameras and streams are live, files are offline.",
+    )
+    max_frame_age_ms: float = Field(
+        500.0, gt=0, description="Live frames older than this when inference starts are dropped as too old."
+    )
+    loop: bool = Field(False, description="Restart file sources from the beginning when they end.")
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source recovery policy.")
+
+
+class PreprocessConfig(Strict):
+    size: tuple[int, int] | None = Field(
+        None, description="Model input [width, height]; defaults to the model's static input shape."
+    )
+    resize: Literal["letterbox", "stretch", "none"] = Field(
+        "letterbox", description="Keep aspect ratio with padding (letterbox), stretch to fit, or no resize."
+    )
+    pad_value: int = Field(114, ge=0, le=255, description="Grey level of letterbox padding.")
+    color: Literal["rgb", "bgr", "gray"] = Field("rgb", description="Channel order the model expects.")
+    scale: float = Field(1 / 255.0, gt=0, description="Multiplier applied to pixel values before mean/std.")
+    mean: tuple[float, ...] = Field((0.0,), description="Subtracted per channel after scaling.")
+    std: tuple[float, ...] = Field((1.0,), description="Divisor per channel after subtracting the mean.")
+    layout: Literal["nchw", "nhwc"] | None = Field(None, description="Tensor layout; defaults from the model input.")
+    dtype: Literal["float32", "float16", "uint8"] | None = Field(
+        None, description="Tensor element type; defaults from the model input."
+    )
+
+
+class DetectConfig(Strict):
+    type: Literal["detect"] = Field(description="Decode object detections.")
+    layout: Literal["auto", "yolov8", "yolov5", "nms"] = Field(
+        "auto",
+        description="Output layout: yolov8/v11 `[1, 4+C, A]`, yolov5 `[1, A, 5+C]`, or nms (boxes already "
+        "selected in the graph). `auto` decides from the output shapes.",
+    )
+    conf_threshold: float = Field(0.25, ge=0, le=1, description="Minimum score to keep a detection.")
+    iou_threshold: float = Field(0.45, ge=0, le=1, description="Overlap above which NMS suppresses a box.")
+    max_detections: int = Field(100, ge=1, description="Most detections kept per frame.")
+    class_agnostic: bool = Field(False, description="Suppress overlapping boxes across classes too.")
+
+
+class ClassifyConfig(Strict):
+    type: Literal["classify"] = Field(description="Turn logits or probabilities into top-k classes.")
+    top_k: int = Field(5, ge=1, description="Number of classes reported.")
+    softmax: bool | None = Field(None, description="Apply softmax; None applies it unless outputs already sum to 1.")
+
+
+class RawConfig(Strict):
+    type: Literal["raw"] = Field(description="Pass outputs through unchanged.")
+
+
+PostprocessConfig = Annotated[DetectConfig | ClassifyConfig | RawConfig, Field(discriminator="type")]
+
+
+class JsonlSinkConfig(Strict):
+    type: Literal["jsonl"] = Field(description="Append one JSON object per result to a file.")
+    path: Path = Field(description="Output file; its folder is created.")
+    queue_size: int = Field(1024, ge=1, description="Results buffered before the sink drops (and counts) them.")
+    flush_every: int = Field(32, ge=1, description="Flush the file every N results.")
+
+
+class VideoSinkConfig(Strict):
+    type: Literal["video"] = Field(description="Write an annotated video (boxes, labels, latency).")
+    path: Path = Field(description="Output video file (.mp4 or .avi).")
+    fps: float = Field(30.0, gt=0, description="Frame rate written into the file.")
+    codec: str = Field("mp4v", min_length=4, max_length=4, description="FourCC of the video codec.")
+    queue_size: int = Field(64, ge=1, description="Frames buffered before the sink drops (and counts) them.")
+
+
+class ConsoleSinkConfig(Strict):
+    type: Literal["console"] = Field(description="Print a live table of fps, per-stage latency and detections.")
+    interval_s: float = Field(1.0, gt=0, description="Seconds between table refreshes.")
+
+
+SinkConfig = Annotated[JsonlSinkConfig | VideoSinkConfig | ConsoleSinkConfig, Field(discriminator="type")]
+
+
+class PipelineConfig(Strict):
+    latency_window: int = Field(
+        4096, ge=16, description="Latency samples kept per stage for percentiles (a sliding window)."
+    )
+    stats_interval_s: float = Field(5.0, gt=0, description="Seconds between pipeline statistics log lines.")
+
+
+class DeviceConfig(Strict):
+    device_id: str = Field("lepton-device", min_length=1, description="Name of this device in logs and telemetry.")
+    model: ModelConfig = Field(description="The model to run.")
+    backend: BackendConfig = Field(default_factory=OnnxRuntimeBackendConfig, description="Inference backend.")
+    source: SourceConfig = Field(description="Where frames come from.")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="Frame to tensor.")
+    postprocess: PostprocessConfig | None = Field(
+        None, description="Tensor to result; defaults from the model task (detect, classify or raw)."
+    )
+    sinks: list[SinkConfig] = Field(default_factory=list, description="Where results go.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline tuning.")
+
+    @field_validator("sinks")
+    @classmethod
+    def _one_console(cls, sinks: list[Any]) -> list[Any]:
+        if sum(isinstance(s, ConsoleSinkConfig) for s in sinks) > 1:
+            raise ValueError("at most one console sink")
+        return sinks
+
+    @model_validator(mode="after")
+    def _mean_std_match(self) -> DeviceConfig:
+        pre = self.preprocess
+        for name in ("mean", "std"):
+            n = len(getattr(pre, name))
+            if n not in (1, 3):
+                raise ValueError(f"preprocess.{name} must have 1 or 3 values, got {n}")
+        if any(v == 0 for v in pre.std):
+            raise ValueError("preprocess.std must not contain 0")
+        return self
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    """One line per problem: ``origin: field.path: message (got value)``."""
+    lines = [f"{origin}: invalid configuration ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {origin}: {loc}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, origin: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
+    """Validate a config mapping. Relative paths are resolved against ``base_dir`` when given."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        config = DeviceConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+    return resolve_paths(config, base_dir) if base_dir else config
+
+
+def load_config(path: str | Path) -> DeviceConfig:
+    """Load and validate a device config YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config(data, str(path), base_dir=path.parent)
+
+
+def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
+    """Make the config's relative file paths relative to ``base_dir`` (the config file's folder)."""
+
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else (base_dir / p)
+
+    model = config.model
+    labels = fix(model.labels) if isinstance(model.labels, Path) else model.labels
+    updates: dict[str, Any] = {"model": model.model_copy(update={"path": fix(model.path), "labels": labels})}
+    updates["sinks"] = [
+        s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
+    ]
+    uri = config.source.uri
+    if "://" not in uri and not uri.startswith(("gst:", "/dev/")):
+        updates["source"] = config.source.model_copy(update={"uri": str(fix(Path(uri)))})
+    return config.model_copy(update=updates)
