@@ -1,0 +1,160 @@
+"""The ``lepton-edge`` command line: a thin layer over the library API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from lepton_edge import __version__
+from lepton_edge.errors import ConfigError, LeptonError
+
+log = logging.getLogger("lepton_edge.cli")
+
+EPILOG_RUN = """examples:
+  lepton-edge run --config deploy/demo.yaml
+  lepton-edge run --model models/shapes_detector.onnx --source 'synthetic://shapes?fps=30' --sink console
+  lepton-edge run --model det.onnx --source rtsp://cam.local/stream --sink jsonl:out/results.jsonl
+  lepton-edge run --model det.onnx --source video.mp4 --sink video:out/annotated.mp4 --max-frames 300
+"""
+
+EPILOG_BENCH = """examples:
+  lepton-edge bench                                   # demo detector and a YOLOv8n-sized model
+  lepton-edge bench --model det.onnx --source video.mp4 --frames 300
+  lepton-edge bench --latency --duration 60           # live 30 fps latency stability run
+"""
+
+
+def _sink_from_flag(spec: str) -> dict[str, Any]:
+    """``console``, ``jsonl:PATH`` or ``video:PATH`` -> a sink config mapping."""
+    kind, _, path = spec.partition(":")
+    if kind == "console" and not path:
+        return {"type": "console"}
+    if kind in ("jsonl", "video") and path:
+        return {"type": kind, "path": path}
+    raise ConfigError(f"--sink {spec!r}: expected console, jsonl:PATH or video:PATH")
+
+
+def config_from_args(args: argparse.Namespace):  # -> DeviceConfig
+    """The device config from ``--config`` with command-line overrides, or from flags alone."""
+    from lepton_edge.config import load_config, parse_config
+
+    if args.config:
+        config = load_config(args.config)
+        data = config.model_dump(mode="json", exclude_unset=True)
+        base = None
+    else:
+        if not (args.model and args.source):
+            raise ConfigError("give --config FILE, or both --model and --source")
+        data, base = {}, Path.cwd()
+    if args.model:
+        data["model"] = {**data.get("model", {}), "path": args.model}
+    if args.source:
+        data["source"] = {**data.get("source", {}), "uri": args.source}
+    if args.sink:
+        data["sinks"] = [_sink_from_flag(s) for s in args.sink]
+    if args.device_id:
+        data["device_id"] = args.device_id
+    origin = args.config or "command line"
+    return parse_config(data, origin, base_dir=base)
+
+
+def _install_signal_handlers(stop, abort) -> None:
+    count = 0
+
+    def handler(signum: int, _frame: Any) -> None:
+        nonlocal count
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            log.info("%s received: stopping (finishing frames in flight; again to abort)", name)
+            stop()
+        else:
+            log.warning("%s received again: aborting", name)
+            abort()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lepton_edge.runtime import build_pipeline
+
+    config = config_from_args(args)
+    pipeline = build_pipeline(config, max_frames=args.max_frames)
+    log.info("running model=%s source=%s backend=%s live=%s sinks=%s", config.model.path, config.source.uri,
+             pipeline.backend.name, pipeline.live, ",".join(s.name for s in pipeline.sinks) or "none")
+    _install_signal_handlers(pipeline.stop, pipeline.abort)
+    try:
+        stats = pipeline.run(duration_s=args.duration)
+    finally:
+        pipeline.backend.close()
+    e2e = stats["latency_ms"]["e2e"]
+    drops = " ".join(f"{k}={v}" for k, v in sorted(stats["drops"].items())) or "none"
+    log.info("done frames=%d results=%d fps=%.1f e2e_p50_ms=%.2f e2e_p99_ms=%.2f drops=%s",
+             stats["frames_in"], stats["results"], stats["results"] / max(stats["uptime_s"], 1e-9),
+             e2e["p50"], e2e["p99"], drops)
+    for sink in pipeline.sinks:
+        if sink.name in ("jsonl", "video"):
+            log.info("wrote %s (%d results, %d dropped)", sink.path, sink.written, sink.dropped)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lepton_edge.bench import run_bench_command
+
+    return run_bench_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lepton-edge",
+        description="Low-latency edge inference: run pipelines, build engines, manage a fleet.",
+    )
+    parser.add_argument("--version", action="version", version=f"lepton-edge {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the inference pipeline", epilog=EPILOG_RUN,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Run source -> preprocess -> model -> postprocess -> sinks.")
+    run.add_argument("--config", "-c", help="device config YAML (see deploy/device.example.yaml)")
+    run.add_argument("--model", help="ONNX model path (overrides the config)")
+    run.add_argument("--source", help="source URI (overrides the config)")
+    run.add_argument("--sink", action="append", help="console | jsonl:PATH | video:PATH (repeatable; replaces "
+                     "the config's sinks)")
+    run.add_argument("--device-id", help="device name in logs and telemetry")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="measure raw backend vs naive loop vs pipeline, side by side",
+                           epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Benchmarks print ratios measured in one run (absolute times on a "
+                           "shared machine are noise).")
+    from lepton_edge.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lepton_edge.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except LeptonError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""The pipeline: ``source -> preprocess -> backend -> postprocess -> sinks``, one thread per stage.
+
+- Live sources feed a one-slot *latest-frame-wins* channel: when inference is slower than the
+  camera, the older frame is dropped (``superseded``), never queued. Frames older than
+  ``max_frame_age_ms`` when a stage picks them up are dropped (``too_old``).
+- Offline sources (files, folders, unpaced generators) block instead and drop nothing.
+- Input tensors come from a small pool of preallocated buffers; nothing is allocated per frame on the
+  preprocess/infer path once the frame size is stable.
+- Every result carries its capture time and the milliseconds spent in each stage.
+- ``stop()`` drains in-flight frames and closes the sinks; a stage that raises aborts every other
+  stage at once and the error reaches the caller of ``wait()``/``run()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lepton_edge.backends.base import Backend
+from lepton_edge.channel import CLOSED, Channel, ChannelClosed
+from lepton_edge.errors import LeptonError, ModelError, PipelineError
+from lepton_edge.metrics import DropCounter, LatencyWindow
+from lepton_edge.preprocess import Preprocessor, Transform
+from lepton_edge.results import Frame, Result, now
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "queue", "preprocess", "infer", "postprocess", "e2e", "frame_age")
+"""Latency series kept per pipeline: per-stage times plus end-to-end latency and frame age at inference."""
+
+BUFFER_POOL_SIZE = 3
+"""Input tensors in flight: one being filled, one waiting for the backend, one inside it."""
+
+
+class PipelineStats:
+    """Counters and latency windows, written by the stage threads and read by anyone."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.latency = {name: LatencyWindow(window) for name in STAGES}
+        self.drops = DropCounter()
+        self.frames_in = 0
+        self.results = 0
+        self.detections = 0
+        self.started_at = now()
+        self.last_result_at: float | None = None
+        self.source_state = "idle"
+
+    def snapshot(self) -> dict[str, Any]:
+        t = now()
+        return {
+            "time": t,
+            "uptime_s": t - self.started_at,
+            "frames_in": self.frames_in,
+            "results": self.results,
+            "detections": self.detections,
+            "drops": self.drops.snapshot(),
+            "latency_ms": {name: w.summary() for name, w in self.latency.items()},
+            "source_state": self.source_state,
+        }
+
+
+class RateMeter:
+    """Results per second between successive ``update`` calls (each consumer keeps its own)."""
+
+    def __init__(self, stats: PipelineStats) -> None:
+        self.stats = stats
+        self._last = (stats.results, now())
+        self.fps = 0.0
+
+    def update(self) -> float:
+        count, t = self.stats.results, now()
+        dt = t - self._last[1]
+        if dt > 0:
+            self.fps = (count - self._last[0]) / dt
+        self._last = (count, t)
+        return self.fps
+
+
+@dataclass(slots=True)
+class _Work:
+    frame: Frame
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    buffer: np.ndarray | None = None
+    transform: Transform | None = None
+    outputs: list[np.ndarray] | None = None
+
+
+def tensor_into(data: np.ndarray, out: np.ndarray) -> None:
+    """Copy a recorded sensor tensor into an input buffer, adding the batch axis if it is missing."""
+    if data.shape == out.shape[1:]:
+        data = data[None]
+    if data.shape != out.shape:
+        raise ModelError(f"recorded tensor of shape {data.shape} does not fit model input {out.shape}")
+    np.copyto(out, data, casting="unsafe")
+
+
+class Pipeline:
+    """Runs frames from ``reader`` through the model into ``sinks``.
+
+    ``reader`` is an iterable of :class:`Frame` with a ``close()`` (a ``FrameReader``); ``live``
+    selects the drop policy. Build one from a config with :func:`lepton_edge.runtime.build_pipeline`.
+    """
+
+    def __init__(
+        self,
+        reader: Any,
+        backend: Backend,
+        postprocessor: Callable[[list[np.ndarray], Transform], Any],
+        sinks: Sequence[Any] = (),
+        *,
+        preprocessor: Preprocessor | None,
+        live: bool,
+        max_frame_age_ms: float = 500.0,
+        max_frames: int | None = None,
+        latency_window: int = 4096,
+        stats: PipelineStats | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        if len(backend.inputs) != 1:
+            raise ModelError(
+                f"the pipeline feeds one input tensor; this model has {len(backend.inputs)}: "
+                f"{[s.name for s in backend.inputs]}"
+            )
+        self.reader = reader
+        self.backend = backend
+        self.postprocessor = postprocessor
+        self.sinks = list(sinks)
+        self.preprocessor = preprocessor
+        self.live = live
+        self.max_age_s = max_frame_age_ms / 1000.0
+        self.max_frames = max_frames
+        self.stats = stats or PipelineStats(latency_window)
+        self.keep_image = any(getattr(s, "needs_image", False) for s in self.sinks)
+        self._input_name = backend.inputs[0].name
+        self._buffer_shape = preprocessor.shape if preprocessor else tuple(
+            d if isinstance(d, int) else 1 for d in backend.inputs[0].shape
+        )
+        self._buffer_dtype = preprocessor.dtype if preprocessor else backend.inputs[0].dtype
+        self._stop = stop_event or threading.Event()
+        self._frames: Channel[_Work] = Channel(1, "latest") if live else Channel(2, "block")
+        self._tensors: Channel[_Work] = Channel(1, "block")
+        self._outputs: Channel[_Work] = Channel(2, "block")
+        self._pool: Channel[np.ndarray] = Channel(BUFFER_POOL_SIZE, "block")
+        for _ in range(BUFFER_POOL_SIZE):
+            self._pool.put(np.zeros(self._buffer_shape, self._buffer_dtype))
+        self._threads: list[threading.Thread] = []
+        self._error: BaseException | None = None
+        self._error_lock = threading.Lock()
+        self._done = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set to stop the source; the rest of the pipeline drains and ends."""
+        return self._stop
+
+    def start(self) -> Pipeline:
+        if self._threads:
+            raise RuntimeError("pipeline already started")
+        self.stats.started_at = now()
+        for name, target in (
+            ("source", self._source_loop),
+            ("preprocess", self._preprocess_loop),
+            ("infer", self._infer_loop),
+            ("postprocess", self._postprocess_loop),
+        ):
+            t = threading.Thread(target=self._guard, args=(name, target), name=f"lepton-{name}", daemon=True)
+            self._threads.append(t)
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        """Graceful stop: no new frames; frames in flight finish and sinks are flushed."""
+        self._stop.set()
+
+    def abort(self, error: BaseException | None = None) -> None:
+        """Immediate stop: in-flight frames are discarded."""
+        if error is not None:
+            with self._error_lock:
+                if self._error is None:
+                    self._error = error
+        self._stop.set()
+        for ch in (self._frames, self._tensors, self._outputs, self._pool):
+            ch.abort()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every stage to end. Returns False on timeout; raises the first stage error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                return False
+        self._done.set()
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, LeptonError):
+                raise err
+            raise PipelineError(f"pipeline stage failed: {type(err).__name__}: {err}") from err
+        return True
+
+    def run(self, duration_s: float | None = None) -> dict[str, Any]:
+        """Start, run until the source ends, ``duration_s`` passes or ``stop()``; return the stats."""
+        self.start()
+        try:
+            if duration_s is not None and not self._stop.wait(duration_s):
+                self.stop()
+            while not self.wait(0.2):
+                pass
+        except BaseException:
+            self.abort()
+            self.wait(5.0)
+            raise
+        return self.stats.snapshot()
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.wait(10.0)
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _guard(self, name: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as e:  # every failure must reach the caller, never hang the others
+            log.error("stage %s failed: %s: %s", name, type(e).__name__, e)
+            self.abort(e)
+
+    def _too_old(self, work: _Work, t: float) -> bool:
+        if self.live and t - work.frame.capture_ts > self.max_age_s:
+            self.stats.drops.add("too_old")
+            return True
+        return False
+
+    def _note_source_state(self) -> None:
+        state = getattr(self.reader, "state", None)
+        self.stats.source_state = getattr(state, "value", str(state)) if state is not None else "streaming"
+
+    def _source_loop(self) -> None:
+        frames = iter(self.reader)
+        try:
+            while not self._stop.is_set():
+                t0 = now()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                work = _Work(frame)
+                work.stage_ms["decode"] = (now() - t0) * 1000.0
+                self.stats.latency["decode"].add(work.stage_ms["decode"])
+                self.stats.frames_in += 1
+                self._note_source_state()
+                try:
+                    if self._frames.put(work) is not None:
+                        self.stats.drops.add("superseded")
+                except ChannelClosed:
+                    return
+                if self.max_frames is not None and self.stats.frames_in >= self.max_frames:
+                    break
+        finally:
+            self.reader.close()
+            self._note_source_state()
+            self._frames.close()
+
+    def _preprocess_loop(self) -> None:
+        pre = self.preprocessor
+        try:
+            while (work := self._frames.get()) is not CLOSED:
+                t = now()
+                if self._too_old(work, t):
+                    continue
+                work.stage_ms["queue"] = (t - work.frame.capture_ts) * 1000.0 - work.stage_ms.get("decode", 0.0)
+                buffer = self._pool.get()
+                if buffer is CLOSED:
+                    return
+                data = work.frame.data
+                if pre is not None and data.ndim == 3 and data.dtype == np.uint8 and data.shape[2] in (1, 3):
+                    work.transform = pre(data, buffer)
+                else:
+                    tensor_into(data, buffer)
+                work.buffer = buffer
+                done = now()
+                work.stage_ms["preprocess"] = (done - t) * 1000.0
+                self.stats.latency["queue"].add(max(0.0, work.stage_ms["queue"]))
+                self.stats.latency["preprocess"].add(work.stage_ms["preprocess"])
+                try:
+                    self._tensors.put(work)
+                except ChannelClosed:
+                    return
+        finally:
+            self._tensors.close()
+
+    def _infer_loop(self) -> None:
+        infer = self.backend.infer
+        name = self._input_name
+        try:
+            while (work := self._tensors.get()) is not CLOSED:
+                t = now()
+                buffer = work.buffer
+                if self._too_old(work, t):
+                    self._pool.put(buffer)
+                    continue
+                self.stats.latency["frame_age"].add((t - work.frame.capture_ts) * 1000.0)
+                try:
+                    work.outputs = infer({name: buffer})
+                finally:
+                    work.buffer = None
+                    self._pool.put(buffer)
+                work.stage_ms["infer"] = (now() - t) * 1000.0
+                self.stats.latency["infer"].add(work.stage_ms["infer"])
+                try:
+                    self._outputs.put(work)
+                except ChannelClosed:
+                    return
+        finally:
+            self._outputs.close()
+
+    def _postprocess_loop(self) -> None:
+        post = self.postprocessor
+        stats = self.stats
+        try:
+            while (work := self._outputs.get()) is not CLOSED:
+                t = now()
+                frame = work.frame
+                transform = work.transform
+                if transform is None:
+                    h, w = frame.data.shape[:2] if frame.data.ndim >= 2 else (1, 1)
+                    transform = Transform.identity(w, h)
+                assert work.outputs is not None
+                output = post(work.outputs, transform)
+                done = now()
+                work.stage_ms["postprocess"] = (done - t) * 1000.0
+                result = Result(
+                    output=output,
+                    seq=frame.seq,
+                    source_id=frame.source_id,
+                    capture_ts=frame.capture_ts,
+                    wall_time=frame.wall_time,
+                    stage_ms=work.stage_ms,
+                    done_ts=done,
+                    image=frame.data if self.keep_image else None,
+                )
+                stats.latency["postprocess"].add(work.stage_ms["postprocess"])
+                stats.latency["e2e"].add(result.latency_ms)
+                stats.results += 1
+                stats.detections += len(output)
+                stats.last_result_at = done
+                for sink in self.sinks:
+                    if not sink.offer(result):
+                        stats.drops.add("sink_full")
+        finally:
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception as e:  # one sink failing to flush must not stop the others
+                    log.error("sink %s failed to close: %s", getattr(sink, "name", sink), e)
