@@ -89,6 +89,7 @@ class _Work:
     buffer: np.ndarray | None = None
     transform: Transform | None = None
     outputs: list[np.ndarray] | None = None
+    age_ms: float = 0.0
 
 
 def tensor_into(data: np.ndarray, out: np.ndarray) -> None:
@@ -309,7 +310,8 @@ class Pipeline:
                 if self._too_old(work, t):
                     self._pool.put(buffer)
                     continue
-                self.stats.latency["frame_age"].add((t - work.frame.capture_ts) * 1000.0)
+                work.age_ms = (t - work.frame.capture_ts) * 1000.0
+                self.stats.latency["frame_age"].add(work.age_ms)
                 try:
                     work.outputs = infer({name: buffer})
                 finally:
@@ -347,6 +349,7 @@ class Pipeline:
                     wall_time=frame.wall_time,
                     stage_ms=work.stage_ms,
                     done_ts=done,
+                    age_ms=work.age_ms,
                     image=frame.data if self.keep_image else None,
                 )
                 stats.latency["postprocess"].add(work.stage_ms["postprocess"])

@@ -130,6 +130,8 @@ class Result:
     """Milliseconds spent in each stage (source, queue, preprocess, infer, postprocess)."""
     done_ts: float = 0.0
     """Monotonic time when postprocessing finished."""
+    age_ms: float = 0.0
+    """Age of the frame when inference started (capture to infer start)."""
     image: np.ndarray | None = None
     """The source frame, kept only when a sink needs pixels (annotated video)."""
 
@@ -144,6 +146,7 @@ class Result:
             "source": self.source_id,
             "time": round(self.wall_time, 6),
             "latency_ms": round(self.latency_ms, 3),
+            "age_ms": round(self.age_ms, 3),
             "stage_ms": {k: round(v, 3) for k, v in self.stage_ms.items()},
             **self.output.to_dict(),
         }

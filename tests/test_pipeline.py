@@ -1,0 +1,160 @@
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from lepton_edge.backends.onnxruntime import OnnxRuntimeBackend
+from lepton_edge.config import parse_config
+from lepton_edge.errors import PipelineError, SourceError
+from lepton_edge.results import Classification, Result
+from lepton_edge.runtime import build_pipeline
+from lepton_edge.sinks.base import Sink
+from tests.support.onnx_models import mean_color_classifier, slow_model
+
+COLORS = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0)}  # BGR
+
+
+class ListSink(Sink):
+    """A real sink that keeps results in memory, optionally slow."""
+
+    name = "list"
+
+    def __init__(self, delay: float = 0.0, queue_size: int = 1024) -> None:
+        super().__init__(queue_size)
+        self.delay = delay
+        self.results: list[Result] = []
+
+    def write(self, result: Result) -> None:
+        if self.delay:
+            threading.Event().wait(self.delay)
+        self.results.append(result)
+
+
+def config(model, uri, **extra):
+    data = {"model": {"path": str(model)}, "source": {"uri": uri}}
+    for key, value in extra.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_config(data, "test")
+
+
+@pytest.fixture(scope="module")
+def color_model(tmp_path_factory):
+    return mean_color_classifier(tmp_path_factory.mktemp("m") / "mean_color.onnx")
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory):
+    return slow_model(tmp_path_factory.mktemp("m") / "slow.onnx")
+
+
+def no_stage_threads_left():
+    return not [t for t in threading.enumerate() if t.name.startswith("lepton-")]
+
+
+def test_offline_folder_is_lossless_ordered_and_correct(tmp_path, color_model):
+    names = ["red", "green", "blue"] * 10
+    for i, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((48, 64, 3), COLORS[name], np.uint8))
+    sink = ListSink()
+    pipeline = build_pipeline(config(color_model, str(tmp_path)), extra_sinks=[sink])
+    assert pipeline.live is False
+    stats = pipeline.run()
+    assert stats["results"] == len(names) and stats["drops"] == {}
+    assert [r.seq for r in sink.results] == list(range(len(names)))
+    for r, want in zip(sink.results, names, strict=True):
+        assert isinstance(r.output, Classification)
+        assert r.output.labels[r.output.class_ids[0]] == want
+        assert set(r.stage_ms) == {"decode", "queue", "preprocess", "infer", "postprocess"}
+        assert r.latency_ms >= r.stage_ms["infer"]
+    assert no_stage_threads_left()
+
+
+def test_live_source_drops_superseded_frames_instead_of_queueing(slow):
+    sink = ListSink()
+    cfg = config(slow, "synthetic://shapes?fps=300&width=320&height=240", source={"max_frame_age_ms": 10_000})
+    pipeline = build_pipeline(cfg, max_frames=150, extra_sinks=[sink])
+    assert pipeline.live is True
+    stats = pipeline.run()
+    drops = stats["drops"]
+    assert drops.get("superseded", 0) > 0, stats
+    seqs = [r.seq for r in sink.results]
+    assert seqs == sorted(set(seqs))  # in order, no duplicates
+    assert stats["frames_in"] == 150
+    # every frame was either delivered or dropped, never lost silently (in-flight frames are drained)
+    assert stats["results"] + sum(drops.values()) == stats["frames_in"]
+
+
+def test_frames_older_than_max_age_are_dropped(slow):
+    sink = ListSink()
+    cfg = config(slow, "synthetic://shapes?fps=300&width=320&height=240", source={"max_frame_age_ms": 2})
+    stats = build_pipeline(cfg, max_frames=100, extra_sinks=[sink]).run()
+    assert stats["drops"].get("too_old", 0) > 0
+    assert sink.results, "some fresh frames must get through"
+    for r in sink.results:
+        assert r.age_ms <= 2.0  # the check happens just before inference starts
+
+
+def test_slow_sink_drops_and_counts_without_slowing_the_pipeline(color_model):
+    slow_sink = ListSink(delay=0.05, queue_size=2)
+    fast_sink = ListSink()
+    cfg = config(color_model, "synthetic://shapes?fps=0&width=64&height=48&frames=60")
+    stats = build_pipeline(cfg, extra_sinks=[slow_sink, fast_sink]).run()
+    assert stats["results"] == 60 and len(fast_sink.results) == 60
+    assert slow_sink.dropped > 0 and stats["drops"]["sink_full"] == slow_sink.dropped
+    assert slow_sink.written + slow_sink.dropped == 60
+
+
+class ExplodingBackend(OnnxRuntimeBackend):
+    """A real backend that fails on its fifth inference (error propagation)."""
+
+    calls = 0
+
+    def _infer(self, feeds):
+        self.calls += 1
+        if self.calls == 5:
+            raise RuntimeError("device lost")
+        return super()._infer(feeds)
+
+
+def test_a_failing_stage_stops_everything_and_reaches_the_caller(color_model):
+    cfg = config(color_model, "synthetic://shapes?fps=0&width=64&height=48")
+    backend = ExplodingBackend(color_model, in_pipeline=True).load()
+    pipeline = build_pipeline(cfg, backend=backend)
+    with pytest.raises(PipelineError, match="RuntimeError: device lost") as e:
+        pipeline.run()
+    assert isinstance(e.value.__cause__, RuntimeError)
+    assert no_stage_threads_left()
+
+
+def test_source_error_reaches_the_caller(tmp_path, color_model):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(SourceError, match="broken.mp4"):
+        build_pipeline(config(color_model, str(bad))).run()
+    assert no_stage_threads_left()
+
+
+def test_stop_drains_in_flight_frames_and_flushes_sinks(tmp_path, color_model):
+    out = tmp_path / "r.jsonl"
+    cfg = config(color_model, "synthetic://shapes?fps=100&width=64&height=48",
+                 sinks=[{"type": "jsonl", "path": str(out)}])
+    pipeline = build_pipeline(cfg).start()
+    while pipeline.stats.results < 10:
+        threading.Event().wait(0.01)
+    pipeline.stop()
+    assert pipeline.wait(5.0)
+    lines = out.read_text().splitlines()
+    assert len(lines) == pipeline.stats.results >= 10
+    assert no_stage_threads_left()
+
+
+def test_recorded_tensors_skip_image_preprocessing(tmp_path, color_model):
+    frames = np.zeros((4, 1, 3, 32, 32), np.float32)
+    frames[np.arange(4), 0, [0, 1, 2, 0]] = 1.0
+    path = tmp_path / "rec.npy"
+    np.save(path, frames)
+    sink = ListSink()
+    stats = build_pipeline(config(color_model, str(path)), extra_sinks=[sink]).run()
+    assert stats["results"] == 4
+    assert [r.output.labels[r.output.class_ids[0]] for r in sink.results] == ["red", "green", "blue", "red"]
