@@ -30,6 +30,32 @@ class ModelConfig(Strict):
     task: Literal["auto", "detect", "classify", "raw"] = Field(
         "auto", description="What the model does; `auto` reads the model metadata and output shapes."
     )
+    precision: Literal["as-is", "fp32", "fp16", "int8", "auto"] = Field(
+        "as-is",
+        description="`as-is` runs `path` as given (an ONNX file or a built artifact directory). Any other value "
+        "treats `path` as an ONNX model and runs the engine built from it at that precision, from the engine "
+        "cache (built on first use). `auto` builds the candidate precisions, measures them here and keeps the "
+        "fastest one that passes the accuracy gate.",
+    )
+    calibration: Path | None = Field(
+        None, description="Calibration table (JSON from `lepton-edge calibrate`) for int8 builds."
+    )
+    calibration_data: str | None = Field(
+        None, description="Data set to calibrate from when int8 is built without a table: an image folder, "
+        "a video, or a .npy/.npz recording."
+    )
+    validation_data: Path | None = Field(
+        None, description="Held-out labelled data for the accuracy gate and `precision: auto` "
+        "(see docs/build.md for the formats)."
+    )
+    max_accuracy_drop: float = Field(
+        1.0, ge=0, description="Largest allowed drop against the fp32 model, in points of top-1 accuracy "
+        "(classifiers) or mAP@0.5 (detectors)."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Engine cache folder; default $CACHE_DIRECTORY/engines under systemd, else "
+        "~/.cache/lepton-edge/engines."
+    )
 
 
 class OnnxRuntimeBackendConfig(Strict):
@@ -240,8 +266,13 @@ def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
         return p if p.is_absolute() else (base_dir / p)
 
     model = config.model
-    labels = fix(model.labels) if isinstance(model.labels, Path) else model.labels
-    updates: dict[str, Any] = {"model": model.model_copy(update={"path": fix(model.path), "labels": labels})}
+    model_updates: dict[str, Any] = {"path": fix(model.path)}
+    if isinstance(model.labels, Path):
+        model_updates["labels"] = fix(model.labels)
+    for name in ("calibration", "validation_data", "cache_dir"):
+        if getattr(model, name) is not None:
+            model_updates[name] = fix(getattr(model, name))
+    updates: dict[str, Any] = {"model": model.model_copy(update=model_updates)}
     updates["sinks"] = [
         s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
     ]
