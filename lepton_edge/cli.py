@@ -81,6 +81,7 @@ def _install_signal_handlers(stop, abort) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from lepton_edge.pipeline import RateMeter
     from lepton_edge.runtime import build_pipeline
 
     config = config_from_args(args)
@@ -88,8 +89,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("running model=%s source=%s backend=%s live=%s sinks=%s", config.model.path, config.source.uri,
              pipeline.backend.name, pipeline.live, ",".join(s.name for s in pipeline.sinks) or "none")
     _install_signal_handlers(pipeline.stop, pipeline.abort)
+    rate = RateMeter(pipeline.stats)
+
+    def log_stats() -> None:
+        snap = pipeline.stats.snapshot()
+        lat = snap["latency_ms"]
+        log.info("stats fps=%.1f results=%d e2e_p50_ms=%.2f e2e_p99_ms=%.2f infer_p50_ms=%.2f age_p99_ms=%.2f "
+                 "source=%s drops=%d", rate.update(), snap["results"], lat["e2e"]["p50"], lat["e2e"]["p99"],
+                 lat["infer"]["p50"], lat["frame_age"]["p99"], snap["source_state"], sum(snap["drops"].values()))
+
+    has_console = any(s.name == "console" for s in pipeline.sinks)
     try:
-        stats = pipeline.run(duration_s=args.duration)
+        stats = pipeline.run(duration_s=args.duration, tick=None if has_console else log_stats,
+                             tick_interval_s=config.pipeline.stats_interval_s)
     finally:
         pipeline.backend.close()
     e2e = stats["latency_ms"]["e2e"]

@@ -32,6 +32,8 @@ def setup_logging(level: str = "info") -> None:
     journald = bool(os.environ.get("JOURNAL_STREAM")) and not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(journald))
+    handler.set_name("lepton-edge")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace our own handler on a second call; leave others (pytest's capture, an embedding app) alone.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "lepton-edge"] + [handler]
     root.setLevel(level.upper())

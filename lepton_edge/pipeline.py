@@ -207,14 +207,24 @@ class Pipeline:
             raise PipelineError(f"pipeline stage failed: {type(err).__name__}: {err}") from err
         return True
 
-    def run(self, duration_s: float | None = None) -> dict[str, Any]:
-        """Start, run until the source ends, ``duration_s`` passes or ``stop()``; return the stats."""
+    def run(self, duration_s: float | None = None, *, tick: Callable[[], None] | None = None,
+            tick_interval_s: float = 5.0) -> dict[str, Any]:
+        """Start, run until the source ends, ``duration_s`` passes or ``stop()``; return the stats.
+
+        ``tick`` is called every ``tick_interval_s`` on the calling thread (periodic logging).
+        """
         self.start()
+        deadline = None if duration_s is None else now() + duration_s
+        next_tick = now() + tick_interval_s
         try:
-            if duration_s is not None and not self._stop.wait(duration_s):
-                self.stop()
-            while not self.wait(0.2):
-                pass
+            while not self.wait(0.1):
+                t = now()
+                if deadline is not None and t >= deadline:
+                    self.stop()
+                    deadline = None
+                if tick is not None and t >= next_tick:
+                    next_tick = t + tick_interval_s
+                    tick()
         except BaseException:
             self.abort()
             self.wait(5.0)
