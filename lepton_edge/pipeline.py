@@ -86,6 +86,7 @@ class RateMeter:
 class _Work:
     frame: Frame
     stage_ms: dict[str, float] = field(default_factory=dict)
+    model: ModelBundle | None = None
     buffer: np.ndarray | None = None
     transform: Transform | None = None
     outputs: list[np.ndarray] | None = None
@@ -99,6 +100,59 @@ def tensor_into(data: np.ndarray, out: np.ndarray) -> None:
     if data.shape != out.shape:
         raise ModelError(f"recorded tensor of shape {data.shape} does not fit model input {out.shape}")
     np.copyto(out, data, casting="unsafe")
+
+
+class ModelBundle:
+    """A loaded model with its pre/postprocessing and its own pool of input buffers.
+
+    The pipeline swaps bundles as one unit at a frame boundary; a retired bundle's backend is closed
+    once the last frame that used it has left the pipeline.
+    """
+
+    def __init__(self, backend: Backend, preprocessor: Preprocessor | None,
+                 postprocessor: Callable[[list[np.ndarray], Transform], Any]) -> None:
+        if len(backend.inputs) != 1:
+            raise ModelError(
+                f"the pipeline feeds one input tensor; this model has {len(backend.inputs)}: "
+                f"{[s.name for s in backend.inputs]}"
+            )
+        self.backend = backend
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        self.input_name = backend.inputs[0].name
+        spec = backend.inputs[0]
+        shape = preprocessor.shape if preprocessor else tuple(
+            d if isinstance(d, int) else 1 for d in spec.shape)
+        dtype = preprocessor.dtype if preprocessor else spec.dtype
+        self.pool: Channel[np.ndarray] = Channel(BUFFER_POOL_SIZE, "block")
+        for _ in range(BUFFER_POOL_SIZE):
+            self.pool.put(np.zeros(shape, dtype))
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._retired = False
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            close = self._retired and self._in_flight == 0
+        if close:
+            self.close()
+
+    def retire(self) -> None:
+        """Close the backend now if idle, else when the last in-flight frame is done."""
+        with self._lock:
+            self._retired = True
+            close = self._in_flight == 0
+        if close:
+            self.close()
+
+    def close(self) -> None:
+        self.pool.abort()
+        self.backend.close()
 
 
 class Pipeline:
@@ -123,37 +177,63 @@ class Pipeline:
         stats: PipelineStats | None = None,
         stop_event: threading.Event | None = None,
     ) -> None:
-        if len(backend.inputs) != 1:
-            raise ModelError(
-                f"the pipeline feeds one input tensor; this model has {len(backend.inputs)}: "
-                f"{[s.name for s in backend.inputs]}"
-            )
+        self.model = ModelBundle(backend, preprocessor, postprocessor)
         self.reader = reader
-        self.backend = backend
-        self.postprocessor = postprocessor
         self.sinks = list(sinks)
-        self.preprocessor = preprocessor
         self.live = live
         self.max_age_s = max_frame_age_ms / 1000.0
         self.max_frames = max_frames
         self.stats = stats or PipelineStats(latency_window)
-        self.keep_image = any(getattr(s, "needs_image", False) for s in self.sinks)
-        self._input_name = backend.inputs[0].name
-        self._buffer_shape = preprocessor.shape if preprocessor else tuple(
-            d if isinstance(d, int) else 1 for d in backend.inputs[0].shape
-        )
-        self._buffer_dtype = preprocessor.dtype if preprocessor else backend.inputs[0].dtype
         self._stop = stop_event or threading.Event()
         self._frames: Channel[_Work] = Channel(1, "latest") if live else Channel(2, "block")
         self._tensors: Channel[_Work] = Channel(1, "block")
         self._outputs: Channel[_Work] = Channel(2, "block")
-        self._pool: Channel[np.ndarray] = Channel(BUFFER_POOL_SIZE, "block")
-        for _ in range(BUFFER_POOL_SIZE):
-            self._pool.put(np.zeros(self._buffer_shape, self._buffer_dtype))
+        self._sinks_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
-        self._done = threading.Event()
+
+    @property
+    def backend(self) -> Backend:
+        return self.model.backend
+
+    @property
+    def preprocessor(self) -> Preprocessor | None:
+        return self.model.preprocessor
+
+    @property
+    def postprocessor(self) -> Callable[[list[np.ndarray], Transform], Any]:
+        return self.model.postprocessor
+
+    @property
+    def keep_image(self) -> bool:
+        return any(getattr(s, "needs_image", False) for s in self.sinks)
+
+    # -- live changes, applied at frame boundaries ----------------------------------------------
+
+    def swap_model(self, bundle: ModelBundle) -> None:
+        """Run the next frames on ``bundle``; the old model is closed once its frames are done."""
+        old, self.model = self.model, bundle
+        old.retire()
+
+    def swap_postprocessor(self, postprocessor: Callable[[list[np.ndarray], Transform], Any]) -> None:
+        """New thresholds or decoder for the current model, from the next frame on."""
+        self.model.postprocessor = postprocessor
+
+    def swap_sinks(self, sinks: Sequence[Any]) -> None:
+        """Deliver to ``sinks`` from the next result on; the old sinks are flushed and closed."""
+        with self._sinks_lock:
+            old, self.sinks = self.sinks, list(sinks)
+        for sink in old:
+            if sink not in self.sinks:
+                sink.close()
+
+    def swap_source(self, reader: Any, live: bool) -> None:
+        """Read from ``reader`` from now on; the old reader is closed (its frames in flight finish)."""
+        old, self.reader = self.reader, reader
+        self.live = live
+        self._frames.policy = "latest" if live else "block"
+        old.close()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -189,8 +269,9 @@ class Pipeline:
                 if self._error is None:
                     self._error = error
         self._stop.set()
-        for ch in (self._frames, self._tensors, self._outputs, self._pool):
+        for ch in (self._frames, self._tensors, self._outputs):
             ch.abort()
+        self.model.pool.abort()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every stage to end. Returns False on timeout; raises the first stage error."""
@@ -199,7 +280,6 @@ class Pipeline:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 return False
-        self._done.set()
         if self._error is not None:
             err = self._error
             if isinstance(err, LeptonError):
@@ -247,60 +327,77 @@ class Pipeline:
             log.error("stage %s failed: %s: %s", name, type(e).__name__, e)
             self.abort(e)
 
-    def _too_old(self, work: _Work, t: float) -> bool:
-        if self.live and t - work.frame.capture_ts > self.max_age_s:
-            self.stats.drops.add("too_old")
-            return True
-        return False
-
     def _note_source_state(self) -> None:
         state = getattr(self.reader, "state", None)
         self.stats.source_state = getattr(state, "value", str(state)) if state is not None else "streaming"
 
     def _source_loop(self) -> None:
-        frames = iter(self.reader)
         try:
             while not self._stop.is_set():
-                t0 = now()
-                frame = next(frames, None)
-                if frame is None:
-                    break
-                work = _Work(frame)
-                work.stage_ms["decode"] = (now() - t0) * 1000.0
-                self.stats.latency["decode"].add(work.stage_ms["decode"])
-                self.stats.frames_in += 1
-                self._note_source_state()
-                try:
-                    if self._frames.put(work) is not None:
-                        self.stats.drops.add("superseded")
-                except ChannelClosed:
-                    return
-                if self.max_frames is not None and self.stats.frames_in >= self.max_frames:
+                reader = self.reader
+                for work in self._timed(reader):
+                    self.stats.frames_in += 1
+                    self._note_source_state()
+                    try:
+                        if self._frames.put(work) is not None:
+                            self.stats.drops.add("superseded")
+                    except ChannelClosed:
+                        return
+                    if self.max_frames is not None and self.stats.frames_in >= self.max_frames:
+                        self._stop.set()
+                    if self._stop.is_set() or self.reader is not reader:
+                        break
+                if self.reader is reader:  # the source ended (not swapped)
                     break
         finally:
             self.reader.close()
             self._note_source_state()
             self._frames.close()
 
+    def _timed(self, reader: Any):
+        """Frames from ``reader`` wrapped in work items that record the decode time."""
+        frames = iter(reader)
+        while True:
+            t0 = now()
+            frame = next(frames, None)
+            if frame is None:
+                return
+            work = _Work(frame)
+            work.stage_ms["decode"] = (now() - t0) * 1000.0
+            self.stats.latency["decode"].add(work.stage_ms["decode"])
+            yield work
+
+    def _drop(self, work: _Work, reason: str) -> None:
+        self.stats.drops.add(reason)
+        if work.model is not None:
+            if work.buffer is not None:
+                work.model.pool.put(work.buffer)
+                work.buffer = None
+            work.model.release()
+            work.model = None
+
     def _preprocess_loop(self) -> None:
-        pre = self.preprocessor
         try:
             while (work := self._frames.get()) is not CLOSED:
                 t = now()
-                if self._too_old(work, t):
+                if self.live and t - work.frame.capture_ts > self.max_age_s:
+                    self._drop(work, "too_old")
                     continue
-                work.stage_ms["queue"] = (t - work.frame.capture_ts) * 1000.0 - work.stage_ms.get("decode", 0.0)
-                buffer = self._pool.get()
-                if buffer is CLOSED:
+                # time waiting between the end of decode and the start of preprocessing
+                work.stage_ms["queue"] = (t - work.frame.capture_ts) * 1000.0 - work.stage_ms["decode"]
+                model = self.model
+                buffer = model.pool.get()
+                if buffer is CLOSED:  # the pipeline was aborted
                     return
+                model.acquire()
+                work.model, work.buffer = model, buffer
                 data = work.frame.data
+                pre = model.preprocessor
                 if pre is not None and data.ndim == 3 and data.dtype == np.uint8 and data.shape[2] in (1, 3):
                     work.transform = pre(data, buffer)
                 else:
                     tensor_into(data, buffer)
-                work.buffer = buffer
-                done = now()
-                work.stage_ms["preprocess"] = (done - t) * 1000.0
+                work.stage_ms["preprocess"] = (now() - t) * 1000.0
                 self.stats.latency["queue"].add(max(0.0, work.stage_ms["queue"]))
                 self.stats.latency["preprocess"].add(work.stage_ms["preprocess"])
                 try:
@@ -311,22 +408,21 @@ class Pipeline:
             self._tensors.close()
 
     def _infer_loop(self) -> None:
-        infer = self.backend.infer
-        name = self._input_name
         try:
             while (work := self._tensors.get()) is not CLOSED:
                 t = now()
-                buffer = work.buffer
-                if self._too_old(work, t):
-                    self._pool.put(buffer)
+                if self.live and t - work.frame.capture_ts > self.max_age_s:
+                    self._drop(work, "too_old")
                     continue
+                model = work.model
+                assert model is not None and work.buffer is not None
                 work.age_ms = (t - work.frame.capture_ts) * 1000.0
                 self.stats.latency["frame_age"].add(work.age_ms)
                 try:
-                    work.outputs = infer({name: buffer})
+                    work.outputs = model.backend.infer({model.input_name: work.buffer})
                 finally:
+                    model.pool.put(work.buffer)
                     work.buffer = None
-                    self._pool.put(buffer)
                 work.stage_ms["infer"] = (now() - t) * 1000.0
                 self.stats.latency["infer"].add(work.stage_ms["infer"])
                 try:
@@ -337,41 +433,47 @@ class Pipeline:
             self._outputs.close()
 
     def _postprocess_loop(self) -> None:
-        post = self.postprocessor
         stats = self.stats
         try:
             while (work := self._outputs.get()) is not CLOSED:
                 t = now()
-                frame = work.frame
+                frame, model = work.frame, work.model
+                assert model is not None and work.outputs is not None
                 transform = work.transform
                 if transform is None:
                     h, w = frame.data.shape[:2] if frame.data.ndim >= 2 else (1, 1)
                     transform = Transform.identity(w, h)
-                assert work.outputs is not None
-                output = post(work.outputs, transform)
+                try:
+                    output = model.postprocessor(work.outputs, transform)
+                finally:
+                    model.release()
                 done = now()
                 work.stage_ms["postprocess"] = (done - t) * 1000.0
-                result = Result(
-                    output=output,
-                    seq=frame.seq,
-                    source_id=frame.source_id,
-                    capture_ts=frame.capture_ts,
-                    wall_time=frame.wall_time,
-                    stage_ms=work.stage_ms,
-                    done_ts=done,
-                    age_ms=work.age_ms,
-                    image=frame.data if self.keep_image else None,
-                )
-                stats.latency["postprocess"].add(work.stage_ms["postprocess"])
-                stats.latency["e2e"].add(result.latency_ms)
-                stats.results += 1
-                stats.detections += len(output)
-                stats.last_result_at = done
-                for sink in self.sinks:
-                    if not sink.offer(result):
-                        stats.drops.add("sink_full")
+                with self._sinks_lock:
+                    sinks = self.sinks
+                    result = Result(
+                        output=output,
+                        seq=frame.seq,
+                        source_id=frame.source_id,
+                        capture_ts=frame.capture_ts,
+                        wall_time=frame.wall_time,
+                        stage_ms=work.stage_ms,
+                        done_ts=done,
+                        age_ms=work.age_ms,
+                        image=frame.data if self.keep_image else None,
+                    )
+                    stats.latency["postprocess"].add(work.stage_ms["postprocess"])
+                    stats.latency["e2e"].add(result.latency_ms)
+                    stats.results += 1
+                    stats.detections += len(output)
+                    stats.last_result_at = done
+                    for sink in sinks:
+                        if not sink.offer(result):
+                            stats.drops.add("sink_full")
         finally:
-            for sink in self.sinks:
+            with self._sinks_lock:
+                sinks = self.sinks
+            for sink in sinks:
                 try:
                     sink.close()
                 except Exception as e:  # one sink failing to flush must not stop the others

@@ -59,7 +59,7 @@ class OnnxRuntimeBackend(Backend):
         self.session = None
         self.providers: list[str] = []
 
-    def session_options(self):  # noqa: ANN201 - onnxruntime.SessionOptions
+    def session_options(self):  # -> onnxruntime.SessionOptions
         import onnxruntime as ort
 
         cfg = self.config

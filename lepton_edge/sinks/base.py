@@ -78,5 +78,5 @@ class Sink(abc.ABC):
     def write(self, result: Result) -> None:
         """Deliver one result (runs on the sink's own thread)."""
 
-    def release(self) -> None:
+    def release(self) -> None:  # noqa: B027 - optional hook, most sinks hold nothing to release
         """Close files and connections (runs once, after the last write)."""
