@@ -277,6 +277,9 @@ def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
         s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
     ]
     uri = config.source.uri
-    if "://" not in uri and not uri.startswith(("gst:", "/dev/")):
+    scheme, sep, rest = uri.partition("://")
+    if not sep and not uri.startswith(("gst:", "/dev/")):
         updates["source"] = config.source.model_copy(update={"uri": str(fix(Path(uri)))})
+    elif scheme in ("npy", "file") and rest and not rest.startswith("/"):
+        updates["source"] = config.source.model_copy(update={"uri": f"{scheme}://{fix(Path(rest))}"})
     return config.model_copy(update=updates)

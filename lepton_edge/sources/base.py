@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +33,10 @@ class Source(abc.ABC):
     uri: str
     live: bool
     """Live sources (cameras, streams, paced generators) are read with latest-frame-wins."""
+    kind: Literal["image", "tensor"] = "image"
+    """Images go through preprocessing; recorded tensors are fed to the model as they are."""
+    finite: bool = False
+    """True when end of stream means the content ended (files), not a lost connection."""
 
     @abc.abstractmethod
     def open(self) -> None: ...
