@@ -35,3 +35,9 @@ class PipelineError(LeptonError):
     """A pipeline stage failed; the original exception is chained as ``__cause__``."""
 
     exit_code = 6
+
+
+class CudaError(LeptonError):
+    """A CUDA call failed; the message names the call and the CUDA error."""
+
+    exit_code = 7
