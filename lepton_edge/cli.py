@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,36 +85,59 @@ def _install_signal_handlers(stop, abort) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from lepton_edge.pipeline import RateMeter
     from lepton_edge.runtime import build_pipeline
+    from lepton_edge.systemd import FrameWatchdog, ServiceNotifier
 
     config = config_from_args(args)
     pipeline = build_pipeline(config, max_frames=args.max_frames)
     log.info("running model=%s source=%s backend=%s live=%s sinks=%s", config.model.path, config.source.uri,
              pipeline.backend.name, pipeline.live, ",".join(s.name for s in pipeline.sinks) or "none")
     _install_signal_handlers(pipeline.stop, pipeline.abort)
-    rate = RateMeter(pipeline.stats)
-
-    def log_stats() -> None:
-        snap = pipeline.stats.snapshot()
-        lat = snap["latency_ms"]
-        log.info("stats fps=%.1f results=%d e2e_p50_ms=%.2f e2e_p99_ms=%.2f infer_p50_ms=%.2f age_p99_ms=%.2f "
-                 "source=%s drops=%d", rate.update(), snap["results"], lat["e2e"]["p50"], lat["e2e"]["p99"],
-                 lat["infer"]["p50"], lat["frame_age"]["p99"], snap["source_state"], sum(snap["drops"].values()))
-
+    stats = pipeline.stats
+    log_rate, status_rate = RateMeter(stats), RateMeter(stats)
+    notifier = ServiceNotifier()
+    watchdog = FrameWatchdog(
+        lambda: stats.results,
+        lambda: f"fps={status_rate.update():.1f} state={stats.source_state} results={stats.results}",
+        notifier=notifier)
     has_console = any(s.name == "console" for s in pipeline.sinks)
+    state = {"ready": False, "next_log": time.monotonic() + config.pipeline.stats_interval_s}
+
+    def tick() -> None:
+        # READY only once the model is loaded and a first frame went all the way through.
+        if not state["ready"] and stats.results > 0:
+            state["ready"] = True
+            notifier.ready(f"first result after {stats.snapshot()['uptime_s']:.1f} s")
+            watchdog.start()
+        if not has_console and time.monotonic() >= state["next_log"]:
+            state["next_log"] = time.monotonic() + config.pipeline.stats_interval_s
+            snap = stats.snapshot()
+            lat = snap["latency_ms"]
+            log.info("stats fps=%.1f results=%d e2e_p50_ms=%.2f e2e_p99_ms=%.2f infer_p50_ms=%.2f "
+                     "age_p99_ms=%.2f source=%s drops=%d", log_rate.update(), snap["results"], lat["e2e"]["p50"],
+                     lat["e2e"]["p99"], lat["infer"]["p50"], lat["frame_age"]["p99"], snap["source_state"],
+                     sum(snap["drops"].values()))
+
     try:
-        stats = pipeline.run(duration_s=args.duration, tick=None if has_console else log_stats,
-                             tick_interval_s=config.pipeline.stats_interval_s)
+        final = pipeline.run(duration_s=args.duration, tick=tick, tick_interval_s=0.25)
     finally:
+        notifier.stopping()
+        watchdog.stop()
         pipeline.backend.close()
-    e2e = stats["latency_ms"]["e2e"]
-    drops = " ".join(f"{k}={v}" for k, v in sorted(stats["drops"].items())) or "none"
+    e2e = final["latency_ms"]["e2e"]
+    drops = " ".join(f"{k}={v}" for k, v in sorted(final["drops"].items())) or "none"
     log.info("done frames=%d results=%d fps=%.1f e2e_p50_ms=%.2f e2e_p99_ms=%.2f drops=%s",
-             stats["frames_in"], stats["results"], stats["results"] / max(stats["uptime_s"], 1e-9),
+             final["frames_in"], final["results"], final["results"] / max(final["uptime_s"], 1e-9),
              e2e["p50"], e2e["p99"], drops)
     for sink in pipeline.sinks:
         if sink.name in ("jsonl", "video"):
             log.info("wrote %s (%d results, %d dropped)", sink.path, sink.written, sink.dropped)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from lepton_edge.doctor import main_doctor
+
+    return main_doctor(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -152,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    doctor = sub.add_parser("doctor", help="check this machine, the config, its model and the broker",
+                            description="Checks Python, onnxruntime, TensorRT/CUDA, OpenCV (GStreamer/FFmpeg), "
+                            "cameras, Jetson, the config and model, broker reachability, disk space and the "
+                            "clock. Exits 1 if any check fails; warnings do not.")
+    from lepton_edge.doctor import add_arguments as add_doctor_arguments
+
+    add_doctor_arguments(doctor)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

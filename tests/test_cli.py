@@ -1,6 +1,8 @@
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,12 +72,15 @@ def test_help_has_examples(command, capsys):
 
 
 @pytest.mark.integration
-def test_sigterm_stops_gracefully_and_flushes(tmp_path, model):
+def test_sigterm_stops_gracefully_and_flushes_and_talks_to_systemd(tmp_path, model):
     out = tmp_path / "r.jsonl"
     exe = Path(sys.executable).parent / "lepton-edge"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     proc = subprocess.Popen(
         [str(exe), "run", "--model", str(model), "--source", "synthetic://shapes?fps=50&width=64&height=48",
-         "--sink", f"jsonl:{out}"], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+         "--sink", f"jsonl:{out}"], stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 40):
         time.sleep(0.1)
@@ -85,3 +90,10 @@ def test_sigterm_stops_gracefully_and_flushes(tmp_path, model):
     assert "SIGTERM received: stopping" in err
     results = int(err.split("results=")[1].split()[0])
     assert len(out.read_text().splitlines()) == results >= 40
+    notify.settimeout(1)
+    messages = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            messages.append(notify.recv(4096).decode())
+    notify.close()
+    assert messages[0].startswith("READY=1") and messages[-1] == "STOPPING=1"
