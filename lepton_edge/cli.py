@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
+    from lepton_edge.calibration import add_calibrate_arguments
+
+    add_calibrate_arguments(sub.add_parser(
+        "calibrate", help="measure INT8 activation ranges: calibration table, TensorRT cache, QDQ model"))
+
     doctor = sub.add_parser("doctor", help="check this machine, the config, its model and the broker",
                             description="Checks Python, onnxruntime, TensorRT/CUDA, OpenCV (GStreamer/FFmpeg), "
                             "cameras, Jetson, the config and model, broker reachability, disk space and the "
