@@ -35,8 +35,8 @@ setup() {
     if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
         apt_install "python3-venv"
     fi
-    # The MQTT broker for the agent tests and the demo, when apt is available.
-    command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto || true
+    # The MQTT broker for the demo and the tests.
+    command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 
     local site=""
     [ "${LEPTON_SYSTEM_OPENCV:-0}" = "1" ] && site="--system-site-packages"
@@ -47,7 +47,7 @@ setup() {
     local extras="test"
     if [ "${LEPTON_SYSTEM_OPENCV:-0}" != "1" ]; then extras="$extras,opencv"; fi
     local stamp="$VENV/.lepton-installed"
-    local want; want="$(cat pyproject.toml | sha256sum | cut -c1-16)-$extras"
+    local want; want="$(sha256sum < pyproject.toml | cut -c1-16)-$extras"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing lepton-edge[$extras] into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -66,6 +66,9 @@ case "${1:-demo}" in
         exec "$VENV/bin/lepton-edge" run --config deploy/demo.yaml --duration "${DURATION:-20}" ;;
     test)
         setup
+        # Real parts the tests start themselves: PostgreSQL (initdb/pg_ctl), Chromium (dashboard), openssl
+        # (certificates), systemd-analyze (unit checks), shellcheck (scripts).
+        apt_install postgresql chromium openssl systemd shellcheck
         exec "$VENV/bin/python" -m pytest -q "${@:2}" ;;
     bench)
         setup

@@ -263,8 +263,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=200, help="frames per case and round (default 200)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: physical cores)")
-    p.add_argument("--suite", action="append", choices=["throughput", "latency"],
-                   help="suites to run (default: both)")
+    p.add_argument("--suite", action="append", choices=["throughput", "latency", "agent"],
+                   help="suites to run (default: throughput and latency; agent needs mosquitto)")
     p.add_argument("--duration", type=float, default=60.0, help="latency suite length in seconds")
     p.add_argument("--fps", type=float, default=30.0, help="latency suite source rate")
     p.add_argument("--output", default=str(BENCH_DIR / "bench.json"), help="JSON report path")
@@ -293,6 +293,13 @@ def _print_table(report: dict[str, Any]) -> None:
               f"memory growth {r['memory_growth_mb']:+.1f} MB over the run")
 
 
+def _print_agent(report: dict[str, Any]) -> None:
+    if report.get("agent"):
+        from lepton_edge.agent.bench import format_agent_overhead
+
+        print("\n" + format_agent_overhead(report["agent"]))
+
+
 def run_bench_command(args: argparse.Namespace) -> int:
     suites = args.suite or ["throughput", "latency"]
     report: dict[str, Any] = {"machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -308,9 +315,16 @@ def run_bench_command(args: argparse.Namespace) -> int:
         model = Path(args.model[0]) if args.model else DEMO_MODEL
         print(f"measuring live latency of {model.name} for {args.duration:.0f} s ...", file=sys.stderr, flush=True)
         report["latency"] = bench_latency(model, args.duration, args.fps, args.threads)
+    if "agent" in suites:
+        from lepton_edge.agent.bench import bench_agent_overhead
+
+        print("measuring telemetry and results-sink overhead ...", file=sys.stderr, flush=True)
+        report["agent"] = bench_agent_overhead(Path(args.model[0]) if args.model else None,
+                                               frames=args.frames, rounds=args.rounds, threads=args.threads)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     _print_table(report)
+    _print_agent(report)
     print(f"\nreport: {out}")
     return 0

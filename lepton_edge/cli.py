@@ -46,7 +46,8 @@ def config_from_args(args: argparse.Namespace):  # -> DeviceConfig
 
     if args.config:
         config = load_config(args.config)
-        data = config.model_dump(mode="json", exclude_unset=True)
+        # python mode keeps secrets (json mode would mask a password as '**********')
+        data = config.model_dump(mode="python", exclude_unset=True)
         base = None
     else:
         if not (args.model and args.source):
@@ -88,6 +89,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lepton_edge.systemd import FrameWatchdog, ServiceNotifier
 
     config = config_from_args(args)
+    if config.agent is not None:
+        from lepton_edge.agent.agent import run_device
+
+        return run_device(config, duration_s=args.duration, max_frames=args.max_frames)
+    if config.model.artifact is not None:
+        raise ConfigError("model.artifact needs the device agent (an `agent` section) to download and verify it")
     pipeline = build_pipeline(config, max_frames=args.max_frames)
     log.info("running model=%s source=%s backend=%s live=%s sinks=%s", config.model.path, config.source.uri,
              pipeline.backend.name, pipeline.live, ",".join(s.name for s in pipeline.sinks) or "none")
@@ -190,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_doctor_arguments(doctor)
     doctor.set_defaults(func=cmd_doctor)
+
+    from lepton_edge.agent.signing import (
+        EPILOG_KEYGEN,
+        EPILOG_SIGN,
+        add_keygen_arguments,
+        add_sign_arguments,
+        cmd_keygen,
+        cmd_sign,
+    )
+
+    keygen = sub.add_parser("keygen", help="create an ed25519 key pair that signs model artifacts",
+                            epilog=EPILOG_KEYGEN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_keygen_arguments(keygen)
+    keygen.set_defaults(func=cmd_keygen)
+    sign = sub.add_parser("sign", help="sign a model artifact and print its model.artifact config snippet",
+                          epilog=EPILOG_SIGN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sign_arguments(sign)
+    sign.set_defaults(func=cmd_sign)
     return parser
 
 

@@ -7,6 +7,7 @@ and what was expected.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,14 +15,73 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lepton_edge.errors import ConfigError
+from lepton_edge.mqtt import MqttConfig
+from lepton_edge.outbox import OutboxConfig
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ArtifactRef(Strict):
+    """A model artifact to download, verify and activate (lepton_edge.agent.updates)."""
+
+    url: str = Field(
+        description="Where to download it: https://, http:// or file:///absolute/path. A single model file "
+        "(.onnx, .plan) or a .tar of an artifact directory from `lepton-edge build`."
+    )
+    size: int = Field(gt=0, description="Exact size in bytes; a longer or shorter download is refused.")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits.")
+    signature: str | None = Field(
+        None,
+        description="Base64 ed25519 signature of the sha256 (`lepton-edge sign`), checked with "
+        "agent.artifact_public_key. Required unless unsigned artifacts are explicitly allowed.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "file"):
+            raise ValueError(f"url must start with https://, http:// or file://, got {url!r}")
+        local = parts.netloc in ("", "localhost") and parts.path.startswith("/")
+        if parts.scheme == "file" and not local:
+            raise ValueError(f"file URLs need an absolute path (file:///dir/model.onnx), got {url!r}")
+        if parts.scheme != "file" and not parts.hostname:
+            raise ValueError(f"url has no host: {url!r}")
+        return url
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower_hex(cls, digest: str) -> str:
+        return digest.lower()
+
+    @field_validator("signature")
+    @classmethod
+    def _base64_ed25519(cls, signature: str | None) -> str | None:
+        import base64
+        import binascii
+
+        if signature is None:
+            return None
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("signature is not valid base64 (copy it from `lepton-edge sign`)") from None
+        if len(raw) != 64:
+            raise ValueError(f"signature must decode to 64 bytes (ed25519), got {len(raw)}")
+        return signature
+
+
 class ModelConfig(Strict):
     path: Path = Field(description="ONNX model (or built artifact directory) to run.")
+    artifact: ArtifactRef | None = Field(
+        None,
+        description="Download this artifact, verify it and run it instead of `path` (needs the agent "
+        "section); the previous one is kept for rollback.",
+    )
     labels: Path | list[str] | None = Field(
         None,
         description="Class names: a text file with one label per line, or an inline list. "
@@ -201,6 +261,23 @@ class DeviceConfig(Strict):
     )
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where results go.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline tuning.")
+    agent: AgentConfig | None = Field(
+        None,
+        description="Device agent: presence, telemetry, results and remote configuration over MQTT. "
+        "None runs the pipeline alone.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_client_id(cls, data: Any) -> Any:
+        # The MQTT client id defaults to the device id (docs/protocol.md: fixed client id = device id).
+        if isinstance(data, dict) and isinstance(data.get("agent"), dict):
+            agent = dict(data["agent"])
+            mqtt = agent.get("mqtt", {})
+            if isinstance(mqtt, dict) and "client_id" not in mqtt:
+                agent["mqtt"] = {**mqtt, "client_id": data.get("device_id", "lepton-device")}
+                data = {**data, "agent": agent}
+        return data
 
     @field_validator("sinks")
     @classmethod
@@ -276,6 +353,8 @@ def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
     updates["sinks"] = [
         s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
     ]
+    if config.agent is not None:
+        updates["agent"] = resolve_agent_paths(config.agent, fix)
     uri = config.source.uri
     scheme, sep, rest = uri.partition("://")
     if not sep and not uri.startswith(("gst:", "/dev/")):
@@ -283,3 +362,126 @@ def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
     elif scheme in ("npy", "file") and rest and not rest.startswith("/"):
         updates["source"] = config.source.model_copy(update={"uri": f"{scheme}://{fix(Path(rest))}"})
     return config.model_copy(update=updates)
+
+
+# ------------------------------------------------------------------------------------------- device agent
+
+
+def default_state_dir() -> Path:
+    """``$STATE_DIRECTORY`` under systemd (``StateDirectory=``), else ``~/.local/state/lepton-edge``."""
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])  # systemd lists several folders separated by ':'
+    return Path.home() / ".local" / "state" / "lepton-edge"
+
+
+class ResultsConfig(Strict):
+    enabled: bool = Field(True, description="Publish results to the results topic.")
+    max_rate_hz: float = Field(
+        10.0,
+        gt=0,
+        le=10000,
+        description="Most results published per second; the rest are dropped and counted.",
+    )
+    qos: Literal[0, 1] = Field(1, description="MQTT QoS of result messages (durable results need 1).")
+    durable: bool = Field(
+        False,
+        description="Send results through the on-disk outbox (never lost, resent after outages and "
+        "restarts); false publishes them directly, best effort.",
+    )
+
+    @model_validator(mode="after")
+    def _durable_needs_qos1(self) -> ResultsConfig:
+        if self.durable and self.qos == 0:
+            raise ValueError(
+                "durable results need qos 1 (the outbox deletes a message only once acknowledged)"
+            )
+        return self
+
+
+class HealthCheckConfig(Strict):
+    window_s: float = Field(
+        5.0, gt=0, le=3600, description="After a model swap, seconds of live frames the new model is watched."
+    )
+    min_frames: int = Field(
+        5,
+        ge=1,
+        description="Results the new model must produce in the window (and no error), else rollback.",
+    )
+
+
+class AgentConfig(Strict):
+    mqtt: MqttConfig = Field(description="Broker connection; the client id defaults to device_id.")
+    outbox: OutboxConfig = Field(
+        description="Store-and-forward queue; the path defaults to <state_dir>/outbox.db."
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Folder of the agent's state (session counter, last good config, outbox); default "
+        "$STATE_DIRECTORY under systemd, else ~/.local/state/lepton-edge.",
+    )
+    telemetry_interval_s: float = Field(
+        10.0, gt=0, le=86400, description="Seconds between telemetry messages."
+    )
+    results: ResultsConfig = Field(default_factory=ResultsConfig, description="Pipeline results over MQTT.")
+    require_broker_for_ready: bool = Field(
+        False,
+        description="Tell systemd the service is ready only once the broker is connected (false: as soon as "
+        "the pipeline runs).",
+    )
+    health_check: HealthCheckConfig = Field(
+        default_factory=HealthCheckConfig, description="Checks a remotely swapped model before keeping it."
+    )
+    artifact_public_key: Path | None = Field(
+        None,
+        description="Ed25519 public key (PEM) that signs model artifacts; without it every artifact update "
+        "is refused unless allow_unsigned_artifacts is true.",
+    )
+    allow_unsigned_artifacts: bool = Field(
+        False,
+        description="Accept artifacts on their sha256 alone when no public key is set (guards against "
+        "corruption, not tampering: for closed networks and tests).",
+    )
+    artifact_max_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest artifact download accepted, in bytes."
+    )
+    prometheus_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics at /metrics on this port; None: off, 0: any free port.",
+    )
+    prometheus_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint binds to (0.0.0.0: every interface).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outbox_in_state_dir(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        outbox = data.get("outbox", {})
+        if isinstance(outbox, dict) and "path" not in outbox:
+            state_dir = data.get("state_dir") or default_state_dir()
+            data = {**data, "outbox": {**outbox, "path": Path(state_dir) / "outbox.db"}}
+        return data
+
+
+def resolve_agent_paths(agent: AgentConfig, fix: Any) -> AgentConfig:
+    """The agent section with its relative paths passed through ``fix`` (see :func:`resolve_paths`)."""
+    updates: dict[str, Any] = {
+        "state_dir": fix(agent.state_dir),
+        "outbox": agent.outbox.model_copy(update={"path": fix(agent.outbox.path)}),
+    }
+    if agent.artifact_public_key is not None:
+        updates["artifact_public_key"] = fix(agent.artifact_public_key)
+    tls = agent.mqtt.tls
+    if tls is not None:
+        files = {n: fix(getattr(tls, n)) for n in ("ca_file", "cert_file", "key_file") if getattr(tls, n)}
+        updates["mqtt"] = agent.mqtt.model_copy(update={"tls": tls.model_copy(update=files)})
+    return agent.model_copy(update=updates)
+
+
+DeviceConfig.model_rebuild()  # `agent` refers to AgentConfig, defined after DeviceConfig

@@ -211,10 +211,16 @@ class Pipeline:
 
     # -- live changes, applied at frame boundaries ----------------------------------------------
 
-    def swap_model(self, bundle: ModelBundle) -> None:
-        """Run the next frames on ``bundle``; the old model is closed once its frames are done."""
+    def swap_model(self, bundle: ModelBundle, retire_old: bool = True) -> ModelBundle:
+        """Run the next frames on ``bundle`` and return the previous bundle.
+
+        The old model is closed once its frames are done, unless ``retire_old`` is False: then the caller
+        keeps it alive (to swap it back after a failed health check) and must ``retire()`` it later.
+        """
         old, self.model = self.model, bundle
-        old.retire()
+        if retire_old:
+            old.retire()
+        return old
 
     def swap_postprocessor(self, postprocessor: Callable[[list[np.ndarray], Transform], Any]) -> None:
         """New thresholds or decoder for the current model, from the next frame on."""

@@ -1,0 +1,447 @@
+"""The :class:`RuntimeController`: owns the running pipeline and applies new configs live.
+
+A new config is compared with the running one and only what changed is rebuilt, at a frame boundary:
+
+- postprocess (thresholds, top-k, labels, task) -> a new postprocessor for the loaded model;
+- sinks -> new sinks (the old ones are flushed and closed);
+- source -> a new reader (offline files are opened once first, so a bad file is rejected up front);
+- model, backend or preprocess -> the new model is loaded first (a failure rejects the config and
+  changes nothing), swapped in, and watched on live frames for ``agent.health_check.window_s``: it must
+  produce ``min_frames`` results without an error, or the previous model (kept loaded) is swapped back.
+
+Everything that can fail is prepared before anything is swapped, so a rejected config leaves the
+pipeline exactly as it was. One change is applied at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lepton_edge.config import DeviceConfig, ModelConfig
+from lepton_edge.errors import ConfigError, LeptonError
+from lepton_edge.metrics import LatencyWindow
+from lepton_edge.pipeline import ModelBundle, Pipeline, PipelineStats
+from lepton_edge.results import RawOutputs
+
+log = logging.getLogger(__name__)
+
+RELOAD_MODEL_FIELDS = frozenset(ModelConfig.model_fields) - {"labels", "task"}
+"""Model fields whose change needs the model loaded again (labels and task only change postprocessing)."""
+
+Outcome = Literal["applied", "rejected", "rolled_back"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What :meth:`RuntimeController.apply` did."""
+
+    outcome: Outcome
+    errors: list[str] = field(default_factory=list)
+    changes: frozenset[str] = frozenset()
+    """Parts that changed: model, postprocess, source, frame_age, sinks, results, latency_window, settings."""
+
+
+def error_text(error: BaseException) -> str:
+    return str(error) if isinstance(error, LeptonError) else f"{type(error).__name__}: {error}"
+
+
+def plan_changes(old: DeviceConfig, new: DeviceConfig) -> frozenset[str]:
+    """The parts of the runtime that must change to go from ``old`` to ``new``."""
+    changes: set[str] = set()
+    if (
+        any(getattr(old.model, f) != getattr(new.model, f) for f in RELOAD_MODEL_FIELDS)
+        or old.backend != new.backend
+        or old.preprocess != new.preprocess
+    ):
+        changes.add("model")
+    elif old.model != new.model or old.postprocess != new.postprocess:
+        changes.add("postprocess")
+    if old.source.model_copy(update={"max_frame_age_ms": 0}) != new.source.model_copy(
+        update={"max_frame_age_ms": 0}
+    ):
+        changes.add("source")
+    if old.source.max_frame_age_ms != new.source.max_frame_age_ms:
+        changes.add("frame_age")
+    if old.sinks != new.sinks:
+        changes.add("sinks")
+    old_results = old.agent.results if old.agent else None
+    new_results = new.agent.results if new.agent else None
+    if old_results != new_results:
+        changes.add("results")
+    if old.pipeline.latency_window != new.pipeline.latency_window:
+        changes.add("latency_window")
+    if not changes and old != new:
+        changes.add("settings")  # read where used (telemetry interval, health check, stats interval)
+    return frozenset(changes)
+
+
+def make_postprocessor(config: DeviceConfig, backend: Any) -> Any:
+    """The postprocessor ``config`` asks for, for a loaded ``backend`` (as build_pipeline makes it)."""
+    from lepton_edge.labels import labels_from_metadata, load_labels
+    from lepton_edge.postprocess import create_postprocessor, infer_task
+    from lepton_edge.runtime import default_postprocess
+
+    labels = load_labels(config.model.labels) or labels_from_metadata(backend.metadata)
+    post_cfg = config.postprocess
+    if post_cfg is None:
+        task = config.model.task
+        if task == "auto":
+            task = infer_task(backend.outputs, backend.metadata)
+        post_cfg = default_postprocess(task)
+    return create_postprocessor(post_cfg, backend.outputs, backend.metadata, labels)
+
+
+def make_preprocessor(config: DeviceConfig, backend: Any, source_kind: str) -> Any:
+    """The preprocessor for image sources (None for recorded tensors, fed as they are)."""
+    from lepton_edge.preprocess import Preprocessor
+    from lepton_edge.runtime import preprocess_from_metadata
+
+    if source_kind != "image":
+        return None
+    if len(backend.inputs) != 1:
+        raise ConfigError(
+            f"{config.model.path}: image sources feed one input, the model has "
+            f"{[s.name for s in backend.inputs]}"
+        )
+    return Preprocessor(backend.inputs[0], preprocess_from_metadata(config.preprocess, backend.metadata))
+
+
+class _FailedOutputs(list):
+    """Stands for the outputs of a frame whose inference failed while a new model is on probation."""
+
+
+class _Probation:
+    """Watches a newly swapped-in model: counts its results and catches its errors instead of letting
+    them stop the pipeline, so a bad model can be swapped back. Removed once the model has passed."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.bundle = bundle
+        self.results = 0
+        self.errors: list[str] = []
+        self._backend = bundle.backend
+        self._preprocessor = bundle.preprocessor
+        self._postprocessor = bundle.postprocessor
+        self._guarded_post = self._post
+        guarded: Any = _Guarded(bundle.backend, self, "inference", _FailedOutputs)
+        bundle.backend = guarded
+        if bundle.preprocessor is not None:
+            guarded = _Guarded(bundle.preprocessor, self, "preprocessing", lambda: None)
+            bundle.preprocessor = guarded
+        bundle.postprocessor = self._guarded_post
+
+    def fail(self, message: str) -> None:
+        if len(self.errors) < 10:
+            self.errors.append(message)
+
+    def _post(self, outputs: list[Any], transform: Any) -> Any:
+        if isinstance(outputs, _FailedOutputs):
+            return RawOutputs({})
+        try:
+            output = self._postprocessor(outputs, transform)
+        except Exception as e:
+            self.fail(f"health check: postprocessing failed: {error_text(e)}")
+            return RawOutputs({})
+        self.results += 1
+        return output
+
+    def end(self) -> None:
+        """The model passed: run it without the guards from the next frame on."""
+        self.bundle.backend = self._backend
+        self.bundle.preprocessor = self._preprocessor
+        if self.bundle.postprocessor is self._guarded_post:
+            self.bundle.postprocessor = self._postprocessor
+
+
+class _Guarded:
+    """Wraps a backend (``infer``) or a preprocessor (call) of a model on probation: an exception is
+    recorded as a health-check failure and replaced by ``fallback()`` instead of stopping the pipeline."""
+
+    def __init__(self, target: Any, probation: _Probation, stage: str, fallback: Callable[[], Any]) -> None:
+        self._target = target
+        self._probation = probation
+        self._stage = stage
+        self._fallback = fallback
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:
+            self._probation.fail(f"health check: {self._stage} failed: {error_text(e)}")
+            return self._fallback()
+
+    def infer(self, feeds: dict[str, Any]) -> list[Any]:
+        return self._guard(self._target.infer, feeds)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._guard(self._target, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    bundle: ModelBundle | None = None
+    postprocessor: Any = None
+    reader: Any = None
+    live: bool = False
+    sinks: list[Any] | None = None
+    extra: list[Any] | None = None
+    artifact_id: str | None = None
+
+    def discard(self) -> None:
+        """Release what was prepared but never used."""
+        if self.bundle is not None:
+            self.bundle.close()
+        if self.reader is not None:
+            self.reader.close()
+        for sink in (self.sinks or []) + (self.extra or []):
+            try:
+                sink.close()
+            except Exception as e:
+                log.warning("closing unused sink %s failed: %s", getattr(sink, "name", sink), e)
+
+
+def artifact_id_of(config: DeviceConfig) -> str:
+    """Id of the model a config runs: ``sha256:<hex>`` of its artifact, else the model file name."""
+    ref = config.model.artifact
+    if ref is not None:
+        return f"sha256:{ref.sha256}"
+    return config.model.path.name or str(config.model.path)
+
+
+class RuntimeController:
+    """Builds the pipeline for ``config`` (version ``version``; 0 is the local file) and changes it live.
+
+    ``extra_sinks(config)`` returns sinks added to the configured ones (the MQTT results sink); it is
+    called again when ``agent.results`` changes. ``artifacts`` is the
+    :class:`~lepton_edge.agent.updates.ArtifactStore` used when the config names ``model.artifact``: the
+    artifact is staged and activated before the model is loaded, and rolled back to the previous slot
+    when the load or the health check fails.
+    """
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        version: int = 0,
+        *,
+        max_frames: int | None = None,
+        extra_sinks: Callable[[DeviceConfig], list[Any]] | None = None,
+        artifacts: Any = None,
+    ) -> None:
+        self.artifacts = artifacts
+        self._extra_factory = extra_sinks
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        resolved, _ = self._with_artifact(config)
+        self._extra: list[Any] = extra_sinks(config) if extra_sinks else []
+        from lepton_edge.runtime import build_pipeline
+
+        self.pipeline: Pipeline = build_pipeline(resolved, max_frames=max_frames, extra_sinks=self._extra)
+        self.config = config
+        """The config running, as requested (``model.path`` unresolved when it names an artifact)."""
+        self.version = version
+        self._artifact_id = artifact_id_of(config)
+
+    # -- views (RuntimeView for telemetry) -----------------------------------------------------------
+
+    @property
+    def stats(self) -> PipelineStats:
+        return self.pipeline.stats
+
+    @property
+    def config_version(self) -> int:
+        return self.version
+
+    @property
+    def artifact_id(self) -> str | None:
+        return self._artifact_id
+
+    @property
+    def extra_sinks(self) -> list[Any]:
+        """The sinks added to the configured ones (see ``extra_sinks`` in the constructor)."""
+        return list(self._extra)
+
+    @property
+    def source_id(self) -> str:
+        return str(getattr(self.pipeline.reader, "source_id", None) or self.config.source.id or "source")
+
+    def source_states(self) -> dict[str, str]:
+        state = getattr(self.pipeline.reader, "state", None)
+        value = getattr(state, "value", None) or self.pipeline.stats.source_state
+        return {self.source_id: str(value)}
+
+    @property
+    def source_kind(self) -> str:
+        return str(getattr(getattr(self.pipeline.reader, "source", None), "kind", "image"))
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> RuntimeController:
+        self.pipeline.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the source, let frames in flight finish and flush the sinks; True if it ended in time.
+
+        Raises the first stage error, like :meth:`Pipeline.wait`.
+        """
+        self._stopping.set()
+        self.pipeline.stop()
+        try:
+            return self.pipeline.wait(timeout)
+        finally:
+            with self._lock:  # an apply in progress ends quickly once _stopping is set
+                self.pipeline.backend.close()
+
+    # -- live changes --------------------------------------------------------------------------------
+
+    def apply(self, new: DeviceConfig, version: int) -> ApplyResult:
+        """Change the running pipeline to ``new``; see the module docstring for what restarts."""
+        with self._lock:
+            if self._stopping.is_set():
+                return ApplyResult("rejected", ["the runtime is shutting down; send the config again later"])
+            changes = set(plan_changes(self.config, new))
+            activated = False
+            try:
+                resolved = new
+                if "model" in changes:
+                    resolved, activated = self._with_artifact(new)
+                prepared = self._prepare(resolved, changes)
+            except Exception as e:
+                if activated:
+                    self._rollback_artifact()
+                log.warning("config version %d rejected: %s", version, error_text(e))
+                return ApplyResult("rejected", [error_text(e)], frozenset(changes))
+            if prepared.bundle is not None:
+                errors = self._swap_model_checked(prepared.bundle, new)
+                prepared.bundle = None  # owned by the pipeline now (or closed by the swap back)
+                if errors:
+                    prepared.discard()
+                    if activated:
+                        self._rollback_artifact()
+                    log.warning("config version %d rolled back: %s", version, "; ".join(errors))
+                    return ApplyResult("rolled_back", errors, frozenset(changes))
+                self._artifact_id = prepared.artifact_id
+            self._commit(prepared, new, changes)
+            self.config = new
+            self.version = version
+            log.info("config version %d applied (%s)", version, ", ".join(sorted(changes)) or "no change")
+            return ApplyResult("applied", [], frozenset(changes))
+
+    def _prepare(self, new: DeviceConfig, changes: set[str]) -> _Prepared:
+        from lepton_edge.runtime import load_backend
+        from lepton_edge.sinks import create_sinks
+        from lepton_edge.sources import FrameReader, create_source
+
+        prepared = _Prepared()
+        try:
+            source = None
+            kind = self.source_kind
+            if "source" in changes:
+                source = create_source(new.source)
+                prepared.live = new.source.live if new.source.live is not None else source.live
+                if not prepared.live:  # a file: open it now so that a bad one is rejected up front
+                    source.open()
+                    source.close()
+                if source.kind != kind:
+                    kind = source.kind
+                    changes.add("model")  # tensors skip preprocessing: the model bundle changes
+            if "model" in changes:
+                backend = load_backend(new)
+                try:
+                    prepared.bundle = ModelBundle(
+                        backend, make_preprocessor(new, backend, kind), make_postprocessor(new, backend)
+                    )
+                except BaseException:
+                    backend.close()
+                    raise
+                prepared.artifact_id = artifact_id_of(new)
+            elif "postprocess" in changes:
+                prepared.postprocessor = make_postprocessor(new, self.pipeline.backend)
+            if source is not None:
+                prepared.reader = FrameReader(source, new.source, self.pipeline.stop_event)
+            if "sinks" in changes:
+                prepared.sinks = create_sinks(new.sinks, self.pipeline.stats, title=new.device_id)
+            if "results" in changes and self._extra_factory is not None:
+                prepared.extra = self._extra_factory(new)
+        except BaseException:
+            prepared.discard()
+            raise
+        return prepared
+
+    def _swap_model_checked(self, bundle: ModelBundle, config: DeviceConfig) -> list[str]:
+        """Swap ``bundle`` in and watch it; on failure swap the previous model back. Returns the errors."""
+        check = config.agent.health_check if config.agent else None
+        window_s = check.window_s if check else 5.0
+        min_frames = check.min_frames if check else 5
+        probation = _Probation(bundle)
+        old = self.pipeline.swap_model(bundle, retire_old=False)
+        deadline = time.monotonic() + window_s
+        while time.monotonic() < deadline and not probation.errors and not self._stopping.is_set():
+            if self.pipeline.stop_event.is_set():
+                break
+            self._stopping.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        errors = list(probation.errors)
+        if self._stopping.is_set() or self.pipeline.stop_event.is_set():
+            errors = errors or ["health check interrupted: the pipeline is stopping"]
+        elif not errors and probation.results < min_frames:
+            errors.append(
+                f"health check: the new model produced {probation.results} result(s) in {window_s:g} s, "
+                f"fewer than agent.health_check.min_frames={min_frames} (is the source delivering frames?)"
+            )
+        if errors:
+            self.pipeline.swap_model(old)  # the new bundle is closed once its frames are done
+            return errors
+        probation.end()
+        old.retire()
+        return []
+
+    def _commit(self, prepared: _Prepared, new: DeviceConfig, changes: set[str]) -> None:
+        pipeline = self.pipeline
+        if prepared.postprocessor is not None:
+            pipeline.swap_postprocessor(prepared.postprocessor)
+        if prepared.sinks is not None or prepared.extra is not None:
+            configured = [s for s in pipeline.sinks if not any(s is e for e in self._extra)]
+            if prepared.extra is not None:
+                self._extra = prepared.extra
+            pipeline.swap_sinks((prepared.sinks if prepared.sinks is not None else configured) + self._extra)
+        if prepared.reader is not None:
+            pipeline.swap_source(prepared.reader, prepared.live)
+        if "frame_age" in changes:
+            pipeline.max_age_s = new.source.max_frame_age_ms / 1000.0
+        if "latency_window" in changes:
+            size = new.pipeline.latency_window
+            pipeline.stats.latency = {name: LatencyWindow(size) for name in pipeline.stats.latency}
+
+    # -- artifacts -----------------------------------------------------------------------------------
+
+    def _with_artifact(self, config: DeviceConfig) -> tuple[DeviceConfig, bool]:
+        """``config`` with ``model.path`` at its artifact, staged (downloaded, verified) and activated.
+
+        Returns the config and whether the active artifact changed (then a failure rolls it back). An
+        artifact already in a slot is not downloaded again. Configs without an artifact pass unchanged.
+        """
+        ref = config.model.artifact
+        if ref is None:
+            return config, False
+        if self.artifacts is None:
+            raise ConfigError(
+                "model.artifact is set but this runtime has no artifact store; run it under the device agent "
+                "(agent section in the config)"
+            )
+        before = self.artifacts.current()
+        path = self.artifacts.activate(self.artifacts.stage(ref))
+        resolved = config.model_copy(update={"model": config.model.model_copy(update={"path": path})})
+        return resolved, path != before
+
+    def _rollback_artifact(self) -> None:
+        try:
+            self.artifacts.rollback()
+        except Exception as e:
+            log.error("artifact rollback failed: %s", error_text(e))
