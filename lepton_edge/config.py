@@ -340,7 +340,7 @@ def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
     """Make the config's relative file paths relative to ``base_dir`` (the config file's folder)."""
 
     def fix(p: Path) -> Path:
-        return p if p.is_absolute() else (base_dir / p)
+        return p if p.is_absolute() else Path(os.path.normpath(base_dir / p))
 
     model = config.model
     model_updates: dict[str, Any] = {"path": fix(model.path)}

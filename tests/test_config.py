@@ -32,7 +32,7 @@ def _models(model: type[BaseModel], seen: set) -> list[type[BaseModel]]:
 
 def test_example_config_is_valid_and_resolves_paths_against_its_folder():
     config = load_config(EXAMPLE)
-    assert config.model.path == EXAMPLE.parent / "../models/shapes_detector.onnx"
+    assert config.model.path == ROOT / "models" / "shapes_detector.onnx"
     assert config.source.uri.startswith("synthetic://")
 
 

@@ -21,6 +21,8 @@ class Sink(abc.ABC):
     name: str = "sink"
     needs_image: bool = False
     """True when the sink needs the source pixels (the pipeline then keeps them in the result)."""
+    latest_only: bool = False
+    """True when only the newest result matters (a live display): replacing an unsent one is not a drop."""
 
     def __init__(self, queue_size: int = 256) -> None:
         self.dropped = 0
@@ -44,7 +46,7 @@ class Sink(abc.ABC):
         except ChannelClosed:
             self.dropped += 1
             return False
-        if evicted is not None:
+        if evicted is not None and not self.latest_only:
             self.dropped += 1
             return False
         return True

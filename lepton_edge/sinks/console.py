@@ -24,6 +24,7 @@ def summarize_output(result: Result, limit: int = 6) -> str:
 
 class ConsoleSink(Sink):
     name = "console"
+    latest_only = True
 
     def __init__(self, config: ConsoleSinkConfig, stats, title: str = "", stream: TextIO | None = None) -> None:
         from lepton_edge.pipeline import RateMeter
