@@ -263,8 +263,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=200, help="frames per case and round (default 200)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: physical cores)")
-    p.add_argument("--suite", action="append", choices=["throughput", "latency", "agent"],
-                   help="suites to run (default: throughput and latency; agent needs mosquitto)")
+    p.add_argument("--suite", action="append", choices=["throughput", "latency", "agent", "scheduler"],
+                   help="suites to run (default: throughput and latency; agent and scheduler need mosquitto)")
     p.add_argument("--duration", type=float, default=60.0, help="latency suite length in seconds")
     p.add_argument("--fps", type=float, default=30.0, help="latency suite source rate")
     p.add_argument("--output", default=str(BENCH_DIR / "bench.json"), help="JSON report path")
@@ -298,6 +298,10 @@ def _print_agent(report: dict[str, Any]) -> None:
         from lepton_edge.agent.bench import format_agent_overhead
 
         print("\n" + format_agent_overhead(report["agent"]))
+    if report.get("scheduler"):
+        from lepton_edge.scheduler.bench import print_table
+
+        print_table(report["scheduler"])
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -321,6 +325,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
         print("measuring telemetry and results-sink overhead ...", file=sys.stderr, flush=True)
         report["agent"] = bench_agent_overhead(Path(args.model[0]) if args.model else None,
                                                frames=args.frames, rounds=args.rounds, threads=args.threads)
+    if "scheduler" in suites:
+        from lepton_edge.scheduler.bench import bench_scheduler
+
+        print("measuring scheduler ingestion, placement and failover ...", file=sys.stderr, flush=True)
+        report["scheduler"] = bench_scheduler()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -141,6 +141,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from lepton_edge.scheduler.service import run_scheduler_command
+
+    return run_scheduler_command(args)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from lepton_edge.doctor import main_doctor
 
@@ -188,6 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate_arguments(sub.add_parser(
         "calibrate", help="measure INT8 activation ranges: calibration table, TensorRT cache, QDQ model"))
+
+    sched = sub.add_parser("scheduler", help="run a fleet scheduler replica (ingestion, placement, failover, API)",
+                           description="Ingests births, deaths, telemetry and reported configs over MQTT, places "
+                           "workloads on devices, pushes desired configs, serves the HTTP API and dashboard.",
+                           epilog="examples:\n  lepton-edge scheduler --config deploy/scheduler.example.yaml",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    sched.add_argument("--config", "-c", required=True,
+                       help="scheduler config YAML (see deploy/scheduler.example.yaml)")
+    sched.set_defaults(func=cmd_scheduler)
+    from lepton_edge.scheduler.simulator import add_simulate_arguments, run_simulator
+
+    sim = sub.add_parser("simulate", help="simulate a fleet of devices speaking the real protocol")
+    add_simulate_arguments(sim)
+    sim.set_defaults(func=run_simulator)
+
+    from lepton_edge.demo import add_demo_arguments, cmd_demo
+
+    demo = sub.add_parser("demo", help="the whole system on this machine: broker, scheduler, device",
+                          description="Starts a local mosquitto, the scheduler (dashboard address printed) and a "
+                          "device running the bundled detector on a live synthetic camera, with telemetry and "
+                          "remote configuration between them.",
+                          epilog="examples:\n  lepton-edge demo --duration 30\n  lepton-edge demo --no-fleet",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_demo_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
 
     doctor = sub.add_parser("doctor", help="check this machine, the config, its model and the broker",
                             description="Checks Python, onnxruntime, TensorRT/CUDA, OpenCV (GStreamer/FFmpeg), "

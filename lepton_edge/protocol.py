@@ -565,6 +565,14 @@ def decode(kind: TopicKind | str, payload: bytes, topic: str | None = None) -> M
 # -------------------------------------------------------------------------------------- presence rules
 
 
+def model_id(model_path: str, artifact_sha256: str | None = None) -> str:
+    """The id a device reports for the model it runs, and the scheduler plans capacity with:
+    ``sha256:<hex>`` of its signed artifact, else the model file's name."""
+    if artifact_sha256:
+        return f"sha256:{artifact_sha256.lower()}"
+    return model_path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or model_path
+
+
 def is_stale_death(current_session: int, death: Death) -> bool:
     """True if ``death`` ends an older session than the last birth seen (``current_session``): ignore it.
 

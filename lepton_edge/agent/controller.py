@@ -26,6 +26,7 @@ from lepton_edge.config import DeviceConfig, ModelConfig
 from lepton_edge.errors import ConfigError, LeptonError
 from lepton_edge.metrics import LatencyWindow
 from lepton_edge.pipeline import ModelBundle, Pipeline, PipelineStats
+from lepton_edge.protocol import model_id
 from lepton_edge.results import RawOutputs
 
 log = logging.getLogger(__name__)
@@ -210,9 +211,7 @@ class _Prepared:
 def artifact_id_of(config: DeviceConfig) -> str:
     """Id of the model a config runs: ``sha256:<hex>`` of its artifact, else the model file name."""
     ref = config.model.artifact
-    if ref is not None:
-        return f"sha256:{ref.sha256}"
-    return config.model.path.name or str(config.model.path)
+    return model_id(str(config.model.path), ref.sha256 if ref is not None else None)
 
 
 class RuntimeController:

@@ -1,0 +1,363 @@
+// The fleet dashboard: polls the scheduler's API every 2 s and redraws the tables and plots.
+// Plain DOM and inline SVG, no libraries, no network access beyond this scheduler.
+"use strict";
+
+const POLL_MS = 2000;
+const MAX_PLOTS = 48; // history plots drawn for the first devices in the table (one request each)
+const HISTORY_POINTS = 360; // points kept per device
+const MAX_EVENTS = 300;
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const state = {
+  serverOffset: 0, // server clock minus browser clock, s
+  events: [],
+  lastEventId: null,
+  histories: new Map(), // device id -> {rows: [], lastTs: number|null}
+};
+
+// ------------------------------------------------------------------------------------------- helpers
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+function num(value, digits = 1) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+function now() {
+  return Date.now() / 1000 + state.serverOffset;
+}
+
+function ago(ts) {
+  if (!ts) return "never";
+  const s = Math.max(0, now() - ts);
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
+function clock(ts) {
+  const d = new Date(ts * 1000);
+  const today = new Date(now() * 1000).toDateString() === d.toDateString();
+  const time = d.toLocaleTimeString([], { hour12: false });
+  return today ? time : `${d.toLocaleDateString()} ${time}`;
+}
+
+function badge(text, kind, title) {
+  return el("span", { class: `badge ${kind}`, title }, text);
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  if (!response.ok) {
+    const detail = body && body.detail ? body.detail : response.statusText;
+    throw new Error(`${path}: HTTP ${response.status}: ${detail}`);
+  }
+  return body;
+}
+
+function fill(tbodySelector, emptyId, rows) {
+  const tbody = document.querySelector(tbodySelector);
+  tbody.replaceChildren(...rows);
+  document.getElementById(emptyId).hidden = rows.length > 0;
+}
+
+// ------------------------------------------------------------------------------------------- summary
+
+function renderSummary(stats) {
+  const items = [
+    ["online", `${stats.online} / ${stats.devices}`, "devices online"],
+    ["placed", `${stats.assigned} / ${stats.workloads}`, "workloads placed"],
+  ];
+  if (stats.unplaced) items.push(["warn", String(stats.unplaced), "unplaced"]);
+  if (stats.failed) items.push(["bad", String(stats.failed), "failed"]);
+  if (stats.throttled) items.push(["warn", String(stats.throttled), "throttled"]);
+  const leader = stats.is_leader ? "this replica leads" : `leader: ${stats.leader || "none"}`;
+  document.getElementById("summary").replaceChildren(
+    ...items.map(([kind, value, label]) => el("span", { class: `chip ${kind}` }, el("b", {}, value), ` ${label}`)),
+    el("span", { class: "chip" }, leader),
+  );
+}
+
+// ------------------------------------------------------------------------------------------- devices
+
+function deviceRow(d) {
+  const stateBadges = [d.online ? badge("online", "ok") : badge("offline", "off", d.offline_reason || "")];
+  if (d.throttled) stateBadges.push(badge("throttled", "warn", "thermal or reported throttling"));
+  const under = d.online && d.required_fps > 0 && (d.fps ?? 0) < 0.9 * d.required_fps;
+  // an offline device delivers nothing, whatever its last report said
+  const fpsTitle = !d.online ? `last reported ${num(d.fps)} fps` : under ? "below the required rate" : null;
+  const fps = el(
+    "td",
+    { class: `num fps${under ? " bad-text" : ""}`, title: fpsTitle },
+    d.online ? num(d.fps) : "–",
+    el("span", { class: "muted" }, ` / ${num(d.required_fps)}`),
+  );
+  const hot = d.temperature_c !== null && d.temperature_c >= 80;
+  const pending = d.desired_version > d.reported_version;
+  const failedConfig = d.last_outcome === "rejected" || d.last_outcome === "rolled_back";
+  const config = el(
+    "td",
+    {
+      class: `num config${failedConfig ? " bad-text" : pending ? " warn-text" : ""}`,
+      title: failedConfig ? `${d.last_outcome}: ${d.last_errors.join("; ")}` : pending ? "waiting for the device" : d.last_outcome,
+    },
+    `${d.desired_version} / ${d.reported_version}`,
+    failedConfig ? ` ${d.last_outcome}` : "",
+  );
+  return el(
+    "tr",
+    { class: `device${d.online ? "" : " offline"}`, dataset: { deviceId: d.device_id, state: d.online ? "online" : "offline" } },
+    el("td", { class: "id" }, d.device_id),
+    el("td", { class: "state" }, stateBadges),
+    el("td", {}, d.group ?? "–"),
+    el("td", {}, d.accelerator),
+    el("td", { class: "model" }, d.model ?? "–"),
+    fps,
+    el(
+      "td",
+      { class: "num latency", title: d.latency_stage ? `${d.latency_stage} stage` : null },
+      `${num(d.latency_p50_ms)} / ${num(d.latency_p99_ms)}`,
+      d.latency_stage && d.latency_stage !== "e2e" ? el("span", { class: "muted stage" }, ` ${d.latency_stage}`) : null,
+    ),
+    el("td", { class: `num temp${hot ? " warn-text" : ""}` }, num(d.temperature_c)),
+    config,
+    el("td", { class: "workloads" }, d.workloads.length ? d.workloads.join(", ") : "–"),
+    el("td", { class: "seen", title: d.last_seen ? clock(d.last_seen) : "" }, ago(d.last_seen)),
+  );
+}
+
+// ------------------------------------------------------------------------------------------- history
+
+async function refreshHistories(devices) {
+  const shown = devices.slice(0, MAX_PLOTS);
+  const wanted = new Set(shown.map((d) => d.device_id));
+  for (const id of [...state.histories.keys()]) if (!wanted.has(id)) state.histories.delete(id);
+  await Promise.all(
+    shown.map(async (d) => {
+      const history = state.histories.get(d.device_id) || { rows: [], lastTs: null };
+      const query = history.lastTs === null ? `limit=${HISTORY_POINTS}` : `since=${history.lastTs}&limit=${HISTORY_POINTS}`;
+      const rows = await api(`/api/devices/${encodeURIComponent(d.device_id)}/telemetry?summary=true&${query}`);
+      if (rows.length) {
+        history.rows = history.rows.concat(rows).slice(-HISTORY_POINTS);
+        history.lastTs = rows[rows.length - 1].ts;
+      }
+      state.histories.set(d.device_id, history);
+    }),
+  );
+  const note = document.getElementById("plots-note");
+  note.hidden = devices.length <= MAX_PLOTS;
+  note.textContent = `Plots are drawn for the first ${MAX_PLOTS} of ${devices.length} devices.`;
+  return shown;
+}
+
+// Splits points into runs wherever the time gap is far larger than the usual spacing (a device that was away).
+function runs(points) {
+  if (points.length < 2) return [points];
+  const gaps = points.slice(1).map((p, i) => p[0] - points[i][0]).sort((a, b) => a - b);
+  const limit = Math.max(5 * gaps[Math.floor(gaps.length / 2)], 1);
+  const out = [[points[0]]];
+  for (let i = 1; i < points.length; i++) {
+    if (points[i][0] - points[i - 1][0] > limit) out.push([]);
+    out[out.length - 1].push(points[i]);
+  }
+  return out;
+}
+
+// A small line chart: series = [{points: [[t, v]...], cls}], optional dashed reference value and a note.
+function chart(kind, title, series, reference, t0, t1, unit, note) {
+  const W = 320, H = 96, L = 34, R = 6, T = 16, B = 14;
+  const values = series.flatMap((s) => s.points.map((p) => p[1]));
+  if (reference) values.push(reference);
+  const top = Math.max(1, ...values) * 1.1;
+  const span = Math.max(t1 - t0, 1);
+  const x = (t) => L + ((t - t0) / span) * (W - L - R);
+  const y = (v) => T + (1 - v / top) * (H - T - B);
+  const root = svg("svg", { class: `plot ${kind}`, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  root.append(svg("title", {}, title));
+  root.append(svg("rect", { class: "frame", x: L, y: T, width: W - L - R, height: H - T - B }));
+  root.append(svg("text", { class: "axis", x: L - 4, y: T + 4, "text-anchor": "end" }, top.toFixed(top < 10 ? 1 : 0)));
+  root.append(svg("text", { class: "axis", x: L - 4, y: H - B, "text-anchor": "end" }, "0"));
+  root.append(svg("text", { class: "axis", x: W - R, y: H - 2, "text-anchor": "end" }, "now"));
+  root.append(svg("text", { class: "axis", x: L, y: H - 2 }, `-${Math.round(span / 60) || "<1"} min`));
+  if (note) root.append(svg("text", { class: "axis note", x: W - R, y: T - 4, "text-anchor": "end" }, note));
+  if (reference) {
+    root.append(svg("line", { class: "reference", x1: L, x2: W - R, y1: y(reference), y2: y(reference) }));
+  }
+  let labelX = L + 2;
+  for (const s of series) {
+    for (const run of runs(s.points)) {
+      if (run.length === 1) {
+        root.append(svg("circle", { class: `line ${s.cls}`, cx: x(run[0][0]), cy: y(run[0][1]), r: 1.5 }));
+      } else if (run.length > 1) {
+        const pts = run.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+        root.append(svg("polyline", { class: `line ${s.cls}`, points: pts }));
+      }
+    }
+    const last = s.points.length ? s.points[s.points.length - 1][1] : null;
+    const label = svg("text", { class: `legend ${s.cls}`, x: labelX, y: T - 4 }, `${s.name} ${num(last)}${unit}`);
+    root.append(label);
+    labelX += 96;
+  }
+  if (!values.length || series.every((s) => !s.points.length)) {
+    root.append(svg("text", { class: "axis", x: W / 2, y: H / 2, "text-anchor": "middle" }, "no telemetry yet"));
+  }
+  return root;
+}
+
+function renderPlots(devices) {
+  const t1 = now();
+  const cards = devices.map((d) => {
+    const rows = (state.histories.get(d.device_id) || { rows: [] }).rows;
+    const t0 = rows.length ? Math.min(rows[0].ts, t1 - 60) : t1 - 60;
+    const series = (key) => rows.filter((r) => r[key] !== null).map((r) => [r.ts, r[key]]);
+    const stage = rows.length ? rows[rows.length - 1].latency_stage : null;
+    return el(
+      "div",
+      { class: `card${d.online ? "" : " offline"}`, dataset: { deviceId: d.device_id } },
+      el("h3", {}, d.device_id, " ", d.online ? badge("online", "ok") : badge("offline", "off")),
+      chart(
+        "fps",
+        `${d.device_id}: frames per second`,
+        [{ name: "fps", cls: "fps", points: series("fps") }],
+        d.required_fps,
+        t0,
+        t1,
+        "",
+        d.required_fps ? `required ${num(d.required_fps)}` : "nothing assigned",
+      ),
+      chart(
+        "latency",
+        `${d.device_id}: ${stage || "e2e"} latency, ms`,
+        [
+          { name: "p50", cls: "p50", points: series("latency_p50_ms") },
+          { name: "p99", cls: "p99", points: series("latency_p99_ms") },
+        ],
+        null,
+        t0,
+        t1,
+        " ms",
+        stage ? `${stage} stage` : "",
+      ),
+    );
+  });
+  document.getElementById("plots").replaceChildren(...cards);
+}
+
+// ----------------------------------------------------------------------------------------- workloads
+
+function constraints(w) {
+  const parts = [];
+  if (w.pinned_device) parts.push(`pinned: ${w.pinned_device}`);
+  if (w.group) parts.push(`group: ${w.group}`);
+  if (w.accelerator) parts.push(`accel: ${w.accelerator}`);
+  if (w.runtime) parts.push(`runtime: ${w.runtime}`);
+  return parts.join(", ") || "–";
+}
+
+function workloadRow(item, assignment) {
+  const w = item.workload;
+  const status = item.status
+    ? badge(item.status, { applied: "ok", pending: "warn", failed: "bad" }[item.status] || "off")
+    : badge("unplaced", "bad");
+  return el(
+    "tr",
+    { class: "workload", dataset: { workloadId: w.workload_id, status: item.status || "unplaced" } },
+    el("td", { class: "id" }, w.workload_id),
+    el("td", {}, w.model),
+    el("td", { class: "source", title: w.source_uri }, w.source_uri),
+    el("td", { class: "num" }, num(w.required_fps)),
+    el("td", {}, constraints(w)),
+    el("td", { class: "device" }, item.device_id ?? "–"),
+    el("td", {}, status),
+    el("td", { class: "num" }, assignment ? assignment.desired_version : "–"),
+    el("td", { title: assignment ? clock(assignment.since) : "" }, assignment ? ago(assignment.since) : "–"),
+    el("td", { class: "reason" }, item.reason ?? ""),
+  );
+}
+
+// -------------------------------------------------------------------------------------------- events
+
+async function refreshEvents() {
+  const query = state.lastEventId === null ? "limit=200" : `since_id=${state.lastEventId}&limit=500`;
+  const fresh = await api(`/api/events?${query}`);
+  if (fresh.length) {
+    state.events = state.events.concat(fresh).slice(-MAX_EVENTS);
+    state.lastEventId = fresh[fresh.length - 1].id;
+  }
+}
+
+function eventRow(e) {
+  const kind = { warning: "warn", error: "bad", critical: "bad", debug: "off" }[e.severity] || "info";
+  return el(
+    "tr",
+    { class: `event sev-${e.severity}`, dataset: { eventId: e.id, kind: e.kind, severity: e.severity } },
+    el("td", { class: "time" }, clock(e.time)),
+    el("td", {}, badge(e.severity, kind)),
+    el("td", { class: "kind" }, e.kind),
+    el("td", {}, e.device_id ?? ""),
+    el("td", {}, e.workload_id ?? ""),
+    el("td", { class: "message" }, e.message),
+  );
+}
+
+// ------------------------------------------------------------------------------------------ the loop
+
+async function refresh() {
+  const status = document.getElementById("status");
+  const error = document.getElementById("error");
+  try {
+    const [stats, devices, workloads, assignments] = await Promise.all([
+      api("/api/stats"),
+      api("/api/devices"),
+      api("/api/workloads"),
+      api("/api/assignments"),
+      refreshEvents(),
+    ]);
+    state.serverOffset = stats.time - Date.now() / 1000;
+    renderSummary(stats);
+    fill("#device-table tbody", "devices-empty", devices.map(deviceRow));
+    const byWorkload = new Map(assignments.map((a) => [a.workload_id, a]));
+    fill("#workload-table tbody", "workloads-empty", workloads.map((w) => workloadRow(w, byWorkload.get(w.workload.workload_id))));
+    fill("#event-table tbody", "events-empty", state.events.slice().reverse().map(eventRow));
+    renderPlots(await refreshHistories(devices));
+    error.hidden = true;
+    status.textContent = `updated ${clock(now())}`;
+    status.className = "status";
+  } catch (err) {
+    error.textContent = `Cannot refresh from the scheduler API: ${err.message}. Retrying every ${POLL_MS / 1000} s; the data shown may be stale.`;
+    error.hidden = false;
+    status.textContent = "stale";
+    status.className = "status stale";
+  } finally {
+    setTimeout(refresh, POLL_MS);
+  }
+}
+
+refresh();

@@ -1,0 +1,331 @@
+"""The scheduler's fleet state behind one interface, and :func:`open_store` to pick a backend by URL.
+
+- ``sqlite:///fleet.db`` (relative path), ``sqlite:////var/lib/lepton/fleet.db`` (absolute path, four
+  slashes), ``sqlite://:memory:``: the embedded default, for one scheduler process
+  (:mod:`lepton_edge.scheduler.store_sqlite`).
+- ``postgresql://user:password@host:5432/db``: shared state for several scheduler replicas, with leader
+  election through an advisory lock (:mod:`lepton_edge.scheduler.store_postgres`; needs the ``postgres``
+  extra: ``pip install 'lepton-edge[postgres]'``).
+
+Every method is safe to call from several threads; the PostgreSQL store is also safe across processes.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from lepton_edge.errors import LeptonError
+from lepton_edge.scheduler.models import Assignment, AssignmentStatus, Device, Event, Severity, Workload
+
+DEFAULT_HISTORY_LIMIT = 720
+"""Telemetry rows kept per device (an hour at one message per 5 s)."""
+DEFAULT_EVENT_LIMIT = 100_000
+"""Events kept in total; older ones are deleted as new ones arrive."""
+THROTTLE_TEMPERATURE_C = 85.0
+"""A device whose hottest sensor reaches this temperature counts as throttled."""
+CAPACITY_SMOOTHING = 0.3
+"""Weight of a new throughput measurement in the running estimate of a device's capacity for a model."""
+_PIPELINE_STAGES = ("preprocess", "infer", "postprocess")
+
+
+class StoreError(LeptonError):
+    """The fleet store failed or was asked something impossible; the message says what and where."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached right now; the same call works again once it is back."""
+
+
+class StoreNotFound(StoreError):
+    """The device or workload named does not exist."""
+
+
+class StoreConflict(StoreError):
+    """The record already exists (e.g. a workload id that is taken)."""
+
+
+class Store(abc.ABC):
+    """Fleet state: devices, telemetry, workloads, assignments, desired config versions, events, leader.
+
+    Times are Unix seconds given by the caller, so the store never reads a clock for decisions.
+    Use it as a context manager or call :meth:`close`.
+    """
+
+    history_limit: int = DEFAULT_HISTORY_LIMIT
+
+    # ---------------------------------------------------------------------------------- lifecycle
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema (numbered migrations recorded in ``schema_version``); idempotent."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The number of the newest migration applied (0 for an empty database)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections (and the leadership, if held). Further calls raise :class:`StoreError`."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------- presence
+    @abc.abstractmethod
+    def device_birth(self, device_id: str, session_id: int, capabilities: dict[str, Any], ts: float) -> bool:
+        """Record a birth. False (and nothing changes) if ``session_id`` is older than the newest session seen.
+
+        The device is online unless a death of the same session was already recorded (retained birth
+        and death can arrive in either order; docs/protocol.md "Sessions and presence").
+        """
+
+    @abc.abstractmethod
+    def device_death(self, device_id: str, session_id: int, ts: float, reason: str) -> bool:
+        """Record a death: the device goes offline. False for a stale death (older than the last birth).
+
+        A death of a newer session than the last birth (whose birth was missed) also applies.
+        """
+
+    @abc.abstractmethod
+    def device_seen(self, device_id: str, ts: float) -> None:
+        """Note that a message from the device arrived at ``ts`` (unknown devices are ignored)."""
+
+    @abc.abstractmethod
+    def mark_offline(
+        self, device_id: str, ts: float, reason: str, *, last_seen_before: float | None = None
+    ) -> bool:
+        """Mark an online device offline (liveness timeout). True if it was online and now is not.
+
+        With ``last_seen_before``, only if the device was last seen before that time, so a message that
+        arrived meanwhile (perhaps at another replica) wins over the timeout.
+        """
+
+    # ---------------------------------------------------------------------------------- telemetry
+    @abc.abstractmethod
+    def record_telemetry(self, device_id: str, session_id: int, seq: int, data: dict[str, Any], ts: float) -> bool:
+        """Store a telemetry payload as the device's latest and in its history (last ``history_limit`` rows).
+
+        Updates ``last_seen``, ``temperature_c``, ``throttled`` and the learned ``fps_capacity``. False (and
+        nothing stored) for a message of an older session or not newer than the latest (session, seq).
+        """
+
+    @abc.abstractmethod
+    def telemetry_history(self, device_id: str, since: float | None = None, limit: int = 720) -> list[dict[str, Any]]:
+        """The newest ``limit`` telemetry rows after ``since``, oldest first: ``{ts, session_id, seq, data}``."""
+
+    # ------------------------------------------------------------------------------------ devices
+    @abc.abstractmethod
+    def get_device(self, device_id: str) -> Device | None: ...
+
+    @abc.abstractmethod
+    def list_devices(self) -> list[Device]:
+        """Every device, ordered by id."""
+
+    @abc.abstractmethod
+    def set_device_group(self, device_id: str, group: str | None) -> None:
+        """Set the operator's group of a device; None falls back to the group in its capabilities.
+
+        Raises :class:`StoreNotFound` for an unknown device.
+        """
+
+    # ---------------------------------------------------------------------------------- workloads
+    @abc.abstractmethod
+    def add_workload(self, workload: Workload) -> Workload:
+        """Add a workload and return it as stored (``created_at`` set). :class:`StoreConflict` if the id exists."""
+
+    @abc.abstractmethod
+    def update_workload(self, workload: Workload) -> Workload:
+        """Replace a workload (its ``created_at`` is kept). :class:`StoreNotFound` if it does not exist."""
+
+    @abc.abstractmethod
+    def delete_workload(self, workload_id: str) -> bool:
+        """Delete a workload and its assignment; False if there was none."""
+
+    @abc.abstractmethod
+    def get_workload(self, workload_id: str) -> Workload | None: ...
+
+    @abc.abstractmethod
+    def list_workloads(self) -> list[Workload]:
+        """Every workload, ordered by id."""
+
+    # -------------------------------------------------------------------------------- assignments
+    @abc.abstractmethod
+    def list_assignments(self) -> list[Assignment]:
+        """Every assignment, ordered by workload id."""
+
+    @abc.abstractmethod
+    def apply_plan(self, changes: list[Assignment], removed: list[str]) -> None:
+        """Atomically upsert ``changes`` and delete the assignments of the ``removed`` workload ids.
+
+        Changes for workloads that no longer exist (deleted meanwhile) are skipped.
+        """
+
+    @abc.abstractmethod
+    def set_assignment_status(
+        self,
+        workload_id: str,
+        status: AssignmentStatus,
+        reason: str | None = None,
+        *,
+        desired_version: int | None = None,
+    ) -> bool:
+        """Set the status of an assignment; True if it exists (and, if given, carries ``desired_version``)."""
+
+    # ---------------------------------------------------------------------------- desired config
+    @abc.abstractmethod
+    def next_desired_version(self, device_id: str) -> int:
+        """Atomically allocate the device's next desired config version.
+
+        Monotonic per device across restarts and replicas, and always above the last reported version.
+        """
+
+    @abc.abstractmethod
+    def record_reported(self, device_id: str, version: int, outcome: str, errors: list[str]) -> bool:
+        """Record a device's config report; False (ignored) if it is older than the last one recorded."""
+
+    # ------------------------------------------------------------------------------------- events
+    @abc.abstractmethod
+    def add_event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        device_id: str | None = None,
+        workload_id: str | None = None,
+        severity: Severity = "info",
+        details: dict[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> Event:
+        """Record an event (``ts`` defaults to now); the oldest are deleted beyond the store's event limit."""
+
+    @abc.abstractmethod
+    def list_events(self, limit: int = 200, since_id: int | None = None) -> list[Event]:
+        """Events in id order (oldest first): the newest ``limit``, or the first ``limit`` after ``since_id``."""
+
+    # --------------------------------------------------------------------------------- leadership
+    @abc.abstractmethod
+    def try_lead(self, replica_id: str) -> bool:
+        """Try to become (or confirm being) the placement leader. Call it periodically.
+
+        A :class:`StoreUnavailable` from this call means: not the leader now.
+        """
+
+    @abc.abstractmethod
+    def release_lead(self, replica_id: str) -> None:
+        """Give up the leadership if ``replica_id`` holds it through this store."""
+
+    @abc.abstractmethod
+    def leader(self) -> str | None:
+        """The replica id of the current leader, or None."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def hottest(data: dict[str, Any]) -> float | None:
+    """The highest temperature in a telemetry payload's ``temperatures_c``, or None."""
+    temps = data.get("temperatures_c") or {}
+    values = [float(v) for v in temps.values() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return max(values) if values else None
+
+
+def is_throttled(data: dict[str, Any], temperature_c: float | None, limit_c: float = THROTTLE_TEMPERATURE_C) -> bool:
+    """Throttled when the payload says so (``throttled: true``) or the hottest sensor reaches ``limit_c``."""
+    return data.get("throttled") is True or (temperature_c is not None and temperature_c >= limit_c)
+
+
+def learn_capacity(previous: dict[str, float], data: dict[str, Any]) -> dict[str, float]:
+    """Update the per-model throughput estimate of a device from one telemetry payload.
+
+    The pipeline's stages run concurrently, so the device can sustain ``1000 / p50`` of its slowest stage
+    (preprocess, infer, postprocess) in frames per second; it demonstrably sustains at least the ``fps``
+    it reports. The estimate is smoothed (:data:`CAPACITY_SMOOTHING`) so one noisy window does not move
+    workloads around.
+    """
+    model = data.get("artifact_id")
+    if not isinstance(model, str) or not model:
+        return previous
+    latency = data.get("latency_ms") or {}
+    p50s = [
+        float(latency[s]["p50"])
+        for s in _PIPELINE_STAGES
+        if isinstance(latency.get(s), dict) and isinstance(latency[s].get("p50"), int | float)
+    ]
+    slowest = max(p50s, default=0.0)
+    estimate = 1000.0 / slowest if slowest > 0 else 0.0
+    fps = data.get("fps")
+    if isinstance(fps, int | float) and not isinstance(fps, bool):
+        estimate = max(estimate, float(fps))
+    if estimate <= 0:
+        return previous
+    old = previous.get(model)
+    new = estimate if not old else old + CAPACITY_SMOOTHING * (estimate - old)
+    return {**previous, model: round(new, 3)}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def sqlite_path(url: str) -> str:
+    """The file path (or ``:memory:``) named by a ``sqlite://`` URL (SQLAlchemy's convention)."""
+    rest = url[len("sqlite://") :]
+    if rest in ("", ":memory:", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/"):
+        raise StoreError(
+            f"store URL {url!r}: write sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite://:memory:"
+        )
+    return rest[1:]
+
+
+def open_store(url: str, *, migrate: bool = True, **options: Any) -> Store:
+    """Open the store named by ``url`` (see the module docstring) and, by default, migrate its schema.
+
+    ``options`` go to the backend: ``history_limit``, ``event_limit``, ``throttle_temperature_c``, and
+    for PostgreSQL ``max_connections`` and ``connect_timeout``.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise StoreError(
+            f"store URL {url!r} has no scheme: use sqlite:///path.db, sqlite://:memory: or postgresql://host/db"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    store: Store
+    if scheme == "sqlite":
+        from lepton_edge.scheduler.store_sqlite import SqliteStore
+
+        store = SqliteStore(sqlite_path(url), **options)
+    elif scheme in ("postgresql", "postgres"):
+        from lepton_edge.scheduler.store_postgres import PostgresStore
+
+        store = PostgresStore(url, **options)
+    else:
+        raise StoreError(f"store URL {redact_url(url)!r}: unknown scheme {scheme!r}; use sqlite:// or postgresql://")
+    if migrate:
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def describe_path(path: str) -> str:
+    """How a SQLite path reads in messages: as given, and absolute when it was relative."""
+    if path == ":memory:" or Path(path).is_absolute():
+        return path
+    return f"{path} (= {Path(path).resolve()})"

@@ -1,0 +1,512 @@
+"""The SQL both store backends share. A backend supplies connections, transactions and leadership.
+
+Queries use ``?`` placeholders; the PostgreSQL backend translates them. Each public method runs in one
+transaction through :meth:`SqlStore._run`, which the backends implement.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from lepton_edge.scheduler.migrations import Migration
+from lepton_edge.scheduler.models import ASSIGNMENT_STATUSES, SEVERITIES, Assignment, Device, Event, Workload
+from lepton_edge.scheduler.store import (
+    DEFAULT_EVENT_LIMIT,
+    DEFAULT_HISTORY_LIMIT,
+    THROTTLE_TEMPERATURE_C,
+    Store,
+    StoreConflict,
+    StoreError,
+    StoreNotFound,
+    hottest,
+    is_throttled,
+    learn_capacity,
+)
+
+T = TypeVar("T")
+
+_DEVICE_COLUMNS = (
+    "device_id, online, birth_session, death_session, last_seen, status_since, offline_reason, capabilities, "
+    "operator_group, desired_version, reported_version, last_outcome, last_errors, telemetry, throttled, "
+    "temperature_c, fps_capacity"
+)
+_WORKLOAD_COLUMNS = (
+    "workload_id, source_uri, model, artifact, required_fps, pinned_device, group_name, accelerator, runtime, "
+    "config, created_at"
+)
+_EVENT_COLUMNS = "id, time, kind, device_id, workload_id, severity, message, details"
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StoreError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+class SqlStore(Store):
+    """Everything but connections, transactions, migrations' locking and leadership."""
+
+    migrations: list[Migration]
+    greatest = "MAX"
+    """SQL function returning the larger of its arguments."""
+    for_update = ""
+    """Suffix that locks the rows a SELECT reads until the transaction ends."""
+
+    def __init__(
+        self,
+        *,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        event_limit: int = DEFAULT_EVENT_LIMIT,
+        throttle_temperature_c: float = THROTTLE_TEMPERATURE_C,
+    ) -> None:
+        self.history_limit = _positive("history_limit", history_limit)
+        self.event_limit = _positive("event_limit", event_limit)
+        self.throttle_temperature_c = float(throttle_temperature_c)
+
+    # --------------------------------------------------------------------------- backend hooks
+    @abc.abstractmethod
+    def _run(self, fn: Callable[[Cursor], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction (committed if it returns, rolled back if it raises)."""
+
+    @abc.abstractmethod
+    def _json(self, value: Any) -> Any:
+        """A JSON value as a query parameter."""
+
+    def _from_json(self, value: Any) -> Any:
+        """A JSON column as a Python value (SQLite returns text; PostgreSQL has already decoded it)."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    def _lock_for_migration(self, cur: Cursor) -> None:
+        """Keep other processes from migrating at the same time (SQLite's write transaction already does)."""
+
+    # ------------------------------------------------------------------------------- migrations
+    def migrate(self) -> None:
+        latest = self.migrations[-1].version
+
+        def run(cur: Cursor) -> None:
+            self._lock_for_migration(cur)
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = self._current_version(cur)
+            if current > latest:
+                raise StoreError(
+                    f"the fleet store's schema is at version {current}, newer than this lepton-edge knows "
+                    f"({latest}): upgrade lepton-edge on this scheduler to match the other replicas"
+                )
+            for migration in self.migrations:
+                if migration.version > current:
+                    for statement in migration.statements:
+                        cur.execute(statement)
+                    cur.execute(
+                        "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                        (migration.version, migration.name, time.time()),
+                    )
+
+        self._run(run)
+
+    def schema_version(self) -> int:
+        return self._run(lambda cur: self._current_version(cur) if self._has_schema_table(cur) else 0, write=False)
+
+    def _current_version(self, cur: Cursor) -> int:
+        cur.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+        return int(cur.fetchone()["v"])
+
+    @abc.abstractmethod
+    def _has_schema_table(self, cur: Cursor) -> bool: ...
+
+    # -------------------------------------------------------------------------------- presence
+    def _ensure_device(self, cur: Cursor, device_id: str) -> Any:
+        """Create the device's row if needed and return it, locked until the transaction ends."""
+        cur.execute("INSERT INTO devices (device_id) VALUES (?) ON CONFLICT (device_id) DO NOTHING", (device_id,))
+        cur.execute(
+            "SELECT birth_session, death_session, telemetry_session, telemetry_seq, fps_capacity, history_n "
+            f"FROM devices WHERE device_id = ?{self.for_update}",
+            (device_id,),
+        )
+        return cur.fetchone()
+
+    def device_birth(self, device_id: str, session_id: int, capabilities: dict[str, Any], ts: float) -> bool:
+        def run(cur: Cursor) -> bool:
+            row = self._ensure_device(cur, device_id)
+            if session_id < max(row["birth_session"], row["death_session"]):
+                return False
+            online = session_id > row["death_session"]
+            cur.execute(
+                f"UPDATE devices SET birth_session = ?, online = ?, last_seen = {self.greatest}(last_seen, ?), "
+                "capabilities = ?, offline_reason = CASE WHEN ? THEN NULL ELSE offline_reason END, "
+                "status_since = CASE WHEN online = ? THEN status_since ELSE ? END WHERE device_id = ?",
+                (session_id, online, ts, self._json(capabilities), online, online, ts, device_id),
+            )
+            return True
+
+        return self._run(run)
+
+    def device_death(self, device_id: str, session_id: int, ts: float, reason: str) -> bool:
+        def run(cur: Cursor) -> bool:
+            row = self._ensure_device(cur, device_id)
+            if session_id < row["birth_session"]:
+                return False
+            cur.execute(
+                f"UPDATE devices SET death_session = {self.greatest}(death_session, ?), "
+                "status_since = CASE WHEN online THEN ? ELSE status_since END, online = FALSE, offline_reason = ? "
+                "WHERE device_id = ?",
+                (session_id, ts, reason, device_id),
+            )
+            return True
+
+        return self._run(run)
+
+    def device_seen(self, device_id: str, ts: float) -> None:
+        self._run(
+            lambda cur: cur.execute(
+                f"UPDATE devices SET last_seen = {self.greatest}(last_seen, ?) WHERE device_id = ?", (ts, device_id)
+            )
+        )
+
+    def mark_offline(
+        self, device_id: str, ts: float, reason: str, *, last_seen_before: float | None = None
+    ) -> bool:
+        def run(cur: Cursor) -> bool:
+            sql = (
+                "UPDATE devices SET online = FALSE, offline_reason = ?, status_since = ? "
+                "WHERE device_id = ? AND online"
+            )
+            params: list[Any] = [reason, ts, device_id]
+            if last_seen_before is not None:
+                sql += " AND last_seen < ?"
+                params.append(last_seen_before)
+            cur.execute(sql, params)
+            return cur.rowcount == 1
+
+        return self._run(run)
+
+    # ------------------------------------------------------------------------------- telemetry
+    def record_telemetry(self, device_id: str, session_id: int, seq: int, data: dict[str, Any], ts: float) -> bool:
+        def run(cur: Cursor) -> bool:
+            row = self._ensure_device(cur, device_id)
+            if session_id < row["birth_session"]:
+                return False
+            if (session_id, seq) <= (row["telemetry_session"], row["telemetry_seq"]):
+                return False
+            temperature = hottest(data)
+            throttled = is_throttled(data, temperature, self.throttle_temperature_c)
+            capacity = learn_capacity(self._from_json(row["fps_capacity"]) or {}, data)
+            n = row["history_n"] + 1
+            encoded = self._json(data)
+            cur.execute(
+                "UPDATE devices SET telemetry = ?, telemetry_session = ?, telemetry_seq = ?, "
+                f"last_seen = {self.greatest}(last_seen, ?), temperature_c = ?, throttled = ?, fps_capacity = ?, "
+                "history_n = ? WHERE device_id = ?",
+                (encoded, session_id, seq, ts, temperature, throttled, self._json(capacity), n, device_id),
+            )
+            cur.execute(
+                "INSERT INTO telemetry_history (device_id, n, ts, session_id, seq, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (device_id, n, ts, session_id, seq, encoded),
+            )
+            # the rows are numbered per device, so the bound is one indexed range delete (usually one row)
+            cur.execute(
+                "DELETE FROM telemetry_history WHERE device_id = ? AND n <= ?", (device_id, n - self.history_limit)
+            )
+            return True
+
+        return self._run(run)
+
+    def telemetry_history(self, device_id: str, since: float | None = None, limit: int = 720) -> list[dict[str, Any]]:
+        _positive("limit", limit)
+
+        def run(cur: Cursor) -> list[dict[str, Any]]:
+            sql = "SELECT ts, session_id, seq, data FROM telemetry_history WHERE device_id = ?"
+            params: list[Any] = [device_id]
+            if since is not None:
+                sql += " AND ts > ?"
+                params.append(since)
+            cur.execute(sql + " ORDER BY n DESC LIMIT ?", [*params, limit])
+            rows = cur.fetchall()
+            return [
+                {"ts": r["ts"], "session_id": r["session_id"], "seq": r["seq"], "data": self._from_json(r["data"])}
+                for r in reversed(rows)
+            ]
+
+        return self._run(run, write=False)
+
+    # --------------------------------------------------------------------------------- devices
+    def _device(self, row: Any) -> Device:
+        caps = self._from_json(row["capabilities"]) or {}
+        own_group = caps.get("group") if isinstance(caps.get("group"), str) else None
+        return Device(
+            device_id=row["device_id"],
+            online=bool(row["online"]),
+            session_id=max(row["birth_session"], row["death_session"]),
+            last_seen=row["last_seen"],
+            capabilities=caps,
+            group=row["operator_group"] or own_group,
+            accelerator=str(caps.get("accelerator") or "unknown"),
+            runtimes=dict(caps.get("runtimes") or {}),
+            desired_version=row["desired_version"],
+            reported_version=row["reported_version"],
+            last_outcome=row["last_outcome"],
+            telemetry=self._from_json(row["telemetry"]),
+            throttled=bool(row["throttled"]),
+            temperature_c=row["temperature_c"],
+            fps_capacity=self._from_json(row["fps_capacity"]) or {},
+            last_errors=self._from_json(row["last_errors"]) or [],
+            offline_reason=row["offline_reason"],
+            status_since=row["status_since"],
+        )
+
+    def get_device(self, device_id: str) -> Device | None:
+        def run(cur: Cursor) -> Device | None:
+            cur.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,))
+            row = cur.fetchone()
+            return None if row is None else self._device(row)
+
+        return self._run(run, write=False)
+
+    def list_devices(self) -> list[Device]:
+        def run(cur: Cursor) -> list[Device]:
+            cur.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device_id")
+            return [self._device(r) for r in cur.fetchall()]
+
+        return self._run(run, write=False)
+
+    def set_device_group(self, device_id: str, group: str | None) -> None:
+        def run(cur: Cursor) -> None:
+            cur.execute("UPDATE devices SET operator_group = ? WHERE device_id = ?", (group, device_id))
+            if cur.rowcount == 0:
+                raise StoreNotFound(f"no device {device_id!r} in the fleet store; list devices to see the known ids")
+
+        self._run(run)
+
+    # ------------------------------------------------------------------------------- workloads
+    def _workload_params(self, w: Workload) -> tuple[Any, ...]:
+        return (
+            w.source_uri,
+            w.model,
+            None if w.artifact is None else self._json(w.artifact),
+            w.required_fps,
+            w.pinned_device,
+            w.group,
+            w.accelerator,
+            w.runtime,
+            self._json(w.config),
+        )
+
+    def _workload(self, row: Any) -> Workload:
+        # rows were validated on the way in
+        return Workload.model_construct(
+            workload_id=row["workload_id"],
+            source_uri=row["source_uri"],
+            model=row["model"],
+            artifact=self._from_json(row["artifact"]),
+            required_fps=row["required_fps"],
+            pinned_device=row["pinned_device"],
+            group=row["group_name"],
+            accelerator=row["accelerator"],
+            runtime=row["runtime"],
+            config=self._from_json(row["config"]) or {},
+            created_at=row["created_at"],
+        )
+
+    def add_workload(self, workload: Workload) -> Workload:
+        stored = workload.model_copy(update={"created_at": workload.created_at or time.time()})
+
+        def run(cur: Cursor) -> None:
+            cur.execute(
+                f"INSERT INTO workloads ({_WORKLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (workload_id) DO NOTHING",
+                (stored.workload_id, *self._workload_params(stored), stored.created_at),
+            )
+            if cur.rowcount == 0:
+                raise StoreConflict(
+                    f"workload {stored.workload_id!r} already exists; update it, or delete it first"
+                )
+
+        self._run(run)
+        return stored
+
+    def update_workload(self, workload: Workload) -> Workload:
+        def run(cur: Cursor) -> Workload:
+            cur.execute(
+                "UPDATE workloads SET source_uri = ?, model = ?, artifact = ?, required_fps = ?, pinned_device = ?, "
+                "group_name = ?, accelerator = ?, runtime = ?, config = ? WHERE workload_id = ? RETURNING created_at",
+                (*self._workload_params(workload), workload.workload_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise StoreNotFound(f"no workload {workload.workload_id!r} to update; add it first")
+            return workload.model_copy(update={"created_at": row["created_at"]})
+
+        return self._run(run)
+
+    def delete_workload(self, workload_id: str) -> bool:
+        def run(cur: Cursor) -> bool:
+            cur.execute("DELETE FROM assignments WHERE workload_id = ?", (workload_id,))
+            cur.execute("DELETE FROM workloads WHERE workload_id = ?", (workload_id,))
+            return cur.rowcount == 1
+
+        return self._run(run)
+
+    def get_workload(self, workload_id: str) -> Workload | None:
+        def run(cur: Cursor) -> Workload | None:
+            cur.execute(f"SELECT {_WORKLOAD_COLUMNS} FROM workloads WHERE workload_id = ?", (workload_id,))
+            row = cur.fetchone()
+            return None if row is None else self._workload(row)
+
+        return self._run(run, write=False)
+
+    def list_workloads(self) -> list[Workload]:
+        def run(cur: Cursor) -> list[Workload]:
+            cur.execute(f"SELECT {_WORKLOAD_COLUMNS} FROM workloads ORDER BY workload_id")
+            return [self._workload(r) for r in cur.fetchall()]
+
+        return self._run(run, write=False)
+
+    # ----------------------------------------------------------------------------- assignments
+    def list_assignments(self) -> list[Assignment]:
+        def run(cur: Cursor) -> list[Assignment]:
+            cur.execute(
+                "SELECT workload_id, device_id, status, desired_version, since, reason FROM assignments "
+                "ORDER BY workload_id"
+            )
+            return [
+                Assignment(r["workload_id"], r["device_id"], r["status"], r["desired_version"], r["since"], r["reason"])
+                for r in cur.fetchall()
+            ]
+
+        return self._run(run, write=False)
+
+    def apply_plan(self, changes: list[Assignment], removed: list[str]) -> None:
+        for a in changes:
+            if not isinstance(a, Assignment):
+                raise StoreError(f"apply_plan takes Assignment records, got {type(a).__name__}")
+        rows = [
+            (a.workload_id, a.device_id, a.status, a.desired_version, a.since, a.reason, a.workload_id) for a in changes
+        ]
+
+        def run(cur: Cursor) -> None:
+            if rows:
+                cur.executemany(
+                    "INSERT INTO assignments (workload_id, device_id, status, desired_version, since, reason) "
+                    "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM workloads WHERE workload_id = ?) "
+                    "ON CONFLICT (workload_id) DO UPDATE SET device_id = excluded.device_id, status = excluded.status, "
+                    "desired_version = excluded.desired_version, since = excluded.since, reason = excluded.reason",
+                    rows,
+                )
+            if removed:
+                cur.executemany("DELETE FROM assignments WHERE workload_id = ?", [(w,) for w in removed])
+
+        self._run(run)
+
+    def set_assignment_status(
+        self,
+        workload_id: str,
+        status: str,
+        reason: str | None = None,
+        *,
+        desired_version: int | None = None,
+    ) -> bool:
+        if status not in ASSIGNMENT_STATUSES:
+            raise StoreError(f"assignment status must be one of {ASSIGNMENT_STATUSES}, got {status!r}")
+
+        def run(cur: Cursor) -> bool:
+            sql = "UPDATE assignments SET status = ?, reason = ? WHERE workload_id = ?"
+            params: list[Any] = [status, reason, workload_id]
+            if desired_version is not None:
+                sql += " AND desired_version = ?"
+                params.append(desired_version)
+            cur.execute(sql, params)
+            return cur.rowcount == 1
+
+        return self._run(run)
+
+    # -------------------------------------------------------------------------- desired config
+    def next_desired_version(self, device_id: str) -> int:
+        def run(cur: Cursor) -> int:
+            cur.execute(
+                "INSERT INTO devices (device_id, desired_version) VALUES (?, 1) ON CONFLICT (device_id) DO UPDATE "
+                f"SET desired_version = {self.greatest}(devices.desired_version, devices.reported_version) + 1 "
+                "RETURNING desired_version",
+                (device_id,),
+            )
+            return int(cur.fetchone()["desired_version"])
+
+        return self._run(run)
+
+    def record_reported(self, device_id: str, version: int, outcome: str, errors: list[str]) -> bool:
+        def run(cur: Cursor) -> bool:
+            self._ensure_device(cur, device_id)
+            cur.execute(
+                "UPDATE devices SET reported_version = ?, last_outcome = ?, last_errors = ? "
+                "WHERE device_id = ? AND reported_version <= ?",
+                (version, outcome, self._json(list(errors)), device_id, version),
+            )
+            return cur.rowcount == 1
+
+        return self._run(run)
+
+    # ---------------------------------------------------------------------------------- events
+    def add_event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        device_id: str | None = None,
+        workload_id: str | None = None,
+        severity: str = "info",
+        details: dict[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> Event:
+        if severity not in SEVERITIES:
+            raise StoreError(f"event severity must be one of {SEVERITIES}, got {severity!r}")
+        when = time.time() if ts is None else ts
+        details = dict(details or {})
+
+        def run(cur: Cursor) -> int:
+            cur.execute(
+                "INSERT INTO events (time, kind, device_id, workload_id, severity, message, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (when, kind, device_id, workload_id, severity, message, self._json(details)),
+            )
+            event_id = int(cur.fetchone()["id"])
+            cur.execute("DELETE FROM events WHERE id <= ?", (event_id - self.event_limit,))
+            return event_id
+
+        event_id = self._run(run)
+        return Event(event_id, when, kind, device_id, workload_id, severity, message, details)  # type: ignore[arg-type]
+
+    def list_events(self, limit: int = 200, since_id: int | None = None) -> list[Event]:
+        _positive("limit", limit)
+
+        def run(cur: Cursor) -> list[Event]:
+            if since_id is None:
+                cur.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (limit,))
+                rows = list(reversed(cur.fetchall()))
+            else:
+                cur.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (since_id, limit)
+                )
+                rows = cur.fetchall()
+            return [
+                Event(
+                    r["id"], r["time"], r["kind"], r["device_id"], r["workload_id"], r["severity"], r["message"],
+                    self._from_json(r["details"]) or {},
+                )
+                for r in rows
+            ]
+
+        return self._run(run, write=False)
