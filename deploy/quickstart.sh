@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: sets up what is missing, then runs the job.
-#   deploy/quickstart.sh demo    # set up, then run the bundled detector on the synthetic shapes stream
+#   deploy/quickstart.sh demo    # set up, then run broker + scheduler + a device with the bundled detector
 #   deploy/quickstart.sh test    # set up, then run the whole test suite
 #   deploy/quickstart.sh bench   # set up, then run the benchmarks
 #   deploy/quickstart.sh setup   # only set up
-# Environment: VENV (default .venv), DURATION (demo seconds, default 20), LEPTON_SYSTEM_OPENCV=1 to use the
+# Environment: VENV (default .venv), DURATION (demo seconds, default 30), LEPTON_SYSTEM_OPENCV=1 to use the
 # system OpenCV (Jetson: JetPack's python3-opencv with GStreamer) instead of installing the pip wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,8 +62,8 @@ case "${1:-demo}" in
     setup) setup ;;
     demo)
         setup
-        say "running the demo detector on synthetic://shapes for ${DURATION:-20} s (Ctrl-C stops)"
-        exec "$VENV/bin/lepton-edge" run --config deploy/demo.yaml --duration "${DURATION:-20}" ;;
+        say "demo for ${DURATION:-30} s: local broker, scheduler + dashboard, device running the bundled detector (Ctrl-C stops)"
+        exec "$VENV/bin/lepton-edge" demo --duration "${DURATION:-30}" ;;
     test)
         setup
         # Real parts the tests start themselves: PostgreSQL (initdb/pg_ctl), Chromium (dashboard), openssl
