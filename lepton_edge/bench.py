@@ -120,61 +120,65 @@ def _median_rate(samples: list[float]) -> float:
     return statistics.median(samples) if samples else 0.0
 
 
-def bench_throughput(model: Path, source: str, frames: int, rounds: int, threads: int) -> dict[str, Any]:
-    """Raw backend loop vs naive loop vs pipeline on one model; frames/s medians and ratios."""
+def bench_throughput(model: Path, source: str, frames: int, rounds: int, threads: int,
+                     case_seconds: float = 8.0) -> dict[str, Any]:
+    """Raw backend loop vs naive loop vs pipeline on one model; frames/s medians and ratios.
+
+    Each case runs ``frames`` frames or ``case_seconds``, whichever comes first (heavy models)."""
     from lepton_edge.config import SourceConfig
     from lepton_edge.runtime import build_pipeline, load_backend
     from lepton_edge.sources import FrameReader, create_source
 
     config = _device_config(model, source, live=False, threads=threads)
-    raw_backend = load_backend(config, in_pipeline=False)  # spinning on: the true ceiling
-    pipe_backend = load_backend(config, in_pipeline=True)
+    # One session for all three cases: the same model, input and thread settings.
+    backend = load_backend(config, in_pipeline=True)
     rates: dict[str, list[float]] = {"raw": [], "naive": [], "pipeline": []}
     try:
-        probe = build_pipeline(config, max_frames=1, backend=pipe_backend)
+        probe = build_pipeline(config, max_frames=1, backend=backend)
         pre, post = probe.preprocessor, probe.postprocessor
         probe.run()
         if pre is None:
             raise ValueError("throughput bench needs an image source")
-        feeds_name = pipe_backend.inputs[0].name
+        feeds_name = backend.inputs[0].name
         ready = pre.new_buffer()
         for _ in range(rounds):
             # raw: the ceiling for inference
             t = now()
-            for _ in range(frames):
-                raw_backend.infer({feeds_name: ready})
-            rates["raw"].append(frames / (now() - t))
+            n = 0
+            while n < frames and now() - t < case_seconds:
+                backend.infer({feeds_name: ready})
+                n += 1
+            rates["raw"].append(n / (now() - t))
 
             # naive: the same components, one after another, as users write it
-            stop = threading.Event()
-            reader = FrameReader(create_source(SourceConfig(uri=source, live=False, loop=True)),
-                                 SourceConfig(uri=source, live=False, loop=True), stop)
+            source_config = SourceConfig(uri=source, live=False, loop=True)
+            reader = FrameReader(create_source(source_config), source_config, threading.Event())
             buffer = pre.new_buffer()
             t = now()
             n = 0
             for frame in reader:
                 transform = pre(frame.data, buffer)
-                outputs = pipe_backend.infer({feeds_name: buffer})
+                outputs = backend.infer({feeds_name: buffer})
                 post(outputs, transform)
                 n += 1
-                if n >= frames:
+                if n >= frames or now() - t >= case_seconds:
                     break
             rates["naive"].append(n / (now() - t))
             reader.close()
 
             # pipeline
-            pipeline = build_pipeline(config, max_frames=frames, backend=pipe_backend)
+            pipeline = build_pipeline(config, max_frames=frames, backend=backend)
             t = now()
-            stats = pipeline.run()
+            stats = pipeline.run(duration_s=case_seconds)
             rates["pipeline"].append(stats["results"] / (now() - t))
     finally:
-        raw_backend.close()
-        pipe_backend.close()
+        backend.close()
     med = {k: _median_rate(v) for k, v in rates.items()}
     return {
         "model": str(model),
         "source": source,
         "frames_per_round": frames,
+        "case_seconds": case_seconds,
         "rounds": rounds,
         "intra_op_threads": threads,
         "fps": med,
@@ -262,6 +266,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    "video of the shapes scene)")
     p.add_argument("--frames", type=int, default=200, help="frames per case and round (default 200)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--case-seconds", type=float, default=8.0,
+                   help="longest time per case and round (heavy models stop before --frames)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: physical cores)")
     p.add_argument("--suite", action="append", choices=["throughput", "latency", "agent", "scheduler"],
                    help="suites to run (default: throughput and latency; agent and scheduler need mosquitto)")
@@ -276,8 +282,9 @@ def _print_table(report: dict[str, Any]) -> None:
           f"{' '.join(m['instruction_sets'])}; onnxruntime {m['onnxruntime']}")
     for r in report.get("throughput", []):
         f, ratio = r["fps"], r["ratios"]
-        print(f"\nthroughput  {Path(r['model']).name}  ({r['frames_per_round']} frames x {r['rounds']} rounds, "
-              f"median fps; threads={r['intra_op_threads'] or 'auto'})")
+        print(f"\nthroughput  {Path(r['model']).name}  (up to {r['frames_per_round']} frames or "
+              f"{r['case_seconds']:g} s per case, {r['rounds']} rounds, median fps; "
+              f"threads={r['intra_op_threads'] or 'auto'})")
         print(f"  raw backend loop {f['raw']:9.1f}   naive loop {f['naive']:9.1f}   pipeline {f['pipeline']:9.1f}")
         print(f"  pipeline / raw   {ratio['pipeline_vs_raw']:.3f}   pipeline / naive {ratio['pipeline_vs_naive']:.3f}"
               f"   naive / raw {ratio['naive_vs_raw']:.3f}")
@@ -314,7 +321,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         report["throughput"] = []
         for model in models:
             print(f"measuring throughput of {model.name} ...", file=sys.stderr, flush=True)
-            report["throughput"].append(bench_throughput(model, source, args.frames, args.rounds, args.threads))
+            report["throughput"].append(bench_throughput(model, source, args.frames, args.rounds, args.threads,
+                                                              args.case_seconds))
     if "latency" in suites:
         model = Path(args.model[0]) if args.model else DEMO_MODEL
         print(f"measuring live latency of {model.name} for {args.duration:.0f} s ...", file=sys.stderr, flush=True)
