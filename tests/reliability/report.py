@@ -1,0 +1,135 @@
+"""The reliability report: one record per fault scenario, written as JSON and Markdown.
+
+The directory is ``$LEPTON_RELIABILITY_REPORT_DIR`` or ``out/reliability`` under the repository; the
+files are ``report.json`` and ``report.md``. A run of part of the suite writes the scenarios it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORT_DIR_VARIABLE = "LEPTON_RELIABILITY_REPORT_DIR"
+
+
+def report_dir() -> Path:
+    return Path(os.environ.get(REPORT_DIR_VARIABLE) or ROOT / "out" / "reliability")
+
+
+@dataclass
+class ScenarioRecord:
+    """What happened in one scenario; the test fills it in as it goes, the fixture sets ``outcome``."""
+
+    name: str
+    fault: str
+    outcome: str = "not run"
+    durable_sent: int | None = None
+    durable_delivered: int | None = None
+    durable_lost: int | None = None
+    duplicates: int | None = None
+    recovery_s: float | None = None
+    recovery_means: str = ""
+    """What ``recovery_s`` measures (from which event to which)."""
+    observations: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None
+    hidden: dict[str, str] = field(default_factory=dict, repr=False)
+    """Text replaced in notes (a test's temporary folder -> ``<tmp>``); not written to the report."""
+
+    def hide(self, text: str, replacement: str) -> None:
+        self.hidden[text] = replacement
+
+    def clean(self, text: str) -> str:
+        for old, new in self.hidden.items():
+            text = text.replace(old, new)
+        return text
+
+    def note(self, text: str) -> None:
+        self.observations.append(self.clean(text))
+
+    def set_accounting(self, summary: dict[str, Any]) -> None:
+        """Copy the message counts of :meth:`tests.reliability.harness.Accounting.summary`."""
+        self.durable_sent = summary["durable_sent"]
+        self.durable_delivered = summary["durable_delivered"]
+        self.durable_lost = summary["durable_lost"]
+        self.duplicates = summary["duplicates"]
+        self.metrics.update(
+            {k: v for k, v in summary.items() if not k.startswith("durable_") and k != "duplicates"}
+        )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(records: list[ScenarioRecord], meta: dict[str, Any]) -> str:
+    lines = [
+        "# lepton-edge reliability report",
+        "",
+        f"Generated {meta['generated']} on {meta['host']} (Python {meta['python']}) by "
+        "`pytest tests/reliability -m reliability`. Every scenario runs real processes: mosquitto, the "
+        "device (`lepton-edge run`), onnxruntime, loopback servers.",
+        "",
+        "Durable messages are the outbox's high-priority ones (durable results, events, config reports). "
+        "*Lost* = stored in the device's outbox but never received by the subscriber; *duplicates* = "
+        "extra deliveries of an id already received (allowed, and identifiable by `lepton-msg-id`).",
+        "",
+        "| scenario | outcome | durable sent | delivered | lost | duplicates | recovery (s) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(v)
+                for v in (
+                    r.name,
+                    r.outcome,
+                    r.durable_sent,
+                    r.durable_delivered,
+                    r.durable_lost,
+                    r.duplicates,
+                    r.recovery_s,
+                )
+            )
+            + " |"
+        )
+    for r in records:
+        lines += ["", f"## {r.name}", "", f"**Fault:** {r.fault}", "", f"**Outcome:** {r.outcome}"]
+        if r.failure:
+            lines += ["", "```", r.failure.strip()[:2000], "```"]
+        if r.recovery_means:
+            lines += ["", f"**Recovery time:** {_cell(r.recovery_s)} s, {r.recovery_means}."]
+        if r.observations:
+            lines += ["", "What happened:", ""] + [f"- {o}" for o in r.observations]
+        if r.metrics:
+            lines += ["", "Figures: " + ", ".join(f"{k}={_cell(v)}" for k, v in r.metrics.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(records: list[ScenarioRecord], directory: Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` (scenarios sorted by name); returns their paths."""
+    directory = directory or report_dir()
+    records = sorted(records, key=lambda r: r.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host": platform.node() or "unknown",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    json_path, md_path = directory / "report.json", directory / "report.md"
+    scenarios = [{k: v for k, v in asdict(r).items() if k != "hidden"} for r in records]
+    json_path.write_text(json.dumps({**meta, "scenarios": scenarios}, indent=2, default=str) + "\n")
+    md_path.write_text(render_markdown(records, meta))
+    return json_path, md_path
