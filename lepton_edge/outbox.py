@@ -16,6 +16,14 @@ that does not fit is kept over the bound (counted as ``over_bound``) up to twice
 that :class:`OutboxFull` is raised, so high-priority data is never lost silently. Messages older than
 ``max_age_s`` are dropped. Every drop is counted by reason in a table that survives restarts.
 
+A full file system: SQLite needs free space even to delete rows, so the outbox keeps a preallocated
+reserve file (``disk_reserve_bytes``) beside the database. When SQLite reports the disk full during a
+high-priority put, the reserve is deleted, the oldest low-priority messages are dropped (counted as
+``full_low_priority``), the WAL is checkpointed, and the put is retried once; the reserve is recreated
+once the file system has room for it twice over. A put that still does not fit raises
+:class:`OutboxDiskFull` and is counted as ``disk_full`` (in memory until a transaction succeeds again).
+Low-priority puts never use the reserve: on a full disk they are refused and counted.
+
 Ages use the wall clock (they must survive restarts): a device without a real-time clock whose time
 jumps forward at NTP sync can expire messages early; set ``max_age_s`` to None there.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -50,7 +59,15 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MESSAGE_ID_PROPERTY = "lepton-msg-id"
 """MQTT v5 user property carrying a message's stable unique id; receivers drop duplicates by it."""
-DROP_REASONS = ("full_low_priority", "expired", "full_high_priority", "rejected")
+DROP_REASONS = ("full_low_priority", "expired", "full_high_priority", "rejected", "disk_full")
+_RESERVE_RETRY_S = 1.0
+_WAL_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
+_WAL_AUTOCHECKPOINT_LOW_SPACE = 16
+"""Without its reserve the disk is nearly full: keep the WAL small (it restarts after each checkpoint), since
+it grows by a few pages per put while the database reuses the pages freed by dropped messages."""
+_EVICT_MARGIN_PAGES = 16
+"""On a full disk, drop this many pages' worth of low-priority messages beyond the new message's size, so
+the insert finds whole free pages in the database file."""
 
 
 class OutboxConfig(BaseModel):
@@ -72,6 +89,12 @@ class OutboxConfig(BaseModel):
         "normal",
         description="`normal`: a put survives a process crash; `full`: also a power loss (an fsync per put).",
     )
+    disk_reserve_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="Size of the preallocated `<path>.reserve` file, deleted when the file system is full so "
+        "SQLite has room to drop low-priority messages for a high-priority one; 0 keeps no reserve.",
+    )
 
 
 class OutboxError(LeptonError):
@@ -80,6 +103,10 @@ class OutboxError(LeptonError):
 
 class OutboxFull(OutboxError):
     """A high-priority message does not fit even at twice max_bytes; nothing was dropped to make room."""
+
+
+class OutboxDiskFull(OutboxError):
+    """The file system holding the outbox is full: the message was not stored (counted as ``disk_full``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +178,10 @@ class Outbox:
                 f"outbox {path} is in use by another process; give each process its own outbox path"
             ) from None
         self._db: sqlite3.Connection | None = None
+        self._unsaved: dict[str, int] = {}  # counters not yet in the database (the disk was full)
+        self._reserve_path = Path(f"{path}.reserve")
+        self._reserve_missing = False
+        self._next_reserve_try = 0.0
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -158,18 +189,22 @@ class Outbox:
             self._db.execute("PRAGMA journal_size_limit=4194304")
             self._db.executescript(_SCHEMA)
             self._instance = self._init_meta()
-        except sqlite3.Error as e:
+            self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        except (sqlite3.Error, OutboxError) as e:
             if self._db is not None:
                 self._db.close()
                 self._db = None
             self._lock_file.close()
-            if isinstance(e, sqlite3.OperationalError):
+            if isinstance(e, OutboxError):
+                message = f"outbox {path}: cannot initialise the database: {e.__cause__ or e}; check its free space"
+            elif isinstance(e, sqlite3.OperationalError):
                 message = f"outbox {path}: cannot open the database: {e}; check the folder's permissions and free space"
             else:
                 message = f"outbox {path} is not a usable outbox database ({e}); move the file away to start a new one"
             raise OutboxError(message) from None
         self._recount()
         self._next_expiry = 0.0
+        self._ensure_reserve()
 
     def _init_meta(self) -> str:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -197,19 +232,41 @@ class Outbox:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction; it also saves the counters kept in memory while the disk was full."""
+        unsaved = dict(self._unsaved)
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             yield
+            for name, n in unsaved.items():
+                self._count(name, n)
+            self._db.execute("COMMIT")
         except BaseException as e:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may have rolled back already (some SQLITE_FULL cases)
+                self._db.execute("ROLLBACK")
             self._recount()
             if isinstance(e, sqlite3.Error):
-                raise OutboxError(f"outbox {self.config.path}: {e} (is the disk full?)") from e
+                raise self._error(e) from e
             raise
+        for name, n in unsaved.items():
+            self._unsaved[name] -= n
+            if not self._unsaved[name]:
+                del self._unsaved[name]
+
+    def _error(self, e: sqlite3.Error) -> OutboxError:
+        if _is_disk_full(e):
+            return OutboxDiskFull(
+                f"outbox {self.config.path}: {e}: the file system holding it has no space left; free some space"
+            )
+        return OutboxError(f"outbox {self.config.path}: {e} (is the disk full?)")
+
+    def _count_drop(self, name: str, n: int = 1) -> None:
+        """Count ``n`` drops in their own transaction, or in memory if the disk is full."""
+        self._unsaved[name] = self._unsaved.get(name, 0) + n
         try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise OutboxError(f"outbox {self.config.path}: cannot commit: {e} (is the disk full?)") from e
+            with self._transaction():
+                pass
+        except OutboxError as e:
+            log.warning("outbox %s: drop counter kept in memory until the next write: %s", self.config.path, e)
 
     def _count(self, name: str, n: int = 1) -> None:
         self._db.execute(
@@ -243,7 +300,8 @@ class Outbox:
     ) -> int | None:
         """Store a message durably; return its id, or None if it was dropped (low priority, outbox full).
 
-        Raises :class:`OutboxFull` if a high-priority message does not fit even at twice the bound.
+        Raises :class:`OutboxFull` if a high-priority message does not fit even at twice the bound, and
+        :class:`OutboxDiskFull` if the file system has no room for it (see the module's docstring).
         """
         if qos not in (1, 2):
             raise ValueError(f"outbox messages need QoS 1 or 2 to be acknowledged, got {qos}; publish QoS 0 directly")
@@ -259,8 +317,7 @@ class Outbox:
             need = self._bytes + size - limit
             high_bytes = self._bytes - self._low_bytes
             if need > 0 and priority == "low" and self._low_bytes < need:
-                with self._transaction():
-                    self._count("full_low_priority")
+                self._count_drop("full_low_priority")
                 log.warning(
                     "outbox %s full: dropped a new %d-byte low-priority message for %s",
                     self.config.path,
@@ -269,34 +326,126 @@ class Outbox:
                 )
                 return None
             if need > 0 and priority == "high" and high_bytes + size > 2 * limit:
-                with self._transaction():
-                    self._count("full_high_priority")
+                self._count_drop("full_high_priority")
                 raise OutboxFull(
                     f"outbox {self.config.path} holds {high_bytes} bytes of high-priority messages; with "
                     f"this {size}-byte message for {topic} it would exceed twice max_bytes={limit}. "
                     "The broker has been unreachable for too long, or max_bytes is too small"
                 )
-            with self._transaction():
-                if need > 0:
-                    self._evict_low(min(need, self._low_bytes))
-                    if self._bytes + size > limit:
-                        self._count("over_bound")
-                cur = self._db.execute(
-                    "INSERT INTO messages (topic, payload, qos, retain, priority, created, size) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (topic, payload, qos, int(retain), _PRIORITY[priority], now, size),
-                )
-            message_id = cur.lastrowid
-            assert message_id is not None
-            self._depth += 1
-            self._bytes += size
-            if priority == "low":
-                self._low_bytes += size
+            if self._reserve_missing and now >= self._next_reserve_try:
+                self._ensure_reserve()
+            row = (topic, payload, qos, int(retain), _PRIORITY[priority], now, size)
+            try:
+                message_id = self._insert(row)
+            except OutboxDiskFull as e:
+                if priority == "low" or not self._make_room_on_disk(size):
+                    self._refuse(topic, size, priority, e)
+                    raise
+                try:
+                    message_id = self._insert(row)
+                except OutboxDiskFull as e2:
+                    self._refuse(topic, size, priority, e2)
+                    raise
         for fn in list(self._listeners):
             fn()
         return message_id
 
-    def _evict_low(self, need: int) -> None:
+    def _insert(self, row: tuple) -> int:
+        """Store one message (dropping low-priority ones first if over max_bytes); return its id."""
+        size, priority = row[6], row[4]
+        need = self._bytes + size - self.config.max_bytes
+        with self._transaction():
+            if need > 0:
+                self._evict_low(min(need, self._low_bytes))
+                if self._bytes + size > self.config.max_bytes:
+                    self._count("over_bound")
+            cur = self._db.execute(
+                "INSERT INTO messages (topic, payload, qos, retain, priority, created, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        message_id = cur.lastrowid
+        assert message_id is not None
+        self._depth += 1
+        self._bytes += size
+        if priority == 1:
+            self._low_bytes += size
+        return message_id
+
+    def _refuse(self, topic: str, size: int, priority: str, error: OutboxDiskFull) -> None:
+        self._unsaved["disk_full"] = self._unsaved.get("disk_full", 0) + 1
+        log.error(
+            "outbox %s: refused a %d-byte %s-priority message for %s: %s",
+            self.config.path,
+            size,
+            priority,
+            topic,
+            error,
+        )
+
+    def _make_room_on_disk(self, size: int) -> bool:
+        """On a full disk: spend the reserve to drop low-priority messages; True if any were dropped."""
+        if not self._low_bytes:
+            return False  # nothing to drop: keep the reserve for when there is
+        self._delete_reserve()
+        self._checkpoint()
+        try:
+            with self._transaction():
+                dropped = self._evict_low(size + _EVICT_MARGIN_PAGES * self._page_size, "the disk is full")
+        except OutboxDiskFull as e:
+            log.error("outbox %s: cannot drop low-priority messages on a full disk: %s", self.config.path, e)
+            return False
+        self._checkpoint()
+        return dropped > 0
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it, giving its space back to the file system."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            log.warning("outbox %s: WAL checkpoint failed: %s", self.config.path, e)
+
+    def _ensure_reserve(self) -> None:
+        """Create the reserve file if it is missing and the file system has room for it twice over."""
+        size = self.config.disk_reserve_bytes
+        self._set_reserve_missing(False)
+        if size == 0:
+            self._delete_reserve()
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if self._reserve_path.stat().st_size == size:
+                return
+        try:
+            free = os.statvfs(self._reserve_path.parent)
+            if free.f_bavail * free.f_frsize < 2 * size:
+                raise OSError(errno.ENOSPC, "not enough free space for it yet")
+            block = os.urandom(min(size, 65536))  # real data: a sparse or compressed file would reserve nothing
+            with open(self._reserve_path, "wb") as f:
+                for start in range(0, size, len(block)):
+                    f.write(block[: size - start])
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            self._reserve_path.unlink(missing_ok=True)
+            self._set_reserve_missing(True)
+            self._next_reserve_try = time.time() + _RESERVE_RETRY_S
+            log.warning("outbox %s: no disk reserve (%s); will retry", self._reserve_path, e.strerror or e)
+
+    def _delete_reserve(self) -> None:
+        try:
+            self._reserve_path.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("outbox %s: cannot delete the disk reserve: %s", self._reserve_path, e)
+        self._set_reserve_missing(self.config.disk_reserve_bytes > 0)
+        self._next_reserve_try = time.time() + _RESERVE_RETRY_S
+
+    def _set_reserve_missing(self, missing: bool) -> None:
+        if missing != self._reserve_missing:
+            pages = _WAL_AUTOCHECKPOINT_LOW_SPACE if missing else _WAL_AUTOCHECKPOINT_PAGES
+            self._db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        self._reserve_missing = missing
+
+    def _evict_low(self, need: int, why: str = "max_bytes reached") -> int:
         """Delete the oldest low-priority messages until ``need`` bytes are free (inside a transaction)."""
         freed = dropped = 0
         while freed < need:
@@ -312,12 +461,13 @@ class Outbox:
             self._db.executemany("DELETE FROM messages WHERE id = ?", ids)
             dropped += len(ids)
         if not dropped:
-            return
+            return 0
         self._count("full_low_priority", dropped)
         self._depth -= dropped
         self._bytes -= freed
         self._low_bytes -= freed
-        log.warning("outbox %s full: dropped %d oldest low-priority message(s)", self.config.path, dropped)
+        log.warning("outbox %s (%s): dropped %d oldest low-priority message(s)", self.config.path, why, dropped)
+        return dropped
 
     def pending(self, limit: int | None = None, after_id: int = 0) -> list[OutboxMessage]:
         """Stored messages with ``id > after_id``, oldest first (expired ones are dropped first)."""
@@ -385,7 +535,10 @@ class Outbox:
         # At most once a second: expiry is a DELETE over an index, cheap but not free per put.
         if self.config.max_age_s is not None and now >= self._next_expiry:
             self._next_expiry = now + 1.0
-            self.expire(now)
+            try:
+                self.expire(now)
+            except OutboxError as e:  # best effort here: a full disk must not block puts and sends
+                log.warning("outbox %s: expiry failed: %s", self.config.path, e)
 
     def depth(self) -> int:
         return self._depth
@@ -398,6 +551,8 @@ class Outbox:
         with self._lock:
             self._ensure_open()
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+            for name, n in self._unsaved.items():
+                counters[name] = counters.get(name, 0) + n
             return OutboxStats(
                 depth=self._depth,
                 bytes=self._bytes,
@@ -415,6 +570,11 @@ class Outbox:
         with self._lock:
             if self._db is None:
                 return
+            if self._unsaved:
+                with contextlib.suppress(OutboxError), self._transaction():
+                    pass
+                if self._unsaved:
+                    log.error("outbox %s: drop counters %s could not be saved", self.config.path, self._unsaved)
             self._db.close()
             self._db = None
             self._lock_file.close()
@@ -427,6 +587,13 @@ class Outbox:
 
 
 # ------------------------------------------------------------------------------------------- forwarder
+
+
+def _is_disk_full(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_FULL
+    return "database or disk is full" in str(e)
 
 
 class Forwarder:

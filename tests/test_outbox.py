@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from lepton_edge.outbox import (
     Forwarder,
     Outbox,
     OutboxConfig,
+    OutboxDiskFull,
     OutboxError,
     OutboxFull,
     bench,
@@ -165,7 +168,13 @@ def test_high_priority_is_never_dropped_silently(tmp_path):
             outbox.put(TOPIC, payload_for(1000), priority="high")
         assert [m.id for m in outbox.pending()] == high  # every high-priority message is still there
         stats = outbox.stats()
-        assert stats.dropped == {"full_low_priority": 2, "expired": 0, "full_high_priority": 1, "rejected": 0}
+        assert stats.dropped == {
+            "full_low_priority": 2,
+            "expired": 0,
+            "full_high_priority": 1,
+            "rejected": 0,
+            "disk_full": 0,
+        }
         assert stats.over_bound == 4 and stats.depth == 8 and stats.bytes == 8000
 
 
@@ -200,6 +209,117 @@ def test_counters_survive_restarts(tmp_path):
     with open_outbox(tmp_path, max_bytes=4096) as outbox:
         stats = outbox.stats()
         assert stats.dropped["full_low_priority"] == 1 and stats.dropped["rejected"] == 1 and stats.depth == 0
+
+
+# -- a full file system -------------------------------------------------------------------------------
+
+RESERVE = 256 * 1024
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs mounted for the test (needs root); skipped with the reason otherwise."""
+    if os.geteuid() != 0:
+        pytest.skip("filling a file system needs a small tmpfs, and mounting one needs root")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def fill_up(folder: Path) -> Path:
+    """Write a file in ``folder`` until the file system refuses another byte; returns it."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+    return filler
+
+
+def open_small(folder: Path) -> Outbox:
+    return Outbox(OutboxConfig(path=folder / "outbox.db", disk_reserve_bytes=RESERVE))
+
+
+def test_the_disk_reserve_is_kept_beside_the_database(tmp_path):
+    path = tmp_path / "outbox" / "outbox.db"
+    reserve = Path(f"{path}.reserve")
+    with Outbox(OutboxConfig(path=path, disk_reserve_bytes=RESERVE)):
+        assert reserve.stat().st_size == RESERVE
+        assert reserve.stat().st_blocks * 512 >= RESERVE  # allocated, not a sparse file
+    reserve.write_bytes(b"partial")  # e.g. a crash while it was written
+    with Outbox(OutboxConfig(path=path, disk_reserve_bytes=RESERVE)):
+        assert reserve.stat().st_size == RESERVE
+    with Outbox(OutboxConfig(path=path, disk_reserve_bytes=0)):
+        assert not reserve.exists()
+    assert OutboxConfig.model_fields["disk_reserve_bytes"].default == 1024 * 1024
+
+
+def test_a_full_disk_drops_the_oldest_telemetry_for_a_durable_message(small_fs):
+    reserve = small_fs / "outbox.db.reserve"
+    with open_small(small_fs) as outbox:
+        low = [outbox.put(TOPIC, b"t" * 400, priority="low") for _ in range(300)]  # about 128 KiB
+        high = outbox.put(TOPIC, b"kept", priority="high")
+    # Closing deleted the WAL, so the next write must grow a file (an old WAL may have room to reuse).
+    with open_small(small_fs) as outbox:
+        filler = fill_up(small_fs)
+
+        # Telemetry does not spend the reserve: it is refused and counted.
+        with pytest.raises(OutboxDiskFull, match=r"outbox.db: database or disk is full: .*free some space"):
+            outbox.put(TOPIC, b"t" * 400, priority="low")
+        assert reserve.exists() and outbox.depth() == 301
+        assert outbox.stats().dropped["disk_full"] == 1
+
+        event = outbox.put(TOPIC, b"e" * 300, priority="high")
+        stats = outbox.stats()
+        assert not reserve.exists()  # spent to make room
+        dropped = stats.dropped["full_low_priority"]
+        assert 0 < dropped < len(low)  # only what was needed, oldest first
+        assert [m.id for m in outbox.pending()] == [*low[dropped:], high, event]
+        assert stats.depth == 301 - dropped + 1 and stats.dropped["disk_full"] == 1
+
+        # More durable messages keep being stored while telemetry can make room (about 40 of 128 KiB).
+        for _ in range(20):
+            assert outbox.put(TOPIC, b"e" * 2000, priority="high") is not None
+        assert outbox.stats().dropped["disk_full"] == 1
+
+        filler.unlink()
+        time.sleep(1.1)  # the reserve is retried at most once a second, from put()
+        outbox.put(TOPIC, b"after", priority="high")
+        assert reserve.stat().st_size == RESERVE
+    with open_small(small_fs) as outbox:
+        assert outbox.stats().dropped["disk_full"] == 1  # saved by the transactions after space came back
+
+
+def test_a_durable_message_with_no_telemetry_to_drop_is_refused_and_counted(small_fs):
+    reserve = small_fs / "outbox.db.reserve"
+    with open_small(small_fs) as outbox:
+        kept = [outbox.put(TOPIC, b"h" * 400, priority="high") for _ in range(3)]
+    with open_small(small_fs) as outbox:  # with no WAL file, as above
+        filler = fill_up(small_fs)
+        for _ in range(2):
+            # SQLite fails this at COMMIT: the transaction must be rolled back and the totals recounted.
+            with pytest.raises(OutboxDiskFull, match="disk is full"):
+                outbox.put(TOPIC, b"h" * 300, priority="high")
+        assert reserve.exists()  # nothing could be dropped with it: kept for when something can
+        assert outbox.depth() == 3 and outbox.bytes() == 3 * (len(TOPIC) + 400)
+        assert outbox.stats().dropped["disk_full"] == 2
+        filler.unlink()
+        # closed without another put: close() saves the counters kept in memory
+    with open_small(small_fs) as outbox:
+        assert outbox.stats().dropped["disk_full"] == 2
+        later = outbox.put(TOPIC, b"later", priority="high")
+        assert [m.id for m in outbox.pending()] == [*kept, later]
 
 
 def test_bench_reports_a_rate(tmp_path, capsys):

@@ -126,10 +126,8 @@ def test_full_disk_keeps_the_device_running_and_it_recovers_when_space_frees(
     )
     reported = [t.outbox.dropped for t in subscriber.decoded(TopicKind.TELEMETRY)]
     record.note(
-        "known gaps (see the xfail tests below): the refused puts are not counted in the outbox's drop "
-        f"counters (telemetry reports {reported[-1] if reported else {}}), and result seq numbers skip "
-        "nothing, so the fleet cannot see that results are missing; and stored telemetry is not dropped "
-        "to make room for durable messages"
+        "the refused puts are counted in the outbox's drop counters as `disk_full` (telemetry reports "
+        f"{reported[-1] if reported else {}}); result seq numbers still skip nothing"
     )
     assert accounting.durable_lost == []
     assert accounting.conflicting_duplicates == []
@@ -139,7 +137,7 @@ def test_full_disk_keeps_the_device_running_and_it_recovers_when_space_frees(
         assert sorted(seqs) == list(range(1, max(seqs) + 1)), f"session {session} has a gap in its results"
 
 
-# -- the outbox on a full disk, directly: known gaps, strict xfail until lepton_edge/outbox.py handles them
+# -- the outbox on a full disk, directly
 
 
 def _outbox_with_telemetry(folder: Path, count: int = 50) -> Outbox:
@@ -149,12 +147,6 @@ def _outbox_with_telemetry(folder: Path, count: int = 50) -> Outbox:
     return outbox
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OutboxError,
-    reason="Outbox.put does not evict low-priority messages when SQLite reports the disk full "
-    "(SQLITE_FULL): the durable message is refused while telemetry stays stored",
-)
 def test_full_disk_drops_stored_telemetry_before_refusing_a_durable_message(scenario, tiny_fs):
     record = scenario(
         "5b disk full: telemetry dropped first",
@@ -173,18 +165,13 @@ def test_full_disk_drops_stored_telemetry_before_refusing_a_durable_message(scen
         outbox.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a put refused by a full disk raises OutboxError but is counted nowhere: stats().dropped and "
-    "telemetry's outbox.dropped stay unchanged once space is back",
-)
 def test_puts_refused_by_a_full_disk_are_counted_once_space_is_back(scenario, tiny_fs):
     record = scenario(
         "5c disk full: refusals counted",
         "a durable put is refused by a full file system; space comes back; the outbox's counters are read",
     )
-    outbox = _outbox_with_telemetry(tiny_fs, count=5)
+    # No telemetry stored: nothing can be dropped to make room, so the durable put is really refused.
+    outbox = _outbox_with_telemetry(tiny_fs, count=0)
     try:
         filler = fill(tiny_fs)
         with pytest.raises(OutboxError, match="disk is full"):
