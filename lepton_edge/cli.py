@@ -93,6 +93,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from lepton_edge.agent.agent import run_device
 
         return run_device(config, duration_s=args.duration, max_frames=args.max_frames)
+    if config.idle:
+        raise ConfigError(
+            f"{args.config or 'command line'}: idle: true runs no pipeline, and without an `agent` section "
+            "there is no broker to wait on for a workload: nothing to do. Add an agent section "
+            "(see deploy/device.example.yaml), or set idle: false and give a model and a source"
+        )
+    assert config.model is not None and config.source is not None
     if config.model.artifact is not None:
         raise ConfigError("model.artifact needs the device agent (an `agent` section) to download and verify it")
     pipeline = build_pipeline(config, max_frames=args.max_frames)
@@ -194,6 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate_arguments(sub.add_parser(
         "calibrate", help="measure INT8 activation ranges: calibration table, TensorRT cache, QDQ model"))
+
+    from lepton_edge.compare import EPILOG_COMPARE, add_compare_arguments, cli_compare
+    from lepton_edge.engine_cache import (
+        EPILOG_BUILD,
+        EPILOG_INSPECT,
+        add_build_arguments,
+        add_inspect_arguments,
+        cli_build,
+        cli_inspect,
+    )
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    build = sub.add_parser("build", help="build an engine artifact (engine + manifest.json) from an ONNX model",
+                           epilog=EPILOG_BUILD, formatter_class=fmt)
+    add_build_arguments(build)
+    build.set_defaults(func=cli_build)
+    inspect = sub.add_parser("inspect", help="show an artifact (and whether it matches this machine) or an ONNX "
+                             "model", epilog=EPILOG_INSPECT, formatter_class=fmt)
+    add_inspect_arguments(inspect)
+    inspect.set_defaults(func=cli_inspect)
+    compare = sub.add_parser("compare", help="accuracy (and --bench speed) of a candidate engine vs its fp32 "
+                             "reference", epilog=EPILOG_COMPARE, formatter_class=fmt)
+    add_compare_arguments(compare)
+    compare.set_defaults(func=cli_compare)
 
     sched = sub.add_parser("scheduler", help="run a fleet scheduler replica (ingestion, placement, failover, API)",
                            description="Ingests births, deaths, telemetry and reported configs over MQTT, places "

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from lepton_edge.errors import ConfigError
 from lepton_edge.mqtt import MqttConfig
@@ -250,11 +251,21 @@ class PipelineConfig(Strict):
     stats_interval_s: float = Field(5.0, gt=0, description="Seconds between pipeline statistics log lines.")
 
 
+PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "sinks", "pipeline")
+"""The sections that describe the pipeline; an idle config has none of them."""
+
+
 class DeviceConfig(Strict):
     device_id: str = Field("lepton-device", min_length=1, description="Name of this device in logs and telemetry.")
-    model: ModelConfig = Field(description="The model to run.")
+    idle: bool = Field(
+        False,
+        description="Run no pipeline: stay connected, report presence and telemetry, wait for a workload (a "
+        "config with a model and a source, usually pushed by the scheduler). Needs the agent section; the "
+        "pipeline sections (model, backend, source, preprocess, postprocess, sinks, pipeline) must be left out.",
+    )
+    model: ModelConfig | None = Field(None, description="The model to run; required unless idle: true.")
     backend: BackendConfig = Field(default_factory=OnnxRuntimeBackendConfig, description="Inference backend.")
-    source: SourceConfig = Field(description="Where frames come from.")
+    source: SourceConfig | None = Field(None, description="Where frames come from; required unless idle: true.")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="Frame to tensor.")
     postprocess: PostprocessConfig | None = Field(
         None, description="Tensor to result; defaults from the model task (detect, classify or raw)."
@@ -287,6 +298,28 @@ class DeviceConfig(Strict):
         return sinks
 
     @model_validator(mode="after")
+    def _workload_or_idle(self) -> DeviceConfig:
+        if self.idle:
+            given = [name for name in PIPELINE_SECTIONS if name in self.model_fields_set]
+            if given:
+                raise PydanticCustomError(
+                    "idle_with_pipeline",
+                    "idle: true runs no pipeline, so {sections} would be ignored: remove {them}, or set "
+                    "idle: false to run the workload",
+                    {"sections": _and_list(given), "them": "it" if len(given) == 1 else "them"},
+                )
+            return self
+        missing = [name for name in ("model", "source") if getattr(self, name) is None]
+        if missing:
+            raise PydanticCustomError(
+                "missing_workload",
+                "{missing} {verb} required unless idle: true (add {missing}, or set idle: true to run "
+                "nothing and wait for a workload)",
+                {"missing": _and_list(missing), "verb": "is" if len(missing) == 1 else "are"},
+            )
+        return self
+
+    @model_validator(mode="after")
     def _mean_std_match(self) -> DeviceConfig:
         pre = self.preprocess
         for name in ("mean", "std"):
@@ -296,6 +329,10 @@ class DeviceConfig(Strict):
         if any(v == 0 for v in pre.std):
             raise ValueError("preprocess.std must not contain 0")
         return self
+
+
+def _and_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def format_validation_error(err: ValidationError, origin: str) -> str:
@@ -342,25 +379,31 @@ def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
     def fix(p: Path) -> Path:
         return p if p.is_absolute() else Path(os.path.normpath(base_dir / p))
 
+    # Only sections present are updated: model_copy marks updated fields as set, and an idle config must
+    # not gain pipeline sections (it would no longer validate when dumped and parsed again).
+    updates: dict[str, Any] = {}
     model = config.model
-    model_updates: dict[str, Any] = {"path": fix(model.path)}
-    if isinstance(model.labels, Path):
-        model_updates["labels"] = fix(model.labels)
-    for name in ("calibration", "validation_data", "cache_dir"):
-        if getattr(model, name) is not None:
-            model_updates[name] = fix(getattr(model, name))
-    updates: dict[str, Any] = {"model": model.model_copy(update=model_updates)}
-    updates["sinks"] = [
-        s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
-    ]
+    if model is not None:
+        model_updates: dict[str, Any] = {"path": fix(model.path)}
+        if isinstance(model.labels, Path):
+            model_updates["labels"] = fix(model.labels)
+        for name in ("calibration", "validation_data", "cache_dir"):
+            if getattr(model, name) is not None:
+                model_updates[name] = fix(getattr(model, name))
+        updates["model"] = model.model_copy(update=model_updates)
+    if config.sinks:
+        updates["sinks"] = [
+            s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
+        ]
     if config.agent is not None:
         updates["agent"] = resolve_agent_paths(config.agent, fix)
-    uri = config.source.uri
-    scheme, sep, rest = uri.partition("://")
-    if not sep and not uri.startswith(("gst:", "/dev/")):
-        updates["source"] = config.source.model_copy(update={"uri": str(fix(Path(uri)))})
-    elif scheme in ("npy", "file") and rest and not rest.startswith("/"):
-        updates["source"] = config.source.model_copy(update={"uri": f"{scheme}://{fix(Path(rest))}"})
+    if config.source is not None:
+        uri = config.source.uri
+        scheme, sep, rest = uri.partition("://")
+        if not sep and not uri.startswith(("gst:", "/dev/")):
+            updates["source"] = config.source.model_copy(update={"uri": str(fix(Path(uri)))})
+        elif scheme in ("npy", "file") and rest and not rest.startswith("/"):
+            updates["source"] = config.source.model_copy(update={"uri": f"{scheme}://{fix(Path(rest))}"})
     return config.model_copy(update=updates)
 
 

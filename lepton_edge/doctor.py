@@ -209,6 +209,8 @@ def check_config(config_path: Path) -> tuple[Check, Any]:
 def check_model(config: Any) -> Check:
     from lepton_edge.backends import create_backend
 
+    if config.model is None:
+        return Check("model", "ok", "idle: true: no model to load (the device waits for a workload)")
     path = config.model.path
     if not Path(path).exists():
         return Check("model", "fail", f"{path} not found (model.path in the config)")

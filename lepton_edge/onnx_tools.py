@@ -301,6 +301,10 @@ def _since_version(op: str, domain: str, opset: int) -> int:
 _NOT_IMPLEMENTED = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
 
 
+GRAPH_LEVEL_OPS = frozenset({"Constant"})
+"""Ops onnxruntime resolves while loading the graph (no kernel in the registry, always supported)."""
+
+
 def unsupported_ops(info: ModelInfo, target: str) -> list[str]:
     """Op types in the model that ``target`` cannot run, sorted ([] when all are supported).
 
@@ -314,6 +318,8 @@ def unsupported_ops(info: ModelInfo, target: str) -> list[str]:
     missing: set[str] = set()
     for key in info.ops:
         domain, _, op = key.rpartition(":")
+        if not domain and op in GRAPH_LEVEL_OPS:
+            continue
         opset = info.opsets.get(domain, 1 if domain else info.opset)
         version = _since_version(op, domain, opset)
         ranges = kernels.get((domain, op), [])

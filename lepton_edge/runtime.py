@@ -7,7 +7,6 @@ import logging
 import threading
 from typing import Any
 
-from lepton_edge.backends import create_backend
 from lepton_edge.backends.base import Backend
 from lepton_edge.config import (
     ClassifyConfig,
@@ -49,22 +48,42 @@ def default_postprocess(task: str) -> PostprocessConfig:
     return RawConfig(type="raw")
 
 
+def require_workload(config: DeviceConfig) -> None:
+    """Raise ConfigError when ``config`` has no pipeline to run (``idle: true``)."""
+    if config.idle or config.model is None or config.source is None:
+        raise ConfigError(
+            f"device {config.device_id!r} is idle (idle: true): there is no model and source to run; "
+            "give it a workload config (model and source) first"
+        )
+
+
 def load_backend(config: DeviceConfig, *, in_pipeline: bool = True) -> Backend:
-    backend = create_backend(config.model.path, config.backend, in_pipeline=in_pipeline)
-    return backend.load()
+    """The loaded backend for the config's model: the file as given (``precision: as-is``, or an artifact
+    directory, verified against this machine), or the engine built for the precision from the engine cache."""
+    require_workload(config)
+    assert config.model is not None
+    from lepton_edge.engine_cache import open_model
+
+    return open_model(config.model, config.backend, in_pipeline=in_pipeline)
 
 
 def build_pipeline(config: DeviceConfig, *, max_frames: int | None = None,
-                   backend: Backend | None = None, extra_sinks: list[Any] | None = None) -> Pipeline:
+                   backend: Backend | None = None, extra_sinks: list[Any] | None = None,
+                   stats: PipelineStats | None = None) -> Pipeline:
     """Open the model, the source and the sinks described by ``config``; returns an unstarted pipeline.
 
-    Raises ConfigError/ModelError/SourceError with a clear message when any part is wrong.
+    ``stats`` (optional) is reused instead of new counters, so figures continue across pipelines; its
+    latency windows must already have ``config.pipeline.latency_window`` samples.
+    Raises ConfigError/ModelError/SourceError with a clear message when any part is wrong, and ConfigError
+    for an idle config (nothing to build).
     """
     from lepton_edge.labels import labels_from_metadata, load_labels
     from lepton_edge.postprocess import create_postprocessor, infer_task
     from lepton_edge.sinks import create_sinks
     from lepton_edge.sources import FrameReader, create_source
 
+    require_workload(config)
+    assert config.model is not None and config.source is not None
     backend = backend or load_backend(config)
     try:
         labels = load_labels(config.model.labels) or labels_from_metadata(backend.metadata)
@@ -84,7 +103,7 @@ def build_pipeline(config: DeviceConfig, *, max_frames: int | None = None,
                 )
             pre_cfg = preprocess_from_metadata(config.preprocess, backend.metadata)
             preprocessor = Preprocessor(backend.inputs[0], pre_cfg)
-        stats = PipelineStats(config.pipeline.latency_window)
+        stats = stats if stats is not None else PipelineStats(config.pipeline.latency_window)
         stop = threading.Event()
         reader = FrameReader(source, config.source, stop)
         sinks = create_sinks(config.sinks, stats, title=config.device_id) + list(extra_sinks or [])

@@ -64,8 +64,35 @@ def test_wrong_type_and_range_are_reported_with_the_value(tmp_path):
 
 
 def test_missing_required_sections(tmp_path):
-    with pytest.raises(ConfigError, match=r"model: Field required"):
+    with pytest.raises(ConfigError, match=r"inline: \(top level\): model is required unless idle: true"):
         parse_config({"source": {"uri": "a.mp4"}}, "inline")
+    with pytest.raises(ConfigError, match=r"model and source are required unless idle: true"):
+        parse_config({"idle": False}, "inline")
+
+
+def test_idle_config_needs_no_model_and_source_and_resolves_its_paths(tmp_path):
+    cfg = tmp_path / "idle.yaml"
+    cfg.write_text("device_id: parked\nidle: true\nagent: {mqtt: {host: broker}, state_dir: state}\n")
+    config = load_config(cfg)
+    assert config.idle and config.model is None and config.source is None and config.sinks == []
+    assert config.agent.state_dir == tmp_path / "state"
+    # loading again what was loaded (as `lepton-edge run` does with overrides) keeps it valid and idle
+    again = parse_config(config.model_dump(mode="python", exclude_unset=True), "again", base_dir=tmp_path)
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"model": {"path": "m.onnx"}}, "so model would be ignored: remove it"),
+        ({"model": {"path": "m.onnx"}, "source": {"uri": "a.mp4"}}, "so model and source would be ignored"),
+        ({"sinks": [], "backend": {"type": "onnxruntime"}}, "so backend and sinks would be ignored: remove them"),
+    ],
+)
+def test_idle_with_a_workload_section_is_refused(extra, named):
+    with pytest.raises(ConfigError) as e:
+        parse_config({"idle": True, **extra}, "inline")
+    assert named in str(e.value) and "or set idle: false" in str(e.value)
 
 
 def test_unknown_sink_type_lists_the_choices():

@@ -12,6 +12,9 @@
   the time left). A request sent with an expiry whose property is lost on the way (a v3 bridge) cannot
   be recognised as stale. Responses are published directly (QoS 1): the outbox cannot carry the
   response topic and correlation data properties.
+- **Idle**: a device whose config is ``idle: true`` (from the local file, the persisted last good config or
+  a desired document) runs no pipeline but keeps its session, births, telemetry (``fps`` 0, no latency, no
+  sources, no artifact) and commands, and starts a pipeline when a workload config arrives.
 - **Hostile input**: every handler decodes with :func:`lepton_edge.protocol.decode`; a bad payload is
   counted, logged and reported as a ``message.rejected`` event (at most one log line and event per
   handler every 10 s, with the number suppressed), and never reaches the network loop as an exception.
@@ -65,6 +68,7 @@ from lepton_edge.protocol import (
     decode,
     encode,
     events_topic,
+    model_id,
     parse_topic,
     rebirth_topic,
     subscription,
@@ -151,6 +155,25 @@ def _jetson_model() -> str | None:
     except OSError:
         return None
     return clip_name(model) if "jetson" in model.lower() or "nvidia" in model.lower() else None
+
+
+CUDA_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+
+
+def available_accelerator(runtimes: dict[str, str]) -> str:
+    """The accelerator this machine offers (for an idle device, which has no loaded backend to ask): the
+    Jetson module, else ``cuda`` when TensorRT is installed or onnxruntime offers a CUDA provider, else
+    ``cpu``."""
+    jetson = _jetson_model()
+    if jetson:
+        return jetson
+    if "tensorrt" in runtimes:
+        return "cuda"
+    try:
+        import onnxruntime
+    except ImportError:
+        return "cpu"
+    return "cuda" if CUDA_PROVIDERS & set(onnxruntime.get_available_providers()) else "cpu"
 
 
 def installed_runtimes() -> dict[str, str]:
@@ -246,6 +269,7 @@ class DeviceAgent:
         self._scrape_lock = threading.Lock()
         self._scrape_meter = RateMeter(self.controller.stats)
         self._scrape_cpu_meter = CpuMeter()
+        self._accelerator: str | None = None
 
     def _controller(self, config: DeviceConfig, version: int, max_frames: int | None) -> RuntimeController:
         return RuntimeController(
@@ -301,7 +325,7 @@ class DeviceAgent:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> DeviceAgent:
-        """Connect (in the background) and start the pipeline."""
+        """Connect (in the background) and start the pipeline (none while idle)."""
         self.client.subscribe(config_desired_topic(self.device_id), self.on_desired)
         self.client.subscribe(subscription(TopicKind.COMMAND, self.device_id), self.on_command)
         self.client.subscribe(rebirth_topic(self.device_id), self.on_rebirth)
@@ -310,18 +334,19 @@ class DeviceAgent:
             self.exporter.start()
         self.forwarder.start()
         self.client.start()
+        self.controller.start()  # before the remote worker, which may hand it a pipeline to start
         self.remote.start(self.controller)
         for name, target in (("telemetry", self._telemetry_loop), ("commands", self._command_loop)):
             thread = threading.Thread(target=target, name=f"lepton-agent-{name}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        self.controller.start()
         log.info(
-            "agent %s started: broker %s, state %s, config version %d",
+            "agent %s started: broker %s, state %s, config version %d%s",
             self.device_id,
             self.client.address,
             self.store.dir,
             self.config_version,
+            " (idle: no workload)" if self.controller.idle else "",
         )
         return self
 
@@ -391,16 +416,21 @@ class DeviceAgent:
         self.publish_birth()
 
     def birth(self) -> Birth:
+        """The birth message: while idle, the capabilities describe what the device could run (its
+        accelerator and runtimes, the active artifact in its store) instead of what it runs."""
         controller = self.controller
         runtimes, cpu_count, memory = self._static_capabilities
-        backend = controller.pipeline.backend
-        providers = getattr(backend, "providers", None) or []
-        accelerator = _jetson_model() or (
-            "cuda"
-            if backend.name == "tensorrt"
-            or {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(providers)
-            else "cpu"
-        )
+        pipeline = controller.pipeline
+        if pipeline is None:
+            accelerator = self._idle_accelerator()
+            artifacts = self._stored_artifacts()
+        else:
+            backend = pipeline.backend
+            providers = getattr(backend, "providers", None) or []
+            accelerator = _jetson_model() or (
+                "cuda" if backend.name == "tensorrt" or CUDA_PROVIDERS & set(providers) else "cpu"
+            )
+            artifacts = [clip_name(controller.artifact_id or "unknown")]
         from lepton_edge import __version__
 
         return Birth(
@@ -413,11 +443,21 @@ class DeviceAgent:
                 cpu_count=cpu_count,
                 memory_bytes=memory,
                 sources=[clip_name(s) for s in controller.source_states()],
-                artifacts=[clip_name(controller.artifact_id or "unknown")],
+                artifacts=artifacts,
             ),
             config_version=controller.version,
             software_version=__version__,
         )
+
+    def _idle_accelerator(self) -> str:
+        if self._accelerator is None:
+            self._accelerator = available_accelerator(self._static_capabilities[0])
+        return self._accelerator
+
+    def _stored_artifacts(self) -> list[str]:
+        """Id of the active artifact in the artifact store, if there is one."""
+        sha = self.artifacts.current_sha256() if self.artifacts is not None else None
+        return [clip_name(model_id("artifact", sha))] if sha else []
 
     def publish_birth(self) -> PublishHandle:
         handle = self.client.publish(birth_topic(self.device_id), encode(self.birth()), qos=1, retain=True)
@@ -722,6 +762,7 @@ class DeviceAgent:
             "session_id": self.session_id,
             "connected": self.client.connected,
             "config_version": self.controller.version,
+            "idle": self.controller.idle,
             "pipeline": round_floats(self.controller.stats.snapshot()),
             "results": self.result_sink.stats() if self.result_sink else None,
             "outbox": {"depth": outbox.depth, "bytes": outbox.bytes, "dropped": outbox.dropped},
@@ -769,6 +810,7 @@ class DeviceAgent:
                 {**labels, "reason": reason},
             )
         m.gauge("mqtt_connected", "1 while connected to the broker.", int(self.client.connected), labels)
+        m.gauge("idle", "1 while no pipeline runs (idle: no workload).", int(self.controller.idle), labels)
         m.gauge("session_id", "Current lepton session id.", self.session_id, labels)
         m.gauge(
             "config_version",
@@ -812,8 +854,10 @@ def run_device(
     """Run the pipeline with the device agent until SIGTERM/SIGINT, ``duration_s`` or the source's end.
 
     Under systemd (Type=notify) it reports READY (after the broker connected, with
-    ``agent.require_broker_for_ready``), feeds the watchdog only while results flow, and STOPPING.
-    Returns the process exit code.
+    ``agent.require_broker_for_ready``, and always while idle: an idle device has nothing else to be ready
+    for), STATUS lines and STOPPING. The watchdog is fed by progress: results while a pipeline runs, this
+    loop's iterations while idle (so an idle device is not restarted, but a hung agent is).
+    An idle device runs until it is stopped. Returns the process exit code.
     """
     from lepton_edge.systemd import FrameWatchdog, ServiceNotifier
 
@@ -821,15 +865,16 @@ def run_device(
     if agent_cfg is None:
         raise ConfigError("run_device needs the `agent` section in the config; without it use build_pipeline")
     agent = DeviceAgent(config, max_frames=max_frames)
+    controller = agent.controller
     notifier = ServiceNotifier()
     stop_requested = threading.Event()
     restore = _install_signal_handlers(stop_requested, agent)
-    pipeline = agent.controller.pipeline
+    idle_rounds = 0
     watchdog = FrameWatchdog(
-        lambda: pipeline.stats.results,
+        lambda: controller.stats.results + idle_rounds,
         lambda: (
-            f"results={pipeline.stats.results} connected={agent.connected} "
-            f"config_version={agent.config_version} session={agent.session_id}"
+            f"{'idle' if controller.idle else 'running'} results={controller.stats.results} "
+            f"connected={agent.connected} config_version={agent.config_version} session={agent.session_id}"
         ),
         notifier=notifier,
     )
@@ -840,13 +885,17 @@ def run_device(
         agent.start()
         watchdog.start()
         while not stop_requested.is_set():
-            if not ready and (agent.connected or not agent_cfg.require_broker_for_ready):
+            idle = controller.idle
+            if idle:
+                idle_rounds += 1
+            if not ready and (agent.connected or not (idle or agent_cfg.require_broker_for_ready)):
                 ready = True
                 notifier.ready(
-                    f"running {config.device_id}, broker {'connected' if agent.connected else 'pending'}"
+                    f"{'idle' if idle else 'running'} {config.device_id}, "
+                    f"broker {'connected' if agent.connected else 'pending'}"
                 )
             try:
-                if pipeline.wait(0.2):
+                if controller.wait_finished(0.2):
                     break  # the source ended or max_frames was reached
             except LeptonError as e:
                 error = e
@@ -865,7 +914,7 @@ def run_device(
     if error is not None:
         log.error("%s", error)
         return error.exit_code
-    snap = pipeline.stats.snapshot()
+    snap = controller.stats.snapshot()
     log.info(
         "done frames=%d results=%d drops=%s session=%d config_version=%d",
         snap["frames_in"],
@@ -892,7 +941,7 @@ def _install_signal_handlers(stop: threading.Event, agent: DeviceAgent) -> Calla
             stop.set()
         else:
             log.warning("%s received again: aborting", signal.Signals(signum).name)
-            agent.controller.pipeline.abort()
+            agent.controller.abort()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 

@@ -11,6 +11,12 @@ A new config is compared with the running one and only what changed is rebuilt, 
 
 Everything that can fail is prepared before anything is swapped, so a rejected config leaves the
 pipeline exactly as it was. One change is applied at a time.
+
+An idle config (``idle: true``) runs no pipeline. Applying one stops the running pipeline (frames in
+flight finish, sinks are flushed and closed, the backend is closed); applying a workload config to an
+idle runtime builds a new pipeline (a load failure rejects the config and the runtime stays idle), starts
+it and health-checks it like a swapped model (a failure stops it again: rolled back to idle). Counters
+(:attr:`RuntimeController.stats`) continue across pipelines, so rates and the watchdog see one series.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any, Literal
 from lepton_edge.config import DeviceConfig, ModelConfig
 from lepton_edge.errors import ConfigError, LeptonError
 from lepton_edge.metrics import LatencyWindow
-from lepton_edge.pipeline import ModelBundle, Pipeline, PipelineStats
+from lepton_edge.pipeline import STAGES, ModelBundle, Pipeline, PipelineStats
 from lepton_edge.protocol import model_id
 from lepton_edge.results import RawOutputs
 
@@ -44,7 +50,8 @@ class ApplyResult:
     outcome: Outcome
     errors: list[str] = field(default_factory=list)
     changes: frozenset[str] = frozenset()
-    """Parts that changed: model, postprocess, source, frame_age, sinks, results, latency_window, settings."""
+    """Parts that changed: model, postprocess, source, frame_age, sinks, results, latency_window, settings;
+    ``idle`` when the pipeline was stopped, ``pipeline`` when an idle runtime got one."""
 
 
 def error_text(error: BaseException) -> str:
@@ -53,6 +60,12 @@ def error_text(error: BaseException) -> str:
 
 def plan_changes(old: DeviceConfig, new: DeviceConfig) -> frozenset[str]:
     """The parts of the runtime that must change to go from ``old`` to ``new``."""
+    if old.idle or new.idle:
+        if old.idle and new.idle:
+            return frozenset() if old == new else frozenset({"settings"})
+        return frozenset({"idle" if new.idle else "pipeline"})
+    assert old.model is not None and new.model is not None
+    assert old.source is not None and new.source is not None
     changes: set[str] = set()
     if (
         any(getattr(old.model, f) != getattr(new.model, f) for f in RELOAD_MODEL_FIELDS)
@@ -87,6 +100,7 @@ def make_postprocessor(config: DeviceConfig, backend: Any) -> Any:
     from lepton_edge.postprocess import create_postprocessor, infer_task
     from lepton_edge.runtime import default_postprocess
 
+    assert config.model is not None
     labels = load_labels(config.model.labels) or labels_from_metadata(backend.metadata)
     post_cfg = config.postprocess
     if post_cfg is None:
@@ -104,6 +118,7 @@ def make_preprocessor(config: DeviceConfig, backend: Any, source_kind: str) -> A
 
     if source_kind != "image":
         return None
+    assert config.model is not None
     if len(backend.inputs) != 1:
         raise ConfigError(
             f"{config.model.path}: image sources feed one input, the model has "
@@ -201,15 +216,34 @@ class _Prepared:
             self.bundle.close()
         if self.reader is not None:
             self.reader.close()
-        for sink in (self.sinks or []) + (self.extra or []):
-            try:
-                sink.close()
-            except Exception as e:
-                log.warning("closing unused sink %s failed: %s", getattr(sink, "name", sink), e)
+        _close_sinks((self.sinks or []) + (self.extra or []))
 
 
-def artifact_id_of(config: DeviceConfig) -> str:
-    """Id of the model a config runs: ``sha256:<hex>`` of its artifact, else the model file name."""
+def check_offline_source(config: DeviceConfig) -> None:
+    """Open and close ``config``'s source if it is offline (a file), so that a bad one is rejected before
+    anything changes. Live sources are not opened: they reconnect by their own policy."""
+    from lepton_edge.sources import create_source
+
+    assert config.source is not None
+    source = create_source(config.source)
+    if not source.live:
+        source.open()
+        source.close()
+
+
+def _close_sinks(sinks: list[Any]) -> None:
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as e:
+            log.warning("closing unused sink %s failed: %s", getattr(sink, "name", sink), e)
+
+
+def artifact_id_of(config: DeviceConfig) -> str | None:
+    """Id of the model a config runs: ``sha256:<hex>`` of its artifact, else the model file name; None when
+    idle."""
+    if config.model is None:
+        return None
     ref = config.model.artifact
     return model_id(str(config.model.path), ref.sha256 if ref is not None else None)
 
@@ -218,10 +252,10 @@ class RuntimeController:
     """Builds the pipeline for ``config`` (version ``version``; 0 is the local file) and changes it live.
 
     ``extra_sinks(config)`` returns sinks added to the configured ones (the MQTT results sink); it is
-    called again when ``agent.results`` changes. ``artifacts`` is the
-    :class:`~lepton_edge.agent.updates.ArtifactStore` used when the config names ``model.artifact``: the
-    artifact is staged and activated before the model is loaded, and rolled back to the previous slot
-    when the load or the health check fails.
+    called again when ``agent.results`` changes and for every pipeline built after an idle period.
+    ``artifacts`` is the :class:`~lepton_edge.agent.updates.ArtifactStore` used when the config names
+    ``model.artifact``: the artifact is staged and activated before the model is loaded, and rolled back
+    to the previous slot when the load or the health check fails. An idle ``config`` builds nothing.
     """
 
     def __init__(
@@ -235,13 +269,19 @@ class RuntimeController:
     ) -> None:
         self.artifacts = artifacts
         self._extra_factory = extra_sinks
+        self._max_frames = max_frames
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        resolved, _ = self._with_artifact(config)
-        self._extra: list[Any] = extra_sinks(config) if extra_sinks else []
-        from lepton_edge.runtime import build_pipeline
-
-        self.pipeline: Pipeline = build_pipeline(resolved, max_frames=max_frames, extra_sinks=self._extra)
+        self._started = False
+        self._stats = PipelineStats(config.pipeline.latency_window)
+        self._stats.source_state = "idle"
+        self._extra: list[Any] = []
+        self.pipeline: Pipeline | None = None
+        """The running pipeline; None while idle."""
+        if not config.idle:
+            resolved, _ = self._with_artifact(config)
+            self._extra = extra_sinks(config) if extra_sinks else []
+            self.pipeline = self._build(resolved, self._extra)
         self.config = config
         """The config running, as requested (``model.path`` unresolved when it names an artifact)."""
         self.version = version
@@ -250,8 +290,14 @@ class RuntimeController:
     # -- views (RuntimeView for telemetry) -----------------------------------------------------------
 
     @property
+    def idle(self) -> bool:
+        """True while no pipeline runs (an idle config, or a workload still being loaded after one)."""
+        return self.pipeline is None
+
+    @property
     def stats(self) -> PipelineStats:
-        return self.pipeline.stats
+        """Counters of every pipeline this controller ran (they continue across idle periods)."""
+        return self._stats
 
     @property
     def config_version(self) -> int:
@@ -259,7 +305,7 @@ class RuntimeController:
 
     @property
     def artifact_id(self) -> str | None:
-        return self._artifact_id
+        return None if self.pipeline is None else self._artifact_id
 
     @property
     def extra_sinks(self) -> list[Any]:
@@ -267,22 +313,36 @@ class RuntimeController:
         return list(self._extra)
 
     @property
-    def source_id(self) -> str:
-        return str(getattr(self.pipeline.reader, "source_id", None) or self.config.source.id or "source")
+    def source_id(self) -> str | None:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return None
+        configured = self.config.source.id if self.config.source is not None else None
+        return str(getattr(pipeline.reader, "source_id", None) or configured or "source")
 
     def source_states(self) -> dict[str, str]:
-        state = getattr(self.pipeline.reader, "state", None)
-        value = getattr(state, "value", None) or self.pipeline.stats.source_state
-        return {self.source_id: str(value)}
+        """Source id -> reader state; empty while idle (no source is attached)."""
+        pipeline, source_id = self.pipeline, self.source_id
+        if pipeline is None or source_id is None:
+            return {}
+        state = getattr(pipeline.reader, "state", None)
+        value = getattr(state, "value", None) or pipeline.stats.source_state
+        return {source_id: str(value)}
 
     @property
     def source_kind(self) -> str:
-        return str(getattr(getattr(self.pipeline.reader, "source", None), "kind", "image"))
+        reader = self.pipeline.reader if self.pipeline is not None else None
+        return str(getattr(getattr(reader, "source", None), "kind", "image"))
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> RuntimeController:
-        self.pipeline.start()
+        """Start the pipeline (an idle runtime starts the pipelines it gets later on apply)."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                if self.pipeline is not None:
+                    self.pipeline.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> bool:
@@ -291,12 +351,39 @@ class RuntimeController:
         Raises the first stage error, like :meth:`Pipeline.wait`.
         """
         self._stopping.set()
-        self.pipeline.stop()
+        pipeline = self.pipeline
         try:
-            return self.pipeline.wait(timeout)
+            if pipeline is None:
+                return True
+            pipeline.stop()
+            return pipeline.wait(timeout)
         finally:
             with self._lock:  # an apply in progress ends quickly once _stopping is set
-                self.pipeline.backend.close()
+                if self.pipeline is not None:
+                    self.pipeline.backend.close()
+
+    def abort(self) -> None:
+        """Stop at once, discarding frames in flight (a second SIGTERM)."""
+        pipeline = self.pipeline
+        if pipeline is not None:
+            pipeline.abort()
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the running pipeline to end by itself (its source ended or
+        ``max_frames`` was reached); True if it did. A pipeline stopped because the runtime went idle does
+        not count; while idle this just waits. Raises the running pipeline's stage error."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            self._stopping.wait(timeout)
+            return False
+        try:
+            ended = pipeline.wait(timeout)
+        except LeptonError:
+            if self.pipeline is not pipeline:  # stopped for an idle config; apply() logged its error
+                return False
+            raise
+        # apply() detaches a pipeline before stopping it, so one still attached ended by itself
+        return ended and self.pipeline is pipeline
 
     # -- live changes --------------------------------------------------------------------------------
 
@@ -306,6 +393,12 @@ class RuntimeController:
             if self._stopping.is_set():
                 return ApplyResult("rejected", ["the runtime is shutting down; send the config again later"])
             changes = set(plan_changes(self.config, new))
+            if new.idle:
+                if self.pipeline is not None:
+                    self._go_idle()
+                return self._applied(new, version, changes)
+            if self.pipeline is None:
+                return self._leave_idle(new, version, changes)
             activated = False
             try:
                 resolved = new
@@ -315,8 +408,7 @@ class RuntimeController:
             except Exception as e:
                 if activated:
                     self._rollback_artifact()
-                log.warning("config version %d rejected: %s", version, error_text(e))
-                return ApplyResult("rejected", [error_text(e)], frozenset(changes))
+                return self._rejected(version, e, changes)
             if prepared.bundle is not None:
                 errors = self._swap_model_checked(prepared.bundle, new)
                 prepared.bundle = None  # owned by the pipeline now (or closed by the swap back)
@@ -324,20 +416,96 @@ class RuntimeController:
                     prepared.discard()
                     if activated:
                         self._rollback_artifact()
-                    log.warning("config version %d rolled back: %s", version, "; ".join(errors))
-                    return ApplyResult("rolled_back", errors, frozenset(changes))
+                    return self._rolled_back(version, errors, changes)
                 self._artifact_id = prepared.artifact_id
             self._commit(prepared, new, changes)
-            self.config = new
-            self.version = version
-            log.info("config version %d applied (%s)", version, ", ".join(sorted(changes)) or "no change")
-            return ApplyResult("applied", [], frozenset(changes))
+            return self._applied(new, version, changes)
+
+    def _applied(self, new: DeviceConfig, version: int, changes: set[str]) -> ApplyResult:
+        self.config = new
+        self.version = version
+        log.info("config version %d applied (%s)", version, ", ".join(sorted(changes)) or "no change")
+        return ApplyResult("applied", [], frozenset(changes))
+
+    @staticmethod
+    def _rejected(version: int, error: BaseException, changes: set[str]) -> ApplyResult:
+        log.warning("config version %d rejected: %s", version, error_text(error))
+        return ApplyResult("rejected", [error_text(error)], frozenset(changes))
+
+    @staticmethod
+    def _rolled_back(version: int, errors: list[str], changes: set[str]) -> ApplyResult:
+        log.warning("config version %d rolled back: %s", version, "; ".join(errors))
+        return ApplyResult("rolled_back", errors, frozenset(changes))
+
+    def _build(self, resolved: DeviceConfig, extra: list[Any]) -> Pipeline:
+        from lepton_edge.runtime import build_pipeline
+
+        return build_pipeline(resolved, max_frames=self._max_frames, extra_sinks=extra, stats=self._stats)
+
+    def _go_idle(self, timeout: float = 10.0) -> None:
+        """Stop the pipeline: frames in flight finish, sinks are flushed and closed, the backend is closed."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        self.pipeline = None  # detached first: wait_finished() must not take this stop for the source's end
+        self._retire(pipeline, timeout)
+        if not self._started:  # its stages never ran, so nothing closed its sinks
+            _close_sinks(pipeline.sinks)
+        self._extra = []
+        self._stats.latency = {name: LatencyWindow(self.config.pipeline.latency_window) for name in STAGES}
+        self._stats.source_state = "idle"
+
+    @staticmethod
+    def _retire(pipeline: Pipeline, timeout: float) -> None:
+        pipeline.stop()
+        try:
+            if not pipeline.wait(timeout):
+                log.warning("the pipeline did not drain within %.0f s; aborting it", timeout)
+                pipeline.abort()
+                pipeline.wait(timeout)
+        except LeptonError as e:
+            log.warning("the stopped pipeline ended with an error: %s", error_text(e))
+        finally:
+            pipeline.backend.close()
+
+    def _leave_idle(self, new: DeviceConfig, version: int, changes: set[str]) -> ApplyResult:
+        """Build, start and health-check a pipeline for ``new``; on any failure stay idle."""
+        assert new.source is not None
+        activated = False
+        extra: list[Any] = []
+        try:
+            check_offline_source(new)
+            resolved, activated = self._with_artifact(new)
+            extra = self._extra_factory(new) if self._extra_factory else []
+            pipeline = self._build(resolved, extra)
+        except Exception as e:
+            _close_sinks(extra)
+            if activated:
+                self._rollback_artifact()
+            return self._rejected(version, e, changes)
+        self._stats.latency = {name: LatencyWindow(new.pipeline.latency_window) for name in STAGES}
+        if self._started:
+            probation = _Probation(pipeline.model)
+            pipeline.start()
+            errors = self._health_check(probation, pipeline, new)
+            if errors:
+                self._retire(pipeline, 10.0)
+                self._stats.source_state = "idle"
+                if activated:
+                    self._rollback_artifact()
+                return self._rolled_back(version, errors, changes)
+            probation.end()
+        self.pipeline = pipeline
+        self._extra = extra
+        self._artifact_id = artifact_id_of(new)
+        return self._applied(new, version, changes)
 
     def _prepare(self, new: DeviceConfig, changes: set[str]) -> _Prepared:
         from lepton_edge.runtime import load_backend
         from lepton_edge.sinks import create_sinks
         from lepton_edge.sources import FrameReader, create_source
 
+        pipeline = self.pipeline
+        assert pipeline is not None and new.source is not None
         prepared = _Prepared()
         try:
             source = None
@@ -362,11 +530,11 @@ class RuntimeController:
                     raise
                 prepared.artifact_id = artifact_id_of(new)
             elif "postprocess" in changes:
-                prepared.postprocessor = make_postprocessor(new, self.pipeline.backend)
+                prepared.postprocessor = make_postprocessor(new, pipeline.backend)
             if source is not None:
-                prepared.reader = FrameReader(source, new.source, self.pipeline.stop_event)
+                prepared.reader = FrameReader(source, new.source, pipeline.stop_event)
             if "sinks" in changes:
-                prepared.sinks = create_sinks(new.sinks, self.pipeline.stats, title=new.device_id)
+                prepared.sinks = create_sinks(new.sinks, pipeline.stats, title=new.device_id)
             if "results" in changes and self._extra_factory is not None:
                 prepared.extra = self._extra_factory(new)
         except BaseException:
@@ -374,28 +542,35 @@ class RuntimeController:
             raise
         return prepared
 
-    def _swap_model_checked(self, bundle: ModelBundle, config: DeviceConfig) -> list[str]:
-        """Swap ``bundle`` in and watch it; on failure swap the previous model back. Returns the errors."""
+    def _health_check(self, probation: _Probation, pipeline: Pipeline, config: DeviceConfig) -> list[str]:
+        """Watch a model on probation for ``agent.health_check.window_s``; returns the errors found."""
         check = config.agent.health_check if config.agent else None
         window_s = check.window_s if check else 5.0
         min_frames = check.min_frames if check else 5
-        probation = _Probation(bundle)
-        old = self.pipeline.swap_model(bundle, retire_old=False)
         deadline = time.monotonic() + window_s
         while time.monotonic() < deadline and not probation.errors and not self._stopping.is_set():
-            if self.pipeline.stop_event.is_set():
+            if pipeline.stop_event.is_set():
                 break
             self._stopping.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         errors = list(probation.errors)
-        if self._stopping.is_set() or self.pipeline.stop_event.is_set():
+        if self._stopping.is_set() or pipeline.stop_event.is_set():
             errors = errors or ["health check interrupted: the pipeline is stopping"]
         elif not errors and probation.results < min_frames:
             errors.append(
                 f"health check: the new model produced {probation.results} result(s) in {window_s:g} s, "
                 f"fewer than agent.health_check.min_frames={min_frames} (is the source delivering frames?)"
             )
+        return errors
+
+    def _swap_model_checked(self, bundle: ModelBundle, config: DeviceConfig) -> list[str]:
+        """Swap ``bundle`` in and watch it; on failure swap the previous model back. Returns the errors."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        probation = _Probation(bundle)
+        old = pipeline.swap_model(bundle, retire_old=False)
+        errors = self._health_check(probation, pipeline, config)
         if errors:
-            self.pipeline.swap_model(old)  # the new bundle is closed once its frames are done
+            pipeline.swap_model(old)  # the new bundle is closed once its frames are done
             return errors
         probation.end()
         old.retire()
@@ -403,6 +578,7 @@ class RuntimeController:
 
     def _commit(self, prepared: _Prepared, new: DeviceConfig, changes: set[str]) -> None:
         pipeline = self.pipeline
+        assert pipeline is not None and new.source is not None
         if prepared.postprocessor is not None:
             pipeline.swap_postprocessor(prepared.postprocessor)
         if prepared.sinks is not None or prepared.extra is not None:
@@ -426,8 +602,8 @@ class RuntimeController:
         Returns the config and whether the active artifact changed (then a failure rolls it back). An
         artifact already in a slot is not downloaded again. Configs without an artifact pass unchanged.
         """
-        ref = config.model.artifact
-        if ref is None:
+        ref = config.model.artifact if config.model is not None else None
+        if ref is None or config.model is None:
             return config, False
         if self.artifacts is None:
             raise ConfigError(

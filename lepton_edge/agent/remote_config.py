@@ -10,6 +10,8 @@ Rules (docs/protocol.md, "Remote configuration"):
 - Versions not newer than the last handled one (applied, rejected or rolled back) are ignored, so a
   duplicate or a retained document delivered again after a reconnect is applied once. While one
   version is being applied, only the newest of those that arrive meanwhile is kept.
+- ``{"idle": true}`` (what the scheduler pushes to a device left without a workload) is a config like any
+  other: applying it stops the pipeline, and the device waits, connected, for a workload config.
 - The last good config and its version are persisted atomically; after a restart the device starts
   from it (it is newer than the local file, version 0) and reports it in its birth.
 

@@ -1,9 +1,11 @@
 """Telemetry: what the device reports every interval (pipeline performance, drops, system health).
 
 Everything here is read on demand from counters the pipeline keeps anyway, so reporting costs nothing
-between two messages. System figures come from psutil and, where present, from sysfs: thermal zones
-(``/sys/class/thermal/thermal_zone*/temp`` and ``type``) and the Jetson GPU load
-(``/sys/devices/gpu.0/load`` or ``/sys/devices/platform/gpu.0/load``, in tenths of a percent).
+between two messages. An idle runtime (no pipeline) reports ``fps`` 0, no latency, no frame age, no
+sources and no artifact; frame and drop counters keep their totals. System figures come from psutil and,
+where present, from sysfs: thermal zones (``/sys/class/thermal/thermal_zone*/temp`` and ``type``) and the
+Jetson GPU load (``/sys/devices/gpu.0/load`` or ``/sys/devices/platform/gpu.0/load``, in tenths of a
+percent).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class RuntimeView(Protocol):
 
     @property
     def config_version(self) -> int: ...
+
+    @property
+    def idle(self) -> bool: ...
 
     def source_states(self) -> dict[str, str]: ...
 
@@ -197,18 +202,23 @@ class TelemetryCollector:
 
     def build(self, session_id: int, seq: int, interval_s: float) -> Telemetry:
         stats = self.runtime.stats
+        idle = self.runtime.idle
+        fps = max(0.0, self._rate.update())  # updated while idle too, so the next interval starts here
         drops = {
             clip_name(reason): count - self._drops_base.get(reason, 0)
             for reason, count in stats.drops.snapshot().items()
             if count - self._drops_base.get(reason, 0) > 0
         }
         latency = {}
-        for stage in STAGES:
-            window = stats.latency.get(stage)
-            if stage != "frame_age" and window is not None and window.count:
-                latency[stage] = percentiles(window.summary())
-        age_window = stats.latency.get("frame_age")
-        frame_age = percentiles(age_window.summary()) if age_window is not None and age_window.count else None
+        frame_age = None
+        if not idle:
+            for stage in STAGES:
+                window = stats.latency.get(stage)
+                if stage != "frame_age" and window is not None and window.count:
+                    latency[stage] = percentiles(window.summary())
+            age_window = stats.latency.get("frame_age")
+            if age_window is not None and age_window.count:
+                frame_age = percentiles(age_window.summary())
         out = self.outbox.stats()
         artifact = self.runtime.artifact_id
         return Telemetry(
@@ -217,7 +227,7 @@ class TelemetryCollector:
             seq=seq,
             timestamp=time.time(),
             interval_s=float(interval_s),
-            fps=max(0.0, self._rate.update()),
+            fps=0.0 if idle else fps,
             frames=max(0, stats.results - self._frames_base),
             drops=dict(list(drops.items())[:32]),
             latency_ms=latency,

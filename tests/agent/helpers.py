@@ -59,6 +59,19 @@ def agent_config(*args: Any, **kwargs: Any) -> DeviceConfig:
     return parse_config(agent_data(*args, **kwargs), "test")
 
 
+PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "sinks", "pipeline")
+
+
+def idle_data(tmp_path: Path, port: int, device_id: str, **kwargs: Any) -> dict[str, Any]:
+    """Like :func:`agent_data`, for an idle device: ``idle: true`` and no pipeline sections."""
+    data = agent_data(tmp_path, Path("unused.onnx"), port, device_id, **kwargs)
+    return {"idle": True, **{k: v for k, v in data.items() if k not in PIPELINE_SECTIONS}}
+
+
+def idle_config(*args: Any, **kwargs: Any) -> DeviceConfig:
+    return parse_config(idle_data(*args, **kwargs), "test")
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with AssertionError on timeout."""
     deadline = time.monotonic() + timeout
@@ -135,9 +148,13 @@ class ListSink(Sink):
     def __init__(self) -> None:
         super().__init__(4096)
         self.results: list[Result] = []
+        self.closed = False
 
     def write(self, result: Result) -> None:
         self.results.append(result)
+
+    def release(self) -> None:
+        self.closed = True
 
     def labels(self, start: int = 0) -> list[str]:
         """Top label of each result from ``start`` on."""

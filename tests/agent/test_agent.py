@@ -272,3 +272,125 @@ def test_run_device_needs_the_agent_section(tmp_path, color_model):
     config = parse_config({"model": {"path": str(color_model)}, "source": {"uri": "synthetic://shapes"}}, "t")
     with pytest.raises(ConfigError, match="agent"):
         run_device(config)
+
+
+# -- idle: no workload ------------------------------------------------------------------------------------
+
+
+def test_an_idle_device_announces_what_it_can_run(mqtt_broker, recorder, tmp_path, color_model, unique):
+    import hashlib
+
+    import onnxruntime
+
+    from lepton_edge.agent.agent import CUDA_PROVIDERS
+    from lepton_edge.config import ArtifactRef
+    from tests.agent.helpers import idle_config
+
+    device = f"ag-{unique}"
+    rec = recorder(mqtt_broker.port, f"lepton/v1/devices/{device}/birth")
+    config = idle_config(tmp_path, mqtt_broker.port, device, agent={"allow_unsigned_artifacts": True})
+    agent = DeviceAgent(config)
+    data = color_model.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    ref = ArtifactRef(url=color_model.as_uri(), size=len(data), sha256=sha)
+    agent.artifacts.activate(agent.artifacts.stage(ref))  # an artifact left by an earlier workload
+    agent.start()
+    try:
+        birth = rec.wait(TopicKind.BIRTH)
+        caps = birth.capabilities
+        cuda = CUDA_PROVIDERS & set(onnxruntime.get_available_providers())
+        assert caps.accelerator == ("cuda" if cuda else "cpu") and "onnxruntime" in caps.runtimes
+        assert caps.sources == [] and caps.artifacts == [f"sha256:{sha}"] and birth.config_version == 0
+        stats = agent.stats()
+        assert stats["idle"] is True and stats["pipeline"]["source_state"] == "idle"
+        assert f'lepton_idle{{device="{device}"}} 1' in agent.metrics_text()
+    finally:
+        agent.stop()
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's notify socket (``$NOTIFY_SOCKET``); a thread reads it as
+    systemd does (a datagram queue is short: unread, it would block the sender)."""
+
+    def __init__(self, path) -> None:
+        import socket
+        import threading
+
+        assert len(str(path)) < 100, "AF_UNIX paths are limited to 107 bytes"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            with self._lock:
+                self.messages.append(message)
+
+    def drain(self) -> list[str]:
+        """The messages received since the last call."""
+        time.sleep(0.2)  # let the reader catch up with the last datagrams
+        with self._lock:
+            messages, self.messages = self.messages, []
+        return messages
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_idle_device_is_ready_once_connected_and_its_watchdog_is_fed(
+    mqtt_broker, tmp_path, unique, monkeypatch
+):
+    from lepton_edge.agent.agent import run_device
+    from tests.agent.helpers import idle_config
+
+    notify = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")  # a ping due every 0.3 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    try:
+        # no broker: an idle device has nothing to be ready for, yet it is alive and says so
+        offline = idle_config(tmp_path, closed_port(), f"ag-{unique}-off")
+        assert run_device(offline, duration_s=1.5) == 0
+        messages = notify.drain()
+        assert not any(m.startswith("READY=1") for m in messages)
+        assert messages.count("WATCHDOG=1") >= 2 and messages[-1] == "STOPPING=1"
+        assert any(m.startswith("STATUS=idle") for m in messages)
+
+        online = idle_config(tmp_path, mqtt_broker.port, f"ag-{unique}-on")
+        assert run_device(online, duration_s=1.5) == 0
+        messages = notify.drain()
+        ready = [m for m in messages if m.startswith("READY=1")]
+        assert len(ready) == 1 and "idle" in ready[0] and "broker connected" in ready[0], messages
+        assert messages.count("WATCHDOG=1") >= 2
+    finally:
+        notify.close()
+
+
+def test_lepton_edge_run_refuses_an_idle_config_without_an_agent(tmp_path, caplog):
+    from lepton_edge.cli import main
+
+    config = tmp_path / "idle.yaml"
+    config.write_text("device_id: parked\nidle: true\n")
+    assert main(["run", "--config", str(config)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(config) in errors[0] and "nothing to do" in errors[0]
+    assert "agent section" in errors[0]

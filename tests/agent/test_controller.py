@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -265,5 +266,101 @@ def test_unsigned_artifacts_are_refused_without_a_key(tmp_path, models):
         result = controller.apply(new, 1)
         assert result.outcome == "rejected" and "no public key" in result.errors[0]
         assert store.current() is None and controller.artifact_id == "color.onnx"
+    finally:
+        controller.stop()
+
+
+# -- idle: no pipeline ----------------------------------------------------------------------------------
+
+
+def idle(tmp_path, **agent):
+    from tests.agent.helpers import idle_config
+
+    return idle_config(tmp_path, 1883, "ctl", agent=agent or None)
+
+
+def test_idle_config_stops_the_pipeline_and_a_workload_starts_a_new_one(running, tmp_path, models):
+    controller, sinks = running
+    more_results(sinks[0])
+    old = controller.pipeline
+    finished = {}
+    waiter = threading.Thread(target=lambda: finished.setdefault("r", controller.wait_finished(10)))
+    waiter.start()  # as run_device does: waiting for the pipeline to end by itself
+    time.sleep(0.2)  # inside Pipeline.wait by now
+    result = controller.apply(idle(tmp_path), 1)
+    assert (result.outcome, result.changes) == ("applied", {"idle"})
+    waiter.join(10)
+    assert finished["r"] is False  # stopped for idleness, not ended by itself
+    assert controller.idle and controller.pipeline is None and controller.version == 1
+    assert old.wait(0)  # every stage ended: frames drained
+    assert old.backend.session is None  # the model is unloaded
+    assert sinks[0].closed  # the agent's sink was flushed and closed
+    assert controller.source_states() == {} and controller.artifact_id is None
+    assert controller.stats.source_state == "idle" and controller.stats.latency["infer"].count == 0
+    results = controller.stats.results
+    assert controller.wait_finished(0.3) is False  # being idle is not the end of the source
+    assert controller.stats.results == results  # nothing runs
+
+    result = controller.apply(make_config(tmp_path, models["color16"]), 2)
+    assert (result.outcome, result.changes) == ("applied", {"pipeline"})
+    assert not controller.idle and controller.pipeline is not old and controller.version == 2
+    assert len(sinks) == 2  # a fresh agent sink for the new pipeline
+    more_results(sinks[1])
+    assert controller.artifact_id == "color16.onnx" and controller.stats.results > results  # one series
+    assert type(controller.pipeline.backend).__name__ == "OnnxRuntimeBackend"  # passed the health check
+    assert controller.source_states() == {LIVE_SOURCE: "streaming"}
+
+
+def test_an_idle_runtime_rejects_what_cannot_run_and_stays_idle(tmp_path, models):
+    sinks: list[ListSink] = []
+
+    def extra(config):
+        sinks.append(ListSink())
+        return [sinks[-1]]
+
+    controller = RuntimeController(idle(tmp_path), extra_sinks=extra).start()
+    try:
+        assert controller.idle and sinks == [] and controller.wait_finished(0.05) is False
+        corrupt = tmp_path / "corrupt.onnx"
+        corrupt.write_bytes(b"not an onnx model at all")
+        result = controller.apply(make_config(tmp_path, corrupt), 1)
+        assert result.outcome == "rejected" and "corrupt.onnx" in result.errors[0]
+        assert controller.idle and controller.version == 0
+        assert sinks and all(s.closed for s in sinks)  # the sinks made for it were closed
+
+        missing = make_config(tmp_path, models["color"], source={"uri": str(tmp_path / "missing.mp4")})
+        result = controller.apply(missing, 2)
+        assert result.outcome == "rejected" and "missing.mp4" in result.errors[0] and controller.idle
+
+        result = controller.apply(make_config(tmp_path, models["fails"]), 3)
+        assert result.outcome == "rolled_back" and any("inference failed" in e for e in result.errors)
+        assert controller.idle and controller.version == 0 and controller.stats.source_state == "idle"
+        assert sinks[-1].closed  # the pipeline that failed was stopped
+
+        assert controller.apply(idle(tmp_path, telemetry_interval_s=5), 4).changes == {"settings"}
+        assert controller.apply(make_config(tmp_path, models["color"]), 5).outcome == "applied"
+        more_results(sinks[-1])
+    finally:
+        controller.stop()
+    assert controller.pipeline.backend.session is None
+
+
+def test_an_idle_runtime_builds_but_starts_its_workload_only_on_start(tmp_path, models):
+    sink = ListSink()
+    controller = RuntimeController(idle(tmp_path), extra_sinks=lambda c: [sink])
+    try:
+        assert controller.apply(make_config(tmp_path, models["color"]), 1).outcome == "applied"
+        assert not controller.idle and controller.stats.results == 0
+        controller.start()
+        more_results(sink)
+    finally:
+        controller.stop()
+
+
+def test_a_pipeline_that_ends_by_itself_is_finished(tmp_path, models):
+    controller = RuntimeController(make_config(tmp_path, models["color"]), max_frames=5).start()
+    try:
+        wait_until(lambda: controller.wait_finished(0.1))
+        assert 0 < controller.stats.results <= 5
     finally:
         controller.stop()

@@ -12,7 +12,7 @@ from lepton_edge.protocol import (
     config_desired_topic,
     encode,
 )
-from tests.agent.helpers import agent_config, agent_data, wait_until
+from tests.agent.helpers import LIVE_SOURCE, agent_config, agent_data, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +236,92 @@ def test_an_unusable_persisted_config_falls_back_to_the_local_file(tmp_path, col
         )
     finally:
         agent.stop()
+
+
+# -- idle: the scheduler's {"idle": true} ---------------------------------------------------------------
+
+
+def idle_desired(version: int, **config) -> bytes:
+    document = {"idle": True, **config}
+    return encode(DesiredConfig(version=version, config=document, issued_at=time.time(), issued_by="test"))
+
+
+def results_stay_at(rec, seconds: float = 0.6) -> int:
+    """The number of results, checked not to grow for ``seconds``."""
+    count = len(rec.of(TopicKind.RESULT))
+    time.sleep(seconds)
+    assert len(rec.of(TopicKind.RESULT)) == count
+    return count
+
+
+def test_idle_config_stops_the_workload_and_a_workload_config_starts_it_again(
+    mqtt_broker, start_agent, recorder, tmp_path, color_model, unique
+):
+    device = f"rc-{unique}"
+    rec = recorder(mqtt_broker.port, f"lepton/v1/devices/{device}/#")
+    agent = start_agent(mqtt_broker.port, device)
+    wait_until(lambda: len(rec.of(TopicKind.RESULT)) >= 3)
+    publish_desired(rec, device, idle_desired(1))
+    report = rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 1)
+    assert (report.outcome, report.active_version, report.errors) == ("applied", 1, [])
+    assert agent.controller.idle and agent.result_sink is None
+    event = next(e for e in rec.of(TopicKind.EVENT) if e.kind == "config.applied")
+    assert event.details["changes"] == ["idle"]
+    idle = rec.wait(TopicKind.TELEMETRY, lambda t: t.config_version == 1)
+    assert (idle.fps, idle.latency_ms, idle.frame_age_ms) == (0, {}, None)
+    assert idle.sources == {} and idle.artifact_id is None
+    assert idle.frames > 0  # the session's total so far
+    results_stay_at(rec)  # the pipeline is stopped
+
+    # still validated: idle with a workload section is refused, and the device stays idle
+    publish_desired(rec, device, idle_desired(2, model={"path": str(color_model)}))
+    report = rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 2)
+    assert report.outcome == "rejected" and report.active_version == 1
+    assert any("idle: true runs no pipeline, so model would be ignored" in e for e in report.errors)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00garbage")
+    publish_desired(rec, device, desired_config(tmp_path, corrupt, 3))
+    report = rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 3)
+    assert report.outcome == "rejected" and "corrupt.onnx" in report.errors[0]
+    assert agent.controller.idle and agent.config_version == 1
+    results_stay_at(rec, 0.3)
+
+    publish_desired(rec, device, desired_config(tmp_path, color_model, 4, source={"uri": LIVE_SOURCE, "id": "gate"}))
+    report = rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 4)
+    assert (report.outcome, report.active_version) == ("applied", 4)
+    wait_until(lambda: len([r for r in rec.of(TopicKind.RESULT) if r.source == "gate"]) >= 5)
+    running = rec.wait(TopicKind.TELEMETRY, lambda t: t.config_version == 4 and t.fps > 0)
+    assert running.sources == {"gate": "running"} and running.artifact_id == "color.onnx"
+
+
+def test_a_device_starts_idle_from_its_local_file_and_from_its_persisted_config(
+    mqtt_broker, recorder, tmp_path, color_model, unique
+):
+    from tests.agent.helpers import idle_config
+
+    device = f"rc-{unique}"
+    rec = recorder(mqtt_broker.port, f"lepton/v1/devices/{device}/#")
+    first = DeviceAgent(idle_config(tmp_path, mqtt_broker.port, device)).start()
+    try:
+        assert first.controller.idle and first.config_version == 0
+        idle = rec.wait(TopicKind.TELEMETRY)
+        assert (idle.fps, idle.sources, idle.artifact_id, idle.frames) == (0, {}, None, 0)
+        assert not rec.of(TopicKind.RESULT)
+        publish_desired(rec, device, desired_config(tmp_path, color_model, 1))
+        assert rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 1).outcome == "applied"
+        wait_until(lambda: len(rec.of(TopicKind.RESULT)) >= 3)
+        publish_desired(rec, device, idle_desired(2))
+        assert rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 2).outcome == "applied"
+    finally:
+        first.stop()
+    # restarted with a workload in the local file, it starts from the persisted idle config (v2)
+    second = DeviceAgent(agent_config(tmp_path, color_model, mqtt_broker.port, device))
+    assert second.controller.idle and second.config_version == 2
+    second.start()
+    try:
+        birth = rec.wait(TopicKind.BIRTH, lambda b: b.session_id > first.session_id)
+        assert birth.config_version == 2
+        rec.wait(TopicKind.TELEMETRY, lambda t: t.session_id == second.session_id and t.sources == {})
+        results_stay_at(rec)
+    finally:
+        second.stop()

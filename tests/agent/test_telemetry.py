@@ -61,3 +61,24 @@ def test_collector_reports_session_counters_and_the_outbox(tmp_path, color_model
     finally:
         controller.stop()
         outbox.close()
+
+
+def test_an_idle_runtime_reports_no_rate_latency_source_or_model(tmp_path, color_model, sysfs):
+    from tests.agent.helpers import idle_config
+
+    controller = RuntimeController(agent_config(tmp_path, color_model, 1883, "tel")).start()
+    outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.db"))
+    try:
+        collector = TelemetryCollector("tel", controller, outbox, SystemMonitor(tmp_path, sysfs))
+        wait_until(lambda: controller.stats.results >= 5)
+        busy = collector.build(session_id=1, seq=1, interval_s=0.5)
+        assert busy.latency_ms and busy.sources and busy.artifact_id == "color.onnx"
+        assert controller.apply(idle_config(tmp_path, 1883, "tel"), 1).outcome == "applied"
+        idle = collector.build(session_id=1, seq=2, interval_s=0.5)
+        assert decode(TopicKind.TELEMETRY, encode(idle)) == idle  # a valid protocol message
+        assert (idle.fps, idle.latency_ms, idle.frame_age_ms, idle.sources) == (0, {}, None, {})
+        assert idle.artifact_id is None and idle.config_version == 1
+        assert idle.frames >= busy.frames  # the session's totals are kept
+    finally:
+        controller.stop()
+        outbox.close()
