@@ -9,17 +9,22 @@ What it adds to paho:
   reason code name and exposed as :attr:`MqttClient.last_error` while paho retries with capped
   exponential backoff;
 - a routing table from topic filter to handler, re-subscribed on every connect; a failing handler is
-  logged and never stops the network loop;
+  logged and never stops the network loop. A shared subscription (``$share/<group>/<filter>``) routes
+  the messages of ``<filter>``, as the broker delivers them under their real topic;
 - :class:`PublishHandle` per publish, resolved when the broker acknowledges it (PUBACK for QoS 1), which
-  is what lets the outbox delete a message only once the broker has it.
+  is what lets the outbox delete a message only once the broker has it;
+- :meth:`MqttClient.abort`, which drops the connection as a power cut would, so the broker publishes the
+  last will (for simulators and tests of presence).
 
 Handlers and hooks run on paho's network thread: keep them short and hand heavy work to other threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -230,7 +235,28 @@ def _check_topic(topic: str) -> None:
         raise ValueError(f"invalid MQTT topic to publish to: {topic!r} (empty, or contains '+', '#' or NUL)")
 
 
+SHARE_PREFIX = "$share/"
+"""Start of an MQTT v5 shared subscription: ``$share/<group>/<filter>``."""
+
+
+def unshared(topic_filter: str) -> str:
+    """The filter that selects the topics of ``topic_filter``: ``<filter>`` of ``$share/<group>/<filter>``."""
+    if topic_filter.startswith(SHARE_PREFIX):
+        parts = topic_filter.split("/", 2)
+        if len(parts) == 3:
+            return parts[2]
+    return topic_filter
+
+
 def _check_filter(topic_filter: str) -> None:
+    if topic_filter.startswith(SHARE_PREFIX):
+        parts = topic_filter.split("/", 2)
+        if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1]:
+            raise ValueError(
+                f"invalid shared subscription {topic_filter!r}: write $share/<group>/<filter>, with a group "
+                "name without '/', '+' or '#'"
+            )
+        topic_filter = parts[2]
     levels = topic_filter.split("/")
     bad = (
         not topic_filter
@@ -242,6 +268,50 @@ def _check_filter(topic_filter: str) -> None:
         raise ValueError(
             f"invalid MQTT topic filter {topic_filter!r}: '+' must fill a whole level and '#' must be the last level"
         )
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``topic_filter`` as the client routes it: MQTT rules, and a shared
+    subscription ``$share/<group>/<filter>`` matches the topics of ``<filter>``."""
+    _check_filter(topic_filter)
+    return _Route(topic_filter, _no_handler, 0).matches(topic.split("/"))
+
+
+def _no_handler(message: IncomingMessage) -> None:
+    pass
+
+
+class _Route:
+    """One subscription: its handler, QoS, and its filter compiled for matching (MQTT 3.1.1/5 rules).
+
+    Same result as ``paho.topic_matches_sub(unshared(filter), topic)``, at a fraction of its cost (paho
+    builds a matcher tree per call), which counts on a scheduler receiving thousands of messages a second.
+    """
+
+    __slots__ = ("_fixed", "_levels", "_multi", "_wild_first", "handler", "qos", "topic_filter")
+
+    def __init__(self, topic_filter: str, handler: Handler, qos: int) -> None:
+        self.topic_filter, self.handler, self.qos = topic_filter, handler, qos
+        levels = unshared(topic_filter).split("/")
+        self._multi = levels[-1] == "#"
+        if self._multi:
+            levels.pop()
+        self._levels = len(levels)
+        # a wildcard first level never matches a topic starting with '$' ($SYS/...)
+        self._wild_first = not levels or levels[0] == "+"
+        # the last levels differ most between the topics of one tree: compare them first
+        self._fixed = tuple((i, level) for i, level in reversed(list(enumerate(levels))) if level != "+")
+
+    def matches(self, topic_levels: list[str]) -> bool:
+        n = len(topic_levels)
+        if (n < self._levels) if self._multi else (n != self._levels):
+            return False
+        if self._wild_first and topic_levels[0].startswith("$"):
+            return False
+        for i, level in self._fixed:  # noqa: SIM110 (a loop: no generator per message on the hot path)
+            if topic_levels[i] != level:
+                return False
+        return True
 
 
 class MqttClient:
@@ -267,7 +337,9 @@ class MqttClient:
         self._check_files()
 
         self._lock = threading.Lock()
-        self._routes: dict[str, tuple[Handler, int]] = {}
+        self._routes: dict[str, _Route] = {}
+        self._route_list: tuple[_Route, ...] = ()
+        """The routes as read by the network thread; replaced (never changed) under the lock."""
         self._pending: dict[int, PublishHandle] = {}
         self._early_acks: dict[int, tuple[int, str | None]] = {}
         self._sub_mids: dict[int, list[str]] = {}
@@ -399,6 +471,31 @@ class MqttClient:
         disconnect_props.SessionExpiryInterval = self.config.session_expiry_s
         client.disconnect(ReasonCode(PacketTypes.DISCONNECT, "Normal disconnection"), disconnect_props)
         client.loop_stop()
+        self._release("client stopped before the broker acknowledged the message")
+
+    def abort(self) -> None:
+        """Drop the connection without a DISCONNECT, as a power cut would: the broker publishes the will.
+
+        The client does not reconnect; handles still pending fail with "connection aborted". Call
+        :meth:`start` to connect again (a new connection, with a new will).
+        """
+        client = self._paho
+        if client is None:
+            return
+        self._stopping = True  # no reconnect, no on_disconnected hooks
+        sock = client.socket()
+        if sock is not None:
+            # through a duplicate of the descriptor, which works under TLS and WebSocket wrappers too;
+            # OSError/ValueError: the network thread has closed it already
+            with contextlib.suppress(OSError, ValueError), socket.socket(fileno=os.dup(sock.fileno())) as raw:
+                raw.shutdown(socket.SHUT_RDWR)
+        # The network thread sees the closed socket, calls _handle_disconnect (which ends its loop
+        # before any reconnect) and exits; without a socket (between attempts) it exits within a second.
+        client.loop_stop()
+        self._release("connection aborted before the broker acknowledged the message")
+
+    def _release(self, why: str) -> None:
+        """Forget the paho client (its thread has ended) and fail the handles still pending."""
         with self._lock:
             self._paho = None
             self._connected = False
@@ -406,7 +503,7 @@ class MqttClient:
             pending, self._pending = self._pending, {}
             self._early_acks.clear()
         for handle in pending.values():
-            handle._resolve(None, "client stopped before the broker acknowledged the message")
+            handle._resolve(None, why)
 
     # -- subscriptions ------------------------------------------------------------------------------
 
@@ -420,7 +517,8 @@ class MqttClient:
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
         with self._lock:
-            self._routes[topic_filter] = (handler, qos)
+            self._routes[topic_filter] = _Route(topic_filter, handler, qos)
+            self._route_list = tuple(self._routes.values())
             client = self._paho if self._connected else None
         if client is not None:
             self._send_subscribe(client, [(topic_filter, qos)])
@@ -428,6 +526,7 @@ class MqttClient:
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
             known = self._routes.pop(topic_filter, None) is not None
+            self._route_list = tuple(self._routes.values())
             client = self._paho if self._connected else None
         if known and client is not None:
             client.unsubscribe(topic_filter)
@@ -538,7 +637,7 @@ class MqttClient:
             self.session_present = bool(flags.session_present)
             self.last_error = None
             self.last_reason_code = None
-            routes = [(f, q) for f, (_, q) in self._routes.items()]
+            routes = [(r.topic_filter, r.qos) for r in self._routes.values()]
         log.info(
             "MQTT: connected to %s as %s (session %s)",
             self.address,
@@ -576,6 +675,7 @@ class MqttClient:
         for handle in lost_handles:
             handle._resolve(None, "connection lost before the QoS 0 message was sent")
         if self._stopping:
+            client.loop_stop()  # from the network thread it only flags the loop to end: no reconnect
             return
         if was_connected:
             if flags.is_disconnect_packet_from_server:
@@ -598,8 +698,8 @@ class MqttClient:
         except UnicodeDecodeError:
             log.warning("MQTT: dropped a message whose topic is not UTF-8")
             return
-        with self._lock:
-            handlers = [h for f, (h, _) in self._routes.items() if paho.topic_matches_sub(f, topic)]
+        levels = topic.split("/")
+        handlers = [r.handler for r in self._route_list if r.matches(levels)]
         if not handlers:
             log.debug("MQTT: no handler for %s; message dropped", topic)
             return

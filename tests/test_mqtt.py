@@ -12,10 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 
 from lepton_edge.errors import ConfigError
-from lepton_edge.mqtt import MqttClient, MqttConfig, TlsConfig, Will
+from lepton_edge.mqtt import MqttClient, MqttConfig, TlsConfig, Will, topic_matches
 from tests.support.mosquitto import MessageCollector, MosquittoBroker, free_port, make_certificates
 
 pytestmark = pytest.mark.integration
@@ -45,6 +46,67 @@ def test_publish_subscribe_round_trip(mqtt_broker, make_mqtt_client, unique):
     assert [m.payload for m in messages] == [b"m0", b"m1", b"m2", b"m3", b"m4", b"q0"]
     assert messages[0].topic == f"t/{unique}/0" and messages[0].qos == 1 and not messages[0].retain
     assert messages[5].qos == 0
+
+
+def test_routing_matches_topics_as_paho_does_and_understands_shared_subscriptions():
+    filters = ["#", "+", "a", "a/#", "a/+", "+/b", "a/+/c", "+/+", "a/b/#", "/+", "+/#", "a/", "$SYS/#", "$SYS/+"]
+    topics = ["a", "a/b", "a/b/c", "a/x/c", "b", "x/b", "a/", "/a", "/", "a/b/c/d", "$SYS/x", "$SYS", "a//c"]
+    for topic_filter in filters:
+        for topic in topics:
+            expected = paho.topic_matches_sub(topic_filter, topic)
+            assert topic_matches(topic_filter, topic) is expected, (topic_filter, topic)
+            assert topic_matches(f"$share/group/{topic_filter}", topic) is expected, (topic_filter, topic)
+    for bad in ("$share/g", "$share//a/b", "$share/g+/a", "$share/g/a/#/b", "a/b#"):
+        with pytest.raises(ValueError, match="invalid"):
+            topic_matches(bad, "a/b")
+
+
+def test_a_shared_subscription_receives_the_messages_of_its_filter(mqtt_broker, make_mqtt_client, unique):
+    shared, plain = MessageCollector(), MessageCollector()
+    sub = make_mqtt_client(mqtt_broker, f"sub-{unique}")
+    sub.subscribe(f"$share/grp-{unique}/t/{unique}/+", shared)
+    sub.subscribe(f"u/{unique}", plain)
+    sub.start()
+    pub = make_mqtt_client(mqtt_broker, f"pub-{unique}")
+    pub.start()
+    assert sub.wait_connected(10) and pub.wait_connected(10)
+    time.sleep(0.2)  # let the SUBACK come back before publishing
+
+    for topic in (f"t/{unique}/1", f"u/{unique}", f"t/{unique}/2"):
+        assert pub.publish(topic, topic.encode(), qos=1).wait(5)
+    assert [m.topic for m in shared.wait_for(2)] == [f"t/{unique}/1", f"t/{unique}/2"]  # under the real topic
+    assert plain.wait_for(1)[0].topic == f"u/{unique}"
+    time.sleep(0.2)
+    assert len(shared.messages) == 2 and len(plain.messages) == 1
+
+
+def test_abort_makes_the_broker_publish_the_will_and_does_not_reconnect(mqtt_broker, make_mqtt_client, unique):
+    wills = MessageCollector()
+    observer = make_mqtt_client(mqtt_broker, f"obs-{unique}")
+    observer.subscribe(f"will/{unique}", wills)
+    observer.start()
+    assert observer.wait_connected(10)
+    time.sleep(0.2)
+
+    lost: list[int] = []
+    device = make_mqtt_client(mqtt_broker, f"dev-{unique}", will=Will(f"will/{unique}", b"power cut"),
+                              on_disconnected=lambda c: lost.append(c.connection_count))
+    device.abort()  # not started: nothing to do
+    device.start()
+    assert device.wait_connected(10)
+    device.abort()
+    assert wills.wait_for(1)[0].payload == b"power cut"  # no DISCONNECT was sent
+    assert not device.connected
+    time.sleep(0.5)  # ten times the reconnect delay of these test clients
+    assert (device.connect_attempts, device.connection_count, device.connected, lost) == (1, 1, False, [])
+    handle = device.publish(f"x/{unique}", b"after", qos=1)
+    assert handle.done() and not handle.ok and "not started" in (handle.error or "")
+
+    device.start()  # a new connection, with its will armed again
+    assert device.wait_connected(10) and device.connection_count == 2
+    device.stop()
+    time.sleep(0.3)
+    assert len(wills.messages) == 1
 
 
 def test_a_failing_handler_is_logged_and_the_loop_keeps_running(mqtt_broker, make_mqtt_client, unique, caplog):
@@ -407,11 +469,20 @@ def test_tls_and_websocket_transports(make_mqtt_client, unique, tmp_path):
         assert secure.wait_connected(10) and secure.address == f"mqtts://127.0.0.1:{tls_port}"
         time.sleep(0.2)
 
-        web = make_mqtt_client(ws_port, f"ws-{unique}", transport="websockets")
+        web = make_mqtt_client(ws_port, f"ws-{unique}", transport="websockets",
+                               will=Will(f"tls/{unique}", b"websocket will"))
         web.start()
         assert web.wait_connected(10) and web.address == f"ws://127.0.0.1:{ws_port}"
         assert web.publish(f"tls/{unique}", b"over websockets").wait(5)
         assert received.wait_for(1)[0].payload == b"over websockets"
+        web.abort()  # under the WebSocket wrapper too, the broker sees the connection die
+        assert received.wait_for(2)[1].payload == b"websocket will"
+        secure_device = make_mqtt_client(tls_port, f"tls-dev-{unique}", tls=TlsConfig(ca_file=certs["ca.pem"]),
+                                         will=Will(f"tls/{unique}", b"tls will"))
+        secure_device.start()
+        assert secure_device.wait_connected(10)
+        secure_device.abort()
+        assert received.wait_for(3)[2].payload == b"tls will"
 
         # A broker certificate from an unknown CA is refused, and the reason is exposed.
         untrusted = make_mqtt_client(tls_port, f"untrusted-{unique}", tls=TlsConfig())

@@ -5,8 +5,8 @@ One :class:`SchedulerService` per replica. Threads and what they do:
 - the MQTT network thread decodes every message (:func:`protocol.decode`), rejects and counts hostile
   ones, tracks sequences and liveness in memory, and hands store work to the two workers below; it
   never waits for the store;
-- the *writer* writes telemetry in batches (one transaction per batch when the store offers
-  ``record_telemetry_batch``), so ingestion keeps up with thousands of devices;
+- the *writer* writes telemetry in batches (``store.record_telemetry_batch``: one transaction per
+  batch on the SQL stores), so ingestion keeps up with thousands of devices;
 - the *control* worker applies births, deaths, config reports and device events to the store, in
   arrival order, retrying while the store is unavailable;
 - the *planner* (leader only) batches placement triggers (debounce), runs :func:`placement.plan`,
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -31,8 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import paho.mqtt.client as paho
 
 from lepton_edge.errors import LeptonError
 from lepton_edge.mqtt import IncomingMessage, MqttClient
@@ -59,7 +56,15 @@ from lepton_edge.protocol import Event as EventMessage
 from lepton_edge.scheduler import placement
 from lepton_edge.scheduler.config import SchedulerConfig
 from lepton_edge.scheduler.models import Assignment, Workload
-from lepton_edge.scheduler.store import Store, StoreError, StoreUnavailable, open_store
+from lepton_edge.scheduler.store import (
+    EncodedJson,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TelemetryItem,
+    learn_capacity,
+    open_store,
+)
 
 log = logging.getLogger("lepton_edge.scheduler.service")
 
@@ -73,6 +78,9 @@ CONTROL_QUEUE_MAX = 100_000
 RECENT_EVENT_IDS = 10_000
 UNKNOWN_DEVICES_MAX = 10_000
 """Devices never seen born that this replica remembers (for rate limits); the oldest are forgotten."""
+CAPACITY_CHANGE = 0.2
+"""A device's learned capacity for the model of an unplaced workload that appears, or moves by more than
+this fraction since the last re-plan it triggered, triggers a re-plan."""
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -116,6 +124,11 @@ class DeviceView:
     resolve_at: float = 0.0
     """When the store was last asked about an unknown session (rate limit)."""
     last_report: tuple[int, str] | None = None
+    capacity: dict[str, float] = field(default_factory=dict)
+    """Leader: fps per model learned from this device's telemetry (the store's rule), for models of
+    unplaced workloads only."""
+    capacity_replanned: dict[str, float] = field(default_factory=dict)
+    """Leader: the capacity per model at the last re-plan it triggered."""
 
 
 def device_config_for(workload: Workload) -> dict[str, Any]:
@@ -141,39 +154,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _SharedAwareClient(MqttClient):
-    """MqttClient whose routing matches ``$share/<group>/<filter>`` subscriptions as ``<filter>``.
-
-    Brokers deliver messages of a shared subscription under their real topic, which the plain filter
-    match in MqttClient does not recognise. (To be folded into MqttClient itself.)
-    """
-
-    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            log.warning("MQTT: dropped a message whose topic is not UTF-8")
-            return
-        with self._lock:
-            handlers = [h for f, (h, _) in self._routes.items() if paho.topic_matches_sub(_unshared(f), topic)]
-        if not handlers:
-            return
-        message = IncomingMessage(topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.properties)
-        for handler in handlers:
-            try:
-                handler(message)
-            except Exception:
-                log.exception("MQTT: handler %r failed on a message from %s", handler, topic)
-
-
-def _unshared(topic_filter: str) -> str:
-    if topic_filter.startswith("$share/"):
-        parts = topic_filter.split("/", 2)
-        if len(parts) == 3:
-            return parts[2]
-    return topic_filter
-
-
 # --------------------------------------------------------------------------------------------- service
 
 
@@ -195,7 +175,7 @@ class SchedulerService:
         self.rebirth_on_gap = not shared
         """Ask for a rebirth when a sequence gap is seen. Off with shared subscriptions: each replica then
         sees only part of a device's stream (round-robin brokers), so gaps are normal."""
-        self.mqtt = _SharedAwareClient(config.mqtt, on_connected=self._on_connected)
+        self.mqtt = MqttClient(config.mqtt, on_connected=self._on_connected)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stop_deadline = math.inf
@@ -215,7 +195,7 @@ class SchedulerService:
         self._recent_event_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
 
         # telemetry writer
-        self._tq: collections.deque[tuple[str, int, int, dict[str, Any], float]] = collections.deque()
+        self._tq: collections.deque[TelemetryItem] = collections.deque()
         self._tq_cond = threading.Condition()
         self._enqueued = 0
         self._written_mark = 0
@@ -244,6 +224,8 @@ class SchedulerService:
         self.last_plan_reasons: list[str] = []
         self.moved_total = 0
         self.unplaced: dict[str, str] = {}
+        self._unplaced_models: frozenset[str] = frozenset()
+        """Model ids of the unplaced workloads: capacity learned for them may let them be placed."""
         self.pushes = 0
         self._cooldowns: dict[tuple[str, str], float] = {}
         self._orphaned_devices: set[str] = set()
@@ -410,7 +392,10 @@ class SchedulerService:
         if len(window) >= 2:
             (t0, n0), (t1, n1) = window[max(0, len(window) - 6)], window[-1]
             rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-        oldest = self._tq[0][4] if self._tq else None
+        try:
+            oldest: float | None = self._tq[0][4]
+        except IndexError:  # empty (the writer may empty it at any moment)
+            oldest = None
         return {
             "replica_id": self.replica_id,
             "is_leader": self._is_leader,
@@ -615,9 +600,12 @@ class SchedulerService:
             gap = f"telemetry gap: {observation.missing} message(s) missing before seq {seq}"
             self._request_rebirth(view, gap, now)
         view.last_seen = now
-        data = json.loads(message.payload)  # already validated by decode; cheaper than model_dump
+        # the store writes the payload's own text: no second encoding
+        data = EncodedJson(telemetry.model_dump(), message.payload.decode())
         self._enqueue_telemetry((device_id, session, seq, data, now))
         self._watch_health(view, telemetry, data)
+        if self._unplaced_models and self._is_leader:
+            self._watch_capacity(view, data)
 
     def _unknown_session(self, device_id: str, session: int, seq: int, topic: str, now: float) -> None:
         """Telemetry of a session whose birth this replica has not seen: ask the store, else a rebirth."""
@@ -694,6 +682,25 @@ class SchedulerService:
                 self.replan(message)
         else:
             view.low_reports, view.under_rate = 0, False
+
+    def _watch_capacity(self, view: DeviceView, data: dict[str, Any]) -> None:
+        """Re-plan when the device's capacity for the model of an unplaced workload appears or moves by more
+        than :data:`CAPACITY_CHANGE`: a workload too large for the default capacity may fit now.
+
+        The plan reads the capacity the store learned (the same rule, from every replica's telemetry);
+        its run waits until this message is written.
+        """
+        model = data.get("artifact_id")
+        if model not in self._unplaced_models:
+            return
+        view.capacity = learn_capacity(view.capacity, data)
+        learned = view.capacity.get(model)
+        before = view.capacity_replanned.get(model)
+        if learned is None or (before is not None and abs(learned - before) <= CAPACITY_CHANGE * before):
+            return
+        view.capacity_replanned[model] = learned
+        self.counts["capacity_replans"] += 1
+        self.replan(f"device {view.device_id} runs {model} at up to {learned:.0f} fps", only_for_unplaced=True)
 
     def _health_event(self, device_id: str, message: str, data: dict[str, Any]) -> None:
         self.store.add_event(
@@ -782,22 +789,25 @@ class SchedulerService:
 
     # ------------------------------------------------------------------------- telemetry writer
 
-    def _enqueue_telemetry(self, item: tuple[str, int, int, dict[str, Any], float]) -> None:
-        with self._tq_cond:
-            if len(self._tq) >= self.config.ingest.queue_max:
-                self._reject("backlog_full", telemetry_topic(item[0]), "the telemetry writer is behind", item[0])
-                return
-            self._tq.append(item)
-            self._enqueued += 1
-            self.counts["telemetry"] += 1
-            if len(self._tq) > self.backlog_peak:
-                self.backlog_peak = len(self._tq)
-            if len(self._tq) >= self.config.ingest.batch_size:
+    def _enqueue_telemetry(self, item: TelemetryItem) -> None:
+        # no lock per message: only this thread appends, and deque appends and pops are atomic
+        queue = self._tq
+        ingest = self.config.ingest
+        if len(queue) >= ingest.queue_max:
+            self._reject("backlog_full", telemetry_topic(item[0]), "the telemetry writer is behind", item[0])
+            return
+        queue.append(item)
+        self._enqueued += 1
+        self.counts["telemetry"] += 1
+        depth = len(queue)
+        if depth > self.backlog_peak:
+            self.backlog_peak = depth
+        if depth == ingest.batch_size:  # a full batch: write it now (else within flush_interval_s)
+            with self._tq_cond:
                 self._tq_cond.notify()
 
     def _writer_loop(self) -> None:
         ingest = self.config.ingest
-        batch_fn = getattr(self.store, "record_telemetry_batch", None)
         while True:
             with self._tq_cond:
                 while not self._tq and not self._stopping.is_set():
@@ -814,7 +824,7 @@ class SchedulerService:
             if not batch:
                 continue
             try:
-                self._write_batch(batch, batch_fn)
+                self._write_batch(batch)
             except StoreUnavailable as e:
                 self._store_failed(e)
                 with self._tq_cond:
@@ -822,25 +832,29 @@ class SchedulerService:
                 if self._stopping.wait(1.0):
                     return
                 continue
-            self._store_recovered()
-            self.counts["telemetry_written"] += len(batch)
-            self.counts["write_batches"] += 1
+            except Exception:  # a bug must not end ingestion: the batch is lost, logged and counted
+                log.exception("writing a telemetry batch of %d message(s) failed; dropped", len(batch))
+                self.counts["telemetry_write_errors"] += len(batch)
+            else:
+                self._store_recovered()
+                self.counts["telemetry_written"] += len(batch)
+                self.counts["write_batches"] += 1
             with self._plan_cond:
                 self._written_mark += len(batch)
 
-    def _write_batch(self, batch: list[tuple[str, int, int, dict[str, Any], float]], batch_fn: Any) -> None:
-        """Write one batch. StoreUnavailable propagates (the batch is retried); a row the store refuses
-        for another reason is skipped and counted, so one bad row cannot stall ingestion."""
-        if batch_fn is not None:
-            try:
-                # sorted by device (stable, so each device's order is kept): replicas writing batches at
-                # the same time lock device rows in the same order and cannot deadlock
-                batch_fn(sorted(batch, key=lambda item: item[0]))
-                return
-            except StoreUnavailable:
-                raise
-            except StoreError as e:
-                log.warning("a telemetry batch failed (%s); writing its messages one by one", e)
+    def _write_batch(self, batch: list[TelemetryItem]) -> None:
+        """Write one batch in one transaction (the store orders it by device, so replicas cannot deadlock).
+
+        StoreUnavailable propagates (the batch is retried). When the store refuses the batch for another
+        reason, its messages are written one by one and a refused one is skipped and counted, so one bad
+        row cannot stall ingestion."""
+        try:
+            self.store.record_telemetry_batch(batch)
+            return
+        except StoreUnavailable:
+            raise
+        except StoreError as e:
+            log.warning("a telemetry batch failed (%s); writing its messages one by one", e)
         for item in batch:
             try:
                 self.store.record_telemetry(*item)
@@ -1136,6 +1150,7 @@ class SchedulerService:
             for d, fps in required.items()
         }
         self._record_plan_events(moved, plan, reasons)
+        self._unplaced_models = frozenset(by_id[w].model_id for w in plan.unplaced if w in by_id)
 
         self.last_plan_ms = round((time.perf_counter() - started) * 1000, 2)
         self.last_plan_reasons = list(dict.fromkeys(reasons))

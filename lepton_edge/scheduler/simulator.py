@@ -11,8 +11,8 @@ Two transports, because presence needs one MQTT connection per device (the last 
 the connection) and thousands of paho clients (one thread each) do not fit in one process:
 
 - ``device`` mode: one :class:`~lepton_edge.mqtt.MqttClient` per device, with its own last will, exactly
-  like the agent. :meth:`FleetSimulator.kill` closes the TCP connection without DISCONNECT, so the
-  *broker* publishes the death. Use it up to a few hundred devices.
+  like the agent. :meth:`FleetSimulator.kill` aborts the connection (:meth:`MqttClient.abort`: no
+  DISCONNECT), so the *broker* publishes the death. Use it up to a few hundred devices.
 - ``bulk`` mode: a few connections publish for many device ids. Births and telemetry are per device,
   but there is no will per device: :meth:`FleetSimulator.kill` publishes the death the broker would have
   published. Use it for scale benchmarks (10,000 devices); liveness by will is tested in device mode.
@@ -23,18 +23,16 @@ the connection) and thousands of paho clients (one thread each) do not fit in on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import random
-import socket
 import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,6 +54,7 @@ from lepton_edge.protocol import (
     death_topic,
     decode,
     encode,
+    model_id,
     parse_topic,
     rebirth_topic,
     subscription,
@@ -77,18 +76,15 @@ FailOutcome = Literal["rejected", "rolled_back"]
 
 
 def model_id_of(config: dict[str, Any]) -> str | None:
-    """The model id a device reports in telemetry for a config document (as the agent does).
-
-    The artifact's sha256 when the config names an artifact, else the model file name.
+    """The model id a device reports in telemetry for a config document (:func:`protocol.model_id`, as
+    the agent does): ``sha256:<hex>`` of the artifact when the config names one, else the model file name.
     """
     model = config.get("model")
-    if not isinstance(model, dict):
+    if not isinstance(model, dict) or not model.get("path"):
         return None
     artifact = model.get("artifact")
-    if isinstance(artifact, dict) and artifact.get("sha256"):
-        return str(artifact["sha256"])
-    path = model.get("path")
-    return PurePosixPath(str(path)).name or str(path) if path else None
+    sha256 = artifact.get("sha256") if isinstance(artifact, dict) else None
+    return model_id(str(model["path"]), str(sha256) if sha256 else None)
 
 
 def source_fps(uri: str) -> float:
@@ -226,6 +222,12 @@ class SimDevice:
 
     # -- remote configuration -----------------------------------------------------------------------
 
+    def run_local(self, config: dict[str, Any]) -> None:
+        """Run ``config`` as the local config, as a device started from its own config file does before
+        the scheduler gives it one: its telemetry then reports that model and its throughput."""
+        with self._lock:
+            self.config = dict(config)
+
     def apply(self, desired: DesiredConfig, now: float | None = None) -> ReportedConfig | None:
         """Validate and apply a desired config like the agent does; None when its version is not new."""
         with self._lock:
@@ -269,27 +271,6 @@ class SimDevice:
 
 
 # ------------------------------------------------------------------------------------------ transport
-
-
-def drop_connection(client: MqttClient) -> None:
-    """Close ``client``'s TCP connection without an MQTT DISCONNECT, as a power cut would.
-
-    The broker then publishes the connection's last will. The client does not reconnect; it is spent.
-    (MqttClient has no public abort; this reaches into its paho client on purpose.)
-    """
-    paho_client = client._paho
-    if paho_client is None:
-        return
-    client._stopping = True  # no reconnect, no disconnect hooks
-    paho_client._thread_terminate = True  # the network loop exits instead of reconnecting
-    sock = paho_client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    paho_client.loop_stop()
-    client._paho = None
-    client._connected = False
-    client._connected_event.clear()
 
 
 class _DeviceLink:
@@ -341,7 +322,7 @@ class _DeviceLink:
         device.connected = False
 
     def kill(self) -> None:
-        drop_connection(self.client)
+        self.client.abort()
         self.device.connected = False
 
 
@@ -589,6 +570,10 @@ class FleetSimulator:
 
     def set_capacity(self, device_id: str, fps: float) -> None:
         self.device(device_id).capacity_fps = fps
+
+    def run_local(self, device_id: str, config: dict[str, Any]) -> None:
+        """See :meth:`SimDevice.run_local`."""
+        self.device(device_id).run_local(config)
 
     # -- traffic ------------------------------------------------------------------------------------
 

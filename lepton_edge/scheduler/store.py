@@ -13,6 +13,7 @@ Every method is safe to call from several threads; the PostgreSQL store is also 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +30,24 @@ THROTTLE_TEMPERATURE_C = 85.0
 CAPACITY_SMOOTHING = 0.3
 """Weight of a new throughput measurement in the running estimate of a device's capacity for a model."""
 _PIPELINE_STAGES = ("preprocess", "infer", "postprocess")
+
+
+class EncodedJson(dict[str, Any]):
+    """A JSON object that keeps its JSON text, so the SQL stores write that text instead of encoding the
+    mapping again (the scheduler passes telemetry payloads it has just validated this way).
+
+    The caller vouches that ``text`` encodes exactly this mapping.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, data: dict[str, Any], text: str) -> None:
+        super().__init__(data)
+        self.text = text
+
+
+TelemetryItem = tuple[str, int, int, dict[str, Any], float]
+"""One telemetry message for :meth:`Store.record_telemetry_batch`: device id, session, seq, payload, time."""
 
 
 class StoreError(LeptonError):
@@ -113,6 +132,14 @@ class Store(abc.ABC):
         Updates ``last_seen``, ``temperature_c``, ``throttled`` and the learned ``fps_capacity``. False (and
         nothing stored) for a message of an older session or not newer than the latest (session, seq).
         """
+
+    def record_telemetry_batch(self, items: Iterable[TelemetryItem]) -> int:
+        """Store several telemetry payloads, each ``(device_id, session_id, seq, data, ts)``; the number stored.
+
+        Each follows the rules of :meth:`record_telemetry`; a device's items are applied in the order given.
+        This default writes them one by one; the SQL stores write a batch in one transaction.
+        """
+        return sum(self.record_telemetry(*item) for item in items)
 
     @abc.abstractmethod
     def telemetry_history(self, device_id: str, since: float | None = None, limit: int = 720) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from lepton_edge.scheduler.migrations.postgres import MIGRATIONS
-from lepton_edge.scheduler.store import StoreError, StoreUnavailable, redact_url
+from lepton_edge.scheduler.store import EncodedJson, StoreError, StoreUnavailable, redact_url
 from lepton_edge.scheduler.store_sql import Cursor, SqlStore
 
 T = TypeVar("T")
@@ -42,6 +42,10 @@ def _import_psycopg() -> Any:
             "(or pip install 'psycopg[binary]')"
         ) from None
     return psycopg
+
+
+def _text_of(value: EncodedJson) -> str:
+    return value.text
 
 
 class _Cursor:
@@ -84,6 +88,7 @@ class PostgresStore(SqlStore):
     migrations = MIGRATIONS
     greatest = "GREATEST"
     for_update = " FOR UPDATE"
+    in_list = "= ANY(?)"
 
     def __init__(
         self, url: str, *, max_connections: int = 8, connect_timeout: float = 5.0, **options: Any
@@ -190,7 +195,12 @@ class PostgresStore(SqlStore):
         raise AssertionError("unreachable")
 
     def _json(self, value: Any) -> Any:
+        if isinstance(value, EncodedJson):
+            return self._jsonb(value, dumps=_text_of)
         return self._jsonb(value)
+
+    def _list(self, values: list[str]) -> Any:
+        return list(values)  # a PostgreSQL array
 
     def _lock_for_migration(self, cur: Cursor) -> None:
         cur.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")

@@ -7,7 +7,9 @@ transaction through :meth:`SqlStore._run`, which the backends implement.
 from __future__ import annotations
 
 import abc
+import itertools
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -22,12 +24,22 @@ from lepton_edge.scheduler.store import (
     StoreConflict,
     StoreError,
     StoreNotFound,
+    TelemetryItem,
     hottest,
     is_throttled,
     learn_capacity,
 )
 
 T = TypeVar("T")
+
+HISTORY_TRIM_EVERY = 16
+"""A device's telemetry history is trimmed to ``history_limit`` rows once every this many messages."""
+
+HistoryRow = tuple[str, int, float, int, int, Any]
+"""A telemetry history row: device id, n, ts, session id, seq, data (as a JSON parameter)."""
+DeviceUpdate = tuple[str, Any, int, int, float, float | None, bool, Any, int]
+"""A device's telemetry columns: device id, telemetry, session, seq, last_seen, temperature_c, throttled,
+fps_capacity, history_n."""
 
 _DEVICE_COLUMNS = (
     "device_id, online, birth_session, death_session, last_seen, status_since, offline_reason, capabilities, "
@@ -64,6 +76,8 @@ class SqlStore(Store):
     """SQL function returning the larger of its arguments."""
     for_update = ""
     """Suffix that locks the rows a SELECT reads until the transaction ends."""
+    in_list = "IN (SELECT value FROM json_each(?))"
+    """SQL that tests a column against the list given as one parameter (:meth:`_list`)."""
 
     def __init__(
         self,
@@ -84,6 +98,10 @@ class SqlStore(Store):
     @abc.abstractmethod
     def _json(self, value: Any) -> Any:
         """A JSON value as a query parameter."""
+
+    def _list(self, values: list[str]) -> Any:
+        """A list of strings as the parameter of :attr:`in_list`."""
+        return json.dumps(values)
 
     def _from_json(self, value: Any) -> Any:
         """A JSON column as a Python value (SQLite returns text; PostgreSQL has already decoded it)."""
@@ -132,13 +150,17 @@ class SqlStore(Store):
     # -------------------------------------------------------------------------------- presence
     def _ensure_device(self, cur: Cursor, device_id: str) -> Any:
         """Create the device's row if needed and return it, locked until the transaction ends."""
-        cur.execute("INSERT INTO devices (device_id) VALUES (?) ON CONFLICT (device_id) DO NOTHING", (device_id,))
-        cur.execute(
+        select = (
             "SELECT birth_session, death_session, telemetry_session, telemetry_seq, fps_capacity, history_n "
-            f"FROM devices WHERE device_id = ?{self.for_update}",
-            (device_id,),
+            f"FROM devices WHERE device_id = ?{self.for_update}"
         )
-        return cur.fetchone()
+        cur.execute(select, (device_id,))
+        row = cur.fetchone()
+        if row is None:  # rare (a device's first message), so the common case is one statement
+            cur.execute("INSERT INTO devices (device_id) VALUES (?) ON CONFLICT (device_id) DO NOTHING", (device_id,))
+            cur.execute(select, (device_id,))
+            row = cur.fetchone()
+        return row
 
     def device_birth(self, device_id: str, session_id: int, capabilities: dict[str, Any], ts: float) -> bool:
         def run(cur: Cursor) -> bool:
@@ -197,41 +219,110 @@ class SqlStore(Store):
 
     # ------------------------------------------------------------------------------- telemetry
     def record_telemetry(self, device_id: str, session_id: int, seq: int, data: dict[str, Any], ts: float) -> bool:
-        def run(cur: Cursor) -> bool:
-            row = self._ensure_device(cur, device_id)
-            if session_id < row["birth_session"]:
-                return False
-            if (session_id, seq) <= (row["telemetry_session"], row["telemetry_seq"]):
-                return False
-            temperature = hottest(data)
-            throttled = is_throttled(data, temperature, self.throttle_temperature_c)
-            capacity = learn_capacity(self._from_json(row["fps_capacity"]) or {}, data)
-            n = row["history_n"] + 1
-            encoded = self._json(data)
-            cur.execute(
+        return self.record_telemetry_batch([(device_id, session_id, seq, data, ts)]) == 1
+
+    def record_telemetry_batch(self, items: Iterable[TelemetryItem]) -> int:
+        """Write the batch in one transaction, device by device (a stable sort keeps each device's order).
+
+        Every writer locks device rows in id order, so replicas writing batches at the same time on
+        PostgreSQL cannot deadlock.
+        """
+        ordered = sorted(items, key=lambda item: item[0])
+        if not ordered:
+            return 0
+        return self._run(lambda cur: self._record_telemetry(cur, ordered))
+
+    def _record_telemetry(self, cur: Cursor, items: list[TelemetryItem]) -> int:
+        """Apply telemetry ``items`` (sorted by device) with the rules of :meth:`record_telemetry`.
+
+        Statements are per batch, not per message, where the backend allows (:meth:`_write_telemetry`):
+        each statement costs a round trip (PostgreSQL) or a hand-over of the GIL (SQLite), which is what
+        starves the writer while the MQTT thread is busy. Each device's row is updated once per batch, and
+        its history is trimmed every :data:`HISTORY_TRIM_EVERY` messages (reads never show more than
+        ``history_limit`` rows).
+        """
+        states = self._lock_devices(cur, sorted({item[0] for item in items}))
+        history: list[HistoryRow] = []
+        updates: list[DeviceUpdate] = []
+        trims: list[tuple[str, int]] = []
+        for device_id, group in itertools.groupby(items, key=lambda item: item[0]):
+            state = states[device_id]
+            birth, session, last_seq, n = (
+                state["birth_session"], state["telemetry_session"], state["telemetry_seq"], state["history_n"]
+            )
+            capacity = self._from_json(state["fps_capacity"]) or {}
+            latest: tuple[dict[str, Any], Any] | None = None  # the newest stored message and its JSON
+            last_seen = -math.inf
+            for _, session_id, seq, data, ts in group:
+                if session_id < birth or (session_id, seq) <= (session, last_seq):
+                    continue  # an older session, or not newer than the latest
+                session, last_seq, n = session_id, seq, n + 1
+                capacity = learn_capacity(capacity, data)
+                encoded = self._json(data)
+                last_seen = max(last_seen, ts)
+                latest = (data, encoded)
+                history.append((device_id, n, ts, session_id, seq, encoded))
+                if n % HISTORY_TRIM_EVERY == 0:
+                    trims.append((device_id, n - self.history_limit))
+            if latest is not None:
+                data, encoded = latest
+                temperature = hottest(data)
+                throttled = is_throttled(data, temperature, self.throttle_temperature_c)
+                updates.append(
+                    (device_id, encoded, session, last_seq, last_seen, temperature, throttled, self._json(capacity), n)
+                )
+        self._write_telemetry(cur, history, updates, trims)
+        return len(history)
+
+    def _lock_devices(self, cur: Cursor, device_ids: list[str]) -> dict[str, Any]:
+        """The telemetry columns of ``device_ids`` (sorted) by id, locked until the transaction ends
+        (``device_id, birth_session, telemetry_session, telemetry_seq, fps_capacity, history_n``); devices
+        not yet in the store are created (a device's telemetry may arrive before its birth)."""
+        select = (
+            "SELECT device_id, birth_session, telemetry_session, telemetry_seq, fps_capacity, history_n "
+            f"FROM devices WHERE device_id {self.in_list} ORDER BY device_id{self.for_update}"
+        )
+        cur.execute(select, (self._list(device_ids),))
+        rows = {row["device_id"]: row for row in cur.fetchall()}
+        missing = [d for d in device_ids if d not in rows]
+        if missing:
+            cur.executemany(
+                "INSERT INTO devices (device_id) VALUES (?) ON CONFLICT (device_id) DO NOTHING", [(d,) for d in missing]
+            )
+            cur.execute(select, (self._list(missing),))
+            rows.update((row["device_id"], row) for row in cur.fetchall())
+        return rows
+
+    def _write_telemetry(
+        self, cur: Cursor, history: list[HistoryRow], updates: list[DeviceUpdate], trims: list[tuple[str, int]]
+    ) -> None:
+        """Write what :meth:`_record_telemetry` decided: history rows, one update per device, and the trims
+        (delete a device's history rows numbered at or below the given one)."""
+        if history:
+            cur.executemany(
+                "INSERT INTO telemetry_history (device_id, n, ts, session_id, seq, data) VALUES (?, ?, ?, ?, ?, ?)",
+                history,
+            )
+        if trims:  # the rows are numbered per device: one indexed range delete each
+            cur.executemany("DELETE FROM telemetry_history WHERE device_id = ? AND n <= ?", trims)
+        if updates:
+            cur.executemany(
                 "UPDATE devices SET telemetry = ?, telemetry_session = ?, telemetry_seq = ?, "
                 f"last_seen = {self.greatest}(last_seen, ?), temperature_c = ?, throttled = ?, fps_capacity = ?, "
                 "history_n = ? WHERE device_id = ?",
-                (encoded, session_id, seq, ts, temperature, throttled, self._json(capacity), n, device_id),
+                [(*update[1:], update[0]) for update in updates],
             )
-            cur.execute(
-                "INSERT INTO telemetry_history (device_id, n, ts, session_id, seq, data) VALUES (?, ?, ?, ?, ?, ?)",
-                (device_id, n, ts, session_id, seq, encoded),
-            )
-            # the rows are numbered per device, so the bound is one indexed range delete (usually one row)
-            cur.execute(
-                "DELETE FROM telemetry_history WHERE device_id = ? AND n <= ?", (device_id, n - self.history_limit)
-            )
-            return True
-
-        return self._run(run)
 
     def telemetry_history(self, device_id: str, since: float | None = None, limit: int = 720) -> list[dict[str, Any]]:
         _positive("limit", limit)
 
         def run(cur: Cursor) -> list[dict[str, Any]]:
-            sql = "SELECT ts, session_id, seq, data FROM telemetry_history WHERE device_id = ?"
-            params: list[Any] = [device_id]
+            # rows past the bound wait for the next trim (every HISTORY_TRIM_EVERY messages): never shown
+            sql = (
+                "SELECT ts, session_id, seq, data FROM telemetry_history WHERE device_id = ? "
+                "AND n > (SELECT history_n FROM devices WHERE device_id = ?) - ?"
+            )
+            params: list[Any] = [device_id, device_id, self.history_limit]
             if since is not None:
                 sql += " AND ts > ?"
                 params.append(since)

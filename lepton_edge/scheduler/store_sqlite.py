@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lepton_edge.scheduler.migrations.sqlite import MIGRATIONS
-from lepton_edge.scheduler.store import StoreError, StoreUnavailable, describe_path
-from lepton_edge.scheduler.store_sql import Cursor, SqlStore
+from lepton_edge.scheduler.store import EncodedJson, StoreError, StoreUnavailable, describe_path
+from lepton_edge.scheduler.store_sql import Cursor, DeviceUpdate, HistoryRow, SqlStore
 
 T = TypeVar("T")
+
+_SET_BASED = sqlite3.sqlite_version_info >= (3, 38, 0)
+"""Whether this SQLite has the ``->>`` operator (3.38) that the set-based telemetry writes use."""
 
 
 class SqliteStore(SqlStore):
@@ -56,7 +59,56 @@ class SqliteStore(SqlStore):
         self._leader: str | None = None
 
     def _json(self, value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        if isinstance(value, EncodedJson):
+            return value.text
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:  # NaN, infinity, or a value JSON has no type for
+            raise StoreError(f"fleet store {describe_path(self.path)}: a value is not valid JSON ({e})") from None
+
+    # ------------------------------------------------------------------------------- telemetry
+    # Python's sqlite3 releases the GIL around every step of every statement, and getting it back costs
+    # a wait while the MQTT thread is busy: so a batch is read and written in a few set-based statements
+    # (JSON arrays unpacked by json_each; ``->>`` returns numbers exactly, json_extract does not).
+
+    def _lock_devices(self, cur: Cursor, device_ids: list[str]) -> dict[str, Any]:
+        if not _SET_BASED:
+            return super()._lock_devices(cur, device_ids)
+        ids = json.dumps(device_ids)
+        cur.execute(
+            "INSERT INTO devices (device_id) SELECT value FROM json_each(?) WHERE TRUE ON CONFLICT DO NOTHING", (ids,)
+        )
+        cur.execute(
+            "SELECT json_group_array(json_array(device_id, birth_session, telemetry_session, telemetry_seq, "
+            "fps_capacity, history_n)) AS rows FROM devices WHERE device_id IN (SELECT value FROM json_each(?))",
+            (ids,),
+        )
+        keys = ("device_id", "birth_session", "telemetry_session", "telemetry_seq", "fps_capacity", "history_n")
+        return {row[0]: dict(zip(keys, row, strict=True)) for row in json.loads(cur.fetchone()["rows"])}
+
+    def _write_telemetry(
+        self, cur: Cursor, history: list[HistoryRow], updates: list[DeviceUpdate], trims: list[tuple[str, int]]
+    ) -> None:
+        if not _SET_BASED:
+            super()._write_telemetry(cur, history, updates, trims)
+            return
+        if history:
+            cur.execute(
+                "INSERT INTO telemetry_history (device_id, n, ts, session_id, seq, data) SELECT value ->> 0, "
+                "value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?)",
+                (json.dumps(history),),
+            )
+        if trims:
+            cur.executemany("DELETE FROM telemetry_history WHERE device_id = ? AND n <= ?", trims)
+        if updates:  # the latest telemetry is the history row just written: not sent twice
+            cur.execute(
+                "UPDATE devices SET telemetry = (SELECT data FROM telemetry_history h "
+                "WHERE h.device_id = devices.device_id AND h.n = u.value ->> 7), telemetry_session = u.value ->> 1, "
+                "telemetry_seq = u.value ->> 2, last_seen = MAX(last_seen, u.value ->> 3), "
+                "temperature_c = u.value ->> 4, throttled = u.value ->> 5, fps_capacity = u.value ->> 6, "
+                "history_n = u.value ->> 7 FROM json_each(?) AS u WHERE devices.device_id = u.value ->> 0",
+                (json.dumps([(u[0], *u[2:]) for u in updates]),),
+            )
 
     def _has_schema_table(self, cur: Cursor) -> bool:
         cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")

@@ -29,6 +29,7 @@ from lepton_edge.protocol import (
 from lepton_edge.scheduler.models import Workload
 from lepton_edge.scheduler.service import SchedulerService, device_config_for, plan_with_exclusions
 from lepton_edge.scheduler.simulator import IDLE_CONFIG, DeviceSpec, FleetSimulator, SimDevice
+from lepton_edge.scheduler.store import open_store
 from tests.support.mosquitto import MessageCollector
 from tests.support.scheduler import DesiredRecorder, fast_config, wait_until, workload
 
@@ -165,6 +166,23 @@ def test_sequence_gap_and_unknown_device_get_rebirth_requests(start_service, fle
     assert service.rejected["unknown_session"] >= 1
 
 
+def test_a_telemetry_batch_the_store_refuses_is_written_one_by_one(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/fleet.db")
+    service = SchedulerService(fast_config(1, "sqlite://:memory:"), store=store)  # not started: the writer alone
+    try:
+        ok = {"fps": 5.0, "artifact_id": "det.onnx"}
+        service._write_batch([
+            ("cam-1", 1, 1, ok, 1.0),
+            ("cam-2", 1, 1, {"fps": float("nan")}, 1.0),  # not JSON: the store refuses the batch, then this one
+            ("cam-1", 1, 2, ok, 2.0),
+        ])
+        assert [r["seq"] for r in store.telemetry_history("cam-1")] == [1, 2]
+        assert store.get_device("cam-2") is None
+        assert service.counts["telemetry_write_errors"] == 1
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------------------- placement
 
 
@@ -231,6 +249,32 @@ def test_rejected_config_marks_assignment_failed_and_replans(start_service, flee
     assert "excluding" in service.unplaced["bad"]
     assert any(e.kind == "placement.unplaced" and e.workload_id == "bad" for e in service.store.list_events())
     assert assignment(service, "w1", "applied").device_id == second  # undisturbed
+
+
+@pytest.mark.integration
+def test_a_workload_too_large_for_the_default_capacity_is_placed_once_capacity_is_learned(start_service,
+                                                                                          fleet) -> None:
+    service = start_service()
+    sim = fleet(1, rate_hz=10)
+    (device_id,) = sim.devices
+    wait_until(lambda: online(service, device_id), what="the device online")
+    service.add_workload(workload("big", fps=25))  # over 80 % of the 10 fps assumed of an unmeasured CPU
+    wait_until(lambda: "gives 10 fps" in service.unplaced.get("big", ""), what="the workload too large")
+    assert service.unplaced["big"].startswith("too_large") and service.counts["capacity_replans"] == 0
+
+    # the device runs the model from its local config, measured at 20 fps: still too large, one re-plan
+    sim.set_capacity(device_id, 20.0)
+    sim.run_local(device_id, device_config_for(workload("local", fps=30)))
+    wait_until(lambda: "gives 20 fps" in service.unplaced.get("big", ""), what="a re-plan with 20 fps learned")
+    time.sleep(1.0)  # ten more reports of the same capacity: no more re-plans
+    assert service.counts["capacity_replans"] == 1 and assignment(service, "big") is None
+
+    sim.set_capacity(device_id, 60.0)  # faster now: the learned capacity rises past 25 / 80 %
+    placed = wait_until(lambda: assignment(service, "big", "applied"), what="the workload placed and applied")
+    assert placed.device_id == device_id and "big" not in service.unplaced
+    assert service.store.get_device(device_id).fps_capacity["det.onnx"] >= 25 / 0.8
+    placed_events = [e for e in service.store.list_events(limit=1000) if e.kind == "placement.placed"]
+    assert placed_events and "runs det.onnx at up to" in placed_events[-1].message
 
 
 @pytest.mark.integration

@@ -82,7 +82,8 @@ def test_apply_follows_the_device_rules() -> None:
 def test_helpers() -> None:
     assert model_id_of({"model": {"path": "models/yolo.onnx"}}) == "yolo.onnx"
     sha = "a" * 64
-    assert model_id_of({"model": {"path": "x", "artifact": {"sha256": sha}}}) == sha
+    # the same id the agent reports and the scheduler plans with (protocol.model_id)
+    assert model_id_of({"model": {"path": "x", "artifact": {"sha256": sha.upper()}}}) == f"sha256:{sha}"
     assert model_id_of({"idle": True}) is None
     assert source_fps("synthetic://shapes?fps=7.5") == 7.5
     assert source_fps("rtsp://cam/stream") == 30.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from lepton_edge.scheduler.migrations import postgres as pg_migrations
 from lepton_edge.scheduler.migrations import sqlite as sqlite_migrations
 from lepton_edge.scheduler.models import Assignment, Workload
 from lepton_edge.scheduler.store import (
+    EncodedJson,
     Store,
     StoreConflict,
     StoreError,
@@ -208,6 +211,11 @@ def test_telemetry_history_is_bounded_and_ordered(open_: OpenStore) -> None:
     assert store.telemetry_history("nobody") == []
     with pytest.raises(StoreError, match="limit"):
         store.telemetry_history("cam-t", limit=0)
+    # past the store's periodic trims too (in batches, as the scheduler writes)
+    store.record_telemetry_batch([("cam-t", 1, seq, telemetry(seq), 100.0 + seq) for seq in range(13, 30)])
+    store.record_telemetry_batch([("cam-t", 1, seq, telemetry(seq), 100.0 + seq) for seq in range(30, 41)])
+    assert [r["seq"] for r in store.telemetry_history("cam-t", limit=1000)] == [36, 37, 38, 39, 40]
+    assert [r["seq"] for r in store.telemetry_history("cam-t", since=0.0, limit=1000)] == [36, 37, 38, 39, 40]
 
 
 def test_telemetry_updates_the_device_and_rejects_stale_messages(store: Store) -> None:
@@ -238,6 +246,109 @@ def test_telemetry_of_a_device_not_yet_born_is_kept(store: Store) -> None:
     assert dev is not None and not dev.online and dev.telemetry == telemetry(7)
     assert store.device_birth("early", 4, CAPS, ts=6.0)
     assert store.get_device("early").online  # type: ignore[union-attr]
+
+
+def test_a_telemetry_batch_gives_what_the_same_messages_one_by_one_give(open_: OpenStore) -> None:
+    store = open_(history_limit=3)
+    for prefix in ("batch", "single"):
+        store.device_birth(f"{prefix}-a", 2, CAPS, ts=1.0)
+        store.device_birth(f"{prefix}-b", 1, CAPS, ts=1.0)
+    messages = [  # devices interleaved and out of id order; each device's own order matters
+        ("b", 1, 1, telemetry(1, fps=10.0), 10.0),
+        ("a", 2, 1, telemetry(1), 10.0),
+        ("b", 1, 2, telemetry(2, fps=30.0, temperatures_c={"soc": 90.0}), 11.0),
+        ("a", 1, 9, telemetry(9), 11.0),  # an older session: ignored
+        ("b", 1, 2, telemetry(2, fps=99.0), 12.0),  # a duplicate: ignored
+        ("a", 2, 2, telemetry(2, latency_ms={"infer": {"p50": 40.0, "p90": 41.0, "p99": 42.0, "max": 43.0}}), 12.0),
+        ("b", 1, 3, telemetry(3), 13.0),
+        ("b", 1, 4, telemetry(4, artifact_id="other"), 14.0),
+    ]
+    stored = store.record_telemetry_batch([(f"batch-{d}", *rest) for d, *rest in messages])
+    singles = [store.record_telemetry(f"single-{d}", *rest) for d, *rest in messages]
+    assert stored == sum(singles) == 6
+    for device in ("a", "b"):
+        batch, single = store.get_device(f"batch-{device}"), store.get_device(f"single-{device}")
+        assert batch is not None and single is not None
+        assert (batch.telemetry, batch.fps_capacity, batch.temperature_c, batch.throttled, batch.last_seen) == (
+            single.telemetry, single.fps_capacity, single.temperature_c, single.throttled, single.last_seen)
+        assert store.telemetry_history(f"batch-{device}") == store.telemetry_history(f"single-{device}")
+    assert [r["seq"] for r in store.telemetry_history("batch-b")] == [2, 3, 4]  # bounded to 3
+    assert store.get_device("batch-a").fps_capacity == {"yolo": 77.5}  # type: ignore[union-attr]  # 100 -> 25
+    assert store.record_telemetry_batch([]) == 0
+
+
+def test_a_telemetry_batch_is_one_transaction(store: Store) -> None:
+    store.device_birth("cam-ok", 1, CAPS, ts=1.0)
+    bad = telemetry(1, fps=float("nan"))  # not valid JSON: the store refuses it
+    with pytest.raises(StoreError, match="JSON"):
+        store.record_telemetry_batch([("cam-ok", 1, 1, telemetry(1), 5.0), ("cam-z", 1, 1, bad, 5.0)])
+    assert store.telemetry_history("cam-ok") == []
+    assert store.get_device("cam-ok").telemetry is None  # type: ignore[union-attr]
+    assert store.record_telemetry_batch([("cam-ok", 1, 1, telemetry(1), 5.0)]) == 1
+
+
+def test_telemetry_given_with_its_json_text_is_stored_as_that_text(store: Store) -> None:
+    store.device_birth("cam-j", 1, CAPS, ts=1.0)
+    data = telemetry(1)
+    text = json.dumps(data | {"fps": 20})  # the same values, with fps written as an integer
+    assert store.record_telemetry_batch([("cam-j", 1, 1, EncodedJson(data, text), 5.0)]) == 1
+    device = store.get_device("cam-j")
+    assert device is not None and device.telemetry == data and device.fps_capacity == {"yolo": 100.0}
+    # what comes back is the text (an integer), not a new encoding of the mapping (a float)
+    assert type(device.telemetry["fps"]) is int
+    assert type(store.telemetry_history("cam-j")[0]["data"]["fps"]) is int
+
+
+def test_sqlite_set_based_telemetry_writes_match_the_per_row_ones(tmp_path: Path, monkeypatch) -> None:
+    """SQLite >= 3.38 writes a batch in a few statements; older ones row by row: the same result."""
+    from lepton_edge.scheduler import store_sqlite
+
+    rng = random.Random(7)
+    messages = []
+    for i in range(300):  # several devices, several messages each, real-looking clocks and temperatures
+        device = f"cam-{rng.randrange(20):02d}"
+        data = telemetry(i, fps=rng.uniform(1, 90), temperatures_c={"cpu": rng.uniform(30, 95)})
+        messages.append((device, 1 + i // 150, i + 1, data, time.time() + rng.random()))
+    results = []
+    for set_based in (True, False):
+        monkeypatch.setattr(store_sqlite, "_SET_BASED", set_based)
+        with open_store(f"sqlite:///{tmp_path}/{set_based}.db", history_limit=7) as store:
+            stored = [store.record_telemetry_batch(messages[i:i + 64]) for i in range(0, len(messages), 64)]
+            devices = store.list_devices()
+            histories = [store.telemetry_history(d.device_id, limit=1000) for d in devices]
+            results.append((stored, devices, histories))
+    assert results[0] == results[1]
+    assert sum(results[0][0]) == 300 and all(len(h) == 7 for h in results[0][2])
+
+
+@pytest.mark.integration
+def test_postgres_replicas_writing_batches_in_opposite_orders_do_not_deadlock(postgres_schema_url: str) -> None:
+    stores = [open_store(postgres_schema_url) for _ in range(2)]
+    devices = [f"cam-{i:02d}" for i in range(40)]
+    errors: list[Exception] = []
+
+    def write(store: Store, order: list[str], first_seq: int) -> None:
+        try:
+            for round_ in range(25):
+                seq = first_seq + 2 * round_
+                store.record_telemetry_batch([(d, 1, seq, telemetry(seq), float(seq)) for d in order])
+        except Exception as e:  # a deadlock surfaces as a StoreError in one of the two
+            errors.append(e)
+
+    try:
+        threads = [
+            threading.Thread(target=write, args=(stores[0], devices, 1)),
+            threading.Thread(target=write, args=(stores[1], devices[::-1], 2)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        assert stores[0].get_device("cam-00").telemetry["seq"] == 50  # type: ignore[union-attr]
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_capacity_learning_is_smoothed_and_per_model() -> None:
