@@ -315,7 +315,7 @@ def _place_one(fleet: _Fleet, w: Workload, headroom: float) -> tuple[str | None,
     if device_id is None:
         return None, (
             f"{NO_ROOM}: no online, unthrottled device{_constraints(w)} has {w.required_fps:g} fps to spare for "
-            f"model {w.model!r}; add devices or lower required_fps"
+            f"model {w.model_id!r}; add devices or lower required_fps"
         )
     fleet.add(device_id, demand(fleet.devices[device_id], w))
     return device_id, ""
@@ -323,7 +323,7 @@ def _place_one(fleet: _Fleet, w: Workload, headroom: float) -> tuple[str | None,
 
 def _too_large(w: Workload, fastest: float, headroom: float) -> str:
     return (
-        f"{TOO_LARGE}: needs {w.required_fps:g} fps of model {w.model!r}, but the fastest feasible device gives "
+        f"{TOO_LARGE}: needs {w.required_fps:g} fps of model {w.model_id!r}, but the fastest feasible device gives "
         f"{fastest:g} fps, {headroom:.0%} of which may be used; lower required_fps or add a faster device"
     )
 

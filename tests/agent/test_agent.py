@@ -369,14 +369,14 @@ def test_an_idle_device_is_ready_once_connected_and_its_watchdog_is_fed(
     try:
         # no broker: an idle device has nothing to be ready for, yet it is alive and says so
         offline = idle_config(tmp_path, closed_port(), f"ag-{unique}-off")
-        assert run_device(offline, duration_s=1.5) == 0
+        assert run_device(offline, duration_s=3.0) == 0
         messages = notify.drain()
         assert not any(m.startswith("READY=1") for m in messages)
         assert messages.count("WATCHDOG=1") >= 2 and messages[-1] == "STOPPING=1"
         assert any(m.startswith("STATUS=idle") for m in messages)
 
         online = idle_config(tmp_path, mqtt_broker.port, f"ag-{unique}-on")
-        assert run_device(online, duration_s=1.5) == 0
+        assert run_device(online, duration_s=3.0) == 0
         messages = notify.drain()
         ready = [m for m in messages if m.startswith("READY=1")]
         assert len(ready) == 1 and "idle" in ready[0] and "broker connected" in ready[0], messages
