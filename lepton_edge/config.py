@@ -357,20 +357,25 @@ def parse_config(data: Any, origin: str = "<config>", base_dir: Path | None = No
     return resolve_paths(config, base_dir) if base_dir else config
 
 
-def load_config(path: str | Path) -> DeviceConfig:
-    """Load and validate a device config YAML file."""
-    path = Path(path)
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """The parsed YAML document at ``path``; ConfigError naming the file when it is missing, unreadable or
+    not YAML."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from None
+        raise ConfigError(f"{path}: cannot read the {what}: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_config(data, str(path), base_dir=path.parent)
+
+
+def load_config(path: str | Path) -> DeviceConfig:
+    """Load and validate a device config YAML file."""
+    path = Path(path)
+    return parse_config(read_yaml(path), str(path), base_dir=path.parent)
 
 
 def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:

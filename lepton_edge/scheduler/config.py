@@ -11,10 +11,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from lepton_edge.config import format_validation_error
+from lepton_edge.config import format_validation_error, read_yaml
 from lepton_edge.errors import ConfigError
 from lepton_edge.mqtt import MqttConfig
 
@@ -210,14 +209,4 @@ def parse_scheduler_config(
 def load_scheduler_config(path: str | Path) -> SchedulerConfig:
     """Load and validate a scheduler config YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: scheduler config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the scheduler config: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_scheduler_config(data, str(path), base_dir=path.parent)
+    return parse_scheduler_config(read_yaml(path, "scheduler config"), str(path), base_dir=path.parent)
