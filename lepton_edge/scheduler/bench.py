@@ -139,10 +139,9 @@ def bench_ingestion(devices: int = 10_000, duration_s: float = 60.0, rate_hz: fl
         stats_file = workdir / "simulator.json"
         with open(workdir / "simulator.log", "wb") as sim_log:  # the child keeps its own copy
             sim = subprocess.Popen(
-                [sys.executable, "-m", "lepton_edge.scheduler.simulator", "--devices", str(devices),
-                 "--broker", f"127.0.0.1:{broker.port}", "--rate", str(rate_hz), "--mode", "bulk",
-                 "--prefix", "bench", "--duration", str(duration_s + warmup_s), "--stats-file", str(stats_file),
-                 "--log-level", "warning"],
+                [sys.executable, "-m", "lepton_edge.cli", "--log-level", "warning", "simulate", "--devices",
+                 str(devices), "--broker", f"127.0.0.1:{broker.port}", "--rate", str(rate_hz), "--mode", "bulk",
+                 "--prefix", "bench", "--duration", str(duration_s + warmup_s), "--stats-file", str(stats_file)],
                 stdout=subprocess.DEVNULL, stderr=sim_log,
             )
         samples: list[dict[str, Any]] = []

@@ -24,7 +24,6 @@ import collections
 import dataclasses
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -1341,24 +1340,3 @@ def run_scheduler_command(args: argparse.Namespace) -> int:
     from lepton_edge.scheduler.config import load_scheduler_config
 
     return run_scheduler(load_scheduler_config(args.config))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lepton_edge.scheduler.service --config FILE`` (the same as ``lepton-edge scheduler``)."""
-    from lepton_edge.logs import setup_logging
-
-    parser = argparse.ArgumentParser(prog="lepton-edge scheduler", description="Run one scheduler replica.")
-    add_scheduler_arguments(parser)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        return run_scheduler_command(args)
-    except LeptonError as e:
-        log.error("%s", e)
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

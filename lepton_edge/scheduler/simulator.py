@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import random
-import sys
 import threading
 import time
 from collections import Counter
@@ -705,23 +704,3 @@ def run_simulator(args: argparse.Namespace) -> int:
     if getattr(args, "stats_file", None):
         Path(args.stats_file).write_text(json.dumps(stats, indent=2))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lepton_edge.scheduler.simulator ...`` (the same as ``lepton-edge simulate``)."""
-    from lepton_edge.logs import setup_logging
-
-    parser = argparse.ArgumentParser(prog="lepton-edge simulate", description="Run a fleet of simulated devices.")
-    add_simulate_arguments(parser)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        return run_simulator(args)
-    except LeptonError as e:
-        log.error("%s", e)
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

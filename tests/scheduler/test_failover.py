@@ -89,7 +89,7 @@ def start_replica(tmp_path: Path, port: int, url: str, replica_id: str) -> subpr
     log = open(tmp_path / f"{replica_id}.log", "wb")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "lepton_edge.scheduler.service", "--config", str(path), "--log-level", "info"],
+            [sys.executable, "-m", "lepton_edge.cli", "--log-level", "info", "scheduler", "--config", str(path)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
     finally:
