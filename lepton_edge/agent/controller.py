@@ -616,7 +616,12 @@ class RuntimeController:
         return resolved, path != before
 
     def _rollback_artifact(self) -> None:
+        """Undo the activation of a failed artifact: back to the previous slot, or to no artifact at all
+        when it was the first one (the local model file keeps running)."""
         try:
-            self.artifacts.rollback()
+            if self.artifacts.previous() is None:
+                self.artifacts.deactivate()
+            else:
+                self.artifacts.rollback()
         except Exception as e:
             log.error("artifact rollback failed: %s", error_text(e))

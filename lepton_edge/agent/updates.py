@@ -546,6 +546,17 @@ class ArtifactStore:
             log.warning("rolled back from slot %s to slot %s", current, previous)
             return self._model_path(previous)
 
+    def deactivate(self) -> None:
+        """Make no artifact current (after the first artifact ever activated failed: the device goes back to
+        its local model file, and a later rollback must not return to the failed artifact)."""
+        with self._lock:
+            current = self._linked_slot("current")
+            _remove(self.root / "current")
+            _remove(self.root / "previous")
+            _fsync_dir(self.root)
+            if current:
+                log.warning("deactivated slot %s: no artifact is current", current)
+
     # -- internals ------------------------------------------------------------------------------------
 
     def _owning_slot(self, path: Path) -> tuple[Path, Path]:

@@ -589,3 +589,13 @@ def test_activate_refuses_paths_that_were_not_staged(tmp_path, keys):
     stray = mean_color_classifier(tmp_path / "stray.onnx")
     with pytest.raises(UpdateError, match=r"not a staged artifact .* stage it first"):
         store_for(tmp_path, keys[1]).activate(stray)
+
+
+def test_deactivate_forgets_a_failed_first_artifact(tmp_path, server, keys):
+    ref = make_ref(publish_model(server, "first.onnx", size=16), server.url("first.onnx"), keys[0])
+    store = store_for(tmp_path, keys[1])
+    first = store.activate(store.stage(ref))
+    store.deactivate()
+    assert store.current() is None and store.previous() is None and store.rollback() is None
+    assert store_for(tmp_path, keys[1]).current() is None  # also after a restart
+    assert store.activate(store.stage(ref)) == first  # the slot is reused, not downloaded again

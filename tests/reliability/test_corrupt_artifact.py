@@ -202,12 +202,6 @@ def test_corrupt_artifacts_are_refused_or_rolled_back_and_the_old_model_keeps_se
     assert accounting.conflicting_duplicates == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="when the first artifact ever activated fails (the device ran a local model file), "
-    "ArtifactStore.rollback() has no previous slot and leaves the broken artifact `current`",
-)
 def test_a_failed_first_artifact_does_not_stay_current_in_the_store(scenario, tmp_path, color_model):
     from lepton_edge.agent.controller import RuntimeController
     from lepton_edge.agent.updates import ArtifactStore
