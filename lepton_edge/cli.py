@@ -134,8 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         final = pipeline.run(duration_s=args.duration, tick=tick, tick_interval_s=0.25)
     finally:
+        watchdog.stop()  # no STATUS or ping may follow STOPPING=1
         notifier.stopping()
-        watchdog.stop()
         pipeline.backend.close()
     e2e = final["latency_ms"]["e2e"]
     drops = " ".join(f"{k}={v}" for k, v in sorted(final["drops"].items())) or "none"

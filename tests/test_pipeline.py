@@ -73,7 +73,7 @@ def test_offline_folder_is_lossless_ordered_and_correct(tmp_path, color_model):
 
 def test_live_source_drops_superseded_frames_instead_of_queueing(slow):
     sink = ListSink()
-    cfg = config(slow, "synthetic://shapes?fps=300&width=320&height=240", source={"max_frame_age_ms": 10_000})
+    cfg = config(slow, "synthetic://shapes?fps=1000&width=320&height=240", source={"max_frame_age_ms": 10_000})
     pipeline = build_pipeline(cfg, max_frames=150, extra_sinks=[sink])
     assert pipeline.live is True
     stats = pipeline.run()
@@ -88,7 +88,7 @@ def test_live_source_drops_superseded_frames_instead_of_queueing(slow):
 
 def test_frames_older_than_max_age_are_dropped(slow):
     sink = ListSink()
-    cfg = config(slow, "synthetic://shapes?fps=300&width=320&height=240", source={"max_frame_age_ms": 2})
+    cfg = config(slow, "synthetic://shapes?fps=1000&width=320&height=240", source={"max_frame_age_ms": 2})
     stats = build_pipeline(cfg, max_frames=100, extra_sinks=[sink]).run()
     assert stats["drops"].get("too_old", 0) > 0
     assert sink.results, "some fresh frames must get through"

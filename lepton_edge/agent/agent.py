@@ -903,8 +903,8 @@ def run_device(
             if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:
+        watchdog.stop()  # no STATUS or ping may follow STOPPING=1
         notifier.stopping()
-        watchdog.stop()
         try:
             agent.stop()
         except LeptonError as e:

@@ -42,25 +42,21 @@ def mean_color_classifier(path: Path, size: int = 32, layout: str = "nchw") -> P
     return _save(graph, path, {"lepton.task": "classify", "lepton.labels": json.dumps(["red", "green", "blue"])})
 
 
-def slow_model(path: Path, size: int = 32, work: int = 12, width: int = 1024) -> Path:
-    """A classifier whose inference does real work (a chain of matmuls): for drop-policy tests."""
+def slow_model(path: Path, size: int = 32, work: int = 16, width: int = 64) -> Path:
+    """A classifier whose inference does real work (a stack of 3x3 convolutions, ~40 M multiply-adds per
+    layer at the defaults), so that it is slower than a fast live source: for drop-policy tests."""
     rng = np.random.default_rng(0)
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[1], keepdims=0),
-        helper.make_node("Reshape", ["pooled", "flat_shape"], ["x0"]),
-        helper.make_node("MatMul", ["x0", "w_in"], ["h0"]),
-    ]
-    inits = [
-        numpy_helper.from_array(np.array([1, size * size], np.int64), "flat_shape"),
-        numpy_helper.from_array((rng.standard_normal((size * size, width)) / size).astype(np.float32), "w_in"),
-    ]
-    for i in range(work):
-        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    inits = [numpy_helper.from_array((rng.standard_normal((width, 3, 3, 3)) * 0.2).astype(np.float32), "w0")]
+    nodes = [helper.make_node("Conv", ["images", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["h0"])]
+    for i in range(1, work + 1):
+        w = (rng.standard_normal((width, width, 3, 3)) / np.sqrt(width * 9)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"]))
-        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
+        nodes.append(helper.make_node("Conv", [f"h{i - 1}", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"h{i}"]))
     inits.append(numpy_helper.from_array(np.ones((width, 3), np.float32), "w_out"))
-    nodes.append(helper.make_node("MatMul", [f"h{work}", "w_out"], ["logits"]))
+    nodes.append(helper.make_node("ReduceMean", [f"h{work}"], ["pooled"], axes=[2, 3], keepdims=0))
+    nodes.append(helper.make_node("MatMul", ["pooled", "w_out"], ["logits"]))
     graph = helper.make_graph(
         nodes, "slow",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
