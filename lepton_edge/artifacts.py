@@ -31,6 +31,7 @@ from lepton_edge import __version__
 from lepton_edge.backends.base import Backend, TensorSpec
 from lepton_edge.config import BackendConfig, OnnxRuntimeBackendConfig, PreprocessConfig, TensorRTBackendConfig
 from lepton_edge.errors import ConfigError, ModelError
+from lepton_edge.fileio import atomic_write, fsync_path, fsync_tree
 
 log = logging.getLogger(__name__)
 
@@ -244,29 +245,9 @@ def read_manifest(path: str | Path) -> Manifest:
     return manifest
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(directory: Path, manifest: Manifest) -> None:
-    """Write ``manifest.json`` atomically (temp file, fsync, rename)."""
-    data = manifest.model_dump_json(indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / MANIFEST_NAME)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync(directory)
+    """Write ``manifest.json`` atomically (temp file, fsync, rename, fsync the folder)."""
+    atomic_write(directory / MANIFEST_NAME, (manifest.model_dump_json(indent=2) + "\n").encode())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,10 +464,7 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
 
 def publish(staged: Path, out_dir: Path) -> None:
     """Sync ``staged`` and rename it to ``out_dir``, replacing a previous artifact there."""
-    for item in staged.iterdir():
-        if item.is_file():
-            _fsync(item)
-    _fsync(staged)
+    fsync_tree(staged)
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         os.rename(out_dir, old / "artifact")
@@ -499,7 +477,7 @@ def publish(staged: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staged, out_dir)
-    _fsync(out_dir.parent)
+    fsync_path(out_dir.parent)
 
 
 def _load_calibration(calibration: Any, info: Any) -> Any:

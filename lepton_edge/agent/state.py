@@ -6,11 +6,9 @@ or the new content, never a mix. Unreadable state is reported and replaced, neve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -18,37 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from lepton_edge.errors import ConfigError
+from lepton_edge.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
 SESSION_FILE = "session"
 CONFIG_FILE = "config.json"
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
-
-    The data goes to a temporary file in the same folder, which is fsynced and renamed over ``path``;
-    then the folder is fsynced so the rename itself survives a power loss.
-    """
-    path = Path(path)
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 
 from lepton_edge import __version__
 from lepton_edge.errors import LeptonError
+from lepton_edge.fileio import fsync_path, fsync_tree
 
 if TYPE_CHECKING:
     from lepton_edge.config import ArtifactRef
@@ -87,24 +88,6 @@ def shown_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return f"{parts.scheme}://{host}{parts.path}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(dirpath, name)
-            if not path.is_symlink():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
 
 
 def _remove(path: Path) -> None:
@@ -456,9 +439,9 @@ class ArtifactStore:
                 "model": posixpath.normpath(f"{CONTENT_DIR}/{model}"),
             }
             (tmp / SLOT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.rename(tmp, staged)
-            _fsync_dir(self.staging)
+            fsync_path(self.staging)
         except BaseException:
             _remove(tmp)
             raise
@@ -523,7 +506,7 @@ class ArtifactStore:
             if (self.slots / target).exists():
                 os.rename(self.slots / target, discarded)
             os.rename(slot_dir, self.slots / target)
-            _fsync_dir(self.slots)
+            fsync_path(self.slots)
             self._set_link("current", target)
             _remove(discarded)
             log.info("activated slot %s: %s", target, self._record(self.slots / target))
@@ -542,7 +525,7 @@ class ArtifactStore:
                 return None
             self._set_link("current", previous)
             _remove(self.root / "previous")
-            _fsync_dir(self.root)
+            fsync_path(self.root)
             log.warning("rolled back from slot %s to slot %s", current, previous)
             return self._model_path(previous)
 
@@ -553,7 +536,7 @@ class ArtifactStore:
             current = self._linked_slot("current")
             _remove(self.root / "current")
             _remove(self.root / "previous")
-            _fsync_dir(self.root)
+            fsync_path(self.root)
             if current:
                 log.warning("deactivated slot %s: no artifact is current", current)
 
@@ -607,7 +590,7 @@ class ArtifactStore:
         _remove(tmp)
         os.symlink(f"slots/{slot}", tmp)
         os.replace(tmp, self.root / link)
-        _fsync_dir(self.root)
+        fsync_path(self.root)
 
     def _clean_leftovers(self) -> None:
         for link in ("current", "previous"):

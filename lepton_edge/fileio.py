@@ -1,0 +1,48 @@
+"""Durable file operations shared by the state store, the artifact builder and the artifact slots."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes renames and creations inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every regular file below ``root`` and every folder, ``root`` included."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath, name)
+            if not path.is_symlink():
+                fsync_path(path)
+        fsync_path(dirpath)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    The data goes to a temporary file in the same folder, which is fsynced and renamed over ``path``;
+    then the folder is fsynced so the rename itself survives a power loss.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_path(path.parent)
