@@ -79,3 +79,29 @@ def round_floats(d: dict[str, Any], ndigits: int = 3) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up (default: one second's worth).
+
+    The caller passes the monotonic time, so one bucket per device costs a few floats and no lock; use
+    each bucket from one thread.
+    """
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float | None = None, now: float = 0.0) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        self.rate = rate
+        self.burst = max(1.0, float(burst if burst is not None else rate))
+        self.tokens, self.last = self.burst, now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

@@ -9,42 +9,17 @@ The sink's own thread builds and sends the messages, so the pipeline never waits
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from lepton_edge.config import ResultsConfig
+from lepton_edge.metrics import TokenBucket
 from lepton_edge.protocol import ResultMessage, encode, results_topic
 from lepton_edge.results import Result
 from lepton_edge.sinks.base import Sink
 
 log = logging.getLogger(__name__)
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up. ``take()`` is cheap and thread-safe."""
-
-    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic):
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate}")
-        self.rate = rate
-        self.burst = max(1.0, burst if burst is not None else rate)
-        self._clock = clock
-        self._tokens = self.burst
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        """Spend one token if there is one."""
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            return False
 
 
 class MqttResultSink(Sink):
@@ -73,7 +48,7 @@ class MqttResultSink(Sink):
         self.client = client
         self.outbox = outbox
         self.session_id = session_id
-        self.bucket = TokenBucket(config.max_rate_hz)
+        self.bucket = TokenBucket(config.max_rate_hz, now=time.monotonic())
         self.rate_limited = 0
         """Results dropped because they came faster than max_rate_hz."""
         self.published = 0
@@ -86,7 +61,7 @@ class MqttResultSink(Sink):
     def offer(self, result: Result) -> bool:
         if not self.config.enabled:
             return True
-        if not self.bucket.take():
+        if not self.bucket.take(time.monotonic()):  # offer() runs on the pipeline's postprocess thread
             self.rate_limited += 1
             return True  # dropped by policy, not because the sink is stuck
         return super().offer(result)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lepton_edge.errors import LeptonError
+from lepton_edge.metrics import TokenBucket
 from lepton_edge.mqtt import IncomingMessage, MqttClient
 from lepton_edge.protocol import (
     FLEET_REBIRTH_TOPIC,
@@ -83,24 +84,6 @@ this fraction since the last re-plan it triggered, triggers a re-plan."""
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; :meth:`take` spends one if there is one."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.last = float(burst), now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(eq=False)
