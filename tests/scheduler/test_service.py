@@ -116,6 +116,8 @@ def test_birth_online_stale_death_ignored_matching_death_offline(start_service, 
     sim.kill(device_id)  # the broker publishes the will of the current session
     wait_until(lambda: not online(service, device_id), what="the device offline after its will")
     assert service.store.get_device(device_id).offline_reason == "connection_lost"
+    # the event is written by the control thread after the state change: wait for it, then check both
+    wait_until(lambda: "device.offline" in event_kinds(service), what="the device.offline event")
     kinds = event_kinds(service)
     assert "device.online" in kinds and "device.offline" in kinds
 
