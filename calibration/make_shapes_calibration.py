@@ -2,10 +2,10 @@
 
     .venv/bin/python calibration/make_shapes_calibration.py
 
-64 JPEG images (640x480, quality 90) rendered by ``lepton_edge.sources.shapes.random_sample`` with
+64 JPEG images (640x480, quality 90) rendered by ``lepton_edge.runtime.sources.shapes.random_sample`` with
 seeds 2_000_000 + i: disjoint from the training seeds (0 ..) and the held-out seeds (1_000_000 ..) of
 ``models/train_shapes_detector.py``. ``manifest.json`` holds the data set's manifest (file names, sizes,
-sha256; as ``lepton_edge.calibration.dataset_manifest`` computes it) and how the images were made.
+sha256; as ``lepton_edge.engines.calibration.dataset_manifest`` computes it) and how the images were made.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import cv2
 
-from lepton_edge.calibration import dataset_manifest
-from lepton_edge.sources.shapes import random_sample
+from lepton_edge.engines.calibration import dataset_manifest
+from lepton_edge.runtime.sources.shapes import random_sample
 
 HERE = Path(__file__).resolve().parent
 CALIBRATION_SEED = 2_000_000
@@ -44,7 +44,7 @@ def main() -> None:
     manifest = dataset_manifest(args.out)
     manifest["generator"] = {
         "script": "calibration/make_shapes_calibration.py",
-        "function": "lepton_edge.sources.shapes.random_sample",
+        "function": "lepton_edge.runtime.sources.shapes.random_sample",
         "seeds": [seeds.start, seeds.stop],
         "width": SIZE[0],
         "height": SIZE[1],

@@ -2,8 +2,8 @@
 
     .venv/bin/python calibration/make_shapes_heldout.py
 
-The images are regenerated deterministically by ``lepton_edge.sources.shapes.random_sample`` when the
-set is read (``lepton_edge.datasets.load_labelled``), so no pixels are committed. Seeds start at
+The images are regenerated deterministically by ``lepton_edge.runtime.sources.shapes.random_sample`` when the
+set is read (``lepton_edge.engines.evaluation.datasets.load_labelled``), so no pixels are committed. Seeds start at
 1_000_000, the held-out range of ``models/train_shapes_detector.py``, so they never overlap training.
 """
 

@@ -131,10 +131,10 @@ def evaluate(model_path: Path, heldout_path: Path) -> dict:
     import cv2
     import onnx
 
-    from lepton_edge.accuracy import top1_accuracy
-    from lepton_edge.backends.onnxruntime import OnnxRuntimeBackend
-    from lepton_edge.config import PreprocessConfig
-    from lepton_edge.preprocess import Preprocessor
+    from lepton_edge.config.pipeline import PreprocessConfig
+    from lepton_edge.engines.evaluation.accuracy import top1_accuracy
+    from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from lepton_edge.runtime.preprocess import Preprocessor
 
     onnx.checker.check_model(onnx.load(str(model_path)))
     data = np.load(heldout_path)
@@ -170,8 +170,8 @@ def evaluate(model_path: Path, heldout_path: Path) -> dict:
 def _classify_postprocessor(backend):
     """The runtime's classification postprocessor, or None while that module is not available."""
     try:
-        from lepton_edge.config import ClassifyConfig
-        from lepton_edge.postprocess import create_postprocessor
+        from lepton_edge.config.pipeline import ClassifyConfig
+        from lepton_edge.runtime.postprocess import create_postprocessor
     except ImportError:
         return None
     config = ClassifyConfig(type="classify", top_k=1)

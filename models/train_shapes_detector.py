@@ -3,7 +3,7 @@
     .venv/bin/python models/train_shapes_detector.py                  # train, export, evaluate
     .venv/bin/python models/train_shapes_detector.py --eval-only models/shapes_detector.onnx
 
-Needs torch (CPU is enough). Training images come from ``lepton_edge.sources.shapes.random_sample``
+Needs torch (CPU is enough). Training images come from ``lepton_edge.runtime.sources.shapes.random_sample``
 with seeds ``0 .. --train-images-1`` and go through the runtime's own ``Preprocessor``; the held-out
 set uses seeds from 1_000_000 on, so it never overlaps the training set.
 
@@ -40,7 +40,7 @@ PREPROCESS = {"size": [INPUT_SIZE, INPUT_SIZE], "resize": "letterbox", "color": 
 
 
 def input_spec():
-    from lepton_edge.backends.base import TensorSpec
+    from lepton_edge.core.tensors import TensorSpec
 
     return TensorSpec("images", (1, 3, INPUT_SIZE, INPUT_SIZE), np.dtype("float32"))
 
@@ -48,8 +48,8 @@ def input_spec():
 def make_dataset(seeds: range) -> tuple[np.ndarray, list[np.ndarray]]:
     """Images as uint8 ``(N, 3, 320, 320)`` RGB letterboxed by the runtime's Preprocessor, and targets
     ``(G, 5)`` per image: class id, then x1, y1, x2, y2 in input pixels."""
-    from lepton_edge.preprocess import Preprocessor
-    from lepton_edge.sources.shapes import random_sample
+    from lepton_edge.runtime.preprocess import Preprocessor
+    from lepton_edge.runtime.sources.shapes import random_sample
 
     pre = Preprocessor(input_spec())
     buffer = pre.new_buffer()
@@ -323,7 +323,7 @@ def export(model, path: Path) -> None:
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    from lepton_edge.accuracy import box_iou
+    from lepton_edge.engines.evaluation.accuracy import box_iou
 
     order = np.argsort(-scores, kind="stable")
     keep = []
@@ -336,8 +336,8 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndar
 
 
 def _own_postprocessor(conf_threshold: float, iou_threshold: float = 0.45, max_det: int = 100):
-    """A plain YOLOv8-layout decoder, used only while lepton_edge.postprocess is not available."""
-    from lepton_edge.results import Detections
+    """A plain YOLOv8-layout decoder, used only while lepton_edge.runtime.postprocess is not available."""
+    from lepton_edge.core.results import Detections
 
     def post(outputs: list[np.ndarray], transform) -> Detections:
         out = outputs[0][0].T  # (A, 4+C)
@@ -363,11 +363,11 @@ def evaluate(model_path: Path, images: int = 300, conf_threshold: float = 0.001)
     pixels), compared with the renderer's ground truth."""
     import onnx
 
-    from lepton_edge.accuracy import mean_average_precision
-    from lepton_edge.backends.onnxruntime import OnnxRuntimeBackend
-    from lepton_edge.config import PreprocessConfig
-    from lepton_edge.preprocess import Preprocessor
-    from lepton_edge.sources.shapes import random_sample
+    from lepton_edge.config.pipeline import PreprocessConfig
+    from lepton_edge.engines.evaluation.accuracy import mean_average_precision
+    from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from lepton_edge.runtime.preprocess import Preprocessor
+    from lepton_edge.runtime.sources.shapes import random_sample
 
     onnx.checker.check_model(onnx.load(str(model_path)))
     backend = OnnxRuntimeBackend(model_path).load()
@@ -399,15 +399,15 @@ def evaluate(model_path: Path, images: int = 300, conf_threshold: float = 0.001)
 
 def _runtime_postprocessor(backend, conf_threshold: float):
     try:
-        from lepton_edge.config import DetectConfig
-        from lepton_edge.postprocess import create_postprocessor
+        from lepton_edge.config.pipeline import DetectConfig
+        from lepton_edge.runtime.postprocess import create_postprocessor
     except ImportError as e:
-        print(f"lepton_edge.postprocess unavailable ({e}); decoding with this script's own decoder")
+        print(f"lepton_edge.runtime.postprocess unavailable ({e}); decoding with this script's own decoder")
         return None, "train_shapes_detector._own_postprocessor"
     cfg = DetectConfig(type="detect", conf_threshold=conf_threshold)
     return (
         create_postprocessor(cfg, backend.outputs, backend.metadata, tuple(LABELS)),
-        "lepton_edge.postprocess.create_postprocessor",
+        "lepton_edge.runtime.postprocess.create_postprocessor",
     )
 
 

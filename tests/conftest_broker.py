@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lepton_edge.mqtt import MqttClient, MqttConfig
+from lepton_edge.config.fleet import MqttConfig
+from lepton_edge.fleet.mqtt import MqttClient
 from tests.support.mosquitto import MosquittoBroker
 
 __all__ = ["fresh_broker", "make_mqtt_client", "mqtt_broker", "unique"]

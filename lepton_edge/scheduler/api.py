@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lepton_edge.errors import ConfigError
+from lepton_edge.core.errors import ConfigError
 from lepton_edge.scheduler.models import (
     DEVICE_ID_PATTERN,
     WORKLOAD_ID_PATTERN,

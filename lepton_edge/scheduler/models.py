@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, field_validator
 
-from lepton_edge.protocol import model_id
+from lepton_edge.config.pipeline import ArtifactRef
+from lepton_edge.fleet.protocol import model_id
 
 AssignmentStatus = Literal["pending", "applied", "failed"]
 ASSIGNMENT_STATUSES: tuple[str, ...] = get_args(AssignmentStatus)
@@ -103,7 +104,6 @@ class Workload(BaseModel):
     def _valid_artifact(cls, artifact: dict[str, Any] | None) -> dict[str, Any] | None:
         if artifact is None:
             return None
-        from lepton_edge.config import ArtifactRef  # the device's own schema for the same document
 
         return ArtifactRef.model_validate(artifact).model_dump(exclude_none=True)
 

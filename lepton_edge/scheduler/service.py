@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lepton_edge.errors import LeptonError
-from lepton_edge.metrics import TokenBucket
-from lepton_edge.mqtt import IncomingMessage, MqttClient
-from lepton_edge.protocol import (
+from lepton_edge.config.scheduler import SchedulerConfig, load_scheduler_config
+from lepton_edge.core.errors import LeptonError
+from lepton_edge.core.metrics import TokenBucket
+from lepton_edge.fleet.mqtt import IncomingMessage, MqttClient
+from lepton_edge.fleet.protocol import (
     FLEET_REBIRTH_TOPIC,
     Birth,
     DesiredConfig,
@@ -51,20 +52,12 @@ from lepton_edge.protocol import (
     subscription,
     telemetry_topic,
 )
-from lepton_edge.protocol import Death as DeathMessage
-from lepton_edge.protocol import Event as EventMessage
+from lepton_edge.fleet.protocol import Death as DeathMessage
+from lepton_edge.fleet.protocol import Event as EventMessage
 from lepton_edge.scheduler import placement
-from lepton_edge.scheduler.config import SchedulerConfig
 from lepton_edge.scheduler.models import Assignment, Workload
-from lepton_edge.scheduler.store import (
-    EncodedJson,
-    Store,
-    StoreError,
-    StoreUnavailable,
-    TelemetryItem,
-    learn_capacity,
-    open_store,
-)
+from lepton_edge.scheduler.store import EncodedJson, Store, StoreError, StoreUnavailable, TelemetryItem, learn_capacity
+from lepton_edge.scheduler.stores import open_store
 
 log = logging.getLogger("lepton_edge.scheduler.service")
 
@@ -1320,6 +1313,5 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_scheduler_command(args: argparse.Namespace) -> int:
     """``lepton-edge scheduler --config FILE``."""
-    from lepton_edge.scheduler.config import load_scheduler_config
 
     return run_scheduler(load_scheduler_config(args.config))

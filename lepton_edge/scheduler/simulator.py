@@ -10,7 +10,7 @@ numbers or die abruptly.
 Two transports, because presence needs one MQTT connection per device (the last will is a property of
 the connection) and thousands of paho clients (one thread each) do not fit in one process:
 
-- ``device`` mode: one :class:`~lepton_edge.mqtt.MqttClient` per device, with its own last will, exactly
+- ``device`` mode: one :class:`~lepton_edge.fleet.mqtt.MqttClient` per device, with its own last will, exactly
   like the agent. :meth:`FleetSimulator.kill` aborts the connection (:meth:`MqttClient.abort`: no
   DISCONNECT), so the *broker* publishes the death. Use it up to a few hundred devices.
 - ``bulk`` mode: a few connections publish for many device ids. Births and telemetry are per device,
@@ -36,9 +36,11 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from lepton_edge import __version__
-from lepton_edge.errors import ConfigError, LeptonError
-from lepton_edge.mqtt import IncomingMessage, MqttClient, MqttConfig, PublishHandle, Will
-from lepton_edge.protocol import (
+from lepton_edge.config.device import parse_config
+from lepton_edge.config.fleet import MqttConfig
+from lepton_edge.core.errors import ConfigError, LeptonError
+from lepton_edge.fleet.mqtt import IncomingMessage, MqttClient, PublishHandle, Will
+from lepton_edge.fleet.protocol import (
     FLEET_REBIRTH_TOPIC,
     Birth,
     Capabilities,
@@ -260,7 +262,6 @@ class SimDevice:
     def _validate(self, config: dict[str, Any]) -> list[str]:
         if config == IDLE_CONFIG:
             return []
-        from lepton_edge.config import parse_config
 
         try:
             parse_config({**config, "device_id": self.device_id}, f"desired config for {self.device_id}")

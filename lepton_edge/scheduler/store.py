@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from lepton_edge.errors import LeptonError
+from lepton_edge.core.errors import LeptonError
 from lepton_edge.scheduler.models import Assignment, AssignmentStatus, Device, Event, Severity, Workload
 
 DEFAULT_HISTORY_LIMIT = 720
@@ -320,35 +320,6 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
-def open_store(url: str, *, migrate: bool = True, **options: Any) -> Store:
-    """Open the store named by ``url`` (see the module docstring) and, by default, migrate its schema.
-
-    ``options`` go to the backend: ``history_limit``, ``event_limit``, ``throttle_temperature_c``, and
-    for PostgreSQL ``max_connections`` and ``connect_timeout``.
-    """
-    if not isinstance(url, str) or "://" not in url:
-        raise StoreError(
-            f"store URL {url!r} has no scheme: use sqlite:///path.db, sqlite://:memory: or postgresql://host/db"
-        )
-    scheme = url.split("://", 1)[0].lower()
-    store: Store
-    if scheme == "sqlite":
-        from lepton_edge.scheduler.store_sqlite import SqliteStore
-
-        store = SqliteStore(sqlite_path(url), **options)
-    elif scheme in ("postgresql", "postgres"):
-        from lepton_edge.scheduler.store_postgres import PostgresStore
-
-        store = PostgresStore(url, **options)
-    else:
-        raise StoreError(f"store URL {redact_url(url)!r}: unknown scheme {scheme!r}; use sqlite:// or postgresql://")
-    if migrate:
-        try:
-            store.migrate()
-        except BaseException:
-            store.close()
-            raise
-    return store
 
 
 def describe_path(path: str) -> str:

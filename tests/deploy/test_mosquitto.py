@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lepton_edge.protocol import MAX_PAYLOAD_BYTES
+from lepton_edge.fleet.protocol import MAX_PAYLOAD_BYTES
 from tests.support.mosquitto import MosquittoBroker, free_port, require_mosquitto
 
 pytestmark = pytest.mark.integration

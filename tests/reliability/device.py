@@ -2,7 +2,7 @@
 
 ``python -m tests.reliability.device --ledger LEDGER [--stuck-file FILE] -- run --config device.yaml``
 
-- **Ledger**: every :meth:`Outbox.put <lepton_edge.outbox.Outbox.put>` that returns appends one JSON line
+- **Ledger**: every :meth:`Outbox.put <lepton_edge.fleet.outbox.Outbox.put>` that returns appends one JSON line
   to LEDGER (``put`` with the message's ``lepton-msg-id``, topic and priority; ``dropped_new`` when the
   outbox refused a low-priority message; ``put_failed`` with the error). Lines are written with one
   ``O_APPEND`` write after the put committed, so a SIGKILL can lose at most the line of the put in
@@ -34,7 +34,7 @@ def install_ledger(path: Path) -> None:
     """Record every outbox put (see the module docstring) in ``path``."""
     import inspect
 
-    from lepton_edge.outbox import Outbox
+    from lepton_edge.fleet.outbox import Outbox
 
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     original = Outbox.put
@@ -78,7 +78,7 @@ def install_ledger(path: Path) -> None:
 
 def install_stuck_backend(trigger: Path) -> None:
     """Make every inference block while ``trigger`` exists (a hung stage, not a failing one)."""
-    from lepton_edge.backends.base import Backend
+    from lepton_edge.runtime.backends.base import Backend
 
     original = Backend.infer
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import yaml
 
-from lepton_edge.mqtt import IncomingMessage, MqttClient, MqttConfig
-from lepton_edge.outbox import MESSAGE_ID_PROPERTY, Outbox, OutboxConfig
-from lepton_edge.protocol import TopicKind, decode, parse_topic
+from lepton_edge.config.fleet import MqttConfig, OutboxConfig
+from lepton_edge.fleet.mqtt import IncomingMessage, MqttClient
+from lepton_edge.fleet.outbox import MESSAGE_ID_PROPERTY, Outbox
+from lepton_edge.fleet.protocol import TopicKind, decode, parse_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
@@ -402,7 +403,7 @@ def request(port: int, device_id: str, name: str, timeout: float = 10.0) -> Any:
     """Send command ``name`` to the device (MQTT v5 request/response) and return its CommandResponse."""
     import uuid
 
-    from lepton_edge.protocol import CommandRequest, CommandResponse, command_topic, encode, response_topic
+    from lepton_edge.fleet.protocol import CommandRequest, CommandResponse, command_topic, encode, response_topic
 
     requester = f"op-{uuid.uuid4().hex[:8]}"
     answers: list[IncomingMessage] = []

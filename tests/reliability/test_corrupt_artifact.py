@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from lepton_edge.mqtt import MqttClient, MqttConfig
-from lepton_edge.protocol import DesiredConfig, TopicKind, config_desired_topic, encode
-from tests.agent.models import fails_at_inference
+from lepton_edge.config.fleet import MqttConfig
+from lepton_edge.fleet.mqtt import MqttClient
+from lepton_edge.fleet.protocol import DesiredConfig, TopicKind, config_desired_topic, encode
+from tests.device.models import fails_at_inference
 from tests.reliability.harness import (
     DeviceProcess,
     account,
@@ -203,9 +204,9 @@ def test_corrupt_artifacts_are_refused_or_rolled_back_and_the_old_model_keeps_se
 
 
 def test_a_failed_first_artifact_does_not_stay_current_in_the_store(scenario, tmp_path, color_model):
-    from lepton_edge.agent.controller import RuntimeController
-    from lepton_edge.agent.updates import ArtifactStore
-    from lepton_edge.config import parse_config
+    from lepton_edge.config.device import parse_config
+    from lepton_edge.device.controller import RuntimeController
+    from lepton_edge.device.updates import ArtifactStore
 
     record = scenario(
         "6b corrupt first artifact: store state",

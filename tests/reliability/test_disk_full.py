@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lepton_edge.outbox import Outbox, OutboxConfig, OutboxError
-from lepton_edge.protocol import TopicKind
+from lepton_edge.config.fleet import OutboxConfig
+from lepton_edge.fleet.outbox import Outbox, OutboxError
+from lepton_edge.fleet.protocol import TopicKind
 from tests.reliability.harness import (
     DeviceProcess,
     account,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lepton_edge.protocol import TopicKind
+from lepton_edge.fleet.protocol import TopicKind
 from tests.reliability.harness import (
     ROOT,
     DeviceProcess,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lepton_edge.protocol import TopicKind
+from lepton_edge.fleet.protocol import TopicKind
 from tests.reliability.harness import Delivery, DeviceProcess, Subscriber, account, wait_until
 from tests.reliability.proxy import BlackholeProxy
 from tests.reliability.report import ScenarioRecord, write_report

@@ -1,4 +1,4 @@
-"""The soak benchmark (lepton_edge/soak.py): its arithmetic, and a short real run."""
+"""The soak benchmark (lepton_edge/tools/soak.py): its arithmetic, and a short real run."""
 
 from __future__ import annotations
 
@@ -6,16 +6,8 @@ import json
 
 import pytest
 
-from lepton_edge.soak import (
-    DEFAULT_MODEL,
-    Minute,
-    Sample,
-    format_report,
-    linear_slope,
-    main,
-    run_soak,
-    summarize,
-)
+from lepton_edge.data import DEMO_MODEL
+from lepton_edge.tools.soak import Minute, Sample, format_report, linear_slope, main, run_soak, summarize
 
 
 def sample(t: float, rss: float, *, warmup: bool = False, drops: int = 0) -> Sample:
@@ -55,8 +47,8 @@ def test_a_duration_within_the_warm_up_is_refused_with_the_reason(capsys):
 
 @pytest.mark.integration
 def test_short_soak_samples_the_running_device(tmp_path):
-    if not DEFAULT_MODEL.is_file():
-        pytest.skip(f"{DEFAULT_MODEL} is missing (models/train_shapes_detector.py makes it)")
+    if not DEMO_MODEL.is_file():
+        pytest.skip(f"{DEMO_MODEL} is missing (models/train_shapes_detector.py makes it)")
     report = run_soak(7.0, sample_interval_s=1.0, warmup_s=2.0, minute_s=2.0, telemetry_s=0.5)
     samples = report["samples"]
     assert len(samples) == 7 and samples[-1]["t_s"] >= 7.0

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from lepton_edge.protocol import TopicKind
+from lepton_edge.fleet.protocol import TopicKind
 from tests.reliability.harness import (
     DeviceProcess,
     account,
@@ -14,7 +14,7 @@ from tests.reliability.harness import (
     wait_all_delivered,
     wait_until,
 )
-from tests.sources.mjpeg_server import MjpegCamera
+from tests.runtime.sources.mjpeg_server import MjpegCamera
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

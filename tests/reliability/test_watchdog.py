@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lepton_edge.protocol import TopicKind
+from lepton_edge.fleet.protocol import TopicKind
 from tests.reliability.harness import (
     DeviceProcess,
     account,

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from lepton_edge import protocol
-from lepton_edge.errors import ConfigError
+from lepton_edge.core.errors import ConfigError
+from lepton_edge.fleet import protocol
 from lepton_edge.scheduler.api import STATIC_DIR, ApiServer, serve
 from lepton_edge.scheduler.models import Assignment, Workload
-from lepton_edge.scheduler.store import Store, open_store
+from lepton_edge.scheduler.store import Store
+from lepton_edge.scheduler.stores import open_store
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lepton_edge.scheduler.bench import bench_failover, bench_ingest_ceiling, bench_ingestion, print_table
+from lepton_edge.tools.bench_scheduler import bench_failover, bench_ingest_ceiling, bench_ingestion, print_table
 from tests.support.mosquitto import require_mosquitto
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from lepton_edge.scheduler.api import ApiServer, serve
-from lepton_edge.scheduler.store import Store, open_store
+from lepton_edge.scheduler.store import Store
+from lepton_edge.scheduler.stores import open_store
 from tests.scheduler.test_api import Http, StoreService, fill_fleet
 
 pytestmark = pytest.mark.integration
@@ -249,7 +250,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
 def test_dashboard_follows_a_live_scheduler_and_simulated_fleet(tmp_path: Path, fresh_broker: Any) -> None:
     """A real scheduler, real mosquitto and simulated devices speaking the protocol: the dashboard shows a
     failover (a killed device goes offline, its workload moves) with live telemetry plots."""
-    from lepton_edge.scheduler.config import parse_scheduler_config
+    from lepton_edge.config.scheduler import parse_scheduler_config
     from lepton_edge.scheduler.service import SchedulerService
     from lepton_edge.scheduler.simulator import DeviceSpec, FleetSimulator
 

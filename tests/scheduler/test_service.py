@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lepton_edge.protocol import (
+from lepton_edge.fleet.protocol import (
     Birth,
     Capabilities,
     Death,
@@ -29,7 +29,7 @@ from lepton_edge.protocol import (
 from lepton_edge.scheduler.models import Workload
 from lepton_edge.scheduler.service import SchedulerService, device_config_for, plan_with_exclusions
 from lepton_edge.scheduler.simulator import IDLE_CONFIG, DeviceSpec, FleetSimulator, SimDevice
-from lepton_edge.scheduler.store import open_store
+from lepton_edge.scheduler.stores import open_store
 from tests.support.mosquitto import MessageCollector
 from tests.support.scheduler import DesiredRecorder, fast_config, wait_until, workload
 
@@ -414,8 +414,8 @@ def test_example_config_is_valid_and_lists_every_option(tmp_path: Path) -> None:
     import yaml
     from pydantic import BaseModel
 
-    from lepton_edge.errors import ConfigError
-    from lepton_edge.scheduler.config import SchedulerConfig, load_scheduler_config
+    from lepton_edge.config.scheduler import SchedulerConfig, load_scheduler_config
+    from lepton_edge.core.errors import ConfigError
 
     example = Path(__file__).resolve().parents[2] / "deploy" / "scheduler.example.yaml"
     config = load_scheduler_config(example)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from lepton_edge.errors import ConfigError
-from lepton_edge.protocol import (
+from lepton_edge.core.errors import ConfigError
+from lepton_edge.fleet.protocol import (
     Birth,
     Death,
     DesiredConfig,

@@ -25,8 +25,8 @@ from lepton_edge.scheduler.store import (
     StoreNotFound,
     StoreUnavailable,
     learn_capacity,
-    open_store,
 )
+from lepton_edge.scheduler.stores import open_store
 from tests.support.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -605,7 +605,7 @@ def test_postgres_desired_versions_from_two_processes(postgres_schema_url: str) 
     open_store(postgres_schema_url).close()  # migrate once, before both start
     script = (
         "import sys\n"
-        "from lepton_edge.scheduler.store import open_store\n"
+        "from lepton_edge.scheduler.stores import open_store\n"
         "with open_store(sys.argv[1]) as s:\n"
         "    print(' '.join(str(s.next_desired_version('shared')) for _ in range(40)))\n"
     )

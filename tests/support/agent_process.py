@@ -1,7 +1,7 @@
 """Runs the device agent in a process of its own, for tests that kill it.
 
 ``python -m tests.support.agent_process CONFIG.json``: the JSON file holds a device config mapping (with
-an ``agent`` section); the process runs :func:`lepton_edge.agent.agent.run_device` until SIGTERM and
+an ``agent`` section); the process runs :func:`lepton_edge.device.agent.run_device` until SIGTERM and
 exits with its exit code. Logs go to stderr.
 """
 
@@ -33,8 +33,8 @@ def start(config: dict[str, Any], path: Path) -> subprocess.Popen[bytes]:
 
 
 def main(argv: list[str]) -> int:
-    from lepton_edge.agent.agent import run_device
-    from lepton_edge.config import parse_config
+    from lepton_edge.config.device import parse_config
+    from lepton_edge.device.agent import run_device
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lepton_edge.mqtt import IncomingMessage
-from lepton_edge.protocol import DesiredConfig, TopicKind, decode, parse_topic
-from lepton_edge.scheduler.config import SchedulerConfig, parse_scheduler_config
+from lepton_edge.config.scheduler import SchedulerConfig, parse_scheduler_config
+from lepton_edge.fleet.mqtt import IncomingMessage
+from lepton_edge.fleet.protocol import DesiredConfig, TopicKind, decode, parse_topic
 from lepton_edge.scheduler.models import Workload
 
 T = TypeVar("T")

@@ -1,0 +1,289 @@
+"""The one typed configuration of a device, loaded from YAML.
+
+Every model forbids unknown fields so that a typo fails loudly, and every field is described;
+``deploy/device.example.yaml`` shows each option by example. Errors name the file, the field path
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from lepton_edge.config.base import Strict, and_list, format_validation_error, read_yaml
+from lepton_edge.config.fleet import MqttConfig, OutboxConfig
+from lepton_edge.config.pipeline import (
+    BackendConfig,
+    ConsoleSinkConfig,
+    ModelConfig,
+    OnnxRuntimeBackendConfig,
+    PipelineConfig,
+    PostprocessConfig,
+    PreprocessConfig,
+    SinkConfig,
+    SourceConfig,
+)
+from lepton_edge.core.errors import ConfigError
+
+PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "sinks", "pipeline")
+"""The sections that describe the pipeline; an idle config has none of them."""
+
+
+class DeviceConfig(Strict):
+    device_id: str = Field("lepton-device", min_length=1, description="Name of this device in logs and telemetry.")
+    idle: bool = Field(
+        False,
+        description="Run no pipeline: stay connected, report presence and telemetry, wait for a workload (a "
+        "config with a model and a source, usually pushed by the scheduler). Needs the agent section; the "
+        "pipeline sections (model, backend, source, preprocess, postprocess, sinks, pipeline) must be left out.",
+    )
+    model: ModelConfig | None = Field(None, description="The model to run; required unless idle: true.")
+    backend: BackendConfig = Field(default_factory=OnnxRuntimeBackendConfig, description="Inference backend.")
+    source: SourceConfig | None = Field(None, description="Where frames come from; required unless idle: true.")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="Frame to tensor.")
+    postprocess: PostprocessConfig | None = Field(
+        None, description="Tensor to result; defaults from the model task (detect, classify or raw)."
+    )
+    sinks: list[SinkConfig] = Field(default_factory=list, description="Where results go.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline tuning.")
+    agent: AgentConfig | None = Field(
+        None,
+        description="Device agent: presence, telemetry, results and remote configuration over MQTT. "
+        "None runs the pipeline alone.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agent_client_id(cls, data: Any) -> Any:
+        # The MQTT client id defaults to the device id (docs/protocol.md: fixed client id = device id).
+        if isinstance(data, dict) and isinstance(data.get("agent"), dict):
+            agent = dict(data["agent"])
+            mqtt = agent.get("mqtt", {})
+            if isinstance(mqtt, dict) and "client_id" not in mqtt:
+                agent["mqtt"] = {**mqtt, "client_id": data.get("device_id", "lepton-device")}
+                data = {**data, "agent": agent}
+        return data
+
+    @field_validator("sinks")
+    @classmethod
+    def _one_console(cls, sinks: list[Any]) -> list[Any]:
+        if sum(isinstance(s, ConsoleSinkConfig) for s in sinks) > 1:
+            raise ValueError("at most one console sink")
+        return sinks
+
+    @model_validator(mode="after")
+    def _workload_or_idle(self) -> DeviceConfig:
+        if self.idle:
+            given = [name for name in PIPELINE_SECTIONS if name in self.model_fields_set]
+            if given:
+                raise PydanticCustomError(
+                    "idle_with_pipeline",
+                    "idle: true runs no pipeline, so {sections} would be ignored: remove {them}, or set "
+                    "idle: false to run the workload",
+                    {"sections": and_list(given), "them": "it" if len(given) == 1 else "them"},
+                )
+            return self
+        missing = [name for name in ("model", "source") if getattr(self, name) is None]
+        if missing:
+            raise PydanticCustomError(
+                "missing_workload",
+                "{missing} {verb} required unless idle: true (add {missing}, or set idle: true to run "
+                "nothing and wait for a workload)",
+                {"missing": and_list(missing), "verb": "is" if len(missing) == 1 else "are"},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mean_std_match(self) -> DeviceConfig:
+        pre = self.preprocess
+        for name in ("mean", "std"):
+            n = len(getattr(pre, name))
+            if n not in (1, 3):
+                raise ValueError(f"preprocess.{name} must have 1 or 3 values, got {n}")
+        if any(v == 0 for v in pre.std):
+            raise ValueError("preprocess.std must not contain 0")
+        return self
+
+
+
+
+
+
+def parse_config(data: Any, origin: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
+    """Validate a config mapping. Relative paths are resolved against ``base_dir`` when given."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        config = DeviceConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+    return resolve_paths(config, base_dir) if base_dir else config
+
+
+
+
+def load_config(path: str | Path) -> DeviceConfig:
+    """Load and validate a device config YAML file."""
+    path = Path(path)
+    return parse_config(read_yaml(path), str(path), base_dir=path.parent)
+
+
+def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
+    """Make the config's relative file paths relative to ``base_dir`` (the config file's folder)."""
+
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else Path(os.path.normpath(base_dir / p))
+
+    # Only sections present are updated: model_copy marks updated fields as set, and an idle config must
+    # not gain pipeline sections (it would no longer validate when dumped and parsed again).
+    updates: dict[str, Any] = {}
+    model = config.model
+    if model is not None:
+        model_updates: dict[str, Any] = {"path": fix(model.path)}
+        if isinstance(model.labels, Path):
+            model_updates["labels"] = fix(model.labels)
+        for name in ("calibration", "validation_data", "cache_dir"):
+            if getattr(model, name) is not None:
+                model_updates[name] = fix(getattr(model, name))
+        updates["model"] = model.model_copy(update=model_updates)
+    if config.sinks:
+        updates["sinks"] = [
+            s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
+        ]
+    if config.agent is not None:
+        updates["agent"] = resolve_agent_paths(config.agent, fix)
+    if config.source is not None:
+        uri = config.source.uri
+        scheme, sep, rest = uri.partition("://")
+        if not sep and not uri.startswith(("gst:", "/dev/")):
+            updates["source"] = config.source.model_copy(update={"uri": str(fix(Path(uri)))})
+        elif scheme in ("npy", "file") and rest and not rest.startswith("/"):
+            updates["source"] = config.source.model_copy(update={"uri": f"{scheme}://{fix(Path(rest))}"})
+    return config.model_copy(update=updates)
+
+
+# ------------------------------------------------------------------------------------------- device agent
+
+
+def default_state_dir() -> Path:
+    """``$STATE_DIRECTORY`` under systemd (``StateDirectory=``), else ``~/.local/state/lepton-edge``."""
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])  # systemd lists several folders separated by ':'
+    return Path.home() / ".local" / "state" / "lepton-edge"
+
+
+class ResultsConfig(Strict):
+    enabled: bool = Field(True, description="Publish results to the results topic.")
+    max_rate_hz: float = Field(
+        10.0,
+        gt=0,
+        le=10000,
+        description="Most results published per second; the rest are dropped and counted.",
+    )
+    qos: Literal[0, 1] = Field(1, description="MQTT QoS of result messages (durable results need 1).")
+    durable: bool = Field(
+        False,
+        description="Send results through the on-disk outbox (never lost, resent after outages and "
+        "restarts); false publishes them directly, best effort.",
+    )
+
+    @model_validator(mode="after")
+    def _durable_needs_qos1(self) -> ResultsConfig:
+        if self.durable and self.qos == 0:
+            raise ValueError(
+                "durable results need qos 1 (the outbox deletes a message only once acknowledged)"
+            )
+        return self
+
+
+class HealthCheckConfig(Strict):
+    window_s: float = Field(
+        5.0, gt=0, le=3600, description="After a model swap, seconds of live frames the new model is watched."
+    )
+    min_frames: int = Field(
+        5,
+        ge=1,
+        description="Results the new model must produce in the window (and no error), else rollback.",
+    )
+
+
+class AgentConfig(Strict):
+    mqtt: MqttConfig = Field(description="Broker connection; the client id defaults to device_id.")
+    outbox: OutboxConfig = Field(
+        description="Store-and-forward queue; the path defaults to <state_dir>/outbox.db."
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Folder of the agent's state (session counter, last good config, outbox); default "
+        "$STATE_DIRECTORY under systemd, else ~/.local/state/lepton-edge.",
+    )
+    telemetry_interval_s: float = Field(
+        10.0, gt=0, le=86400, description="Seconds between telemetry messages."
+    )
+    results: ResultsConfig = Field(default_factory=ResultsConfig, description="Pipeline results over MQTT.")
+    require_broker_for_ready: bool = Field(
+        False,
+        description="Tell systemd the service is ready only once the broker is connected (false: as soon as "
+        "the pipeline runs).",
+    )
+    health_check: HealthCheckConfig = Field(
+        default_factory=HealthCheckConfig, description="Checks a remotely swapped model before keeping it."
+    )
+    artifact_public_key: Path | None = Field(
+        None,
+        description="Ed25519 public key (PEM) that signs model artifacts; without it every artifact update "
+        "is refused unless allow_unsigned_artifacts is true.",
+    )
+    allow_unsigned_artifacts: bool = Field(
+        False,
+        description="Accept artifacts on their sha256 alone when no public key is set (guards against "
+        "corruption, not tampering: for closed networks and tests).",
+    )
+    artifact_max_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest artifact download accepted, in bytes."
+    )
+    prometheus_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics at /metrics on this port; None: off, 0: any free port.",
+    )
+    prometheus_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoint binds to (0.0.0.0: every interface).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outbox_in_state_dir(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        outbox = data.get("outbox", {})
+        if isinstance(outbox, dict) and "path" not in outbox:
+            state_dir = data.get("state_dir") or default_state_dir()
+            data = {**data, "outbox": {**outbox, "path": Path(state_dir) / "outbox.db"}}
+        return data
+
+
+def resolve_agent_paths(agent: AgentConfig, fix: Any) -> AgentConfig:
+    """The agent section with its relative paths passed through ``fix`` (see :func:`resolve_paths`)."""
+    updates: dict[str, Any] = {
+        "state_dir": fix(agent.state_dir),
+        "outbox": agent.outbox.model_copy(update={"path": fix(agent.outbox.path)}),
+    }
+    if agent.artifact_public_key is not None:
+        updates["artifact_public_key"] = fix(agent.artifact_public_key)
+    tls = agent.mqtt.tls
+    if tls is not None:
+        files = {n: fix(getattr(tls, n)) for n in ("ca_file", "cert_file", "key_file") if getattr(tls, n)}
+        updates["mqtt"] = agent.mqtt.model_copy(update={"tls": tls.model_copy(update=files)})
+    return agent.model_copy(update=updates)
+
+
+DeviceConfig.model_rebuild()  # `agent` refers to AgentConfig, defined after DeviceConfig

@@ -1,0 +1,237 @@
+"""Schemas of the pipeline's parts: model, backend, source, preprocessing, postprocessing, sinks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from lepton_edge.config.base import Strict
+
+
+class ArtifactRef(Strict):
+    """A model artifact to download, verify and activate (lepton_edge.device.updates)."""
+
+    url: str = Field(
+        description="Where to download it: https://, http:// or file:///absolute/path. A single model file "
+        "(.onnx, .plan) or a .tar of an artifact directory from `lepton-edge build`."
+    )
+    size: int = Field(gt=0, description="Exact size in bytes; a longer or shorter download is refused.")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits.")
+    signature: str | None = Field(
+        None,
+        description="Base64 ed25519 signature of the sha256 (`lepton-edge sign`), checked with "
+        "agent.artifact_public_key. Required unless unsigned artifacts are explicitly allowed.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "file"):
+            raise ValueError(f"url must start with https://, http:// or file://, got {url!r}")
+        local = parts.netloc in ("", "localhost") and parts.path.startswith("/")
+        if parts.scheme == "file" and not local:
+            raise ValueError(f"file URLs need an absolute path (file:///dir/model.onnx), got {url!r}")
+        if parts.scheme != "file" and not parts.hostname:
+            raise ValueError(f"url has no host: {url!r}")
+        return url
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower_hex(cls, digest: str) -> str:
+        return digest.lower()
+
+    @field_validator("signature")
+    @classmethod
+    def _base64_ed25519(cls, signature: str | None) -> str | None:
+        import base64
+        import binascii
+
+        if signature is None:
+            return None
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("signature is not valid base64 (copy it from `lepton-edge sign`)") from None
+        if len(raw) != 64:
+            raise ValueError(f"signature must decode to 64 bytes (ed25519), got {len(raw)}")
+        return signature
+
+
+class ModelConfig(Strict):
+    path: Path = Field(description="ONNX model (or built artifact directory) to run.")
+    artifact: ArtifactRef | None = Field(
+        None,
+        description="Download this artifact, verify it and run it instead of `path` (needs the agent "
+        "section); the previous one is kept for rollback.",
+    )
+    labels: Path | list[str] | None = Field(
+        None,
+        description="Class names: a text file with one label per line, or an inline list. "
+        "Defaults to the labels in the model's metadata, if any.",
+    )
+    task: Literal["auto", "detect", "classify", "raw"] = Field(
+        "auto", description="What the model does; `auto` reads the model metadata and output shapes."
+    )
+    precision: Literal["as-is", "fp32", "fp16", "int8", "auto"] = Field(
+        "as-is",
+        description="`as-is` runs `path` as given (an ONNX file or a built artifact directory). Any other value "
+        "treats `path` as an ONNX model and runs the engine built from it at that precision, from the engine "
+        "cache (built on first use). `auto` builds the candidate precisions, measures them here and keeps the "
+        "fastest one that passes the accuracy gate.",
+    )
+    calibration: Path | None = Field(
+        None, description="Calibration table (JSON from `lepton-edge calibrate`) for int8 builds."
+    )
+    calibration_data: str | None = Field(
+        None, description="Data set to calibrate from when int8 is built without a table: an image folder, "
+        "a video, or a .npy/.npz recording."
+    )
+    validation_data: Path | None = Field(
+        None, description="Held-out labelled data for the accuracy gate and `precision: auto` "
+        "(see docs/build.md for the formats)."
+    )
+    max_accuracy_drop: float = Field(
+        1.0, ge=0, description="Largest allowed drop against the fp32 model, in points of top-1 accuracy "
+        "(classifiers) or mAP@0.5 (detectors)."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Engine cache folder; default $CACHE_DIRECTORY/engines under systemd, else "
+        "~/.cache/lepton-edge/engines."
+    )
+
+
+class OnnxRuntimeBackendConfig(Strict):
+    type: Literal["onnxruntime"] = Field("onnxruntime", description="Run the model with onnxruntime.")
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="Execution providers in order of preference; unavailable ones are skipped with a warning.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads inside one operator; 0 picks the number of physical cores."
+    )
+    inter_op_threads: int = Field(1, ge=1, description="Threads running independent operators in parallel.")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisation level."
+    )
+    allow_spinning: bool | None = Field(
+        None,
+        description="Let idle intra-op threads spin. None: spin in a bare loop, sleep inside the pipeline "
+        "where other stages need the cores.",
+    )
+    warmup_runs: int = Field(3, ge=0, description="Inference runs on a zero tensor before the first frame.")
+
+
+class TensorRTBackendConfig(Strict):
+    type: Literal["tensorrt"] = Field(description="Run a serialized TensorRT engine (needs TensorRT and CUDA).")
+    device: int = Field(0, ge=0, description="CUDA device index.")
+    cuda_graph: bool = Field(False, description="Capture inference in a CUDA graph and replay it.")
+    warmup_runs: int = Field(3, ge=0, description="Inference runs before the first frame.")
+
+
+BackendConfig = Annotated[OnnxRuntimeBackendConfig | TensorRTBackendConfig, Field(discriminator="type")]
+
+
+class ReconnectConfig(Strict):
+    initial_backoff_s: float = Field(0.5, gt=0, description="First wait before reopening a failed live source.")
+    max_backoff_s: float = Field(10.0, gt=0, description="Cap of the exponential backoff between reopen attempts.")
+    stall_timeout_s: float = Field(
+        5.0, gt=0, description="A live source that delivers no frame for this long is closed and reopened."
+    )
+    max_attempts: int = Field(0, ge=0, description="Give up after this many failed reopen attempts; 0 retries forever.")
+
+
+class SourceConfig(Strict):
+    uri: str = Field(
+        description="Where frames come from: a video or image file or folder, rtsp://, http(s)://, /dev/videoN "
+        "or v4l2://N, csi://N, gst:<pipeline>, synthetic://shapes?fps=30, or a .npy/.npz tensor recording."
+    )
+    id: str | None = Field(None, description="Source id carried by every frame and result; defaults to the URI.")
+    live: bool | None = Field(
+        None,
+        description="Live sources drop stale frames (latest frame wins); offline sources block and drop nothing. "
+        "None decides from the URI: cameras and streams are live, files are offline.",
+    )
+    max_frame_age_ms: float = Field(
+        500.0, gt=0, description="Live frames older than this when inference starts are dropped as too old."
+    )
+    loop: bool = Field(False, description="Restart file sources from the beginning when they end.")
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source recovery policy.")
+
+
+class PreprocessConfig(Strict):
+    size: tuple[int, int] | None = Field(
+        None, description="Model input [width, height]; defaults to the model's static input shape."
+    )
+    resize: Literal["letterbox", "stretch", "none"] = Field(
+        "letterbox", description="Keep aspect ratio with padding (letterbox), stretch to fit, or no resize."
+    )
+    pad_value: int = Field(114, ge=0, le=255, description="Grey level of letterbox padding.")
+    color: Literal["rgb", "bgr", "gray"] = Field("rgb", description="Channel order the model expects.")
+    scale: float = Field(1 / 255.0, gt=0, description="Multiplier applied to pixel values before mean/std.")
+    mean: tuple[float, ...] = Field((0.0,), description="Subtracted per channel after scaling.")
+    std: tuple[float, ...] = Field((1.0,), description="Divisor per channel after subtracting the mean.")
+    layout: Literal["nchw", "nhwc"] | None = Field(None, description="Tensor layout; defaults from the model input.")
+    dtype: Literal["float32", "float16", "uint8"] | None = Field(
+        None, description="Tensor element type; defaults from the model input."
+    )
+
+
+class DetectConfig(Strict):
+    type: Literal["detect"] = Field(description="Decode object detections.")
+    layout: Literal["auto", "yolov8", "yolov5", "nms"] = Field(
+        "auto",
+        description="Output layout: yolov8/v11 `[1, 4+C, A]`, yolov5 `[1, A, 5+C]`, or nms (boxes already "
+        "selected in the graph). `auto` decides from the output shapes.",
+    )
+    conf_threshold: float = Field(0.25, ge=0, le=1, description="Minimum score to keep a detection.")
+    iou_threshold: float = Field(0.45, ge=0, le=1, description="Overlap above which NMS suppresses a box.")
+    max_detections: int = Field(100, ge=1, description="Most detections kept per frame.")
+    class_agnostic: bool = Field(False, description="Suppress overlapping boxes across classes too.")
+
+
+class ClassifyConfig(Strict):
+    type: Literal["classify"] = Field(description="Turn logits or probabilities into top-k classes.")
+    top_k: int = Field(5, ge=1, description="Number of classes reported.")
+    softmax: bool | None = Field(None, description="Apply softmax; None applies it unless outputs already sum to 1.")
+
+
+class RawConfig(Strict):
+    type: Literal["raw"] = Field(description="Pass outputs through unchanged.")
+
+
+PostprocessConfig = Annotated[DetectConfig | ClassifyConfig | RawConfig, Field(discriminator="type")]
+
+
+class JsonlSinkConfig(Strict):
+    type: Literal["jsonl"] = Field(description="Append one JSON object per result to a file.")
+    path: Path = Field(description="Output file; its folder is created.")
+    queue_size: int = Field(1024, ge=1, description="Results buffered before the sink drops (and counts) them.")
+    flush_every: int = Field(32, ge=1, description="Flush the file every N results.")
+
+
+class VideoSinkConfig(Strict):
+    type: Literal["video"] = Field(description="Write an annotated video (boxes, labels, latency).")
+    path: Path = Field(description="Output video file (.mp4 or .avi).")
+    fps: float = Field(30.0, gt=0, description="Frame rate written into the file.")
+    codec: str = Field("mp4v", min_length=4, max_length=4, description="FourCC of the video codec.")
+    queue_size: int = Field(64, ge=1, description="Frames buffered before the sink drops (and counts) them.")
+
+
+class ConsoleSinkConfig(Strict):
+    type: Literal["console"] = Field(description="Print a live table of fps, per-stage latency and detections.")
+    interval_s: float = Field(1.0, gt=0, description="Seconds between table refreshes.")
+
+
+SinkConfig = Annotated[JsonlSinkConfig | VideoSinkConfig | ConsoleSinkConfig, Field(discriminator="type")]
+
+
+class PipelineConfig(Strict):
+    latency_window: int = Field(
+        4096, ge=16, description="Latency samples kept per stage for percentiles (a sliding window)."
+    )
+    stats_interval_s: float = Field(5.0, gt=0, description="Seconds between pipeline statistics log lines.")

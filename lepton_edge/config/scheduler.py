@@ -1,0 +1,212 @@
+"""The typed configuration of a scheduler replica (``lepton-edge scheduler --config scheduler.yaml``).
+
+Every model forbids unknown fields and describes every field; ``deploy/scheduler.example.yaml`` shows
+each option. Errors name the file, the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from lepton_edge.config.base import format_validation_error, read_yaml
+from lepton_edge.config.fleet import MqttConfig
+from lepton_edge.core.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_replica_id() -> str:
+    """``<host>-<pid>``, restricted to the characters MQTT client ids and protocol ids allow."""
+    host = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+class ReplicasConfig(Strict):
+    replica_id: str = Field(
+        default_factory=default_replica_id,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Name of this replica in leader election, logs and `issued_by`; default <host>-<pid>.",
+    )
+    shared_subscriptions: bool = Field(
+        False,
+        description="Subscribe to telemetry and events through an MQTT v5 shared subscription "
+        "(`$share/<share_group>/...`), so several replicas split the ingestion. Needs PostgreSQL as the store.",
+    )
+    share_group: str = Field(
+        "lepton-scheduler",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Name of the shared-subscription group; every replica of one scheduler uses the same.",
+    )
+    share_presence: bool = Field(
+        False,
+        description="Also share births, deaths and config reports. Off: every replica receives them (they are "
+        "few, and a shared subscription never delivers retained messages, so a starting replica would "
+        "miss the fleet's retained births and deaths).",
+    )
+
+
+class IngestConfig(Strict):
+    batch_size: int = Field(2000, ge=1, le=100_000, description="Most telemetry messages written in one transaction.")
+    flush_interval_s: float = Field(
+        0.25, gt=0, le=60, description="Longest time a received telemetry message waits before it is written."
+    )
+    queue_max: int = Field(
+        200_000,
+        ge=100,
+        description="Telemetry messages waiting for the writer; above it new ones are dropped and counted "
+        "(`backlog_full`), which the liveness sweep tolerates (any message counts as a heartbeat).",
+    )
+    device_rate_hz: float = Field(
+        20.0,
+        gt=0,
+        description="Sustained messages per second accepted from one device (token bucket); above it "
+        "messages are rejected as a flood.",
+    )
+    device_burst: int = Field(100, ge=1, description="Burst size of the per-device token bucket.")
+    event_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Rejected messages are recorded as an event at most once per this many seconds per "
+        "reason (the event carries the count since the last one); every rejection is counted in stats.",
+    )
+
+
+class PlacementConfig(Strict):
+    headroom: float = Field(
+        0.8, gt=0, le=1, description="Highest planned utilisation of a device (sum of required/capacity)."
+    )
+    hysteresis: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Extra utilisation a device already hosting workloads may reach before anything is moved.",
+    )
+    debounce_s: float = Field(
+        0.2, ge=0, le=60, description="Placement triggers within this window are batched into one re-plan."
+    )
+    failure_cooldown_s: float = Field(
+        300.0,
+        ge=0,
+        description="After a device rejects or rolls back a workload's config, that workload is not "
+        "placed on that device again for this long.",
+    )
+    thermal_limit_c: float = Field(
+        85.0, gt=-273.15, le=500, description="A device whose hottest sensor is above this is throttled."
+    )
+    under_rate_ratio: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A device is under-rate when its fps stays below this fraction of the required fps of its "
+        "workloads for `under_rate_reports` telemetry messages in a row.",
+    )
+    under_rate_reports: int = Field(3, ge=1, description="Consecutive low reports before a device is under-rate.")
+    idle_config: dict[str, JsonValue] = Field(
+        default_factory=lambda: {"idle": True},
+        description="Desired config pushed to a device with nothing assigned, so it stops running a "
+        "workload that moved away (the device config must accept it; see docs/scheduler.md).",
+    )
+
+
+class ApiConfig(Strict):
+    enabled: bool = Field(True, description="Serve the HTTP API and dashboard.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address the API binds to (0.0.0.0: every interface).")
+    port: int = Field(8080, ge=0, le=65535, description="API port; 0 picks a free port.")
+
+
+class SchedulerConfig(Strict):
+    """One scheduler replica: where the fleet state lives, the broker, and the fleet policies."""
+
+    store_url: str = Field(
+        "sqlite:///scheduler.db",
+        min_length=1,
+        description="Fleet state: sqlite:///path (one replica) or postgresql://user@host/db (several replicas). "
+        "A relative SQLite path is relative to the config file's folder.",
+    )
+    mqtt: MqttConfig = Field(
+        description="Broker connection; client_id defaults to lepton-scheduler-<replica_id>, session_expiry_s to 0."
+    )
+    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig, description="Scale-out and leader election.")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="A device with no message for this long is marked offline."
+    )
+    sweep_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds between liveness sweeps (and leader reconciliations with the store); "
+        "default: a quarter of heartbeat_timeout_s, at most 5.",
+    )
+    leader_check_s: float = Field(
+        2.0, gt=0, le=300, description="Seconds between attempts to take (or confirm) placement leadership."
+    )
+    fleet_rebirth_on_start: bool = Field(
+        True, description="Ask every device for a rebirth when this replica becomes leader, to resync."
+    )
+    stats_log_s: float = Field(30.0, gt=0, description="Seconds between statistics log lines.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Telemetry ingestion and flood control.")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Placement policy.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and dashboard.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mqtt_client_id(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            replicas = data.get("replicas") or {}
+            if isinstance(replicas, dict) and "replica_id" not in replicas:
+                replicas = {**replicas, "replica_id": default_replica_id()}
+                data = {**data, "replicas": replicas}
+            mqtt = data.get("mqtt", {})
+            if isinstance(mqtt, dict) and isinstance(replicas, dict):
+                # No broker session survives a replica: a stopped replica must not keep receiving (and
+                # losing) its share of the messages; state comes back from retained messages and rebirths.
+                defaults = {"client_id": f"lepton-scheduler-{replicas.get('replica_id')}", "session_expiry_s": 0}
+                data = {**data, "mqtt": {**defaults, **mqtt}}
+        return data
+
+    @model_validator(mode="after")
+    def _checks(self) -> SchedulerConfig:
+        if self.replicas.shared_subscriptions and self.store_url.startswith("sqlite"):
+            raise ValueError(
+                "replicas.shared_subscriptions needs a store shared by the replicas: set store_url to "
+                "postgresql://... (SQLite serves one replica)"
+            )
+        return self
+
+    @property
+    def sweep_s(self) -> float:
+        """The effective liveness sweep interval."""
+        return self.sweep_interval_s or min(5.0, self.heartbeat_timeout_s / 4)
+
+
+def parse_scheduler_config(
+    data: Any, origin: str = "<scheduler config>", base_dir: Path | None = None
+) -> SchedulerConfig:
+    """Validate a scheduler config mapping; a relative SQLite path is resolved against ``base_dir``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    data = {**data, "mqtt": data.get("mqtt") or {}}
+    try:
+        config = SchedulerConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+    url = config.store_url
+    if base_dir is not None and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            config = config.model_copy(update={"store_url": f"sqlite:///{(base_dir / path).resolve()}"})
+    return config
+
+
+def load_scheduler_config(path: str | Path) -> SchedulerConfig:
+    """Load and validate a scheduler config YAML file."""
+    path = Path(path)
+    return parse_scheduler_config(read_yaml(path, "scheduler config"), str(path), base_dir=path.parent)

@@ -1,0 +1,1 @@
+../../models/yolov8n_sized.py

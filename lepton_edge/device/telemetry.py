@@ -1,0 +1,252 @@
+"""Telemetry: what the device reports every interval (pipeline performance, drops, system health).
+
+Everything here is read on demand from counters the pipeline keeps anyway, so reporting costs nothing
+between two messages. An idle runtime (no pipeline) reports ``fps`` 0, no latency, no frame age, no
+sources and no artifact; frame and drop counters keep their totals. System figures come from psutil and,
+where present, from sysfs: thermal zones (``/sys/class/thermal/thermal_zone*/temp`` and ``type``) and the
+Jetson GPU load (``/sys/devices/gpu.0/load`` or ``/sys/devices/platform/gpu.0/load``, in tenths of a
+percent).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from lepton_edge.core.metrics import RateMeter
+from lepton_edge.fleet.protocol import OutboxStatus, Percentiles, Telemetry, Usage
+from lepton_edge.runtime.pipeline import STAGES, PipelineStats
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 128
+MAX_TEMPERATURES = 32
+GPU_LOAD_FILES = ("devices/gpu.0/load", "devices/platform/gpu.0/load")
+
+SOURCE_STATES = {
+    "idle": "starting",
+    "connecting": "starting",
+    "streaming": "running",
+    "stalled": "stalled",
+    "reconnecting": "reconnecting",
+    "ended": "ended",
+    "stopped": "ended",
+    "failed": "failed",
+}
+"""Reader states (lepton_edge.runtime.sources.SourceState) -> protocol source states."""
+
+
+class RuntimeView(Protocol):
+    """What telemetry reads from the running pipeline (implemented by RuntimeController)."""
+
+    @property
+    def stats(self) -> PipelineStats: ...
+
+    @property
+    def artifact_id(self) -> str | None: ...
+
+    @property
+    def config_version(self) -> int: ...
+
+    @property
+    def idle(self) -> bool: ...
+
+    def source_states(self) -> dict[str, str]: ...
+
+
+def clip_name(text: str) -> str:
+    """``text`` cut to a protocol name (1-128 characters)."""
+    return text[:MAX_NAME] or "unknown"
+
+
+def protocol_source_state(state: str) -> str:
+    return SOURCE_STATES.get(state, "starting")
+
+
+def percentiles(summary: dict[str, float]) -> Percentiles:
+    """A LatencyWindow summary as protocol percentiles (forced into order against float noise)."""
+    p50 = max(0.0, float(summary["p50"]))
+    p90 = max(p50, float(summary["p90"]))
+    p99 = max(p90, float(summary["p99"]))
+    return Percentiles(p50=p50, p90=p90, p99=p99, max=max(p99, float(summary["max"])))
+
+
+class CpuMeter:
+    """Whole-device CPU use between successive calls (each consumer keeps its own baseline)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._last = psutil.cpu_times()
+
+    def percent(self) -> float:
+        now = self._psutil.cpu_times()
+        last, self._last = self._last, now
+        idle = (now.idle + getattr(now, "iowait", 0.0)) - (last.idle + getattr(last, "iowait", 0.0))
+        total = sum(now) - sum(last)
+        if total <= 0:
+            return 0.0
+        return min(100.0, max(0.0, 100.0 * (1.0 - idle / total)))
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _valid_celsius(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and -273.15 <= value <= 500
+
+
+class SystemMonitor:
+    """CPU, memory, disk, temperatures and GPU load. ``sysfs`` is the sysfs root (a folder in tests)."""
+
+    def __init__(self, data_dir: str | Path, sysfs: str | Path = "/sys") -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.data_dir = Path(data_dir)
+        self.sysfs = Path(sysfs)
+        self._cpu = CpuMeter()
+
+    def cpu_percent(self) -> float:
+        return self._cpu.percent()
+
+    def memory(self) -> Usage:
+        vm = self._psutil.virtual_memory()
+        total = int(vm.total)
+        return Usage(used_bytes=min(total, max(0, total - int(vm.available))), total_bytes=total)
+
+    def disk(self) -> Usage:
+        """Usage of the disk that holds ``data_dir`` (its nearest existing parent)."""
+        path = self.data_dir
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            du = self._psutil.disk_usage(str(path))
+        except OSError:
+            return Usage(used_bytes=0, total_bytes=0)
+        total = int(du.total)
+        return Usage(used_bytes=min(total, int(du.used)), total_bytes=total)
+
+    def temperatures(self) -> dict[str, float]:
+        """Readable sensors, name -> degrees Celsius (at most 32)."""
+        temps: dict[str, float] = {}
+
+        def add(name: str, value: float) -> None:
+            if len(temps) >= MAX_TEMPERATURES or not _valid_celsius(value):
+                return
+            name = clip_name(name)
+            if name in temps:
+                return
+            temps[name] = round(float(value), 2)
+
+        read = getattr(self._psutil, "sensors_temperatures", None)
+        if read is not None:
+            try:
+                sensors = read() or {}
+            except Exception as e:  # psutil raises assorted errors on odd hwmon drivers
+                log.debug("psutil.sensors_temperatures failed: %s", e)
+                sensors = {}
+            for chip, entries in sensors.items():
+                for i, entry in enumerate(entries):
+                    label = entry.label or (str(i) if len(entries) > 1 else "")
+                    add(f"{chip}.{label}" if label else chip, entry.current)
+        for zone in sorted((self.sysfs / "class" / "thermal").glob("thermal_zone*")):
+            raw = _read_text(zone / "temp")
+            if raw is None:
+                continue
+            try:
+                celsius = int(raw) / 1000.0
+            except ValueError:
+                continue
+            add(_read_text(zone / "type") or zone.name, celsius)
+        return temps
+
+    def gpu_percent(self) -> float | None:
+        """Jetson integrated GPU load (0-100), or None where not readable."""
+        for rel in GPU_LOAD_FILES:
+            raw = _read_text(self.sysfs / rel)
+            if raw is None:
+                continue
+            try:
+                return min(100.0, max(0.0, int(raw) / 10.0))
+            except ValueError:
+                continue
+        return None
+
+
+class TelemetryCollector:
+    """Builds :class:`Telemetry` messages for one device from the runtime, the system and the outbox."""
+
+    def __init__(self, device_id: str, runtime: RuntimeView, outbox: Any, system: SystemMonitor) -> None:
+        self.device_id = device_id
+        self.runtime = runtime
+        self.outbox = outbox
+        self.system = system
+        self._rate = RateMeter(runtime.stats)
+        self._frames_base = 0
+        self._drops_base: dict[str, int] = {}
+        self.new_session()
+
+    def new_session(self) -> None:
+        """Start counting frames and drops from zero (call on every new lepton session)."""
+        stats = self.runtime.stats
+        self._frames_base = stats.results
+        self._drops_base = stats.drops.snapshot()
+
+    def build(self, session_id: int, seq: int, interval_s: float) -> Telemetry:
+        stats = self.runtime.stats
+        idle = self.runtime.idle
+        fps = max(0.0, self._rate.update())  # updated while idle too, so the next interval starts here
+        drops = {
+            clip_name(reason): count - self._drops_base.get(reason, 0)
+            for reason, count in stats.drops.snapshot().items()
+            if count - self._drops_base.get(reason, 0) > 0
+        }
+        latency = {}
+        frame_age = None
+        if not idle:
+            for stage in STAGES:
+                window = stats.latency.get(stage)
+                if stage != "frame_age" and window is not None and window.count:
+                    latency[stage] = percentiles(window.summary())
+            age_window = stats.latency.get("frame_age")
+            if age_window is not None and age_window.count:
+                frame_age = percentiles(age_window.summary())
+        out = self.outbox.stats()
+        artifact = self.runtime.artifact_id
+        return Telemetry(
+            device_id=self.device_id,
+            session_id=session_id,
+            seq=seq,
+            timestamp=time.time(),
+            interval_s=float(interval_s),
+            fps=0.0 if idle else fps,
+            frames=max(0, stats.results - self._frames_base),
+            drops=dict(list(drops.items())[:32]),
+            latency_ms=latency,
+            frame_age_ms=frame_age,
+            sources={
+                clip_name(k): protocol_source_state(v)  # type: ignore[misc]
+                for k, v in list(self.runtime.source_states().items())[:64]
+            },
+            artifact_id=clip_name(artifact) if artifact else None,
+            cpu_percent=self.system.cpu_percent(),
+            memory=self.system.memory(),
+            disk=self.system.disk(),
+            temperatures_c=self.system.temperatures(),
+            gpu_percent=self.system.gpu_percent(),
+            config_version=self.runtime.config_version,
+            outbox=OutboxStatus(
+                depth=out.depth,
+                bytes=out.bytes,
+                dropped={clip_name(k): v for k, v in list(out.dropped.items())[:16]},
+            ),
+        )

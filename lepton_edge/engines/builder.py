@@ -1,0 +1,345 @@
+"""Builds an artifact: calibrates, quantizes or builds the engine, measures it against the accuracy gate, and
+publishes it atomically with its manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lepton_edge import __version__
+from lepton_edge.config.pipeline import PreprocessConfig
+from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.core.fileio import fsync_path, fsync_tree
+from lepton_edge.core.tensors import TensorSpec
+from lepton_edge.engines.artifacts import (
+    MANIFEST_NAME,
+    ONNX_ENGINE,
+    TRT_ENGINE,
+    AccuracyInfo,
+    BuilderInfo,
+    BuildPrecision,
+    CalibrationInfo,
+    DeviceInfo,
+    EngineInfo,
+    Manifest,
+    ProgressArg,
+    RuntimeInfo,
+    SourceModel,
+    backend_config_for,
+    check_target,
+    compute_fingerprint,
+    current_environment,
+    is_artifact,
+    tensor_info,
+    write_manifest,
+)
+from lepton_edge.engines.calibration import calibrate, load_table, quantize_qdq, write_tensorrt_cache
+from lepton_edge.engines.evaluation.compare import accuracy_gate, compare
+from lepton_edge.engines.onnx_tools import inspect_onnx, sha256_file, unsupported_ops
+from lepton_edge.runtime.backends import create_backend
+from lepton_edge.runtime.backends.tensorrt import build_engine, import_tensorrt
+
+log = logging.getLogger(__name__)
+
+
+class TrtOptions(BaseModel):
+    """TensorRT builder options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workspace_mb: int = Field(1024, gt=0, description="Builder workspace limit in MiB.")
+    dla_core: int | None = Field(None, ge=0, description="Run on this DLA core (Jetson), GPU fallback on.")
+    timing_cache: Path | None = Field(None, description="Timing cache file, read if present and updated.")
+    profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] | None = Field(
+        None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: dynamic dims 1.")
+    int8_mode: Literal["qdq", "legacy-cache"] = Field(
+        "qdq", description="qdq: explicit quantization from the QDQ model; legacy-cache: implicit "
+        "calibration replaying a TensorRT calibration cache written from the table (TensorRT <= 10).")
+
+
+def _reporter(progress: ProgressArg, model: Path) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress:
+        return lambda stage: log.info("%s: %s", model.name, stage)
+    return lambda stage: None
+
+
+def _default_profiles(inputs: list[TensorSpec]) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
+    """One profile with every dynamic dimension at 1: the runtime feeds one frame at a time."""
+    if all(spec.is_static for spec in inputs):
+        return []
+    profile = {}
+    for spec in inputs:
+        if not spec.is_static:
+            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+            profile[spec.name] = (shape, shape, shape)
+    return [profile]
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a directory; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_artifact(out_dir):
+        raise ConfigError(f"{out_dir}: exists and is not an artifact directory (no {MANIFEST_NAME}); refusing "
+                          "to replace it. Choose another --out or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out_dir``, removed when the block fails."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the artifact is read by the service user too
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(staged: Path, out_dir: Path) -> None:
+    """Sync ``staged`` and rename it to ``out_dir``, replacing a previous artifact there."""
+    fsync_tree(staged)
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rename(out_dir, old / "artifact")
+        try:
+            os.rename(staged, out_dir)
+        except BaseException:
+            os.rename(old / "artifact", out_dir)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staged, out_dir)
+    fsync_path(out_dir.parent)
+
+
+def _load_calibration(calibration: Any, info: Any) -> Any:
+    """A CalibrationTable from a table object or file, checked against the model."""
+
+    if isinstance(calibration, str | Path):
+        return load_table(Path(calibration), model_sha256=info.sha256)
+    if getattr(calibration, "model_sha256", None) != info.sha256:
+        raise ConfigError(
+            f"model_sha256: the calibration table was made for another model ({calibration.model_name}, sha256 "
+            f"{str(calibration.model_sha256)[:16]}...), not for {info.path} (sha256 {info.sha256[:16]}...); the model "
+            "changed since it was calibrated. Calibrate this model again: lepton-edge calibrate --model MODEL "
+            "--data DATA --out TABLE"
+        )
+    return calibration
+
+
+def table_sha256(table: Any) -> str:
+    """Fingerprint of a calibration table: sha256 of its canonical JSON."""
+    data = table.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _calibrate(model: Path, info: Any, calibration: Any, calibration_data: str | None, options: dict[str, Any],
+               preprocess: PreprocessConfig | None, report: Callable[[str], None], show_bar: bool) -> Any:
+    if calibration is not None:
+        return _load_calibration(calibration, info)
+    if not calibration_data:
+        raise ModelError(
+            f"{model}: int8 needs calibration: give a calibration table (--calibration, model.calibration, "
+            "from `lepton-edge calibrate`) or calibration data (--calibration-data, model.calibration_data: "
+            "an image folder, a video or a .npy/.npz recording)"
+        )
+
+    report(f"calibrating from {calibration_data}")
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    return calibrate(model, calibration_data, preprocess=preprocess, progress=show_bar, **kwargs)
+
+
+def _copy_onnx(model: Path, info: Any, dest: Path) -> None:
+    """The fp32 engine for onnxruntime: the model itself, with external weights folded in."""
+    if not info.external_data:
+        shutil.copyfile(model, dest)
+        return
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=True)
+    try:
+        onnx.save(proto, str(dest))
+    except ValueError as e:  # protobuf's 2 GiB limit
+        raise ModelError(f"{model}: cannot fold its external data into one file ({e}); models over 2 GiB "
+                         "are not supported for onnxruntime artifacts") from None
+
+
+def _trt_version_code(version: str) -> int:
+    """TensorRT's calibration-cache version number: 8.6.1 -> 8601, 10.3.0 -> 100300."""
+    import re
+
+    major, minor, patch = ([int(p) for p in re.findall(r"\d+", version)] + [0, 0, 0])[:3]
+    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+
+
+def build_artifact(
+    model: str | Path,
+    out_dir: str | Path,
+    *,
+    target: str = "onnxruntime-cpu",
+    precision: BuildPrecision = "fp32",
+    calibration: Any = None,
+    calibration_data: str | None = None,
+    calibration_options: dict[str, Any] | None = None,
+    validation_data: str | Path | None = None,
+    validation_samples: int | None = None,
+    max_accuracy_drop: float = 1.0,
+    preprocess: PreprocessConfig | None = None,
+    trt_options: TrtOptions | None = None,
+    progress: ProgressArg = True,
+) -> Manifest:
+    """Build the engine of ``model`` for ``target`` at ``precision`` into the artifact directory ``out_dir``.
+
+    int8 needs ``calibration`` (a CalibrationTable or a table file made for this model) or
+    ``calibration_data`` to calibrate from (``calibration_options``: method, samples, seed, percentile),
+    unless the model is already quantized (Q/DQ). With ``validation_data`` the accuracy gate runs: the
+    build fails, leaving no artifact, when the engine loses more than ``max_accuracy_drop`` points against
+    the fp32 model. fp16 is refused for onnxruntime targets (CPU kernels run fp16 slower than fp32).
+    Writing is atomic; a failed build leaves a previous artifact at ``out_dir`` untouched.
+    """
+
+    model, out_dir = Path(model), Path(out_dir)
+    check_target(target)
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"precision must be fp32, fp16 or int8 for a build, got {precision!r}")
+    if precision == "fp16" and target != "tensorrt":
+        raise ConfigError(
+            f"{model}: fp16 is not built for {target}: onnxruntime's CPU kernels compute fp16 models by "
+            "converting to fp32, so they run slower than the fp32 model. Use fp32 or int8 on onnxruntime, "
+            "or target tensorrt for fp16"
+        )
+    trt_options = trt_options or TrtOptions()
+    report = _reporter(progress, model)
+    info = inspect_onnx(model)
+    if target == "tensorrt":
+        import_tensorrt()  # BackendUnavailable, saying what to install, before any work
+    else:
+        missing = unsupported_ops(info, "onnxruntime-cpu")
+        if missing:
+            raise ModelError(f"{model}: onnxruntime cannot run these operators: {', '.join(missing)}; "
+                             "re-export the model without them (another opset, or simpler layers)")
+    _prepare_out_dir(out_dir)
+    env = current_environment(target)
+
+    table = None
+    if precision == "int8" and not info.has_qdq:
+        table = _calibrate(model, info, calibration, calibration_data, calibration_options or {}, preprocess,
+                           report, progress is True)
+        if getattr(table, "samples", 1) <= 0:
+            raise ModelError(f"{model}: the calibration set is empty (0 samples); give calibration data with "
+                             "images the model sees in production")
+    elif precision == "int8":
+        report("model is already quantized (Q/DQ): using its own scales")
+
+    builder = BuilderInfo()
+    profiles: list[dict[str, list[list[int]]]] = []
+    with staging_dir(out_dir) as staged:
+        if target == "tensorrt":
+            engine_file = TRT_ENGINE
+            builder, profiles = _build_tensorrt(model, info, staged, precision, table, trt_options, env, report)
+        else:
+            engine_file = ONNX_ENGINE
+            builder.optimization_level = "all"
+            if table is not None:
+                report("quantizing (QDQ, per channel)")
+                quantize_qdq(model, table, staged / engine_file, per_channel=True)
+                builder.int8_mode, builder.per_channel = "qdq", True
+            else:
+                _copy_onnx(model, info, staged / engine_file)
+        engine_path = staged / engine_file
+        source = SourceModel(name=model.name, sha256=info.sha256, opset=info.opset,
+                             inputs=[tensor_info(s) for s in info.inputs],
+                             outputs=[tensor_info(s) for s in info.outputs], metadata=dict(info.metadata))
+        calibration_info = None
+        if table is not None:
+            calibration_info = CalibrationInfo(table_sha256=table_sha256(table), method=str(table.method),
+                                               samples=int(table.samples),
+                                               dataset_sha256=getattr(table, "dataset_sha256", None))
+        manifest = Manifest(
+            lepton_edge_version=__version__,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            source_model=source, target=target, precision=precision,
+            engine=EngineInfo(file=engine_file, sha256=sha256_file(engine_path), size=engine_path.stat().st_size),
+            calibration=calibration_info, runtime=RuntimeInfo(**env["runtime"]), device=DeviceInfo(**env["device"]),
+            profiles=profiles, builder=builder, fingerprint="",
+        )
+        if validation_data is not None:
+            report(f"accuracy gate on {validation_data}")
+            manifest.accuracy = run_gate(model, engine_path, manifest, validation_data, validation_samples,
+                                         max_accuracy_drop, preprocess)
+        manifest.fingerprint = compute_fingerprint(manifest)
+        write_manifest(staged, manifest)
+        publish(staged, out_dir)
+    report(f"wrote {out_dir} ({precision}, {target}, fingerprint {manifest.fingerprint[:12]})")
+    return manifest
+
+
+def run_gate(model: Path, engine_path: Path, manifest: Manifest, data: str | Path, samples: int | None,
+             max_drop: float, preprocess: PreprocessConfig | None) -> AccuracyInfo:
+    """Compare the staged engine with the fp32 model on ``data``; ModelError when it drops too much."""
+
+    backend = create_backend(engine_path, backend_config_for(manifest.target, warmup_runs=0))
+    backend.load()
+    try:
+        backend.metadata = {**manifest.source_model.metadata, **backend.metadata}
+        report = compare(model, backend, Path(data), samples=samples, preprocess=preprocess,
+                         candidate_name=manifest.precision)
+    finally:
+        backend.close()
+    accuracy_gate(report, max_drop)
+    return AccuracyInfo(metric=report.metric, reference=report.reference_value, value=report.candidate_value,
+                        drop=report.drop, max_drop=max_drop, samples=report.samples, data_sha256=report.data_sha256)
+
+
+def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table: Any, options: TrtOptions,
+                    env: dict[str, Any], report: Callable[[str], None]) -> tuple[BuilderInfo, list]:
+    source = model
+    cache = None
+    int8_mode = None
+    if table is not None and options.int8_mode == "qdq":
+        report("quantizing (QDQ) for explicit int8")
+        source = quantize_qdq(model, table, staged / "qdq.onnx", per_channel=True)
+        int8_mode = "qdq"
+    elif table is not None:
+        version = env["runtime"]["tensorrt"] or "8.6.1"
+        cache = staged / "calibration.cache"
+        # The builder replays caches through an EntropyCalibration2 calibrator, and TensorRT ignores a cache
+        # whose header names another algorithm; the ranges are the table's whatever its method.
+        carrier = table.model_copy(update={"method": "entropy"})
+        write_tensorrt_cache(carrier, cache, trt_version=_trt_version_code(version))
+        int8_mode = "legacy-cache"
+    elif precision == "int8":
+        int8_mode = "qdq"
+    profiles = options.profiles if options.profiles is not None else _default_profiles(info.inputs)
+    try:
+        plan, facts = build_engine(source, precision=precision, calibration_cache=cache,
+                                   timing_cache=options.timing_cache, workspace_mb=options.workspace_mb,
+                                   dla_core=options.dla_core, profiles=profiles, progress=report)
+    finally:
+        for scratch in (staged / "qdq.onnx", staged / "calibration.cache"):
+            with contextlib.suppress(FileNotFoundError):
+                scratch.unlink()
+    (staged / TRT_ENGINE).write_bytes(plan)
+    builder = BuilderInfo(
+        workspace_mb=options.workspace_mb, dla_core=options.dla_core,
+        timing_cache=str(options.timing_cache) if options.timing_cache else None,
+        int8_mode=int8_mode, per_channel=True if int8_mode == "qdq" and table is not None else None,
+        strongly_typed=facts.get("strongly_typed"), builder_flags=list(facts.get("builder_flags", [])),
+    )
+    recorded = [{name: [list(s) for s in shapes] for name, shapes in p.items()} for p in profiles]
+    return builder, recorded

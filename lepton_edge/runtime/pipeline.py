@@ -1,0 +1,471 @@
+"""The pipeline: ``source -> preprocess -> backend -> postprocess -> sinks``, one thread per stage.
+
+- Live sources feed a one-slot *latest-frame-wins* channel: when inference is slower than the
+  camera, the older frame is dropped (``superseded``), never queued. Frames older than
+  ``max_frame_age_ms`` when a stage picks them up are dropped (``too_old``).
+- Offline sources (files, folders, unpaced generators) block instead and drop nothing.
+- Input tensors come from a small pool of preallocated buffers; nothing is allocated per frame on the
+  preprocess/infer path once the frame size is stable.
+- Every result carries its capture time and the milliseconds spent in each stage.
+- ``stop()`` drains in-flight frames and closes the sinks; a stage that raises aborts every other
+  stage at once and the error reaches the caller of ``wait()``/``run()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lepton_edge.core.errors import LeptonError, ModelError, PipelineError
+from lepton_edge.core.metrics import DropCounter, LatencyWindow
+from lepton_edge.core.results import Frame, Result, now
+from lepton_edge.runtime.backends.base import Backend
+from lepton_edge.runtime.channel import CLOSED, Channel, ChannelClosed
+from lepton_edge.runtime.preprocess import Preprocessor, Transform
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "queue", "preprocess", "infer", "postprocess", "e2e", "frame_age")
+"""Latency series kept per pipeline: per-stage times plus end-to-end latency and frame age at inference."""
+
+BUFFER_POOL_SIZE = 3
+"""Input tensors in flight: one being filled, one waiting for the backend, one inside it."""
+
+
+class PipelineStats:
+    """Counters and latency windows, written by the stage threads and read by anyone."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.latency = {name: LatencyWindow(window) for name in STAGES}
+        self.drops = DropCounter()
+        self.frames_in = 0
+        self.results = 0
+        self.detections = 0
+        self.started_at = now()
+        self.last_result_at: float | None = None
+        self.source_state = "idle"
+
+    def snapshot(self) -> dict[str, Any]:
+        t = now()
+        return {
+            "time": t,
+            "uptime_s": t - self.started_at,
+            "frames_in": self.frames_in,
+            "results": self.results,
+            "detections": self.detections,
+            "drops": self.drops.snapshot(),
+            "latency_ms": {name: w.summary() for name, w in self.latency.items()},
+            "source_state": self.source_state,
+        }
+
+
+
+
+@dataclass(slots=True)
+class _Work:
+    frame: Frame
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    model: ModelBundle | None = None
+    buffer: np.ndarray | None = None
+    transform: Transform | None = None
+    outputs: list[np.ndarray] | None = None
+    age_ms: float = 0.0
+
+
+def tensor_into(data: np.ndarray, out: np.ndarray) -> None:
+    """Copy a recorded sensor tensor into an input buffer, adding the batch axis if it is missing."""
+    if data.shape == out.shape[1:]:
+        data = data[None]
+    if data.shape != out.shape:
+        raise ModelError(f"recorded tensor of shape {data.shape} does not fit model input {out.shape}")
+    np.copyto(out, data, casting="unsafe")
+
+
+class ModelBundle:
+    """A loaded model with its pre/postprocessing and its own pool of input buffers.
+
+    The pipeline swaps bundles as one unit at a frame boundary; a retired bundle's backend is closed
+    once the last frame that used it has left the pipeline.
+    """
+
+    def __init__(self, backend: Backend, preprocessor: Preprocessor | None,
+                 postprocessor: Callable[[list[np.ndarray], Transform], Any]) -> None:
+        if len(backend.inputs) != 1:
+            raise ModelError(
+                f"the pipeline feeds one input tensor; this model has {len(backend.inputs)}: "
+                f"{[s.name for s in backend.inputs]}"
+            )
+        self.backend = backend
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        self.input_name = backend.inputs[0].name
+        spec = backend.inputs[0]
+        shape = preprocessor.shape if preprocessor else tuple(
+            d if isinstance(d, int) else 1 for d in spec.shape)
+        dtype = preprocessor.dtype if preprocessor else spec.dtype
+        self.pool: Channel[np.ndarray] = Channel(BUFFER_POOL_SIZE, "block")
+        for _ in range(BUFFER_POOL_SIZE):
+            self.pool.put(np.zeros(shape, dtype))
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._retired = False
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            close = self._retired and self._in_flight == 0
+        if close:
+            self.close()
+
+    def retire(self) -> None:
+        """Close the backend now if idle, else when the last in-flight frame is done."""
+        with self._lock:
+            self._retired = True
+            close = self._in_flight == 0
+        if close:
+            self.close()
+
+    def close(self) -> None:
+        self.pool.abort()
+        self.backend.close()
+
+
+class Pipeline:
+    """Runs frames from ``reader`` through the model into ``sinks``.
+
+    ``reader`` is an iterable of :class:`Frame` with a ``close()`` (a ``FrameReader``); ``live``
+    selects the drop policy. Build one from a config with :func:`lepton_edge.runtime.assembly.build_pipeline`.
+    """
+
+    def __init__(
+        self,
+        reader: Any,
+        backend: Backend,
+        postprocessor: Callable[[list[np.ndarray], Transform], Any],
+        sinks: Sequence[Any] = (),
+        *,
+        preprocessor: Preprocessor | None,
+        live: bool,
+        max_frame_age_ms: float = 500.0,
+        max_frames: int | None = None,
+        latency_window: int = 4096,
+        stats: PipelineStats | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.model = ModelBundle(backend, preprocessor, postprocessor)
+        self.reader = reader
+        self.sinks = list(sinks)
+        self.live = live
+        self.max_age_s = max_frame_age_ms / 1000.0
+        self.max_frames = max_frames
+        self.stats = stats or PipelineStats(latency_window)
+        self._stop = stop_event or threading.Event()
+        self._frames: Channel[_Work] = Channel(1, "latest") if live else Channel(2, "block")
+        self._tensors: Channel[_Work] = Channel(1, "block")
+        self._outputs: Channel[_Work] = Channel(2, "block")
+        self._sinks_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._error: BaseException | None = None
+        self._error_lock = threading.Lock()
+
+    @property
+    def backend(self) -> Backend:
+        return self.model.backend
+
+    @property
+    def preprocessor(self) -> Preprocessor | None:
+        return self.model.preprocessor
+
+    @property
+    def postprocessor(self) -> Callable[[list[np.ndarray], Transform], Any]:
+        return self.model.postprocessor
+
+    @property
+    def keep_image(self) -> bool:
+        return any(getattr(s, "needs_image", False) for s in self.sinks)
+
+    # -- live changes, applied at frame boundaries ----------------------------------------------
+
+    def swap_model(self, bundle: ModelBundle, retire_old: bool = True) -> ModelBundle:
+        """Run the next frames on ``bundle`` and return the previous bundle.
+
+        The old model is closed once its frames are done, unless ``retire_old`` is False: then the caller
+        keeps it alive (to swap it back after a failed health check) and must ``retire()`` it later.
+        """
+        old, self.model = self.model, bundle
+        if retire_old:
+            old.retire()
+        return old
+
+    def swap_postprocessor(self, postprocessor: Callable[[list[np.ndarray], Transform], Any]) -> None:
+        """New thresholds or decoder for the current model, from the next frame on."""
+        self.model.postprocessor = postprocessor
+
+    def swap_sinks(self, sinks: Sequence[Any]) -> None:
+        """Deliver to ``sinks`` from the next result on; the old sinks are flushed and closed."""
+        with self._sinks_lock:
+            old, self.sinks = self.sinks, list(sinks)
+        for sink in old:
+            if sink not in self.sinks:
+                sink.close()
+
+    def swap_source(self, reader: Any, live: bool) -> None:
+        """Read from ``reader`` from now on; the old reader is closed (its frames in flight finish)."""
+        old, self.reader = self.reader, reader
+        self.live = live
+        self._frames.policy = "latest" if live else "block"
+        old.close()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set to stop the source; the rest of the pipeline drains and ends."""
+        return self._stop
+
+    def start(self) -> Pipeline:
+        if self._threads:
+            raise RuntimeError("pipeline already started")
+        self.stats.started_at = now()
+        for name, target in (
+            ("source", self._source_loop),
+            ("preprocess", self._preprocess_loop),
+            ("infer", self._infer_loop),
+            ("postprocess", self._postprocess_loop),
+        ):
+            t = threading.Thread(target=self._guard, args=(name, target), name=f"lepton-{name}", daemon=True)
+            self._threads.append(t)
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        """Graceful stop: no new frames; frames in flight finish and sinks are flushed."""
+        self._stop.set()
+
+    def abort(self, error: BaseException | None = None) -> None:
+        """Immediate stop: in-flight frames are discarded."""
+        if error is not None:
+            with self._error_lock:
+                if self._error is None:
+                    self._error = error
+        self._stop.set()
+        for ch in (self._frames, self._tensors, self._outputs):
+            ch.abort()
+        self.model.pool.abort()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every stage to end. Returns False on timeout; raises the first stage error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                return False
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, LeptonError):
+                raise err
+            raise PipelineError(f"pipeline stage failed: {type(err).__name__}: {err}") from err
+        return True
+
+    def run(self, duration_s: float | None = None, *, tick: Callable[[], None] | None = None,
+            tick_interval_s: float = 5.0) -> dict[str, Any]:
+        """Start, run until the source ends, ``duration_s`` passes or ``stop()``; return the stats.
+
+        ``tick`` is called every ``tick_interval_s`` on the calling thread (periodic logging).
+        """
+        self.start()
+        deadline = None if duration_s is None else now() + duration_s
+        next_tick = now() + tick_interval_s
+        try:
+            while not self.wait(0.1):
+                t = now()
+                if deadline is not None and t >= deadline:
+                    self.stop()
+                    deadline = None
+                if tick is not None and t >= next_tick:
+                    next_tick = t + tick_interval_s
+                    tick()
+        except BaseException:
+            self.abort()
+            self.wait(5.0)
+            raise
+        return self.stats.snapshot()
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.wait(10.0)
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _guard(self, name: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as e:  # every failure must reach the caller, never hang the others
+            log.error("stage %s failed: %s: %s", name, type(e).__name__, e)
+            self.abort(e)
+
+    def _note_source_state(self) -> None:
+        state = getattr(self.reader, "state", None)
+        self.stats.source_state = getattr(state, "value", str(state)) if state is not None else "streaming"
+
+    def _source_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                reader = self.reader
+                for work in self._timed(reader):
+                    self.stats.frames_in += 1
+                    self._note_source_state()
+                    try:
+                        if self._frames.put(work) is not None:
+                            self.stats.drops.add("superseded")
+                    except ChannelClosed:
+                        return
+                    if self.max_frames is not None and self.stats.frames_in >= self.max_frames:
+                        self._stop.set()
+                    if self._stop.is_set() or self.reader is not reader:
+                        break
+                if self.reader is reader:  # the source ended (not swapped)
+                    break
+        finally:
+            self.reader.close()
+            self._note_source_state()
+            self._frames.close()
+
+    def _timed(self, reader: Any):
+        """Frames from ``reader`` wrapped in work items that record the decode time."""
+        frames = iter(reader)
+        while True:
+            t0 = now()
+            frame = next(frames, None)
+            if frame is None:
+                return
+            work = _Work(frame)
+            work.stage_ms["decode"] = (now() - t0) * 1000.0
+            self.stats.latency["decode"].add(work.stage_ms["decode"])
+            yield work
+
+    def _drop(self, work: _Work, reason: str) -> None:
+        self.stats.drops.add(reason)
+        if work.model is not None:
+            if work.buffer is not None:
+                work.model.pool.put(work.buffer)
+                work.buffer = None
+            work.model.release()
+            work.model = None
+
+    def _preprocess_loop(self) -> None:
+        try:
+            while (work := self._frames.get()) is not CLOSED:
+                t = now()
+                if self.live and t - work.frame.capture_ts > self.max_age_s:
+                    self._drop(work, "too_old")
+                    continue
+                # time waiting between the end of decode and the start of preprocessing
+                work.stage_ms["queue"] = (t - work.frame.capture_ts) * 1000.0 - work.stage_ms["decode"]
+                model = self.model
+                buffer = model.pool.get()
+                if buffer is CLOSED:  # the pipeline was aborted
+                    return
+                model.acquire()
+                work.model, work.buffer = model, buffer
+                data = work.frame.data
+                pre = model.preprocessor
+                if pre is not None and data.ndim == 3 and data.dtype == np.uint8 and data.shape[2] in (1, 3):
+                    work.transform = pre(data, buffer)
+                else:
+                    tensor_into(data, buffer)
+                work.stage_ms["preprocess"] = (now() - t) * 1000.0
+                self.stats.latency["queue"].add(max(0.0, work.stage_ms["queue"]))
+                self.stats.latency["preprocess"].add(work.stage_ms["preprocess"])
+                try:
+                    self._tensors.put(work)
+                except ChannelClosed:
+                    return
+        finally:
+            self._tensors.close()
+
+    def _infer_loop(self) -> None:
+        try:
+            while (work := self._tensors.get()) is not CLOSED:
+                t = now()
+                if self.live and t - work.frame.capture_ts > self.max_age_s:
+                    self._drop(work, "too_old")
+                    continue
+                model = work.model
+                assert model is not None and work.buffer is not None
+                work.age_ms = (t - work.frame.capture_ts) * 1000.0
+                self.stats.latency["frame_age"].add(work.age_ms)
+                try:
+                    work.outputs = model.backend.infer({model.input_name: work.buffer})
+                finally:
+                    model.pool.put(work.buffer)
+                    work.buffer = None
+                work.stage_ms["infer"] = (now() - t) * 1000.0
+                self.stats.latency["infer"].add(work.stage_ms["infer"])
+                try:
+                    self._outputs.put(work)
+                except ChannelClosed:
+                    return
+        finally:
+            self._outputs.close()
+
+    def _postprocess_loop(self) -> None:
+        stats = self.stats
+        try:
+            while (work := self._outputs.get()) is not CLOSED:
+                t = now()
+                frame, model = work.frame, work.model
+                assert model is not None and work.outputs is not None
+                transform = work.transform
+                if transform is None:
+                    h, w = frame.data.shape[:2] if frame.data.ndim >= 2 else (1, 1)
+                    transform = Transform.identity(w, h)
+                try:
+                    output = model.postprocessor(work.outputs, transform)
+                finally:
+                    model.release()
+                done = now()
+                work.stage_ms["postprocess"] = (done - t) * 1000.0
+                with self._sinks_lock:
+                    sinks = self.sinks
+                    result = Result(
+                        output=output,
+                        seq=frame.seq,
+                        source_id=frame.source_id,
+                        capture_ts=frame.capture_ts,
+                        wall_time=frame.wall_time,
+                        stage_ms=work.stage_ms,
+                        done_ts=done,
+                        age_ms=work.age_ms,
+                        image=frame.data if self.keep_image else None,
+                    )
+                    stats.latency["postprocess"].add(work.stage_ms["postprocess"])
+                    stats.latency["e2e"].add(result.latency_ms)
+                    stats.results += 1
+                    stats.detections += len(output)
+                    stats.last_result_at = done
+                    for sink in sinks:
+                        if not sink.offer(result):
+                            stats.drops.add("sink_full")
+        finally:
+            with self._sinks_lock:
+                sinks = self.sinks
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception as e:  # one sink failing to flush must not stop the others
+                    log.error("sink %s failed to close: %s", getattr(sink, "name", sink), e)

@@ -1,0 +1,120 @@
+"""Postprocessing: raw model outputs to typed results (detections, classifications, raw tensors).
+
+:func:`create_postprocessor` picks the postprocessor from the config, or, without one, from the
+model's metadata and output shapes (:func:`infer_task`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import numpy as np
+
+from lepton_edge.config.pipeline import ClassifyConfig, DetectConfig, PostprocessConfig, RawConfig
+from lepton_edge.core.errors import ModelError
+from lepton_edge.core.results import Output, RawOutputs
+from lepton_edge.core.tensors import TensorSpec
+from lepton_edge.runtime.labels import labels_from_metadata
+from lepton_edge.runtime.postprocess.classify import ClassificationPostprocessor
+from lepton_edge.runtime.postprocess.detect import DetectionPostprocessor, looks_like_detection
+from lepton_edge.runtime.preprocess import Transform
+
+log = logging.getLogger(__name__)
+
+Task = Literal["detect", "classify", "raw"]
+TASKS: tuple[Task, ...] = ("detect", "classify", "raw")
+TASK_KEY = "lepton.task"
+"""Model metadata key naming the task; Ultralytics models carry ``task`` instead."""
+
+
+class Postprocessor(Protocol):
+    """Turns one inference's outputs (in the model's output order) into a typed result."""
+
+    def __call__(self, outputs: list[np.ndarray], transform: Transform) -> Output: ...
+
+
+class RawPostprocessor:
+    """Passes outputs through as :class:`RawOutputs`, keyed by output name."""
+
+    def __init__(self, outputs: Sequence[TensorSpec]) -> None:
+        self.names = [spec.name for spec in outputs]
+
+    def __call__(self, outputs: list[np.ndarray], transform: Transform) -> RawOutputs:
+        if len(outputs) != len(self.names):
+            raise ModelError(f"raw postprocessor expects outputs {self.names}, got {len(outputs)} array(s)")
+        # Copies, because a backend may reuse its output buffers while sinks still hold the result.
+        return RawOutputs({name: np.array(a, copy=True) for name, a in zip(self.names, outputs, strict=True)})
+
+
+def _is_class_vector(spec: TensorSpec) -> bool:
+    """[C], [1, C], [1, C, 1, 1]: exactly one axis after the batch axis is not 1."""
+    axes = spec.shape[1:] if len(spec.shape) > 1 else spec.shape
+    return sum(not (isinstance(d, int) and d == 1) for d in axes) == 1
+
+
+def infer_task(outputs: Sequence[TensorSpec], metadata: dict[str, str]) -> Task:
+    """What a model does: metadata ``lepton.task`` or Ultralytics ``task`` first, else the output shapes.
+
+    One output with a single class axis is a classifier; a known detection layout is a detector;
+    anything else is passed through raw.
+    """
+    named = metadata.get(TASK_KEY)
+    if named is not None:
+        if named not in TASKS:
+            raise ModelError(
+                f"model metadata {TASK_KEY}={named!r} is not a known task; use one of {', '.join(TASKS)}, "
+                "or set model.task / postprocess.type in the config"
+            )
+        return named  # type: ignore[return-value]
+    ultralytics = metadata.get("task")
+    if ultralytics in ("detect", "classify"):
+        return ultralytics  # type: ignore[return-value]
+    if ultralytics is not None:
+        log.warning(
+            "model metadata task=%r: only detect and classify are decoded; outputs pass through raw",
+            ultralytics,
+        )
+        return "raw"
+    if len(outputs) == 1 and _is_class_vector(outputs[0]):
+        return "classify"
+    if looks_like_detection(outputs, metadata):
+        return "detect"
+    return "raw"
+
+
+def create_postprocessor(
+    config: PostprocessConfig | None,
+    outputs: Sequence[TensorSpec],
+    metadata: dict[str, str],
+    labels: tuple[str, ...],
+) -> Postprocessor:
+    """The postprocessor for a model. Without a config it follows :func:`infer_task` with defaults.
+
+    Empty ``labels`` fall back to the labels in the model metadata. Raises ModelError when the
+    outputs do not fit the configured (or inferred) task.
+    """
+    labels = labels or labels_from_metadata(metadata)
+    if config is None:
+        task = infer_task(outputs, metadata)
+        config = {
+            "detect": DetectConfig(type="detect"),
+            "classify": ClassifyConfig(type="classify"),
+            "raw": RawConfig(type="raw"),
+        }[task]
+    if isinstance(config, DetectConfig):
+        return DetectionPostprocessor(config, outputs, metadata, labels)
+    if isinstance(config, ClassifyConfig):
+        return ClassificationPostprocessor(config, outputs, labels)
+    return RawPostprocessor(outputs)
+
+
+__all__ = [
+    "ClassificationPostprocessor",
+    "DetectionPostprocessor",
+    "Postprocessor",
+    "RawPostprocessor",
+    "create_postprocessor",
+    "infer_task",
+]

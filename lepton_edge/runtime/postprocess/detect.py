@@ -1,0 +1,350 @@
+"""Object-detection decoders for the output layouts people actually export.
+
+* ``yolov8``: Ultralytics YOLOv8/v11, one output ``[1, 4+C, A]`` (cx, cy, w, h, then C class scores).
+* ``yolov5``: one output ``[1, A, 5+C]`` (cx, cy, w, h, objectness, C class probabilities).
+* ``nms``: boxes already selected in the graph, either four outputs ``num_dets [1, 1]``,
+  ``boxes [1, N, 4]`` (xyxy), ``scores [1, N]``, ``classes [1, N]`` (TensorRT EfficientNMS style), or
+  one output ``[1, N, 6]`` = x1, y1, x2, y2, score, class (Ultralytics end2end, YOLOv10).
+
+Box coordinates are in model-input pixels; decoders return them mapped to source pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from lepton_edge.config.pipeline import DetectConfig
+from lepton_edge.core.errors import ModelError
+from lepton_edge.core.results import Detections
+from lepton_edge.core.tensors import Dim, TensorSpec
+from lepton_edge.runtime.postprocess.nms import nms
+from lepton_edge.runtime.preprocess import Transform
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["yolov8", "yolov5", "nms"]
+LAYOUTS: tuple[Layout, ...] = ("yolov8", "yolov5", "nms")
+LAYOUT_KEY = "lepton.layout"
+"""Model metadata key that names the layout, overriding shape-based detection."""
+
+_SUPPORTED = (
+    "yolov8 [1, 4+C, A]; yolov5 [1, A, 5+C]; nms as [1, N, 6] (x1, y1, x2, y2, score, class) or four "
+    "outputs num_dets [1, 1], boxes [1, N, 4], scores [1, N], classes [1, N]"
+)
+
+
+def _cxcywh_to_xyxy(cxcywh: np.ndarray) -> np.ndarray:
+    cxcywh = cxcywh.astype(np.float32, copy=False)  # float16 models: do the arithmetic in float32
+    out = np.empty(cxcywh.shape, dtype=np.float32)
+    half_w = cxcywh[:, 2] * 0.5
+    half_h = cxcywh[:, 3] * 0.5
+    out[:, 0] = cxcywh[:, 0] - half_w
+    out[:, 1] = cxcywh[:, 1] - half_h
+    out[:, 2] = cxcywh[:, 0] + half_w
+    out[:, 3] = cxcywh[:, 1] + half_h
+    return out
+
+
+def _first_image(output: np.ndarray, layout: str, rank: int) -> np.ndarray:
+    """The batch-0 slice of ``output``, checking its rank."""
+    if output.ndim != rank or output.shape[0] < 1:
+        raise ModelError(
+            f"{layout} decoder expects a rank-{rank} output with batch first, got shape {output.shape}"
+        )
+    return output[0]
+
+
+def _finish(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    transform: Transform,
+    config: DetectConfig,
+    labels: tuple[str, ...],
+    *,
+    suppress: bool,
+) -> Detections:
+    """NMS (when ``suppress``) or top-k by score, then map boxes to source pixels."""
+    if len(scores) == 0:
+        return Detections.empty(labels)
+    if suppress:
+        keep = nms(
+            boxes, scores, config.iou_threshold,
+            class_ids=None if config.class_agnostic else class_ids,
+            max_detections=config.max_detections,
+        )
+    else:
+        keep = np.argsort(-scores, kind="stable")[: config.max_detections]
+    return Detections(transform.to_source(boxes[keep]), scores[keep], class_ids[keep], labels)
+
+
+def decode_yolov8(
+    output: np.ndarray, transform: Transform, config: DetectConfig, labels: tuple[str, ...] = ()
+) -> Detections:
+    """Decode an Ultralytics YOLOv8/v11 output ``[1, 4+C, A]`` (class scores already sigmoided)."""
+    pred = _first_image(output, "yolov8", 3)  # (4+C, A): one column per anchor
+    if pred.shape[0] < 5:
+        raise ModelError(f"yolov8 output needs at least 5 rows (4 box + classes), got shape {output.shape}")
+    class_scores = pred[4:]
+    best = class_scores.max(axis=0)
+    candidates = np.flatnonzero(best >= config.conf_threshold)
+    if candidates.size == 0:
+        return Detections.empty(labels)
+    scores = best[candidates].astype(np.float32)
+    class_ids = class_scores[:, candidates].argmax(axis=0)
+    boxes = _cxcywh_to_xyxy(pred[:4, candidates].T)
+    return _finish(boxes, scores, class_ids, transform, config, labels, suppress=True)
+
+
+def decode_yolov5(
+    output: np.ndarray, transform: Transform, config: DetectConfig, labels: tuple[str, ...] = ()
+) -> Detections:
+    """Decode a YOLOv5 output ``[1, A, 5+C]``; the score of a box is objectness times class probability."""
+    pred = _first_image(output, "yolov5", 3)  # (A, 5+C): one row per anchor
+    if pred.shape[1] < 6:
+        raise ModelError(
+            f"yolov5 output needs at least 6 columns (4 box, objectness, classes), got shape {output.shape}"
+        )
+    # score = obj * cls <= obj, so anchors with low objectness can never pass.
+    pred = pred[pred[:, 4] >= config.conf_threshold]
+    if len(pred) == 0:
+        return Detections.empty(labels)
+    class_scores = pred[:, 5:] * pred[:, 4:5]
+    class_ids = class_scores.argmax(axis=1)
+    scores = np.take_along_axis(class_scores, class_ids[:, None], axis=1)[:, 0]
+    passed = scores >= config.conf_threshold
+    boxes = _cxcywh_to_xyxy(pred[passed, :4])
+    return _finish(boxes, scores[passed].astype(np.float32), class_ids[passed], transform, config, labels,
+                   suppress=True)
+
+
+def decode_nms_single(
+    output: np.ndarray, transform: Transform, config: DetectConfig, labels: tuple[str, ...] = ()
+) -> Detections:
+    """Decode NMS-in-graph output ``[1, N, 6]`` rows of x1, y1, x2, y2, score, class (no NMS applied here)."""
+    rows = _first_image(output, "nms", 3)
+    if rows.shape[1] < 6:
+        raise ModelError(
+            f"nms output needs 6 columns (x1, y1, x2, y2, score, class), got shape {output.shape}"
+        )
+    rows = rows[rows[:, 4] >= config.conf_threshold]
+    boxes = rows[:, :4].astype(np.float32)
+    class_ids = np.rint(rows[:, 5]).astype(np.int64)
+    return _finish(boxes, rows[:, 4].astype(np.float32), class_ids, transform, config, labels, suppress=False)
+
+
+def decode_nms_split(
+    num_dets: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    transform: Transform,
+    config: DetectConfig,
+    labels: tuple[str, ...] = (),
+) -> Detections:
+    """Decode four NMS-in-graph outputs; only the first ``num_dets`` entries are valid (no NMS here)."""
+    boxes = _first_image(boxes, "nms", 3)
+    scores, classes = _first_row(scores, "scores"), _first_row(classes, "classes")
+    if np.size(num_dets) < 1:
+        raise ModelError(f"nms num_dets output is empty (shape {np.shape(num_dets)})")
+    n = min(max(int(np.asarray(num_dets).reshape(-1)[0]), 0), len(boxes), len(scores), len(classes))
+    scores = scores[:n].astype(np.float32)
+    passed = scores >= config.conf_threshold
+    return _finish(
+        boxes[:n][passed].astype(np.float32), scores[passed], np.rint(classes[:n][passed]).astype(np.int64),
+        transform, config, labels, suppress=False,
+    )
+
+
+def _first_row(values: np.ndarray, role: str) -> np.ndarray:
+    """Batch 0 of a ``[1, N]`` output (a ``[N]`` one is taken whole)."""
+    if values.ndim == 1:
+        return values
+    if values.ndim != 2 or values.shape[0] < 1:
+        raise ModelError(f"nms {role} output must be [1, N], got shape {values.shape}")
+    return values[0]
+
+
+def _static(d: Dim) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def _shapes(outputs: Sequence[TensorSpec]) -> str:
+    return ", ".join(f"{s.name} {s.shape_str}" for s in outputs) or "(no outputs)"
+
+
+def _is_ultralytics_end2end(metadata: dict[str, str]) -> bool:
+    return metadata.get("end2end", "").strip().lower() == "true"
+
+
+def split_nms_roles(outputs: Sequence[TensorSpec]) -> tuple[int, int, int, int] | None:
+    """Indices of (num_dets, boxes, scores, classes) among four outputs, or None when they do not fit.
+
+    Names decide when each output's name contains exactly one of num/box/score/class; otherwise
+    shapes do: num_dets has one element, boxes end in 4, and of the two ``[1, N]`` outputs an
+    integer one is the classes, else they are taken in the conventional order scores, classes.
+    """
+    if len(outputs) != 4:
+        return None
+    keywords = (("num",), ("box",), ("score",), ("class", "label"))
+    by_name: list[int | None] = [None] * 4
+    for i, spec in enumerate(outputs):
+        name = spec.name.lower()
+        roles = [r for r, words in enumerate(keywords) if any(w in name for w in words)]
+        if len(roles) == 1 and by_name[roles[0]] is None:
+            by_name[roles[0]] = i
+    if None not in by_name and _fits_roles(outputs, by_name):  # type: ignore[arg-type]
+        return tuple(by_name)  # type: ignore[return-value]
+
+    def size_one(s: TensorSpec) -> bool:
+        return all(_static(d) == 1 for d in s.shape)
+
+    nums = [i for i, s in enumerate(outputs) if size_one(s)]
+    box_idx = [i for i, s in enumerate(outputs) if len(s.shape) == 3 and _static(s.shape[2]) == 4]
+    if len(nums) != 1 or len(box_idx) != 1:
+        return None
+    rest = [i for i in range(4) if i not in (nums[0], box_idx[0])]
+    if any(len(outputs[i].shape) not in (1, 2) for i in rest):
+        return None
+    scores, classes = rest
+    def integer(i: int) -> bool:
+        return np.issubdtype(outputs[i].dtype, np.integer)
+
+    if integer(scores) and not integer(classes):
+        scores, classes = classes, scores
+    return nums[0], box_idx[0], scores, classes
+
+
+def _fits_roles(outputs: Sequence[TensorSpec], roles: list[int]) -> bool:
+    num, boxes, scores, classes = (outputs[i] for i in roles)
+    box_last = boxes.shape[-1] if boxes.shape else None
+    return (
+        len(boxes.shape) == 3 and _static(box_last) in (4, None)
+        and all(_static(d) in (1, None) for d in num.shape)
+        and len(scores.shape) in (1, 2) and len(classes.shape) in (1, 2)
+    )
+
+
+def detect_layout(outputs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> Layout:
+    """The layout of a detection model from metadata (``lepton.layout``, Ultralytics ``end2end``) or shapes.
+
+    Raises ModelError naming the shapes found when no layout fits or several could.
+    """
+    metadata = metadata or {}
+    named = metadata.get(LAYOUT_KEY)
+    if named is not None:
+        if named not in LAYOUTS:
+            raise ModelError(
+                f"model metadata {LAYOUT_KEY}={named!r} is not a known layout; use one of "
+                f"{', '.join(LAYOUTS)} or set postprocess.layout"
+            )
+        return named  # type: ignore[return-value]
+    layout, reason = _layout_from_shapes(outputs, metadata)
+    if layout is not None:
+        return layout
+    raise ModelError(
+        f"cannot decode detections from outputs {_shapes(outputs)}: {reason}. "
+        f"Supported layouts: {_SUPPORTED}. "
+        "Set postprocess.layout (yolov8, yolov5 or nms) in the config, or postprocess.type: raw."
+    )
+
+
+def looks_like_detection(outputs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> bool:
+    """True when the outputs match a detection layout, even one that needs postprocess.layout to choose."""
+    if LAYOUT_KEY in (metadata or {}):
+        return True
+    layout, _ = _layout_from_shapes(outputs, metadata or {})
+    return layout is not None or (
+        len(outputs) == 1 and len(outputs[0].shape) == 3 and _static(outputs[0].shape[2]) == 6
+    )
+
+
+def _layout_from_shapes(outputs: Sequence[TensorSpec], metadata: dict[str, str]) -> tuple[Layout | None, str]:
+    """The layout the shapes show, or None and the reason none was chosen."""
+    unknown = "no supported detection layout matches"
+    if len(outputs) == 4:
+        return ("nms", "") if split_nms_roles(outputs) is not None else (None, unknown)
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        return None, unknown
+    batch, d1, d2 = (_static(d) for d in outputs[0].shape)
+    if batch not in (1, None):
+        return None, f"batch size {batch} is not supported (export the model with batch 1)"
+    if _is_ultralytics_end2end(metadata):
+        return ("nms", "") if d2 in (6, None) else (None, unknown)
+    if d2 == 6 and d1 != 6:
+        return None, "[1, N, 6] is both the end2end NMS layout and YOLOv5 with one class"
+    if d1 is not None and d1 >= 5 and (d2 is None or d1 < d2):
+        return "yolov8", ""
+    if d2 is not None and d2 >= 7 and (d1 is None or d1 > d2):
+        return "yolov5", ""
+    return None, unknown
+
+
+def _check_layout(layout: Layout, outputs: Sequence[TensorSpec], origin: str) -> None:
+    """Fail early, naming the shapes, when a configured layout cannot fit the outputs."""
+    if layout == "nms" and len(outputs) == 4:
+        if split_nms_roles(outputs) is None:
+            raise ModelError(
+                f"{origin} is nms but the four outputs {_shapes(outputs)} are not num_dets [1, 1], "
+                "boxes [1, N, 4], scores [1, N] and classes [1, N]"
+            )
+        return
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        raise ModelError(
+            f"{origin} is {layout} but the model has outputs {_shapes(outputs)}; "
+            f"{layout} needs a single rank-3 output. Supported layouts: {_SUPPORTED}"
+        )
+    _, d1, d2 = (_static(d) for d in outputs[0].shape)
+    got, need, what = (d1, 5, "4+C rows") if layout == "yolov8" else (d2, 6, "at least 6 columns")
+    if got is not None and got < need:
+        raise ModelError(f"{origin} is {layout} but output {_shapes(outputs)} does not have {what}")
+
+
+class DetectionPostprocessor:
+    """Turns the outputs of a detection model into :class:`Detections` in source pixels."""
+
+    def __init__(
+        self,
+        config: DetectConfig,
+        outputs: Sequence[TensorSpec],
+        metadata: dict[str, str] | None = None,
+        labels: tuple[str, ...] = (),
+    ) -> None:
+        self.config = config
+        self.labels = labels
+        if config.layout == "auto":
+            self.layout: Layout = detect_layout(outputs, metadata)
+            origin = "the detected layout"
+            if metadata and LAYOUT_KEY in metadata:
+                origin = f"model metadata {LAYOUT_KEY}"
+        else:
+            self.layout, origin = config.layout, "postprocess.layout"
+        _check_layout(self.layout, outputs, origin)
+        self._nms_roles = split_nms_roles(outputs) if self.layout == "nms" and len(outputs) == 4 else None
+        self._warn_label_count(outputs)
+
+    def _warn_label_count(self, outputs: Sequence[TensorSpec]) -> None:
+        if not self.labels or len(outputs) != 1 or len(outputs[0].shape) != 3:
+            return
+        _, d1, d2 = (_static(d) for d in outputs[0].shape)
+        classes = {"yolov8": d1 and d1 - 4, "yolov5": d2 and d2 - 5}.get(self.layout)
+        if classes and classes != len(self.labels):
+            log.warning(
+                "%d labels but the %s output %s has %d classes; check model.labels",
+                len(self.labels), self.layout, _shapes(outputs), classes,
+            )
+
+    def __call__(self, outputs: list[np.ndarray], transform: Transform) -> Detections:
+        cfg, labels = self.config, self.labels
+        if self._nms_roles is not None:
+            num, boxes, scores, classes = (outputs[i] for i in self._nms_roles)
+            return decode_nms_split(num, boxes, scores, classes, transform, cfg, labels)
+        if self.layout == "yolov8":
+            return decode_yolov8(outputs[0], transform, cfg, labels)
+        if self.layout == "yolov5":
+            return decode_yolov5(outputs[0], transform, cfg, labels)
+        return decode_nms_single(outputs[0], transform, cfg, labels)

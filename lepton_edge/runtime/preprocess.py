@@ -1,0 +1,184 @@
+"""Frame to tensor: resize or letterbox, colour order, normalisation, layout and dtype, into reused buffers.
+
+The :class:`Transform` returned with each tensor maps model-input pixels back to source pixels, so
+results are always reported in the coordinates of the frame that was captured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lepton_edge.config.pipeline import PreprocessConfig
+from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.core.tensors import TensorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """Source -> model input geometry: ``input = source * scale + pad``."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    source_width: int
+    source_height: int
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """Map xyxy boxes from model-input pixels to source pixels, clipped to the source image."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, 0::2] = (boxes[:, 0::2] - self.pad_x) / self.scale_x
+        out[:, 1::2] = (boxes[:, 1::2] - self.pad_y) / self.scale_y
+        np.clip(out[:, 0::2], 0, self.source_width, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, self.source_height, out=out[:, 1::2])
+        return out
+
+    @classmethod
+    def identity(cls, width: int, height: int) -> Transform:
+        return cls(1.0, 1.0, 0.0, 0.0, width, height)
+
+
+def _model_layout(spec: TensorSpec) -> str:
+    shape = spec.shape
+    if len(shape) != 4:
+        raise ModelError(f"image input {spec.name!r} must be 4-D (NCHW or NHWC), got {spec.shape_str}")
+    if shape[1] in (1, 3):
+        return "nchw"
+    if shape[3] in (1, 3):
+        return "nhwc"
+    raise ModelError(f"cannot tell layout of input {spec.name!r} {spec.shape_str}; set preprocess.layout")
+
+
+class Preprocessor:
+    """Turns BGR uint8 frames into the tensor one model input expects.
+
+    Call it with a frame and a buffer from :meth:`new_buffer`; it fills the buffer and returns the
+    :class:`Transform`. No allocation happens per frame once the frame size is stable.
+    """
+
+    def __init__(self, spec: TensorSpec, config: PreprocessConfig | None = None) -> None:
+        cfg = config or PreprocessConfig()
+        self.config = cfg
+        self.layout = cfg.layout or _model_layout(spec)
+        self.dtype = np.dtype(cfg.dtype) if cfg.dtype else spec.dtype
+        if self.dtype not in (np.float32, np.float16, np.uint8):
+            raise ModelError(f"input {spec.name!r} has dtype {spec.dtype}; images need float32, float16 or uint8")
+        c_axis, h_axis, w_axis = (1, 2, 3) if self.layout == "nchw" else (3, 1, 2)
+        self.channels = 1 if cfg.color == "gray" else 3
+        model_c = spec.shape[c_axis] if len(spec.shape) == 4 else None
+        if isinstance(model_c, int) and model_c != self.channels:
+            raise ModelError(
+                f"input {spec.name!r} {spec.shape_str} has {model_c} channel(s) but preprocess.color is "
+                f"{cfg.color!r} ({self.channels}); fix preprocess.color or preprocess.layout"
+            )
+        if cfg.size:
+            self.width, self.height = cfg.size
+        else:
+            h, w = spec.shape[h_axis], spec.shape[w_axis]
+            if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+                raise ConfigError(
+                    f"input {spec.name!r} has dynamic spatial size {spec.shape_str}; set preprocess.size: [w, h]"
+                )
+            self.width, self.height = w, h
+        for axis, want in ((h_axis, self.height), (w_axis, self.width)):
+            got = spec.shape[axis]
+            if isinstance(got, int) and got > 0 and got != want:
+                raise ModelError(
+                    f"preprocess.size {self.width}x{self.height} does not match input {spec.name!r} {spec.shape_str}"
+                )
+        self.shape = (
+            (1, self.channels, self.height, self.width) if self.layout == "nchw"
+            else (1, self.height, self.width, self.channels)
+        )
+        mean = np.broadcast_to(np.asarray(cfg.mean, np.float64), (3,))
+        std = np.broadcast_to(np.asarray(cfg.std, np.float64), (3,))
+        # (x * scale - mean) / std  ==  x * gain - offset, per channel (RGB order of the config).
+        self._gain = (cfg.scale / std).astype(np.float32)
+        self._offset = (mean / std).astype(np.float32)
+        self._identity_norm = bool(np.all(self._gain == 1) and np.all(self._offset == 0))
+        self._canvas = np.full((self.height, self.width, 3), cfg.pad_value, np.uint8)
+        self._geometry: tuple[int, int] | None = None
+        self._transform: Transform | None = None
+        self._roi: tuple[int, int, int, int] = (0, 0, self.width, self.height)
+
+    def new_buffer(self) -> np.ndarray:
+        """A tensor buffer of the model input's shape and dtype, to be reused across frames."""
+        return np.zeros(self.shape, self.dtype)
+
+    def _set_geometry(self, w: int, h: int) -> None:
+        cfg = self.config
+        if cfg.resize == "letterbox":
+            r = min(self.width / w, self.height / h)
+            nw, nh = round(w * r), round(h * r)
+            left, top = (self.width - nw) // 2, (self.height - nh) // 2
+            self._transform = Transform(nw / w, nh / h, float(left), float(top), w, h)
+            self._roi = (left, top, nw, nh)
+            self._canvas[:] = cfg.pad_value
+        elif cfg.resize == "stretch":
+            self._transform = Transform(self.width / w, self.height / h, 0.0, 0.0, w, h)
+            self._roi = (0, 0, self.width, self.height)
+        else:
+            if (w, h) != (self.width, self.height):
+                raise ModelError(
+                    f"preprocess.resize is 'none' but the frame is {w}x{h} and the model wants "
+                    f"{self.width}x{self.height}"
+                )
+            self._transform = Transform.identity(w, h)
+            self._roi = (0, 0, w, h)
+        self._geometry = (w, h)
+
+    def __call__(self, image: np.ndarray, out: np.ndarray) -> Transform:
+        import cv2
+
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image.shape} {image.dtype}")
+        h, w = image.shape[:2]
+        if self._geometry != (w, h):
+            self._set_geometry(w, h)
+        left, top, nw, nh = self._roi
+        if (nw, nh) == (w, h) and (left, top) == (0, 0):
+            canvas = image
+        else:
+            roi = self._canvas[top : top + nh, left : left + nw]
+            interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
+            resized = cv2.resize(image, (nw, nh), dst=roi, interpolation=interp)
+            if resized is not roi and not np.shares_memory(resized, roi):
+                roi[...] = resized
+            canvas = self._canvas
+        self._write_tensor(canvas, out)
+        assert self._transform is not None
+        return self._transform
+
+    def _write_tensor(self, canvas: np.ndarray, out: np.ndarray) -> None:
+        import cv2
+
+        color = self.config.color
+        if color == "gray":
+            gray = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
+            dst = out[0, 0] if self.layout == "nchw" else out[0, :, :, 0]
+            self._normalise(gray, dst, 0)
+            return
+        # Config channel i (in the model's colour order) comes from BGR channel src[i].
+        src = (2, 1, 0) if color == "rgb" else (0, 1, 2)
+        if self.layout == "nchw":
+            for i, s in enumerate(src):
+                self._normalise(canvas[:, :, s], out[0, i], i)
+        else:
+            ordered = canvas[:, :, ::-1] if color == "rgb" else canvas
+            if self.dtype == np.uint8 or self._identity_norm:
+                np.copyto(out[0], ordered, casting="unsafe")
+            else:
+                np.multiply(ordered, self._gain, out=out[0], casting="unsafe")
+                out[0] -= self._offset
+
+    def _normalise(self, plane: np.ndarray, dst: np.ndarray, channel: int) -> None:
+        if self.dtype == np.uint8 or self._identity_norm:
+            np.copyto(dst, plane, casting="unsafe")
+            return
+        np.multiply(plane, self._gain[channel], out=dst, casting="unsafe")
+        if self._offset[channel]:
+            dst -= self._offset[channel]

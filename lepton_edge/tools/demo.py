@@ -1,0 +1,116 @@
+"""``lepton-edge demo``: the whole system on one machine.
+
+A local mosquitto, the scheduler with its dashboard, and one device (the agent plus the pipeline running
+the bundled shapes detector on a live synthetic camera). The scheduler is given one workload pinned to
+the device, pushes it as the device's desired config, and shows the device's telemetry on the dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from lepton_edge.config.device import load_config, parse_config
+from lepton_edge.config.scheduler import parse_scheduler_config
+from lepton_edge.data import DEMO_CONFIG
+from lepton_edge.device.agent import run_device
+from lepton_edge.device.service import run_service
+from lepton_edge.fleet.broker import LocalBroker, free_port, wait_for_port
+from lepton_edge.scheduler.service import run_scheduler
+
+log = logging.getLogger(__name__)
+
+
+
+def _send_json(url: str, body: dict[str, Any], method: str) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def put_workload(api: str, workload: dict[str, Any]) -> None:
+    """Create the workload, or update it when a previous demo run left it in the store."""
+    try:
+        _send_json(f"{api}api/workloads", workload, "POST")
+    except urllib.error.HTTPError as e:
+        if e.code != 409:
+            raise
+        _send_json(f"{api}api/workloads/{workload['workload_id']}", workload, "PUT")
+
+
+def demo_workload(device_config, device_id: str) -> dict[str, Any]:
+    """The demo pipeline as a scheduler workload pinned to the demo device."""
+    dumped = device_config.model_dump(mode="json", exclude_unset=True)
+    return {
+        "workload_id": "demo-shapes",
+        "source_uri": device_config.source.uri,
+        "model": str(device_config.model.path),
+        "required_fps": 25.0,
+        "pinned_device": device_id,
+        "config": {k: dumped[k] for k in ("postprocess", "sinks", "pipeline") if k in dumped}
+        | {"source": dumped["source"]},
+    }
+
+
+def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int:
+    out_dir = out_dir.resolve()
+    local = load_config(DEMO_CONFIG)
+    if not fleet:
+        return run_service(local, duration_s=duration_s, origin=str(DEMO_CONFIG))
+
+    broker = LocalBroker(out_dir / "broker").start()
+    api_port = free_port()
+    scheduler_config = parse_scheduler_config({
+        "store_url": f"sqlite:///{out_dir / 'scheduler.db'}",
+        "mqtt": {"host": broker.host, "port": broker.port},
+        "api": {"enabled": True, "host": "127.0.0.1", "port": api_port},
+        "heartbeat_timeout_s": 10.0,
+    }, "demo")
+    stop = threading.Event()
+    for name in ("lepton_edge.scheduler", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # keep the device's live table readable
+    scheduler = threading.Thread(target=run_scheduler, args=(scheduler_config,), kwargs={"stop": stop},
+                                 name="demo-scheduler", daemon=True)
+    scheduler.start()
+    try:
+        dashboard = f"http://127.0.0.1:{api_port}/"
+        if not wait_for_port("127.0.0.1", api_port, 20):
+            log.error("the scheduler API did not start")
+            return 1
+        device = parse_config({
+            **local.model_dump(mode="python", exclude_unset=True),
+            "agent": {
+                "mqtt": {"host": broker.host, "port": broker.port},
+                "state_dir": str(out_dir / "device-state"),
+                "telemetry_interval_s": 1.0,
+            },
+        }, str(DEMO_CONFIG))
+        put_workload(dashboard, demo_workload(device, device.device_id))
+        log.info("broker mqtt://%s:%d  scheduler dashboard %s  (device %s)", broker.host, broker.port, dashboard,
+                 device.device_id)
+        print(f"\n  dashboard: {dashboard}\n", flush=True)
+        time.sleep(0.5)
+        return run_device(device, duration_s=duration_s)
+    finally:
+        stop.set()
+        scheduler.join(10)
+        broker.stop()
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument("--out", default="out/demo", help="folder for the broker, the scheduler store, results and "
+                   "the annotated video (default out/demo)")
+    p.add_argument("--no-fleet", action="store_true", help="only the pipeline: no broker, agent or scheduler")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.duration, Path(args.out), fleet=not args.no_fleet)

@@ -1,0 +1,162 @@
+"""Helpers shared by the agent tests: device configs, a message recorder, waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lepton_edge.config.device import DeviceConfig, parse_config
+from lepton_edge.config.fleet import MqttConfig
+from lepton_edge.core.results import Result
+from lepton_edge.fleet.mqtt import IncomingMessage, MqttClient
+from lepton_edge.fleet.protocol import TopicKind, decode, parse_topic
+from lepton_edge.runtime.sinks.base import Sink
+
+LIVE_SOURCE = "synthetic://shapes?fps=30&width=64&height=48"
+
+
+def agent_data(
+    tmp_path: Path,
+    model: Path,
+    port: int,
+    device_id: str,
+    *,
+    source: str | dict[str, Any] = LIVE_SOURCE,
+    agent: dict[str, Any] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A device config mapping with an agent section pointing at ``port``, fast timings for tests.
+
+    ``source`` is a URI or a whole source section; ``agent`` entries are merged into the agent section.
+    """
+    agent_section = {
+        "state_dir": str(tmp_path / f"state-{device_id}"),
+        "telemetry_interval_s": 0.3,
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
+        "results": {"max_rate_hz": 1000},
+        "health_check": {"window_s": 0.6, "min_frames": 2},
+    }
+    for key, value in (agent or {}).items():
+        if isinstance(value, dict) and isinstance(agent_section.get(key), dict):
+            agent_section[key] = {**agent_section[key], **value}
+        else:
+            agent_section[key] = value
+    data: dict[str, Any] = {
+        "device_id": device_id,
+        "model": {"path": str(model)},
+        "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
+        "source": {"uri": source} if isinstance(source, str) else source,
+        "postprocess": {"type": "classify", "top_k": 3},
+        "agent": agent_section,
+    }
+    data.update(sections)
+    return data
+
+
+def agent_config(*args: Any, **kwargs: Any) -> DeviceConfig:
+    return parse_config(agent_data(*args, **kwargs), "test")
+
+
+PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "sinks", "pipeline")
+
+
+def idle_data(tmp_path: Path, port: int, device_id: str, **kwargs: Any) -> dict[str, Any]:
+    """Like :func:`agent_data`, for an idle device: ``idle: true`` and no pipeline sections."""
+    data = agent_data(tmp_path, Path("unused.onnx"), port, device_id, **kwargs)
+    return {"idle": True, **{k: v for k, v in data.items() if k not in PIPELINE_SECTIONS}}
+
+
+def idle_config(*args: Any, **kwargs: Any) -> DeviceConfig:
+    return parse_config(idle_data(*args, **kwargs), "test")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class Recorder:
+    """Subscribes to topic filters on a real broker and keeps every message, decoded when possible."""
+
+    def __init__(self, client: MqttClient, *filters: str) -> None:
+        self.client = client
+        self.messages: list[IncomingMessage] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        for topic_filter in filters:
+            client.subscribe(topic_filter, self._on_message)
+
+    @classmethod
+    def connect(cls, port: int, client_id: str, *filters: str, **config: Any) -> Recorder:
+        mqtt = MqttConfig(
+            host="127.0.0.1",
+            port=port,
+            client_id=client_id,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.3,
+            **config,
+        )
+        recorder = cls(MqttClient(mqtt), *filters)
+        recorder.client.start()
+        assert recorder.client.wait_connected(10), recorder.client.last_error
+        time.sleep(0.2)  # let the SUBACK arrive before the test publishes
+        return recorder
+
+    def _on_message(self, msg: IncomingMessage) -> None:
+        with self._lock:
+            self.messages.append(msg)
+
+    def of(self, kind: TopicKind) -> list[Any]:
+        """Decoded payloads of one topic kind, in arrival order (empty retained payloads skipped)."""
+        with self._lock:
+            messages = list(self.messages)
+        out = []
+        for msg in messages:
+            try:
+                if parse_topic(msg.topic).kind is kind and msg.payload:
+                    out.append(decode(kind, msg.payload, msg.topic))
+            except Exception:
+                continue
+        return out
+
+    def raw(self, kind: TopicKind) -> list[IncomingMessage]:
+        with self._lock:
+            return [m for m in self.messages if parse_topic(m.topic).kind is kind]
+
+    def wait(self, kind: TopicKind, predicate: Callable[[Any], bool] = lambda m: True, timeout: float = 10.0):
+        """The first decoded message of ``kind`` matching ``predicate``, waiting for it."""
+        return wait_until(lambda: next((m for m in self.of(kind) if predicate(m)), None), timeout)
+
+    def stop(self) -> None:
+        self.client.stop(timeout=1.0)
+
+
+class ListSink(Sink):
+    """A real sink that keeps results in memory."""
+
+    name = "list"
+
+    def __init__(self) -> None:
+        super().__init__(4096)
+        self.results: list[Result] = []
+        self.closed = False
+
+    def write(self, result: Result) -> None:
+        self.results.append(result)
+
+    def release(self) -> None:
+        self.closed = True
+
+    def labels(self, start: int = 0) -> list[str]:
+        """Top label of each result from ``start`` on."""
+        return [r.output.labels[r.output.class_ids[0]] for r in self.results[start:] if len(r.output)]

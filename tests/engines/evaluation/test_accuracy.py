@@ -1,0 +1,208 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lepton_edge.core.results import Detections
+from lepton_edge.engines.evaluation.accuracy import average_precision, box_iou, mean_average_precision, top1_accuracy
+
+A = [0, 0, 10, 10]
+B = [20, 20, 40, 40]
+C = [50, 0, 60, 30]
+
+
+def dets(*rows: tuple[list[float], float, int]) -> Detections:
+    if not rows:
+        return Detections.empty()
+    boxes, scores, classes = zip(*rows, strict=True)
+    return Detections(np.array(boxes), np.array(scores), np.array(classes))
+
+
+def gt(*rows: tuple[list[float], int]) -> tuple[np.ndarray, np.ndarray]:
+    if not rows:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    boxes, classes = zip(*rows, strict=True)
+    return np.array(boxes, np.float32), np.array(classes, np.int64)
+
+
+def test_box_iou_hand_computed():
+    iou = box_iou(np.array([A]), np.array([A, [5, 0, 15, 10], B]))
+    np.testing.assert_allclose(iou, [[1.0, 50 / 150, 0.0]])
+
+
+def test_perfect_detections_score_one():
+    preds = [dets((A, 0.9, 0), (B, 0.8, 1)), dets((C, 0.7, 2))]
+    truth = [gt((A, 0), (B, 1)), gt((C, 2))]
+    result = mean_average_precision(preds, truth, num_classes=3)
+    assert result == {"map": 1.0, "per_class": {0: 1.0, 1: 1.0, 2: 1.0}, "images": 2}
+
+
+def test_false_positive_ranked_first_halves_ap():
+    # ranked: FP (p=0, r=0), TP (p=0.5, r=1) -> interpolated precision 0.5 at every recall point
+    result = mean_average_precision([dets((B, 0.9, 0), (A, 0.8, 0))], [gt((A, 0))], num_classes=1)
+    assert result["map"] == pytest.approx(0.5)
+
+
+def test_false_positive_ranked_last_costs_nothing():
+    result = mean_average_precision([dets((A, 0.9, 0), (B, 0.8, 0))], [gt((A, 0))], num_classes=1)
+    assert result["map"] == pytest.approx(1.0)
+
+
+def test_ranking_is_global_across_images():
+    preds = [dets((B, 0.9, 0)), dets((A, 0.5, 0))]
+    truth = [gt(), gt((A, 0))]
+    assert mean_average_precision(preds, truth, 1)["map"] == pytest.approx(0.5)
+    preds = [dets((B, 0.4, 0)), dets((A, 0.5, 0))]
+    assert mean_average_precision(preds, truth, 1)["map"] == pytest.approx(1.0)
+
+
+def test_missed_object_caps_recall():
+    # recall reaches 0.5 only: the 51 recall points 0.00..0.50 have precision 1, the other 50 have 0
+    result = mean_average_precision([dets((A, 0.9, 0))], [gt((A, 0), (B, 0))], num_classes=1)
+    assert result["map"] == pytest.approx(51 / 101)
+
+
+def test_no_detections_scores_zero():
+    result = mean_average_precision([dets()], [gt((A, 0))], num_classes=1)
+    assert result["per_class"] == {0: 0.0}
+
+
+def test_wrong_class_is_a_false_positive_and_a_miss():
+    result = mean_average_precision([dets((A, 0.9, 1))], [gt((A, 0))], num_classes=2)
+    # class 1 has no ground truth, so it is left out of the mean
+    assert result["per_class"] == {0: 0.0}
+    assert result["map"] == 0.0
+
+
+def test_duplicate_counts_as_false_positive():
+    preds = [dets((A, 0.9, 0), ([0, 0, 10, 9], 0.8, 0), (B, 0.7, 0))]
+    # ranked TP (r .5, p 1), duplicate FP (r .5, p .5), TP (r 1, p 2/3)
+    result = mean_average_precision(preds, [gt((A, 0), (B, 0))], num_classes=1)
+    assert result["map"] == pytest.approx((51 * 1.0 + 50 * 2 / 3) / 101)
+
+
+def test_iou_threshold_decides_a_match():
+    pred = [dets(([0, 0, 10, 4.5], 0.9, 0))]  # IoU 0.45 with A
+    assert mean_average_precision(pred, [gt((A, 0))], 1)["map"] == 0.0
+    assert mean_average_precision(pred, [gt((A, 0))], 1, iou_threshold=0.4)["map"] == 1.0
+
+
+def test_match_goes_to_the_best_unmatched_object():
+    # The first detection overlaps both objects but A more; the second fits only B.
+    a, b = [0, 0, 10, 10], [6, 0, 16, 10]
+    preds = [dets(([1, 0, 11, 10], 0.9, 0), ([6, 0, 16, 10], 0.8, 0))]
+    assert mean_average_precision(preds, [gt((a, 0), (b, 0))], 1)["map"] == 1.0
+
+
+def test_mean_is_over_classes_with_ground_truth():
+    preds = [dets((A, 0.9, 0), (C, 0.8, 2))]
+    truth = [gt((A, 0), (B, 1))]
+    result = mean_average_precision(preds, truth, num_classes=3)
+    assert result["per_class"] == {0: 1.0, 1: 0.0}
+    assert result["map"] == pytest.approx(0.5)
+
+
+def test_no_ground_truth_at_all_gives_nan():
+    result = mean_average_precision([dets((A, 0.9, 0))], [gt()], num_classes=1)
+    assert np.isnan(result["map"]) and result["per_class"] == {}
+
+
+def test_order_of_images_and_detections_does_not_matter():
+    rng = np.random.default_rng(0)
+    preds, truth = [], []
+    for _ in range(6):
+        n = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 80, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(5, 20, (n, 2))], 1)
+        classes = rng.integers(0, 2, n)
+        truth.append((boxes, classes))
+        jitter = boxes + rng.normal(0, 2, boxes.shape)
+        guessed = np.where(rng.uniform(size=n) < 0.8, classes, 1 - classes)
+        preds.append(Detections(jitter, rng.uniform(0, 1, n), guessed))
+    base = mean_average_precision(preds, truth, 2)
+    assert 0.0 < base["map"] < 1.0  # a mixed case, so a change of order could show
+    perm = rng.permutation(len(preds))
+    shuffled = mean_average_precision([preds[i] for i in perm], [truth[i] for i in perm], 2)
+    reversed_dets = [Detections(d.boxes[::-1], d.scores[::-1], d.class_ids[::-1]) for d in preds]
+    assert shuffled["map"] == pytest.approx(base["map"])
+    assert mean_average_precision(reversed_dets, truth, 2)["map"] == pytest.approx(base["map"])
+
+
+def test_average_precision_of_empty_curve_is_zero():
+    assert average_precision(np.array([]), np.array([])) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("preds", "truth", "num_classes", "message"),
+    [
+        ([dets()], [gt(), gt()], 1, "1 predictions but 2 ground-truth"),
+        ([dets((A, 0.9, 3))], [gt()], 3, r"predictions\[0\] has class id 3 outside 0..2"),
+        ([dets()], [gt((A, 5))], 3, r"ground_truth\[0\] has class id 5"),
+        ([dets()], [(np.zeros((2, 4)), np.zeros(3))], 1, r"ground_truth\[0\] must be"),
+        ([dets()], [gt()], 0, "num_classes must be >= 1"),
+    ],
+)
+def test_bad_inputs_say_what_and_where(preds, truth, num_classes, message):
+    with pytest.raises(ValueError, match=message):
+        mean_average_precision(preds, truth, num_classes)
+
+
+def test_bad_iou_threshold_is_rejected():
+    with pytest.raises(ValueError, match="iou_threshold"):
+        mean_average_precision([dets()], [gt()], 1, iou_threshold=0.0)
+
+
+def test_top1_accuracy_from_ids_and_from_logits():
+    labels = np.array([0, 1, 2, 1])
+    assert top1_accuracy(np.array([0, 1, 1, 1]), labels) == 0.75
+    logits = np.array([[3.0, 0, 0], [0, 2, 1], [0, 0, 1], [5, 0, 0]])
+    assert top1_accuracy(logits, labels) == 0.75
+
+
+@pytest.mark.parametrize(
+    ("predicted", "labels", "message"),
+    [
+        (np.array([0, 1]), np.array([0]), "2 predictions but 1 labels"),
+        (np.array([]), np.array([]), "no samples"),
+        (np.zeros((2, 2, 2)), np.array([0, 1]), "class ids"),
+    ],
+)
+def test_top1_accuracy_rejects_bad_input(predicted, labels, message):
+    with pytest.raises(ValueError, match=message):
+        top1_accuracy(predicted, labels)
+
+
+MODELS = Path(__file__).resolve().parents[3] / "models"
+
+
+def test_bundled_digits_classifier_meets_its_card():
+    from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    data = np.load(MODELS / "digits_heldout.npz")
+    with OnnxRuntimeBackend(MODELS / "digits_classifier.onnx") as backend:
+        (logits,) = backend.infer({"input": data["images"].astype(np.float32)[:, None] / np.float32(255)})
+    assert top1_accuracy(logits, data["labels"]) > 0.95
+
+
+def test_bundled_shapes_detector_meets_its_card():
+    pytest.importorskip("cv2")
+    from lepton_edge.config.pipeline import DetectConfig
+    from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from lepton_edge.runtime.postprocess import create_postprocessor
+    from lepton_edge.runtime.preprocess import Preprocessor
+    from lepton_edge.runtime.sources.shapes import CLASSES, random_sample
+
+    predictions, truth = [], []
+    with OnnxRuntimeBackend(MODELS / "shapes_detector.onnx") as backend:
+        pre = Preprocessor(backend.inputs[0])
+        post = create_postprocessor(
+            DetectConfig(type="detect", conf_threshold=0.001), backend.outputs, backend.metadata, ()
+        )
+        buffer = pre.new_buffer()
+        for seed in range(2_000_000, 2_000_040):  # held out: training used seeds below 3,000
+            image, boxes, classes = random_sample(seed, 640, 480)
+            transform = pre(image, buffer)
+            predictions.append(post(backend.infer({"images": buffer}), transform))
+            truth.append((boxes, classes))
+    result = mean_average_precision(predictions, truth, num_classes=len(CLASSES))
+    assert result["map"] >= 0.9, result
