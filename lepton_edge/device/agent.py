@@ -23,10 +23,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
-import os
 import queue
 import signal
 import threading
@@ -77,6 +75,7 @@ from lepton_edge.fleet.protocol import (
     telemetry_topic,
     validate_id,
 )
+from lepton_edge.runtime.platform import available_accelerator, backend_accelerator, cpu_facts, installed_runtimes
 
 log = logging.getLogger(__name__)
 
@@ -137,67 +136,6 @@ class _Rejections:
             return sum(self.counts.values())
 
 
-def _cuda_version() -> str | None:
-    root = Path("/usr/local/cuda")
-    try:
-        data = json.loads((root / "version.json").read_text())
-        return str(data["cuda"]["version"])[:128]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        text = (root / "version.txt").read_text().strip()  # "CUDA Version 10.2.300"
-        return text.rsplit(" ", 1)[-1][:128] or None
-    except OSError:
-        return None
-
-
-def _jetson_model() -> str | None:
-    try:
-        model = Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode(errors="replace").strip()
-    except OSError:
-        return None
-    return clip_name(model) if "jetson" in model.lower() or "nvidia" in model.lower() else None
-
-
-CUDA_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
-
-
-def available_accelerator(runtimes: dict[str, str]) -> str:
-    """The accelerator this machine offers (for an idle device, which has no loaded backend to ask): the
-    Jetson module, else ``cuda`` when TensorRT is installed or onnxruntime offers a CUDA provider, else
-    ``cpu``."""
-    jetson = _jetson_model()
-    if jetson:
-        return jetson
-    if "tensorrt" in runtimes:
-        return "cuda"
-    try:
-        import onnxruntime
-    except ImportError:
-        return "cpu"
-    return "cuda" if CUDA_PROVIDERS & set(onnxruntime.get_available_providers()) else "cpu"
-
-
-def installed_runtimes() -> dict[str, str]:
-    """Inference runtimes installed here, name -> version (read from package metadata, not imported)."""
-    runtimes: dict[str, str] = {}
-    for dist, name in (
-        ("onnxruntime", "onnxruntime"),
-        ("onnxruntime-gpu", "onnxruntime"),
-        ("tensorrt", "tensorrt"),
-        ("cuda-python", "cuda-python"),
-        ("pycuda", "pycuda"),
-    ):
-        try:
-            runtimes.setdefault(name, clip_name(importlib.metadata.version(dist)))
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    cuda = _cuda_version()
-    if cuda:
-        runtimes["cuda"] = cuda
-    return runtimes
-
-
 class DeviceAgent:
     """The pipeline (through a :class:`RuntimeController`) and everything that talks to the fleet.
 
@@ -251,8 +189,8 @@ class DeviceAgent:
             self.system = SystemMonitor(agent_cfg.state_dir, sysfs)
             self.telemetry = TelemetryCollector(self.device_id, self.controller, self.outbox, self.system)
             self._static_capabilities = (
-                installed_runtimes(),
-                os.cpu_count() or 1,
+                {name: clip_name(version) for name, version in installed_runtimes().items()},
+                cpu_facts().logical_cores,
                 self.system.memory().total_bytes,
             )
             self.exporter = (
@@ -425,9 +363,7 @@ class DeviceAgent:
         else:
             backend = pipeline.backend
             providers = getattr(backend, "providers", None) or []
-            accelerator = _jetson_model() or (
-                "cuda" if backend.name == "tensorrt" or CUDA_PROVIDERS & set(providers) else "cpu"
-            )
+            accelerator = clip_name(backend_accelerator(backend.name, providers))
             artifacts = [clip_name(controller.artifact_id or "unknown")]
 
         return Birth(
@@ -448,7 +384,7 @@ class DeviceAgent:
 
     def _idle_accelerator(self) -> str:
         if self._accelerator is None:
-            self._accelerator = available_accelerator(self._static_capabilities[0])
+            self._accelerator = clip_name(available_accelerator(self._static_capabilities[0]))
         return self._accelerator
 
     def _stored_artifacts(self) -> list[str]:

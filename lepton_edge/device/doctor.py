@@ -27,7 +27,15 @@ from lepton_edge import __version__
 from lepton_edge.config.device import load_config
 from lepton_edge.core.errors import ConfigError, LeptonError
 from lepton_edge.runtime.backends import create_backend
-from lepton_edge.runtime.backends.cuda import available_packages, cuda_adapter
+from lepton_edge.runtime.backends.cuda import available_packages
+from lepton_edge.runtime.platform import (
+    DEVICE_TREE_MODEL,
+    TEGRA_RELEASE,
+    jetson_model,
+    l4t_release,
+    probe_gpu,
+    probe_tensorrt,
+)
 
 Status = Literal["ok", "warn", "fail"]
 GIB = 1024**3
@@ -36,7 +44,6 @@ BROKER_TIMEOUT_S = 3.0
 SERVICE_STATE_DIR = Path("/var/lib/lepton-edge")
 SERVICE_CACHE_DIR = Path("/var/cache/lepton-edge")
 EARLIEST_PLAUSIBLE_TIME = 1735689600.0  # 2025-01-01: a clock before this was reset (RTC without battery)
-JETSON_RELEASE_FILE = Path("/etc/nv_tegra_release")
 
 
 @dataclass(frozen=True)
@@ -92,14 +99,13 @@ def _needs_tensorrt(config: Any) -> bool:
 
 def check_tensorrt(config: Any = None) -> Check:
     needed = _needs_tensorrt(config)
-    try:
-        import tensorrt
-    except Exception as e:  # ImportError, or OSError when libnvinfer is missing or mismatched
+    version, problem = probe_tensorrt()
+    if version is None:
         status: Status = "fail" if needed else "warn"
         why = "the config's backend is tensorrt" if needed else "only needed for TensorRT engines"
-        return Check("tensorrt", status, f"not available ({type(e).__name__}: {e}); {why}. On Jetson it comes "
+        return Check("tensorrt", status, f"not available ({problem}); {why}. On Jetson it comes "
                      "with JetPack (python3-libnvinfer), elsewhere: pip install tensorrt")
-    return Check("tensorrt", "ok", f"{tensorrt.__version__}")
+    return Check("tensorrt", "ok", version)
 
 
 def check_cuda(config: Any = None) -> Check:
@@ -110,14 +116,12 @@ def check_cuda(config: Any = None) -> Check:
         return Check("cuda", bad, "no CUDA Python package (cuda-python or pycuda); "
                      + ("the tensorrt backend needs one" if needed else "only needed for TensorRT engines"))
     device = getattr(getattr(config, "backend", None), "device", 0)
-    try:
-        with cuda_adapter(device) as cuda:
-            major, minor = cuda.compute_capability()
-            detail = (f"{packages[0]}: device {device} {cuda.device_name()} (sm_{major}{minor}), runtime "
-                      f"{cuda.runtime_version()}, driver supports {cuda.driver_version()}")
-    except LeptonError as e:
-        return Check("cuda", bad, f"{', '.join(packages)} installed but CUDA is unusable: {e}")
-    return Check("cuda", "ok", detail)
+    gpu, problem = probe_gpu(device)
+    if problem is not None:
+        return Check("cuda", bad, f"{', '.join(packages)} installed but CUDA is unusable: {problem}")
+    major, minor = gpu["compute_capability"].split(".")
+    return Check("cuda", "ok", f"{packages[0]}: device {device} {gpu['gpu']} (sm_{major}{minor}), runtime "
+                 f"{gpu['cuda_runtime']}, driver supports {gpu['cuda_driver']}")
 
 
 def opencv_video_io(build_information: str) -> dict[str, bool]:
@@ -183,14 +187,11 @@ def check_cameras(config: Any = None, dev_glob: str = "/dev/video*") -> Check:
     return Check("cameras", "ok", ", ".join(nodes))
 
 
-def check_jetson(release_file: Path = JETSON_RELEASE_FILE) -> Check:
-    try:
-        first = release_file.read_text(errors="replace").splitlines()[0].lstrip("# ").strip()
-    except (FileNotFoundError, IndexError):
+def check_jetson(release_file: Path = TEGRA_RELEASE, model_file: Path = DEVICE_TREE_MODEL) -> Check:
+    model, release = jetson_model(model_file), l4t_release(release_file)
+    if model is None and release is None:
         return Check("jetson", "ok", f"not a Jetson (no {release_file})")
-    except OSError as e:
-        return Check("jetson", "warn", f"cannot read {release_file}: {e}")
-    return Check("jetson", "ok", first)
+    return Check("jetson", "ok", f"{model or 'Jetson (module unknown)'}, L4T {release or 'unknown'}")
 
 
 # --------------------------------------------------------------------------------- config and model

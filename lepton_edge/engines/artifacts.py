@@ -29,8 +29,7 @@ from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.engines.onnx_tools import sha256_file
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.base import Backend
-from lepton_edge.runtime.backends.tensorrt import tensorrt_environment
-from lepton_edge.runtime.platform import machine_info
+from lepton_edge.runtime.platform import accelerator_facts, cpu_facts, onnxruntime_version
 
 log = logging.getLogger(__name__)
 
@@ -293,12 +292,11 @@ def current_environment(target: str = "onnxruntime-cpu") -> dict[str, Any]:
 
     TensorRT, CUDA and the GPU are probed only for the ``tensorrt`` target (never raises).
     """
-
-    info = machine_info()
-    runtime = RuntimeInfo(onnxruntime=info.get("onnxruntime")).model_dump()
-    device = DeviceInfo(cpu=info.get("cpu"), instruction_sets=list(info.get("instruction_sets", []))).model_dump()
+    cpu = cpu_facts()
+    runtime = RuntimeInfo(onnxruntime=onnxruntime_version()).model_dump()
+    device = DeviceInfo(cpu=cpu.model, instruction_sets=list(cpu.instruction_sets)).model_dump()
     if target == "tensorrt":
-        trt = tensorrt_environment()
+        trt = accelerator_facts()
         runtime.update(tensorrt=trt.get("tensorrt"), cuda=trt.get("cuda_runtime"), cudnn=trt.get("cudnn"),
                        l4t=trt.get("l4t"))
         device.update(gpu_name=trt.get("gpu"), compute_capability=trt.get("compute_capability"))

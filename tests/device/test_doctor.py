@@ -223,12 +223,14 @@ def test_camera_named_by_the_config_must_exist(tmp_path: Path) -> None:
     assert present.status == "ok" and "video0" in present.detail
 
 
-def test_jetson_release_is_reported(tmp_path: Path) -> None:
+def test_jetson_module_and_l4t_release_are_reported(tmp_path: Path) -> None:
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
-    assert check_jetson(release) == Check("jetson", "ok", "R36 (release), REVISION: 4.0, GCID: 37537400, "
-                                                          "BOARD: generic, EABI: aarch64")
-    assert check_jetson(tmp_path / "absent").detail.startswith("not a Jetson")
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\0")
+    assert check_jetson(release, model) == Check("jetson", "ok", "NVIDIA Jetson AGX Orin Developer Kit, L4T 36.4.0")
+    assert check_jetson(release, tmp_path / "no-model").detail == "Jetson (module unknown), L4T 36.4.0"
+    assert check_jetson(tmp_path / "absent", tmp_path / "no-model").detail.startswith("not a Jetson")
 
 
 def test_main_prints_a_table_and_fails_only_on_failures(capsys: pytest.CaptureFixture[str]) -> None:

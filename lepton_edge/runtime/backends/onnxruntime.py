@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from lepton_edge.config.pipeline import OnnxRuntimeBackendConfig
 from lepton_edge.core.errors import ModelError
 from lepton_edge.core.tensors import TensorSpec
+from lepton_edge.runtime import platform  # the module, not names: platform imports this package
 from lepton_edge.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,6 @@ _ORT_TYPES = {
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process (the default intra-op thread count)."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def _spec(arg: object) -> TensorSpec:
@@ -65,7 +58,7 @@ class OnnxRuntimeBackend(Backend):
 
         cfg = self.config
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.intra_op_threads or physical_cores()
+        opts.intra_op_num_threads = cfg.intra_op_threads or platform.physical_cores()
         opts.inter_op_num_threads = cfg.inter_op_threads
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[cfg.graph_optimization])
         opts.log_severity_level = 3

@@ -20,7 +20,8 @@ import pytest
 from lepton_edge.config.pipeline import TensorRTBackendConfig
 from lepton_edge.core.errors import BackendUnavailable, ConfigError, ModelError
 from lepton_edge.runtime.backends.cuda import CudaError
-from lepton_edge.runtime.backends.tensorrt import TensorRTBackend, TrtApi, build_engine, tensorrt_environment
+from lepton_edge.runtime.backends.tensorrt import TensorRTBackend, TrtApi, build_engine
+from lepton_edge.runtime.platform import accelerator_facts
 from tests.runtime.backends.conftest import (
     DYNAMIC_PROFILE,
     TRT_VERSIONS,
@@ -506,14 +507,14 @@ def test_tensorrt_messages_reach_python_logging(trt, tmp_path, caplog):
     assert any(r.levelno == logging.ERROR and r.getMessage().startswith("TensorRT: ") for r in caplog.records)
 
 
-# -- environment report -----------------------------------------------------------------------
+# -- environment report (runtime.platform, through the TensorRT and CUDA wrappers) ---------------------------
 
 def test_environment_with_everything(trt, tmp_path):
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
     header = tmp_path / "cudnn_version.h"
     header.write_text("#define CUDNN_MAJOR 9\n#define CUDNN_MINOR 3\n#define CUDNN_PATCHLEVEL 0\n")
-    env = tensorrt_environment(tegra_release=release, cudnn_headers=(tmp_path / "none.h", header))
+    env = accelerator_facts(tegra_release=release, cudnn_headers=(tmp_path / "none.h", header))
     assert env == {
         "tensorrt": "10.3.0", "cuda_package": "cuda-python", "cuda_runtime": "12.6", "cuda_driver": "12.6",
         "gpu": "Fake Orin (simulated)", "compute_capability": "8.7", "cudnn": "9.3.0", "l4t": "36.4.0",
@@ -524,7 +525,7 @@ def test_environment_without_tensorrt_or_cuda(monkeypatch, tmp_path):
     block_tensorrt(monkeypatch)
     block_cuda_python(monkeypatch)
     block_pycuda(monkeypatch)
-    assert tensorrt_environment(tegra_release=tmp_path / "absent", cudnn_headers=()) == {}
+    assert accelerator_facts(tegra_release=tmp_path / "absent", cudnn_headers=()) == {}
 
 
 def test_modules_import_without_tensorrt_or_cuda():
@@ -537,7 +538,8 @@ import lepton_edge.runtime.backends.cuda
 import lepton_edge.runtime.backends.tensorrt as t
 from lepton_edge.config.pipeline import TensorRTBackendConfig
 backend = t.TensorRTBackend("model.plan", TensorRTBackendConfig(type="tensorrt"))
-assert t.tensorrt_environment() == {} or "tensorrt" not in t.tensorrt_environment()
+import lepton_edge.runtime.platform as platform
+assert "tensorrt" not in platform.accelerator_facts()
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorrt", "pycuda", "cuda")
                 and sys.modules[m] is not None)
 print(loaded)
