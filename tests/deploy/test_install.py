@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import lepton_edge
+from tests.support.real_parts import missing_real_part
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "install.sh"
@@ -30,7 +32,7 @@ def test_script_parses_and_passes_shellcheck(script: Path) -> None:
     assert result.returncode == 0, result.stderr
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck); only `bash -n` was checked")
+        missing_real_part("shellcheck is not installed (apt-get install shellcheck); only `bash -n` was checked")
     result = subprocess.run([shellcheck, "--severity=style", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -131,12 +133,27 @@ def test_too_old_or_missing_python_is_explained(tmp_path: Path) -> None:
     assert not (tmp_path / "opt/lepton-edge/venv").exists()
 
 
-def test_refuses_to_install_into_the_system_without_root(tmp_path: Path) -> None:
+def world_readable_copy(script: Path) -> Path:
+    """``script`` copied into a fresh world-readable checkout-shaped folder (``<dir>/deploy/<name>``), for a user
+    who cannot read the checkout (a clone under /root, or in a mode-700 temporary folder)."""
+    top = Path(tempfile.mkdtemp(prefix="lepton-install-"))
+    (top / "deploy").mkdir()
+    copy = Path(shutil.copy2(script, top / "deploy" / script.name))
+    for path in (top, top / "deploy", copy):
+        path.chmod(0o755)
+    return copy
+
+
+def test_refuses_to_install_into_the_system_without_root() -> None:
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv (util-linux) to run the script as an unprivileged user")
     env = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
-    result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(INSTALL)],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    script = world_readable_copy(INSTALL)
+    try:
+        result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(script)],
+                                capture_output=True, text=True, env=env, cwd=script.parent, timeout=60)
+    finally:
+        shutil.rmtree(script.parents[1])
     assert result.returncode != 0
     assert "run as root" in result.stderr

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.real_parts import missing_real_part
+
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "make-certs.sh"
 
 
 @pytest.fixture(autouse=True)
 def _openssl() -> None:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (apt-get install openssl)")
+        missing_real_part("openssl is not installed (apt-get install openssl)")
 
 
 def make_certs(out: Path, *args: str) -> subprocess.CompletedProcess[str]:

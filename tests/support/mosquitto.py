@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
+from tests.support.real_parts import missing_real_part
 
 
 def find_mosquitto() -> str | None:
@@ -26,10 +26,10 @@ def find_mosquitto() -> str | None:
 
 
 def require_mosquitto() -> str:
-    """The mosquitto executable, or skip the test with the command that installs it."""
+    """The mosquitto executable, or skip the test (fail in CI) with the command that installs it."""
     path = find_mosquitto()
     if path is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); MQTT tests need a real broker")
+        missing_real_part("mosquitto is not installed (apt-get install mosquitto); MQTT tests need a real broker")
     return path
 
 
@@ -77,7 +77,7 @@ class MosquittoBroker:
     def _write_password_file(self, users: dict[str, str]) -> None:
         tool = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd", path="/usr/sbin:/usr/local/sbin")
         if tool is None:
-            pytest.skip("mosquitto_passwd is not installed (it comes with the mosquitto package)")
+            missing_real_part("mosquitto_passwd is not installed (it comes with the mosquitto package)")
         path = self.workdir / "passwords"
         path.touch(mode=0o600)
         for name, password in users.items():
@@ -234,7 +234,7 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1/localhost, made with the openssl CLI."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed; the TLS test needs it to make certificates")
+        missing_real_part("openssl is not installed (apt-get install openssl); the TLS tests make certificates with it")
     directory.mkdir(parents=True, exist_ok=True)
     paths = {name: directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr")}
     (directory / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")

@@ -2,7 +2,8 @@
 
 ``postgres_url`` (session-scoped) is the URL of a database in it. With ``$LEPTON_TEST_POSTGRES_URL`` set,
 that server is used instead and nothing is started (tests that stop the server then skip). Without
-PostgreSQL binaries (``/usr/lib/postgresql/*/bin`` or on PATH) the tests that need it skip, saying why.
+PostgreSQL binaries (``/usr/lib/postgresql/*/bin`` or on PATH) or psycopg the tests that need it skip, saying
+why, and fail in CI (tests/support/real_parts.py).
 The system PostgreSQL (port 5432) is never touched.
 
 Import the fixtures into a test module (or a conftest): ``from tests.support.postgres import postgres_url``.
@@ -11,6 +12,7 @@ Import the fixtures into a test module (or a conftest): ``from tests.support.pos
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -24,6 +26,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.mosquitto import free_port
+from tests.support.real_parts import missing_real_part
 
 ENV_URL = "LEPTON_TEST_POSTGRES_URL"
 _SERVER: PostgresServer | None = None
@@ -62,11 +65,11 @@ class PostgresServer:
                 owner = pwd.getpwnam("postgres")
             except KeyError:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-                pytest.skip("running as root and there is no `postgres` user to run a test PostgreSQL as")
+                missing_real_part("running as root and there is no `postgres` user to run a test PostgreSQL as")
             runuser = shutil.which("runuser")
             if runuser is None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-                pytest.skip("running as root without `runuser`; cannot start a test PostgreSQL as `postgres`")
+                missing_real_part("running as root without `runuser`; cannot start a test PostgreSQL as `postgres`")
             os.chown(self.workdir, owner.pw_uid, owner.pw_gid)
             self._run_as = [runuser, "-u", "postgres", "--"]
         self._initdb()
@@ -123,14 +126,20 @@ class PostgresServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def require_psycopg() -> None:
+    """Skip (fail in CI) where the PostgreSQL client library is not installed."""
+    if importlib.util.find_spec("psycopg") is None:
+        missing_real_part("psycopg is not installed (pip install 'psycopg[binary]')")
+
+
 def _server() -> PostgresServer:
     """The one throwaway server of this test run, started on first use."""
     global _SERVER
     if _SERVER is None:
-        pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
+        require_psycopg()
         bin_dir = find_postgres_bin()
         if bin_dir is None:
-            pytest.skip("PostgreSQL is not installed (apt-get install postgresql); no initdb/pg_ctl found")
+            missing_real_part("PostgreSQL is not installed (apt-get install postgresql); no initdb/pg_ctl found")
         _SERVER = PostgresServer(bin_dir).start()
     return _SERVER
 
@@ -153,7 +162,7 @@ def postgres_url(request: pytest.FixtureRequest) -> str:
     """URL of a PostgreSQL database for tests: ``$LEPTON_TEST_POSTGRES_URL``, else one in a throwaway cluster."""
     external = os.environ.get(ENV_URL)
     if external:
-        pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
+        require_psycopg()
         return external
     server = request.getfixturevalue("postgres_server")
     return server.create_database(f"lepton_{uuid.uuid4().hex[:8]}")
