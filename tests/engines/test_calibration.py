@@ -15,11 +15,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from lepton_edge.cli import calibrate as calibrate_command
 from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError, ModelError, SourceError
 from lepton_edge.engines.calibration import (
     CalibrationTable,
-    add_calibrate_arguments,
     calibrate,
     dataset_manifest,
     load_table,
@@ -28,6 +28,7 @@ from lepton_edge.engines.calibration import (
     write_table,
     write_tensorrt_cache,
 )
+from lepton_edge.engines.calibration.methods import entropy_threshold
 from lepton_edge.engines.onnx_tools import inspect_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,8 +230,6 @@ def reference_kl(sliced: np.ndarray, cut: float) -> float:
 
 @pytest.mark.parametrize("bins, gap", [(129, False), (300, False), (700, True)])
 def test_entropy_threshold_matches_a_bin_by_bin_search(bins, gap):
-    from lepton_edge.engines.calibration import _entropy_threshold
-
     rng = np.random.default_rng(bins)
     values = np.abs(rng.standard_t(3, 20000))
     hist = np.bincount((values / values.max() * (bins - 1)).astype(int), minlength=4096).astype(np.int64)
@@ -238,7 +237,7 @@ def test_entropy_threshold_matches_a_bin_by_bin_search(bins, gap):
         hist[300 : bins - 1] = 0  # an empty stretch before one far outlier bin
     kls = [reference_kl(hist[:i].astype(float), float(hist[i:].sum())) for i in range(128, bins + 1)]
     expected = bins if bins <= 128 else 128 + int(np.argmin(kls))
-    assert _entropy_threshold(hist, 0.5) == expected * 0.5
+    assert entropy_threshold(hist, 0.5) == expected * 0.5
 
 
 def test_entropy_keeps_nearly_the_whole_range_of_uniform_data(tmp_path):
@@ -593,15 +592,15 @@ def test_already_quantized_models_are_refused(tmp_path, digits_table):
 
 
 def test_calibrate_command_writes_table_cache_and_qdq(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_calibrate_arguments(parser)
+    parser = argparse.ArgumentParser(epilog=calibrate_command.EPILOG)
+    calibrate_command.add_arguments(parser)
     assert "lepton-edge calibrate --model models/shapes_detector.onnx" in parser.format_help()
     args = parser.parse_args([
         "--model", str(DIGITS), "--data", str(DIGITS_CALIBRATION), "--method", "percentile", "--samples", "32",
         "--out", str(tmp_path / "d.json"), "--trt-cache", str(tmp_path / "d.cache"),
         "--qdq", str(tmp_path / "d.int8.onnx"), "--no-progress",
     ])
-    assert args.func(args) == 0
+    assert calibrate_command.run(args) == 0
     table = load_table(tmp_path / "d.json", model_sha256=inspect_onnx(DIGITS).sha256)
     assert table.method == "percentile" and table.percentile == 99.99 and table.samples == 32
     assert read_tensorrt_cache(tmp_path / "d.cache")[0] == "TRT-8601-EntropyCalibration2"

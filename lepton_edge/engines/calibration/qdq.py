@@ -1,0 +1,140 @@
+"""QDQ export: the table's ranges baked into a QuantizeLinear/DequantizeLinear ONNX model for onnxruntime."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lepton_edge.core.errors import ConfigError, LeptonError, ModelError
+from lepton_edge.core.fileio import atomic_write
+from lepton_edge.engines.calibration.table import CalibrationTable, other_model_message
+from lepton_edge.engines.onnx_tools import inspect_onnx
+
+
+class _DropQuantizerAdvice(logging.Filter):
+    """onnxruntime's quantizer logs advice about its own pre-processing tool on the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
+def _opset_13(model, model_path: Path, opset: int):  # onnx.ModelProto -> onnx.ModelProto
+    """Per-channel QuantizeLinear/DequantizeLinear (their ``axis``) need opset 13; convert older models.
+    The converter keeps tensor names, so the table's ranges still apply."""
+    import onnx
+
+    try:
+        return onnx.version_converter.convert_version(model, 13)
+    except Exception as e:  # the converter raises several types for graphs it cannot convert
+        raise ModelError(
+            f"{model_path}: per-channel quantization needs opset 13 and converting this opset {opset} "
+            f"model failed ({e}); re-export it with opset 13 or newer, or "
+            "quantize per tensor (--per-tensor)"
+        ) from None
+
+
+_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+
+
+def _float_tail(model) -> list[str]:  # model: onnx.ModelProto (nodes named)
+    """Names of the nodes after the last weighted layer (Conv, MatMul, ...) that feed none: the decode
+    tail (box arithmetic, concatenation of boxes with scores, softmax). Quantizing it gains little time
+    and can ruin results, e.g. one uint8 scale for pixel coordinates and 0..1 scores in one tensor."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_weighted: dict[str, bool] = {}
+    for node in reversed(model.graph.node):  # ONNX nodes are topologically sorted
+        feeds_weighted[node.name] = any(
+            c.op_type in _WEIGHTED_OPS or feeds_weighted.get(c.name, False)
+            for out in node.output for c in consumers.get(out, ())
+        )
+    return [n.name for n in model.graph.node if n.op_type not in _WEIGHTED_OPS and not feeds_weighted[n.name]]
+
+
+def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, per_channel: bool = True,
+                 float_tail: bool = True) -> Path:
+    """Write a QDQ-quantized copy of ``model_path`` whose activation scales come from ``table``.
+
+    Activations are uint8 (asymmetric), weights int8 (per output channel unless ``per_channel`` is
+    False): the fast combination on x86 CPUs with VNNI and on ARM in onnxruntime. The ranges are handed
+    to onnxruntime's ``quantize_static`` as its calibration cache, so no second calibration runs. With
+    ``float_tail`` the cheap decode nodes after the last weighted layer stay in float.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    model_path, out_path = Path(model_path), Path(out_path)
+    info = inspect_onnx(model_path)
+    if info.sha256 != table.model_sha256:
+        raise ConfigError(other_model_message(f"calibration table for {model_path}", table, info.sha256))
+    if info.has_qdq:
+        raise ModelError(f"{model_path}: the model is already quantized; give the fp32 model")
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise ModelError(
+            f"QDQ export needs an onnxruntime whose quantize_static takes calibration_cache_path (installed: "
+            f"{ort.__version__}); upgrade it with `pip install -U onnxruntime`"
+        )
+    ranges = TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+        for name, (lo, hi) in table.ranges.items()
+    })
+    model = onnx.load(str(model_path))
+    if per_channel and info.opset < 13:
+        model = _opset_13(model, model_path, info.opset)
+    used = {n.name for n in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:  # nodes are excluded from quantization by name
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+    keep_float = _float_tail(model) if float_tail else []
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    advice = _DropQuantizerAdvice()
+    root = logging.getLogger()
+    with tempfile.TemporaryDirectory(prefix="lepton-qdq-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        staged = Path(tmp) / "model.int8.onnx"
+        root.addFilter(advice)
+        try:
+            quantize_static(
+                model, str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                per_channel=per_channel, reduce_range=False, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                calibration_cache_path=cache, nodes_to_exclude=keep_float,
+            )
+        except LeptonError:
+            raise
+        except Exception as e:  # the quantizer raises many types for models it cannot handle
+            raise ModelError(f"{model_path}: onnxruntime's quantizer failed: {type(e).__name__}: {e}") from None
+        finally:
+            root.removeFilter(advice)
+        quantized = onnx.load(str(staged))
+        entry = quantized.metadata_props.add()
+        entry.key = "lepton.quantization"
+        entry.value = json.dumps({
+            "format": "qdq", "activations": "uint8", "weights": "int8 per-channel" if per_channel else "int8",
+            "method": table.method, "source_model_sha256": table.model_sha256,
+            "dataset_sha256": table.dataset_sha256, "float_nodes": len(keep_float),
+        }, sort_keys=True)
+        onnx.save(quantized, str(staged))
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises several unrelated types
+            raise ModelError(f"{model_path}: the quantized model does not load in onnxruntime: {e}") from None
+        atomic_write(out_path, staged.read_bytes())
+    return out_path
+
