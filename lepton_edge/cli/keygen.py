@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from lepton_edge.device.signing import add_keygen_arguments, cmd_keygen
+from lepton_edge.device.signing import generate_keypair
+
+DESCRIPTION = "Create an ed25519 key pair that signs model artifacts (lepton-edge sign)."
+EPILOG = """examples:
+  lepton-edge keygen --out /etc/lepton-edge/keys/release
+      writes release.key (private, mode 0600: keep it on the release host) and release.pub
+      (copy it to each device and set agent.artifact_public_key to its path)
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_keygen_arguments(parser)
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="path prefix of the key pair: writes PREFIX.key and PREFIX.pub",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    return cmd_keygen(args)
+    """Create a release key pair at ``args.out`` (.key and .pub)."""
+    prefix = Path(args.out)
+    private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
+    generate_keypair(private_path, public_path)
+    print(
+        f"wrote {private_path} (private, keep it secret) and {public_path} "
+        "(set agent.artifact_public_key to it)"
+    )
+    return 0

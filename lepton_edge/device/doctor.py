@@ -8,7 +8,6 @@ module level, so ``doctor`` runs on a machine that lacks them.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import platform
@@ -396,17 +395,3 @@ def format_report(checks: list[Check]) -> str:
     counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "fail")}
     lines.append(f"\n{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} failure(s)")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``doctor`` subcommand's options."""
-    parser.add_argument("--config", "-c", type=Path, help="device config to validate, with its model and broker")
-    parser.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker to reach (default: the config's "
-                        "agent.mqtt host and port)")
-
-
-def main_doctor(args: argparse.Namespace) -> int:
-    """Print the report; 1 if any check failed, else 0 (warnings do not fail)."""
-    checks = run_checks(getattr(args, "config", None), getattr(args, "broker", None))
-    print(format_report(checks))
-    return 1 if any(c.status == "fail" for c in checks) else 0

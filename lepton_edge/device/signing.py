@@ -1,4 +1,4 @@
-"""Release signing of model artifacts with ed25519 (the ``keygen`` and ``sign`` commands).
+"""Release signing of model artifacts with ed25519 (used by the ``keygen`` and ``sign`` commands).
 
 What is signed: the file's sha256 digest (32 raw bytes) prefixed by :data:`SIGNATURE_CONTEXT`, never the
 bytes themselves. A device can therefore check the signature of an artifact reference before it downloads
@@ -11,17 +11,13 @@ key is SubjectPublicKeyInfo, the file that ``agent.artifact_public_key`` names o
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
-import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 
 if TYPE_CHECKING:
@@ -193,78 +189,3 @@ def verify_file(
         raise UpdateError(
             f"{path}: sha256 is {actual}, expected {sha256.lower()}; the file is not the signed one"
         )
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-EPILOG_KEYGEN = """examples:
-  lepton-edge keygen --out /etc/lepton-edge/keys/release
-      writes release.key (private, mode 0600: keep it on the release host) and release.pub
-      (copy it to each device and set agent.artifact_public_key to its path)
-"""
-
-EPILOG_SIGN = """examples:
-  lepton-edge sign model.onnx --key release.key --url https://updates.example.com/model.onnx
-  lepton-edge sign shapes-int8.tar --key release.key --format json \\
-      --url https://updates.example.com/shapes-int8.tar
-
-The file is a single model (.onnx, .plan) or a .tar of an artifact directory
-(tar -cf shapes-int8.tar -C out/artifacts shapes-int8). The printed snippet goes into the
-model section of the desired config; upload the file to the URL unchanged.
-"""
-
-
-def add_keygen_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lepton-edge keygen``."""
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="path prefix of the key pair: writes PREFIX.key and PREFIX.pub",
-    )
-
-
-def add_sign_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``lepton-edge sign``."""
-    parser.add_argument("file", type=Path, help="model file (.onnx, .plan) or .tar of an artifact directory")
-    parser.add_argument(
-        "--key", required=True, type=Path, help="ed25519 private key (PEM) from lepton-edge keygen"
-    )
-    parser.add_argument("--url", help="where devices will download the file (https://, http:// or file:///)")
-    parser.add_argument(
-        "--format", choices=["yaml", "json"], default="yaml", help="snippet format (default yaml)"
-    )
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    """Create a release key pair at ``args.out`` (.key and .pub)."""
-    prefix = Path(args.out)
-    private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
-    generate_keypair(private_path, public_path)
-    print(
-        f"wrote {private_path} (private, keep it secret) and {public_path} "
-        "(set agent.artifact_public_key to it)"
-    )
-    return 0
-
-
-def cmd_sign(args: argparse.Namespace) -> int:
-    """Sign ``args.file`` and print the ``model.artifact`` snippet of the desired config."""
-    import yaml
-    from pydantic import ValidationError
-
-    if args.url is not None:
-        try:
-            ArtifactRef(url=args.url, size=1, sha256="0" * 64)
-        except ValidationError as e:
-            raise UpdateError(f"--url {args.url!r}: {e.errors()[0]['msg']}") from None
-    ref = sign_file(args.file, args.key)
-    ref["url"] = args.url
-    snippet = {"model": {"artifact": ref}}
-    if args.format == "json":
-        print(json.dumps(snippet, indent=2))
-    else:
-        print(yaml.safe_dump(snippet, sort_keys=False), end="")
-    if args.url is None:
-        print("note: url is empty; give --url or fill it in before publishing the config", file=sys.stderr)
-    return 0

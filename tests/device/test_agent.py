@@ -283,7 +283,7 @@ def test_an_idle_device_announces_what_it_can_run(mqtt_broker, recorder, tmp_pat
     import onnxruntime
 
     from lepton_edge.config.pipeline import ArtifactRef
-    from lepton_edge.device.agent import CUDA_PROVIDERS
+    from lepton_edge.runtime.platform import CUDA_PROVIDERS
     from tests.device.helpers import idle_config
 
     device = f"ag-{unique}"

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lepton_edge.cli.doctor import add_arguments
+from lepton_edge.cli.doctor import run as main_doctor
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.device.doctor import (
     Check,
-    add_arguments,
     check_cameras,
     check_clock,
     check_disk,
     check_jetson,
     format_report,
-    main_doctor,
     opencv_video_io,
     parse_host_port,
     run_checks,

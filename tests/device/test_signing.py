@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lepton_edge.cli import keygen as keygen_command
+from lepton_edge.cli import sign as sign_command
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 from lepton_edge.device.signing import (
-    add_keygen_arguments,
-    add_sign_arguments,
-    cmd_keygen,
-    cmd_sign,
     load_private_key,
     load_public_key,
     sign_file,
@@ -34,7 +32,7 @@ def parse(add_arguments, argv: list[str]) -> argparse.Namespace:
 
 def keygen(tmp_path: Path, name: str = "release") -> tuple[Path, Path]:
     prefix = tmp_path / "keys" / name
-    assert cmd_keygen(parse(add_keygen_arguments, ["--out", str(prefix)])) == 0
+    assert keygen_command.run(parse(keygen_command.add_arguments, ["--out", str(prefix)])) == 0
     return Path(f"{prefix}.key"), Path(f"{prefix}.pub")
 
 
@@ -57,13 +55,14 @@ def test_keygen_sign_verify_round_trip_through_the_cli(tmp_path, capsys):
     model = mean_color_classifier(tmp_path / "model.onnx")
     url = "https://updates.example.com/model.onnx"
 
-    assert cmd_sign(parse(add_sign_arguments, [str(model), "--key", str(private), "--url", url])) == 0
+    assert sign_command.run(parse(sign_command.add_arguments, [str(model), "--key", str(private), "--url", url])) == 0
     snippet = yaml.safe_load(capsys.readouterr().out)
     ref = ArtifactRef(**snippet["model"]["artifact"])
     assert ref.url == url and ref.size == model.stat().st_size
     verify_file(model, public, ref.sha256, ref.signature)
 
-    assert cmd_sign(parse(add_sign_arguments, [str(model), "--key", str(private), "--format", "json"])) == 0
+    argv = [str(model), "--key", str(private), "--format", "json"]
+    assert sign_command.run(parse(sign_command.add_arguments, argv)) == 0
     out = capsys.readouterr()
     as_json = json.loads(out.out)["model"]["artifact"]
     assert as_json["url"] is None and "give --url" in out.err
@@ -74,7 +73,7 @@ def test_a_signed_file_is_accepted_by_the_device_store(tmp_path, capsys):
     private, public = keygen(tmp_path)
     capsys.readouterr()
     model = mean_color_classifier(tmp_path / "release" / "model.onnx")
-    cmd_sign(parse(add_sign_arguments, [str(model), "--key", str(private), "--url", model.as_uri()]))
+    sign_command.run(parse(sign_command.add_arguments, [str(model), "--key", str(private), "--url", model.as_uri()]))
     ref = ArtifactRef(**yaml.safe_load(capsys.readouterr().out)["model"]["artifact"])
     store = ArtifactStore(tmp_path / "state", public, 1 << 20)
     assert store.activate(store.stage(ref)).read_bytes() == model.read_bytes()
@@ -101,10 +100,10 @@ def test_sign_explains_how_to_pack_a_directory_and_checks_the_url(tmp_path):
     artifact = tmp_path / "out" / "colors-fp32"
     artifact.mkdir(parents=True)
     with pytest.raises(UpdateError, match=r"is a directory; .*tar -cf colors-fp32.tar -C .*out colors-fp32"):
-        cmd_sign(parse(add_sign_arguments, [str(artifact), "--key", str(private)]))
+        sign_command.run(parse(sign_command.add_arguments, [str(artifact), "--key", str(private)]))
     model = mean_color_classifier(tmp_path / "model.onnx")
     with pytest.raises(UpdateError, match=r"--url 'ftp://host/m.onnx': .*https://, http:// or file://"):
-        cmd_sign(parse(add_sign_arguments, [str(model), "--key", str(private), "--url", "ftp://host/m.onnx"]))
+        sign_command.run(parse(sign_command.add_arguments, [str(model), "--key", str(private), "--url", "ftp://host/m.onnx"]))
 
 
 def test_keys_that_are_missing_or_of_the_wrong_kind_are_named(tmp_path):
