@@ -9,26 +9,31 @@ Suites:
   and the pipeline, all on the same offline source.
 - ``latency``: a live paced source through the pipeline: end-to-end p99 against the sum of stage
   medians, p99 of the last tenth against the first tenth, and memory over the run.
+
+Generated inputs (a video of the shapes scene, the YOLOv8n-sized model) and the report go to ``out/bench`` under
+the current folder. The command line is ``lepton_edge.cli.bench``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from lepton_edge.config.device import parse_config
 from lepton_edge.config.pipeline import SourceConfig
 from lepton_edge.core.results import now
-from lepton_edge.data import DEMO_MODEL, YOLOV8N_SIZED_GENERATOR
+from lepton_edge.data import DEMO_MODEL
+from lepton_edge.data.yolov8n_sized import build_yolov8n_sized
 from lepton_edge.device.controller import open_pipeline
 from lepton_edge.engines.engine_cache import load_backend
 from lepton_edge.runtime.assembly import build_pipeline
@@ -41,13 +46,26 @@ from lepton_edge.tools.bench_scheduler import bench_scheduler, print_table
 log = logging.getLogger(__name__)
 
 BENCH_DIR = Path("out/bench")
+SUITES = ("throughput", "latency", "agent", "scheduler")
 
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """What one bench run measures (the defaults are ``lepton-edge bench``'s)."""
+
+    suites: tuple[str, ...] = ("throughput", "latency")
+    models: tuple[Path, ...] = ()  # none: the demo detector and a generated YOLOv8n-sized 640x640 model
+    source: str | None = None  # none: a generated 640x480 video of the shapes scene
+    frames: int = 200
+    rounds: int = 3
+    case_seconds: float = 8.0
+    threads: int = 0
+    duration_s: float = 60.0
+    fps: float = 30.0
+    work_dir: Path = BENCH_DIR  # generated inputs
 
 
 def rss_mb() -> float:
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -70,18 +88,11 @@ def ensure_bench_video(path: Path, frames: int = 240, size: tuple[int, int] = (6
 
 
 def ensure_yolov8n_sized(path: Path, size: int = 640) -> Path:
-    """Generate the YOLOv8n-sized random-weight model (models/yolov8n_sized.py) once."""
+    """Generate the YOLOv8n-sized random-weight model (lepton_edge/data/yolov8n_sized.py) once."""
     if path.exists():
         return path
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("yolov8n_sized", YOLOV8N_SIZED_GENERATOR)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError("models/yolov8n_sized.py is missing")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return module.build_yolov8n_sized(path, size=size)
+    return build_yolov8n_sized(path, size=size)
 
 
 def _device_config(model: Path, source: str, live: bool | None, threads: int, extra: dict | None = None):
@@ -241,23 +252,6 @@ def bench_latency(model: Path, duration_s: float, fps: float, threads: int) -> d
     }
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", help="ONNX model(s) to measure (default: the demo detector and "
-                   "a generated YOLOv8n-sized 640x640 model)")
-    p.add_argument("--source", help="offline source for the throughput suite (default: a generated 640x480 "
-                   "video of the shapes scene)")
-    p.add_argument("--frames", type=int, default=200, help="frames per case and round (default 200)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    p.add_argument("--case-seconds", type=float, default=8.0,
-                   help="longest time per case and round (heavy models stop before --frames)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: physical cores)")
-    p.add_argument("--suite", action="append", choices=["throughput", "latency", "agent", "scheduler"],
-                   help="suites to run (default: throughput and latency; agent and scheduler need mosquitto)")
-    p.add_argument("--duration", type=float, default=60.0, help="latency suite length in seconds")
-    p.add_argument("--fps", type=float, default=30.0, help="latency suite source rate")
-    p.add_argument("--output", default=str(BENCH_DIR / "bench.json"), help="JSON report path")
-
-
 def _print_table(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"\nmachine: {m['cpu']}, {m['physical_cores']} physical / {m['logical_cores']} logical cores, "
@@ -282,40 +276,43 @@ def _print_table(report: dict[str, Any]) -> None:
               f"memory growth {r['memory_growth_mb']:+.1f} MB over the run")
 
 
-def _print_agent(report: dict[str, Any]) -> None:
+def run_bench(options: BenchOptions) -> dict[str, Any]:
+    """Run the chosen suites; the report (machine, time and one entry per suite) as JSON-ready data."""
+    report: dict[str, Any] = {"machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    first_model = options.models[0] if options.models else None
+    if "throughput" in options.suites:
+        models = list(options.models) or [DEMO_MODEL, ensure_yolov8n_sized(options.work_dir / "yolov8n_sized_640.onnx")]
+        source = options.source or str(ensure_bench_video(options.work_dir / "shapes_640x480.mp4"))
+        report["throughput"] = []
+        for model in models:
+            print(f"measuring throughput of {model.name} ...", file=sys.stderr, flush=True)
+            report["throughput"].append(bench_throughput(model, source, options.frames, options.rounds,
+                                                         options.threads, options.case_seconds))
+    if "latency" in options.suites:
+        model = first_model or DEMO_MODEL
+        print(f"measuring live latency of {model.name} for {options.duration_s:.0f} s ...", file=sys.stderr, flush=True)
+        report["latency"] = bench_latency(model, options.duration_s, options.fps, options.threads)
+    if "agent" in options.suites:
+        print("measuring telemetry and results-sink overhead ...", file=sys.stderr, flush=True)
+        report["agent"] = bench_agent_overhead(first_model, frames=options.frames, rounds=options.rounds,
+                                               threads=options.threads)
+    if "scheduler" in options.suites:
+        print("measuring scheduler ingestion, placement and failover ...", file=sys.stderr, flush=True)
+        report["scheduler"] = bench_scheduler()
+    return report
+
+
+def write_report(report: dict[str, Any], path: Path) -> Path:
+    """Write the report as indented JSON (folders made as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The report as tables on stdout."""
+    _print_table(report)
     if report.get("agent"):
         print("\n" + format_agent_overhead(report["agent"]))
     if report.get("scheduler"):
         print_table(report["scheduler"])
-
-
-def run_bench_command(args: argparse.Namespace) -> int:
-    suites = args.suite or ["throughput", "latency"]
-    report: dict[str, Any] = {"machine": machine_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if "throughput" in suites:
-        models = [Path(m) for m in args.model] if args.model else [
-            DEMO_MODEL, ensure_yolov8n_sized(BENCH_DIR / "yolov8n_sized_640.onnx")]
-        source = args.source or str(ensure_bench_video(BENCH_DIR / "shapes_640x480.mp4"))
-        report["throughput"] = []
-        for model in models:
-            print(f"measuring throughput of {model.name} ...", file=sys.stderr, flush=True)
-            report["throughput"].append(bench_throughput(model, source, args.frames, args.rounds, args.threads,
-                                                              args.case_seconds))
-    if "latency" in suites:
-        model = Path(args.model[0]) if args.model else DEMO_MODEL
-        print(f"measuring live latency of {model.name} for {args.duration:.0f} s ...", file=sys.stderr, flush=True)
-        report["latency"] = bench_latency(model, args.duration, args.fps, args.threads)
-    if "agent" in suites:
-        print("measuring telemetry and results-sink overhead ...", file=sys.stderr, flush=True)
-        report["agent"] = bench_agent_overhead(Path(args.model[0]) if args.model else None,
-                                               frames=args.frames, rounds=args.rounds, threads=args.threads)
-    if "scheduler" in suites:
-        print("measuring scheduler ingestion, placement and failover ...", file=sys.stderr, flush=True)
-        report["scheduler"] = bench_scheduler()
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    _print_table(report)
-    _print_agent(report)
-    print(f"\nreport: {out}")
-    return 0

@@ -3,11 +3,14 @@
 A local mosquitto, the scheduler with its dashboard, and one device (the agent plus the pipeline running
 the bundled shapes detector on a live synthetic camera). The scheduler is given one workload pinned to
 the device, pushes it as the device's desired config, and shows the device's telemetry on the dashboard.
+
+The model is the one in package data; everything the demo writes (results, annotated video, broker, scheduler
+store, device state) goes to one folder, ``out/demo`` under the current folder by default. The command line is
+``lepton_edge.cli.demo``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import threading
@@ -17,9 +20,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lepton_edge.config.device import load_config, parse_config
+from lepton_edge.config.base import read_yaml
+from lepton_edge.config.device import DeviceConfig, parse_config
 from lepton_edge.config.scheduler import parse_scheduler_config
-from lepton_edge.data import DEMO_CONFIG
+from lepton_edge.data import DEMO_CONFIG, DEMO_MODEL
 from lepton_edge.device.agent import run_device
 from lepton_edge.device.service import run_service
 from lepton_edge.fleet.broker import LocalBroker, free_port, wait_for_port
@@ -27,6 +31,17 @@ from lepton_edge.scheduler.service import run_scheduler
 
 log = logging.getLogger(__name__)
 
+
+def demo_config(out_dir: Path) -> DeviceConfig:
+    """The bundled demo config (deploy/demo.yaml) with the packaged model, writing its files into ``out_dir``.
+
+    Its own paths are relative to deploy/ in a checkout; the demo does not depend on where it runs from."""
+    data = read_yaml(DEMO_CONFIG)
+    data["model"]["path"] = str(DEMO_MODEL)
+    for sink in data["sinks"]:
+        if "path" in sink:
+            sink["path"] = str(out_dir / Path(sink["path"]).name)
+    return parse_config(data, str(DEMO_CONFIG))
 
 
 def _send_json(url: str, body: dict[str, Any], method: str) -> dict[str, Any]:
@@ -62,7 +77,7 @@ def demo_workload(device_config, device_id: str) -> dict[str, Any]:
 
 def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int:
     out_dir = out_dir.resolve()
-    local = load_config(DEMO_CONFIG)
+    local = demo_config(out_dir)
     if not fleet:
         return run_service(local, duration_s=duration_s, origin=str(DEMO_CONFIG))
 
@@ -103,14 +118,3 @@ def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int
         stop.set()
         scheduler.join(10)
         broker.stop()
-
-
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
-    p.add_argument("--out", default="out/demo", help="folder for the broker, the scheduler store, results and "
-                   "the annotated video (default out/demo)")
-    p.add_argument("--no-fleet", action="store_true", help="only the pipeline: no broker, agent or scheduler")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(args.duration, Path(args.out), fleet=not args.no_fleet)
