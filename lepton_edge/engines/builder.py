@@ -47,8 +47,9 @@ from lepton_edge.engines.artifacts import (
 from lepton_edge.engines.calibration import calibrate, load_table, quantize_qdq, write_tensorrt_cache
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare
 from lepton_edge.engines.onnx_tools import inspect_onnx, sha256_file, unsupported_ops
+from lepton_edge.engines.tensorrt_builder import build_engine
 from lepton_edge.runtime.backends import create_backend
-from lepton_edge.runtime.backends.tensorrt import build_engine, import_tensorrt
+from lepton_edge.runtime.backends.tensorrt import import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -318,10 +319,7 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
     elif table is not None:
         version = env["runtime"]["tensorrt"] or "8.6.1"
         cache = staged / "calibration.cache"
-        # The builder replays caches through an EntropyCalibration2 calibrator, and TensorRT ignores a cache
-        # whose header names another algorithm; the ranges are the table's whatever its method.
-        carrier = table.model_copy(update={"method": "entropy"})
-        write_tensorrt_cache(carrier, cache, trt_version=_trt_version_code(version))
+        write_tensorrt_cache(table, cache, trt_version=_trt_version_code(version))
         int8_mode = "legacy-cache"
     elif precision == "int8":
         int8_mode = "qdq"

@@ -20,7 +20,11 @@ Behaviour: the parser reads the real ONNX file (with ``onnx``) and rejects opera
 :data:`SUPPORTED_OPS`; a "plan" embeds the ONNX model with a header (TensorRT version, GPU, flags,
 profiles); the runtime refuses plans from another version or GPU; an execution context queues its
 work on a :class:`~tests.support.fake_cuda.FakeGpu` stream, and that work reads the inputs from
-simulated device memory, runs the model with onnxruntime, and writes the outputs back. Calls are
+simulated device memory, runs the model with onnxruntime, and writes the outputs back. Implicit INT8
+replays a calibration cache only through a calibrator of the algorithm its header names (otherwise, as
+TensorRT does, the cache is ignored and calibration with no data fails), only when every scale line is
+``tensor: <hex>``, and records the replayed algorithm in ``_state["replayed_caches"]``; the legacy
+calibrator must implement its quantile and regression-cutoff members. Calls are
 recorded in ``module.calls``; live engines/contexts/runtimes are counted by :func:`live_objects`.
 TensorRT 8.6 has no standalone bindings wheel to check names against, so it is covered by this fake
 only.
@@ -284,6 +288,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
         "violations": [],
         "timing_cache_hits": 0,
         "builds": [],
+        "replayed_caches": [],
     }
     trt._state = state
     trt.calls = state["calls"]
@@ -384,13 +389,28 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
             def get_algorithm(self) -> Any:
                 return CalibrationAlgoType.ENTROPY_CALIBRATION_2
 
+        class IInt8EntropyCalibrator(IInt8Calibrator):
+            def get_algorithm(self) -> Any:
+                return CalibrationAlgoType.ENTROPY_CALIBRATION
+
         class IInt8MinMaxCalibrator(IInt8Calibrator):
             def get_algorithm(self) -> Any:
                 return CalibrationAlgoType.MINMAX_CALIBRATION
 
+        class IInt8LegacyCalibrator(IInt8Calibrator):
+            get_quantile = _pure_virtual("IInt8LegacyCalibrator::getQuantile")
+            get_regression_cutoff = _pure_virtual("IInt8LegacyCalibrator::getRegressionCutoff")
+            read_histogram_cache = _pure_virtual("IInt8LegacyCalibrator::readHistogramCache")
+            write_histogram_cache = _pure_virtual("IInt8LegacyCalibrator::writeHistogramCache")
+
+            def get_algorithm(self) -> Any:
+                return CalibrationAlgoType.LEGACY_CALIBRATION
+
         trt.IInt8Calibrator = IInt8Calibrator
         trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+        trt.IInt8EntropyCalibrator = IInt8EntropyCalibrator
         trt.IInt8MinMaxCalibrator = IInt8MinMaxCalibrator
+        trt.IInt8LegacyCalibrator = IInt8LegacyCalibrator
     else:
         IInt8Calibrator = None
 
@@ -896,6 +916,9 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                 return "no-scales"
             algorithm = calibrator.get_algorithm()
             expected = CALIBRATION_HEADERS[algorithm.name]
+            if algorithm == CalibrationAlgoType.LEGACY_CALIBRATION:  # TensorRT asks for these first
+                calibrator.get_quantile()
+                calibrator.get_regression_cutoff()
             cache = calibrator.read_calibration_cache()
             if cache:
                 lines = bytes(cache).decode(errors="replace").splitlines()
@@ -905,8 +928,16 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                     if int(parts[1]) != _encoded_version(version):
                         emit(self._logger, severity.WARNING, f"Calibration cache {header} was written by another "
                              "TensorRT version")
-                    scales = [line for line in lines[1:] if ":" in line]
+                    scales = [line for line in lines[1:] if line.strip()]
+                    for line in scales:
+                        name, sep, value = line.rpartition(": ")
+                        hex_digits = value.strip()
+                        if not (name and sep and 1 <= len(hex_digits) <= 8
+                                and all(c in "0123456789abcdefABCDEF" for c in hex_digits)):
+                            self._error(f"Calibration cache line {line!r} is not 'tensor: <hex scale>'")
+                            return False
                     if scales:
+                        state["replayed_caches"].append(expected)
                         return "calibrated-from-cache"
                     self._error("Calibration cache has no scales")
                     return False

@@ -6,10 +6,11 @@ downloaded once into ``~/.cache/lepton-edge/trt-bindings/`` and the printable st
 ``tensorrt.so`` (pybind11 registers every class, method, property and enum member by name), plus the
 identifiers of their ``__init__.py``, form the set of names each version has.
 
-The names the code uses are collected from ``lepton_edge/runtime/backends/tensorrt.py`` with ``ast``: every
+The names the code uses are collected from ``lepton_edge/runtime/backends/tensorrt.py`` (the shim and
+the backend) and ``lepton_edge/engines/tensorrt_builder.py`` (the builder) with ``ast``: every
 attribute read or written on an object that comes from TensorRT (the module from
 ``import_tensorrt()``, and anything obtained from it, followed through assignments and calls within
-the module), every name probed with ``hasattr``, and every method overridden in a TensorRT subclass.
+each module), every name probed with ``hasattr``, and every method overridden in a TensorRT subclass.
 A name listed in ``VERSIONED_NAMES`` is checked only against the versions its range claims; every
 other name must exist in all of them.
 
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+import lepton_edge.engines.tensorrt_builder as builder_module
 import lepton_edge.runtime.backends.tensorrt as trt_module
 
 # (distribution, version, major): the JetPack 6.1/6.2 line, the newest 10.x, and an 11.x. Refresh
@@ -166,6 +168,8 @@ class _Usage:
                 expr = expr.func
             elif isinstance(expr, ast.Attribute | ast.Subscript):
                 expr = expr.value
+            elif isinstance(expr, ast.Dict):  # a table of TensorRT classes, indexed later
+                return any(value is not None and self._from_trt(value) for value in expr.values)
             else:
                 return False
 
@@ -235,10 +239,14 @@ class _Usage:
 
 @functools.cache
 def _used_names() -> tuple[frozenset[str], frozenset[str]]:
-    usage = _Usage(Path(trt_module.__file__).read_text())
-    used = usage.attributes() | usage.probes() | usage.overrides()
+    used: set[str] = set()
+    probes: set[str] = set()
+    for module in (trt_module, builder_module):
+        usage = _Usage(Path(module.__file__).read_text())
+        used |= usage.attributes() | usage.probes() | usage.overrides()
+        probes |= usage.probes()
     used = {n for n in used if not (n.startswith("__") and n != "__version__")}
-    return frozenset(used), frozenset(usage.probes())
+    return frozenset(used), frozenset(probes)
 
 
 def _claimed(name: str, major: int) -> bool:
