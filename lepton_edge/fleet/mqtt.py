@@ -159,6 +159,34 @@ class PublishHandle:
         return f"PublishHandle({self.topic!r}, qos={self.qos}, mid={self.mid}, {state})"
 
 
+class SubscribeHandle:
+    """Tracks one :meth:`MqttClient.subscribe` until the broker acknowledges it (SUBACK), now or, while offline,
+    after the next connect. ``wait`` is what tests and callers use instead of sleeping."""
+
+    def __init__(self, topic_filter: str) -> None:
+        self.topic_filter = topic_filter
+        self.error: str | None = None
+        """Why the broker refused the subscription, or None."""
+        self._event = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the SUBACK; True if it came (granted or refused) within ``timeout``."""
+        return self._event.wait(timeout)
+
+    @property
+    def ok(self) -> bool:
+        """Acknowledged, and granted."""
+        return self._event.is_set() and self.error is None
+
+    def _resolve(self, error: str | None) -> None:
+        self.error = error
+        self._event.set()
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._event.is_set() else ("ok" if self.ok else f"refused: {self.error}")
+        return f"SubscribeHandle({self.topic_filter!r}, {state})"
+
+
 # --------------------------------------------------------------------------------------------- client
 
 
@@ -275,6 +303,11 @@ class MqttClient:
         self._pending: dict[int, PublishHandle] = {}
         self._early_acks: dict[int, tuple[int, str | None]] = {}
         self._sub_mids: dict[int, list[str]] = {}
+        self._early_subacks: dict[int, list[ReasonCode]] = {}
+        self._sub_waiters: dict[str, list[SubscribeHandle]] = {}
+        self._acknowledged: set[str] = set()
+        """Filters the broker acknowledged on the current connection."""
+        self._acknowledged_changed = threading.Condition(self._lock)
         self._connected = False
         self._connected_event = threading.Event()
         self._paho: paho.Client | None = None
@@ -439,8 +472,9 @@ class MqttClient:
 
     # -- subscriptions ------------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> SubscribeHandle:
         """Route messages matching ``topic_filter`` to ``handler``; subscribed now and on every reconnect.
+        The handle resolves when the broker acknowledges the subscription.
 
         Avoid overlapping filters: every matching handler runs for each delivery, and a broker may
         deliver one copy per matching subscription.
@@ -448,12 +482,23 @@ class MqttClient:
         _check_filter(topic_filter)
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
+        handle = SubscribeHandle(topic_filter)
         with self._lock:
             self._routes[topic_filter] = _Route(topic_filter, handler, qos)
             self._route_list = tuple(self._routes.values())
+            self._sub_waiters.setdefault(topic_filter, []).append(handle)
             client = self._paho if self._connected else None
         if client is not None:
             self._send_subscribe(client, [(topic_filter, qos)])
+        return handle
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged every routed filter on the current connection (after a
+        reconnect too); False on timeout."""
+        with self._acknowledged_changed:
+            return self._acknowledged_changed.wait_for(
+                lambda: self._connected and set(self._routes) <= self._acknowledged, timeout
+            )
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
@@ -472,6 +517,9 @@ class MqttClient:
             return
         with self._lock:
             self._sub_mids[mid] = [f for f, _ in filters]
+            early = self._early_subacks.pop(mid, None)
+        if early is not None:  # the SUBACK overtook us: paho's thread handled it before mid was recorded
+            self._subscribed(mid, early)
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -565,6 +613,7 @@ class MqttClient:
             return
         with self._lock:
             self._connected = True
+            self._acknowledged.clear()
             self.connection_count += 1
             self.session_present = bool(flags.session_present)
             self.last_error = None
@@ -660,8 +709,22 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
     ) -> None:
         with self._lock:
+            if mid not in self._sub_mids:
+                self._early_subacks[mid] = reasons
+                return
+        self._subscribed(mid, reasons)
+
+    def _subscribed(self, mid: int, reasons: list[ReasonCode]) -> None:
+        with self._lock:
             filters = self._sub_mids.pop(mid, [])
+            waiters = {f: self._sub_waiters.pop(f, []) for f in filters}
+            self._acknowledged.update(f for f, r in zip(filters, reasons, strict=False) if not r.is_failure)
+            self._acknowledged_changed.notify_all()
         for topic_filter, reason in zip(filters, reasons, strict=False):
+            error = None
             if reason.is_failure:
-                self.last_error = f"broker refused the subscription to {topic_filter}: {reason.getName()}"
-                log.error("MQTT: %s", self.last_error)
+                error = f"broker refused the subscription to {topic_filter}: {reason.getName()}"
+                self.last_error = error
+                log.error("MQTT: %s", error)
+            for handle in waiters[topic_filter]:
+                handle._resolve(error)

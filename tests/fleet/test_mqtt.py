@@ -35,7 +35,7 @@ def test_publish_subscribe_round_trip(mqtt_broker, make_mqtt_client, unique):
     pub.start()
     assert sub.wait_connected(10) and pub.wait_connected(10)
     assert sub.connected and sub.last_error is None and connects == [1]
-    time.sleep(0.2)  # let the SUBACK come back before publishing
+    assert sub.wait_subscribed(5)
 
     handles = [pub.publish(f"t/{unique}/{i}", f"m{i}".encode(), qos=1) for i in range(5)]
     handles.append(pub.publish(f"t/{unique}/q0", b"q0", qos=0))
@@ -71,7 +71,7 @@ def test_a_shared_subscription_receives_the_messages_of_its_filter(mqtt_broker, 
     pub = make_mqtt_client(mqtt_broker, f"pub-{unique}")
     pub.start()
     assert sub.wait_connected(10) and pub.wait_connected(10)
-    time.sleep(0.2)  # let the SUBACK come back before publishing
+    assert sub.wait_subscribed(5)
 
     for topic in (f"t/{unique}/1", f"u/{unique}", f"t/{unique}/2"):
         assert pub.publish(topic, topic.encode(), qos=1).wait(5)
@@ -87,7 +87,7 @@ def test_abort_makes_the_broker_publish_the_will_and_does_not_reconnect(mqtt_bro
     observer.subscribe(f"will/{unique}", wills)
     observer.start()
     assert observer.wait_connected(10)
-    time.sleep(0.2)
+    assert observer.wait_subscribed(5)
 
     lost: list[int] = []
     device = make_mqtt_client(mqtt_broker, f"dev-{unique}", will=Will(f"will/{unique}", b"power cut"),
@@ -121,7 +121,7 @@ def test_a_failing_handler_is_logged_and_the_loop_keeps_running(mqtt_broker, mak
     client.subscribe(f"ok/{unique}", received)
     client.start()
     assert client.wait_connected(10)
-    time.sleep(0.2)
+    assert client.wait_subscribed(5)
     with caplog.at_level(logging.ERROR, logger="lepton_edge.fleet.mqtt"):
         for i in range(3):
             assert client.publish(f"boom/{unique}", f"b{i}".encode()).wait(5)
@@ -257,7 +257,7 @@ def test_last_will_is_published_when_the_process_is_killed(mqtt_broker, make_mqt
     observer.subscribe(f"will/{unique}", wills)
     observer.start()
     assert observer.wait_connected(10)
-    time.sleep(0.2)
+    assert observer.wait_subscribed(5)
     child = textwrap.dedent(
         f"""
         import time
@@ -295,7 +295,7 @@ def test_will_is_rebuilt_per_connection_and_not_sent_on_clean_stop(mqtt_broker, 
     observer.subscribe(f"will/{unique}", wills)
     observer.start()
     assert observer.wait_connected(10)
-    time.sleep(0.2)
+    assert observer.wait_subscribed(5)
 
     session = iter(range(1, 100))
     births: list[int] = []
@@ -330,7 +330,7 @@ def test_persistent_session_delivers_messages_queued_while_offline(mqtt_broker, 
     device.subscribe(f"inbox/{unique}/#", first)
     device.start()
     assert device.wait_connected(10) and not device.session_present
-    time.sleep(0.2)
+    assert device.wait_subscribed(5)
     device.stop()
 
     sender = make_mqtt_client(mqtt_broker, f"sender-{unique}")
@@ -364,7 +364,7 @@ def test_request_response_with_correlation_data_and_expiry(mqtt_broker, make_mqt
     device_client.subscribe(command_topic, serve)
     device_client.start()
     assert device_client.wait_connected(10)
-    time.sleep(0.2)
+    assert device_client.wait_subscribed(5)
     device_client.stop()
 
     responses = MessageCollector()
@@ -373,7 +373,7 @@ def test_request_response_with_correlation_data_and_expiry(mqtt_broker, make_mqt
     requester.subscribe(reply_to, responses)
     requester.start()
     assert requester.wait_connected(10)
-    time.sleep(0.2)
+    assert requester.wait_subscribed(5)
     base = f"lepton/v1/devices/dev-{unique}/cmd"
     stale = requester.publish(
         f"{base}/reboot", b"stale", response_topic=reply_to, correlation_data=b"id-1", message_expiry_interval=1
@@ -416,7 +416,7 @@ def test_broker_restart_reconnects_and_resubscribes(fresh_broker, make_mqtt_clie
     sender = make_mqtt_client(fresh_broker, f"sender-{unique}")
     sender.start()
     assert sender.wait_connected(10)
-    time.sleep(0.2)
+    assert device.wait_subscribed(5)
     assert sender.publish(f"cfg/{unique}", b"after restart").wait(5)
     assert received.wait_for(1)[0].payload == b"after restart"
 
@@ -433,7 +433,7 @@ def test_publish_is_thread_safe(mqtt_broker, make_mqtt_client, unique):
     client.subscribe(f"mt/{unique}/#", received)
     client.start()
     assert client.wait_connected(10)
-    time.sleep(0.2)
+    assert client.wait_subscribed(5)
     handles = []
     lock = threading.Lock()
 
@@ -469,7 +469,7 @@ def test_tls_and_websocket_transports(make_mqtt_client, unique, tmp_path):
         secure.subscribe(f"tls/{unique}", received)
         secure.start()
         assert secure.wait_connected(10) and secure.address == f"mqtts://127.0.0.1:{tls_port}"
-        time.sleep(0.2)
+        assert secure.wait_subscribed(5)
 
         web = make_mqtt_client(ws_port, f"ws-{unique}", transport="websockets",
                                will=Will(f"tls/{unique}", b"websocket will"))
@@ -491,3 +491,14 @@ def test_tls_and_websocket_transports(make_mqtt_client, unique, tmp_path):
         untrusted.start()
         assert not untrusted.wait_connected(1.0)
         assert "certificate verify failed" in (untrusted.last_error or "").lower()
+
+
+def test_subscribe_handles_resolve_on_the_suback_even_when_made_offline(mqtt_broker, make_mqtt_client, unique):
+    client = make_mqtt_client(mqtt_broker, f"c-{unique}")
+    offline = client.subscribe(f"early/{unique}", MessageCollector())
+    assert not offline.wait(0.2)  # not connected yet: nothing was sent
+    client.start()
+    assert offline.wait(5) and offline.ok
+    online = client.subscribe(f"late/{unique}", MessageCollector())
+    assert online.wait(5) and online.ok and online.error is None
+    assert client.wait_subscribed(5)

@@ -340,7 +340,7 @@ def start_subscriber(make_mqtt_client, broker, unique, **kwargs) -> MessageColle
     sub.subscribe(f"fw/{unique}/#", received)
     sub.start()
     assert sub.wait_connected(10)
-    time.sleep(0.2)
+    assert sub.wait_subscribed(5)
     return received
 
 
