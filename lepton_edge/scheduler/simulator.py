@@ -22,7 +22,6 @@ the connection) and thousands of paho clients (one thread each) do not fit in on
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -31,7 +30,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -662,46 +660,19 @@ def parse_broker(value: str) -> tuple[str, int]:
     return host, number
 
 
-def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", type=int, required=True, help="number of simulated devices")
-    p.add_argument("--broker", required=True, help="MQTT broker as host:port")
-    p.add_argument("--rate", type=float, default=1.0, help="telemetry messages per second per device (default 1)")
-    p.add_argument("--prefix", default="sim", help="device ids are <prefix>-00000, ... (default sim)")
-    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C/SIGTERM)")
-    p.add_argument("--mode", choices=["auto", "device", "bulk"], default="auto",
-                   help=f"one connection per device (with a last will) or a few shared ones; auto: per device up "
-                   f"to {PER_DEVICE_LIMIT} devices")
-    p.add_argument("--connections", type=int, default=2, help="connections in bulk mode (default 2)")
-    p.add_argument("--cuda-fraction", type=float, default=0.0, help="share of devices with CUDA + TensorRT")
-    p.add_argument("--capacity", type=float, default=60.0, help="fps a CPU device can run (CUDA: 4x)")
-    p.add_argument("--stats-file", help="write the final statistics here as JSON")
-
-
-def run_simulator(args: argparse.Namespace) -> int:
-    """``lepton-edge simulate``: run the fleet until the duration ends or SIGTERM/SIGINT."""
-    import signal
-
-    host, port = parse_broker(args.broker)
-    sim = FleetSimulator(host, port, args.devices, rate_hz=args.rate, prefix=args.prefix, mode=args.mode,
-                         connections=args.connections, cuda_fraction=args.cuda_fraction,
-                         capacity_fps=args.capacity)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    log.info("simulating %d devices (%s mode) on %s:%d at %.2f msg/s each", args.devices, sim.mode, host, port,
-             args.rate)
+def run_until(sim: FleetSimulator, done: threading.Event, duration_s: float | None = None) -> dict[str, Any]:
+    """Run ``sim`` (started here, stopped on return) until ``done`` is set or ``duration_s`` has passed,
+    logging its statistics every 5 s; returns the final statistics."""
     sim.start(wait_connected=60.0)
     started = time.monotonic()
     try:
-        while not done.wait(5.0 if args.duration is None else min(5.0, args.duration)):
+        while not done.wait(5.0 if duration_s is None else min(5.0, duration_s)):
             stats = sim.stats()
             log.info("simulator %s", " ".join(f"{k}={v}" for k, v in sorted(stats.items())))
-            if args.duration is not None and time.monotonic() - started >= args.duration:
+            if duration_s is not None and time.monotonic() - started >= duration_s:
                 break
     finally:
         sim.stop()
     stats = sim.stats()
     log.info("simulator stopped: %s", json.dumps(stats, sort_keys=True))
-    if getattr(args, "stats_file", None):
-        Path(args.stats_file).write_text(json.dumps(stats, indent=2))
-    return 0
+    return stats

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lepton_edge.fleet.protocol import TopicKind, subscription
-from lepton_edge.scheduler.service import SchedulerService, device_config_for
+from lepton_edge.scheduler.planner import device_config_for
+from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import IDLE_CONFIG, FleetSimulator
 from lepton_edge.scheduler.stores import open_store
 from tests.support.scheduler import DesiredRecorder, fast_config, wait_until, workload

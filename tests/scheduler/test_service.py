@@ -27,7 +27,9 @@ from lepton_edge.fleet.protocol import (
     telemetry_topic,
 )
 from lepton_edge.scheduler.models import Workload
-from lepton_edge.scheduler.service import SchedulerService, device_config_for, plan_with_exclusions
+from lepton_edge.scheduler.exclusions import plan_with_exclusions
+from lepton_edge.scheduler.planner import device_config_for
+from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import IDLE_CONFIG, DeviceSpec, FleetSimulator, SimDevice
 from lepton_edge.scheduler.stores import open_store
 from tests.support.mosquitto import MessageCollector
@@ -173,7 +175,7 @@ def test_a_telemetry_batch_the_store_refuses_is_written_one_by_one(tmp_path: Pat
     service = SchedulerService(fast_config(1, "sqlite://:memory:"), store=store)  # not started: the writer alone
     try:
         ok = {"fps": 5.0, "artifact_id": "det.onnx"}
-        service._write_batch([
+        service.writer.write_batch([
             ("cam-1", 1, 1, ok, 1.0),
             ("cam-2", 1, 1, {"fps": float("nan")}, 1.0),  # not JSON: the store refuses the batch, then this one
             ("cam-1", 1, 2, ok, 2.0),

@@ -1,0 +1,84 @@
+"""Reported configs: a device's outcome for a desired config version sets its assignments' status; a failed
+config keeps the workload off that device for a while and triggers a re-plan (failover)."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+
+from lepton_edge.fleet.mqtt import IncomingMessage
+from lepton_edge.fleet.protocol import ReportedConfig, TopicKind
+from lepton_edge.scheduler.admission import Admission
+from lepton_edge.scheduler.control import ControlQueue
+from lepton_edge.scheduler.planner import Planner
+from lepton_edge.scheduler.store import Store
+from lepton_edge.scheduler.views import DeviceViews
+
+
+class ConfigReports:
+    """The MQTT handler of reported configs (:meth:`on_reported`) and their store work (:meth:`apply`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        views: DeviceViews,
+        admission: Admission,
+        control: ControlQueue,
+        planner: Planner,
+        counts: collections.Counter[str],
+        records_presence: Callable[[], bool],
+    ) -> None:
+        self._store = store
+        self._views = views
+        self._admission = admission
+        self._control = control
+        self._planner = planner
+        self._counts = counts
+        self._records_presence = records_presence
+
+    def on_reported(self, message: IncomingMessage) -> None:
+        admitted = self._admission.admit(TopicKind.CONFIG_REPORTED, message)
+        if admitted is None:
+            return
+        device_id, report = admitted
+        assert isinstance(report, ReportedConfig)
+        view = self._views.known_or_unknown(device_id, time.time())
+        key = (report.version, report.outcome)
+        if view.last_report == key:
+            self._counts["duplicate_reports"] += 1
+            return
+        view.last_report = key
+        self._control.put(lambda: self.apply(device_id, report))
+
+    def apply(self, device_id: str, report: ReportedConfig) -> None:
+        store = self._store
+        if self._views.get(device_id) is None and store.get_device(device_id) is None:
+            self._counts["reports_of_unknown_devices"] += 1  # never born: do not create it
+            return
+        if not store.record_reported(device_id, report.version, report.outcome, list(report.errors)):
+            return
+        affected = [
+            a for a in store.list_assignments() if a.device_id == device_id and a.desired_version == report.version
+        ]
+        if report.outcome == "applied":
+            for a in affected:
+                store.set_assignment_status(a.workload_id, "applied", desired_version=report.version)
+            return
+        reason = f"{report.outcome}: {'; '.join(report.errors)[:500]}"
+        for a in affected:
+            store.set_assignment_status(a.workload_id, "failed", reason, desired_version=report.version)
+            self._planner.cool_down(a.workload_id, device_id)
+        if self._records_presence():  # one replica records it
+            store.add_event(
+                f"config.{report.outcome}",
+                f"device {device_id} {report.outcome} desired config v{report.version}"
+                + (f" (workload {', '.join(a.workload_id for a in affected)})" if affected else ""),
+                device_id=device_id,
+                workload_id=affected[0].workload_id if len(affected) == 1 else None,
+                severity="error",
+                details={"version": report.version, "errors": list(report.errors)[:10]},
+            )
+        if affected:
+            self._planner.replan(f"device {device_id} {report.outcome} v{report.version}")
