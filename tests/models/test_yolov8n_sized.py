@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from lepton_edge.data import yolov8n_sized as yolo
+
+# The script in models/ (run as `python models/yolov8n_sized.py`); the package's module is a link to it.
 MODULE_PATH = Path(__file__).resolve().parents[2] / "models" / "yolov8n_sized.py"
 YOLOV8N_PARAMETERS = 3.2e6
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("yolov8n_sized", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-yolo = _load_module()
 
 
 def _parameter_count(model: onnx.ModelProto) -> int:
