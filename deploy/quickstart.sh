@@ -3,6 +3,7 @@
 #   deploy/quickstart.sh demo    # set up, then run broker + scheduler + a device with the bundled detector
 #   deploy/quickstart.sh test    # set up, then run the whole test suite
 #   deploy/quickstart.sh bench   # set up, then run the benchmarks
+#   deploy/quickstart.sh lint    # set up, then run ruff and the import contracts (lint-imports)
 #   deploy/quickstart.sh setup   # only set up
 # Environment: VENV (default .venv), DURATION (demo seconds, default 30), LEPTON_SYSTEM_OPENCV=1 to use the
 # system OpenCV (Jetson: JetPack's python3-opencv with GStreamer) instead of installing the pip wheel.
@@ -75,6 +76,7 @@ case "${1:-demo}" in
         exec "$VENV/bin/lepton-edge" bench "${@:2}" ;;
     lint)
         setup
-        exec "$VENV/bin/ruff" check lepton_edge tests models ;;
+        "$VENV/bin/ruff" check lepton_edge tests models
+        exec "$VENV/bin/lint-imports" ;;
     *) echo "usage: $0 {demo|test|bench|setup|lint}" >&2; exit 2 ;;
 esac
