@@ -422,3 +422,41 @@ def test_capacity_is_looked_up_by_the_model_id_devices_report() -> None:
     signed = make_workload("w2", model="slot/det.onnx", artifact={
         "url": "https://u.example/det.onnx", "size": 10, "sha256": "AB" * 32, "signature": None})
     assert capacity(dev, signed) == 40.0
+
+
+# ------------------------------------------------------------------------- pinned workloads and headroom
+# Fixed examples of a rule the properties above check only when hypothesis happens to draw a pinned workload
+# onto a full device: a pinned workload has one choice, and a full device is still no choice.
+
+
+@pytest.mark.parametrize(("running_fps", "pinned_fps"), [(8.0, 1.0), (8.0, 0.01), (7.5, 1.0), (9.0, 0.5)])
+def test_a_pinned_workload_is_not_placed_on_a_device_already_at_its_headroom(running_fps: float,
+                                                                             pinned_fps: float) -> None:
+    # 10 fps capacity, headroom 80 %: 8 fps fill it; 9 fps is kept only thanks to the hysteresis
+    inp = PlacementInput(
+        [make_device("d1", fps_capacity={"m1": 10.0}), make_device("d2", fps_capacity={"m1": 10.0})],
+        [make_workload("running", running_fps), make_workload("pinned", pinned_fps, pinned_device="d1")],
+        assigned(running="d1"),
+    )
+    result = plan(inp, headroom=0.8, hysteresis=0.15)
+    assert result.assignments == {"pinned": None, "running": "d1"}
+    assert result.unplaced["pinned"].startswith(NO_ROOM) and "'d1'" in result.unplaced["pinned"]
+    assert result.utilisation["d1"] == pytest.approx(running_fps / 10)
+
+
+def test_two_new_pinned_workloads_do_not_overfill_their_device() -> None:
+    inp = PlacementInput([make_device("d1", fps_capacity={"m1": 10.0})],
+                         [make_workload(w, 5.0, pinned_device="d1") for w in ("a", "b")], [])
+    result = plan(inp, headroom=0.8, hysteresis=0.15)
+    assert result.assignments == {"a": "d1", "b": None}  # same size: by id
+    assert result.unplaced["b"].startswith(NO_ROOM)
+    assert result.utilisation["d1"] == pytest.approx(0.5)
+
+
+def test_a_pinned_workload_that_fills_its_device_exactly_to_the_headroom_is_placed() -> None:
+    inp = PlacementInput([make_device("d1", fps_capacity={"m1": 10.0})],
+                         [make_workload("running", 4.0), make_workload("pinned", 4.0, pinned_device="d1")],
+                         assigned(running="d1"))
+    result = plan(inp, headroom=0.8, hysteresis=0.15)
+    assert result.assignments == {"pinned": "d1", "running": "d1"} and not result.unplaced
+    assert result.utilisation["d1"] == pytest.approx(0.8)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lepton_edge.fleet.mqtt import IncomingMessage
 from lepton_edge.fleet.protocol import (
     Birth,
     Capabilities,
@@ -26,8 +27,8 @@ from lepton_edge.fleet.protocol import (
     subscription,
     telemetry_topic,
 )
-from lepton_edge.scheduler.models import Workload
 from lepton_edge.scheduler.exclusions import plan_with_exclusions
+from lepton_edge.scheduler.models import Workload
 from lepton_edge.scheduler.planner import device_config_for
 from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import IDLE_CONFIG, DeviceSpec, FleetSimulator, SimDevice
@@ -122,6 +123,53 @@ def test_birth_online_stale_death_ignored_matching_death_offline(start_service, 
     wait_until(lambda: "device.offline" in event_kinds(service), what="the device.offline event")
     kinds = event_kinds(service)
     assert "device.online" in kinds and "device.offline" in kinds
+
+
+def _birth(device_id: str, session: int) -> IncomingMessage:
+    birth = Birth(device_id=device_id, session_id=session, timestamp=time.time(), config_version=0,
+                  software_version="x", capabilities=Capabilities(accelerator="cpu", runtimes={}, cpu_count=1,
+                                                                  memory_bytes=1, sources=[], artifacts=[]))
+    return IncomingMessage(birth_topic(device_id), encode(birth), 1, False)
+
+
+def _death(device_id: str, session: int) -> IncomingMessage:
+    death = Death(device_id=device_id, session_id=session, reason="connection_lost")
+    return IncomingMessage(death_topic(device_id), encode(death), 1, False)
+
+
+@pytest.mark.parametrize(("offset", "stale"), [(-1, True), (0, False), (1, False), (5, False)])
+def test_only_a_death_of_an_older_session_is_ignored(tmp_path: Path, offset: int, stale: bool) -> None:
+    # the newer session's birth was missed: its death still means the device is gone (fleet.protocol.is_stale_death)
+    store = open_store(f"sqlite:///{tmp_path}/fleet.db")
+    service = SchedulerService(fast_config(1, "sqlite://:memory:"), store=store)  # not started: handlers alone
+    try:
+        service.ingestion.on_birth(_birth("cam-1", 7))
+        assert service.views.get("cam-1").online
+        service.ingestion.on_death(_death("cam-1", 7 + offset))
+        assert service.views.get("cam-1").online is stale
+        assert service.counts["stale_deaths"] == (1 if stale else 0)
+        assert len(service.control) == (1 if stale else 2)  # the birth, and the death to write
+    finally:
+        store.close()
+
+
+@pytest.mark.integration
+def test_a_death_of_a_newer_session_than_the_known_one_takes_the_device_offline(start_service, fleet,
+                                                                                make_mqtt_client, fresh_broker,
+                                                                                unique) -> None:
+    service = start_service()
+    sim = fleet(1)
+    (device_id,) = sim.devices
+    wait_until(lambda: online(service, device_id), what="the device online after its birth")
+    session = sim.device(device_id).session_id
+    other = make_mqtt_client(fresh_broker, f"other-{unique}")
+    other.start()
+    assert other.wait_connected(5)
+    newer = Death(device_id=device_id, session_id=session + 1, reason="connection_lost")  # its birth was missed
+    other.publish(death_topic(device_id), encode(newer)).wait(5)
+    wait_until(lambda: not online(service, device_id), what="the device offline after the newer session's death")
+    assert service.counts["stale_deaths"] == 0
+    assert service.store.get_device(device_id).offline_reason == "connection_lost"
 
 
 @pytest.mark.integration
