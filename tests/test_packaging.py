@@ -2,7 +2,8 @@
 
 The wheel is built without build isolation and installed without an index, so nothing is downloaded; the new
 virtualenv takes the dependencies from this test run's site-packages through a ``.pth`` file, and never sees the
-checkout (no PYTHONPATH, the current folder is a temporary one). Also: pytest's per-test time limit.
+checkout (no PYTHONPATH, the current folder is a temporary one). Also the test infrastructure: pytest's per-test
+time limit, and missing real parts failing in CI.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mosquitto import require_mosquitto
+from tests.support.real_parts import REQUIRE_ENV, missing_real_part
 
 REPO = Path(__file__).resolve().parents[1]
 # What a build reads: the package and the folders its data links point into.
@@ -150,3 +152,16 @@ def test_a_test_that_outlives_the_time_limit_fails(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Timeout" in done.stdout and "1 failed" in done.stdout
+
+
+@pytest.mark.parametrize(("env", "fails"), [
+    ({}, False), ({"CI": "false"}, False), ({"CI": "true"}, True), ({REQUIRE_ENV: "1"}, True),
+])
+def test_a_missing_real_part_skips_locally_and_fails_in_ci(monkeypatch, env: dict[str, str], fails: bool) -> None:
+    for name in ("CI", REQUIRE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    outcome = pytest.fail.Exception if fails else pytest.skip.Exception
+    with pytest.raises(outcome, match="mosquitto is not installed"):
+        missing_real_part("mosquitto is not installed")
