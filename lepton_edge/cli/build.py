@@ -3,13 +3,112 @@
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
-from lepton_edge.engines.engine_cache import add_build_arguments, cli_build
+from lepton_edge.cli.inspect import format_manifest
+from lepton_edge.config.device import load_config
+from lepton_edge.core.errors import ConfigError
+from lepton_edge.engines.artifacts import ARTIFACT_METADATA_KEY
+from lepton_edge.engines.auto import build
+from lepton_edge.engines.engine_cache import open_resolved, resolve
+from lepton_edge.engines.options import BuildOptions, CalibrationOptions, TrtOptions
 
+DESCRIPTION = "Build an engine artifact (engine + manifest.json) from an ONNX model."
+EPILOG = """examples:
+  lepton-edge build --model models/digits_classifier.onnx --out out/artifacts/digits-fp32
+  lepton-edge build --model models/shapes_detector.onnx --precision int8 --calibration-data calibration/shapes \\
+      --validation calibration/shapes_heldout.json --out out/artifacts/shapes-int8
+  lepton-edge build --model models/shapes_detector.onnx --precision auto --calibration calib/shapes.json \\
+      --validation calibration/shapes_heldout.json --out out/artifacts/shapes-auto
+  lepton-edge build --model det.onnx --target tensorrt --precision fp16 --timing-cache out/timing.cache \\
+      --out out/artifacts/det-fp16
+  lepton-edge build --verify-config /etc/lepton-edge/device.yaml   # boot-time: resolve through the cache
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_build_arguments(parser)
+The artifact directory holds the engine and manifest.json (see docs/build.md). int8 needs --calibration
+(a table from `lepton-edge calibrate`) or --calibration-data; --validation runs the accuracy gate and
+fails the build when the drop exceeds --max-accuracy-drop points.
+"""
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="ONNX model to build from")
+    p.add_argument("--out", type=Path, help="artifact directory to write (replaced atomically)")
+    p.add_argument("--target", default="onnxruntime-cpu",
+                   help="onnxruntime-cpu (default), onnxruntime-<provider> or tensorrt")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "auto"],
+                   help="engine precision; auto measures the candidates here and keeps the fastest that passes")
+    p.add_argument("--calibration", type=Path, help="calibration table (JSON from `lepton-edge calibrate`)")
+    p.add_argument("--calibration-data", help="calibrate from this data: image folder, video, .npy/.npz")
+    p.add_argument("--calibration-method", help="calibration method when calibrating here (minmax, entropy, "
+                   "percentile)")
+    p.add_argument("--calibration-samples", type=int, help="calibration samples when calibrating here")
+    p.add_argument("--validation", type=Path, help="labelled held-out data for the accuracy gate (.npz or "
+                   "shapes .json)")
+    p.add_argument("--validation-samples", type=int, help="use only the first N validation samples")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                   help="largest allowed drop in points of top-1 or mAP@0.5 (default 1.0)")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace (MiB)")
+    p.add_argument("--dla-core", type=int, help="TensorRT: run on this DLA core (Jetson)")
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read and updated)")
+    p.add_argument("--int8-mode", choices=["qdq", "legacy-cache"], default="qdq",
+                   help="TensorRT int8: explicit Q/DQ model (default) or implicit calibration from a cache")
+    p.add_argument("--profile", action="append", default=[],
+                   help="TensorRT optimization profile for a dynamic input: NAME:MIN:OPT:MAX, shapes like "
+                   "1x3x320x320 (repeat for more inputs)")
+    p.add_argument("--verify-config", type=Path, metavar="DEVICE_YAML",
+                   help="resolve the config's model through the engine cache (build if needed) and exit 0 "
+                   "when it is ready; for a boot-time oneshot unit")
 
 
 def run(args: argparse.Namespace) -> int:
-    return cli_build(args)
+    if args.verify_config:
+        return _verify_config(args.verify_config)
+    if not args.model or not args.out:
+        raise ConfigError("lepton-edge build needs --model MODEL.onnx and --out DIR (or --verify-config FILE)")
+    started = time.perf_counter()
+    manifest = build(args.model, args.out, options_from_args(args))
+    print(f"built {args.out} in {time.perf_counter() - started:.1f} s")
+    print(format_manifest(manifest))
+    return 0
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    profiles = [dict(_parse_profile(p) for p in args.profile)] if args.profile else None
+    trt = TrtOptions(workspace_mb=args.workspace_mb, dla_core=args.dla_core, timing_cache=args.timing_cache,
+                     profiles=profiles, int8_mode=args.int8_mode)
+    calibration = CalibrationOptions(method=args.calibration_method, samples=args.calibration_samples)
+    return BuildOptions(target=args.target, precision=args.precision, calibration=args.calibration,
+                        calibration_data=args.calibration_data, calibration_options=calibration,
+                        validation_data=args.validation, validation_samples=args.validation_samples,
+                        max_accuracy_drop=args.max_accuracy_drop, trt=trt)
+
+
+def _verify_config(path: Path) -> int:
+    """Resolve a device config's model through the engine cache (building it if needed)."""
+    config = load_config(path)
+    if config.model is None:  # idle: the workload (and its model) arrives later through the agent
+        print(f"ready: {path} is idle (no model to build)")
+        return 0
+    resolution = resolve(config.model, config.backend)
+    backend = open_resolved(resolution, config.model, config.backend, in_pipeline=False)
+    try:
+        info = json.loads(backend.metadata.get(ARTIFACT_METADATA_KEY, "{}"))
+    finally:
+        backend.close()
+    detail = f" (precision {info['precision']}, fingerprint {info['fingerprint'][:12]})" if info else ""
+    print(f"ready: {resolution.path}{detail} [{resolution.reason}]")
+    return 0
+
+
+def _parse_profile(text: str) -> tuple[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """``images:1x3x320x320:1x3x320x320:4x3x320x320`` -> (name, (min, opt, max))."""
+    parts = text.split(":")
+    if len(parts) < 4:
+        raise ConfigError(f"--profile {text!r}: expected NAME:MIN:OPT:MAX with shapes like 1x3x320x320")
+    name = ":".join(parts[:-3])
+    try:
+        shapes = tuple(tuple(int(d) for d in s.lower().split("x")) for s in parts[-3:])
+    except ValueError:
+        raise ConfigError(f"--profile {text!r}: shapes must be integers joined by x, e.g. 1x3x320x320") from None
+    return name, shapes  # type: ignore[return-value]

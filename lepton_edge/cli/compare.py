@@ -3,13 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
-from lepton_edge.engines.evaluation.compare import add_compare_arguments, cli_compare
+from lepton_edge.engines.evaluation.compare import accuracy_gate, compare, measure_throughput, open_engine
+
+DESCRIPTION = "Accuracy (and --bench speed) of a candidate engine against its fp32 reference."
+EPILOG = """examples:
+  lepton-edge compare --reference models/digits_classifier.onnx --candidate out/artifacts/digits-int8 \\
+      --data models/digits_heldout.npz
+  lepton-edge compare --reference models/shapes_detector.onnx --candidate out/artifacts/shapes-int8 \\
+      --data calibration/shapes_heldout.json --samples 100 --bench
+  lepton-edge compare --reference model.onnx --candidate model_int8.onnx --data heldout.npz --json
+
+The candidate is an artifact directory (from `lepton-edge build`) or another ONNX file. Data formats:
+docs/build.md. --bench adds fp32 vs candidate throughput measured in interleaved rounds.
+"""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_compare_arguments(parser)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", required=True, type=Path, help="the fp32 ONNX model")
+    p.add_argument("--candidate", required=True, type=Path, help="artifact directory or ONNX model to check")
+    p.add_argument("--data", required=True, type=Path, help="labelled held-out data (.npz or shapes .json)")
+    p.add_argument("--samples", type=int, help="use only the first N samples")
+    p.add_argument("--max-drop", type=float, help="also apply the accuracy gate: exit 3 when the candidate "
+                   "loses more than this many points")
+    p.add_argument("--bench", action="store_true", help="also measure reference vs candidate throughput")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved benchmark rounds (default 7)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    return cli_compare(args)
+    report = compare(args.reference, args.candidate, args.data, samples=args.samples)
+    result: dict[str, Any] = {"report": report.to_dict()}
+    if args.bench:
+        reference = open_engine(args.reference)
+        try:
+            candidate = open_engine(args.candidate)
+            try:
+                rates = measure_throughput({"reference": reference, "candidate": candidate}, rounds=args.rounds)
+            finally:
+                candidate.close()
+        finally:
+            reference.close()
+        result["bench"] = {**rates, "ratio": rates["candidate"]["fps"] / rates["reference"]["fps"]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(report.format())
+        if args.bench:
+            bench = result["bench"]
+            print(f"throughput: reference {bench['reference']['fps']:.1f}/s  candidate "
+                  f"{bench['candidate']['fps']:.1f}/s  ratio {bench['ratio']:.2f}x "
+                  f"(median of {args.rounds} interleaved rounds)")
+    if args.max_drop is not None:
+        accuracy_gate(report, args.max_drop)
+        print(f"accuracy gate passed (drop {report.drop:.2f} <= {args.max_drop:g} points)")
+    return 0

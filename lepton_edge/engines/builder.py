@@ -13,14 +13,11 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from lepton_edge import __version__
-from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError, ModelError
-from lepton_edge.core.fileio import fsync_path, fsync_tree
+from lepton_edge.core.fileio import fsync_path, fsync_tree, sha256_file
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.engines.artifacts import (
     MANIFEST_NAME,
@@ -28,7 +25,6 @@ from lepton_edge.engines.artifacts import (
     TRT_ENGINE,
     AccuracyInfo,
     BuilderInfo,
-    BuildPrecision,
     CalibrationInfo,
     DeviceInfo,
     EngineInfo,
@@ -46,27 +42,13 @@ from lepton_edge.engines.artifacts import (
 )
 from lepton_edge.engines.calibration import calibrate, load_table, quantize_qdq, write_tensorrt_cache
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare
-from lepton_edge.engines.onnx_tools import inspect_onnx, sha256_file, unsupported_ops
+from lepton_edge.engines.onnx_tools import inspect_onnx, unsupported_ops
+from lepton_edge.engines.options import BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.tensorrt import import_tensorrt
 
 log = logging.getLogger(__name__)
-
-
-class TrtOptions(BaseModel):
-    """TensorRT builder options."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    workspace_mb: int = Field(1024, gt=0, description="Builder workspace limit in MiB.")
-    dla_core: int | None = Field(None, ge=0, description="Run on this DLA core (Jetson), GPU fallback on.")
-    timing_cache: Path | None = Field(None, description="Timing cache file, read if present and updated.")
-    profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] | None = Field(
-        None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: dynamic dims 1.")
-    int8_mode: Literal["qdq", "legacy-cache"] = Field(
-        "qdq", description="qdq: explicit quantization from the QDQ model; legacy-cache: implicit "
-        "calibration replaying a TensorRT calibration cache written from the table (TensorRT <= 10).")
 
 
 def _reporter(progress: ProgressArg, model: Path) -> Callable[[str], None]:
@@ -149,20 +131,19 @@ def table_sha256(table: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _calibrate(model: Path, info: Any, calibration: Any, calibration_data: str | None, options: dict[str, Any],
-               preprocess: PreprocessConfig | None, report: Callable[[str], None], show_bar: bool) -> Any:
-    if calibration is not None:
-        return _load_calibration(calibration, info)
-    if not calibration_data:
+def _calibrate(model: Path, info: Any, options: BuildOptions, report: Callable[[str], None], show_bar: bool) -> Any:
+    if options.calibration is not None:
+        return _load_calibration(options.calibration, info)
+    if not options.calibration_data:
         raise ModelError(
             f"{model}: int8 needs calibration: give a calibration table (--calibration, model.calibration, "
             "from `lepton-edge calibrate`) or calibration data (--calibration-data, model.calibration_data: "
             "an image folder, a video or a .npy/.npz recording)"
         )
 
-    report(f"calibrating from {calibration_data}")
-    kwargs = {k: v for k, v in options.items() if v is not None}
-    return calibrate(model, calibration_data, preprocess=preprocess, progress=show_bar, **kwargs)
+    report(f"calibrating from {options.calibration_data}")
+    return calibrate(model, options.calibration_data, preprocess=options.preprocess, progress=show_bar,
+                     **options.calibration_options.model_dump(exclude_none=True))
 
 
 def _copy_onnx(model: Path, info: Any, dest: Path) -> None:
@@ -188,32 +169,20 @@ def _trt_version_code(version: str) -> int:
     return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
 
 
-def build_artifact(
-    model: str | Path,
-    out_dir: str | Path,
-    *,
-    target: str = "onnxruntime-cpu",
-    precision: BuildPrecision = "fp32",
-    calibration: Any = None,
-    calibration_data: str | None = None,
-    calibration_options: dict[str, Any] | None = None,
-    validation_data: str | Path | None = None,
-    validation_samples: int | None = None,
-    max_accuracy_drop: float = 1.0,
-    preprocess: PreprocessConfig | None = None,
-    trt_options: TrtOptions | None = None,
-    progress: ProgressArg = True,
-) -> Manifest:
-    """Build the engine of ``model`` for ``target`` at ``precision`` into the artifact directory ``out_dir``.
+def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions | None = None, *,
+                   progress: ProgressArg = True) -> Manifest:
+    """Build the engine of ``model`` for ``options.target`` at ``options.precision`` into the artifact ``out_dir``.
 
-    int8 needs ``calibration`` (a CalibrationTable or a table file made for this model) or
-    ``calibration_data`` to calibrate from (``calibration_options``: method, samples, seed, percentile),
-    unless the model is already quantized (Q/DQ). With ``validation_data`` the accuracy gate runs: the
-    build fails, leaving no artifact, when the engine loses more than ``max_accuracy_drop`` points against
-    the fp32 model. fp16 is refused for onnxruntime targets (CPU kernels run fp16 slower than fp32).
-    Writing is atomic; a failed build leaves a previous artifact at ``out_dir`` untouched.
+    int8 needs ``options.calibration`` (a CalibrationTable or a table file made for this model) or
+    ``options.calibration_data`` to calibrate from, unless the model is already quantized (Q/DQ). With
+    ``options.validation_data`` the accuracy gate runs: the build fails, leaving no artifact, when the
+    engine loses more than ``options.max_accuracy_drop`` points against the fp32 model. fp16 is refused for
+    onnxruntime targets (CPU kernels run fp16 slower than fp32). Writing is atomic; a failed build leaves a
+    previous artifact at ``out_dir`` untouched.
     """
 
+    options = options or BuildOptions()
+    target, precision = options.target, options.precision
     model, out_dir = Path(model), Path(out_dir)
     check_target(target)
     if precision not in ("fp32", "fp16", "int8"):
@@ -224,7 +193,6 @@ def build_artifact(
             "converting to fp32, so they run slower than the fp32 model. Use fp32 or int8 on onnxruntime, "
             "or target tensorrt for fp16"
         )
-    trt_options = trt_options or TrtOptions()
     report = _reporter(progress, model)
     info = inspect_onnx(model)
     if target == "tensorrt":
@@ -239,8 +207,7 @@ def build_artifact(
 
     table = None
     if precision == "int8" and not info.has_qdq:
-        table = _calibrate(model, info, calibration, calibration_data, calibration_options or {}, preprocess,
-                           report, progress is True)
+        table = _calibrate(model, info, options, report, progress is True)
         if getattr(table, "samples", 1) <= 0:
             raise ModelError(f"{model}: the calibration set is empty (0 samples); give calibration data with "
                              "images the model sees in production")
@@ -252,7 +219,7 @@ def build_artifact(
     with staging_dir(out_dir) as staged:
         if target == "tensorrt":
             engine_file = TRT_ENGINE
-            builder, profiles = _build_tensorrt(model, info, staged, precision, table, trt_options, env, report)
+            builder, profiles = _build_tensorrt(model, info, staged, precision, table, options.trt, env, report)
         else:
             engine_file = ONNX_ENGINE
             builder.optimization_level = "all"
@@ -279,10 +246,9 @@ def build_artifact(
             calibration=calibration_info, runtime=RuntimeInfo(**env["runtime"]), device=DeviceInfo(**env["device"]),
             profiles=profiles, builder=builder, fingerprint="",
         )
-        if validation_data is not None:
-            report(f"accuracy gate on {validation_data}")
-            manifest.accuracy = run_gate(model, engine_path, manifest, validation_data, validation_samples,
-                                         max_accuracy_drop, preprocess)
+        if options.validation_data is not None:
+            report(f"accuracy gate on {options.validation_data}")
+            manifest.accuracy = run_gate(model, engine_path, manifest, options)
         manifest.fingerprint = compute_fingerprint(manifest)
         write_manifest(staged, manifest)
         publish(staged, out_dir)
@@ -290,21 +256,21 @@ def build_artifact(
     return manifest
 
 
-def run_gate(model: Path, engine_path: Path, manifest: Manifest, data: str | Path, samples: int | None,
-             max_drop: float, preprocess: PreprocessConfig | None) -> AccuracyInfo:
-    """Compare the staged engine with the fp32 model on ``data``; ModelError when it drops too much."""
+def run_gate(model: Path, engine_path: Path, manifest: Manifest, options: BuildOptions) -> AccuracyInfo:
+    """Compare the staged engine with the fp32 model on the validation data; ModelError when it drops too much."""
 
     backend = create_backend(engine_path, backend_config_for(manifest.target, warmup_runs=0))
     backend.load()
     try:
         backend.metadata = {**manifest.source_model.metadata, **backend.metadata}
-        report = compare(model, backend, Path(data), samples=samples, preprocess=preprocess,
-                         candidate_name=manifest.precision)
+        report = compare(model, backend, Path(options.validation_data), samples=options.validation_samples,
+                         preprocess=options.preprocess, candidate_name=manifest.precision)
     finally:
         backend.close()
-    accuracy_gate(report, max_drop)
+    accuracy_gate(report, options.max_accuracy_drop)
     return AccuracyInfo(metric=report.metric, reference=report.reference_value, value=report.candidate_value,
-                        drop=report.drop, max_drop=max_drop, samples=report.samples, data_sha256=report.data_sha256)
+                        drop=report.drop, max_drop=options.max_accuracy_drop, samples=report.samples,
+                        data_sha256=report.data_sha256)
 
 
 def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table: Any, options: TrtOptions,

@@ -13,8 +13,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from lepton_edge.cli import build as build_command
+from lepton_edge.cli import inspect as inspect_command
 from lepton_edge.config.pipeline import OnnxRuntimeBackendConfig, TensorRTBackendConfig
 from lepton_edge.core.errors import BackendUnavailable, ConfigError, LeptonError, ModelError
+from lepton_edge.core.fileio import sha256_file
 from lepton_edge.engines.artifacts import (
     ARTIFACT_METADATA_KEY,
     Manifest,
@@ -25,10 +28,11 @@ from lepton_edge.engines.artifacts import (
     verify_artifact,
     write_manifest,
 )
-from lepton_edge.engines.builder import TrtOptions, build_artifact
-from lepton_edge.engines.calibration import calibrate, write_table
-from lepton_edge.engines.engine_cache import add_build_arguments, add_inspect_arguments, cli_build, cli_inspect
-from lepton_edge.engines.onnx_tools import inspect_onnx, sha256_file
+from lepton_edge.engines.builder import build_artifact
+from lepton_edge.engines.calibration import calibrate, write_table, write_tensorrt_cache
+from lepton_edge.engines.onnx_tools import inspect_onnx
+from lepton_edge.engines.options import BuildOptions, CalibrationOptions, TrtOptions
+from lepton_edge.engines.tensorrt_builder import build_engine
 from tests.support.fake_cuda import FakeGpu, block_pycuda, install_cuda_python
 from tests.support.fake_tensorrt import block_tensorrt, install_tensorrt
 
@@ -54,7 +58,8 @@ def fp32_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory, table) -> Path:
     out = tmp_path_factory.mktemp("int8") / "digits-int8"
-    build_artifact(DIGITS, out, precision="int8", calibration=table, validation_data=DIGITS_HELDOUT, progress=False)
+    build_artifact(DIGITS, out, BuildOptions(precision="int8", calibration=table, validation_data=DIGITS_HELDOUT),
+                   progress=False)
     return out
 
 
@@ -123,11 +128,13 @@ def test_int8_artifact_is_quantized_gated_and_runs(int8_artifact, table):
 
 def test_int8_from_calibration_data_and_table_file(tmp_path, table):
     out = tmp_path / "from-data"
-    manifest = build_artifact(DIGITS, out, precision="int8", calibration_data=str(DIGITS_CALIBRATION),
-                              calibration_options={"method": "percentile", "samples": 16}, progress=False)
+    manifest = build_artifact(DIGITS, out, BuildOptions(precision="int8", calibration_data=str(DIGITS_CALIBRATION),
+                              calibration_options=CalibrationOptions(method="percentile", samples=16)),
+                              progress=False)
     assert manifest.calibration.method == "percentile" and manifest.calibration.samples == 16
     table_file = write_table(table, tmp_path / "digits.calib.json")
-    again = build_artifact(DIGITS, tmp_path / "from-table", precision="int8", calibration=table_file, progress=False)
+    again = build_artifact(DIGITS, tmp_path / "from-table", BuildOptions(precision="int8", calibration=table_file),
+                           progress=False)
     assert again.calibration.table_sha256 != manifest.calibration.table_sha256
     assert again.calibration.method == "minmax"
 
@@ -137,8 +144,8 @@ def test_failing_gate_leaves_the_previous_artifact(tmp_path, fp32_artifact, tabl
     before = read_manifest(out)
     absurd = table.model_copy(update={"ranges": {k: (lo * 200, hi * 200) for k, (lo, hi) in table.ranges.items()}})
     with pytest.raises(ModelError) as err:
-        build_artifact(DIGITS, out, precision="int8", calibration=absurd, validation_data=DIGITS_HELDOUT,
-                       progress=False)
+        build_artifact(DIGITS, out, BuildOptions(precision="int8", calibration=absurd,
+                       validation_data=DIGITS_HELDOUT), progress=False)
     assert "int8 top-1 is" in str(err.value) and "allowed drop 1" in str(err.value)
     assert read_manifest(out) == before and verify_artifact(out) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name], "no staging folder left behind"
@@ -147,14 +154,14 @@ def test_failing_gate_leaves_the_previous_artifact(tmp_path, fp32_artifact, tabl
 def test_failing_gate_on_first_build_leaves_nothing(tmp_path, table):
     absurd = table.model_copy(update={"ranges": {k: (lo * 200, hi * 200) for k, (lo, hi) in table.ranges.items()}})
     with pytest.raises(ModelError, match="points below fp32"):
-        build_artifact(DIGITS, tmp_path / "out", precision="int8", calibration=absurd, validation_data=DIGITS_HELDOUT,
-                       progress=False)
+        build_artifact(DIGITS, tmp_path / "out", BuildOptions(precision="int8", calibration=absurd,
+                       validation_data=DIGITS_HELDOUT), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_rebuild_replaces_an_artifact(tmp_path, fp32_artifact, table):
     out = _copy(fp32_artifact, tmp_path)
-    build_artifact(DIGITS, out, precision="int8", calibration=table, progress=False)
+    build_artifact(DIGITS, out, BuildOptions(precision="int8", calibration=table), progress=False)
     assert read_manifest(out).precision == "int8" and verify_artifact(out) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
@@ -218,19 +225,20 @@ def test_calibration_table_of_another_model_is_refused(tmp_path, table):
     proto.metadata_props.add(key="note", value="a different file")
     onnx.save(proto, str(other))
     with pytest.raises(ConfigError, match="another model"):
-        build_artifact(other, tmp_path / "a", precision="int8", calibration=table, progress=False)
+        build_artifact(other, tmp_path / "a", BuildOptions(precision="int8", calibration=table), progress=False)
     table_file = write_table(table, tmp_path / "digits.calib.json")
     with pytest.raises(ConfigError, match="model_sha256: the table was made for another model"):
-        build_artifact(other, tmp_path / "b", precision="int8", calibration=table_file, progress=False)
+        build_artifact(other, tmp_path / "b", BuildOptions(precision="int8", calibration=table_file), progress=False)
 
 
 def test_int8_needs_calibration_and_calibration_needs_data(tmp_path):
     with pytest.raises(ModelError, match="int8 needs calibration"):
-        build_artifact(DIGITS, tmp_path / "a", precision="int8", progress=False)
+        build_artifact(DIGITS, tmp_path / "a", BuildOptions(precision="int8"), progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(LeptonError, match="no images"):
-        build_artifact(DIGITS, tmp_path / "b", precision="int8", calibration_data=str(empty), progress=False)
+        build_artifact(DIGITS, tmp_path / "b", BuildOptions(precision="int8", calibration_data=str(empty)),
+                       progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -249,12 +257,12 @@ def test_unsupported_operators_are_named(tmp_path):
 
 def test_other_refusals(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="fp16 is not built for onnxruntime-cpu"):
-        build_artifact(DIGITS, tmp_path / "a", precision="fp16", progress=False)
+        build_artifact(DIGITS, tmp_path / "a", BuildOptions(precision="fp16"), progress=False)
     with pytest.raises(ConfigError, match="unknown target 'tpu'"):
-        build_artifact(DIGITS, tmp_path / "a", target="tpu", progress=False)
+        build_artifact(DIGITS, tmp_path / "a", BuildOptions(target="tpu"), progress=False)
     block_tensorrt(monkeypatch)
     with pytest.raises(BackendUnavailable, match="pip install tensorrt"):
-        build_artifact(DIGITS, tmp_path / "a", target="tensorrt", progress=False)
+        build_artifact(DIGITS, tmp_path / "a", BuildOptions(target="tensorrt"), progress=False)
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
@@ -367,8 +375,8 @@ def fake_trt(monkeypatch):
 def test_tensorrt_fp16_artifact(tmp_path, fake_trt):
     timing = tmp_path / "timing.cache"
     options = TrtOptions(workspace_mb=256, timing_cache=timing)
-    manifest = build_artifact(DIGITS, tmp_path / "trt", target="tensorrt", precision="fp16", trt_options=options,
-                              validation_data=DIGITS_HELDOUT, progress=False)
+    manifest = build_artifact(DIGITS, tmp_path / "trt", BuildOptions(target="tensorrt", precision="fp16",
+                              trt=options, validation_data=DIGITS_HELDOUT), progress=False)
     assert sorted(p.name for p in (tmp_path / "trt").iterdir()) == ["manifest.json", "model.plan"]
     assert manifest.target == "tensorrt" and manifest.engine.file == "model.plan"
     assert manifest.runtime.tensorrt == "10.3.0" and manifest.runtime.cuda
@@ -385,16 +393,26 @@ def test_tensorrt_fp16_artifact(tmp_path, fake_trt):
 
 
 def test_tensorrt_int8_modes(tmp_path, fake_trt, table):
-    qdq = build_artifact(DIGITS, tmp_path / "qdq", target="tensorrt", precision="int8", calibration=table,
-                         progress=False)
+    qdq = build_artifact(DIGITS, tmp_path / "qdq", BuildOptions(target="tensorrt", precision="int8",
+                         calibration=table), progress=False)
     assert qdq.builder.int8_mode == "qdq" and qdq.builder.strongly_typed is True
-    legacy = build_artifact(DIGITS, tmp_path / "legacy", target="tensorrt", precision="int8", calibration=table,
-                            trt_options=TrtOptions(int8_mode="legacy-cache"), progress=False)
+    legacy = build_artifact(DIGITS, tmp_path / "legacy", BuildOptions(target="tensorrt", precision="int8",
+                            calibration=table, trt=TrtOptions(int8_mode="legacy-cache")), progress=False)
     assert legacy.builder.int8_mode == "legacy-cache" and "INT8" in legacy.builder.builder_flags
+    assert fake_trt._state["replayed_caches"] == ["MinMaxCalibration"], "a minmax table replays as minmax"
     assert legacy.fingerprint != qdq.fingerprint
     for name in ("qdq", "legacy"):
         assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["manifest.json", "model.plan"]
         assert verify_artifact(tmp_path / name) == []
+
+
+def test_calibrate_minmax_cache_builds_with_the_minmax_calibrator(tmp_path, fake_trt, table):
+    cache = write_tensorrt_cache(table, tmp_path / "digits.cache", trt_version=100300)
+    assert cache.read_text().startswith("TRT-100300-MinMaxCalibration\n")
+    _, facts = build_engine(DIGITS, precision="int8", calibration_cache=cache)
+    assert facts["int8_mode"] == "calibration-cache"
+    assert fake_trt._state["replayed_caches"] == ["MinMaxCalibration"]
+    assert fake_trt._state["builds"][-1]["int8"] == "calibrated-from-cache"
 
 
 def test_tensorrt_dla_core_is_recorded(tmp_path, monkeypatch):
@@ -402,18 +420,18 @@ def test_tensorrt_dla_core_is_recorded(tmp_path, monkeypatch):
     install_cuda_python(monkeypatch, gpu)
     block_pycuda(monkeypatch)
     install_tensorrt(monkeypatch, "8.6.1", gpu, dla_cores=2)
-    manifest = build_artifact(DIGITS, tmp_path / "dla", target="tensorrt", precision="fp16",
-                              trt_options=TrtOptions(dla_core=1), progress=False)
+    manifest = build_artifact(DIGITS, tmp_path / "dla", BuildOptions(target="tensorrt", precision="fp16",
+                              trt=TrtOptions(dla_core=1)), progress=False)
     assert manifest.builder.dla_core == 1 and "GPU_FALLBACK" in manifest.builder.builder_flags
     assert manifest.runtime.tensorrt == "8.6.1"
     with pytest.raises(ConfigError, match=r"dla_core=3 is not available: this device has cores 0\.\.1"):
-        build_artifact(DIGITS, tmp_path / "bad", target="tensorrt", precision="fp16",
-                       trt_options=TrtOptions(dla_core=3), progress=False)
+        build_artifact(DIGITS, tmp_path / "bad", BuildOptions(target="tensorrt", precision="fp16",
+                       trt=TrtOptions(dla_core=3)), progress=False)
     assert not (tmp_path / "bad").exists()
 
 
 def test_tensorrt_engine_after_an_upgrade(tmp_path, monkeypatch, fake_trt):
-    build_artifact(DIGITS, tmp_path / "trt", target="tensorrt", precision="fp32", progress=False)
+    build_artifact(DIGITS, tmp_path / "trt", BuildOptions(target="tensorrt", precision="fp32"), progress=False)
     gpu = FakeGpu()
     install_cuda_python(monkeypatch, gpu)
     install_tensorrt(monkeypatch, "10.7.0", gpu)
@@ -431,29 +449,29 @@ def test_tensorrt_engine_after_an_upgrade(tmp_path, monkeypatch, fake_trt):
 
 # -- CLI ----------------------------------------------------------------------------------------
 
-def _run(adder, handler, argv):
+def _run(command, argv):
     parser = argparse.ArgumentParser()
-    adder(parser)
-    return handler(parser.parse_args(argv))
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
 
 
 def test_cli_build_and_inspect(tmp_path, capsys, table):
     out = tmp_path / "digits-int8"
     table_file = write_table(table, tmp_path / "digits.calib.json")
-    assert _run(add_build_arguments, cli_build, ["--model", str(DIGITS), "--precision", "int8", "--calibration",
+    assert _run(build_command, ["--model", str(DIGITS), "--precision", "int8", "--calibration",
                                                  str(table_file), "--validation", str(DIGITS_HELDOUT), "--out",
                                                  str(out)]) == 0
     printed = capsys.readouterr().out
     assert "precision:   int8" in printed and "accuracy:    top-1" in printed
-    assert _run(add_inspect_arguments, cli_inspect, [str(out)]) == 0
+    assert _run(inspect_command, [str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"fingerprint: {read_manifest(out).fingerprint}" in printed
     assert "matches this machine: yes" in printed
     _edit(out, runtime__onnxruntime="0.1.0")
-    assert _run(add_inspect_arguments, cli_inspect, [str(out), "--json"]) == 1
+    assert _run(inspect_command, [str(out), "--json"]) == 1
     info = json.loads(capsys.readouterr().out)
     assert info["mismatches"] == [f"runtime.onnxruntime: built with 0.1.0, running {ort.__version__}"]
-    assert _run(add_inspect_arguments, cli_inspect, [str(DIGITS)]) == 0
+    assert _run(inspect_command, [str(DIGITS)]) == 0
     printed = capsys.readouterr().out
     assert "input:       input ['batch', 1, 8, 8] float32" in printed and "opset:       17" in printed
     assert "all operators supported" in printed
@@ -461,7 +479,7 @@ def test_cli_build_and_inspect(tmp_path, capsys, table):
 
 def test_cli_build_needs_model_and_out():
     with pytest.raises(ConfigError, match="needs --model"):
-        _run(add_build_arguments, cli_build, ["--model", str(DIGITS)])
+        _run(build_command, ["--model", str(DIGITS)])
 
 
 def test_artifact_files_are_readable_by_others(fp32_artifact):
@@ -477,10 +495,10 @@ SHAPES = REPO / "models" / "shapes_detector.onnx"
 def test_shapes_detector_int8_artifact(tmp_path):
     heldout = tmp_path / "heldout.json"
     heldout.write_text(json.dumps({"generator": "shapes", "width": 640, "height": 480, "seeds": [1000000, 1000012]}))
-    manifest = build_artifact(SHAPES, tmp_path / "shapes-int8", precision="int8",
+    manifest = build_artifact(SHAPES, tmp_path / "shapes-int8", BuildOptions(precision="int8",
                               calibration_data=str(REPO / "calibration" / "shapes"),
-                              calibration_options={"method": "minmax", "samples": 8}, validation_data=heldout,
-                              max_accuracy_drop=10.0, progress=False)
+                              calibration_options=CalibrationOptions(method="minmax", samples=8),
+                              validation_data=heldout, max_accuracy_drop=10.0), progress=False)
     assert manifest.accuracy.metric == "mAP@0.5" and manifest.accuracy.samples == 12
     assert manifest.accuracy.reference > 0.5
     assert manifest.source_model.metadata["lepton.task"] == "detect"

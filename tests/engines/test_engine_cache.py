@@ -10,16 +10,15 @@ import onnxruntime as ort
 import pytest
 import yaml
 
+from lepton_edge.cli import build as build_command
 from lepton_edge.config.pipeline import ModelConfig, OnnxRuntimeBackendConfig, TensorRTBackendConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.engines.artifacts import Manifest, compute_fingerprint, read_manifest, verify_artifact, write_manifest
+from lepton_edge.engines.auto import build_auto
 from lepton_edge.engines.builder import build_artifact
 from lepton_edge.engines.calibration import calibrate, write_table
 from lepton_edge.engines.engine_cache import (
-    add_build_arguments,
-    build_auto,
     cache_key,
-    cli_build,
     default_cache_dir,
     open_model,
     resolve,
@@ -27,6 +26,7 @@ from lepton_edge.engines.engine_cache import (
     slot_name,
 )
 from lepton_edge.engines.onnx_tools import inspect_onnx
+from lepton_edge.engines.options import BuildOptions
 from tests.support.fake_cuda import FakeGpu, block_pycuda, install_cuda_python
 from tests.support.fake_tensorrt import block_tensorrt, install_tensorrt
 
@@ -239,7 +239,8 @@ def test_auto_keeps_the_fastest_passing_precision(tmp_path, table_file):
 
 
 def test_auto_without_validation_data_keeps_fp32(tmp_path, table_file):
-    manifest = build_auto(DIGITS, tmp_path / "auto", calibration=table_file, rounds=2, round_s=0.02, progress=False)
+    manifest = build_auto(DIGITS, tmp_path / "auto", BuildOptions(calibration=table_file), rounds=2, round_s=0.02,
+                          progress=False)
     assert manifest.precision == "fp32"
     fp32, int8 = manifest.measurements.candidates
     assert fp32.passed and not int8.passed and int8.fps is None
@@ -249,8 +250,8 @@ def test_auto_without_validation_data_keeps_fp32(tmp_path, table_file):
 def test_auto_drops_a_candidate_that_fails_the_gate(tmp_path):
     table = calibrate(DIGITS, DIGITS_CALIBRATION, method="minmax", samples=16, progress=False)
     absurd = table.model_copy(update={"ranges": {k: (lo * 200, hi * 200) for k, (lo, hi) in table.ranges.items()}})
-    manifest = build_auto(DIGITS, tmp_path / "auto", calibration=absurd, validation_data=DIGITS_HELDOUT, rounds=2,
-                          round_s=0.02, progress=False)
+    manifest = build_auto(DIGITS, tmp_path / "auto", BuildOptions(calibration=absurd,
+                          validation_data=DIGITS_HELDOUT), rounds=2, round_s=0.02, progress=False)
     assert manifest.precision == "fp32" and manifest.measurements.chosen == "fp32"
     int8 = manifest.measurements.candidates[1]
     assert not int8.passed and int8.fps > 0 and int8.drop > 50
@@ -263,8 +264,8 @@ def test_auto_on_tensorrt_considers_fp16(tmp_path, monkeypatch):
     install_cuda_python(monkeypatch, gpu)
     block_pycuda(monkeypatch)
     install_tensorrt(monkeypatch, "10.3.0", gpu)
-    manifest = build_auto(DIGITS, tmp_path / "auto", target="tensorrt", validation_data=DIGITS_HELDOUT,
-                          validation_samples=50, rounds=2, round_s=0.02, progress=False)
+    manifest = build_auto(DIGITS, tmp_path / "auto", BuildOptions(target="tensorrt", validation_data=DIGITS_HELDOUT,
+                          validation_samples=50), rounds=2, round_s=0.02, progress=False)
     candidates = {c.precision: c for c in manifest.measurements.candidates}
     assert list(candidates) == ["fp32", "fp16", "int8"]
     assert candidates["fp16"].passed and candidates["fp16"].accuracy is not None
@@ -281,11 +282,11 @@ def test_verify_config_builds_through_the_cache(tmp_path, capsys):
         "source": {"uri": "synthetic://shapes?fps=30"},
     }))
     parser = argparse.ArgumentParser()
-    add_build_arguments(parser)
-    assert cli_build(parser.parse_args(["--verify-config", str(config)])) == 0
+    build_command.add_arguments(parser)
+    assert build_command.run(parser.parse_args(["--verify-config", str(config)])) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"ready: {tmp_path / 'cache'}/digits_classifier-fp32-") and "[miss]" in out
-    assert cli_build(parser.parse_args(["--verify-config", str(config)])) == 0
+    assert build_command.run(parser.parse_args(["--verify-config", str(config)])) == 0
     assert "[hit]" in capsys.readouterr().out
 
 
@@ -293,6 +294,6 @@ def test_verify_config_of_an_idle_device(tmp_path, capsys):
     config = tmp_path / "idle.yaml"
     config.write_text(yaml.safe_dump({"idle": True}))
     parser = argparse.ArgumentParser()
-    add_build_arguments(parser)
-    assert cli_build(parser.parse_args(["--verify-config", str(config)])) == 0
+    build_command.add_arguments(parser)
+    assert build_command.run(parser.parse_args(["--verify-config", str(config)])) == 0
     assert "is idle (no model to build)" in capsys.readouterr().out

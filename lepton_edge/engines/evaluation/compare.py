@@ -9,8 +9,6 @@ postprocessor at confidence 0.001).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import statistics
@@ -141,6 +139,11 @@ def _open(model: Path | Backend, name: str | None, backend_config: BackendConfig
 
     config = backend_config or OnnxRuntimeBackendConfig(warmup_runs=0)
     return _Opened(create_backend(path, config).load(), name or path.name, str(path), True)
+
+
+def open_engine(path: str | Path) -> Backend:
+    """A loaded backend for an artifact directory or an ONNX file; the caller closes it."""
+    return _open(Path(path), None, None).backend
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -352,59 +355,3 @@ def measure_throughput(
                     break
             rates[key].append(count / (now - start))
     return {key: {"fps": statistics.median(r), "rounds": len(r), "round_s": round_s} for key, r in rates.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
-
-EPILOG_COMPARE = """examples:
-  lepton-edge compare --reference models/digits_classifier.onnx --candidate out/artifacts/digits-int8 \\
-      --data models/digits_heldout.npz
-  lepton-edge compare --reference models/shapes_detector.onnx --candidate out/artifacts/shapes-int8 \\
-      --data calibration/shapes_heldout.json --samples 100 --bench
-  lepton-edge compare --reference model.onnx --candidate model_int8.onnx --data heldout.npz --json
-
-The candidate is an artifact directory (from `lepton-edge build`) or another ONNX file. Data formats:
-docs/build.md. --bench adds fp32 vs candidate throughput measured in interleaved rounds.
-"""
-
-
-def add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reference", required=True, type=Path, help="the fp32 ONNX model")
-    p.add_argument("--candidate", required=True, type=Path, help="artifact directory or ONNX model to check")
-    p.add_argument("--data", required=True, type=Path, help="labelled held-out data (.npz or shapes .json)")
-    p.add_argument("--samples", type=int, help="use only the first N samples")
-    p.add_argument("--max-drop", type=float, help="also apply the accuracy gate: exit 3 when the candidate "
-                   "loses more than this many points")
-    p.add_argument("--bench", action="store_true", help="also measure reference vs candidate throughput")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved benchmark rounds (default 7)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def cli_compare(args: argparse.Namespace) -> int:
-    """``lepton-edge compare``: accuracy (and with --bench, speed) of a candidate against its reference."""
-    report = compare(args.reference, args.candidate, args.data, samples=args.samples)
-    result: dict[str, Any] = {"report": report.to_dict()}
-    if args.bench:
-        ref = _open(args.reference, "reference", None)
-        cand = _open(args.candidate, "candidate", None)
-        try:
-            rates = measure_throughput({"reference": ref.backend, "candidate": cand.backend}, rounds=args.rounds)
-        finally:
-            ref.backend.close()
-            cand.backend.close()
-        result["bench"] = {**rates, "ratio": rates["candidate"]["fps"] / rates["reference"]["fps"]}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(report.format())
-        if args.bench:
-            bench = result["bench"]
-            print(f"throughput: reference {bench['reference']['fps']:.1f}/s  candidate "
-                  f"{bench['candidate']['fps']:.1f}/s  ratio {bench['ratio']:.2f}x "
-                  f"(median of {args.rounds} interleaved rounds)")
-    if args.max_drop is not None:
-        accuracy_gate(report, args.max_drop)
-        print(f"accuracy gate passed (drop {report.drop:.2f} <= {args.max_drop:g} points)")
-    return 0

@@ -3,8 +3,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lepton_edge.config.pipeline import DetectConfig, PreprocessConfig
 from lepton_edge.core.results import Detections
 from lepton_edge.engines.evaluation.accuracy import average_precision, box_iou, mean_average_precision, top1_accuracy
+from lepton_edge.runtime.assembly import preprocess_from_metadata
+from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from lepton_edge.runtime.postprocess import create_postprocessor
+from lepton_edge.runtime.preprocess import Preprocessor
+from lepton_edge.runtime.sources.shapes import CLASSES, random_sample
 
 A = [0, 0, 10, 10]
 B = [20, 20, 40, 40]
@@ -173,36 +179,34 @@ def test_top1_accuracy_rejects_bad_input(predicted, labels, message):
 
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
+# The model cards' held-out numbers (models/digits_classifier.md, models/shapes_detector.md), and the scenes
+# the shapes card measured (train_shapes_detector.py: HELDOUT_SEED, 300 scenes of 640x480).
+DIGITS_CARD_TOP1 = 0.9978
+SHAPES_CARD_MAP50 = 0.9924
+SHAPES_CARD_SEEDS = range(1_000_000, 1_000_300)
+CARD_TOLERANCE = 0.01
+"""One point: what a new onnxruntime's kernels may move; more is a regression of the model or its path."""
 
 
 def test_bundled_digits_classifier_meets_its_card():
-    from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
     data = np.load(MODELS / "digits_heldout.npz")
     with OnnxRuntimeBackend(MODELS / "digits_classifier.onnx") as backend:
         (logits,) = backend.infer({"input": data["images"].astype(np.float32)[:, None] / np.float32(255)})
-    assert top1_accuracy(logits, data["labels"]) > 0.95
+    assert top1_accuracy(logits, data["labels"]) >= DIGITS_CARD_TOP1 - CARD_TOLERANCE
 
 
 def test_bundled_shapes_detector_meets_its_card():
-    pytest.importorskip("cv2")
-    from lepton_edge.config.pipeline import DetectConfig
-    from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from lepton_edge.runtime.postprocess import create_postprocessor
-    from lepton_edge.runtime.preprocess import Preprocessor
-    from lepton_edge.runtime.sources.shapes import CLASSES, random_sample
-
     predictions, truth = [], []
     with OnnxRuntimeBackend(MODELS / "shapes_detector.onnx") as backend:
-        pre = Preprocessor(backend.inputs[0])
+        pre = Preprocessor(backend.inputs[0], preprocess_from_metadata(PreprocessConfig(), backend.metadata))
         post = create_postprocessor(
             DetectConfig(type="detect", conf_threshold=0.001), backend.outputs, backend.metadata, ()
         )
         buffer = pre.new_buffer()
-        for seed in range(2_000_000, 2_000_040):  # held out: training used seeds below 3,000
+        for seed in SHAPES_CARD_SEEDS:
             image, boxes, classes = random_sample(seed, 640, 480)
             transform = pre(image, buffer)
             predictions.append(post(backend.infer({"images": buffer}), transform))
             truth.append((boxes, classes))
     result = mean_average_precision(predictions, truth, num_classes=len(CLASSES))
-    assert result["map"] >= 0.9, result
+    assert result["map"] >= SHAPES_CARD_MAP50 - CARD_TOLERANCE, result

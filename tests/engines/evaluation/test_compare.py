@@ -9,14 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from lepton_edge.cli import compare as compare_command
 from lepton_edge.config.pipeline import OnnxRuntimeBackendConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.engines.calibration import calibrate, quantize_qdq
 from lepton_edge.engines.evaluation.compare import (
     CompareReport,
     accuracy_gate,
-    add_compare_arguments,
-    cli_compare,
     compare,
     compare_many,
     measure_throughput,
@@ -195,11 +194,11 @@ def test_measure_throughput_interleaves_rounds(digits_int8):
 
 def test_cli_compare_json_with_bench_and_gate(capsys, digits_int8):
     parser = argparse.ArgumentParser()
-    add_compare_arguments(parser)
+    compare_command.add_arguments(parser)
     args = parser.parse_args(["--reference", str(DIGITS), "--candidate", str(digits_int8), "--data",
                               str(DIGITS_HELDOUT), "--samples", "50", "--bench", "--rounds", "2", "--json",
                               "--max-drop", "100"])
-    assert cli_compare(args) == 0
+    assert compare_command.run(args) == 0
     out = capsys.readouterr().out
     result = json.loads(out[: out.rindex("}") + 1])
     assert result["report"]["samples"] == 50 and result["report"]["metric"] == "top-1"
@@ -212,8 +211,8 @@ def test_cli_compare_gate_failure(tmp_path, detection_data):
     reference = constant_detector(tmp_path / "ref.onnx", TRUTH_BOXES, TRUTH_CLASSES)
     candidate = constant_detector(tmp_path / "one.onnx", TRUTH_BOXES[:1], TRUTH_CLASSES[:1])
     parser = argparse.ArgumentParser()
-    add_compare_arguments(parser)
+    compare_command.add_arguments(parser)
     args = parser.parse_args(["--reference", str(reference), "--candidate", str(candidate), "--data",
                               str(detection_data), "--max-drop", "1"])
     with pytest.raises(ModelError, match=r"50\.0 points below"):
-        cli_compare(args)
+        compare_command.run(args)

@@ -1,0 +1,59 @@
+"""The build parameters: one typed set shared by the artifact builder, ``precision: auto`` and ``lepton-edge build``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lepton_edge.config.pipeline import PreprocessConfig
+from lepton_edge.engines.calibration import CalibrationTable, Method
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrtOptions(_Options):
+    """TensorRT builder options."""
+
+    workspace_mb: int = Field(1024, gt=0, description="Builder workspace limit in MiB.")
+    dla_core: int | None = Field(None, ge=0, description="Run on this DLA core (Jetson), GPU fallback on.")
+    timing_cache: Path | None = Field(None, description="Timing cache file, read if present and updated.")
+    profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] | None = Field(
+        None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: dynamic dims 1.")
+    int8_mode: Literal["qdq", "legacy-cache"] = Field(
+        "qdq", description="qdq: explicit quantization from the QDQ model; legacy-cache: implicit "
+        "calibration replaying a TensorRT calibration cache written from the table (TensorRT <= 10).")
+
+
+class CalibrationOptions(_Options):
+    """How to calibrate when the build calibrates itself (unset: the calibrate defaults)."""
+
+    method: Method | None = Field(None, description="Range method: minmax, entropy or percentile.")
+    samples: int | None = Field(None, ge=1, description="Data-set items used, chosen at random.")
+    seed: int | None = Field(None, description="Seed of the random choice of items.")
+    percentile: float | None = Field(None, gt=0, le=100, description="Percentile kept (method percentile).")
+
+
+class BuildOptions(_Options):
+    """What to build from an ONNX model, and the gate it must pass."""
+
+    target: str = Field("onnxruntime-cpu", description="onnxruntime-cpu, onnxruntime-<provider> or tensorrt.")
+    precision: Literal["fp32", "fp16", "int8", "auto"] = Field(
+        "fp32", description="Engine precision; auto builds every candidate and keeps the fastest that passes.")
+    calibration: CalibrationTable | Path | None = Field(
+        None, description="int8: a calibration table, or its file from `lepton-edge calibrate`.")
+    calibration_data: str | None = Field(
+        None, description="int8 without a table: calibrate from this image folder, video or .npy/.npz recording.")
+    calibration_options: CalibrationOptions = Field(
+        default_factory=CalibrationOptions, description="How to calibrate from calibration_data.")
+    validation_data: Path | None = Field(
+        None, description="Labelled held-out data for the accuracy gate; none: no gate.")
+    validation_samples: int | None = Field(None, ge=1, description="Use only the first N validation samples.")
+    max_accuracy_drop: float = Field(
+        1.0, description="Largest allowed drop against fp32, in points of top-1 or mAP@0.5.")
+    preprocess: PreprocessConfig | None = Field(
+        None, description="Preprocessing for calibration and validation (default: the model's metadata).")
+    trt: TrtOptions = Field(default_factory=TrtOptions, description="TensorRT builder options.")
