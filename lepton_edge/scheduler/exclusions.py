@@ -49,6 +49,23 @@ def plan_with_exclusions(
         result = placement.plan(_excluding(inp, excluded), headroom=headroom, hysteresis=hysteresis)
     assignments = dict(result.assignments)
     unplaced = dict(result.unplaced)
+    _unplace_leftovers(assignments, unplaced, current, excluded)
+    moved = [w for w in sorted(by_id) if w in current and assignments.get(w) != current[w]]
+    added = [w for w in sorted(by_id) if w not in current and assignments.get(w) is not None]
+    return placement.Plan(
+        assignments=assignments,
+        moved=moved,
+        added=added,
+        unplaced=dict(sorted(unplaced.items())),
+        utilisation=result.utilisation,
+    )
+
+
+def _unplace_leftovers(
+    assignments: dict[str, str | None], unplaced: dict[str, str], current: dict[str, str], excluded: dict[str, set[str]]
+) -> None:
+    """Unplace the workloads still sharing a device (the one already there stays), and say which devices an
+    unplaced workload was kept off."""
     seen: set[str] = set()
     for workload_id, device_id in sorted(assignments.items(), key=lambda kv: (current.get(kv[0]) != kv[1], kv[0])):
         if device_id is None:
@@ -65,15 +82,6 @@ def plan_with_exclusions(
                 f"{kind}: no device left after excluding {avoided} (a failed config, or busy with another "
                 "workload; one workload per device)"
             )
-    moved = [w for w in sorted(by_id) if w in current and assignments.get(w) != current[w]]
-    added = [w for w in sorted(by_id) if w not in current and assignments.get(w) is not None]
-    return placement.Plan(
-        assignments=assignments,
-        moved=moved,
-        added=added,
-        unplaced=dict(sorted(unplaced.items())),
-        utilisation=result.utilisation,
-    )
 
 
 _EXCLUSION_TOKEN = "\x00allowed-for:"
