@@ -11,6 +11,7 @@ from lepton_edge.core.results import Classification, Result
 from lepton_edge.device.controller import open_pipeline
 from lepton_edge.runtime.assembly import build_pipeline
 from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from lepton_edge.runtime.pipeline import BUFFER_POOL_SIZE
 from lepton_edge.runtime.sinks.base import Sink
 from tests.support.onnx_models import mean_color_classifier, slow_model
 
@@ -213,3 +214,27 @@ def test_live_changes_apply_at_frame_boundaries(tmp_path, color_model):
     assert pipeline.wait(5)
     new_backend.close()
     assert no_stage_threads_left()
+
+
+class BufferRecordingBackend(OnnxRuntimeBackend):
+    """Keeps every input tensor it is given (alive, so that a freed buffer cannot come back at the same id)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fed: list[np.ndarray] = []
+
+    def _infer(self, feeds):
+        self.fed.extend(feeds.values())
+        return super()._infer(feeds)
+
+
+@pytest.mark.parametrize("uri", ["synthetic://shapes?fps=0&width=64&height=48", "npy"])
+def test_input_tensors_come_from_the_preallocated_pool(tmp_path, color_model, uri):
+    if uri == "npy":  # recorded tensors take the tensor_into path instead of the preprocessor
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).random((120, 3, 32, 32), dtype=np.float32))
+        uri = str(tmp_path / "x.npy")
+    backend = BufferRecordingBackend(color_model, in_pipeline=True).load()
+    backend.fed.clear()  # the warm-up's own tensors
+    stats = build_pipeline(config(color_model, uri), backend, max_frames=120).run()
+    assert stats["results"] == 120 and len(backend.fed) == 120
+    assert len({id(tensor) for tensor in backend.fed}) <= BUFFER_POOL_SIZE  # a new buffer per frame gives 120
