@@ -145,13 +145,26 @@ def test_the_default_time_limit_per_test_is_set(pytestconfig: pytest.Config) -> 
     assert 120 <= float(pytestconfig.getini("timeout")) <= 300
 
 
-def test_a_test_that_outlives_the_time_limit_fails(tmp_path: Path) -> None:
-    (tmp_path / "test_sleeps.py").write_text("import time\n\ndef test_sleeps():\n    time.sleep(60)\n")
+DEADLOCK = """
+import threading
+
+def test_deadlocks_and_so_does_its_cleanup():
+    lock = threading.Lock()
+    lock.acquire()
+    try:
+        lock.acquire()
+    finally:
+        lock.acquire()
+"""
+
+
+def test_a_test_that_outlives_the_time_limit_fails_even_when_its_cleanup_hangs(tmp_path: Path) -> None:
+    (tmp_path / "test_deadlock.py").write_text(DEADLOCK)
     our_pytest = [sys.executable, "-m", "pytest", "-c", REPO / "pyproject.toml", "--rootdir", tmp_path]
-    done = subprocess.run([*our_pytest, "-q", "-p", "no:cacheprovider", "-o", "timeout=1", "test_sleeps.py"],
+    done = subprocess.run([*our_pytest, "-q", "-p", "no:cacheprovider", "-o", "timeout=1", "test_deadlock.py"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "Timeout" in done.stdout and "1 failed" in done.stdout
+    assert "Timeout" in done.stdout and "test_deadlocks_and_so_does_its_cleanup" in done.stdout
 
 
 @pytest.mark.parametrize(("env", "fails"), [
