@@ -215,23 +215,19 @@ def bench_ingest_ceiling(devices: int = 2000, rounds: int = 5, workdir: Path | N
     workdir.mkdir(parents=True, exist_ok=True)
     service = _service(1, f"sqlite:///{workdir / 'ceiling.db'}", "bench-ceiling",
                        ingest={"queue_max": devices * rounds + 1})
-    workers = [threading.Thread(target=f, daemon=True) for f in (service._writer_loop, service._control_loop)]
-    service._started = True
-    service._threads = workers
-    for t in workers:
-        t.start()
+    service.start_workers()
     sims = [SimDevice(DeviceSpec(f"ceil-{i:05d}"), 100) for i in range(devices)]
     for device in sims:
         device.new_session()
-        service._on_birth(IncomingMessage(birth_topic(device.device_id), encode(device.birth()), 1, False))
-    while service._cq:
+        service.ingestion.on_birth(IncomingMessage(birth_topic(device.device_id), encode(device.birth()), 1, False))
+    while len(service.control):
         time.sleep(0.05)
     now = time.time()
     messages = [IncomingMessage(telemetry_topic(d.device_id), d.telemetry_payload(now + r, 1.0), 0, False)
                 for r in range(rounds) for d in sims]
     cpu0, wall0, thread0 = time.process_time(), time.perf_counter(), time.thread_time()
     for message in messages:
-        service._on_telemetry(message)
+        service.ingestion.on_telemetry(message)
     handler_cpu = time.thread_time() - thread0
     while service.counts["telemetry_written"] < len(messages) and time.perf_counter() - wall0 < 300:
         time.sleep(0.01)
@@ -312,7 +308,7 @@ def bench_failover(deaths: int = 100, devices: int = 300, workloads: int = 150,
             client.wait_connected(10)
             sim.start()
             deadline = time.monotonic() + 60
-            while sum(v.online for v in list(service._views.values())) < devices:
+            while service.stats()["devices_online"] < devices:
                 if time.monotonic() > deadline:
                     raise LeptonError("failover bench: the simulated devices did not all come online in 60 s")
                 time.sleep(0.2)
