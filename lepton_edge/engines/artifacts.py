@@ -24,9 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lepton_edge.config.pipeline import BackendConfig, OnnxRuntimeBackendConfig, TensorRTBackendConfig
 from lepton_edge.core.errors import ConfigError, ModelError
-from lepton_edge.core.fileio import atomic_write
+from lepton_edge.core.fileio import atomic_write, sha256_file
 from lepton_edge.core.tensors import TensorSpec
-from lepton_edge.engines.onnx_tools import sha256_file
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.platform import accelerator_facts, cpu_facts, onnxruntime_version

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.core.fileio import sha256_file
 from lepton_edge.core.tensors import Dim, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,6 @@ class ModelInfo:
     """On-disk size: the model file plus its external-data files."""
     opsets: dict[str, int] = field(default_factory=dict)
     """Every imported opset by domain (the default domain as ``""``)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_proto(path: Path):  # -> onnx.ModelProto

@@ -409,7 +409,8 @@ def test_tensorrt_int8_modes(tmp_path, fake_trt, table):
 def test_calibrate_minmax_cache_builds_with_the_minmax_calibrator(tmp_path, fake_trt, table):
     cache = write_tensorrt_cache(table, tmp_path / "digits.cache", trt_version=100300)
     assert cache.read_text().startswith("TRT-100300-MinMaxCalibration\n")
-    _, facts = build_engine(DIGITS, precision="int8", calibration_cache=cache)
+    profile = {"input": ((1, 1, 8, 8), (1, 1, 8, 8), (1, 1, 8, 8))}
+    _, facts = build_engine(DIGITS, precision="int8", calibration_cache=cache, profiles=[profile])
     assert facts["int8_mode"] == "calibration-cache"
     assert fake_trt._state["replayed_caches"] == ["MinMaxCalibration"]
     assert fake_trt._state["builds"][-1]["int8"] == "calibrated-from-cache"

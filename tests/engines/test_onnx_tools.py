@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lepton_edge.core.errors import ConfigError, ModelError
-from lepton_edge.engines.onnx_tools import inspect_onnx, sha256_file, unsupported_ops
+from lepton_edge.core.fileio import sha256_file
+from lepton_edge.engines.onnx_tools import inspect_onnx, unsupported_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits_classifier.onnx"
