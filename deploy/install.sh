@@ -120,10 +120,10 @@ make_venv() {
 
 install_package() {
     # Build from a copy of the sources: pip writes build/ and *.egg-info next to them, and the checkout
-    # may belong to another user.
+    # may belong to another user. -L: lepton_edge/data/ links into models/ and deploy/; the copy holds the files.
     build_src=$(mktemp -d)
     trap 'rm -rf "$build_src"' EXIT
-    cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/lepton_edge" "$build_src/"
+    cp -RL "$repo/pyproject.toml" "$repo/README.md" "$repo/lepton_edge" "$build_src/"
     if [[ -f $repo/LICENSE ]]; then cp "$repo/LICENSE" "$build_src/"; fi
     local extra="[opencv]"
     if [[ ${LEPTON_SYSTEM_OPENCV:-0} == 1 ]]; then
