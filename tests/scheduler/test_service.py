@@ -208,7 +208,7 @@ def test_sequence_gap_and_unknown_device_get_rebirth_requests(start_service, fle
     client.subscribe(rebirth_topic(ghost), requests)
     client.start()
     assert client.wait_connected(5)
-    time.sleep(0.2)
+    assert client.wait_subscribed(5)
     ghost_device = SimDevice(DeviceSpec(ghost), session_base=41)
     ghost_device.new_session()
     client.publish(telemetry_topic(ghost), ghost_device.telemetry_payload(time.time(), 1.0))

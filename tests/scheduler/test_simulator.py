@@ -105,7 +105,7 @@ def test_device_mode_birth_telemetry_config_and_will(fresh_broker, make_mqtt_cli
         watcher.subscribe(subscription(kind), collector)
     watcher.start()
     assert watcher.wait_connected(5)
-    time.sleep(0.2)  # let the subscriptions land
+    assert watcher.wait_subscribed(5)
 
     with FleetSimulator("127.0.0.1", fresh_broker.port, 2, rate_hz=10, prefix=unique, mode="device") as sim:
         assert sim.mode == "device"
@@ -143,7 +143,7 @@ def test_bulk_mode_publishes_for_every_device(fresh_broker, make_mqtt_client, un
     watcher.subscribe(subscription(TopicKind.DEATH), deaths)
     watcher.start()
     assert watcher.wait_connected(5)
-    time.sleep(0.2)
+    assert watcher.wait_subscribed(5)
 
     with FleetSimulator("127.0.0.1", fresh_broker.port, 50, rate_hz=4, prefix=unique, mode="bulk",
                         connections=2) as sim:
