@@ -632,3 +632,25 @@ def test_shapes_detector_calibrates_from_the_committed_images(tmp_path):
     x = np.zeros(table.input_shapes[info.inputs[0].name], np.float32)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {info.inputs[0].name: x})
     assert [o.shape for o in got] == [tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in info.outputs]
+
+
+def test_qdq_weights_fit_the_16_bit_pair_sums_of_cpus_without_vnni(tmp_path):
+    """Without VNNI, onnxruntime's u8s8 kernels add two uint8 x int8 products in 16 bits: weights in -64..64 keep
+    every pair below 32767, so the fused (QLinearConv/QGemm) model answers as the unfused QDQ graph on any CPU."""
+    table = calibrate(DIGITS, DIGITS_CALIBRATION, method="minmax", samples=64, progress=False)
+    out = quantize_qdq(DIGITS, table, tmp_path / "digits.int8.onnx")
+    initializers = onnx.load(str(out)).graph.initializer
+    weights = [numpy_helper.to_array(t) for t in initializers if t.data_type == TensorProto.INT8]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
+    x = np.load(DIGITS_HELDOUT)["images"][:64, None].astype(np.float32) / 255.0
+    outputs = {}
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        outputs[level] = session.run(None, {name: x})[0]
+    fused = outputs[ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
+    unfused = outputs[ort.GraphOptimizationLevel.ORT_DISABLE_ALL]
+    assert (fused.argmax(1) == unfused.argmax(1)).mean() == 1.0
+    assert np.abs(fused - unfused).max() < 0.05 * np.abs(unfused).max()

@@ -62,8 +62,11 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
                  float_tail: bool = True) -> Path:
     """Write a QDQ-quantized copy of ``model_path`` whose activation scales come from ``table``.
 
-    Activations are uint8 (asymmetric), weights int8 (per output channel unless ``per_channel`` is
-    False): the fast combination on x86 CPUs with VNNI and on ARM in onnxruntime. The ranges are handed
+    Activations are uint8 (asymmetric), weights int8 in 7 bits (-64..64, per output channel unless
+    ``per_channel`` is False): the fast combination on x86 and ARM in onnxruntime. Full 8-bit weights would be
+    exact only on CPUs with VNNI: without it, onnxruntime's u8s8 kernels add pairs of products in 16 bits
+    (``vpmaddubsw``), and 2 x 255 x 127 overflows them, so the same artifact would answer differently on the
+    machine that runs it than on the one that built it. The ranges are handed
     to onnxruntime's ``quantize_static`` as its calibration cache, so no second calibration runs. With
     ``float_tail`` the cheap decode nodes after the last weighted layer stay in float.
     """
@@ -110,7 +113,7 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
         try:
             quantize_static(
                 model, str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-                per_channel=per_channel, reduce_range=False, activation_type=QuantType.QUInt8,
+                per_channel=per_channel, reduce_range=True, activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=cache, nodes_to_exclude=keep_float,
             )
@@ -124,7 +127,7 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
         entry = quantized.metadata_props.add()
         entry.key = "lepton.quantization"
         entry.value = json.dumps({
-            "format": "qdq", "activations": "uint8", "weights": "int8 per-channel" if per_channel else "int8",
+            "format": "qdq", "activations": "uint8", "weights": "int8 (7-bit) per-channel" if per_channel else "int8 (7-bit)",
             "method": table.method, "source_model_sha256": table.model_sha256,
             "dataset_sha256": table.dataset_sha256, "float_nodes": len(keep_float),
         }, sort_keys=True)
