@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lepton_edge.core.errors import ConfigError, LeptonError, ModelError
+from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.core.fileio import atomic_write, sha256_file
-from lepton_edge.runtime.backends.cuda import cuda_adapter
 from lepton_edge.runtime.backends.tensorrt import TrtApi, import_tensorrt, logged_errors, make_logger
+from lepton_edge.runtime.platform import probe_gpu
 
 log = logging.getLogger(__name__)
 
@@ -254,13 +254,10 @@ def _parser_error_text(node: Any, desc: str, code: Any) -> str:
 
 
 def _device_facts() -> dict[str, Any]:
-    try:
-        with cuda_adapter(0) as cuda:
-            major, minor = cuda.compute_capability()
-            return {"device_name": cuda.device_name(), "compute_capability": f"{major}.{minor}"}
-    except LeptonError as e:
-        log.warning("cannot read the GPU's name and compute capability for the manifest: %s", e)
-        return {"device_name": None, "compute_capability": None}
+    gpu, problem = probe_gpu(0)
+    if problem is not None:
+        log.warning("cannot read the GPU's name and compute capability for the manifest: %s", problem)
+    return {"device_name": gpu.get("gpu"), "compute_capability": gpu.get("compute_capability")}
 
 
 def build_engine(
