@@ -1,39 +1,14 @@
-"""The device agent: presence, telemetry, results, remote configuration and commands over MQTT.
+"""The device service and agent: the pipeline under supervision, and everything that talks to the fleet.
 
-- :class:`DeviceAgent` and :func:`run_device` (``agent.py``): the agent and the ``lepton-edge run`` entry
-  point when the config has an ``agent`` section;
-- :class:`RuntimeController` (``controller.py``): owns the pipeline and applies new configs live;
-- :class:`RemoteConfig` (``remote_config.py``): desired/reported documents, versions, persistence;
-- :class:`MqttResultSink` (``results.py``), :class:`TelemetryCollector` (``telemetry.py``),
-  :class:`PrometheusExporter` (``prometheus.py``), :class:`StateStore` (``state.py``);
-- ``updates.py`` / ``signing.py``: artifact downloads, verification and A/B slots.
+- ``service.py``: :func:`run_service`, what ``lepton-edge run`` starts; ``supervisor.py``: the one supervision
+  loop (READY, watchdog, stats lines, signals, STOPPING); ``systemd.py``: sd_notify and the frame watchdog;
+- ``agent.py``: :class:`DeviceAgent`, which wires ``presence.py`` (sessions, births, deaths),
+  ``telemetry_publisher.py`` / ``telemetry.py``, ``commands.py``, ``events.py``, ``figures.py`` /
+  ``prometheus.py``, ``capabilities.py``, ``remote_config.py``, ``results.py`` and ``state.py``;
+  :func:`run_device` runs it as the service;
+- ``controller.py``: :class:`RuntimeController`, which owns the pipeline and applies new configs live;
+- ``updates.py`` / ``signing.py``: artifact downloads, verification and A/B slots; ``doctor.py``: machine checks.
 
-Names are imported on first use, so ``import lepton_edge.device.updates`` stays light.
+Import the modules themselves (``from lepton_edge.device.agent import DeviceAgent``); this package imports
+nothing, so ``import lepton_edge.device.updates`` stays light.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "DeviceAgent": "lepton_edge.device.agent",
-    "run_device": "lepton_edge.device.agent",
-    "RuntimeController": "lepton_edge.device.controller",
-    "ApplyResult": "lepton_edge.device.controller",
-    "RemoteConfig": "lepton_edge.device.remote_config",
-    "MqttResultSink": "lepton_edge.device.results",
-    "TelemetryCollector": "lepton_edge.device.telemetry",
-    "PrometheusExporter": "lepton_edge.device.prometheus",
-    "StateStore": "lepton_edge.device.state",
-    "atomic_write": "lepton_edge.device.state",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lepton_edge.device' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)

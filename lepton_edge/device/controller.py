@@ -322,8 +322,9 @@ class RuntimeController:
                     self.pipeline.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the source, let frames in flight finish and flush the sinks; True if it ended in time.
+    def stop(self, timeout: float | None = 10.0) -> bool:
+        """Stop the source, let frames in flight finish and flush the sinks; True if it ended in time
+        (``timeout`` None: wait as long as that takes).
 
         Raises the first stage error, like :meth:`Pipeline.wait`.
         """

@@ -129,7 +129,7 @@ def test_every_handler_survives_thousands_of_hostile_messages(hostile, handler):
 
     throw()
     assert agent.rejections.total() > rejected_before
-    assert all(t.is_alive() for t in agent._threads)
+    assert all(t.is_alive() for t in agent.threads)
 
 
 def test_the_agent_keeps_reporting_after_the_flood_and_through_the_broker(hostile, mqtt_broker):
