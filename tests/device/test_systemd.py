@@ -21,6 +21,7 @@ import pytest
 from lepton_edge.cli import build_parser
 from lepton_edge.core.errors import BackendUnavailable, ConfigError
 from lepton_edge.device.systemd import FrameWatchdog, ServiceNotifier, notify
+from tests.support.real_parts import missing_real_part
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT_DIR = REPO / "systemd"
@@ -65,7 +66,7 @@ def value(unit: dict[str, list[tuple[str, str]]], section: str, key: str) -> str
 @pytest.fixture(scope="module")
 def analyze() -> str:
     if not os.access(SYSTEMD_ANALYZE, os.X_OK):
-        pytest.skip(f"{SYSTEMD_ANALYZE} is missing (apt-get install systemd); cannot check unit files")
+        missing_real_part(f"{SYSTEMD_ANALYZE} is missing (apt-get install systemd); cannot check unit files")
     return SYSTEMD_ANALYZE
 
 
@@ -80,7 +81,7 @@ def unit_root(tmp_path_factory: pytest.TempPathFactory, analyze: str) -> Path:
     dependencies such as multi-user.target and network-online.target resolve.
     """
     if not DISTRO_UNITS.is_dir():
-        pytest.skip(f"{DISTRO_UNITS} is missing: no distro units for systemd-analyze verify --root")
+        missing_real_part(f"{DISTRO_UNITS} is missing: no distro units for systemd-analyze verify --root")
     root = tmp_path_factory.mktemp("unit-root")
     shutil.copytree(DISTRO_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     system = root / "etc/systemd/system"

@@ -23,6 +23,7 @@ from lepton_edge.scheduler.api import ApiServer, serve
 from lepton_edge.scheduler.store import Store
 from lepton_edge.scheduler.stores import open_store
 from tests.scheduler.test_api import Http, StoreService, fill_fleet
+from tests.support.real_parts import missing_real_part
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("Chromium is not installed (apt-get install -y chromium chromium-driver)")
+    missing_real_part("Chromium is not installed (apt-get install -y chromium)")
 
 
 def run_chromium(tmp_path: Path, *args: str) -> str:
