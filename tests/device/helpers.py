@@ -28,22 +28,19 @@ def agent_data(
     agent: dict[str, Any] | None = None,
     **sections: Any,
 ) -> dict[str, Any]:
-    """A device config mapping with an agent section pointing at ``port``, fast timings for tests.
+    """A device config mapping with an agent section pointing at ``port``, fast timings for tests (the one
+    builder of device configs for tests; tests/reliability/harness.py adds its own defaults).
 
     ``source`` is a URI or a whole source section; ``agent`` entries are merged into the agent section.
     """
-    agent_section = {
+    defaults = {
         "state_dir": str(tmp_path / f"state-{device_id}"),
         "telemetry_interval_s": 0.3,
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
         "results": {"max_rate_hz": 1000},
         "health_check": {"window_s": 0.6, "min_frames": 2},
     }
-    for key, value in (agent or {}).items():
-        if isinstance(value, dict) and isinstance(agent_section.get(key), dict):
-            agent_section[key] = {**agent_section[key], **value}
-        else:
-            agent_section[key] = value
+    agent_section = merge_sections(defaults, agent or {})
     data: dict[str, Any] = {
         "device_id": device_id,
         "model": {"path": str(model)},
@@ -54,6 +51,17 @@ def agent_data(
     }
     data.update(sections)
     return data
+
+
+def merge_sections(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` with ``overrides``: a mapping given for a mapping is merged into it, anything else replaces."""
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def agent_config(*args: Any, **kwargs: Any) -> DeviceConfig:

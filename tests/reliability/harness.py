@@ -26,6 +26,7 @@ from lepton_edge.config.fleet import MqttConfig, OutboxConfig
 from lepton_edge.fleet.mqtt import IncomingMessage, MqttClient
 from lepton_edge.fleet.outbox import MESSAGE_ID_PROPERTY, Outbox
 from lepton_edge.fleet.protocol import TopicKind, decode, parse_topic
+from tests.device.helpers import agent_data, merge_sections
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
@@ -51,6 +52,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 # ------------------------------------------------------------------------------------------ device config
 
 
+RELIABILITY_AGENT: dict[str, Any] = {
+    "telemetry_interval_s": 0.5,
+    "mqtt": {"keepalive_s": 5, "connect_timeout_s": 2},
+    "results": {"durable": True},
+    "health_check": {"window_s": 1.0, "min_frames": 3},
+}
+"""What the scenarios change in the agent section of :func:`tests.device.helpers.agent_data`."""
+
+
 def device_config(
     workdir: Path,
     model: Path,
@@ -62,35 +72,9 @@ def device_config(
     **sections: Any,
 ) -> dict[str, Any]:
     """A device config with durable results and fast timings; ``agent`` entries are merged in."""
-    agent_section: dict[str, Any] = {
-        "state_dir": str(workdir / "state"),
-        "telemetry_interval_s": 0.5,
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": port,
-            "keepalive_s": 5,
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 0.5,
-            "connect_timeout_s": 2,
-        },
-        "results": {"durable": True, "max_rate_hz": 1000},
-        "health_check": {"window_s": 1.0, "min_frames": 3},
-    }
-    for key, value in (agent or {}).items():
-        if isinstance(value, dict) and isinstance(agent_section.get(key), dict):
-            agent_section[key] = {**agent_section[key], **value}
-        else:
-            agent_section[key] = value
-    data: dict[str, Any] = {
-        "device_id": device_id,
-        "model": {"path": str(model)},
-        "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
-        "source": {"uri": source} if isinstance(source, str) else source,
-        "postprocess": {"type": "classify", "top_k": 1},
-        "agent": agent_section,
-    }
-    data.update(sections)
-    return data
+    overrides = merge_sections({"state_dir": str(workdir / "state"), **RELIABILITY_AGENT}, agent or {})
+    sections = {"postprocess": {"type": "classify", "top_k": 1}, **sections}
+    return agent_data(workdir, model, port, device_id, source=source, agent=overrides, **sections)
 
 
 # ----------------------------------------------------------------------------------------- device process
