@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,7 +31,8 @@ from lepton_edge.config.device import DeviceConfig
 from lepton_edge.config.pipeline import ModelConfig
 from lepton_edge.core.errors import ConfigError, LeptonError
 from lepton_edge.core.metrics import LatencyWindow
-from lepton_edge.core.results import RawOutputs
+from lepton_edge.device.probation import Probation, error_text, health_check
+from lepton_edge.device.updates import ArtifactStore
 from lepton_edge.engines.engine_cache import load_backend
 from lepton_edge.fleet.protocol import model_id
 from lepton_edge.runtime.assembly import build_pipeline, make_postprocessor, make_preprocessor
@@ -63,10 +63,6 @@ def open_pipeline(config: DeviceConfig, *, max_frames: int | None = None, extra_
                   stats: PipelineStats | None = None) -> Pipeline:
     """The unstarted pipeline of ``config``, its model loaded through the engine cache."""
     return build_pipeline(config, load_backend(config), max_frames=max_frames, extra_sinks=extra_sinks, stats=stats)
-
-
-def error_text(error: BaseException) -> str:
-    return str(error) if isinstance(error, LeptonError) else f"{type(error).__name__}: {error}"
 
 
 def plan_changes(old: DeviceConfig, new: DeviceConfig) -> frozenset[str]:
@@ -103,79 +99,6 @@ def plan_changes(old: DeviceConfig, new: DeviceConfig) -> frozenset[str]:
     if not changes and old != new:
         changes.add("settings")  # read where used (telemetry interval, health check, stats interval)
     return frozenset(changes)
-
-
-class _FailedOutputs(list):
-    """Stands for the outputs of a frame whose inference failed while a new model is on probation."""
-
-
-class _Probation:
-    """Watches a newly swapped-in model: counts its results and catches its errors instead of letting
-    them stop the pipeline, so a bad model can be swapped back. Removed once the model has passed."""
-
-    def __init__(self, bundle: ModelBundle) -> None:
-        self.bundle = bundle
-        self.results = 0
-        self.errors: list[str] = []
-        self._backend = bundle.backend
-        self._preprocessor = bundle.preprocessor
-        self._postprocessor = bundle.postprocessor
-        self._guarded_post = self._post
-        guarded: Any = _Guarded(bundle.backend, self, "inference", _FailedOutputs)
-        bundle.backend = guarded
-        if bundle.preprocessor is not None:
-            guarded = _Guarded(bundle.preprocessor, self, "preprocessing", lambda: None)
-            bundle.preprocessor = guarded
-        bundle.postprocessor = self._guarded_post
-
-    def fail(self, message: str) -> None:
-        if len(self.errors) < 10:
-            self.errors.append(message)
-
-    def _post(self, outputs: list[Any], transform: Any) -> Any:
-        if isinstance(outputs, _FailedOutputs):
-            return RawOutputs({})
-        try:
-            output = self._postprocessor(outputs, transform)
-        except Exception as e:
-            self.fail(f"health check: postprocessing failed: {error_text(e)}")
-            return RawOutputs({})
-        self.results += 1
-        return output
-
-    def end(self) -> None:
-        """The model passed: run it without the guards from the next frame on."""
-        self.bundle.backend = self._backend
-        self.bundle.preprocessor = self._preprocessor
-        if self.bundle.postprocessor is self._guarded_post:
-            self.bundle.postprocessor = self._postprocessor
-
-
-class _Guarded:
-    """Wraps a backend (``infer``) or a preprocessor (call) of a model on probation: an exception is
-    recorded as a health-check failure and replaced by ``fallback()`` instead of stopping the pipeline."""
-
-    def __init__(self, target: Any, probation: _Probation, stage: str, fallback: Callable[[], Any]) -> None:
-        self._target = target
-        self._probation = probation
-        self._stage = stage
-        self._fallback = fallback
-
-    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception as e:
-            self._probation.fail(f"health check: {self._stage} failed: {error_text(e)}")
-            return self._fallback()
-
-    def infer(self, feeds: dict[str, Any]) -> list[Any]:
-        return self._guard(self._target.infer, feeds)
-
-    def __call__(self, *args: Any) -> Any:
-        return self._guard(self._target, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._target, name)
 
 
 @dataclass(slots=True)
@@ -225,6 +148,38 @@ def artifact_id_of(config: DeviceConfig) -> str | None:
     return model_id(str(config.model.path), ref.sha256 if ref is not None else None)
 
 
+def with_artifact(artifacts: ArtifactStore | None, config: DeviceConfig) -> tuple[DeviceConfig, bool]:
+    """``config`` with ``model.path`` at its artifact, staged (downloaded, verified) and activated.
+
+    Returns the config and whether the active artifact changed (then a failure rolls it back). An
+    artifact already in a slot is not downloaded again. Configs without an artifact pass unchanged.
+    """
+    ref = config.model.artifact if config.model is not None else None
+    if ref is None or config.model is None:
+        return config, False
+    if artifacts is None:
+        raise ConfigError(
+            "model.artifact is set but this runtime has no artifact store; run it under the device agent "
+            "(agent section in the config)"
+        )
+    before = artifacts.current()
+    path = artifacts.activate(artifacts.stage(ref))
+    resolved = config.model_copy(update={"model": config.model.model_copy(update={"path": path})})
+    return resolved, path != before
+
+
+def rollback_artifact(artifacts: ArtifactStore) -> None:
+    """Undo the activation of a failed artifact: back to the previous slot, or to no artifact at all
+    when it was the first one (the local model file keeps running)."""
+    try:
+        if artifacts.previous() is None:
+            artifacts.deactivate()
+        else:
+            artifacts.rollback()
+    except Exception as e:
+        log.error("artifact rollback failed: %s", error_text(e))
+
+
 class RuntimeController:
     """Builds the pipeline for ``config`` (version ``version``; 0 is the local file) and changes it live.
 
@@ -256,7 +211,7 @@ class RuntimeController:
         self.pipeline: Pipeline | None = None
         """The running pipeline; None while idle."""
         if not config.idle:
-            resolved, _ = self._with_artifact(config)
+            resolved, _ = with_artifact(self.artifacts, config)
             self._extra = extra_sinks(config) if extra_sinks else []
             self.pipeline = self._build(resolved, self._extra)
         self.config = config
@@ -381,11 +336,11 @@ class RuntimeController:
             try:
                 resolved = new
                 if "model" in changes:
-                    resolved, activated = self._with_artifact(new)
+                    resolved, activated = with_artifact(self.artifacts, new)
                 prepared = self._prepare(resolved, changes)
             except Exception as e:
                 if activated:
-                    self._rollback_artifact()
+                    rollback_artifact(self.artifacts)
                 return self._rejected(version, e, changes)
             if prepared.bundle is not None:
                 errors = self._swap_model_checked(prepared.bundle, new)
@@ -393,7 +348,7 @@ class RuntimeController:
                 if errors:
                     prepared.discard()
                     if activated:
-                        self._rollback_artifact()
+                        rollback_artifact(self.artifacts)
                     return self._rolled_back(version, errors, changes)
                 self._artifact_id = prepared.artifact_id
             self._commit(prepared, new, changes)
@@ -450,24 +405,24 @@ class RuntimeController:
         extra: list[Any] = []
         try:
             check_offline_source(new)
-            resolved, activated = self._with_artifact(new)
+            resolved, activated = with_artifact(self.artifacts, new)
             extra = self._extra_factory(new) if self._extra_factory else []
             pipeline = self._build(resolved, extra)
         except Exception as e:
             _close_sinks(extra)
             if activated:
-                self._rollback_artifact()
+                rollback_artifact(self.artifacts)
             return self._rejected(version, e, changes)
         self._stats.latency = {name: LatencyWindow(new.pipeline.latency_window) for name in STAGES}
         if self._started:
-            probation = _Probation(pipeline.model)
+            probation = Probation(pipeline.model)
             pipeline.start()
-            errors = self._health_check(probation, pipeline, new)
+            errors = health_check(probation, pipeline, new, self._stopping)
             if errors:
                 self._retire(pipeline, 10.0)
                 self._stats.source_state = "idle"
                 if activated:
-                    self._rollback_artifact()
+                    rollback_artifact(self.artifacts)
                 return self._rolled_back(version, errors, changes)
             probation.end()
         self.pipeline = pipeline
@@ -514,33 +469,13 @@ class RuntimeController:
             raise
         return prepared
 
-    def _health_check(self, probation: _Probation, pipeline: Pipeline, config: DeviceConfig) -> list[str]:
-        """Watch a model on probation for ``agent.health_check.window_s``; returns the errors found."""
-        check = config.agent.health_check if config.agent else None
-        window_s = check.window_s if check else 5.0
-        min_frames = check.min_frames if check else 5
-        deadline = time.monotonic() + window_s
-        while time.monotonic() < deadline and not probation.errors and not self._stopping.is_set():
-            if pipeline.stop_event.is_set():
-                break
-            self._stopping.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-        errors = list(probation.errors)
-        if self._stopping.is_set() or pipeline.stop_event.is_set():
-            errors = errors or ["health check interrupted: the pipeline is stopping"]
-        elif not errors and probation.results < min_frames:
-            errors.append(
-                f"health check: the new model produced {probation.results} result(s) in {window_s:g} s, "
-                f"fewer than agent.health_check.min_frames={min_frames} (is the source delivering frames?)"
-            )
-        return errors
-
     def _swap_model_checked(self, bundle: ModelBundle, config: DeviceConfig) -> list[str]:
         """Swap ``bundle`` in and watch it; on failure swap the previous model back. Returns the errors."""
         pipeline = self.pipeline
         assert pipeline is not None
-        probation = _Probation(bundle)
+        probation = Probation(bundle)
         old = pipeline.swap_model(bundle, retire_old=False)
-        errors = self._health_check(probation, pipeline, config)
+        errors = health_check(probation, pipeline, config, self._stopping)
         if errors:
             pipeline.swap_model(old)  # the new bundle is closed once its frames are done
             return errors
@@ -565,35 +500,3 @@ class RuntimeController:
         if "latency_window" in changes:
             size = new.pipeline.latency_window
             pipeline.stats.latency = {name: LatencyWindow(size) for name in pipeline.stats.latency}
-
-    # -- artifacts -----------------------------------------------------------------------------------
-
-    def _with_artifact(self, config: DeviceConfig) -> tuple[DeviceConfig, bool]:
-        """``config`` with ``model.path`` at its artifact, staged (downloaded, verified) and activated.
-
-        Returns the config and whether the active artifact changed (then a failure rolls it back). An
-        artifact already in a slot is not downloaded again. Configs without an artifact pass unchanged.
-        """
-        ref = config.model.artifact if config.model is not None else None
-        if ref is None or config.model is None:
-            return config, False
-        if self.artifacts is None:
-            raise ConfigError(
-                "model.artifact is set but this runtime has no artifact store; run it under the device agent "
-                "(agent section in the config)"
-            )
-        before = self.artifacts.current()
-        path = self.artifacts.activate(self.artifacts.stage(ref))
-        resolved = config.model_copy(update={"model": config.model.model_copy(update={"path": path})})
-        return resolved, path != before
-
-    def _rollback_artifact(self) -> None:
-        """Undo the activation of a failed artifact: back to the previous slot, or to no artifact at all
-        when it was the first one (the local model file keeps running)."""
-        try:
-            if self.artifacts.previous() is None:
-                self.artifacts.deactivate()
-            else:
-                self.artifacts.rollback()
-        except Exception as e:
-            log.error("artifact rollback failed: %s", error_text(e))
