@@ -37,17 +37,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lepton_edge import __version__
+from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import LeptonError, UpdateError
 from lepton_edge.core.fileio import fsync_path, fsync_tree
 from lepton_edge.device.signing import file_sha256, verify_signature
 from lepton_edge.engines.artifacts import MANIFEST_NAME, read_manifest
-
-if TYPE_CHECKING:
-    from lepton_edge.config.pipeline import ArtifactRef
 
 log = logging.getLogger(__name__)
 
