@@ -47,3 +47,8 @@ class UpdateError(LeptonError):
     """An artifact update was refused: bad reference, failed download, or failed verification."""
 
     exit_code = 7
+
+
+def error_text(error: BaseException) -> str:
+    """One line for a log or a report: our own errors say what is wrong by themselves, others get their type."""
+    return str(error) if isinstance(error, LeptonError) else f"{type(error).__name__}: {error}"

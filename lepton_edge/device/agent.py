@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.core.errors import ConfigError, LeptonError
+from lepton_edge.core.errors import ConfigError, LeptonError, error_text
 from lepton_edge.device.capabilities import DeviceCapabilities
 from lepton_edge.device.commands import CommandServer
-from lepton_edge.device.controller import RuntimeController, error_text
+from lepton_edge.device.controller import RuntimeController
 from lepton_edge.device.events import FleetEvents, Rejections
 from lepton_edge.device.figures import AgentFigures
 from lepton_edge.device.presence import Presence

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lepton_edge.device.controller import error_text
+from lepton_edge.core.errors import error_text
 from lepton_edge.device.events import Rejections
 from lepton_edge.fleet.mqtt import IncomingMessage, MqttClient, PublishHandle
 from lepton_edge.fleet.protocol import (

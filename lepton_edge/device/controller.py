@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from lepton_edge.config.device import DeviceConfig
 from lepton_edge.config.pipeline import ModelConfig
-from lepton_edge.core.errors import ConfigError, LeptonError
+from lepton_edge.core.errors import ConfigError, LeptonError, error_text
 from lepton_edge.core.metrics import LatencyWindow
-from lepton_edge.device.probation import Probation, error_text, health_check
+from lepton_edge.device.probation import Probation, health_check
 from lepton_edge.device.updates import ArtifactStore
 from lepton_edge.engines.engine_cache import load_backend
 from lepton_edge.fleet.protocol import model_id

@@ -16,8 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from lepton_edge.core.errors import LeptonError
-from lepton_edge.device.controller import error_text
+from lepton_edge.core.errors import LeptonError, error_text
 from lepton_edge.fleet.outbox import Outbox
 from lepton_edge.fleet.protocol import Event, ReportedConfig, config_reported_topic, encode, events_topic
 

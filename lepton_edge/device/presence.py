@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 from lepton_edge import __version__
+from lepton_edge.core.errors import error_text
 from lepton_edge.device.commands import CommandServer
-from lepton_edge.device.controller import error_text
 from lepton_edge.device.events import Rejections
 from lepton_edge.device.state import StateStore
 from lepton_edge.fleet.mqtt import IncomingMessage, MqttClient, PublishHandle, Will

@@ -12,13 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.core.errors import LeptonError
+from lepton_edge.core.errors import error_text
 from lepton_edge.core.results import RawOutputs
 from lepton_edge.runtime.pipeline import ModelBundle, Pipeline
-
-
-def error_text(error: BaseException) -> str:
-    return str(error) if isinstance(error, LeptonError) else f"{type(error).__name__}: {error}"
 
 
 class _FailedOutputs(list):

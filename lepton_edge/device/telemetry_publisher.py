@@ -11,8 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from lepton_edge.core.errors import LeptonError
-from lepton_edge.device.controller import error_text
+from lepton_edge.core.errors import LeptonError, error_text
 from lepton_edge.device.telemetry import TelemetryCollector
 from lepton_edge.fleet.outbox import Outbox
 from lepton_edge.fleet.protocol import encode, telemetry_topic

@@ -117,7 +117,7 @@ class Recorder:
         recorder = cls(MqttClient(mqtt), *filters)
         recorder.client.start()
         assert recorder.client.wait_connected(10), recorder.client.last_error
-        time.sleep(0.2)  # let the SUBACK arrive before the test publishes
+        assert recorder.client.wait_subscribed(5)
         return recorder
 
     def _on_message(self, msg: IncomingMessage) -> None:

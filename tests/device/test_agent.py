@@ -116,8 +116,7 @@ def test_commands_answer_with_correlation_data(mqtt_broker, start_agent, recorde
     device, requester = f"ag-{unique}", f"op-{unique}"
     rec = recorder(mqtt_broker.port, response_topic(requester))
     agent = start_agent(mqtt_broker.port, device)
-    assert agent.client.wait_connected(10)
-    time.sleep(0.2)
+    assert agent.client.wait_connected(10) and agent.client.wait_subscribed(5)
     corr = command(rec, device, "ping", expiry=30, requester=requester)
     (pong,) = wait_until(lambda: responses(rec, corr))
     assert pong.status == "ok" and pong.result["session_id"] == agent.session_id
@@ -141,8 +140,7 @@ def test_requests_without_correlation_data_or_response_topic_are_refused(
     device, requester = f"ag-{unique}", f"op-{unique}"
     rec = recorder(mqtt_broker.port, response_topic(requester), f"lepton/v1/devices/{device}/events")
     agent = start_agent(mqtt_broker.port, device)
-    assert agent.client.wait_connected(10)
-    time.sleep(0.2)
+    assert agent.client.wait_connected(10) and agent.client.wait_subscribed(5)
     assert rec.client.publish(
         command_topic(device, "rebirth"),
         encode(CommandRequest(name="rebirth")),
@@ -166,8 +164,7 @@ def test_expired_commands_are_not_run(fresh_broker, recorder, tmp_path, color_mo
     config = agent_config(tmp_path, color_model, fresh_broker.port, device)
     rec = recorder(fresh_broker.port, response_topic(requester))
     first = DeviceAgent(config).start()  # creates the device's persistent session on the broker
-    assert first.client.wait_connected(10)
-    time.sleep(0.2)
+    assert first.client.wait_connected(10) and first.client.wait_subscribed(5)
     first.stop()
     # offline: the broker holds both requests and counts their expiry down; the short one expires
     stale = command(rec, device, "ping", expiry=1, requester=requester)

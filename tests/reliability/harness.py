@@ -232,7 +232,7 @@ class Subscriber:
     def start(self) -> Subscriber:
         self.client.start()
         assert self.client.wait_connected(10), self.client.last_error
-        time.sleep(0.2)  # the SUBACK arrives before anything is published
+        assert self.client.wait_subscribed(5)
         return self
 
     def stop(self) -> None:
@@ -396,7 +396,7 @@ def request(port: int, device_id: str, name: str, timeout: float = 10.0) -> Any:
     client.start()
     try:
         assert client.wait_connected(timeout), client.last_error
-        time.sleep(0.2)  # subscribed before asking
+        assert client.wait_subscribed(timeout)
         correlation = uuid.uuid4().bytes
         client.publish(
             command_topic(device_id, name),

@@ -127,7 +127,8 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
         entry = quantized.metadata_props.add()
         entry.key = "lepton.quantization"
         entry.value = json.dumps({
-            "format": "qdq", "activations": "uint8", "weights": "int8 (7-bit) per-channel" if per_channel else "int8 (7-bit)",
+            "format": "qdq", "activations": "uint8",
+            "weights": "int8 (7-bit) per-channel" if per_channel else "int8 (7-bit)",
             "method": table.method, "source_model_sha256": table.model_sha256,
             "dataset_sha256": table.dataset_sha256, "float_nodes": len(keep_float),
         }, sort_keys=True)

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from lepton_edge.config.pipeline import SourceConfig
-from lepton_edge.core.errors import SourceError
+from lepton_edge.core.errors import SourceError, error_text
 from lepton_edge.core.results import Frame
 from lepton_edge.runtime.sources.base import Source, SourceState
 
@@ -157,10 +157,6 @@ _LOUD_ATTEMPTS = 3
 """Failed reconnect attempts logged as warnings; later ones go to debug so a long outage does not spam."""
 
 
-def _error_text(error: BaseException) -> str:
-    return str(error) if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"
-
-
 class FrameReader:
     """Reads a :class:`Source` as a stream of :class:`Frame` (iterate it once, from one thread).
 
@@ -293,7 +289,7 @@ class FrameReader:
                 waited = time.monotonic() - started
 
                 if error is not None:
-                    reason = f"reading failed: {_error_text(error)}"
+                    reason = f"reading failed: {error_text(error)}"
                     if not self.source.live:
                         self._fail(reason)
                         if isinstance(error, SourceError):
@@ -337,7 +333,7 @@ class FrameReader:
         except Exception as e:
             # Whatever ends the reader, its state must say so: a consumer may be watching it.
             if self._state is not SourceState.FAILED:
-                self._fail(_error_text(e))
+                self._fail(error_text(e))
             raise
         finally:
             self._close_source()
