@@ -273,63 +273,20 @@ class FrameReader:
             finite = bool(getattr(self.source, "finite", not self.source.live))
             pass_frames = 0
             while not self._stopping():
-                started = time.monotonic()
-                with self._lock:
-                    self._reading_since = started
-                try:
-                    data = self.source.read()
-                    error: BaseException | None = None
-                except Exception as e:
-                    data, error = None, e
-                finally:
-                    with self._lock:
-                        self._reading_since = None
+                data, error, waited = self._read_once()
                 if self._stopping():
                     return
-                waited = time.monotonic() - started
-
                 if error is not None:
-                    reason = f"reading failed: {error_text(error)}"
-                    if not self.source.live:
-                        self._fail(reason)
-                        if isinstance(error, SourceError):
-                            raise error
-                        raise SourceError(f"{self.source_id}: {reason}") from error
-                    if not self._recover(reason, waited):
+                    if not self._on_read_error(error, waited):
                         return
                     continue
-
                 if data is None:
-                    if finite and self.config.loop:
-                        if pass_frames == 0:
-                            log.warning("%s: ended without a single frame; not looping", self.source_id)
-                            self._set_state(SourceState.ENDED)
-                            return
-                        log.debug("%s: end of stream, looping", self.source_id)
-                        pass_frames = 0
-                        if not self._reopen():
-                            return
-                        continue
-                    if self.source.live and not finite:
-                        if not self._recover("the stream ended", waited):
-                            return
-                        continue
-                    self._refresh_description()
-                    self._set_state(SourceState.ENDED, "end of stream")
-                    return
-
-                capture_ts, wall_time = time.monotonic(), time.time()
-                with self._lock:
-                    seq = self._frames
-                    self._frames += 1
-                    self._last_frame_ts = capture_ts
-                    self._failures = 0
-                    self._backoff = self.config.reconnect.initial_backoff_s
-                self._set_state(SourceState.STREAMING)
-                if capture_ts - self._described_at >= _DESCRIBE_INTERVAL_S:
-                    self._refresh_description()
+                    if not self._at_end(finite, pass_frames, waited):
+                        return
+                    pass_frames = 0
+                    continue
                 pass_frames += 1
-                yield Frame(data, seq, self.source_id, capture_ts, wall_time)
+                yield self._stamp(data)
         except Exception as e:
             # Whatever ends the reader, its state must say so: a consumer may be watching it.
             if self._state is not SourceState.FAILED:
@@ -346,6 +303,60 @@ class FrameReader:
                     stopped = False
             if stopped:
                 log.info("%s: stopped after %d frame(s)", self.source_id, self.frames)
+
+    def _read_once(self) -> tuple[Any, BaseException | None, float]:
+        """One ``source.read()``: (data, None, seconds waited), or (None, the error, seconds waited)."""
+        started = time.monotonic()
+        with self._lock:
+            self._reading_since = started
+        try:
+            data, error = self.source.read(), None
+        except Exception as e:
+            data, error = None, e
+        finally:
+            with self._lock:
+                self._reading_since = None
+        return data, error, time.monotonic() - started
+
+    def _on_read_error(self, error: BaseException, waited: float) -> bool:
+        """Offline sources fail (raised); live ones reconnect. True to keep reading."""
+        reason = f"reading failed: {error_text(error)}"
+        if not self.source.live:
+            self._fail(reason)
+            if isinstance(error, SourceError):
+                raise error
+            raise SourceError(f"{self.source_id}: {reason}") from error
+        return self._recover(reason, waited)
+
+    def _at_end(self, finite: bool, pass_frames: int, waited: float) -> bool:
+        """The source ran out: loop a finite one if configured, reconnect an endless live one, else end.
+        True to keep reading (a new pass)."""
+        if finite and self.config.loop:
+            if pass_frames == 0:
+                log.warning("%s: ended without a single frame; not looping", self.source_id)
+                self._set_state(SourceState.ENDED)
+                return False
+            log.debug("%s: end of stream, looping", self.source_id)
+            return self._reopen()
+        if self.source.live and not finite:
+            return self._recover("the stream ended", waited)
+        self._refresh_description()
+        self._set_state(SourceState.ENDED, "end of stream")
+        return False
+
+    def _stamp(self, data: Any) -> Frame:
+        """The next frame: sequence number, monotonic capture time and wall time; the reader is healthy again."""
+        capture_ts, wall_time = time.monotonic(), time.time()
+        with self._lock:
+            seq = self._frames
+            self._frames += 1
+            self._last_frame_ts = capture_ts
+            self._failures = 0
+            self._backoff = self.config.reconnect.initial_backoff_s
+        self._set_state(SourceState.STREAMING)
+        if capture_ts - self._described_at >= _DESCRIBE_INTERVAL_S:
+            self._refresh_description()
+        return Frame(data, seq, self.source_id, capture_ts, wall_time)
 
     # -- internals -------------------------------------------------------------------------------------
 
