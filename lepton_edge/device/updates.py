@@ -1,5 +1,9 @@
 """Model artifact updates: download, verify, stage into an A/B slot, switch atomically, roll back.
 
+:class:`ArtifactStore` owns the slots; it stages an update with an
+:class:`~lepton_edge.device.artifact_download.ArtifactDownloader` (fetch, then check size and sha256) and an
+:class:`~lepton_edge.device.artifact_unpack.ArtifactUnpacker` (unpack and check the content).
+
 An update is named by an :class:`~lepton_edge.config.pipeline.ArtifactRef` (url, size, sha256, signature). The
 file is a single model (.onnx, .plan, ...) or an uncompressed tar of an artifact directory from
 ``lepton-edge build`` (or of one model file with its external data).
@@ -21,82 +25,31 @@ Layout of ``state_dir`` (a crash at any point leaves it usable; ``current`` alwa
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import logging
 import os
-import posixpath
-import re
-import shutil
-import ssl
-import tarfile
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from lepton_edge import __version__
 from lepton_edge.config.pipeline import ArtifactRef
-from lepton_edge.core.errors import LeptonError, UpdateError
-from lepton_edge.core.fileio import fsync_path, fsync_tree
-from lepton_edge.device.signing import file_sha256, verify_signature
-from lepton_edge.engines.artifacts import MANIFEST_NAME, read_manifest
+from lepton_edge.core.errors import UpdateError
+from lepton_edge.core.fileio import fsync_path
+from lepton_edge.device.artifact_common import (
+    CONTENT_DIR,
+    SLOT_NAMES,
+    SLOT_RECORD,
+    Progress,
+    remove_path,
+    shown_url,
+)
+from lepton_edge.device.artifact_download import ArtifactDownloader
+from lepton_edge.device.artifact_unpack import MODEL_SUFFIXES, ArtifactUnpacker
+from lepton_edge.device.signing import verify_signature
+
+__all__ = ["MODEL_SUFFIXES", "ArtifactStore", "Progress", "UpdateError", "shown_url"]
 
 log = logging.getLogger(__name__)
-
-SLOT_NAMES = ("a", "b")
-SLOT_RECORD = "slot.json"
-CONTENT_DIR = "content"
-MODEL_SUFFIXES = (".onnx", ".plan", ".engine", ".trt")
-CHUNK_BYTES = 1 << 20
-
-Progress = Callable[[int, int], None]
-
-
-
-
-
-
-def shown_url(url: str) -> str:
-    """``url`` without credentials or query string (presigned URLs carry secrets there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-class _Interrupted(Exception):
-    """A transient download failure (connection lost, timeout, server error): worth resuming."""
-
-
-class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects within one scheme only: https is never downgraded, nor http silently upgraded."""
-
-    max_redirections = 5
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        old, new = urlsplit(req.full_url).scheme, urlsplit(newurl).scheme
-        if new != old:
-            raise UpdateError(
-                f"{shown_url(req.full_url)}: redirected to {shown_url(newurl)} ({old} to {new}); "
-                "redirects to "
-                "another scheme are refused, publish the artifact at its final URL"
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class ArtifactStore:
@@ -127,14 +80,11 @@ class ArtifactStore:
         self.public_key = Path(public_key) if public_key is not None else None
         self.max_bytes = max_bytes
         self.allow_unsigned = allow_unsigned
-        self.timeout_s = timeout_s
-        self.attempts = max(1, attempts)
-        self.retry_delay_s = retry_delay_s
         self._lock = threading.RLock()
-        self._opener = urllib.request.build_opener(
-            _SameSchemeRedirects(),
-            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)),
+        self.downloader = ArtifactDownloader(
+            timeout_s=timeout_s, attempts=attempts, retry_delay_s=retry_delay_s, ca_file=ca_file
         )
+        self.unpacker = ArtifactUnpacker(max_bytes)
         self._clean_leftovers()
 
     # -- queries --------------------------------------------------------------------------------------
@@ -167,37 +117,35 @@ class ArtifactStore:
         next call), more bytes than ``ref.size``, a wrong sha256, or an unsafe tar. An artifact already in
         a slot is not downloaded again: the path in that slot is returned (``activate`` accepts it).
         """
-        url = shown_url(ref.url)
         sha = ref.sha256.lower()
         if ref.size > self.max_bytes:
             raise UpdateError(
-                f"artifact {url} is {ref.size} bytes, above the limit of {self.max_bytes} "
+                f"artifact {shown_url(ref.url)} is {ref.size} bytes, above the limit of {self.max_bytes} "
                 "(agent.artifact_max_bytes); raise the limit or ship a smaller artifact"
             )
         self._check_signature(ref)  # also for artifacts already here: the same refusals whatever is on disk
         with self._lock:
-            for slot in (self._linked_slot("current"), self._linked_slot("previous")):
-                record = self._record(self.slots / slot) if slot else None
-                if record and record["sha256"] == sha:
-                    return self.slots / slot / record["model"]
-            staged = self.staging / f"{sha}.slot"
-            record = self._record(staged)
-            if record and record["sha256"] == sha:
-                return staged / record["model"]
+            existing = self._staged_or_slotted(sha)
+            if existing is not None:
+                return existing
             self.staging.mkdir(parents=True, exist_ok=True)
             self._discard_other_updates(sha)
-            part = self.staging / f"{sha}.part"
-            self._check_free_space(ref, part)
-            self._download(ref, part, progress)
-            size, actual = file_sha256(part)
-            if size != ref.size or actual != sha:
-                _remove(part)
-                raise UpdateError(
-                    f"artifact {url}: downloaded {size} bytes with sha256 {actual}, "
-                    f"expected {ref.size} bytes "
-                    f"with sha256 {sha}; the file on the server is not the one in the reference (discarded)"
-                )
-            return self._unpack(ref, part, staged)
+            part = self.downloader.fetch(
+                ref, self.staging / f"{sha}.part", progress, reserve_bytes=self.unpacker.space_needed(ref)
+            )
+            return self.unpacker.unpack(ref, part, self.staging / f"{sha}.slot")
+
+    def _staged_or_slotted(self, sha: str) -> Path | None:
+        """The model path of the artifact ``sha`` when a slot or the staging folder already holds it."""
+        for slot in (self._linked_slot("current"), self._linked_slot("previous")):
+            record = self._record(self.slots / slot) if slot else None
+            if record and record["sha256"] == sha:
+                return self.slots / slot / record["model"]
+        staged = self.staging / f"{sha}.slot"
+        record = self._record(staged)
+        if record and record["sha256"] == sha:
+            return staged / record["model"]
+        return None
 
     def _check_signature(self, ref: ArtifactRef) -> None:
         url = shown_url(ref.url)
@@ -226,233 +174,7 @@ class ArtifactStore:
         for entry in self.staging.iterdir():
             if not entry.name.startswith(sha):
                 log.info("discarding %s (another artifact is being staged)", entry)
-                _remove(entry)
-
-    def _check_free_space(self, ref: ArtifactRef, part: Path) -> None:
-        have = part.stat().st_size if part.exists() else 0
-        # A tar is unpacked beside the download; a single file is hard-linked into its slot.
-        need = max(ref.size - have, 0) + (ref.size if _looks_like_tar_url(ref.url) else 0)
-        free = shutil.disk_usage(self.staging).free
-        if free < need:
-            raise UpdateError(
-                f"artifact {shown_url(ref.url)} needs {need} bytes in {self.staging}, only {free} are free; "
-                "free some space on that file system"
-            )
-
-    # -- download -------------------------------------------------------------------------------------
-
-    def _download(self, ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
-        if urlsplit(ref.url).scheme == "file":
-            self._copy_file(ref, part, progress)
-            return
-        error: _Interrupted | None = None
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.retry_delay_s)
-            try:
-                self._fetch(ref, part, progress)
-                return
-            except _Interrupted as e:
-                error = e
-                have = part.stat().st_size if part.exists() else 0
-                log.warning(
-                    "artifact %s: download interrupted at %d of %d bytes (%s)%s",
-                    shown_url(ref.url),
-                    have,
-                    ref.size,
-                    e,
-                    "; resuming" if attempt + 1 < self.attempts else "",
-                )
-        have = part.stat().st_size if part.exists() else 0
-        raise UpdateError(
-            f"artifact {shown_url(ref.url)}: download failed after {self.attempts} attempt(s) at {have} of "
-            f"{ref.size} bytes ({error}); the partial file {part} is kept and the next attempt resumes it"
-        )
-
-    def _fetch(self, ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
-        """One HTTP(S) request from the current size of ``part``; raises _Interrupted when worth retrying."""
-        url = shown_url(ref.url)
-        have = part.stat().st_size if part.exists() else 0
-        if have > ref.size:
-            _remove(part)
-            have = 0
-        if have == ref.size:
-            return
-        headers = {"User-Agent": f"lepton-edge/{__version__}", "Accept-Encoding": "identity"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        request = urllib.request.Request(ref.url, headers=headers)
-        try:
-            response = self._opener.open(request, timeout=self.timeout_s)
-        except urllib.error.HTTPError as e:
-            e.close()
-            if e.code == 416 and have:
-                _remove(part)
-                raise _Interrupted("the server refused to resume; starting over") from None
-            if e.code >= 500 or e.code in (408, 429):
-                raise _Interrupted(f"HTTP {e.code} {e.reason}") from None
-            raise UpdateError(
-                f"artifact {url}: HTTP {e.code} {e.reason}; check the URL and that the file is published "
-                "there"
-            ) from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, ssl.SSLCertVerificationError):
-                raise UpdateError(
-                    f"artifact {url}: TLS certificate verification failed ({e.reason.verify_message}); the "
-                    "server needs a certificate this device trusts"
-                ) from None
-            raise _Interrupted(str(e.reason)) from None
-        except (OSError, http.client.HTTPException) as e:
-            raise _Interrupted(f"{type(e).__name__}: {e}") from None
-        with response:
-            if response.status == 206:
-                start, total = _content_range(response.headers.get("Content-Range", ""))
-                if total is not None and total != ref.size:
-                    _remove(part)
-                    raise UpdateError(
-                        f"artifact {url}: the server has {total} bytes, the reference says {ref.size}"
-                    )
-                if start != have:
-                    _remove(part)
-                    raise _Interrupted(f"the server resumed at byte {start}, not {have}; starting over")
-                mode = "ab"
-            elif response.status == 200:
-                have, mode = 0, "wb"  # the server ignored the Range header: start over
-            else:
-                raise UpdateError(f"artifact {url}: unexpected HTTP status {response.status}")
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and have + int(length) > ref.size:
-                _remove(part)
-                raise UpdateError(
-                    f"artifact {url}: the server announces {have + int(length)} bytes, "
-                    f"more than the {ref.size} "
-                    "of the reference; refused (the reference or the published file is wrong)"
-                )
-            self._receive(ref, part, mode, have, response.read, progress)
-
-    def _receive(
-        self,
-        ref: ArtifactRef,
-        part: Path,
-        mode: str,
-        have: int,
-        read: Callable[[int], bytes],
-        progress: Progress | None,
-    ) -> None:
-        """Append what ``read`` returns to ``part``, never more than ``ref.size`` in total."""
-        url = shown_url(ref.url)
-        interrupted: str | None = None
-        with open(part, mode) as f:
-            while True:
-                # One byte past the expected end, to notice a source that sends more.
-                try:
-                    chunk = read(min(CHUNK_BYTES, ref.size - have + 1))
-                except (OSError, http.client.HTTPException) as e:
-                    interrupted = f"{type(e).__name__}: {e}"
-                    break
-                if not chunk:
-                    break
-                if have + len(chunk) > ref.size:
-                    f.close()
-                    _remove(part)
-                    raise UpdateError(
-                        f"artifact {url}: the source sent more than the {ref.size} bytes of the reference; "
-                        "refused and discarded (the reference or the published file is wrong)"
-                    )
-                f.write(chunk)
-                have += len(chunk)
-                if progress is not None:
-                    progress(have, ref.size)
-            f.flush()
-            os.fsync(f.fileno())
-        if have < ref.size:
-            raise _Interrupted(interrupted or f"the connection closed after {have} of {ref.size} bytes")
-
-    def _copy_file(self, ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
-        source = Path(unquote(urlsplit(ref.url).path))
-        try:
-            f = open(source, "rb")  # noqa: SIM115 - closed by the `with` below; open errors reported here
-        except OSError as e:
-            raise UpdateError(f"artifact {ref.url}: cannot read {source}: {e.strerror or e}") from None
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            if size != ref.size:
-                raise UpdateError(
-                    f"artifact {ref.url}: the file has {size} bytes, the reference says {ref.size}"
-                )
-            have = part.stat().st_size if part.exists() else 0
-            if have > ref.size:
-                _remove(part)
-                have = 0
-            f.seek(have)
-            try:
-                self._receive(ref, part, "ab", have, f.read, progress)
-            except _Interrupted as e:
-                raise UpdateError(f"artifact {ref.url}: {e} (the file changed while it was copied)") from None
-
-    # -- unpack ---------------------------------------------------------------------------------------
-
-    def _unpack(self, ref: ArtifactRef, part: Path, staged: Path) -> Path:
-        """Build the staged slot from the verified download ``part``; returns the model path in it."""
-        tmp = self.staging / f"{staged.name}.tmp"
-        _remove(tmp)
-        _remove(staged)
-        content = tmp / CONTENT_DIR
-        content.mkdir(parents=True)
-        try:
-            if _is_tar(part, ref.url):
-                kind = "tar"
-                self._extract(part, content, ref)
-                model = _find_model(content, ref)
-            else:
-                kind = "file"
-                model = _file_name(ref.url)
-                try:
-                    os.link(part, content / model)  # the download stays in place until the slot is complete
-                except OSError:  # a file system without hard links
-                    shutil.copyfile(part, content / model)
-            record = {
-                "sha256": ref.sha256.lower(),
-                "size": ref.size,
-                "url": shown_url(ref.url),
-                "kind": kind,
-                "model": posixpath.normpath(f"{CONTENT_DIR}/{model}"),
-            }
-            (tmp / SLOT_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            fsync_tree(tmp)
-            os.rename(tmp, staged)
-            fsync_path(self.staging)
-        except BaseException:
-            _remove(tmp)
-            raise
-        _remove(part)
-        log.info("artifact %s staged in %s (%s, %d bytes)", shown_url(ref.url), staged, kind, ref.size)
-        return staged / record["model"]
-
-    def _extract(self, part: Path, dest: Path, ref: ArtifactRef) -> None:
-        url = shown_url(ref.url)
-        try:
-            archive = tarfile.open(part, "r:")  # noqa: SIM115 - closed by the `with` below
-        except tarfile.TarError as e:
-            raise UpdateError(
-                f"artifact {url}: not a readable uncompressed tar ({e}); pack artifact directories with "
-                "`tar -cf NAME.tar -C PARENT NAME`"
-            ) from None
-        with archive:
-            members = archive.getmembers()
-            total = 0
-            for member in members:
-                _check_member(member, url)
-                total += member.size
-                if total > self.max_bytes:
-                    raise UpdateError(
-                        f"artifact {url}: the tar unpacks to more than {self.max_bytes} bytes "
-                        "(agent.artifact_max_bytes); refused"
-                    )
-            if hasattr(tarfile, "data_filter"):  # a second line of defence where Python has it
-                archive.extractall(dest, members=members, filter="data")
-            else:
-                archive.extractall(dest, members=members)
+                remove_path(entry)
 
     # -- activate and roll back -----------------------------------------------------------------------
 
@@ -479,16 +201,16 @@ class ArtifactStore:
             if current:
                 self._set_link("previous", current)  # also drops the link to the slot about to be replaced
             else:
-                _remove(self.root / "previous")
+                remove_path(self.root / "previous")
             self.slots.mkdir(parents=True, exist_ok=True)
             discarded = self.staging / f"discarded-{target}.tmp"
-            _remove(discarded)
+            remove_path(discarded)
             if (self.slots / target).exists():
                 os.rename(self.slots / target, discarded)
             os.rename(slot_dir, self.slots / target)
             fsync_path(self.slots)
             self._set_link("current", target)
-            _remove(discarded)
+            remove_path(discarded)
             log.info("activated slot %s: %s", target, self._record(self.slots / target))
             return self.slots / target / inner
 
@@ -504,7 +226,7 @@ class ArtifactStore:
             if previous is None or previous == current:
                 return None
             self._set_link("current", previous)
-            _remove(self.root / "previous")
+            remove_path(self.root / "previous")
             fsync_path(self.root)
             log.warning("rolled back from slot %s to slot %s", current, previous)
             return self._model_path(previous)
@@ -514,8 +236,8 @@ class ArtifactStore:
         its local model file, and a later rollback must not return to the failed artifact)."""
         with self._lock:
             current = self._linked_slot("current")
-            _remove(self.root / "current")
-            _remove(self.root / "previous")
+            remove_path(self.root / "current")
+            remove_path(self.root / "previous")
             fsync_path(self.root)
             if current:
                 log.warning("deactivated slot %s: no artifact is current", current)
@@ -567,99 +289,15 @@ class ArtifactStore:
 
     def _set_link(self, link: str, slot: str) -> None:
         tmp = self.root / f".{link}.tmp"
-        _remove(tmp)
+        remove_path(tmp)
         os.symlink(f"slots/{slot}", tmp)
         os.replace(tmp, self.root / link)
         fsync_path(self.root)
 
     def _clean_leftovers(self) -> None:
         for link in ("current", "previous"):
-            _remove(self.root / f".{link}.tmp")
+            remove_path(self.root / f".{link}.tmp")
         if self.staging.is_dir():
             for entry in self.staging.glob("*.tmp"):
                 log.info("removing %s (left by an interrupted update)", entry)
-                _remove(entry)
-
-
-def _content_range(value: str) -> tuple[int, int | None]:
-    """Start and total of a ``Content-Range: bytes START-END/TOTAL`` header (total None when ``*``)."""
-    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value)
-    if not match:
-        raise _Interrupted(f"unreadable Content-Range {value!r}")
-    total = match.group(3)
-    return int(match.group(1)), (None if total == "*" else int(total))
-
-
-def _looks_like_tar_url(url: str) -> bool:
-    return urlsplit(url).path.lower().endswith(".tar")
-
-
-def _is_tar(path: Path, url: str) -> bool:
-    """A tar by its URL (``.tar``) or by its ``ustar`` magic (URLs without an extension)."""
-    if _looks_like_tar_url(url):
-        return True
-    with open(path, "rb") as f:
-        f.seek(257)
-        return f.read(5) == b"ustar"
-
-
-def _file_name(url: str) -> str:
-    """The model file name in the slot: the URL's file name, made safe; ``model.onnx`` without one."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", posixpath.basename(unquote(urlsplit(url).path)))
-    if not name.strip(".") or name == SLOT_RECORD:
-        return "model.onnx"
-    return name
-
-
-def _check_member(member: tarfile.TarInfo, url: str) -> None:
-    """Refuse absolute paths, ``..``, links leaving the archive, and anything but files, folders and links."""
-    name = member.name
-    normalized = posixpath.normpath(name)
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise UpdateError(f"artifact {url}: tar member {name!r} has an absolute path; refused")
-    if normalized == ".." or normalized.startswith("../") or ".." in name.replace("\\", "/").split("/"):
-        raise UpdateError(f"artifact {url}: tar member {name!r} climbs out of the archive with '..'; refused")
-    if member.issym() or member.islnk():
-        link = member.linkname
-        base = posixpath.dirname(normalized) if member.issym() else ""
-        target = posixpath.normpath(posixpath.join(base, link))
-        if link.startswith("/") or target == ".." or target.startswith("../"):
-            raise UpdateError(
-                f"artifact {url}: tar member {name!r} links to {link!r}, outside the archive; refused"
-            )
-    elif not (member.isfile() or member.isdir()):
-        raise UpdateError(f"artifact {url}: tar member {name!r} is a device or fifo; refused")
-
-
-def _find_model(content: Path, ref: ArtifactRef) -> str:
-    """The model inside an unpacked tar, relative to ``content``: an artifact directory or one model file."""
-
-    entries = sorted(content.iterdir())
-    candidates = [content]
-    if len(entries) == 1 and entries[0].is_dir():
-        candidates.append(entries[0])
-    for folder in candidates:
-        if (folder / MANIFEST_NAME).is_file():
-            try:
-                manifest = read_manifest(folder)
-            except LeptonError as e:
-                raise UpdateError(f"artifact {shown_url(ref.url)}: {e}") from None
-            if not (folder / manifest.engine.file).is_file():
-                raise UpdateError(
-                    f"artifact {shown_url(ref.url)}: the manifest names engine {manifest.engine.file!r}, "
-                    "which "
-                    "is not in the tar"
-                )
-            return folder.relative_to(content).as_posix()
-    models = [
-        p
-        for folder in candidates
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES
-    ]
-    if len(models) == 1:
-        return models[0].relative_to(content).as_posix()
-    raise UpdateError(
-        f"artifact {shown_url(ref.url)}: the tar holds neither an artifact directory ({MANIFEST_NAME}) nor "
-        f"exactly one model file ({', '.join(MODEL_SUFFIXES)}); found {[e.name for e in entries][:10]}"
-    )
+                remove_path(entry)

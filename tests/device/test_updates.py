@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
+from lepton_edge.device.artifact_download import ArtifactDownloader
 from lepton_edge.device.signing import generate_keypair, sign_digest
 from lepton_edge.device.updates import ArtifactStore
 from tests.support.onnx_models import mean_color_classifier
@@ -601,3 +602,34 @@ def test_deactivate_forgets_a_failed_first_artifact(tmp_path, server, keys):
     assert store.current() is None and store.previous() is None and store.rollback() is None
     assert store_for(tmp_path, keys[1]).current() is None  # also after a restart
     assert store.activate(store.stage(ref)) == first  # the slot is reused, not downloaded again
+
+
+def test_the_downloader_returns_the_destination_holding_exactly_the_referenced_bytes(tmp_path, server):
+    model = publish_model(server, "seam.onnx")
+    ref = make_ref(model, server.url("seam.onnx"), None)
+    dest = tmp_path / "dl" / "seam.part"
+    dest.parent.mkdir()
+    seen: list[tuple[int, int]] = []
+    assert ArtifactDownloader().fetch(ref, dest, lambda have, total: seen.append((have, total))) == dest
+    assert dest.read_bytes() == model.read_bytes()
+    assert seen[-1] == (ref.size, ref.size)
+
+
+def test_the_downloader_discards_bytes_that_are_not_the_referenced_ones(tmp_path):
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"x" * 64)
+    ref = make_ref(source, source.as_uri(), None, sha256="ab" * 32)
+    dest = tmp_path / "m.part"
+    with pytest.raises(UpdateError, match="not the one in the reference"):
+        ArtifactDownloader().fetch(ref, dest)
+    assert not dest.exists()
+
+
+def test_the_downloader_refuses_when_the_reserved_room_is_not_free(tmp_path):
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"x" * 64)
+    ref = make_ref(source, source.as_uri(), None)
+    dest = tmp_path / "m.part"
+    with pytest.raises(UpdateError, match="free some space"):
+        ArtifactDownloader().fetch(ref, dest, reserve_bytes=1 << 62)
+    assert not dest.exists()
