@@ -7,7 +7,8 @@
   ``prometheus.py``, ``capabilities.py``, ``remote_config.py``, ``results.py`` and ``state.py``;
   :func:`run_device` runs it as the service;
 - ``controller.py``: :class:`RuntimeController`, which owns the pipeline and applies new configs live;
-- ``updates.py`` / ``signing.py``: artifact downloads, verification and A/B slots; ``doctor.py``: machine checks.
+- ``updates.py``: the A/B artifact slots, staging through ``artifact_download.py`` (downloads) and
+  ``artifact_unpack.py`` (tar checks, model lookup); ``signing.py``: keys and signatures; ``doctor.py``: checks.
 
 Import the modules themselves (``from lepton_edge.device.agent import DeviceAgent``); this package imports
 nothing, so ``import lepton_edge.device.updates`` stays light.
