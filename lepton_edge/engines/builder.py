@@ -184,6 +184,33 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
     options = options or BuildOptions()
     target, precision = options.target, options.precision
     model, out_dir = Path(model), Path(out_dir)
+    _check_precision(model, target, precision)
+    report = _reporter(progress, model)
+    info = inspect_onnx(model)
+    _check_target_runs(model, info, target)
+    _prepare_out_dir(out_dir)
+    env = current_environment(target)
+    table = _int8_table(model, info, options, report, progress is True)
+    with staging_dir(out_dir) as staged:
+        if target == "tensorrt":
+            engine_file = TRT_ENGINE
+            builder, profiles = _build_tensorrt(model, info, staged, precision, table, options.trt, env, report)
+        else:
+            engine_file, profiles = ONNX_ENGINE, []
+            builder = _build_onnxruntime(model, info, staged / engine_file, table, report)
+        engine_path = staged / engine_file
+        manifest = _manifest(model, info, options, engine_path, table, env, builder, profiles)
+        if options.validation_data is not None:
+            report(f"accuracy gate on {options.validation_data}")
+            manifest.accuracy = run_gate(model, engine_path, manifest, options)
+        manifest.fingerprint = compute_fingerprint(manifest)
+        write_manifest(staged, manifest)
+        publish(staged, out_dir)
+    report(f"wrote {out_dir} ({precision}, {target}, fingerprint {manifest.fingerprint[:12]})")
+    return manifest
+
+
+def _check_precision(model: Path, target: str, precision: str) -> None:
     check_target(target)
     if precision not in ("fp32", "fp16", "int8"):
         raise ConfigError(f"precision must be fp32, fp16 or int8 for a build, got {precision!r}")
@@ -193,67 +220,66 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
             "converting to fp32, so they run slower than the fp32 model. Use fp32 or int8 on onnxruntime, "
             "or target tensorrt for fp16"
         )
-    report = _reporter(progress, model)
-    info = inspect_onnx(model)
+
+
+def _check_target_runs(model: Path, info: Any, target: str) -> None:
+    """Fail before any work when ``target`` cannot run ``model``: TensorRT missing, or onnxruntime lacking an op."""
     if target == "tensorrt":
-        import_tensorrt()  # BackendUnavailable, saying what to install, before any work
-    else:
-        missing = unsupported_ops(info, "onnxruntime-cpu")
-        if missing:
-            raise ModelError(f"{model}: onnxruntime cannot run these operators: {', '.join(missing)}; "
-                             "re-export the model without them (another opset, or simpler layers)")
-    _prepare_out_dir(out_dir)
-    env = current_environment(target)
+        import_tensorrt()  # BackendUnavailable, saying what to install
+        return
+    missing = unsupported_ops(info, "onnxruntime-cpu")
+    if missing:
+        raise ModelError(f"{model}: onnxruntime cannot run these operators: {', '.join(missing)}; "
+                         "re-export the model without them (another opset, or simpler layers)")
 
-    table = None
-    if precision == "int8" and not info.has_qdq:
-        table = _calibrate(model, info, options, report, progress is True)
-        if getattr(table, "samples", 1) <= 0:
-            raise ModelError(f"{model}: the calibration set is empty (0 samples); give calibration data with "
-                             "images the model sees in production")
-    elif precision == "int8":
+
+def _int8_table(model: Path, info: Any, options: BuildOptions, report: Callable[[str], None],
+                show_bar: bool) -> Any:
+    """The calibration table an int8 build quantizes with; None for other precisions and Q/DQ models."""
+    if options.precision != "int8":
+        return None
+    if info.has_qdq:
         report("model is already quantized (Q/DQ): using its own scales")
+        return None
+    table = _calibrate(model, info, options, report, show_bar)
+    if getattr(table, "samples", 1) <= 0:
+        raise ModelError(f"{model}: the calibration set is empty (0 samples); give calibration data with "
+                         "images the model sees in production")
+    return table
 
+
+def _build_onnxruntime(model: Path, info: Any, dest: Path, table: Any, report: Callable[[str], None]) -> BuilderInfo:
+    """The onnxruntime engine at ``dest``: quantized with ``table``, else the model itself."""
     builder = BuilderInfo()
-    profiles: list[dict[str, list[list[int]]]] = []
-    with staging_dir(out_dir) as staged:
-        if target == "tensorrt":
-            engine_file = TRT_ENGINE
-            builder, profiles = _build_tensorrt(model, info, staged, precision, table, options.trt, env, report)
-        else:
-            engine_file = ONNX_ENGINE
-            builder.optimization_level = "all"
-            if table is not None:
-                report("quantizing (QDQ, per channel)")
-                quantize_qdq(model, table, staged / engine_file, per_channel=True)
-                builder.int8_mode, builder.per_channel = "qdq", True
-            else:
-                _copy_onnx(model, info, staged / engine_file)
-        engine_path = staged / engine_file
-        source = SourceModel(name=model.name, sha256=info.sha256, opset=info.opset,
-                             inputs=[tensor_info(s) for s in info.inputs],
-                             outputs=[tensor_info(s) for s in info.outputs], metadata=dict(info.metadata))
-        calibration_info = None
-        if table is not None:
-            calibration_info = CalibrationInfo(table_sha256=table_sha256(table), method=str(table.method),
-                                               samples=int(table.samples),
-                                               dataset_sha256=getattr(table, "dataset_sha256", None))
-        manifest = Manifest(
-            lepton_edge_version=__version__,
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            source_model=source, target=target, precision=precision,
-            engine=EngineInfo(file=engine_file, sha256=sha256_file(engine_path), size=engine_path.stat().st_size),
-            calibration=calibration_info, runtime=RuntimeInfo(**env["runtime"]), device=DeviceInfo(**env["device"]),
-            profiles=profiles, builder=builder, fingerprint="",
-        )
-        if options.validation_data is not None:
-            report(f"accuracy gate on {options.validation_data}")
-            manifest.accuracy = run_gate(model, engine_path, manifest, options)
-        manifest.fingerprint = compute_fingerprint(manifest)
-        write_manifest(staged, manifest)
-        publish(staged, out_dir)
-    report(f"wrote {out_dir} ({precision}, {target}, fingerprint {manifest.fingerprint[:12]})")
-    return manifest
+    builder.optimization_level = "all"
+    if table is not None:
+        report("quantizing (QDQ, per channel)")
+        quantize_qdq(model, table, dest, per_channel=True)
+        builder.int8_mode, builder.per_channel = "qdq", True
+    else:
+        _copy_onnx(model, info, dest)
+    return builder
+
+
+def _manifest(model: Path, info: Any, options: BuildOptions, engine_path: Path, table: Any, env: dict[str, Any],
+              builder: BuilderInfo, profiles: list[dict[str, list[list[int]]]]) -> Manifest:
+    """The staged engine's manifest, without accuracy and fingerprint."""
+    source = SourceModel(name=model.name, sha256=info.sha256, opset=info.opset,
+                         inputs=[tensor_info(s) for s in info.inputs],
+                         outputs=[tensor_info(s) for s in info.outputs], metadata=dict(info.metadata))
+    calibration_info = None
+    if table is not None:
+        calibration_info = CalibrationInfo(table_sha256=table_sha256(table), method=str(table.method),
+                                           samples=int(table.samples),
+                                           dataset_sha256=getattr(table, "dataset_sha256", None))
+    return Manifest(
+        lepton_edge_version=__version__,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        source_model=source, target=options.target, precision=options.precision,
+        engine=EngineInfo(file=engine_path.name, sha256=sha256_file(engine_path), size=engine_path.stat().st_size),
+        calibration=calibration_info, runtime=RuntimeInfo(**env["runtime"]), device=DeviceInfo(**env["device"]),
+        profiles=profiles, builder=builder, fingerprint="",
+    )
 
 
 def run_gate(model: Path, engine_path: Path, manifest: Manifest, options: BuildOptions) -> AccuracyInfo:

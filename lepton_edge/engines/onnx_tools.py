@@ -195,8 +195,6 @@ def inspect_onnx(path: str | Path, *, allowed_opsets: range = SUPPORTED_OPSETS) 
     data outside the model's folder or missing, a default-domain opset outside ``allowed_opsets``, and a
     graph without inputs or outputs. External weights are never loaded here, only hashed.
     """
-    import onnx
-
     path = Path(path)
     if path.is_dir():
         raise ModelError(f"{path}: is a folder, not an ONNX model file; give the .onnx file inside it")
@@ -204,8 +202,34 @@ def inspect_onnx(path: str | Path, *, allowed_opsets: range = SUPPORTED_OPSETS) 
         raise ModelError(f"{path}: model file not found")
     model = _load_proto(path)
     external = _external_files(model, path)
+    _check_model(path)
+    opsets = {("" if o.domain in _DEFAULT_DOMAINS else o.domain): int(o.version) for o in model.opset_import}
+    opset = _default_opset(path, opsets, allowed_opsets)
+    inputs, outputs = _graph_io(path, model.graph)
+    ops = _op_counts(model.graph)
+    digest, size = _fingerprint(path, external)
+    return ModelInfo(
+        path=path,
+        sha256=digest,
+        opset=opset,
+        ir_version=int(model.ir_version),
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inputs=inputs,
+        outputs=outputs,
+        metadata={p.key: p.value for p in model.metadata_props},
+        ops=ops,
+        has_qdq=any(op.rpartition(":")[2] in _QDQ_OPS for op in ops),
+        external_data=external,
+        size_bytes=size,
+        opsets=opsets,
+    )
+
+
+def _check_model(path: Path) -> None:
+    """Run the ONNX checker (by path, so that external data, already validated, is found next to the model)."""
+    import onnx
+
     try:
-        # By path, so that external data is looked up next to the model (already validated above).
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError) as e:
         raise ModelError(
@@ -213,7 +237,8 @@ def inspect_onnx(path: str | Path, *, allowed_opsets: range = SUPPORTED_OPSETS) 
             "truncated or invalid. Export it again (and check it with onnx.checker.check_model)"
         ) from None
 
-    opsets = {("" if o.domain in _DEFAULT_DOMAINS else o.domain): int(o.version) for o in model.opset_import}
+
+def _default_opset(path: Path, opsets: dict[str, int], allowed_opsets: range) -> int:
     opset = opsets.get("")
     if opset is None:
         raise ModelError(f"{path}: the model imports no default ONNX opset; export it again with an opset "
@@ -224,19 +249,31 @@ def inspect_onnx(path: str | Path, *, allowed_opsets: range = SUPPORTED_OPSETS) 
             f"{allowed_opsets.stop - 1}); re-export with e.g. torch.onnx.export(..., opset_version=17) or "
             "convert it with onnx.version_converter.convert_version(model, 17)"
         )
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [_spec(v) for v in model.graph.input if v.name not in initializers]
-    outputs = [_spec(v) for v in model.graph.output]
+    return opset
+
+
+def _graph_io(path: Path, graph) -> tuple[list[TensorSpec], list[TensorSpec]]:  # graph: onnx.GraphProto
+    """The graph's inputs (initializers excluded) and outputs; refused when either is empty."""
+    initializers = {t.name for t in graph.initializer}
+    inputs = [_spec(v) for v in graph.input if v.name not in initializers]
+    outputs = [_spec(v) for v in graph.output]
     if not inputs:
         raise ModelError(f"{path}: the model graph has no inputs; export it with at least one input tensor")
     if not outputs:
         raise ModelError(f"{path}: the model graph has no outputs; export it with at least one output tensor")
+    return inputs, outputs
 
+
+def _op_counts(graph) -> dict[str, int]:  # graph: onnx.GraphProto
     ops: Counter[str] = Counter()
-    for node in _all_nodes(model.graph):
+    for node in _all_nodes(graph):
         domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
         ops[f"{domain}:{node.op_type}" if domain else node.op_type] += 1
+    return dict(ops)
 
+
+def _fingerprint(path: Path, external: list[str]) -> tuple[str, int]:
+    """:attr:`ModelInfo.sha256` and :attr:`ModelInfo.size_bytes` of the model at ``path``."""
     size = path.stat().st_size
     digest = sha256_file(path)
     if external:
@@ -245,23 +282,7 @@ def inspect_onnx(path: str | Path, *, allowed_opsets: range = SUPPORTED_OPSETS) 
             size += (path.parent / location).stat().st_size
             combined.update(f"\n{location}\n{sha256_file(path.parent / location)}".encode())
         digest = combined.hexdigest()
-
-    producer = f"{model.producer_name} {model.producer_version}".strip()
-    return ModelInfo(
-        path=path,
-        sha256=digest,
-        opset=opset,
-        ir_version=int(model.ir_version),
-        producer=producer,
-        inputs=inputs,
-        outputs=outputs,
-        metadata={p.key: p.value for p in model.metadata_props},
-        ops=dict(ops),
-        has_qdq=any(op.rpartition(":")[2] in _QDQ_OPS for op in ops),
-        external_data=external,
-        size_bytes=size,
-        opsets=opsets,
-    )
+    return digest, size
 
 
 # ---------------------------------------------------------------------------------------------------------

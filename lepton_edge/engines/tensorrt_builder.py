@@ -293,11 +293,7 @@ def build_engine(
     network = builder.create_network(api.network_flags(plan.strongly_typed))
     parser = trt.OnnxParser(network, logger)
     _parse(parser, onnx_path, api, logger)
-    inputs = {}
-    for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        inputs[tensor.name] = tuple(int(d) for d in tensor.shape)
-    _check_profiles(onnx_path, inputs, profiles or [])
+    _check_profiles(onnx_path, _network_inputs(network), profiles or [])
 
     report("configure")
     config = builder.create_builder_config()
@@ -308,27 +304,46 @@ def build_engine(
         plan.flags.append("GPU_FALLBACK")
     calibrating = plan.calibration is not None and api.has_calibration_profile
     _add_profiles(builder, config, onnx_path, profiles or [], calibrating, logger)
-    calibrator = None
-    if plan.calibration is not None:
-        calibrator = make_cache_calibrator(trt, plan.calibration.data, plan.calibration.algorithm)
-        config.int8_calibrator = calibrator
+    calibrator = _attach_calibrator(trt, config, plan)  # kept referenced until the build is done
     if timing_cache is not None:
         _load_timing_cache(config, Path(timing_cache))
 
     report("build")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        hint = ""
-        if calibrator is not None:
-            hint = (" The calibration cache may not match this model or TensorRT version: re-run "
-                    "`lepton-edge calibrate` with this model.")
-        raise ModelError(f"{onnx_path}: TensorRT {api.version} failed to build the engine: "
-                         f"{logged_errors(logger)}.{hint}")
+        raise _build_failed(onnx_path, api, logger, calibrated=calibrator is not None)
     engine_bytes = bytes(serialized)
     if timing_cache is not None:
         _save_timing_cache(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     report("done")
     return engine_bytes, _build_facts(api, plan, summary, precision, workspace_mb, dla_core, profiles, timing_cache)
+
+
+def _network_inputs(network: Any) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the parsed network's inputs (-1 for a dynamic dimension)."""
+    inputs = {}
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        inputs[tensor.name] = tuple(int(d) for d in tensor.shape)
+    return inputs
+
+
+def _attach_calibrator(trt: Any, config: Any, plan: _PrecisionPlan) -> Any:
+    """The calibrator replaying the plan's calibration cache, set on ``config``; None without a cache."""
+    if plan.calibration is None:
+        return None
+    calibrator = make_cache_calibrator(trt, plan.calibration.data, plan.calibration.algorithm)
+    config.int8_calibrator = calibrator
+    return calibrator
+
+
+def _build_failed(onnx_path: Path, api: TrtApi, logger: Any, *, calibrated: bool) -> ModelError:
+    hint = ""
+    if calibrated:
+        hint = (" The calibration cache may not match this model or TensorRT version: re-run "
+                "`lepton-edge calibrate` with this model.")
+    return ModelError(f"{onnx_path}: TensorRT {api.version} failed to build the engine: "
+                      f"{logged_errors(logger)}.{hint}")
 
 
 def _check_request(onnx_path: Path, precision: str, workspace_mb: int, dla_core: int | None) -> None:

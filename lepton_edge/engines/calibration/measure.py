@@ -9,13 +9,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from lepton_edge import __version__
 from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.engines.calibration.samples import Feeds, dataset_manifest, dataset_path, select_samples
 from lepton_edge.engines.calibration.statistics import TensorStats
 from lepton_edge.engines.calibration.table import METHODS, CalibrationTable, Method
-from lepton_edge.engines.onnx_tools import inspect_onnx
+from lepton_edge.engines.onnx_tools import ModelInfo, inspect_onnx
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +136,7 @@ def calibrate(
         raise ModelError(f"{model_path}: the model is already quantized (it has QuantizeLinear/DequantizeLinear "
                          "nodes); calibrate the fp32 model instead")
     manifest = dataset_manifest(dataset)
-    kind, path = dataset_path(dataset)
-    feeds = Feeds(kind, path, info.inputs, info.metadata, preprocess)
-    indices = select_samples(feeds.total, samples, seed)
-    if feeds.total < samples:
-        log.warning("%s holds %d item(s), fewer than the %d samples asked for; using all of them",
-                    path, feeds.total, samples)
-
+    feeds, indices = _sample_feeds(dataset, info, preprocess, samples, seed)
     model = _load_with_shapes(model_path)
     tensors = activation_tensors(model)
     input_names = [s.name for s in info.inputs]
@@ -148,34 +144,9 @@ def calibrate(
     if not computed:
         raise ModelError(f"{model_path}: the model has no float activations to calibrate")
     stats = {name: TensorStats(histogram=method != "minmax") for name in tensors}
-    input_shapes: dict[str, list[int]] = {}
     bar = _Progress(len(indices), f"calibrating {model_path.name} ({method})", progress)
-    with tempfile.TemporaryDirectory(prefix="lepton-calibrate-") as tmp:
-        session = _session(model, computed, Path(tmp))
-        try:
-            for feed in feeds.feeds(indices):
-                if not input_shapes:
-                    input_shapes = {name: [int(d) for d in array.shape] for name, array in feed.items()}
-                try:
-                    values = session.run(computed, feed)
-                except Exception as e:  # onnxruntime raises several unrelated types
-                    raise ConfigError(
-                        f"{path}: the model cannot run on this data (input shapes "
-                        f"{ {n: list(a.shape) for n, a in feed.items()} }): {str(e).strip()[:300]}"
-                    ) from None
-                for name, array in feed.items():
-                    if name in stats:
-                        stats[name].update(array)
-                for name, value in zip(computed, values, strict=True):
-                    stats[name].update(value)
-                bar.step()
-        finally:
-            bar.close()
-            del session
-    for name, s in stats.items():
-        if s.nonfinite:
-            log.warning("tensor %r produced %d NaN/inf value(s) on the calibration data; they were ignored",
-                        name, s.nonfinite)
+    input_shapes = _observe(model, computed, feeds, indices, stats, bar)
+    _warn_nonfinite(stats)
     ranges = {name: stats[name].range(method, percentile) for name in sorted(tensors)}
     return CalibrationTable(
         lepton_edge_version=__version__,
@@ -193,3 +164,51 @@ def calibrate(
         ranges=ranges,
     )
 
+
+def _sample_feeds(dataset: str | Path, info: ModelInfo, preprocess: PreprocessConfig | None, samples: int,
+                  seed: int) -> tuple[Feeds, np.ndarray]:
+    """The data set's feeds and the indices of the ``samples`` items chosen with ``seed`` (all, when fewer)."""
+    kind, path = dataset_path(dataset)
+    feeds = Feeds(kind, path, info.inputs, info.metadata, preprocess)
+    indices = select_samples(feeds.total, samples, seed)
+    if feeds.total < samples:
+        log.warning("%s holds %d item(s), fewer than the %d samples asked for; using all of them",
+                    path, feeds.total, samples)
+    return feeds, indices
+
+
+def _observe(model, computed: list[str], feeds: Feeds, indices: np.ndarray, stats: dict[str, TensorStats],
+             bar: _Progress) -> dict[str, list[int]]:  # model: onnx.ModelProto
+    """Run ``model`` on the feeds at ``indices``, adding every input and ``computed`` tensor to ``stats``;
+    returns the first feed's input shapes."""
+    input_shapes: dict[str, list[int]] = {}
+    with tempfile.TemporaryDirectory(prefix="lepton-calibrate-") as tmp:
+        session = _session(model, computed, Path(tmp))
+        try:
+            for feed in feeds.feeds(indices):
+                if not input_shapes:
+                    input_shapes = {name: [int(d) for d in array.shape] for name, array in feed.items()}
+                try:
+                    values = session.run(computed, feed)
+                except Exception as e:  # onnxruntime raises several unrelated types
+                    raise ConfigError(
+                        f"{feeds.path}: the model cannot run on this data (input shapes "
+                        f"{ {n: list(a.shape) for n, a in feed.items()} }): {str(e).strip()[:300]}"
+                    ) from None
+                for name, array in feed.items():
+                    if name in stats:
+                        stats[name].update(array)
+                for name, value in zip(computed, values, strict=True):
+                    stats[name].update(value)
+                bar.step()
+        finally:
+            bar.close()
+            del session
+    return input_shapes
+
+
+def _warn_nonfinite(stats: dict[str, TensorStats]) -> None:
+    for name, s in stats.items():
+        if s.nonfinite:
+            log.warning("tensor %r produced %d NaN/inf value(s) on the calibration data; they were ignored",
+                        name, s.nonfinite)

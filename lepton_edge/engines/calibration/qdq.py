@@ -13,7 +13,7 @@ import numpy as np
 from lepton_edge.core.errors import ConfigError, LeptonError, ModelError
 from lepton_edge.core.fileio import atomic_write
 from lepton_edge.engines.calibration.table import CalibrationTable, other_model_message
-from lepton_edge.engines.onnx_tools import inspect_onnx
+from lepton_edge.engines.onnx_tools import ModelInfo, inspect_onnx
 
 
 class _DropQuantizerAdvice(logging.Filter):
@@ -71,12 +71,30 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
     ``float_tail`` the cheap decode nodes after the last weighted layer stay in float.
     """
     import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
     model_path, out_path = Path(model_path), Path(out_path)
     info = inspect_onnx(model_path)
+    _check_can_quantize(model_path, info, table)
+    ranges = _ranges(table)
+    model = onnx.load(str(model_path))
+    if per_channel and info.opset < 13:
+        model = _opset_13(model, model_path, info.opset)
+    _name_unnamed_nodes(model)
+    keep_float = _float_tail(model) if float_tail else []
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lepton-qdq-") as tmp:
+        staged = _quantize_static(model, model_path, ranges, Path(tmp), per_channel, keep_float)
+        _record_quantization(staged, table, per_channel, len(keep_float))
+        _check_loads(staged, model_path)
+        atomic_write(out_path, staged.read_bytes())
+    return out_path
+
+
+def _check_can_quantize(model_path: Path, info: ModelInfo, table: CalibrationTable) -> None:
+    """The table was made for this fp32 model, and this onnxruntime can take its ranges."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import quantize_static
+
     if info.sha256 != table.model_sha256:
         raise ConfigError(other_model_message(f"calibration table for {model_path}", table, info.sha256))
     if info.has_qdq:
@@ -86,59 +104,82 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
             f"QDQ export needs an onnxruntime whose quantize_static takes calibration_cache_path (installed: "
             f"{ort.__version__}); upgrade it with `pip install -U onnxruntime`"
         )
-    ranges = TensorsData(CalibrationMethod.MinMax, {
+
+
+def _ranges(table: CalibrationTable):  # -> onnxruntime.quantization.calibrate.TensorsData
+    """The table's ranges as onnxruntime's calibration result."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    return TensorsData(CalibrationMethod.MinMax, {
         name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         for name, (lo, hi) in table.ranges.items()
     })
-    model = onnx.load(str(model_path))
-    if per_channel and info.opset < 13:
-        model = _opset_13(model, model_path, info.opset)
+
+
+def _name_unnamed_nodes(model) -> None:  # model: onnx.ModelProto
+    """Name every unnamed node ``<op>_<index>``: nodes are excluded from quantization by name."""
     used = {n.name for n in model.graph.node}
     for index, node in enumerate(model.graph.node):
-        if not node.name:  # nodes are excluded from quantization by name
+        if not node.name:
             name = f"{node.op_type}_{index}"
             while name in used:
                 name += "_"
             node.name = name
             used.add(name)
-    keep_float = _float_tail(model) if float_tail else []
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _quantize_static(model, model_path: Path, ranges, folder: Path, per_channel: bool,
+                     keep_float: list[str]) -> Path:  # model: onnx.ModelProto; ranges: TensorsData
+    """Run onnxruntime's quantizer on ``model`` with ``ranges`` as its calibration cache, in ``folder``;
+    returns the quantized model's path."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    cache = folder / "ranges.json"
+    save_tensors_data(ranges, cache)
+    staged = folder / "model.int8.onnx"
     advice = _DropQuantizerAdvice()
     root = logging.getLogger()
-    with tempfile.TemporaryDirectory(prefix="lepton-qdq-") as tmp:
-        cache = Path(tmp) / "ranges.json"
-        save_tensors_data(ranges, cache)
-        staged = Path(tmp) / "model.int8.onnx"
-        root.addFilter(advice)
-        try:
-            quantize_static(
-                model, str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-                per_channel=per_channel, reduce_range=True, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                calibration_cache_path=cache, nodes_to_exclude=keep_float,
-            )
-        except LeptonError:
-            raise
-        except Exception as e:  # the quantizer raises many types for models it cannot handle
-            raise ModelError(f"{model_path}: onnxruntime's quantizer failed: {type(e).__name__}: {e}") from None
-        finally:
-            root.removeFilter(advice)
-        quantized = onnx.load(str(staged))
-        entry = quantized.metadata_props.add()
-        entry.key = "lepton.quantization"
-        entry.value = json.dumps({
-            "format": "qdq", "activations": "uint8",
-            "weights": "int8 (7-bit) per-channel" if per_channel else "int8 (7-bit)",
-            "method": table.method, "source_model_sha256": table.model_sha256,
-            "dataset_sha256": table.dataset_sha256, "float_nodes": len(keep_float),
-        }, sort_keys=True)
-        onnx.save(quantized, str(staged))
-        try:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises several unrelated types
-            raise ModelError(f"{model_path}: the quantized model does not load in onnxruntime: {e}") from None
-        atomic_write(out_path, staged.read_bytes())
-    return out_path
+    root.addFilter(advice)
+    try:
+        quantize_static(
+            model, str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            per_channel=per_channel, reduce_range=True, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=cache, nodes_to_exclude=keep_float,
+        )
+    except LeptonError:
+        raise
+    except Exception as e:  # the quantizer raises many types for models it cannot handle
+        raise ModelError(f"{model_path}: onnxruntime's quantizer failed: {type(e).__name__}: {e}") from None
+    finally:
+        root.removeFilter(advice)
+    return staged
 
+
+def _record_quantization(staged: Path, table: CalibrationTable, per_channel: bool, float_nodes: int) -> None:
+    """Add the ``lepton.quantization`` metadata entry to the quantized model at ``staged``."""
+    import onnx
+
+    quantized = onnx.load(str(staged))
+    entry = quantized.metadata_props.add()
+    entry.key = "lepton.quantization"
+    entry.value = json.dumps({
+        "format": "qdq", "activations": "uint8",
+        "weights": "int8 (7-bit) per-channel" if per_channel else "int8 (7-bit)",
+        "method": table.method, "source_model_sha256": table.model_sha256,
+        "dataset_sha256": table.dataset_sha256, "float_nodes": float_nodes,
+    }, sort_keys=True)
+    onnx.save(quantized, str(staged))
+
+
+def _check_loads(staged: Path, model_path: Path) -> None:
+    import onnxruntime as ort
+
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises several unrelated types
+        raise ModelError(f"{model_path}: the quantized model does not load in onnxruntime: {e}") from None
