@@ -163,9 +163,19 @@ class SourceConfig(Strict):
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source recovery policy.")
 
 
+MAX_IMAGE_SIDE = 16384
+"""Largest width or height of an image input, from a config or from model metadata."""
+
+Side = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+"""One side of an image input, in pixels."""
+
+
 class PreprocessConfig(Strict):
-    size: tuple[int, int] | None = Field(
-        None, description="Model input [width, height]; defaults to the model's static input shape."
+    size: tuple[Side, Side] | None = Field(
+        None,
+        description="Model input [width, height], each 1..16384. Needed for models with dynamic spatial dims "
+        "unless their metadata gives a size (Ultralytics `imgsz`, `lepton.preprocess`); a static model's "
+        "input shape is the default and must match. A dynamic batch is always fed one frame.",
     )
     resize: Literal["letterbox", "stretch", "none"] = Field(
         "letterbox", description="Keep aspect ratio with padding (letterbox), stretch to fit, or no resize."

@@ -78,7 +78,8 @@ def make_preprocessor(config: DeviceConfig, backend: Backend, source_kind: str) 
             f"{config.model.path}: image sources feed one input, the model has "
             f"{[s.name for s in backend.inputs]}"
         )
-    return Preprocessor(backend.inputs[0], preprocess_from_metadata(config.preprocess, backend.metadata))
+    return Preprocessor(backend.inputs[0], preprocess_from_metadata(config.preprocess, backend.metadata),
+                        metadata=backend.metadata)
 
 
 def build_pipeline(config: DeviceConfig, backend: Backend, *, max_frames: int | None = None,

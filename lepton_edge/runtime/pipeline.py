@@ -27,6 +27,7 @@ from lepton_edge.core.metrics import DropCounter, LatencyWindow
 from lepton_edge.core.results import Frame, Result, now
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.channel import CLOSED, Channel, ChannelClosed
+from lepton_edge.runtime.input_size import feed_shape
 from lepton_edge.runtime.preprocess import Preprocessor, Transform
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ class _Work:
     age_ms: float = 0.0
 
 
+def _fixed_or_one(dim: object) -> int:
+    return dim if isinstance(dim, int) and dim > 0 else 1
+
+
 def tensor_into(data: np.ndarray, out: np.ndarray) -> None:
     """Copy a recorded sensor tensor into an input buffer, adding the batch axis if it is missing."""
     if data.shape == out.shape[1:]:
@@ -89,6 +94,9 @@ def tensor_into(data: np.ndarray, out: np.ndarray) -> None:
 
 class ModelBundle:
     """A loaded model with its pre/postprocessing and its own pool of input buffers.
+
+    The buffers have the shape the preprocessor resolved (:mod:`lepton_edge.runtime.input_size`), and the backend
+    is warmed up at that shape if load did not already.
 
     The pipeline swaps bundles as one unit at a frame boundary; a retired bundle's backend is closed
     once the last frame that used it has left the pipeline.
@@ -106,9 +114,11 @@ class ModelBundle:
         self.postprocessor = postprocessor
         self.input_name = backend.inputs[0].name
         spec = backend.inputs[0]
-        shape = preprocessor.shape if preprocessor else tuple(
-            d if isinstance(d, int) else 1 for d in spec.shape)
+        # Image inputs: the size the preprocessor resolved; recorded tensors: the model's (metadata) size.
+        shape = preprocessor.shape if preprocessor else (
+            feed_shape(spec, backend.metadata) or tuple(_fixed_or_one(d) for d in spec.shape))
         dtype = preprocessor.dtype if preprocessor else spec.dtype
+        backend.warm_for({self.input_name: tuple(shape)})
         self.pool: Channel[np.ndarray] = Channel(BUFFER_POOL_SIZE, "block")
         for _ in range(BUFFER_POOL_SIZE):
             self.pool.put(np.zeros(shape, dtype))

@@ -6,13 +6,15 @@ results are always reported in the coordinates of the frame that was captured.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from lepton_edge.config.pipeline import PreprocessConfig
-from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.core.errors import ModelError
 from lepton_edge.core.tensors import TensorSpec
+from lepton_edge.runtime.input_size import image_axes, image_layout, image_shape, resolve_input_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,32 +42,24 @@ class Transform:
         return cls(1.0, 1.0, 0.0, 0.0, width, height)
 
 
-def _model_layout(spec: TensorSpec) -> str:
-    shape = spec.shape
-    if len(shape) != 4:
-        raise ModelError(f"image input {spec.name!r} must be 4-D (NCHW or NHWC), got {spec.shape_str}")
-    if shape[1] in (1, 3):
-        return "nchw"
-    if shape[3] in (1, 3):
-        return "nhwc"
-    raise ModelError(f"cannot tell layout of input {spec.name!r} {spec.shape_str}; set preprocess.layout")
-
-
 class Preprocessor:
     """Turns BGR uint8 frames into the tensor one model input expects.
 
     Call it with a frame and a buffer from :meth:`new_buffer`; it fills the buffer and returns the
-    :class:`Transform`. No allocation happens per frame once the frame size is stable.
+    :class:`Transform`. No allocation happens per frame once the frame size is stable. The input size is
+    resolved by :func:`~lepton_edge.runtime.input_size.resolve_input_size` (``config.size``, the model's fixed
+    dimensions, then ``metadata``).
     """
 
-    def __init__(self, spec: TensorSpec, config: PreprocessConfig | None = None) -> None:
+    def __init__(self, spec: TensorSpec, config: PreprocessConfig | None = None, *,
+                 metadata: Mapping[str, str] | None = None) -> None:
         cfg = config or PreprocessConfig()
         self.config = cfg
-        self.layout = cfg.layout or _model_layout(spec)
+        self.layout = cfg.layout or image_layout(spec)
         self.dtype = np.dtype(cfg.dtype) if cfg.dtype else spec.dtype
         if self.dtype not in (np.float32, np.float16, np.uint8):
             raise ModelError(f"input {spec.name!r} has dtype {spec.dtype}; images need float32, float16 or uint8")
-        c_axis, h_axis, w_axis = (1, 2, 3) if self.layout == "nchw" else (3, 1, 2)
+        c_axis = image_axes(self.layout)[0]
         self.channels = 1 if cfg.color == "gray" else 3
         model_c = spec.shape[c_axis] if len(spec.shape) == 4 else None
         if isinstance(model_c, int) and model_c != self.channels:
@@ -73,25 +67,9 @@ class Preprocessor:
                 f"input {spec.name!r} {spec.shape_str} has {model_c} channel(s) but preprocess.color is "
                 f"{cfg.color!r} ({self.channels}); fix preprocess.color or preprocess.layout"
             )
-        if cfg.size:
-            self.width, self.height = cfg.size
-        else:
-            h, w = spec.shape[h_axis], spec.shape[w_axis]
-            if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-                raise ConfigError(
-                    f"input {spec.name!r} has dynamic spatial size {spec.shape_str}; set preprocess.size: [w, h]"
-                )
-            self.width, self.height = w, h
-        for axis, want in ((h_axis, self.height), (w_axis, self.width)):
-            got = spec.shape[axis]
-            if isinstance(got, int) and got > 0 and got != want:
-                raise ModelError(
-                    f"preprocess.size {self.width}x{self.height} does not match input {spec.name!r} {spec.shape_str}"
-                )
-        self.shape = (
-            (1, self.channels, self.height, self.width) if self.layout == "nchw"
-            else (1, self.height, self.width, self.channels)
-        )
+        self.size = resolve_input_size(spec, size=cfg.size, metadata=metadata, layout=self.layout)
+        self.width, self.height = self.size.width, self.size.height
+        self.shape = image_shape(self.size, self.layout, self.channels)
         mean = np.broadcast_to(np.asarray(cfg.mean, np.float64), (3,))
         std = np.broadcast_to(np.asarray(cfg.std, np.float64), (3,))
         # (x * scale - mean) / std  ==  x * gain - offset, per channel (RGB order of the config).

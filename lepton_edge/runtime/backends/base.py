@@ -7,12 +7,19 @@ Backends are context managers; ``infer`` checks its feeds against the declared i
 from __future__ import annotations
 
 import abc
+import logging
 from typing import Any
 
 import numpy as np
 
-from lepton_edge.core.errors import ModelError
+from lepton_edge.core.errors import LeptonError, ModelError
 from lepton_edge.core.tensors import TensorSpec
+from lepton_edge.runtime.input_size import feed_shape
+
+log = logging.getLogger(__name__)
+
+Shapes = dict[str, tuple[int, ...]]
+"""Input name -> the shape fed to it."""
 
 
 class Backend(abc.ABC):
@@ -24,6 +31,8 @@ class Backend(abc.ABC):
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
+        self.warmup_runs = 0
+        self.warmed_shapes: Shapes | None = None
         self._loaded = False
 
     def load(self) -> Backend:
@@ -47,14 +56,46 @@ class Backend(abc.ABC):
                 raise ModelError(f"{self.name}: {problem}")
         return self._infer(feeds)
 
-    def warmup(self, runs: int) -> None:
-        """Run ``runs`` inferences on zero tensors (dynamic dims as 1) so first-frame latency is normal."""
-        feeds = {
-            s.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in s.shape], s.dtype)
-            for s in self.inputs
-        }
-        for _ in range(runs):
-            self._infer(feeds)
+    def warmup_shapes(self) -> Shapes | None:
+        """The shapes warm-up feeds when the caller gives none: static inputs as declared, dynamic image inputs at
+        the size in the model's metadata (batch 1), other dynamic dims 1; None when an image input's size is
+        unknown until the pipeline resolves ``preprocess.size`` (see :mod:`lepton_edge.runtime.input_size`)."""
+        shapes = {}
+        for spec in self.inputs:
+            shape = feed_shape(spec, self.metadata)
+            if shape is None:
+                return None
+            shapes[spec.name] = shape
+        return shapes
+
+    def warmup(self, runs: int, shapes: Shapes | None = None) -> None:
+        """Run ``runs`` inferences on zero tensors of ``shapes`` (default :meth:`warmup_shapes`) so that first-frame
+        latency is normal. Without shapes to use it remembers ``runs`` for :meth:`warm_for` and runs nothing."""
+        self.warmup_runs = runs
+        shapes = shapes if shapes is not None else self.warmup_shapes()
+        if shapes is None:
+            log.debug("%s: warm-up waits for the input size the pipeline feeds", self.name)
+            return
+        if not runs:
+            return
+        feeds = {s.name: np.zeros(shapes[s.name], s.dtype) for s in self.inputs}
+        try:
+            for _ in range(runs):
+                self._infer(feeds)
+        except LeptonError:
+            raise
+        except Exception as e:  # runtimes raise their own types for shape errors
+            fed = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+            raise ModelError(
+                f"{self.name}: warm-up with inputs {fed} failed: {str(e).strip()[:500]}\n"
+                "Check that preprocess.size (or the model's imgsz metadata) is a size this model accepts."
+            ) from None
+        self.warmed_shapes = dict(shapes)
+
+    def warm_for(self, shapes: Shapes) -> None:
+        """Warm up at ``shapes``, the shapes the pipeline will feed, unless load already warmed up at them."""
+        if self.warmup_runs and shapes != self.warmed_shapes:
+            self.warmup(self.warmup_runs, shapes)
 
     def describe(self) -> dict[str, Any]:
         """What is loaded, for logs, telemetry and ``inspect``."""

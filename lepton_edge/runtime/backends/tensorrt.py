@@ -315,15 +315,13 @@ class TensorRTBackend(Backend):
                 outputs.append(spec)
         self.inputs, self.outputs = inputs, outputs
 
-    def warmup(self, runs: int) -> None:
-        """Like :meth:`Backend.warmup`, with dynamic inputs at their profile's optimal shape."""
-        feeds = {}
+    def warmup_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Dynamic inputs at their profile's optimal shape (the engine was built for it), static ones as declared."""
+        shapes = {}
         for spec in self.inputs:
             profile = self._profiles.get(spec.name)
-            shape = profile.opt if profile else tuple(spec.shape)
-            feeds[spec.name] = np.zeros(shape, spec.dtype)
-        for _ in range(runs):
-            self._infer(feeds)
+            shapes[spec.name] = profile.opt if profile else tuple(spec.shape)
+        return shapes  # type: ignore[return-value]
 
     def _close(self) -> None:
         cuda, errors = self._cuda, []
