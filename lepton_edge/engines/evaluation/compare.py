@@ -237,7 +237,8 @@ def compare_many(
             raise ModelError(f"{reference}: compare feeds one image input; the model has "
                              f"{[s.name for s in ref.backend.inputs]}")
         pre = Preprocessor(ref.backend.inputs[0], preprocess_from_metadata(preprocess or PreprocessConfig(),
-                                                                           ref.backend.metadata))
+                                                                           ref.backend.metadata),
+                           metadata=ref.backend.metadata)
         buffer = pre.new_buffer()
         ref_post = _postprocessor(dataset.task, ref.backend, ref.backend)
         posts = {key: _postprocessor(dataset.task, ref.backend, c.backend) for key, c in cands.items()}
