@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import struct
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from lepton_edge.engines.calibration import (
     write_table,
     write_tensorrt_cache,
 )
+from lepton_edge.engines.calibration.choice import choose_ranges, warn_clipped
 from lepton_edge.engines.calibration.methods import entropy_threshold
+from lepton_edge.engines.calibration.statistics import TensorStats
 from lepton_edge.engines.onnx_tools import inspect_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,6 +252,143 @@ def test_entropy_keeps_nearly_the_whole_range_of_uniform_data(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------
+# Ranges chosen per tensor: bounded activations and heads keep their range, far clipping is reported
+
+
+def scores_head(path: Path) -> Path:
+    """A detector head in miniature: x -> MatMul (identity) -> logits -> Sigmoid -> scores (output), and a
+    feature branch logits + 8 -> Relu -> features (internal) -> MatMul -> embedding (output)."""
+    inits = [numpy_helper.from_array(np.eye(16, dtype=np.float32), "W1"),
+             numpy_helper.from_array(np.array(8.0, np.float32), "eight"),
+             numpy_helper.from_array(np.random.default_rng(12).standard_normal((16, 4)).astype(np.float32), "W2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"]),
+             helper.make_node("Add", ["logits", "eight"], ["shifted"]),
+             helper.make_node("Relu", ["shifted"], ["features"]),
+             helper.make_node("MatMul", ["features", "W2"], ["embedding"])]
+    return save(nodes, [f32("x", ["N", 16])], [f32("scores", ["N", 16]), f32("embedding", ["N", 4])], inits, path)
+
+
+def rare_objects(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """Logits as a detector sees them: background in [-12, -4] (scores near 0), 1% objects in [0, 6] (scores
+    0.5..0.998): a heavy right tail, and a heavy-tailed ReLU of logits + 8 (mostly 0..4, objects 8..14)."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-12, -4, (256, 16)).astype(np.float32)
+    objects = rng.random(x.shape) < 0.01
+    x[objects] = rng.uniform(0, 6, int(objects.sum()))
+    np.save(tmp_path / "objects.npy", x)
+    return tmp_path / "objects.npy", x
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def method_alone(values: np.ndarray, method: str, percentile: float) -> tuple[float, float]:
+    """The range ``method`` picks from ``values`` fed one row at a time, knowing nothing of the tensor."""
+    stats = TensorStats(histogram=True)
+    for row in values:
+        stats.update(row[None])
+    return stats.range(method, percentile)
+
+
+METHOD_ARGS = [("entropy", 99.99), ("percentile", 99.0)]
+
+
+@pytest.mark.parametrize("method, percentile", METHOD_ARGS)
+def test_the_method_alone_clips_sigmoid_scores_far_below_their_maximum(tmp_path, method, percentile):
+    _data, x = rare_objects(tmp_path)
+    scores = sigmoid(x)
+    _lo, hi = method_alone(scores, method, percentile)
+    assert hi < 0.1 * scores.max()  # what every table had before: high scores capped near 0.1 at most
+    assert hi < 0.25 < scores.max()  # a detector's default threshold: nothing would be detected
+
+
+@pytest.mark.parametrize("method, percentile", METHOD_ARGS)
+def test_sigmoid_scores_keep_their_observed_range_under_every_method(tmp_path, method, percentile):
+    data, x = rare_objects(tmp_path)
+    model = scores_head(tmp_path / "head.onnx")
+    table = calibrate(model, data, method=method, percentile=percentile, samples=256, progress=False)
+    observed = calibrate(model, data, method="minmax", samples=256, progress=False).ranges
+    assert table.ranges["scores"] == observed["scores"]
+    assert table.ranges["scores"][1] == pytest.approx(float(sigmoid(x).max()), rel=1e-6)
+    assert table.ranges["embedding"] == observed["embedding"]  # a graph output: kept too
+    assert "scores" not in table.clipped and "embedding" not in table.clipped
+
+
+def test_an_internal_heavy_tailed_relu_is_still_clipped_and_reported(tmp_path, caplog):
+    data, x = rare_objects(tmp_path)
+    model = scores_head(tmp_path / "head.onnx")
+    with caplog.at_level(logging.WARNING, logger="lepton_edge.engines.calibration"):
+        table = calibrate(model, data, method="entropy", samples=256, progress=False)
+    observed_max = float(np.maximum(x + 8, 0).max())
+    chosen_max = table.ranges["features"][1]
+    assert chosen_max < 0.5 * observed_max  # entropy still trims the ReLU's tail
+    assert table.clipped["features"] == (0.0, pytest.approx(observed_max, rel=1e-6))
+    assert {"x", "logits", "scores", "embedding"}.isdisjoint(table.clipped)
+    warnings = [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()]
+    assert len(warnings) == 1  # one summary, not one line per tensor
+    assert f"clipped {len(table.clipped)} tensor(s)" in warnings[0]
+    assert f"features (max |x| {chosen_max:.4g} of {observed_max:.4g} observed)" in warnings[0]
+
+
+def test_the_clipping_warning_counts_all_and_names_the_worst_few(caplog):
+    stats = {}
+    for i, tail in enumerate([20.0, 40.0, 80.0, 160.0, 320.0]):
+        values = np.random.default_rng(i).standard_normal((64, 256)).astype(np.float32)
+        values[0, 0] = tail
+        stats[f"t{i}"] = TensorStats(histogram=True)
+        for row in values:
+            stats[f"t{i}"].update(row)
+    chosen = choose_ranges(stats, set(), "entropy", 99.99)
+    assert set(chosen.clipped) == set(stats)
+    with caplog.at_level(logging.WARNING, logger="lepton_edge.engines.calibration"):
+        warn_clipped(chosen, "entropy")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "clipped 5 tensor(s)" in message
+    named = [name for name in stats if f"{name} (max" in message]
+    assert named == ["t2", "t3", "t4"]  # the largest tails are clipped the most
+
+
+@pytest.mark.parametrize("op, attributes", [("Sigmoid", {}), ("HardSigmoid", {}), ("Softmax", {"axis": -1}),
+                                            ("Tanh", {})])
+def test_bounded_activations_and_the_reshapes_of_them_keep_their_observed_range(tmp_path, op, attributes):
+    """x -> op -> bounded -> Reshape -> moved -> Mul 1 -> y: the op's output and its reshaped copy are internal."""
+    inits = [numpy_helper.from_array(np.array([-1, 4, 4], np.int64), "shape"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [helper.make_node(op, ["x"], ["bounded"], **attributes),
+             helper.make_node("Reshape", ["bounded", "shape"], ["moved"]),
+             helper.make_node("Mul", ["moved", "one"], ["y"])]
+    model = save(nodes, [f32("x", ["N", 16])], [f32("y", ["N", 4, 4])], inits, tmp_path / f"{op}.onnx")
+    data, _x = rare_objects(tmp_path)
+    table = calibrate(model, data, method="entropy", samples=256, progress=False)
+    observed = calibrate(model, data, method="minmax", samples=256, progress=False).ranges
+    for name in ("bounded", "moved", "y"):
+        assert table.ranges[name] == observed[name], name
+    assert table.ranges["x"] == observed["x"]  # the logits' own range is not heavy-tailed in absolute value
+
+
+def test_qdq_with_the_entropy_table_keeps_high_sigmoid_scores(tmp_path):
+    data, x = rare_objects(tmp_path)
+    model = scores_head(tmp_path / "head.onnx")
+    table = calibrate(model, data, method="entropy", samples=256, progress=False)
+    old = table.model_copy(update={"ranges": {**table.ranges, "scores": method_alone(sigmoid(x), "entropy", 99.99)}})
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(["scores"], {"x": x})[0]
+    high = want > 0.5
+    assert high.sum() >= 20
+    error = {}
+    for name, ranges in (("new", table), ("old", old)):
+        # float_tail=False quantizes the Sigmoid's output too, as a TensorRT int8 engine does.
+        out = quantize_qdq(model, ranges, tmp_path / f"{name}.onnx", float_tail=False)
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["scores"], {"x": x})[0]
+        error[name] = float(np.abs(got - want)[high].max())
+        if name == "old":
+            assert got.max() < 0.1  # every score capped: nothing passes a 0.25 threshold
+    assert error["new"] < 0.02, error
+    assert error["old"] > 0.4, error
+
+
+# ------------------------------------------------------------------------------------------------------
 # Data sets
 
 
@@ -436,6 +576,19 @@ def test_load_table_refuses_files_that_are_not_tables(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="expected a JSON object"):
         load_table(tmp_path / "list.json")
+
+
+def test_tables_without_the_clipped_field_still_load_and_clipped_ones_round_trip(tmp_path, table):
+    path = write_table(table, tmp_path / "old.json")
+    assert "clipped" not in json.loads(path.read_text())  # an empty report is left out: the old layout
+    assert load_table(path).clipped == {}
+    clipped = table.model_copy(update={"clipped": {"h": (-9.0, 12.0)}})
+    path = write_table(clipped, tmp_path / "new.json")
+    assert json.loads(path.read_text())["clipped"] == {"h": [-9.0, 12.0]}
+    assert load_table(path) == clipped
+    rewrite(path, lambda d: d["clipped"].update(h=[3.0, 1.0]))
+    with pytest.raises(ConfigError, match=r"'h': range .* min <= max"):
+        load_table(path)
 
 
 # ------------------------------------------------------------------------------------------------------

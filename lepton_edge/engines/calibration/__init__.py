@@ -2,9 +2,10 @@
 
 :func:`calibrate` runs the fp32 model over a deterministic sample of a data set (``samples``), records
 statistics of every float activation tensor (``statistics``) and turns them into a (min, max) range per
-tensor with the chosen method (``methods``: minmax, entropy, percentile). The table (``table``) is then
-exported as a TensorRT calibration cache (``tensorrt_cache``) or baked into a QDQ ONNX model for
-onnxruntime (``qdq``), both from the same ranges.
+tensor with the chosen method (``methods``: minmax, entropy, percentile), except that bounded activations
+(Sigmoid, Softmax, ...) and the graph outputs keep their observed range and far clipping is reported
+(``choice``). The table (``table``) is then exported as a TensorRT calibration cache (``tensorrt_cache``) or
+baked into a QDQ ONNX model for onnxruntime (``qdq``), both from the same ranges.
 """
 
 from lepton_edge.engines.calibration.measure import activation_tensors, calibrate

@@ -14,6 +14,7 @@ import numpy as np
 from lepton_edge import __version__
 from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.engines.calibration.choice import choose_ranges, full_range_tensors, warn_clipped
 from lepton_edge.engines.calibration.samples import Feeds, dataset_manifest, dataset_path, select_samples
 from lepton_edge.engines.calibration.statistics import TensorStats
 from lepton_edge.engines.calibration.table import METHODS, CalibrationTable, Method
@@ -123,6 +124,9 @@ def calibrate(
 ) -> CalibrationTable:
     """Measure activation ranges of ``model_path`` on ``samples`` items of ``dataset``.
 
+    Bounded activations (Sigmoid, Softmax, ...) and the graph outputs keep their observed range under every
+    method; other tensors that ``method`` clips far are listed in the table's ``clipped`` (see ``choice``).
+
     Items are chosen with ``numpy.random.default_rng(seed)`` among all items in reading order, so the
     same inputs give the same table (only ``created_at`` differs). Images and video frames go through
     the runtime's Preprocessor configured as the runtime does (``preprocess`` merged with the model's
@@ -139,6 +143,7 @@ def calibrate(
     feeds, indices = _sample_feeds(dataset, info, preprocess, samples, seed)
     model = _load_with_shapes(model_path)
     tensors = activation_tensors(model)
+    full_range = full_range_tensors(model)  # before _observe, which adds every tensor to the graph's outputs
     input_names = [s.name for s in info.inputs]
     computed = [t for t in tensors if t not in input_names]
     if not computed:
@@ -147,7 +152,8 @@ def calibrate(
     bar = _Progress(len(indices), f"calibrating {model_path.name} ({method})", progress)
     input_shapes = _observe(model, computed, feeds, indices, stats, bar)
     _warn_nonfinite(stats)
-    ranges = {name: stats[name].range(method, percentile) for name in sorted(tensors)}
+    chosen = choose_ranges(stats, full_range, method, percentile)
+    warn_clipped(chosen, method)
     return CalibrationTable(
         lepton_edge_version=__version__,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -161,7 +167,8 @@ def calibrate(
         dataset_sha256=manifest["sha256"],
         preprocess=feeds.effective_preprocess(),
         input_shapes=input_shapes,
-        ranges=ranges,
+        ranges=chosen.ranges,
+        clipped=chosen.clipped,
     )
 
 

@@ -17,7 +17,8 @@ from lepton_edge.core.fileio import atomic_write
 Method = Literal["minmax", "entropy", "percentile"]
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 FORMAT_VERSION = 1
-"""Version of the table's JSON layout; :func:`load_table` refuses any other."""
+"""Version of the table's JSON layout; :func:`load_table` refuses any other. Optional fields added since
+(``clipped``) keep it: tables written before them load unchanged."""
 
 
 class CalibrationTable(BaseModel):
@@ -46,8 +47,13 @@ class CalibrationTable(BaseModel):
     ranges: dict[str, tuple[float, float]] = Field(
         description="Per tensor name: the (min, max) activation range, float32 values."
     )
+    clipped: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Tensors whose range in ranges keeps less than half of their observed maximum absolute "
+        "value: their observed (min, max). Written only when not empty.",
+    )
 
-    @field_validator("ranges")
+    @field_validator("ranges", "clipped")
     @classmethod
     def _ranges_ordered(cls, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
         for name, (lo, hi) in ranges.items():
@@ -57,10 +63,12 @@ class CalibrationTable(BaseModel):
 
 
 def write_table(table: CalibrationTable, path: str | Path) -> Path:
-    """Write the table as indented JSON (atomically and durably: a reader never sees half a file)."""
+    """Write the table as indented JSON (atomically and durably: a reader never sees half a file). An empty
+    ``clipped`` is left out, so such a table reads as before in versions that predate the field."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, (json.dumps(table.model_dump(mode="json"), indent=2) + "\n").encode())
+    data = table.model_dump(mode="json", exclude=None if table.clipped else {"clipped"})
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
     return path
 
 
