@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from lepton_edge.engines.artifacts import Manifest, describe_artifact, read_manifest
-from lepton_edge.engines.onnx_tools import describe_model, inspect_onnx, unsupported_ops
+from lepton_edge.engines.onnx_tools import (
+    describe_model,
+    explain_unsupported,
+    inspect_onnx,
+    runtime_warnings,
+    unsupported_ops,
+)
 
 DESCRIPTION = "Show an artifact (and whether it matches this machine) or an ONNX model."
 EPILOG = """examples:
@@ -15,7 +21,8 @@ EPILOG = """examples:
   lepton-edge inspect models/shapes_detector.onnx   # inputs, outputs, opset, metadata, operators
   lepton-edge inspect out/artifacts/shapes-int8 --json
 
-Exit status 1 when an artifact does not match this machine (each mismatched field is listed).
+Exit status 1 when an artifact does not match this machine (each mismatched field is listed), or when
+onnxruntime cannot create a session for a model (its unsupported or custom operators are named).
 """
 
 
@@ -44,10 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     model = inspect_onnx(path)
     described = describe_model(model)
-    described["unsupported_ops"] = {"onnxruntime-cpu": unsupported_ops(model, "onnxruntime-cpu")}
+    missing = unsupported_ops(model, "onnxruntime-cpu")
+    described["unsupported_ops"] = {"onnxruntime-cpu": missing}
+    described["warnings"] = runtime_warnings(model)
     if args.json:
         print(json.dumps(described, indent=2, default=str))
-        return 0
+        return 1 if missing else 0
     print(f"model:       {path} ({described['size_bytes']} bytes, sha256 {model.sha256[:16]})")
     print(f"opset:       {model.opset} (ir {model.ir_version}, producer {model.producer or '-'})")
     for spec in described["inputs"]:
@@ -56,11 +65,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"output:      {spec['name']} {spec['shape']} {spec['dtype']}")
     print(f"quantized:   {'yes (Q/DQ)' if model.has_qdq else 'no'}")
     print(f"operators:   {', '.join(f'{op} x{n}' for op, n in sorted(model.ops.items()))}")
-    missing = described["unsupported_ops"]["onnxruntime-cpu"]
     print(f"onnxruntime: {'cannot run ' + ', '.join(missing) if missing else 'all operators supported'}")
     for key, value in model.metadata.items():
         print(f"metadata:    {key} = {value[:100]}")
-    return 0
+    if missing:
+        print(f"error:       {explain_unsupported(missing)}")
+    for warning in described["warnings"]:
+        print(f"warning:     {warning}")
+    return 1 if missing else 0
 
 
 def format_manifest(m: Manifest) -> str:

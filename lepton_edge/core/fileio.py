@@ -8,6 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from lepton_edge.core.errors import ModelError
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+"""How a Git LFS pointer file starts (a small text file that stands in for the real one until `git lfs pull`)."""
+
 
 def fsync_path(path: str | Path) -> None:
     """fsync a file or a folder (a folder's fsync makes renames and creations inside it durable)."""
@@ -56,3 +61,19 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def is_lfs_pointer(path: str | Path) -> bool:
+    """True when ``path`` is a Git LFS pointer file instead of the content it points to."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
+    except OSError:
+        return False
+
+
+def refuse_lfs_pointer(path: str | Path) -> None:
+    """Raise :class:`ModelError` when the model file at ``path`` is a Git LFS pointer, not the model."""
+    if is_lfs_pointer(path):
+        raise ModelError(f"{path}: this is a Git LFS pointer, not the model: run `git lfs pull` (in the "
+                         "repository it came from) to fetch the model itself")

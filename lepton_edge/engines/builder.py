@@ -42,7 +42,7 @@ from lepton_edge.engines.artifacts import (
 )
 from lepton_edge.engines.calibration import calibrate, load_table, quantize_qdq, write_tensorrt_cache
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare
-from lepton_edge.engines.onnx_tools import inspect_onnx, unsupported_ops
+from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
 from lepton_edge.engines.options import BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
 from lepton_edge.runtime.backends import create_backend
@@ -229,8 +229,7 @@ def _check_target_runs(model: Path, info: Any, target: str) -> None:
         return
     missing = unsupported_ops(info, "onnxruntime-cpu")
     if missing:
-        raise ModelError(f"{model}: onnxruntime cannot run these operators: {', '.join(missing)}; "
-                         "re-export the model without them (another opset, or simpler layers)")
+        raise ModelError(f"{model}: {explain_unsupported(missing)}")
 
 
 def _int8_table(model: Path, info: Any, options: BuildOptions, report: Callable[[str], None],
@@ -241,11 +240,23 @@ def _int8_table(model: Path, info: Any, options: BuildOptions, report: Callable[
     if info.has_qdq:
         report("model is already quantized (Q/DQ): using its own scales")
         return None
+    _refuse_float16_inputs(model, info)
     table = _calibrate(model, info, options, report, show_bar)
     if getattr(table, "samples", 1) <= 0:
         raise ModelError(f"{model}: the calibration set is empty (0 samples); give calibration data with "
                          "images the model sees in production")
     return table
+
+
+def _refuse_float16_inputs(model: Path, info: Any) -> None:
+    """int8 calibrates and quantizes from fp32 activations: a model with fp16 inputs is refused before that."""
+    names = float16_inputs(info)
+    if names:
+        raise ModelError(
+            f"{model}: int8 cannot be built from a model with fp16 inputs ({', '.join(names)}): calibration and "
+            "quantization start from the fp32 model. Re-export the model in fp32 (e.g. Ultralytics without "
+            "half=True) and build int8 from that; this model can be built as fp32 (or fp16 for tensorrt)"
+        )
 
 
 def _build_onnxruntime(model: Path, info: Any, dest: Path, table: Any, report: Callable[[str], None]) -> BuilderInfo:

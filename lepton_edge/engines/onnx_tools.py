@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from lepton_edge.core.errors import ConfigError, ModelError
-from lepton_edge.core.fileio import sha256_file
+from lepton_edge.core.fileio import refuse_lfs_pointer, sha256_file
 from lepton_edge.core.tensors import Dim, TensorSpec
+from lepton_edge.runtime.backends.onnxruntime import custom_op_reason
+from lepton_edge.runtime.postprocess import TASK_KEY, infer_task
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ TARGETS = ("onnxruntime-cpu",)
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_UNSORTED = "must be topologically sorted"
+"""The ONNX checker's complaint about node order, which onnxruntime and TensorRT sort out themselves."""
 
 
 @dataclass
@@ -200,9 +204,10 @@ def inspect_onnx(path: str | Path, *, allowed_opsets: range = SUPPORTED_OPSETS) 
         raise ModelError(f"{path}: is a folder, not an ONNX model file; give the .onnx file inside it")
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
+    refuse_lfs_pointer(path)
     model = _load_proto(path)
     external = _external_files(model, path)
-    _check_model(path)
+    _check_model(path, model)
     opsets = {("" if o.domain in _DEFAULT_DOMAINS else o.domain): int(o.version) for o in model.opset_import}
     opset = _default_opset(path, opsets, allowed_opsets)
     inputs, outputs = _graph_io(path, model.graph)
@@ -225,17 +230,62 @@ def inspect_onnx(path: str | Path, *, allowed_opsets: range = SUPPORTED_OPSETS) 
     )
 
 
-def _check_model(path: Path) -> None:
-    """Run the ONNX checker (by path, so that external data, already validated, is found next to the model)."""
+def _check_model(path: Path, model) -> None:  # model: onnx.ModelProto, external data not loaded
+    """Run the ONNX checker (by path, so that external data, already validated, is found next to the model).
+
+    Nodes out of topological order (fp16 converters append their input casts at the end, e.g. Ultralytics
+    ``half=True``) are accepted when the graph, sorted, passes the checker: onnxruntime and TensorRT sort it.
+    """
     import onnx
 
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError) as e:
+        if _UNSORTED in str(e) and _passes_when_sorted(path, model):
+            log.debug("%s: nodes are not in topological order; accepted (sorted, the graph is valid)", path)
+            return
         raise ModelError(
             f"{path}: the ONNX checker rejects this model ({str(e).strip().splitlines()[0][:300]}); it is "
             "truncated or invalid. Export it again (and check it with onnx.checker.check_model)"
         ) from None
+
+
+def _passes_when_sorted(path: Path, model) -> bool:  # model: onnx.ModelProto
+    """True when ``model`` with its main graph's nodes topologically sorted passes the ONNX checker."""
+    import onnx
+    import onnx.external_data_helper
+
+    ordered = onnx.ModelProto()
+    ordered.CopyFrom(model)
+    graph = ordered.graph
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    nodes = _topological_order(list(graph.node), available)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(ordered, str(path.parent))
+        onnx.checker.check_model(ordered)
+    except (onnx.checker.ValidationError, ValueError, OSError):
+        return False
+    return True
+
+
+def _topological_order(nodes: list, available: set[str]) -> list:  # onnx.NodeProto
+    """``nodes`` reordered so that each comes after the producers of its inputs (stable; unresolvable ones last)."""
+    ordered: list = []
+    pending = nodes
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in available for name in node.input if name):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            return ordered + waiting
+        pending = waiting
+    return ordered
 
 
 def _default_opset(path: Path, opsets: dict[str, int], allowed_opsets: range) -> int:
@@ -341,6 +391,40 @@ def unsupported_ops(info: ModelInfo, target: str) -> list[str]:
     if missing:
         return sorted(missing)
     return _session_check(info)
+
+
+def explain_unsupported(ops: list[str]) -> str:
+    """Op keys from :func:`unsupported_ops` in words: custom-domain ones named as custom operators, with why."""
+    standard = [key for key in ops if ":" not in key]
+    advice = [custom_op_reason(*key.rsplit(":", 1)) for key in ops if ":" in key]
+    if standard:
+        advice.insert(0, f"re-export the model without {'them' if len(standard) == len(ops) else ', '.join(standard)}"
+                         " (another opset, or simpler layers)")
+    return f"onnxruntime cannot run these operators: {', '.join(ops)}; {'; '.join(advice)}"
+
+
+def float16_inputs(info: ModelInfo) -> list[str]:
+    """Names of the model's fp16 inputs."""
+    return [spec.name for spec in info.inputs if spec.dtype == np.float16]
+
+
+def runtime_warnings(info: ModelInfo) -> list[str]:
+    """What the runtime will not do with this model on its own: several inputs, outputs it cannot decode."""
+    warnings = []
+    if len(info.inputs) > 1:
+        names = ", ".join(spec.name for spec in info.inputs)
+        warnings.append(f"the model has {len(info.inputs)} inputs ({names}); the pipeline feeds one image, so "
+                        "it runs only on tensor data (.npz with one array per input), not on camera or video frames")
+    try:
+        task = infer_task(info.outputs, info.metadata)
+    except ModelError as e:
+        return [*warnings, str(e)]
+    if task == "raw" and info.metadata.get(TASK_KEY) != "raw":  # raw on purpose is not worth a warning
+        shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in info.outputs)
+        warnings.append(f"the runtime cannot decode these outputs ({shapes}) as a classifier or detector; "
+                        "results pass through raw. Set postprocess.type (or model metadata lepton.task) if "
+                        "they are one of the supported layouts")
+    return warnings
 
 
 def _session_check(info: ModelInfo) -> list[str]:

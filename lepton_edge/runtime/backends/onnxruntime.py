@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
 from lepton_edge.config.pipeline import OnnxRuntimeBackendConfig
 from lepton_edge.core.errors import ModelError
+from lepton_edge.core.fileio import refuse_lfs_pointer
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.runtime import platform  # the module, not names: platform imports this package
 from lepton_edge.runtime.backends.base import Backend
@@ -28,6 +30,28 @@ _ORT_TYPES = {
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
+
+_UNREGISTERED_OP = re.compile(r"([\w.\-]+):(\w+)\(-?\d+\) is not a registered function/op")
+"""onnxruntime's load error for a node in a domain it has no kernels for (``com.example:MyOp(-1) is ...``)."""
+
+
+def custom_op_reason(domain: str, op: str) -> str:
+    """Why onnxruntime cannot run the custom operator ``domain::op``, and what to do."""
+    return (f"custom operator {domain}::{op} (domain {domain}): onnxruntime has no kernel for it; it needs the "
+            "runtime or plugin library it was written for (e.g. a TensorRT plugin: build for tensorrt), or "
+            "re-export the model with standard ONNX operators only")
+
+
+def load_error(model_path: Path, error: Exception) -> ModelError:
+    """The ModelError for an onnxruntime session that could not be created from ``model_path``."""
+    text = str(error).strip()
+    custom = _UNREGISTERED_OP.search(text)
+    if custom:
+        return ModelError(f"{model_path}: onnxruntime cannot load this model: {custom_op_reason(*custom.groups())}")
+    return ModelError(
+        f"{model_path}: onnxruntime cannot load this model: {text[:500]}\n"
+        "Check that it is a complete ONNX file (re-export it) and that its opset is supported."
+    )
 
 
 def _spec(arg: object) -> TensorSpec:
@@ -73,6 +97,7 @@ class OnnxRuntimeBackend(Backend):
 
         if not self.model_path.is_file():
             raise ModelError(f"{self.model_path}: model file not found")
+        refuse_lfs_pointer(self.model_path)
         available = ort.get_available_providers()
         providers = [p for p in self.config.providers if p in available]
         for p in self.config.providers:
@@ -84,10 +109,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(self.model_path), self.session_options(), providers=providers)
         except Exception as e:  # onnxruntime raises several unrelated types for bad models
-            raise ModelError(
-                f"{self.model_path}: onnxruntime cannot load this model: {str(e).strip()[:500]}\n"
-                "Check that it is a complete ONNX file (re-export it) and that its opset is supported."
-            ) from None
+            raise load_error(self.model_path, e) from None
         self.providers = self.session.get_providers()
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
