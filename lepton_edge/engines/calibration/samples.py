@@ -148,7 +148,7 @@ class Feeds:
 
     def _make_preprocessor(self) -> None:
         config = preprocess_from_metadata(self.preprocess_requested or PreprocessConfig(), self.metadata)
-        self.preprocessor = Preprocessor(self.inputs[0], config)
+        self.preprocessor = Preprocessor(self.inputs[0], config, metadata=self.metadata)
         self.buffer = self.preprocessor.new_buffer()
 
     def _plan_tensors(self) -> None:
