@@ -1,4 +1,4 @@
-"""`lepton-edge compare`: accuracy (and speed) of a candidate engine against its fp32 reference."""
+"""`lepton-edge compare`: fidelity, accuracy (and speed) of a candidate engine against its fp32 reference."""
 
 from __future__ import annotations
 
@@ -9,26 +9,31 @@ from typing import Any
 
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare, measure_throughput, open_engine
 
-DESCRIPTION = "Accuracy (and --bench speed) of a candidate engine against its fp32 reference."
+DESCRIPTION = ("Fidelity (no labels needed), accuracy on labelled data (and --bench speed) of a candidate engine "
+               "against its fp32 reference.")
 EPILOG = """examples:
   lepton-edge compare --reference models/digits_classifier.onnx --candidate out/artifacts/digits-int8 \\
       --data models/digits_heldout.npz
   lepton-edge compare --reference models/shapes_detector.onnx --candidate out/artifacts/shapes-int8 \\
       --data calibration/shapes_heldout.json --samples 100 --bench
   lepton-edge compare --reference model.onnx --candidate model_int8.onnx --data heldout.npz --json
+  lepton-edge compare --reference yolov8n.onnx --candidate out/artifacts/yolov8n-int8 --data frames/
 
-The candidate is an artifact directory (from `lepton-edge build`) or another ONNX file. Data formats:
-docs/build.md. --bench adds fp32 vs candidate throughput measured in interleaved rounds.
+The candidate is an artifact directory (from `lepton-edge build`) or another ONNX file. The data is a
+labelled held-out set (adds the accuracy of both models) or anything the runtime reads: an image or
+folder, a video, a .npy/.npz recording (fidelity only: the reference's own outputs are the truth). Data
+formats: docs/build.md. --bench adds fp32 vs candidate throughput measured in interleaved rounds.
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", required=True, type=Path, help="the fp32 ONNX model")
     p.add_argument("--candidate", required=True, type=Path, help="artifact directory or ONNX model to check")
-    p.add_argument("--data", required=True, type=Path, help="labelled held-out data (.npz or shapes .json)")
+    p.add_argument("--data", required=True, help="labelled held-out data (.npz or shapes .json), or unlabelled "
+                   "images, a folder, a video or a .npy/.npz recording")
     p.add_argument("--samples", type=int, help="use only the first N samples")
-    p.add_argument("--max-drop", type=float, help="also apply the accuracy gate: exit 3 when the candidate "
-                   "loses more than this many points")
+    p.add_argument("--max-drop", type=float, help="also apply the accuracy gate (labelled data only): exit 3 "
+                   "when the candidate loses more than this many points")
     p.add_argument("--bench", action="store_true", help="also measure reference vs candidate throughput")
     p.add_argument("--rounds", type=int, default=7, help="interleaved benchmark rounds (default 7)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -1,58 +1,84 @@
-"""Compare a candidate engine with its fp32 reference on labelled held-out data; the accuracy gate.
+"""Compare a candidate engine with its fp32 reference; the accuracy gate.
 
-Both models see the same preprocessed inputs (the runtime's own :class:`Preprocessor`, configured from
-the reference model's metadata). The report has, per output, the cosine similarity and the largest
-absolute difference, and the task metric against the labels for both models: top-1 accuracy (plus
-the agreement of the two) for classifiers, mAP@0.5 for detectors (through the runtime's detection
-postprocessor at confidence 0.001).
+Both models see the same inputs: images through the runtime's own :class:`Preprocessor` (configured from
+the reference model's metadata), recorded tensors as they are. The data is a labelled held-out set
+(``datasets.load_labelled``) or anything the runtime reads as a source (an image or folder, a video, a
+``.npy``/``.npz`` recording). The report has, per output, cosine similarity and absolute and relative error;
+label-free fidelity (``fidelity.py``: mAP@0.5 against the reference's own detections and the boxes kept,
+top-1 agreement, thresholded agreement); and, with labels, the task metric of both models: top-1 accuracy
+for classifiers, mAP@0.5 for detectors (through the runtime's detection postprocessor at confidence 0.001).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lepton_edge.config.pipeline import BackendConfig, DetectConfig, OnnxRuntimeBackendConfig, PreprocessConfig
-from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.config.pipeline import (
+    BackendConfig,
+    DetectConfig,
+    OnnxRuntimeBackendConfig,
+    PreprocessConfig,
+    SourceConfig,
+)
+from lepton_edge.core.errors import ConfigError, ModelError, SourceError
 from lepton_edge.engines.artifacts import backend_config_for, open_artifact, read_manifest
 from lepton_edge.engines.evaluation.accuracy import mean_average_precision, top1_accuracy
 from lepton_edge.engines.evaluation.datasets import load_labelled
+from lepton_edge.engines.evaluation.fidelity import (
+    FidelityReport,
+    OutputDiff,
+    OutputErrors,
+    classification_report,
+    detection_report,
+    raw_report,
+)
 from lepton_edge.runtime.assembly import preprocess_from_metadata
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.base import Backend
+from lepton_edge.runtime.input_size import feed_shape
 from lepton_edge.runtime.labels import labels_from_metadata
+from lepton_edge.runtime.pipeline import tensor_into
 from lepton_edge.runtime.postprocess import create_postprocessor, infer_task
 from lepton_edge.runtime.postprocess.classify import class_vector
-from lepton_edge.runtime.preprocess import Preprocessor
+from lepton_edge.runtime.preprocess import Preprocessor, Transform
+from lepton_edge.runtime.sources import Source, create_source
+
+__all__ = [
+    "CompareReport",
+    "FidelityReport",
+    "OutputDiff",
+    "accuracy_gate",
+    "compare",
+    "compare_many",
+    "measure_throughput",
+    "open_engine",
+]
 
 log = logging.getLogger(__name__)
 
 EVAL_CONF_THRESHOLD = 0.001
 EVAL_MAX_DETECTIONS = 100
 METRIC_NAMES = {"classify": "top-1", "detect": "mAP@0.5"}
-
-
-@dataclass
-class OutputDiff:
-    """How far one candidate output is from the reference output, over all samples."""
-
-    name: str
-    cosine_mean: float
-    cosine_min: float
-    max_abs_error: float
+LABELLED_FORMATS = "labelled data (.npz with 'labels' or 'boxes', shapes .json; docs/build.md)"
 
 
 @dataclass
 class CompareReport:
-    """Result of :func:`compare`. Metric values are fractions (0..1); ``drop`` is in points (x100)."""
+    """Result of :func:`compare`. Metric values are fractions (0..1); ``drop`` is in points (x100).
+
+    Without labels (``labelled`` False) the metric values are NaN and ``fidelity`` is the verdict.
+    """
 
     reference: str
     candidate: str
@@ -66,8 +92,11 @@ class CompareReport:
     reference_value: float
     candidate_value: float
     agreement: float | None = None
-    """Classifiers: fraction of samples where both models give the same top-1 class."""
+    """Classifiers with labels: fraction of samples where both models give the same top-1 class."""
     outputs: list[OutputDiff] = field(default_factory=list)
+    fidelity: FidelityReport | None = None
+    """The candidate against the reference's own outputs; computed with or without labels."""
+    labelled: bool = True
 
     @property
     def drop(self) -> float:
@@ -77,6 +106,8 @@ class CompareReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["drop"] = self.drop
+        if not self.labelled:
+            out.update(reference_value=None, candidate_value=None, drop=None)
         return out
 
     def format(self) -> str:
@@ -84,20 +115,31 @@ class CompareReport:
         lines = [
             f"reference {self.reference_name}: {self.reference}",
             f"candidate {self.candidate_name}: {self.candidate}",
-            f"data: {self.data} ({self.samples} samples, {self.task})",
-            f"{self.metric}: reference {self.reference_value:.4f}  candidate {self.candidate_value:.4f}  "
-            f"drop {self.drop:+.2f} points",
+            f"data: {self.data} ({self.samples} samples, {self.task}{'' if self.labelled else ', no labels'})",
         ]
+        if self.labelled:
+            lines.append(f"{self.metric}: reference {self.reference_value:.4f}  candidate "
+                         f"{self.candidate_value:.4f}  drop {self.drop:+.2f} points")
         if self.agreement is not None:
             lines.append(f"top-1 agreement: {self.agreement:.4f}")
-        lines.append(f"{'output':<24} {'cosine mean':>12} {'cosine min':>12} {'max abs err':>12}")
+        if self.fidelity is not None:
+            lines.append(self.fidelity.format())
+        lines.append(f"{'output':<24} {'cosine mean':>12} {'cosine min':>12} {'max abs err':>12} "
+                     f"{'mean abs err':>12} {'max rel err':>12} {'mean rel err':>12} {'agreement':>10}")
         for o in self.outputs:
-            lines.append(f"{o.name:<24} {o.cosine_mean:>12.6f} {o.cosine_min:>12.6f} {o.max_abs_error:>12.6g}")
+            lines.append(f"{o.name:<24} {o.cosine_mean:>12.6f} {o.cosine_min:>12.6f} {o.max_abs_error:>12.6g} "
+                         f"{o.mean_abs_error:>12.6g} {o.max_rel_error:>12.6g} {o.mean_rel_error:>12.6g} "
+                         f"{o.agreement:>10.4f}")
         return "\n".join(lines)
 
 
 def accuracy_gate(report: CompareReport, max_drop: float) -> None:
     """Raise ModelError when the candidate loses more than ``max_drop`` points against the reference."""
+    if not report.labelled:
+        raise ModelError(
+            f"{report.data}: the accuracy gate needs {LABELLED_FORMATS}; this data has no labels, so only the "
+            "fidelity figures are reported"
+        )
     if not math.isfinite(report.reference_value) or not math.isfinite(report.candidate_value):
         raise ModelError(
             f"{report.data}: {report.metric} is undefined on this data (no labelled objects?); the accuracy "
@@ -110,6 +152,110 @@ def accuracy_gate(report: CompareReport, max_drop: float) -> None:
             f"(data: {report.data}, {report.samples} samples). Try another calibration method or more "
             "calibration samples, a larger max_accuracy_drop, or a higher precision."
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading data: labelled sets, or anything the runtime reads as a source
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Samples:
+    """Frames with their labels (None without) and how they reach the model."""
+
+    items: Iterator[tuple[np.ndarray, Any]]
+    kind: str
+    """"image": preprocessed like the runtime does; "tensor": recorded tensors, fed as they are."""
+    task: str | None
+    """The labelled set's task; None for unlabelled data."""
+    sha256: str
+    close: Callable[[], None]
+
+
+LABELLED_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
+DATA_YAML_NAMES = ("data.yaml", "data.yml")
+
+
+def _is_labelled(path: Path) -> bool:
+    """A .json or .yaml set (``data.yaml:val`` too), a folder holding a data.yaml, or a .npz holding labels or
+    boxes; anything else (a .npz without them is a tensor recording) is read as a source."""
+    if path.is_dir():
+        return any((path / name).is_file() for name in DATA_YAML_NAMES)
+    base, colon, _ = str(path).rpartition(":")
+    suffix = Path(base if colon and not path.exists() else path).suffix.lower()
+    if suffix in LABELLED_SUFFIXES:
+        return True
+    if suffix != ".npz" or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return bool({"labels.npy", "boxes.npy"} & set(archive.namelist()))
+
+
+def _open_samples(data: str, samples: int | None) -> _Samples:
+    if _is_labelled(Path(data)):
+        dataset = load_labelled(data)
+        return _Samples(dataset.take(samples), "image", dataset.task, dataset.sha256, lambda: None)
+    source = _open_source(data)
+    if not source.finite and samples is None:
+        source.close()
+        raise ConfigError(f"{data}: a live or endless source; give the number of samples to compare (--samples N)")
+    return _Samples(_frames(source, samples), source.kind, None, _content_sha256(data), source.close)
+
+
+def _open_source(data: str) -> Source:
+    try:
+        source = create_source(SourceConfig(uri=data))
+        source.open()
+    except SourceError as e:
+        raise ConfigError(f"{data}: neither {LABELLED_FORMATS} nor a source the runtime can read: {e}") from None
+    return source
+
+
+def _frames(source: Source, samples: int | None) -> Iterator[tuple[np.ndarray, None]]:
+    count = 0
+    while samples is None or count < samples:
+        frame = source.read()
+        if frame is None:
+            return
+        count += 1
+        yield frame, None
+
+
+def _content_sha256(data: str) -> str:
+    """sha256 of a file's bytes, of a folder's file names and bytes (name order), else of the URI itself."""
+    digest = hashlib.sha256()
+    path = Path(data)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        digest.update(data.encode())
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Feeder:
+    """Fills the model's input buffer from one frame, the way the runtime does; returns the geometry."""
+
+    def __init__(self, backend: Backend, kind: str, preprocess: PreprocessConfig | None) -> None:
+        spec = backend.inputs[0]
+        self.pre: Preprocessor | None = None
+        if kind == "image":
+            config = preprocess_from_metadata(preprocess or PreprocessConfig(), backend.metadata)
+            self.pre = Preprocessor(spec, config, metadata=backend.metadata)
+            self.buffer = self.pre.new_buffer()
+        else:
+            shape = feed_shape(spec, backend.metadata) or tuple(
+                d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+            self.buffer = np.zeros(shape, spec.dtype)
+
+    def __call__(self, frame: np.ndarray) -> Transform:
+        if self.pre is not None:
+            return self.pre(frame, self.buffer)
+        tensor_into(frame, self.buffer)
+        height, width = frame.shape[:2] if frame.ndim >= 2 else (1, 1)
+        return Transform.identity(width, height)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,49 +292,32 @@ def open_engine(path: str | Path) -> Backend:
     return _open(Path(path), None, None).backend
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.reshape(-1).astype(np.float64)
-    b = b.reshape(-1).astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 and nb == 0:
-        return 1.0
-    if na == 0 or nb == 0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
 class _Tally:
     """Per-output differences and task predictions of one model against the reference."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self.cosines: list[list[float]] = [[] for _ in names]
-        self.max_abs = [0.0] * len(names)
+        self.errors = [OutputErrors(name) for name in names]
         self.predictions: list[Any] = []
 
     def add(self, ref: list[np.ndarray], got: list[np.ndarray]) -> None:
         for i, (r, g) in enumerate(zip(ref, got, strict=True)):
-            r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
-            if r64.shape != g64.shape:
+            if np.shape(r) != np.shape(g):
                 raise ModelError(
-                    f"output {self.names[i]!r} has shape {list(g64.shape)} in the candidate but "
-                    f"{list(r64.shape)} in the reference; they are not the same model"
+                    f"output {self.names[i]!r} has shape {list(np.shape(g))} in the candidate but "
+                    f"{list(np.shape(r))} in the reference; they are not the same model"
                 )
-            self.cosines[i].append(_cosine(r64, g64))
-            if r64.size:
-                self.max_abs[i] = max(self.max_abs[i], float(np.max(np.abs(r64 - g64))))
+            self.errors[i].add(r, g)
 
     def diffs(self) -> list[OutputDiff]:
-        return [
-            OutputDiff(name, float(np.mean(c)) if c else float("nan"), float(np.min(c)) if c else float("nan"),
-                       self.max_abs[i])
-            for i, (name, c) in enumerate(zip(self.names, self.cosines, strict=True))
-        ]
+        return [errors.diff() for errors in self.errors]
 
 
 def _postprocessor(task: str, reference: Backend, backend: Backend) -> Callable[[list[np.ndarray], Any], Any]:
     if task == "classify":
-        return lambda outputs, transform: int(np.argmax(class_vector(outputs[0])))
+        return lambda outputs, transform: np.array(class_vector(outputs[0]))
+    if task == "raw":
+        return lambda outputs, transform: None
     metadata = {**reference.metadata, **backend.metadata}
     config = DetectConfig(type="detect", conf_threshold=EVAL_CONF_THRESHOLD, max_detections=EVAL_MAX_DETECTIONS)
     return create_postprocessor(config, backend.outputs, metadata, labels_from_metadata(metadata))
@@ -204,6 +333,14 @@ def _check_task(task: str, reference: Backend, data_path: str) -> None:
         )
 
 
+def _task(inputs: _Samples, reference: Backend, data_path: str) -> str:
+    """The labelled set's task (checked against the model), else the reference model's own."""
+    if inputs.task is None:
+        return infer_task(reference.outputs, reference.metadata)
+    _check_task(inputs.task, reference, data_path)
+    return inputs.task
+
+
 def _metric(task: str, predictions: list[Any], labels: list[Any]) -> float:
     if task == "classify":
         return top1_accuracy(np.array(predictions), np.array(labels))
@@ -213,10 +350,71 @@ def _metric(task: str, predictions: list[Any], labels: list[Any]) -> float:
     return mean_average_precision(predictions, labels, num_classes)["map"]
 
 
+def _fidelity(task: str, reference: list[Any], tally: _Tally) -> FidelityReport:
+    outputs = tally.diffs()
+    if task == "detect":
+        return detection_report(reference, tally.predictions, outputs)
+    if task == "classify":
+        return classification_report(reference, tally.predictions, outputs)
+    return raw_report(outputs, len(reference))
+
+
+@dataclass
+class _Run:
+    """Everything one pass over the data collects."""
+
+    task: str
+    reference: list[Any]
+    labels: list[Any]
+    tallies: dict[str, _Tally]
+
+
+def _run(task: str, inputs: _Samples, ref: Backend, cands: dict[str, _Opened],
+         preprocess: PreprocessConfig | None) -> _Run:
+    """Both models on every sample: reference predictions, labels, and each candidate's tally."""
+    feed = _Feeder(ref, inputs.kind, preprocess)
+    ref_post = _postprocessor(task, ref, ref)
+    posts = {key: _postprocessor(task, ref, c.backend) for key, c in cands.items()}
+    run = _Run(task, [], [], {key: _Tally([s.name for s in ref.outputs]) for key in cands})
+    ref_input = ref.inputs[0].name
+    for frame, label in inputs.items:
+        transform = feed(frame)
+        ref_out = ref.infer({ref_input: feed.buffer})
+        run.reference.append(ref_post(ref_out, transform))
+        run.labels.append(label)
+        for key, cand in cands.items():
+            spec = cand.backend.inputs[0]
+            buffer = feed.buffer if feed.buffer.dtype == spec.dtype else feed.buffer.astype(spec.dtype)
+            out = cand.backend.infer({spec.name: buffer})
+            run.tallies[key].add(ref_out, out)
+            run.tallies[key].predictions.append(posts[key](out, transform))
+    return run
+
+
+def _reports(run: _Run, inputs: _Samples, reference: Path, reference_name: str, data: str,
+             cands: dict[str, _Opened]) -> dict[str, CompareReport]:
+    labelled = inputs.task is not None
+    nan = float("nan")
+    ref_value = _metric(run.task, run.reference, run.labels) if labelled else nan
+    reports = {}
+    for key, cand in cands.items():
+        tally = run.tallies[key]
+        fidelity = _fidelity(run.task, run.reference, tally)
+        reports[key] = CompareReport(
+            reference=str(reference), candidate=cand.where, reference_name=reference_name,
+            candidate_name=cand.name, data=data, data_sha256=inputs.sha256, task=run.task,
+            samples=len(run.labels), metric=METRIC_NAMES.get(run.task, "none"), reference_value=ref_value,
+            candidate_value=_metric(run.task, tally.predictions, run.labels) if labelled else nan,
+            agreement=fidelity.agreement if labelled and run.task == "classify" else None,
+            outputs=tally.diffs(), fidelity=fidelity, labelled=labelled,
+        )
+    return reports
+
+
 def compare_many(
     reference: Path,
     candidates: dict[str, Path | Backend],
-    data: Path,
+    data: str | Path,
     *,
     samples: int | None = None,
     preprocess: PreprocessConfig | None = None,
@@ -225,56 +423,23 @@ def compare_many(
 ) -> dict[str, CompareReport]:
     """:func:`compare` for several candidates in one pass over the data (the reference runs once)."""
 
-    dataset = load_labelled(data)
+    inputs = _open_samples(str(data), samples)
     opened: list[_Opened] = []
     try:
         ref = _open(Path(reference), reference_name, None)
         opened.append(ref)
         cands = {key: _open(value, key, backend_config) for key, value in candidates.items()}
         opened.extend(cands.values())
-        _check_task(dataset.task, ref.backend, str(data))
+        task = _task(inputs, ref.backend, str(data))
         if len(ref.backend.inputs) != 1:
             raise ModelError(f"{reference}: compare feeds one image input; the model has "
                              f"{[s.name for s in ref.backend.inputs]}")
-        pre = Preprocessor(ref.backend.inputs[0], preprocess_from_metadata(preprocess or PreprocessConfig(),
-                                                                           ref.backend.metadata),
-                           metadata=ref.backend.metadata)
-        buffer = pre.new_buffer()
-        ref_post = _postprocessor(dataset.task, ref.backend, ref.backend)
-        posts = {key: _postprocessor(dataset.task, ref.backend, c.backend) for key, c in cands.items()}
-        tallies = {key: _Tally([s.name for s in ref.backend.outputs]) for key in cands}
-        ref_predictions: list[Any] = []
-        labels: list[Any] = []
-        ref_input = ref.backend.inputs[0].name
-        for image, label in dataset.take(samples):
-            transform = pre(image, buffer)
-            ref_out = ref.backend.infer({ref_input: buffer})
-            ref_predictions.append(ref_post(ref_out, transform))
-            labels.append(label)
-            for key, cand in cands.items():
-                spec = cand.backend.inputs[0]
-                feed = buffer if buffer.dtype == spec.dtype else buffer.astype(spec.dtype)
-                out = cand.backend.infer({spec.name: feed})
-                tallies[key].add(ref_out, out)
-                tallies[key].predictions.append(posts[key](out, transform))
-        if not labels:
+        run = _run(task, inputs, ref.backend, cands, preprocess)
+        if not run.labels:
             raise ConfigError(f"{data}: no samples to compare (samples={samples})")
-        ref_value = _metric(dataset.task, ref_predictions, labels)
-        reports = {}
-        for key, cand in cands.items():
-            tally = tallies[key]
-            agreement = None
-            if dataset.task == "classify":
-                agreement = float(np.mean(np.array(tally.predictions) == np.array(ref_predictions)))
-            reports[key] = CompareReport(
-                reference=str(reference), candidate=cand.where, reference_name=reference_name,
-                candidate_name=cand.name, data=str(data), data_sha256=dataset.sha256, task=dataset.task,
-                samples=len(labels), metric=METRIC_NAMES[dataset.task], reference_value=ref_value,
-                candidate_value=_metric(dataset.task, tally.predictions, labels), agreement=agreement,
-                outputs=tally.diffs(),
-            )
-        return reports
+        return _reports(run, inputs, reference, reference_name, str(data), cands)
     finally:
+        inputs.close()
         for o in opened:
             if o.owned:
                 o.backend.close()
@@ -283,7 +448,7 @@ def compare_many(
 def compare(
     reference: Path,
     candidate: Path | Backend,
-    data: Path,
+    data: str | Path,
     *,
     samples: int | None = None,
     preprocess: PreprocessConfig | None = None,
@@ -291,10 +456,12 @@ def compare(
     candidate_name: str | None = None,
 ) -> CompareReport:
     """Run the fp32 ``reference`` ONNX and ``candidate`` (artifact dir, ONNX file or loaded Backend) on the
-    same preprocessed samples of the labelled set ``data``; see :class:`CompareReport`.
+    same samples of ``data``; see :class:`CompareReport`.
 
-    ``samples`` limits the number of samples (all by default); ``backend_config`` is used to open an
-    artifact or ONNX candidate (by default from the artifact's target).
+    ``data`` is a labelled set (then the task metric of both models is measured too) or anything the
+    runtime reads as a source: an image or folder of images, a video, a ``.npy``/``.npz`` recording (then
+    only fidelity and per-output errors). ``samples`` limits the number of samples (all by default);
+    ``backend_config`` is used to open an artifact or ONNX candidate (by default from the artifact's target).
     """
     key = candidate_name or "candidate"
     reports = compare_many(reference, {key: candidate}, data, samples=samples, preprocess=preprocess,
