@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "calibrate": "measure INT8 activation ranges: calibration table, TensorRT cache, QDQ model",
     "build": "build an engine artifact (engine + manifest.json) from an ONNX model",
     "inspect": "show an artifact (and whether it matches this machine) or an ONNX model",
-    "compare": "accuracy (and --bench speed) of a candidate engine vs its fp32 reference",
+    "compare": "fidelity (and accuracy, --bench speed) of a candidate engine vs its fp32 reference",
     "scheduler": "run a fleet scheduler replica (ingestion, placement, failover, API)",
     "simulate": "simulate a fleet of devices speaking the real protocol",
     "demo": "the whole system on this machine: broker, scheduler, device",
