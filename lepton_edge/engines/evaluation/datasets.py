@@ -1,13 +1,15 @@
 """Labelled held-out data for the accuracy gate, ``precision: auto`` and ``lepton-edge compare``.
 
-Three formats, told apart by content (see docs/build.md):
+Five formats, told apart by suffix and content (see docs/build.md):
 
 - classification ``.npz``: ``images`` uint8 ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` (BGR) and
   ``labels`` int ``[N]``;
 - detection ``.npz``: ``images`` as above, ``boxes`` float ``[M, 4]`` (xyxy, image pixels), ``classes``
   int ``[M]`` and ``image_index`` int ``[M]`` (the image each box belongs to);
 - a JSON spec of the synthetic shapes scenes, regenerated deterministically from their seeds:
-  ``{"generator": "shapes", "width": 640, "height": 480, "seeds": [start, stop)}``.
+  ``{"generator": "shapes", "width": 640, "height": 480, "seeds": [start, stop)}``;
+- a YOLO (Ultralytics) dataset: its ``data.yaml`` (``data.yaml:val`` picks a split) or its folder (``yolo.py``);
+- COCO instances JSON with its images (``coco.py``).
 
 Images are yielded as the runtime's sources deliver frames (BGR uint8, or 2-D grey), so the model
 sees exactly the preprocessing it gets in production.
@@ -15,11 +17,8 @@ sees exactly the preprocessing it gets in production.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +26,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lepton_edge.core.errors import ConfigError
+from lepton_edge.engines.evaluation.coco import is_coco, load_coco
+from lepton_edge.engines.evaluation.labelled import GroundTruth, Label, LabelledSet, Task, data_error, sha256_bytes
+from lepton_edge.engines.evaluation.yolo import SPLITS, find_data_yaml, load_yolo
 from lepton_edge.runtime.sources.shapes import random_sample
 
-Task = Literal["classify", "detect"]
-GroundTruth = tuple[np.ndarray, np.ndarray]
-"""Detection labels of one image: boxes ``(K, 4)`` float32 xyxy and class ids ``(K,)`` int64."""
-Label = int | GroundTruth
+__all__ = ["GroundTruth", "Label", "LabelledSet", "ShapesSpec", "Task", "load_labelled", "sha256_bytes",
+           "write_detection_npz"]
 
 
 class ShapesSpec(BaseModel):
@@ -58,76 +58,62 @@ class ShapesSpec(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class LabelledSet:
-    """A labelled data set: ``len()``, indexing and iteration give ``(image, label)``.
+def load_labelled(path: str | Path, images: str | Path | None = None) -> LabelledSet:
+    """Open a labelled set; raises ConfigError saying what is wrong.
 
-    ``label`` is a class id for ``task == "classify"`` and ``(boxes, class_ids)`` for ``"detect"``.
-    ``sha256`` identifies the content (recorded in manifests next to accuracy figures).
+    ``path``: a ``.npz``, a shapes or COCO ``.json``, a YOLO ``data.yaml`` (``data.yaml:val`` names the split)
+    or a folder holding one. ``images``: the image folder of a COCO file, when not found beside it.
     """
-
-    path: Path
-    task: Task
-    size: int
-    sha256: str
-    _get: Callable[[int], tuple[np.ndarray, Any]]
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
-        if not 0 <= index < self.size:
-            raise IndexError(f"{self.path}: sample {index} out of range 0..{self.size - 1}")
-        return self._get(index)
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, Any]]:
-        return self.take(self.size)
-
-    def take(self, samples: int | None) -> Iterator[tuple[np.ndarray, Any]]:
-        """The first ``samples`` items (all when None or larger than the set)."""
-        count = self.size if samples is None else min(samples, self.size)
-        for index in range(count):
-            yield self._get(index)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fail(path: Path, problem: str) -> ConfigError:
-    return ConfigError(f"{path}: {problem}. See docs/build.md (held-out data formats).")
-
-
-def load_labelled(path: str | Path) -> LabelledSet:
-    """Open a labelled set (``.npz`` or shapes ``.json``); raises ConfigError saying what is wrong."""
-    path = Path(path)
+    path, split = _split_selection(Path(path))
+    if path.is_dir():
+        path = find_data_yaml(path) or path
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "not found"
+        what = "is a directory without a data.yaml" if path.is_dir() else "not found"
         raise ConfigError(
-            f"{path}: labelled data {what}; expected a .npz file (images + labels, or images + boxes) "
-            "or a shapes .json spec, see docs/build.md"
+            f"{path}: labelled data {what}; expected a .npz file (images + labels, or images + boxes), "
+            "a shapes or COCO .json, or a YOLO data.yaml (or its folder), see docs/build.md"
         )
     suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return load_yolo(path, split)
     if suffix == ".json":
-        return _load_shapes(path)
+        return _load_json(path, None if images is None else Path(images))
     if suffix == ".npz":
         return _load_npz(path)
-    raise ConfigError(f"{path}: unsupported labelled data file type {suffix or '(none)'!r}; use .npz or .json")
+    raise ConfigError(
+        f"{path}: unsupported labelled data file type {suffix or '(none)'!r}; use .npz, .json or a YOLO data.yaml"
+    )
 
 
-def _load_shapes(path: Path) -> LabelledSet:
+def _split_selection(path: Path) -> tuple[Path, str | None]:
+    """``data.yaml:val`` -> (``data.yaml``, ``"val"``); any other path -> (path, None)."""
+    base, colon, split = str(path).rpartition(":")
+    if colon and split in SPLITS and not path.exists():
+        return Path(base), split
+    return path, None
+
+
+def _load_json(path: Path, images: Path | None) -> LabelledSet:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _fail(path, f"not a readable JSON file ({e})") from None
+        raise data_error(path, f"not a readable JSON file ({e})") from None
+    if is_coco(raw):
+        return load_coco(path, raw, images)
+    return _load_shapes(path, raw)
+
+
+def _load_shapes(path: Path, raw: Any) -> LabelledSet:
     if not isinstance(raw, dict) or raw.get("generator") != "shapes":
         got = raw.get("generator") if isinstance(raw, dict) else type(raw).__name__
-        raise _fail(path, f'expected a JSON object with "generator": "shapes", got {got!r}')
+        raise data_error(
+            path, f'expected a JSON object with "generator": "shapes" or COCO "images" and "annotations", got {got!r}'
+        )
     try:
         spec = ShapesSpec.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'top level'}: {err['msg']}" for err in e.errors())
-        raise _fail(path, f"invalid shapes spec: {problems}") from None
+        raise data_error(path, f"invalid shapes spec: {problems}") from None
     start, stop = spec.seeds
     identity = spec.model_dump(mode="json", exclude={"description"})
 
@@ -141,27 +127,29 @@ def _load_shapes(path: Path) -> LabelledSet:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
-        raise _fail(path, "not a readable .npz file (not a zip archive); write it with numpy.savez")
+        raise data_error(path, "not a readable .npz file (not a zip archive); write it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ValueError as e:  # object arrays need pickle, which is refused
-        raise _fail(path, f"cannot read arrays without pickle ({e})") from None
+        raise data_error(path, f"cannot read arrays without pickle ({e})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise _fail(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
+        raise data_error(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
 def _check_images(path: Path, images: np.ndarray) -> None:
     ok_shape = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
     if images.dtype != np.uint8 or not ok_shape:
-        raise _fail(path, f"'images' must be uint8 [N, H, W] or [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+        raise data_error(
+            path, f"'images' must be uint8 [N, H, W] or [N, H, W, 3], got {images.dtype} {list(images.shape)}"
+        )
     if len(images) == 0:
-        raise _fail(path, "'images' is empty; the held-out set needs at least one image")
+        raise data_error(path, "'images' is empty; the held-out set needs at least one image")
 
 
 def _as_int(path: Path, name: str, array: np.ndarray, shape: str) -> np.ndarray:
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise _fail(path, f"'{name}' must be integers {shape}, got {array.dtype} {list(array.shape)}")
+        raise data_error(path, f"'{name}' must be integers {shape}, got {array.dtype} {list(array.shape)}")
     return array.astype(np.int64)
 
 
@@ -169,39 +157,39 @@ def _load_npz(path: Path) -> LabelledSet:
     arrays = _read_npz(path)
     keys = set(arrays)
     if "images" not in keys:
-        raise _fail(path, f"no 'images' array (arrays: {sorted(keys)})")
+        raise data_error(path, f"no 'images' array (arrays: {sorted(keys)})")
     images = arrays["images"]
     _check_images(path, images)
     n = len(images)
     digest = sha256_bytes(path.read_bytes())
     if "labels" in keys and "boxes" in keys:
-        raise _fail(path, "has both 'labels' (classification) and 'boxes' (detection); keep one kind")
+        raise data_error(path, "has both 'labels' (classification) and 'boxes' (detection); keep one kind")
     if "labels" in keys:
         labels = _as_int(path, "labels", arrays["labels"], "[N]")
         if len(labels) != n:
-            raise _fail(path, f"{n} images but {len(labels)} labels")
+            raise data_error(path, f"{n} images but {len(labels)} labels")
         if labels.min() < 0:
-            raise _fail(path, f"'labels' has negative class id {int(labels.min())}")
+            raise data_error(path, f"'labels' has negative class id {int(labels.min())}")
         return LabelledSet(path, "classify", n, digest, lambda i: (images[i], int(labels[i])))
     missing = {"boxes", "classes", "image_index"} - keys
     if missing:
-        raise _fail(
+        raise data_error(
             path,
             f"neither a classification set ('images', 'labels') nor a detection set ('images', 'boxes', "
             f"'classes', 'image_index'): missing {sorted(missing)} (arrays: {sorted(keys)})",
         )
     boxes = arrays["boxes"]
     if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.issubdtype(boxes.dtype, np.number):
-        raise _fail(path, f"'boxes' must be numbers [M, 4] (xyxy), got {boxes.dtype} {list(boxes.shape)}")
+        raise data_error(path, f"'boxes' must be numbers [M, 4] (xyxy), got {boxes.dtype} {list(boxes.shape)}")
     classes = _as_int(path, "classes", arrays["classes"], "[M]")
     owner = _as_int(path, "image_index", arrays["image_index"], "[M]")
     if not len(boxes) == len(classes) == len(owner):
-        raise _fail(path, f"'boxes', 'classes' and 'image_index' differ in length: "
+        raise data_error(path, f"'boxes', 'classes' and 'image_index' differ in length: "
                           f"{len(boxes)}, {len(classes)}, {len(owner)}")
     if len(owner) and (owner.min() < 0 or owner.max() >= n):
-        raise _fail(path, f"'image_index' must be in 0..{n - 1}, found {int(owner.min())}..{int(owner.max())}")
+        raise data_error(path, f"'image_index' must be in 0..{n - 1}, found {int(owner.min())}..{int(owner.max())}")
     if len(classes) and classes.min() < 0:
-        raise _fail(path, f"'classes' has negative class id {int(classes.min())}")
+        raise data_error(path, f"'classes' has negative class id {int(classes.min())}")
     boxes = boxes.astype(np.float32)
     order = np.argsort(owner, kind="stable")
     starts = np.searchsorted(owner[order], np.arange(n + 1))

@@ -1,7 +1,11 @@
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from lepton_edge.config.pipeline import DetectConfig, PreprocessConfig
 from lepton_edge.core.results import Detections
@@ -210,3 +214,89 @@ def test_bundled_shapes_detector_meets_its_card():
             truth.append((boxes, classes))
     result = mean_average_precision(predictions, truth, num_classes=len(CLASSES))
     assert result["map"] >= SHAPES_CARD_MAP50 - CARD_TOLERANCE, result
+
+
+# --- mAP from pycocotools -------------------------------------------------------------------------------------
+
+
+def _shapes_truth(count: int = 6) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [random_sample(seed, 160, 120)[1:] for seed in range(count)]
+
+
+def _as_detections(truth, shift_fraction: float = 0.0) -> list[Detections]:
+    found = []
+    for boxes, classes in truth:
+        shifted = boxes.astype(np.float64).copy()
+        width = shifted[:, 2] - shifted[:, 0]
+        shifted[:, [0, 2]] += shift_fraction * width[:, None]
+        found.append(Detections(shifted, np.linspace(0.9, 0.5, len(boxes)), classes))
+    return found
+
+
+def test_library_map_is_one_for_perfect_predictions_on_shapes_scenes():
+    truth = _shapes_truth()
+    result = mean_average_precision(_as_detections(truth), truth, num_classes=len(CLASSES))
+    assert result["map"] == 1.0 and set(result["per_class"].values()) == {1.0}
+
+
+def test_library_map_drops_for_shifted_boxes():
+    truth = _shapes_truth()
+    # a shift of 0.3 widths keeps IoU 0.7 / 1.3 = 0.54: still a match at 0.5, not at 0.75
+    slightly = _as_detections(truth, 0.3)
+    assert mean_average_precision(slightly, truth, len(CLASSES))["map"] == 1.0
+    assert mean_average_precision(slightly, truth, len(CLASSES), iou_threshold=0.75)["map"] == 0.0
+    # half a width: IoU 1/3, no match anywhere
+    assert mean_average_precision(_as_detections(truth, 0.5), truth, len(CLASSES))["map"] == 0.0
+    half_moved = [d if i % 2 else _as_detections([t], 0.5)[0] for i, (d, t) in enumerate(zip(
+        _as_detections(truth), truth, strict=True))]
+    assert 0.0 < mean_average_precision(half_moved, truth, len(CLASSES))["map"] < 0.9
+
+
+def test_library_map_matches_a_hand_computed_curve():
+    # ranked TP (r 1/3, p 1), FP (r 1/3, p 1/2), TP (r 2/3, p 2/3), FP; one object missed:
+    # recall points 0.00..0.33 take precision 1, 0.34..0.66 take 2/3, 0.67..1.00 take 0
+    d = [100, 100, 110, 110]
+    preds = [dets((A, 0.9, 0), (d, 0.8, 0), (B, 0.7, 0), ([200, 200, 210, 210], 0.6, 0))]
+    result = mean_average_precision(preds, [gt((A, 0), (B, 0), (C, 0))], num_classes=1)
+    assert result["map"] == pytest.approx((34 * 1.0 + 33 * 2 / 3) / 101)
+
+
+def test_library_map_scores_only_the_best_100_detections_per_image_and_class():
+    far = [([300 + 20 * i, 300, 310 + 20 * i, 310], 0.9, 0) for i in range(100)]
+    preds = [dets(*far, (A, 0.1, 0))]  # the true box ranks 101st
+    assert mean_average_precision(preds, [gt((A, 0))], num_classes=1)["map"] == 0.0
+
+
+def test_library_map_equals_pycocotools_own_ap50_from_coco_json():
+    rng = np.random.default_rng(3)
+    images, objects, results = [], [], []
+    preds, truth = [], []
+    for image_id in range(1, 9):
+        n = int(rng.integers(1, 5))
+        xy = rng.uniform(0, 200, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(10, 60, (n, 2))], 1)
+        classes = rng.integers(0, 3, n)
+        preds.append(Detections(boxes + rng.normal(0, 6, boxes.shape), rng.uniform(0.1, 1, n), classes))
+        found, scores = preds[-1].boxes, preds[-1].scores  # as Detections holds them (float32)
+        truth.append((boxes, classes))
+        images.append({"id": image_id, "width": 300, "height": 300})
+        for box, c in zip(boxes, classes, strict=True):
+            x1, y1, x2, y2 = box.tolist()
+            objects.append({"id": len(objects) + 1, "image_id": image_id, "category_id": int(c) + 1, "iscrowd": 0,
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+        for box, c, s in zip(found, classes, scores, strict=True):
+            x1, y1, x2, y2 = box.tolist()
+            results.append({"image_id": image_id, "category_id": int(c) + 1, "score": float(s),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = COCO()
+        reference.dataset = {"images": images, "annotations": objects,
+                             "categories": [{"id": i} for i in (1, 2, 3)]}
+        reference.createIndex()
+        evaluation = COCOeval(reference, reference.loadRes(results), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    ours = mean_average_precision(preds, truth, num_classes=3)["map"]
+    assert 0.0 < ours < 1.0
+    assert ours == pytest.approx(evaluation.stats[1], abs=1e-9)  # stats[1]: AP at IoU 0.50, all areas, 100 dets
