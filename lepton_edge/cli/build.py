@@ -10,7 +10,7 @@ from pathlib import Path
 from lepton_edge.cli.inspect import format_manifest
 from lepton_edge.config.device import load_config
 from lepton_edge.core.errors import ConfigError
-from lepton_edge.engines.artifacts import ARTIFACT_METADATA_KEY
+from lepton_edge.engines.artifacts import ARTIFACT_METADATA_KEY, FidelityInfo
 from lepton_edge.engines.auto import build
 from lepton_edge.engines.engine_cache import open_resolved, resolve
 from lepton_edge.engines.options import BuildOptions, CalibrationOptions, TrtOptions
@@ -28,7 +28,9 @@ EPILOG = """examples:
 
 The artifact directory holds the engine and manifest.json (see docs/build.md). int8 needs --calibration
 (a table from `lepton-edge calibrate`) or --calibration-data; --validation runs the accuracy gate and
-fails the build when the drop exceeds --max-accuracy-drop points.
+fails the build when the drop exceeds --max-accuracy-drop points. Every int8 build also runs the
+label-free fidelity gate against the fp32 model (held-out calibration items, else --validation, else the
+calibration data); --no-fidelity-gate skips it.
 """
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +50,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation-samples", type=int, help="use only the first N validation samples")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="largest allowed drop in points of top-1 or mAP@0.5 (default 1.0)")
+    p.add_argument("--no-fidelity-gate", action="store_true",
+                   help="int8: accept the engine without the label-free fidelity gate against the fp32 model")
+    p.add_argument("--fidelity-samples", type=int, default=64, help="most samples the fidelity gate compares")
+    p.add_argument("--min-fidelity-map", type=float, default=0.90,
+                   help="detectors: least mAP@0.5 against the fp32 model's own detections (default 0.90)")
+    p.add_argument("--min-boxes-kept", type=float, default=0.90,
+                   help="detectors: least fraction of the fp32 model's boxes kept (default 0.90)")
+    p.add_argument("--min-top1-agreement", type=float, default=0.97,
+                   help="classifiers: least top-1 agreement with the fp32 model (default 0.97)")
     p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace (MiB)")
     p.add_argument("--dla-core", type=int, help="TensorRT: run on this DLA core (Jetson)")
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read and updated)")
@@ -70,7 +81,18 @@ def run(args: argparse.Namespace) -> int:
     manifest = build(args.model, args.out, options_from_args(args))
     print(f"built {args.out} in {time.perf_counter() - started:.1f} s")
     print(format_manifest(manifest))
+    if manifest.fidelity is not None:
+        print(format_fidelity_info(manifest.fidelity))
     return 0
+
+
+def format_fidelity_info(fidelity: FidelityInfo) -> str:
+    """The fidelity gate's line of the build summary."""
+    measured = f"{fidelity.metric} {fidelity.value:.4f}" if fidelity.value is not None else f"{fidelity.metric} n/a"
+    if fidelity.boxes_kept is not None:
+        measured += f", boxes kept {fidelity.boxes_kept:.1%} of {fidelity.reference_boxes}"
+    required = ", ".join(f"{name} >= {value:g}" for name, value in fidelity.required.items())
+    return f"fidelity:    {measured} (required {required}; {fidelity.samples} samples, {fidelity.data})"
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
@@ -81,7 +103,9 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(target=args.target, precision=args.precision, calibration=args.calibration,
                         calibration_data=args.calibration_data, calibration_options=calibration,
                         validation_data=args.validation, validation_samples=args.validation_samples,
-                        max_accuracy_drop=args.max_accuracy_drop, trt=trt)
+                        max_accuracy_drop=args.max_accuracy_drop, fidelity=not args.no_fidelity_gate,
+                        fidelity_samples=args.fidelity_samples, min_fidelity_map=args.min_fidelity_map,
+                        min_boxes_kept=args.min_boxes_kept, min_top1_agreement=args.min_top1_agreement, trt=trt)
 
 
 def _verify_config(path: Path) -> int:

@@ -120,6 +120,22 @@ class AccuracyInfo(_Record):
     data_sha256: str = Field(description="Fingerprint of the validation data.")
 
 
+class FidelityInfo(_Record):
+    """The label-free fidelity gate: the engine against the fp32 model's own outputs (fractions 0..1)."""
+
+    task: str = Field(description="detect, classify or raw: how fidelity was measured.")
+    metric: str = Field(description="mAP@0.5 vs reference, top-1 agreement or thresholded agreement.")
+    value: float | None = Field(description="The metric; null when undefined (no reference detections).")
+    boxes_kept: float | None = Field(None, description="Detectors: fraction of the reference's boxes kept.")
+    reference_boxes: int | None = Field(None, description="Detectors: reference boxes the fractions count.")
+    max_rel_error: float = Field(description="Largest relative error of any output.")
+    required: dict[str, float] = Field(description="The minimums the gate applied, by name.")
+    samples: int = Field(description="Samples compared.")
+    data: str = Field(description="Which data: held-out calibration items, validation or calibration data.")
+    held_out: bool = Field(description="Whether the data was unseen by calibration.")
+    data_sha256: str = Field(description="Fingerprint of the data compared.")
+
+
 class CandidateMeasurement(_Record):
     precision: str = Field(description="Candidate precision.")
     fps: float | None = Field(None, description="Inferences per second measured here (median of rounds).")
@@ -153,6 +169,7 @@ class Manifest(_Record):
         default_factory=list, description="TensorRT optimization profiles: input -> [min, opt, max] shapes.")
     builder: BuilderInfo = Field(description="Builder options.")
     accuracy: AccuracyInfo | None = Field(None, description="Accuracy gate result, when validation data was given.")
+    fidelity: FidelityInfo | None = Field(None, description="int8: the label-free fidelity gate result.")
     measurements: Measurements | None = Field(None, description="precision auto: every candidate measured.")
     fingerprint: str = Field(description="sha256 over the fields that decide reuse (see reuse_fields).")
 

@@ -25,7 +25,7 @@ from lepton_edge.engines.artifacts import (
     read_manifest,
     write_manifest,
 )
-from lepton_edge.engines.builder import build_artifact, publish
+from lepton_edge.engines.builder import FidelityData, build_artifact, check_fidelity, fidelity_minimums, publish
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare_many, measure_throughput
 from lepton_edge.engines.onnx_tools import ModelInfo, inspect_onnx
 from lepton_edge.engines.options import BuildOptions
@@ -96,13 +96,17 @@ def _int8_skipped(candidates: tuple[str, ...], options: BuildOptions, info: Mode
 
 def _build_candidates(model: Path, work: Path, options: BuildOptions, candidates: tuple[str, ...],
                       notes: dict[str, str], progress: ProgressArg) -> dict[str, Path]:
-    """Build each candidate not in ``notes`` under ``work``; a failed one (fp32 aside: it raises) goes in ``notes``."""
+    """Build each candidate not in ``notes`` under ``work``; a failed one (fp32 aside: it raises) goes in ``notes``.
+
+    The fidelity gate runs later on the validation data (:func:`_gate_candidates`), so a failing candidate is
+    still measured."""
     built: dict[str, Path] = {}
     for precision in candidates:
         if precision in notes:
             continue
         try:
-            candidate = options.model_copy(update={"precision": precision, "validation_data": None})
+            candidate = options.model_copy(update={"precision": precision, "validation_data": None,
+                                                   "fidelity": False})
             build_artifact(model, work / precision, candidate, progress=progress)
             built[precision] = work / precision
         except LeptonError as e:
@@ -115,7 +119,8 @@ def _build_candidates(model: Path, work: Path, options: BuildOptions, candidates
 
 def _gate_candidates(model: Path, built: dict[str, Path], options: BuildOptions,
                      notes: dict[str, str]) -> dict[str, Any]:
-    """Compare each built candidate but fp32 with the model; one that fails the accuracy gate goes in ``notes``."""
+    """Compare each built candidate but fp32 with the model; one that fails the accuracy gate, or (int8) the
+    fidelity gate on the same data, goes in ``notes``."""
     if options.validation_data is None:
         return {}
     others = {p: d for p, d in built.items() if p != "fp32"}
@@ -128,6 +133,13 @@ def _gate_candidates(model: Path, built: dict[str, Path], options: BuildOptions,
             accuracy_gate(report, options.max_accuracy_drop)
         except ModelError as e:
             notes[precision] = f"failed the accuracy gate: {e}"
+            continue
+        if precision == "int8" and options.fidelity:
+            data = FidelityData(str(options.validation_data), f"validation data {options.validation_data}", True)
+            try:
+                check_fidelity(report.fidelity, fidelity_minimums(report.fidelity.task, options), data)
+            except ModelError as e:
+                notes[precision] = f"failed the fidelity gate: {e}"
     return reports
 
 

@@ -12,11 +12,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lepton_edge import __version__
-from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.core.errors import ConfigError, LeptonError, ModelError
 from lepton_edge.core.fileio import fsync_path, fsync_tree, sha256_file
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.engines.artifacts import (
@@ -28,6 +31,7 @@ from lepton_edge.engines.artifacts import (
     CalibrationInfo,
     DeviceInfo,
     EngineInfo,
+    FidelityInfo,
     Manifest,
     ProgressArg,
     RuntimeInfo,
@@ -40,8 +44,15 @@ from lepton_edge.engines.artifacts import (
     tensor_info,
     write_manifest,
 )
-from lepton_edge.engines.calibration import calibrate, load_table, quantize_qdq, write_tensorrt_cache
-from lepton_edge.engines.evaluation.compare import accuracy_gate, compare
+from lepton_edge.engines.calibration import (
+    calibrate,
+    dataset_manifest,
+    load_table,
+    quantize_qdq,
+    write_tensorrt_cache,
+)
+from lepton_edge.engines.calibration.samples import Feeds, dataset_path, select_samples
+from lepton_edge.engines.evaluation.compare import CompareReport, FidelityReport, accuracy_gate, compare
 from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
 from lepton_edge.engines.options import BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
@@ -179,6 +190,7 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
     engine loses more than ``options.max_accuracy_drop`` points against the fp32 model. fp16 is refused for
     onnxruntime targets (CPU kernels run fp16 slower than fp32). Writing is atomic; a failed build leaves a
     previous artifact at ``out_dir`` untouched.
+    int8 engines also pass the label-free fidelity gate (``options.fidelity``, see :func:`fidelity_data`).
     """
 
     options = options or BuildOptions()
@@ -203,6 +215,8 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
         if options.validation_data is not None:
             report(f"accuracy gate on {options.validation_data}")
             manifest.accuracy = run_gate(model, engine_path, manifest, options)
+        if precision == "int8" and options.fidelity:
+            manifest.fidelity = _fidelity_gate(model, info, table, engine_path, manifest, options, report)
         manifest.fingerprint = compute_fingerprint(manifest)
         write_manifest(staged, manifest)
         publish(staged, out_dir)
@@ -293,21 +307,189 @@ def _manifest(model: Path, info: Any, options: BuildOptions, engine_path: Path, 
     )
 
 
-def run_gate(model: Path, engine_path: Path, manifest: Manifest, options: BuildOptions) -> AccuracyInfo:
-    """Compare the staged engine with the fp32 model on the validation data; ModelError when it drops too much."""
-
+def _compare_staged(model: Path, engine_path: Path, manifest: Manifest, data: str | Path, samples: int | None,
+                    options: BuildOptions) -> CompareReport:
+    """Compare the staged engine with the fp32 model on ``data``."""
     backend = create_backend(engine_path, backend_config_for(manifest.target, warmup_runs=0))
     backend.load()
     try:
         backend.metadata = {**manifest.source_model.metadata, **backend.metadata}
-        report = compare(model, backend, Path(options.validation_data), samples=options.validation_samples,
-                         preprocess=options.preprocess, candidate_name=manifest.precision)
+        return compare(model, backend, data, samples=samples, preprocess=options.preprocess,
+                       candidate_name=manifest.precision)
     finally:
         backend.close()
+
+
+def run_gate(model: Path, engine_path: Path, manifest: Manifest, options: BuildOptions) -> AccuracyInfo:
+    """Compare the staged engine with the fp32 model on the validation data; ModelError when it drops too much."""
+    report = _compare_staged(model, engine_path, manifest, Path(options.validation_data),
+                             options.validation_samples, options)
     accuracy_gate(report, options.max_accuracy_drop)
     return AccuracyInfo(metric=report.metric, reference=report.reference_value, value=report.candidate_value,
                         drop=report.drop, max_drop=options.max_accuracy_drop, samples=report.samples,
                         data_sha256=report.data_sha256)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fidelity gate: int8 against the fp32 model, no labels needed
+# ----------------------------------------------------------------------------------------------
+
+MIN_HELD_OUT = 16
+"""Fewest calibration items left unused by calibration for the fidelity gate to compare on them."""
+
+
+class FidelityGateError(ModelError):
+    """The engine's outputs stray too far from the fp32 model's (see :func:`check_fidelity`)."""
+
+
+@dataclass
+class FidelityData:
+    """What the fidelity gate compares on: a path ``compare`` reads, and how it relates to calibration."""
+
+    path: str
+    description: str
+    held_out: bool
+
+
+def _fidelity_gate(model: Path, info: Any, table: Any, engine_path: Path, manifest: Manifest,
+                   options: BuildOptions, report: Callable[[str], None]) -> FidelityInfo | None:
+    """Run the fidelity gate on the staged int8 engine; None (logged) when there is no data to run it on."""
+    with tempfile.TemporaryDirectory(prefix="lepton-fidelity-") as scratch:
+        data = fidelity_data(info, table, options, Path(scratch))
+        if data is None:
+            log.warning("%s: no calibration or validation data to run the int8 fidelity gate on; the engine is "
+                        "not checked against the fp32 model", model.name)
+            return None
+        report(f"fidelity gate on {data.description}")
+        compared = _compare_staged(model, engine_path, manifest, data.path, options.fidelity_samples, options)
+    fidelity = compared.fidelity
+    required = fidelity_minimums(fidelity.task, options)
+    check_fidelity(fidelity, required, data)
+    report(f"fidelity: {format_fidelity(fidelity)}")
+    value = fidelity.value if np.isfinite(fidelity.value) else None
+    kept = fidelity.boxes_kept if fidelity.boxes_kept is not None and np.isfinite(fidelity.boxes_kept) else None
+    return FidelityInfo(task=fidelity.task, metric=fidelity.metric, value=value, boxes_kept=kept,
+                        reference_boxes=fidelity.reference_boxes, max_rel_error=fidelity.max_rel_error,
+                        required=required, samples=fidelity.samples, data=data.description,
+                        held_out=data.held_out, data_sha256=compared.data_sha256)
+
+
+def fidelity_minimums(task: str, options: BuildOptions) -> dict[str, float]:
+    """The minimums the gate applies for ``task``, keyed like :func:`fidelity_measures`."""
+    if task == "detect":
+        return {"map": options.min_fidelity_map, "boxes_kept": options.min_boxes_kept}
+    if task == "classify":
+        return {"top1_agreement": options.min_top1_agreement}
+    return {"output_agreement": options.min_output_agreement}
+
+
+def fidelity_measures(fidelity: FidelityReport) -> dict[str, float]:
+    """The measured values the minimums apply to."""
+    if fidelity.task == "detect":
+        return {"map": fidelity.value, "boxes_kept": float(fidelity.boxes_kept)}
+    if fidelity.task == "classify":
+        return {"top1_agreement": fidelity.value}
+    return {"output_agreement": fidelity.value}
+
+
+def format_fidelity(fidelity: FidelityReport) -> str:
+    """One line: every measured value, e.g. ``map 0.9967, boxes_kept 0.9992 (300 samples)``."""
+    measured = ", ".join(f"{name} {value:.4f}" for name, value in fidelity_measures(fidelity).items())
+    return f"{measured} ({fidelity.samples} samples)"
+
+
+def check_fidelity(fidelity: FidelityReport, required: dict[str, float], data: FidelityData) -> None:
+    """Raise FidelityGateError naming every measure below its minimum, by how much, and what to try."""
+    measured = fidelity_measures(fidelity)
+    if fidelity.task == "detect" and not fidelity.reference_boxes:
+        log.warning("fidelity gate: the fp32 model detects nothing on %s; fidelity cannot be judged there",
+                    data.description)
+        return
+    short = [f"{name} {measured[name]:.4f} < required {least:.4f} (short by {least - measured[name]:.4f})"
+             for name, least in required.items() if not measured[name] >= least]
+    if short:
+        raise FidelityGateError(
+            f"int8 engine fails the fidelity gate against the fp32 model on {data.description} "
+            f"({fidelity.samples} samples, no labels): {'; '.join(short)}. Try another calibration method "
+            "(--calibration-method minmax, entropy or percentile) or more calibration samples, keep sensitive "
+            "layers in fp16/fp32 (mixed precision, once available), build fp32/fp16, or accept it knowingly "
+            "with --no-fidelity-gate (BuildOptions.fidelity false)"
+        )
+
+
+def fidelity_data(info: Any, table: Any, options: BuildOptions, scratch: Path) -> FidelityData | None:
+    """The data the fidelity gate compares on: calibration items calibration did not use when there are at least
+    MIN_HELD_OUT, else the validation data, else the calibration data itself (logged: not held out)."""
+    calibration = _calibration_dataset(table, options)
+    if calibration is not None and table is not None:
+        held = _held_out(info, table, calibration, options, scratch)
+        if held is not None:
+            return held
+    if options.validation_data is not None:
+        return FidelityData(str(options.validation_data), f"validation data {options.validation_data}", True)
+    if calibration is None:
+        return None
+    log.warning("fidelity gate: %s has too few items beyond those calibration used (%d needed); comparing on "
+                "calibration items, which are not held out", calibration, MIN_HELD_OUT)
+    feeds = _feeds(info, calibration, options)
+    indices = np.arange(min(feeds.total, options.fidelity_samples))
+    path = _materialize(feeds, indices, scratch) or str(calibration)
+    return FidelityData(path, f"calibration data {calibration} (not held out)", False)
+
+
+def _calibration_dataset(table: Any, options: BuildOptions) -> str | None:
+    """The calibration data set: the one given, else the table's own when it is still there unchanged."""
+    if options.calibration_data:
+        return options.calibration_data
+    dataset = getattr(table, "dataset", None)
+    if not dataset:
+        return None
+    try:
+        same = dataset_manifest(dataset)["sha256"] == table.dataset_sha256
+    except LeptonError:
+        return None
+    return dataset if same else None
+
+
+def _feeds(info: Any, dataset: str, options: BuildOptions) -> Feeds:
+    kind, path = dataset_path(dataset)
+    return Feeds(kind, path, info.inputs, dict(info.metadata), options.preprocess)
+
+
+def _held_out(info: Any, table: Any, dataset: str, options: BuildOptions, scratch: Path) -> FidelityData | None:
+    """The calibration items ``table`` was not measured on, as data ``compare`` reads; None when too few."""
+    try:
+        if dataset_manifest(dataset)["sha256"] != table.dataset_sha256:
+            return None  # calibrated from other data: every item here may be unseen, but we cannot tell
+        feeds = _feeds(info, dataset, options)
+    except LeptonError:
+        return None
+    used = select_samples(feeds.total, int(table.samples), int(table.seed))
+    unused = np.setdiff1d(np.arange(feeds.total), used)
+    if len(unused) < MIN_HELD_OUT:
+        return None
+    path = _materialize(feeds, unused[:options.fidelity_samples], scratch)
+    if path is None:
+        return None
+    return FidelityData(path, f"{min(len(unused), options.fidelity_samples)} held-out items of {dataset} "
+                        f"(of {len(unused)} not used for calibration)", True)
+
+
+def _materialize(feeds: Feeds, indices: np.ndarray, scratch: Path) -> str | None:
+    """The items at ``indices`` as data ``compare`` reads: a folder of links to the images, or a .npy of model
+    feeds for recordings; None for a video or a several-input model (not split)."""
+    if feeds.kind in ("folder", "image"):
+        folder = scratch / "images"
+        folder.mkdir()
+        for i in indices:
+            (folder / feeds.files[int(i)].name).symlink_to(feeds.files[int(i)].resolve())
+        return str(folder)
+    if feeds.kind != "tensors" or len(feeds.inputs) != 1:
+        return None
+    name = feeds.inputs[0].name
+    stacked = np.stack([feed[name].copy() for feed in feeds.feeds(indices)])
+    np.save(scratch / "feeds.npy", stacked)
+    return str(scratch / "feeds.npy")
 
 
 def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table: Any, options: TrtOptions,

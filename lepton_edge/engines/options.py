@@ -54,6 +54,18 @@ class BuildOptions(_Options):
     validation_samples: int | None = Field(None, ge=1, description="Use only the first N validation samples.")
     max_accuracy_drop: float = Field(
         1.0, description="Largest allowed drop against fp32, in points of top-1 or mAP@0.5.")
+    fidelity: bool = Field(
+        True, description="int8: run the label-free fidelity gate against the fp32 model (held-out calibration "
+        "items, else the validation data, else the calibration data); false accepts the engine unchecked.")
+    fidelity_samples: int = Field(64, ge=1, le=10000, description="Most samples the fidelity gate compares.")
+    min_fidelity_map: float = Field(
+        0.90, ge=0.0, le=1.0, description="Detectors: least mAP@0.5 against the fp32 model's own detections.")
+    min_boxes_kept: float = Field(
+        0.90, ge=0.0, le=1.0, description="Detectors: least fraction of the fp32 model's boxes still reported.")
+    min_top1_agreement: float = Field(
+        0.97, ge=0.0, le=1.0, description="Classifiers: least fraction of samples with the fp32 top-1 class.")
+    min_output_agreement: float = Field(
+        0.90, ge=0.0, le=1.0, description="Raw models: least thresholded agreement of every output.")
     preprocess: PreprocessConfig | None = Field(
         None, description="Preprocessing for calibration and validation (default: the model's metadata).")
     trt: TrtOptions = Field(default_factory=TrtOptions, description="TensorRT builder options.")
