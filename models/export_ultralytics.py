@@ -829,8 +829,9 @@ Tiny Ultralytics models of every task family, exported to ONNX by Ultralytics it
 0.25): they find nothing real, but their outputs depend on the frame.
 
 Made by `models/export_ultralytics.py` (run by hand: ~1.5 min on 2 cores, ~3 min with the first pip install;
-its docstring says what it does) with ultralytics {ultralytics}, torch {torch}, torchvision {torchvision}, onnx {onnx}, onnxruntime
-{onnxruntime}, onnxslim {onnxslim}, Python {python} (`versions.json`). `summary.json` has everything the cards show.
+its docstring says what it does) with ultralytics {ultralytics}, torch {torch}, torchvision {torchvision},
+onnx {onnx}, onnxruntime {onnxruntime}, onnxslim {onnxslim}, Python {python} (`versions.json`).
+`summary.json` has everything the cards show.
 
 - `frames/frame_0N.png`: BGR scenes from `lepton_edge.runtime.sources.shapes.random_sample` (seeds 2000-2005;
   four 320x240, one 240x320, one 256x256).
