@@ -178,7 +178,14 @@ class PreprocessConfig(Strict):
         "input shape is the default and must match. A dynamic batch is always fed one frame.",
     )
     resize: Literal["letterbox", "stretch", "none"] = Field(
-        "letterbox", description="Keep aspect ratio with padding (letterbox), stretch to fit, or no resize."
+        "letterbox", description="Keep aspect ratio with padding (letterbox), stretch to fit, or no resize. "
+        "Left unset, Ultralytics RT-DETR models (metadata `head: RTDETRDecoder`) are stretched, as Ultralytics "
+        "feeds them."
+    )
+    interpolation: Literal["auto", "linear", "area"] = Field(
+        "auto",
+        description="Resampling when resizing: auto (area when shrinking, bilinear when enlarging), linear "
+        "(bilinear always, what Ultralytics' letterbox and RT-DETR stretch use), or area.",
     )
     pad_value: int = Field(114, ge=0, le=255, description="Grey level of letterbox padding.")
     color: Literal["rgb", "bgr", "gray"] = Field("rgb", description="Channel order the model expects.")
@@ -193,10 +200,12 @@ class PreprocessConfig(Strict):
 
 class DetectConfig(Strict):
     type: Literal["detect"] = Field(description="Decode object detections.")
-    layout: Literal["auto", "yolov8", "yolov5", "nms"] = Field(
+    layout: Literal["auto", "yolov8", "yolov5", "nms", "rtdetr"] = Field(
         "auto",
-        description="Output layout: yolov8/v11 `[1, 4+C, A]`, yolov5 `[1, A, 5+C]`, or nms (boxes already "
-        "selected in the graph). `auto` decides from the output shapes.",
+        description="Output layout: yolov8/v11 `[1, 4+C, A]`, yolov5 `[1, A, 5+C]`, nms (boxes already "
+        "selected in the graph, `[1, N, 6]` x1, y1, x2, y2, score, class, or four outputs), or rtdetr "
+        "(Ultralytics RT-DETR: cx, cy, w, h normalised to 0..1, then score, class or C class scores). `auto` "
+        "decides from the model's metadata (Ultralytics head, end2end, nms), else the output shapes.",
     )
     conf_threshold: float = Field(0.25, ge=0, le=1, description="Minimum score to keep a detection.")
     iou_threshold: float = Field(0.45, ge=0, le=1, description="Overlap above which NMS suppresses a box.")

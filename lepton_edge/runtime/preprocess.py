@@ -16,6 +16,22 @@ from lepton_edge.core.errors import ModelError
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.runtime.input_size import image_axes, image_layout, image_shape, resolve_input_size
 
+RTDETR_HEAD = "RTDETRDecoder"
+"""Ultralytics ``head`` metadata of RT-DETR models, which are fed stretched frames, not letterboxed ones."""
+
+
+def is_rtdetr(metadata: Mapping[str, str] | None) -> bool:
+    """True for an Ultralytics RT-DETR export (its ``head`` metadata names the RT-DETR decoder)."""
+    return (metadata or {}).get("head", "").strip() == RTDETR_HEAD
+
+
+def default_resize(config: PreprocessConfig, metadata: Mapping[str, str] | None) -> PreprocessConfig:
+    """``config`` with ``resize: stretch`` when it leaves resize unset and the model is RT-DETR, as Ultralytics
+    feeds it; an explicit ``resize`` always wins."""
+    if "resize" in config.model_fields_set or not is_rtdetr(metadata):
+        return config
+    return config.model_copy(update={"resize": "stretch"})
+
 
 @dataclass(frozen=True, slots=True)
 class Transform:
@@ -48,12 +64,12 @@ class Preprocessor:
     Call it with a frame and a buffer from :meth:`new_buffer`; it fills the buffer and returns the
     :class:`Transform`. No allocation happens per frame once the frame size is stable. The input size is
     resolved by :func:`~lepton_edge.runtime.input_size.resolve_input_size` (``config.size``, the model's fixed
-    dimensions, then ``metadata``).
+    dimensions, then ``metadata``). An unset ``resize`` is ``stretch`` for Ultralytics RT-DETR models.
     """
 
     def __init__(self, spec: TensorSpec, config: PreprocessConfig | None = None, *,
                  metadata: Mapping[str, str] | None = None) -> None:
-        cfg = config or PreprocessConfig()
+        cfg = default_resize(config or PreprocessConfig(), metadata)
         self.config = cfg
         self.layout = cfg.layout or image_layout(spec)
         self.dtype = np.dtype(cfg.dtype) if cfg.dtype else spec.dtype
@@ -122,7 +138,7 @@ class Preprocessor:
             canvas = image
         else:
             roi = self._canvas[top : top + nh, left : left + nw]
-            interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
+            interp = cv2.INTER_AREA if self._shrinks_with_area(nw, w) else cv2.INTER_LINEAR
             resized = cv2.resize(image, (nw, nh), dst=roi, interpolation=interp)
             if resized is not roi and not np.shares_memory(resized, roi):
                 roi[...] = resized
@@ -130,6 +146,11 @@ class Preprocessor:
         self._write_tensor(canvas, out)
         assert self._transform is not None
         return self._transform
+
+    def _shrinks_with_area(self, new_width: int, width: int) -> bool:
+        """Area resampling: always for ``interpolation: area``, when shrinking for ``auto``, never for linear."""
+        mode = self.config.interpolation
+        return mode == "area" or (mode == "auto" and new_width < width)
 
     def _write_tensor(self, canvas: np.ndarray, out: np.ndarray) -> None:
         import cv2

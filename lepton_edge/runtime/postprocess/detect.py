@@ -4,7 +4,13 @@
 * ``yolov5``: one output ``[1, A, 5+C]`` (cx, cy, w, h, objectness, C class probabilities).
 * ``nms``: boxes already selected in the graph, either four outputs ``num_dets [1, 1]``,
   ``boxes [1, N, 4]`` (xyxy), ``scores [1, N]``, ``classes [1, N]`` (TensorRT EfficientNMS style), or
-  one output ``[1, N, 6]`` = x1, y1, x2, y2, score, class (Ultralytics end2end, YOLOv10).
+  one output ``[1, N, 6]`` = x1, y1, x2, y2, score, class (Ultralytics end2end, YOLOv10). Rows under
+  conf are dropped: Ultralytics ``nms=True`` leaves unused rows at zero, end-to-end exports fill every row.
+* ``rtdetr``: Ultralytics RT-DETR, one output ``[1, N, 6]`` = cx, cy, w, h normalised to 0..1, score, class
+  (an in-graph top-k), or ``[1, N, 4+C]`` = normalised cx, cy, w, h then C class scores. No NMS.
+
+The layout comes from the config, else the model's metadata (``lepton.layout``; Ultralytics ``head``
+``RTDETRDecoder``, ``end2end``, ``args`` ``nms``), else the output shapes.
 
 Box coordinates are in model-input pixels; decoders return them mapped to source pixels.
 """
@@ -12,6 +18,7 @@ Box coordinates are in model-input pixels; decoders return them mapped to source
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -22,19 +29,23 @@ from lepton_edge.core.errors import ModelError
 from lepton_edge.core.results import Detections
 from lepton_edge.core.tensors import Dim, TensorSpec
 from lepton_edge.runtime.postprocess.nms import nms
-from lepton_edge.runtime.preprocess import Transform
+from lepton_edge.runtime.preprocess import Transform, is_rtdetr
 
 log = logging.getLogger(__name__)
 
-Layout = Literal["yolov8", "yolov5", "nms"]
-LAYOUTS: tuple[Layout, ...] = ("yolov8", "yolov5", "nms")
+Layout = Literal["yolov8", "yolov5", "nms", "rtdetr"]
+LAYOUTS: tuple[Layout, ...] = ("yolov8", "yolov5", "nms", "rtdetr")
 LAYOUT_KEY = "lepton.layout"
 """Model metadata key that names the layout, overriding shape-based detection."""
 
 _SUPPORTED = (
     "yolov8 [1, 4+C, A]; yolov5 [1, A, 5+C]; nms as [1, N, 6] (x1, y1, x2, y2, score, class) or four "
-    "outputs num_dets [1, 1], boxes [1, N, 4], scores [1, N], classes [1, N]"
+    "outputs num_dets [1, 1], boxes [1, N, 4], scores [1, N], classes [1, N]; rtdetr [1, N, 6] (normalised cx, "
+    "cy, w, h, score, class) or [1, N, 4+C]"
 )
+ULTRALYTICS_DETECT_HEAD = "Detect"
+_NMS_IN_ARGS = re.compile(r"['\"]nms['\"]\s*:\s*True\b")
+"""Ultralytics ``args`` metadata is a Python dict repr; it is matched, never evaluated."""
 
 
 def _cxcywh_to_xyxy(cxcywh: np.ndarray) -> np.ndarray:
@@ -137,6 +148,38 @@ def decode_nms_single(
     return _finish(boxes, rows[:, 4].astype(np.float32), class_ids, transform, config, labels, suppress=False)
 
 
+def decode_rtdetr(
+    output: np.ndarray, transform: Transform, config: DetectConfig, labels: tuple[str, ...] = ()
+) -> Detections:
+    """Decode Ultralytics RT-DETR: boxes are cx, cy, w, h normalised to the model input (no NMS applied here).
+
+    ``[1, N, 6]`` rows end in score, class; wider rows end in one score per class. With exactly two classes
+    the two forms have the same shape; ``[1, N, 6]`` is read as score, class, what Ultralytics 8.4 exports.
+    """
+    rows = _first_image(output, "rtdetr", 3)
+    if rows.shape[1] < 5:
+        raise ModelError(f"rtdetr output needs 4 box columns and scores, got shape {output.shape}")
+    if rows.shape[1] == 6:
+        scores, class_ids = rows[:, 4], np.rint(rows[:, 5]).astype(np.int64)
+    else:
+        class_ids = rows[:, 4:].argmax(axis=1)
+        scores = np.take_along_axis(rows[:, 4:], class_ids[:, None], axis=1)[:, 0]
+    passed = scores >= config.conf_threshold
+    boxes = _cxcywh_to_xyxy(rows[passed, :4]) * _input_extent(transform)
+    return _finish(boxes, scores[passed].astype(np.float32), class_ids[passed], transform, config, labels,
+                   suppress=False)
+
+
+def _input_extent(transform: Transform) -> np.ndarray:
+    """Model-input width and height as an xyxy multiplier, from the geometry that filled the input.
+
+    Exact for stretch and no resize; a letterbox with an odd padding total is one pixel short of the input.
+    """
+    width = transform.source_width * transform.scale_x + 2 * transform.pad_x
+    height = transform.source_height * transform.scale_y + 2 * transform.pad_y
+    return np.array([width, height, width, height], dtype=np.float32)
+
+
 def decode_nms_split(
     num_dets: np.ndarray,
     boxes: np.ndarray,
@@ -179,6 +222,26 @@ def _shapes(outputs: Sequence[TensorSpec]) -> str:
 
 def _is_ultralytics_end2end(metadata: dict[str, str]) -> bool:
     return metadata.get("end2end", "").strip().lower() == "true"
+
+
+def _is_ultralytics_nms_export(metadata: dict[str, str]) -> bool:
+    """Exported with ``nms=True`` (an ONNX NonMaxSuppression in the graph): Ultralytics ``args`` say so."""
+    return bool(_NMS_IN_ARGS.search(metadata.get("args", "")))
+
+
+def _layout_from_metadata(outputs: Sequence[TensorSpec], metadata: dict[str, str]) -> Layout | None:
+    """The layout Ultralytics metadata settles: RT-DETR's head; an end-to-end or ``nms=True`` export whose
+    single output has the ``[1, N, 6]`` rows (other end-to-end heads, e.g. pose, are left to the shapes); a
+    plain ``Detect`` head."""
+    if is_rtdetr(metadata):
+        return "rtdetr"
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        return None
+    if _is_ultralytics_end2end(metadata) or _is_ultralytics_nms_export(metadata):
+        return "nms" if _static(outputs[0].shape[2]) in (6, None) else None
+    if metadata.get("task") == "detect" and metadata.get("head") == ULTRALYTICS_DETECT_HEAD:
+        return "yolov8"  # a one-to-many Detect head: [1, 4+C, A], even when a dynamic export names its dims
+    return None
 
 
 def split_nms_roles(outputs: Sequence[TensorSpec]) -> tuple[int, int, int, int] | None:
@@ -230,7 +293,8 @@ def _fits_roles(outputs: Sequence[TensorSpec], roles: list[int]) -> bool:
 
 
 def detect_layout(outputs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> Layout:
-    """The layout of a detection model from metadata (``lepton.layout``, Ultralytics ``end2end``) or shapes.
+    """The layout of a detection model from metadata (``lepton.layout``, Ultralytics ``head``, ``end2end``,
+    ``args`` ``nms``), else shapes.
 
     Raises ModelError naming the shapes found when no layout fits or several could.
     """
@@ -243,19 +307,22 @@ def detect_layout(outputs: Sequence[TensorSpec], metadata: dict[str, str] | None
                 f"{', '.join(LAYOUTS)} or set postprocess.layout"
             )
         return named  # type: ignore[return-value]
+    from_metadata = _layout_from_metadata(outputs, metadata)
+    if from_metadata is not None:
+        return from_metadata
     layout, reason = _layout_from_shapes(outputs, metadata)
     if layout is not None:
         return layout
     raise ModelError(
         f"cannot decode detections from outputs {_shapes(outputs)}: {reason}. "
         f"Supported layouts: {_SUPPORTED}. "
-        "Set postprocess.layout (yolov8, yolov5 or nms) in the config, or postprocess.type: raw."
+        "Set postprocess.layout (yolov8, yolov5, nms or rtdetr) in the config, or postprocess.type: raw."
     )
 
 
 def looks_like_detection(outputs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> bool:
     """True when the outputs match a detection layout, even one that needs postprocess.layout to choose."""
-    if LAYOUT_KEY in (metadata or {}):
+    if LAYOUT_KEY in (metadata or {}) or _layout_from_metadata(outputs, metadata or {}) is not None:
         return True
     layout, _ = _layout_from_shapes(outputs, metadata or {})
     return layout is not None or (
@@ -299,7 +366,10 @@ def _check_layout(layout: Layout, outputs: Sequence[TensorSpec], origin: str) ->
             f"{layout} needs a single rank-3 output. Supported layouts: {_SUPPORTED}"
         )
     _, d1, d2 = (_static(d) for d in outputs[0].shape)
-    got, need, what = (d1, 5, "4+C rows") if layout == "yolov8" else (d2, 6, "at least 6 columns")
+    got, need, what = {
+        "yolov8": (d1, 5, "4+C rows"),
+        "rtdetr": (d2, 5, "at least 5 columns"),
+    }.get(layout, (d2, 6, "at least 6 columns"))
     if got is not None and got < need:
         raise ModelError(f"{origin} is {layout} but output {_shapes(outputs)} does not have {what}")
 
@@ -321,6 +391,8 @@ class DetectionPostprocessor:
             origin = "the detected layout"
             if metadata and LAYOUT_KEY in metadata:
                 origin = f"model metadata {LAYOUT_KEY}"
+            elif metadata and _layout_from_metadata(outputs, metadata) is not None:
+                origin = "the model's Ultralytics metadata"
         else:
             self.layout, origin = config.layout, "postprocess.layout"
         _check_layout(self.layout, outputs, origin)
@@ -347,4 +419,6 @@ class DetectionPostprocessor:
             return decode_yolov8(outputs[0], transform, cfg, labels)
         if self.layout == "yolov5":
             return decode_yolov5(outputs[0], transform, cfg, labels)
+        if self.layout == "rtdetr":
+            return decode_rtdetr(outputs[0], transform, cfg, labels)
         return decode_nms_single(outputs[0], transform, cfg, labels)
