@@ -177,10 +177,13 @@ class PreprocessConfig(Strict):
         "unless their metadata gives a size (Ultralytics `imgsz`, `lepton.preprocess`); a static model's "
         "input shape is the default and must match. A dynamic batch is always fed one frame.",
     )
-    resize: Literal["letterbox", "stretch", "none"] = Field(
-        "letterbox", description="Keep aspect ratio with padding (letterbox), stretch to fit, or no resize. "
-        "Left unset, Ultralytics RT-DETR models (metadata `head: RTDETRDecoder`) are stretched, as Ultralytics "
-        "feeds them."
+    resize: Literal["letterbox", "stretch", "center-crop", "none"] = Field(
+        "letterbox",
+        description="Keep aspect ratio with padding (letterbox), stretch to fit, resize the short side to the "
+        "input's and crop the centre (center-crop: Ultralytics' classification transform, resampled as Pillow's "
+        "antialiased bilinear whatever `interpolation` says; the default for Ultralytics models whose metadata says "
+        "`task: classify`), or no resize. Left unset, Ultralytics RT-DETR "
+        "models (metadata `head: RTDETRDecoder`) are stretched, as Ultralytics feeds them.",
     )
     interpolation: Literal["auto", "linear", "area"] = Field(
         "auto",

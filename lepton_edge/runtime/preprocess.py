@@ -1,4 +1,5 @@
-"""Frame to tensor: resize or letterbox, colour order, normalisation, layout and dtype, into reused buffers.
+"""Frame to tensor: resize, letterbox or centre crop, colour order, normalisation, layout and dtype, into
+reused buffers.
 
 The :class:`Transform` returned with each tensor maps model-input pixels back to source pixels, so
 results are always reported in the coordinates of the frame that was captured.
@@ -25,10 +26,20 @@ def is_rtdetr(metadata: Mapping[str, str] | None) -> bool:
     return (metadata or {}).get("head", "").strip() == RTDETR_HEAD
 
 
+def is_ultralytics_classifier(metadata: Mapping[str, str] | None) -> bool:
+    """True for an Ultralytics classification export (``task: classify`` next to Ultralytics' ``imgsz``)."""
+    metadata = metadata or {}
+    return metadata.get("task", "").strip() == "classify" and "imgsz" in metadata
+
+
 def default_resize(config: PreprocessConfig, metadata: Mapping[str, str] | None) -> PreprocessConfig:
     """``config`` with ``resize: stretch`` when it leaves resize unset and the model is RT-DETR, as Ultralytics
-    feeds it; an explicit ``resize`` always wins."""
-    if "resize" in config.model_fields_set or not is_rtdetr(metadata):
+    feeds it (``center-crop`` for an Ultralytics classifier); an explicit ``resize`` always wins."""
+    if "resize" in config.model_fields_set:
+        return config
+    if is_ultralytics_classifier(metadata):
+        return config.model_copy(update={"resize": "center-crop"})
+    if not is_rtdetr(metadata):
         return config
     return config.model_copy(update={"resize": "stretch"})
 
@@ -56,6 +67,87 @@ class Transform:
     @classmethod
     def identity(cls, width: int, height: int) -> Transform:
         return cls(1.0, 1.0, 0.0, 0.0, width, height)
+
+
+def cover_size(w: int, h: int, width: int, height: int) -> tuple[int, int]:
+    """The size a ``w`` x ``h`` frame is resized to, aspect kept, so it covers ``width`` x ``height``.
+
+    The side that limits is set exactly; the other is truncated to an integer, as torchvision's ``Resize`` does.
+    """
+    if w * height <= h * width:
+        return width, max(height, int(width * h / w))
+    return max(width, int(height * w / h)), height
+
+
+RESAMPLE_BITS = 22
+"""Fixed-point precision of the resample weights, Pillow's for 8-bit images (its results are matched exactly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taps:
+    """An antialiased bilinear (triangle filter) resample along one axis: ``index``/``weight`` ``[taps, n]``,
+    the weights in fixed point (``RESAMPLE_BITS``)."""
+
+    index: np.ndarray
+    weight: np.ndarray
+
+
+def triangle_taps(source: int, resized: int, first: int, count: int) -> Taps:
+    """Taps of output pixels ``first .. first + count`` of ``source`` resized to ``resized`` pixels.
+
+    The filter Pillow's ``BILINEAR`` uses (what torchvision's ``Resize`` calls on images): a triangle widened by
+    the downscale factor, pixel centres at ``+ 0.5``, weights normalised per output pixel then rounded to fixed
+    point.
+    """
+    scale = source / resized
+    support = max(scale, 1.0)
+    centres = (np.arange(first, first + count) + 0.5) * scale
+    lo = np.maximum((centres - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum((centres + support + 0.5).astype(np.int64), source)
+    index = lo + np.arange(int((hi - lo).max()))[:, None]
+    weight = np.clip(1.0 - np.abs((index - centres + 0.5) * (1.0 / support)), 0.0, None) * (index < hi)
+    weight /= weight.sum(axis=0, keepdims=True)
+    fixed = np.floor(0.5 + weight * (1 << RESAMPLE_BITS)).astype(np.int32)
+    return Taps(np.minimum(index, source - 1), fixed)
+
+
+class AntialiasedCrop:
+    """Resize a frame to ``resized`` (w, h) with Pillow's antialiased bilinear filter and keep ``crop``
+    (left, top, width, height) of it, into reused buffers: only the kept pixels are computed.
+
+    Like Pillow, the horizontal pass comes first and is rounded to uint8 before the vertical one.
+    """
+
+    def __init__(self, source: tuple[int, int], resized: tuple[int, int], crop: tuple[int, int, int, int]) -> None:
+        (w, h), (nw, nh), (left, top, width, height) = source, resized, crop
+        self.columns = triangle_taps(w, nw, left, width)
+        self.rows = triangle_taps(h, nh, top, height)
+        self._gather_x = np.empty((h, width, 3), np.uint8)
+        self._sum_x = np.empty((h, width, 3), np.int32)
+        self._term_x = np.empty((h, width, 3), np.int32)
+        self._narrow = np.empty((h, width, 3), np.uint8)
+        self._gather_y = np.empty((height, width, 3), np.uint8)
+        self._sum_y = np.empty((height, width, 3), np.int32)
+        self._term_y = np.empty((height, width, 3), np.int32)
+        self.out = np.empty((height, width, 3), np.uint8)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        self._pass(image, self.columns, 1, self._gather_x, self._term_x, self._sum_x, self._narrow)
+        self._pass(self._narrow, self.rows, 0, self._gather_y, self._term_y, self._sum_y, self.out)
+        return self.out
+
+    @staticmethod
+    def _pass(src: np.ndarray, taps: Taps, axis: int, gather: np.ndarray, term: np.ndarray, total: np.ndarray,
+              out: np.ndarray) -> None:
+        shape = (1, -1, 1) if axis == 1 else (-1, 1, 1)
+        total.fill(1 << (RESAMPLE_BITS - 1))  # rounds half up when shifted below
+        for index, weight in zip(taps.index, taps.weight, strict=True):
+            np.take(src, index, axis=axis, out=gather)
+            np.multiply(gather, weight.reshape(shape), out=term)
+            total += term
+        total >>= RESAMPLE_BITS
+        np.clip(total, 0, 255, out=total)
+        np.copyto(out, total, casting="unsafe")
 
 
 class Preprocessor:
@@ -96,6 +188,7 @@ class Preprocessor:
         self._geometry: tuple[int, int] | None = None
         self._transform: Transform | None = None
         self._roi: tuple[int, int, int, int] = (0, 0, self.width, self.height)
+        self._crop: AntialiasedCrop | None = None
 
     def new_buffer(self) -> np.ndarray:
         """A tensor buffer of the model input's shape and dtype, to be reused across frames."""
@@ -103,6 +196,7 @@ class Preprocessor:
 
     def _set_geometry(self, w: int, h: int) -> None:
         cfg = self.config
+        self._crop = None
         if cfg.resize == "letterbox":
             r = min(self.width / w, self.height / h)
             nw, nh = round(w * r), round(h * r)
@@ -113,6 +207,8 @@ class Preprocessor:
         elif cfg.resize == "stretch":
             self._transform = Transform(self.width / w, self.height / h, 0.0, 0.0, w, h)
             self._roi = (0, 0, self.width, self.height)
+        elif cfg.resize == "center-crop":
+            self._set_center_crop(w, h)
         else:
             if (w, h) != (self.width, self.height):
                 raise ModelError(
@@ -122,6 +218,19 @@ class Preprocessor:
             self._transform = Transform.identity(w, h)
             self._roi = (0, 0, w, h)
         self._geometry = (w, h)
+
+    def _set_center_crop(self, w: int, h: int) -> None:
+        """Resize so the frame covers the input (the short side to the input's), then take the centre.
+
+        Ultralytics' classification transform for a square input: torchvision ``Resize(imgsz)`` (long side
+        truncated to an integer, Pillow's antialiased bilinear filter) then ``CenterCrop(imgsz)`` (offset rounded
+        half to even).
+        """
+        nw, nh = cover_size(w, h, self.width, self.height)
+        left, top = round((nw - self.width) / 2), round((nh - self.height) / 2)
+        self._transform = Transform(nw / w, nh / h, float(-left), float(-top), w, h)
+        self._roi = (0, 0, self.width, self.height)
+        self._crop = AntialiasedCrop((w, h), (nw, nh), (left, top, self.width, self.height))
 
     def __call__(self, image: np.ndarray, out: np.ndarray) -> Transform:
         import cv2
@@ -134,7 +243,9 @@ class Preprocessor:
         if self._geometry != (w, h):
             self._set_geometry(w, h)
         left, top, nw, nh = self._roi
-        if (nw, nh) == (w, h) and (left, top) == (0, 0):
+        if self._crop is not None:
+            canvas = self._crop(image)
+        elif (nw, nh) == (w, h) and (left, top) == (0, 0):
             canvas = image
         else:
             roi = self._canvas[top : top + nh, left : left + nw]
