@@ -54,13 +54,20 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
+def file_digest(path: str | Path) -> tuple[int, str]:
+    """Size in bytes and hex sha256 of a file, read in chunks (OSError when it cannot be read)."""
     digest = hashlib.sha256()
+    size = 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    return file_digest(path)[1]
 
 
 def is_lfs_pointer(path: str | Path) -> bool:

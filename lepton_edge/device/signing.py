@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lepton_edge.core.errors import UpdateError
+from lepton_edge.core.fileio import file_digest
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -28,19 +28,13 @@ SIGNATURE_CONTEXT = b"lepton-edge artifact sha256 v1\x00"
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
-    """Size and sha256 (hex) of the file ``path``."""
-    digest = hashlib.sha256()
-    size = 0
+    """Size and sha256 (hex) of the file ``path``; UpdateError when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
+        return file_digest(path)
     except FileNotFoundError:
         raise UpdateError(f"{path}: file not found") from None
     except OSError as e:
         raise UpdateError(f"{path}: cannot read: {e}") from None
-    return size, digest.hexdigest()
 
 
 def _crypto() -> Any:
