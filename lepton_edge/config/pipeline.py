@@ -74,8 +74,10 @@ class ModelConfig(Strict):
         description="Class names: a text file with one label per line, or an inline list. "
         "Defaults to the labels in the model's metadata, if any.",
     )
-    task: Literal["auto", "detect", "classify", "raw"] = Field(
-        "auto", description="What the model does; `auto` reads the model metadata and output shapes."
+    task: Literal["auto", "detect", "segment", "pose", "obb", "classify", "raw"] = Field(
+        "auto",
+        description="What the model does: detect, segment (boxes and masks), pose (boxes and keypoints), obb "
+        "(oriented boxes), classify or raw; `auto` reads the model metadata and output shapes.",
     )
     precision: Literal["as-is", "fp32", "fp16", "int8", "auto"] = Field(
         "as-is",
@@ -201,7 +203,28 @@ class PreprocessConfig(Strict):
     )
 
 
-class DetectConfig(Strict):
+class BoxDecodeConfig(Strict):
+    """What every box decoder (detect, segment, pose, obb) shares: which boxes are kept."""
+
+    conf_threshold: float = Field(0.25, ge=0, le=1, description="Minimum score to keep a detection.")
+    iou_threshold: float = Field(0.45, ge=0, le=1, description="Overlap above which NMS suppresses a box.")
+    max_detections: int = Field(100, ge=1, le=10000, description="Most detections kept per frame (1..10000).")
+    class_agnostic: bool = Field(False, description="Suppress overlapping boxes across classes too.")
+
+
+class TaskHeadConfig(BoxDecodeConfig):
+    """Box decoding plus the layout of an Ultralytics task head (segment, pose, obb)."""
+
+    layout: Literal["auto", "yolov8", "end2end"] = Field(
+        "auto",
+        description="Output layout: yolov8 (Ultralytics YOLOv8/11 one-to-many head `[1, 4+C+extra, A]`, NMS "
+        "applied here) or end2end (YOLO26 end-to-end or an `nms=True` export, `[1, N, 6+extra]` rows: the box "
+        "(x1, y1, x2, y2; obb: cx, cy, w, h), score, class, then the task's extra values). `auto` decides from the "
+        "model's metadata (end2end, nms), else the output shapes.",
+    )
+
+
+class DetectConfig(BoxDecodeConfig):
     type: Literal["detect"] = Field(description="Decode object detections.")
     layout: Literal["auto", "yolov8", "yolov5", "nms", "rtdetr"] = Field(
         "auto",
@@ -210,10 +233,47 @@ class DetectConfig(Strict):
         "(Ultralytics RT-DETR: cx, cy, w, h normalised to 0..1, then score, class or C class scores). `auto` "
         "decides from the model's metadata (Ultralytics head, end2end, nms), else the output shapes.",
     )
-    conf_threshold: float = Field(0.25, ge=0, le=1, description="Minimum score to keep a detection.")
-    iou_threshold: float = Field(0.45, ge=0, le=1, description="Overlap above which NMS suppresses a box.")
-    max_detections: int = Field(100, ge=1, description="Most detections kept per frame.")
-    class_agnostic: bool = Field(False, description="Suppress overlapping boxes across classes too.")
+
+
+class SegmentConfig(TaskHeadConfig):
+    type: Literal["segment"] = Field(
+        description="Decode instance segmentation (Ultralytics -seg: boxes plus prototype masks)."
+    )
+    mask_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Mask probability (after the sigmoid) above which a pixel belongs to the "
+        "object, between 0 and 1 exclusive (Ultralytics: 0.5).",
+    )
+    mask_format: Literal["rle", "polygon"] = Field(
+        "rle",
+        description="How results write masks: rle (COCO run-length encoding of the mask in source pixels, "
+        "pycocotools' compressed string) or polygon (outer contours, lists of x, y source pixels).",
+    )
+
+
+Skeleton = Annotated[list[tuple[Annotated[int, Field(ge=0, le=999)], Annotated[int, Field(ge=0, le=999)]]],
+                     Field(max_length=1000)]
+"""Keypoint index pairs joined by a line."""
+
+
+class PoseConfig(TaskHeadConfig):
+    type: Literal["pose"] = Field(description="Decode pose estimation (Ultralytics -pose: boxes plus keypoints).")
+    keypoints: int | None = Field(
+        None, ge=1, le=1000,
+        description="Keypoints per object (1..1000); None reads Ultralytics `kpt_shape` from the model metadata.",
+    )
+    keypoint_dims: Literal[2, 3] | None = Field(
+        None, description="Values per keypoint: 3 (x, y, visibility) or 2 (x, y); None reads `kpt_shape`, else 3.",
+    )
+    skeleton: Skeleton | None = Field(
+        None, description="Keypoint index pairs the video sink joins with lines; None uses the COCO skeleton for "
+        "17 keypoints and no lines otherwise.",
+    )
+
+
+class ObbConfig(TaskHeadConfig):
+    type: Literal["obb"] = Field(
+        description="Decode oriented boxes (Ultralytics -obb: cx, cy, w, h, angle in radians; rotated NMS)."
+    )
 
 
 class ClassifyConfig(Strict):
@@ -226,7 +286,9 @@ class RawConfig(Strict):
     type: Literal["raw"] = Field(description="Pass outputs through unchanged.")
 
 
-PostprocessConfig = Annotated[DetectConfig | ClassifyConfig | RawConfig, Field(discriminator="type")]
+PostprocessConfig = Annotated[
+    DetectConfig | SegmentConfig | PoseConfig | ObbConfig | ClassifyConfig | RawConfig, Field(discriminator="type")
+]
 
 
 class JsonlSinkConfig(Strict):
