@@ -26,22 +26,34 @@ def is_rtdetr(metadata: Mapping[str, str] | None) -> bool:
     return (metadata or {}).get("head", "").strip() == RTDETR_HEAD
 
 
+def is_ultralytics(metadata: Mapping[str, str] | None) -> bool:
+    """True for a model exported by Ultralytics (its ``author`` metadata, or ``imgsz`` next to ``names``)."""
+    metadata = metadata or {}
+    return metadata.get("author", "").strip() == "Ultralytics" or ("imgsz" in metadata and "names" in metadata)
+
+
 def is_ultralytics_classifier(metadata: Mapping[str, str] | None) -> bool:
     """True for an Ultralytics classification export (``task: classify`` next to Ultralytics' ``imgsz``)."""
     metadata = metadata or {}
     return metadata.get("task", "").strip() == "classify" and "imgsz" in metadata
 
 
-def default_resize(config: PreprocessConfig, metadata: Mapping[str, str] | None) -> PreprocessConfig:
-    """``config`` with ``resize: stretch`` when it leaves resize unset and the model is RT-DETR, as Ultralytics
-    feeds it (``center-crop`` for an Ultralytics classifier); an explicit ``resize`` always wins."""
-    if "resize" in config.model_fields_set:
-        return config
-    if is_ultralytics_classifier(metadata):
-        return config.model_copy(update={"resize": "center-crop"})
-    if not is_rtdetr(metadata):
-        return config
-    return config.model_copy(update={"resize": "stretch"})
+def model_defaults(config: PreprocessConfig, metadata: Mapping[str, str] | None) -> PreprocessConfig:
+    """``config`` with what the model's exporter feeds it where ``config`` leaves it unset.
+
+    Ultralytics models: bilinear resampling (its letterbox and stretch use it; area resampling moves scores
+    enough to change which boxes pass the threshold), ``stretch`` for RT-DETR and ``center-crop`` for
+    classifiers. Explicit settings always win.
+    """
+    updates: dict[str, str] = {}
+    if "interpolation" not in config.model_fields_set and is_ultralytics(metadata):
+        updates["interpolation"] = "linear"
+    if "resize" not in config.model_fields_set:
+        if is_ultralytics_classifier(metadata):
+            updates["resize"] = "center-crop"
+        elif is_rtdetr(metadata):
+            updates["resize"] = "stretch"
+    return config.model_copy(update=updates) if updates else config
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +168,12 @@ class Preprocessor:
     Call it with a frame and a buffer from :meth:`new_buffer`; it fills the buffer and returns the
     :class:`Transform`. No allocation happens per frame once the frame size is stable. The input size is
     resolved by :func:`~lepton_edge.runtime.input_size.resolve_input_size` (``config.size``, the model's fixed
-    dimensions, then ``metadata``). An unset ``resize`` is ``stretch`` for Ultralytics RT-DETR models.
+    dimensions, then ``metadata``). Unset settings follow the model's exporter (:func:`model_defaults`).
     """
 
     def __init__(self, spec: TensorSpec, config: PreprocessConfig | None = None, *,
                  metadata: Mapping[str, str] | None = None) -> None:
-        cfg = default_resize(config or PreprocessConfig(), metadata)
+        cfg = model_defaults(config or PreprocessConfig(), metadata)
         self.config = cfg
         self.layout = cfg.layout or image_layout(spec)
         self.dtype = np.dtype(cfg.dtype) if cfg.dtype else spec.dtype

@@ -96,3 +96,22 @@ def test_dynamic_size_needs_config_and_mismatches_are_clear():
                                                                           np.zeros((1, 3, 32, 32), np.float32))
     with pytest.raises(ModelError, match="4-D"):
         Preprocessor(spec([1, 3072]))
+
+
+ULTRALYTICS_DETECTOR = {"author": "Ultralytics", "task": "detect", "imgsz": "[160, 160]", "names": "{0: 'a'}"}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "explicit", "interpolation", "resize"),
+    [
+        (ULTRALYTICS_DETECTOR, {}, "linear", "letterbox"),
+        ({**ULTRALYTICS_DETECTOR, "head": "RTDETRDecoder"}, {}, "linear", "stretch"),
+        ({**ULTRALYTICS_DETECTOR, "task": "classify"}, {}, "linear", "center-crop"),
+        (ULTRALYTICS_DETECTOR, {"interpolation": "area", "resize": "stretch"}, "area", "stretch"),
+        ({"lepton.task": "detect"}, {}, "auto", "letterbox"),
+    ],
+)
+def test_unset_settings_follow_the_exporter_and_explicit_ones_win(metadata, explicit, interpolation, resize):
+    spec = TensorSpec("images", (1, 3, 160, 160), np.float32)
+    pre = Preprocessor(spec, PreprocessConfig(**explicit), metadata=metadata)
+    assert (pre.config.interpolation, pre.config.resize) == (interpolation, resize)
