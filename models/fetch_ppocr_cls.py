@@ -41,8 +41,11 @@ MODEL = HERE / "ppocr_cls.onnx"
 LINES = HERE.parent / "calibration" / "text_lines"
 COUNT = 160
 
-WORDS = ("the quick brown fox jumps over lazy dog edge camera robot vehicle sensor model engine fleet device "
-         "track zone event clip lane gate exit dock bay").split()
+WORDS = (
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "edge", "camera", "robot", "vehicle",
+    "sensor", "model", "engine", "fleet", "device", "track", "zone", "event", "clip", "lane", "gate",
+    "exit", "dock", "bay",
+)
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX,
          cv2.FONT_HERSHEY_PLAIN)
 
