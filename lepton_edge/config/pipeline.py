@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lepton_edge.config.base import Strict
 
@@ -62,6 +63,125 @@ class ArtifactRef(Strict):
         return signature
 
 
+MAX_TENSOR_NAME = 256
+"""Longest model input, output or recorded array name accepted in a config."""
+MAX_CONSTANT_VALUES = 4096
+"""Most numbers in one constant input (a config arrives over the network: it stays small)."""
+MAX_CONSTANT_DEPTH = 8
+"""Deepest nesting of a constant's lists (its rank)."""
+MAX_NAMED_INPUTS = 64
+"""Most constants, state pairs or recorded-array mappings in a config."""
+MAX_STATE_VALUES = 1 << 20
+"""Most numbers in one state tensor's initial zeros."""
+
+TensorName = Annotated[str, Field(min_length=1, max_length=MAX_TENSOR_NAME, pattern=r"^[^\x00-\x1f\x7f]+$")]
+"""A model input or output name, or a recording's array name: printable, 1..256 characters."""
+
+ConstantValue = Annotated[
+    float | int | list[Any],
+    Field(description="A number, or nested lists of numbers (rectangular, at most 4096 numbers, depth 8)."),
+]
+
+
+def _count_numbers(value: Any, depth: int = 0) -> int:
+    """The numbers in a constant (nested lists of finite numbers); ValueError for anything else."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | dict):
+        raise ValueError(f"constants hold numbers or lists of numbers, got {type(value).__name__} {value!r:.40}")
+    if isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 63):
+            raise ValueError(f"integer {value} does not fit in 64 bits")
+        return 1
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"constants must be finite numbers, got {value}")
+        return 1
+    if isinstance(value, list):
+        if depth >= MAX_CONSTANT_DEPTH:
+            raise ValueError(f"constant nested deeper than {MAX_CONSTANT_DEPTH} lists")
+        if not value:
+            raise ValueError("empty list in a constant")
+        total = 0
+        for item in value:
+            total += _count_numbers(item, depth + 1)
+            if total > MAX_CONSTANT_VALUES:
+                raise ValueError(f"constant holds more than {MAX_CONSTANT_VALUES} numbers")
+        return total
+    raise ValueError(f"constants hold numbers or lists of numbers, got {type(value).__name__}")
+
+
+class StateConfig(Strict):
+    output: TensorName = Field(description="Model output holding the state after a frame (Silero VAD: stateN).")
+    input: TensorName = Field(description="Model input it is fed back to on the next frame (Silero VAD: state).")
+    shape: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
+        None, max_length=8,
+        description="Shape of the initial zeros, needed only when the input has dynamic dimensions other than a "
+        "batch (default: the input's shape with dynamic dimensions 1); at most 8 dims and 1048576 values.",
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _bounded(cls, shape: list[int] | None) -> list[int] | None:
+        if shape is not None and math.prod(shape) > MAX_STATE_VALUES:
+            raise ValueError(f"state shape {shape} holds more than {MAX_STATE_VALUES} values")
+        return shape
+
+
+class InputsConfig(Strict):
+    """Where each model input comes from, for models with several inputs (sensor, multi-input, stateful)."""
+
+    recorded: dict[TensorName, TensorName] = Field(
+        default_factory=dict, max_length=MAX_NAMED_INPUTS,
+        description="Model input -> the array of a .npz recording that feeds it (one frame per first-axis "
+        "index). Inputs not listed, and not constant, state or image, read the array of their own name.",
+    )
+    constants: dict[TensorName, ConstantValue] = Field(
+        default_factory=dict, max_length=MAX_NAMED_INPUTS,
+        description="Model input -> a value fed with every frame, cast to the input's dtype (Silero VAD: "
+        "{sr: 16000}); a number or nested lists, at most 4096 numbers each.",
+    )
+    state: list[StateConfig] = Field(
+        default_factory=list, max_length=MAX_NAMED_INPUTS,
+        description="Outputs fed back to inputs between frames (recurrent state); zeros before the first frame. "
+        "A model with state runs every frame in order: live sources do not drop frames for it.",
+    )
+    state_reset: Literal["on_reopen", "every_frame", "never"] = Field(
+        "on_reopen",
+        description="When state goes back to zeros: on_reopen (the source opens again: loop, reconnect, a new "
+        "source), every_frame (no memory, frames may be dropped again), or never (only a new model resets it).",
+    )
+    image: TensorName | None = Field(
+        None,
+        description="The input image sources are preprocessed into, for models with extra inputs (image + "
+        "metadata: the rest are constants or state); default: the only input not otherwise fed.",
+    )
+
+    @field_validator("constants", mode="before")
+    @classmethod
+    def _small_constants(cls, constants: Any) -> Any:
+        for name, value in constants.items() if isinstance(constants, dict) else ():
+            try:
+                _count_numbers(value)
+            except ValueError as e:
+                raise ValueError(f"constant {name!r}: {e}") from None
+        return constants
+
+    @model_validator(mode="after")
+    def _each_input_fed_once(self) -> InputsConfig:
+        roles: dict[str, str] = {}
+        outputs: set[str] = set()
+        pairs = [(name, "recorded") for name in self.recorded] + [(name, "constant") for name in self.constants]
+        pairs += [(s.input, "state") for s in self.state] + ([(self.image, "image")] if self.image else [])
+        for name, role in pairs:
+            if name in roles:
+                raise ValueError(f"input {name!r} is given twice ({roles[name]} and {role}); feed each input once")
+            roles[name] = role
+        for s in self.state:
+            if s.output in outputs:
+                raise ValueError(f"state output {s.output!r} is fed back twice")
+            outputs.add(s.output)
+        return self
+
+
 class ModelConfig(Strict):
     path: Path = Field(description="ONNX model (or built artifact directory) to run.")
     artifact: ArtifactRef | None = Field(
@@ -104,6 +224,11 @@ class ModelConfig(Strict):
     cache_dir: Path | None = Field(
         None, description="Engine cache folder; default $CACHE_DIRECTORY/engines under systemd, else "
         "~/.cache/lepton-edge/engines."
+    )
+    inputs: InputsConfig = Field(
+        default_factory=InputsConfig,
+        description="Where each input comes from for models with several inputs: recorded arrays, constants, "
+        "state fed back from outputs, the image (docs/sensors.md).",
     )
 
 
@@ -282,8 +407,21 @@ class ClassifyConfig(Strict):
     softmax: bool | None = Field(None, description="Apply softmax; None applies it unless outputs already sum to 1.")
 
 
+MAX_RAW_VALUES = 1 << 20
+"""Largest RawConfig.max_values: a result line stays well under a few megabytes."""
+
+
 class RawConfig(Strict):
     type: Literal["raw"] = Field(description="Pass outputs through unchanged.")
+    max_values: int = Field(
+        4096, ge=0, le=MAX_RAW_VALUES,
+        description="Outputs with at most this many values are written with their values; larger ones as a "
+        "summary (shape, dtype, min, max, mean) saying the values were omitted. 0..1048576.",
+    )
+    outputs: list[TensorName] | None = Field(
+        None, max_length=MAX_NAMED_INPUTS,
+        description="Which outputs results report, by name (e.g. leave out a fed-back state); default all.",
+    )
 
 
 PostprocessConfig = Annotated[

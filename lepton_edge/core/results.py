@@ -103,15 +103,42 @@ class Classification:
 
 @dataclass(slots=True)
 class RawOutputs:
-    """Model outputs passed through unchanged, for models without a postprocessor."""
+    """Model outputs passed through unchanged, for models without a postprocessor.
+
+    ``to_dict`` writes each output's values (nested lists, non-finite numbers as null) when it holds at most
+    ``max_values`` numbers, else a summary: shape, dtype, min, max, mean and ``values_omitted``.
+    """
 
     outputs: dict[str, np.ndarray]
+    max_values: int = 4096
 
     def __len__(self) -> int:
         return len(self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.outputs.items()}}
+        return {"outputs": {k: raw_values(v, self.max_values) for k, v in self.outputs.items()}}
+
+
+def raw_values(array: np.ndarray, max_values: int) -> dict[str, Any]:
+    """One raw output for a result line: its values up to ``max_values`` numbers, else a summary of them."""
+    array = np.asarray(array)
+    info: dict[str, Any] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+    numeric = array.dtype.kind in "biuf"
+    if array.size <= max_values and numeric:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            info["values"] = np.where(np.isfinite(array), array, None).tolist()  # JSON has no NaN or inf
+        else:
+            info["values"] = array.tolist()
+        return info
+    info.update(size=int(array.size), values_omitted=True)
+    if not numeric:
+        return info
+    finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+    if finite.size:
+        info.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean(dtype=np.float64)))
+    if finite.size != array.size:
+        info["nonfinite"] = int(array.size - finite.size)
+    return info
 
 
 Output = Detections | Classification | RawOutputs

@@ -450,7 +450,8 @@ class RuntimeController:
                 backend = load_backend(new)
                 try:
                     prepared.bundle = ModelBundle(
-                        backend, make_preprocessor(new, backend, kind), make_postprocessor(new, backend)
+                        backend, make_preprocessor(new, backend, kind), make_postprocessor(new, backend),
+                        new.model.inputs if new.model is not None else None,
                     )
                 except BaseException:
                     backend.close()

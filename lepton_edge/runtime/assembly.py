@@ -13,6 +13,7 @@ from lepton_edge.config.device import DeviceConfig
 from lepton_edge.config.pipeline import ClassifyConfig, DetectConfig, PostprocessConfig, PreprocessConfig, RawConfig
 from lepton_edge.core.errors import ConfigError, LeptonError
 from lepton_edge.runtime.backends.base import Backend
+from lepton_edge.runtime.inputs import plan_inputs
 from lepton_edge.runtime.labels import labels_from_metadata, load_labels
 from lepton_edge.runtime.pipeline import Pipeline, PipelineStats
 from lepton_edge.runtime.postprocess import create_postprocessor, infer_task
@@ -73,12 +74,10 @@ def make_preprocessor(config: DeviceConfig, backend: Backend, source_kind: str) 
     if source_kind != "image":
         return None
     assert config.model is not None
-    if len(backend.inputs) != 1:
-        raise ConfigError(
-            f"{config.model.path}: image sources feed one input, the model has "
-            f"{[s.name for s in backend.inputs]}"
-        )
-    return Preprocessor(backend.inputs[0], preprocess_from_metadata(config.preprocess, backend.metadata),
+    plan = plan_inputs(backend.inputs, backend.outputs, config.model.inputs, source="image",
+                       where=str(config.model.path))
+    assert plan.image is not None
+    return Preprocessor(plan.image, preprocess_from_metadata(config.preprocess, backend.metadata),
                         metadata=backend.metadata)
 
 
@@ -106,7 +105,7 @@ def build_pipeline(config: DeviceConfig, backend: Backend, *, max_frames: int | 
         return Pipeline(
             reader, backend, postprocessor, sinks,
             preprocessor=preprocessor, live=live, max_frame_age_ms=config.source.max_frame_age_ms,
-            max_frames=max_frames, stats=stats, stop_event=stop,
+            max_frames=max_frames, stats=stats, stop_event=stop, inputs=config.model.inputs,
         )
     except BaseException:
         backend.close()

@@ -7,6 +7,10 @@
 - Input tensors come from a small pool of preallocated buffers; nothing is allocated per frame on the
   preprocess/infer path once the frame size is stable.
 - Every result carries its capture time and the milliseconds spent in each stage.
+- Models with several inputs are fed through an :class:`~lepton_edge.runtime.inputs.InputPlan`: the image or the
+  recorded arrays per frame, constants, and state fed back from the previous frame's outputs. A stateful model
+  runs every frame in order: its pipeline drops nothing, even from a live source (logged), and its state goes
+  back to zeros when the source opens again (``model.inputs.state_reset``).
 - ``stop()`` drains in-flight frames and closes the sinks; a stage that raises aborts every other
   stage at once and the error reaches the caller of ``wait()``/``run()``.
 """
@@ -22,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from lepton_edge.config.pipeline import InputsConfig
 from lepton_edge.core.errors import LeptonError, ModelError, PipelineError
 from lepton_edge.core.metrics import DropCounter, LatencyWindow
 from lepton_edge.core.results import Frame, Result, now
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.channel import CLOSED, Channel, ChannelClosed
 from lepton_edge.runtime.input_size import feed_shape
+from lepton_edge.runtime.inputs import InputPlan, InputState, fill_recorded, plan_inputs
 from lepton_edge.runtime.preprocess import Preprocessor, Transform
 
 log = logging.getLogger(__name__)
@@ -73,10 +79,13 @@ class _Work:
     frame: Frame
     stage_ms: dict[str, float] = field(default_factory=dict)
     model: ModelBundle | None = None
-    buffer: np.ndarray | None = None
+    buffer: dict[str, np.ndarray] | None = None
+    """The frame's own inputs (the image, or recorded arrays), from the model's pool."""
     transform: Transform | None = None
     outputs: list[np.ndarray] | None = None
     age_ms: float = 0.0
+    epoch: tuple[int, int] = (0, 0)
+    """(reader generation, source opens): a change means the source opened again, which resets state."""
 
 
 def _fixed_or_one(dim: object) -> int:
@@ -92,36 +101,54 @@ def tensor_into(data: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out, data, casting="unsafe")
 
 
+def _is_image(data: Any) -> bool:
+    return isinstance(data, np.ndarray) and data.ndim == 3 and data.dtype == np.uint8 and data.shape[2] in (1, 3)
+
+
 class ModelBundle:
-    """A loaded model with its pre/postprocessing and its own pool of input buffers.
+    """A loaded model with its pre/postprocessing, how its inputs are fed (``inputs``: constants, state, recorded
+    arrays; :mod:`lepton_edge.runtime.inputs`) and its own pool of input buffers.
 
     The buffers have the shape the preprocessor resolved (:mod:`lepton_edge.runtime.input_size`), and the backend
-    is warmed up at that shape if load did not already.
+    is warmed up at that shape if load did not already. Recorded inputs with dynamic dims (audio samples) take
+    the size of the first frame; those are warmed up by it.
 
     The pipeline swaps bundles as one unit at a frame boundary; a retired bundle's backend is closed
     once the last frame that used it has left the pipeline.
     """
 
     def __init__(self, backend: Backend, preprocessor: Preprocessor | None,
-                 postprocessor: Callable[[list[np.ndarray], Transform], Any]) -> None:
-        if len(backend.inputs) != 1:
-            raise ModelError(
-                f"the pipeline feeds one input tensor; this model has {len(backend.inputs)}: "
-                f"{[s.name for s in backend.inputs]}"
-            )
+                 postprocessor: Callable[[list[np.ndarray], Transform], Any],
+                 inputs: InputsConfig | None = None, plan: InputPlan | None = None) -> None:
         self.backend = backend
         self.preprocessor = preprocessor
         self.postprocessor = postprocessor
-        self.input_name = backend.inputs[0].name
-        spec = backend.inputs[0]
-        # Image inputs: the size the preprocessor resolved; recorded tensors: the model's (metadata) size.
-        shape = preprocessor.shape if preprocessor else (
-            feed_shape(spec, backend.metadata) or tuple(_fixed_or_one(d) for d in spec.shape))
-        dtype = preprocessor.dtype if preprocessor else spec.dtype
-        backend.warm_for({self.input_name: tuple(shape)})
-        self.pool: Channel[np.ndarray] = Channel(BUFFER_POOL_SIZE, "block")
+        self.plan = plan or plan_inputs(backend.inputs, backend.outputs, inputs,
+                                        source="image" if preprocessor else "tensor", where=backend.name)
+        self.state = InputState(self.plan)
+        """Constants and recurrent state; used by the infer stage only (one frame at a time, in order)."""
+        self.state_epoch: tuple[int, int] | None = None
+        self.input_name = self.plan.framed[0]
+        shapes: dict[str, tuple[int, ...]] = {}
+        dtypes: dict[str, np.dtype] = {}
+        sized = True
+        for name in self.plan.framed:
+            spec = self.plan.specs[name]
+            if preprocessor is not None and self.plan.image is not None and name == self.plan.image.name:
+                # Image inputs: the size the preprocessor resolved.
+                shapes[name], dtypes[name] = tuple(preprocessor.shape), preprocessor.dtype
+                continue
+            # Recorded tensors: the model's (metadata) size; other dynamic dims wait for the first frame.
+            shapes[name] = tuple(feed_shape(spec, backend.metadata) or (_fixed_or_one(d) for d in spec.shape))
+            dtypes[name] = spec.dtype
+            sized = sized and (len(spec.shape) == 4 or all(isinstance(d, int) and d > 0 for d in spec.shape[1:]))
+        if sized:
+            warm = {**shapes, **{n: v.shape for n, v in self.plan.constants.items()},
+                    **{link.input.name: link.shape for link in self.plan.state}}
+            backend.warm_for(warm, dict(self.plan.constants))
+        self.pool: Channel[dict[str, np.ndarray]] = Channel(BUFFER_POOL_SIZE, "block")
         for _ in range(BUFFER_POOL_SIZE):
-            self.pool.put(np.zeros(shape, dtype))
+            self.pool.put({name: np.zeros(shapes[name], dtypes[name]) for name in self.plan.framed})
         self._lock = threading.Lock()
         self._in_flight = 0
         self._retired = False
@@ -171,8 +198,9 @@ class Pipeline:
         latency_window: int = 4096,
         stats: PipelineStats | None = None,
         stop_event: threading.Event | None = None,
+        inputs: InputsConfig | None = None,
     ) -> None:
-        self.model = ModelBundle(backend, preprocessor, postprocessor)
+        self.model = ModelBundle(backend, preprocessor, postprocessor, inputs)
         self.reader = reader
         self.sinks = list(sinks)
         self.live = live
@@ -181,6 +209,7 @@ class Pipeline:
         self.stats = stats or PipelineStats(latency_window)
         self._stop = stop_event or threading.Event()
         self._frames: Channel[_Work] = Channel(1, "latest") if live else Channel(2, "block")
+        self._apply_drop_policy()
         self._tensors: Channel[_Work] = Channel(1, "block")
         self._outputs: Channel[_Work] = Channel(2, "block")
         self._sinks_lock = threading.Lock()
@@ -213,6 +242,7 @@ class Pipeline:
         keeps it alive (to swap it back after a failed health check) and must ``retire()`` it later.
         """
         old, self.model = self.model, bundle
+        self._apply_drop_policy()
         if retire_old:
             old.retire()
         return old
@@ -233,8 +263,24 @@ class Pipeline:
         """Read from ``reader`` from now on; the old reader is closed (its frames in flight finish)."""
         old, self.reader = self.reader, reader
         self.live = live
-        self._frames.policy = "latest" if live else "block"
+        self._apply_drop_policy()
         old.close()
+
+    @property
+    def drops_frames(self) -> bool:
+        """True when stale frames are dropped: a live source and a model without state (state needs every
+        frame, in order)."""
+        return self.live and not self.model.plan.stateful
+
+    def _apply_drop_policy(self) -> None:
+        self._frames.policy = "latest" if self.drops_frames else "block"
+        if self.live and self.model.plan.stateful:
+            log.warning(
+                "the model feeds state back between frames (%s): frames from this live source are not dropped "
+                "(no latest-frame-wins, no max_frame_age_ms); when inference is slower than the source, frames "
+                "wait and latency grows. Set model.inputs.state_reset: every_frame to drop frames again",
+                ", ".join(f"{link.output} -> {link.input.name}" for link in self.model.plan.state),
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -334,9 +380,11 @@ class Pipeline:
 
     def _source_loop(self) -> None:
         try:
+            generation = 0
             while not self._stop.is_set():
                 reader = self.reader
-                for work in self._timed(reader):
+                generation += 1
+                for work in self._timed(reader, generation):
                     self.stats.frames_in += 1
                     self._note_source_state()
                     try:
@@ -355,15 +403,15 @@ class Pipeline:
             self._note_source_state()
             self._frames.close()
 
-    def _timed(self, reader: Any):
-        """Frames from ``reader`` wrapped in work items that record the decode time."""
+    def _timed(self, reader: Any, generation: int = 0):
+        """Frames from ``reader`` wrapped in work items that record the decode time and the source's epoch."""
         frames = iter(reader)
         while True:
             t0 = now()
             frame = next(frames, None)
             if frame is None:
                 return
-            work = _Work(frame)
+            work = _Work(frame, epoch=(generation, getattr(reader, "opens", 0)))
             work.stage_ms["decode"] = (now() - t0) * 1000.0
             self.stats.latency["decode"].add(work.stage_ms["decode"])
             yield work
@@ -381,7 +429,7 @@ class Pipeline:
         try:
             while (work := self._frames.get()) is not CLOSED:
                 t = now()
-                if self.live and t - work.frame.capture_ts > self.max_age_s:
+                if self.drops_frames and t - work.frame.capture_ts > self.max_age_s:
                     self._drop(work, "too_old")
                     continue
                 # time waiting between the end of decode and the start of preprocessing
@@ -393,11 +441,13 @@ class Pipeline:
                 model.acquire()
                 work.model, work.buffer = model, buffer
                 data = work.frame.data
-                pre = model.preprocessor
-                if pre is not None and data.ndim == 3 and data.dtype == np.uint8 and data.shape[2] in (1, 3):
-                    work.transform = pre(data, buffer)
+                pre, plan = model.preprocessor, model.plan
+                if pre is not None and plan.image is not None and _is_image(data):
+                    work.transform = pre(data, buffer[plan.image.name])
+                elif plan.image is not None and not isinstance(data, dict):
+                    tensor_into(data, buffer[plan.image.name])  # a recorded tensor at an image model's input
                 else:
-                    tensor_into(data, buffer)
+                    fill_recorded(plan, data, buffer)
                 work.stage_ms["preprocess"] = (now() - t) * 1000.0
                 self.stats.latency["queue"].add(max(0.0, work.stage_ms["queue"]))
                 self.stats.latency["preprocess"].add(work.stage_ms["preprocess"])
@@ -412,7 +462,7 @@ class Pipeline:
         try:
             while (work := self._tensors.get()) is not CLOSED:
                 t = now()
-                if self.live and t - work.frame.capture_ts > self.max_age_s:
+                if self.drops_frames and t - work.frame.capture_ts > self.max_age_s:
                     self._drop(work, "too_old")
                     continue
                 model = work.model
@@ -420,7 +470,12 @@ class Pipeline:
                 work.age_ms = (t - work.frame.capture_ts) * 1000.0
                 self.stats.latency["frame_age"].add(work.age_ms)
                 try:
-                    work.outputs = model.backend.infer({model.input_name: work.buffer})
+                    if model.state_epoch != work.epoch:
+                        if model.state_epoch is not None and model.plan.reset == "on_reopen":
+                            model.state.reset()
+                        model.state_epoch = work.epoch
+                    work.outputs = model.backend.infer(model.state.feeds(work.buffer))
+                    model.state.update(work.outputs)
                 finally:
                     model.pool.put(work.buffer)
                     work.buffer = None
@@ -442,7 +497,8 @@ class Pipeline:
                 assert model is not None and work.outputs is not None
                 transform = work.transform
                 if transform is None:
-                    h, w = frame.data.shape[:2] if frame.data.ndim >= 2 else (1, 1)
+                    data = frame.data
+                    h, w = data.shape[:2] if isinstance(data, np.ndarray) and data.ndim >= 2 else (1, 1)
                     transform = Transform.identity(w, h)
                 try:
                     output = model.postprocessor(work.outputs, transform)

@@ -139,7 +139,7 @@ def test_config_size_overrides_metadata_for_buffers_and_warm_up(tmp_path, fed):
         assert pipeline.preprocessor.shape == (1, 3, 40, 64)
         assert pipeline.preprocessor.size.source == "preprocess.size"
         buffers = [pipeline.model.pool.get() for _ in range(3)]
-        assert {b.shape for b in buffers} == {(1, 3, 40, 64)}
+        assert {b["images"].shape for b in buffers} == {(1, 3, 40, 64)}
         assert fed == [(1, 3, 32, 48)] * 2 + [(1, 3, 40, 64)] * 2, "warmed again at the size the pipeline feeds"
         assert backend.warmed_shapes == {"images": (1, 3, 40, 64)}
     finally:
@@ -180,7 +180,7 @@ def test_tensor_source_buffers_use_the_resolved_size(tmp_path, fed):
     backend = load(yolo_like(tmp_path / "dyn.onnx", metadata=ULTRALYTICS), runs=1)
     bundle = ModelBundle(backend, None, lambda outputs, transform: outputs)
     try:
-        assert bundle.pool.get().shape == (1, 3, 32, 48)
+        assert bundle.pool.get()["images"].shape == (1, 3, 32, 48)
         assert fed == [(1, 3, 32, 48)], "not warmed twice at the same shape"
     finally:
         bundle.close()

@@ -63,14 +63,16 @@ class Backend(abc.ABC):
         shapes = {}
         for spec in self.inputs:
             shape = feed_shape(spec, self.metadata)
-            if shape is None:
-                return None
+            if shape is None or (len(spec.shape) != 4 and any(
+                    not (isinstance(d, int) and d > 0) for d in spec.shape[1:])):
+                return None  # a sensor input whose length (audio samples, tokens) only the data tells
             shapes[spec.name] = shape
         return shapes
 
-    def warmup(self, runs: int, shapes: Shapes | None = None) -> None:
+    def warmup(self, runs: int, shapes: Shapes | None = None, values: dict[str, np.ndarray] | None = None) -> None:
         """Run ``runs`` inferences on zero tensors of ``shapes`` (default :meth:`warmup_shapes`) so that first-frame
-        latency is normal. Without shapes to use it remembers ``runs`` for :meth:`warm_for` and runs nothing."""
+        latency is normal; ``values`` replaces the zeros of some inputs (constants such as a sample rate). Without
+        shapes to use it remembers ``runs`` for :meth:`warm_for` and runs nothing."""
         self.warmup_runs = runs
         shapes = shapes if shapes is not None else self.warmup_shapes()
         if shapes is None:
@@ -79,6 +81,7 @@ class Backend(abc.ABC):
         if not runs:
             return
         feeds = {s.name: np.zeros(shapes[s.name], s.dtype) for s in self.inputs}
+        feeds.update(values or {})
         try:
             for _ in range(runs):
                 self._infer(feeds)
@@ -92,10 +95,10 @@ class Backend(abc.ABC):
             ) from None
         self.warmed_shapes = dict(shapes)
 
-    def warm_for(self, shapes: Shapes) -> None:
+    def warm_for(self, shapes: Shapes, values: dict[str, np.ndarray] | None = None) -> None:
         """Warm up at ``shapes``, the shapes the pipeline will feed, unless load already warmed up at them."""
         if self.warmup_runs and shapes != self.warmed_shapes:
-            self.warmup(self.warmup_runs, shapes)
+            self.warmup(self.warmup_runs, shapes, values)
 
     def describe(self) -> dict[str, Any]:
         """What is loaded, for logs, telemetry and ``inspect``."""

@@ -14,11 +14,12 @@ import numpy as np
 
 from lepton_edge.config.pipeline import ClassifyConfig, DetectConfig, PostprocessConfig, RawConfig
 from lepton_edge.core.errors import ModelError
-from lepton_edge.core.results import Output, RawOutputs
+from lepton_edge.core.results import Output
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.runtime.labels import labels_from_metadata
 from lepton_edge.runtime.postprocess.classify import ClassificationPostprocessor
 from lepton_edge.runtime.postprocess.detect import DetectionPostprocessor, looks_like_detection
+from lepton_edge.runtime.postprocess.raw import RawPostprocessor
 from lepton_edge.runtime.preprocess import Transform
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,6 @@ class Postprocessor(Protocol):
     """Turns one inference's outputs (in the model's output order) into a typed result."""
 
     def __call__(self, outputs: list[np.ndarray], transform: Transform) -> Output: ...
-
-
-class RawPostprocessor:
-    """Passes outputs through as :class:`RawOutputs`, keyed by output name."""
-
-    def __init__(self, outputs: Sequence[TensorSpec]) -> None:
-        self.names = [spec.name for spec in outputs]
-
-    def __call__(self, outputs: list[np.ndarray], transform: Transform) -> RawOutputs:
-        if len(outputs) != len(self.names):
-            raise ModelError(f"raw postprocessor expects outputs {self.names}, got {len(outputs)} array(s)")
-        # Copies, because a backend may reuse its output buffers while sinks still hold the result.
-        return RawOutputs({name: np.array(a, copy=True) for name, a in zip(self.names, outputs, strict=True)})
 
 
 def _is_class_vector(spec: TensorSpec) -> bool:
@@ -107,7 +95,7 @@ def create_postprocessor(
         return DetectionPostprocessor(config, outputs, metadata, labels)
     if isinstance(config, ClassifyConfig):
         return ClassificationPostprocessor(config, outputs, labels)
-    return RawPostprocessor(outputs)
+    return RawPostprocessor(outputs, config if isinstance(config, RawConfig) else None)
 
 
 __all__ = [

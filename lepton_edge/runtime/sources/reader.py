@@ -182,6 +182,7 @@ class FrameReader:
         self._lock = threading.Lock()
         self._state = SourceState.CONNECTING
         self._frames = 0
+        self._opens = 0
         self._reconnects = 0
         self._last_error: str | None = None
         self._last_frame_ts: float | None = None
@@ -215,6 +216,13 @@ class FrameReader:
         """Frames delivered so far."""
         with self._lock:
             return self._frames
+
+    @property
+    def opens(self) -> int:
+        """Times the source was opened (first open, loops, reconnects): frames of another open start a new
+        sequence, which resets a stateful model's state."""
+        with self._lock:
+            return self._opens
 
     @property
     def reconnects(self) -> int:
@@ -382,6 +390,8 @@ class FrameReader:
 
     def _open_source(self) -> None:
         self.source.open()
+        with self._lock:
+            self._opens += 1
         self._refresh_description()
 
     def _refresh_description(self) -> None:

@@ -37,10 +37,30 @@ def test_npz_with_a_single_array_uses_it(tmp_path):
     assert len(frames) == 2 and frames[0].data.dtype == np.uint16
 
 
-def test_ambiguous_npz_lists_its_arrays(tmp_path):
-    np.savez(tmp_path / "two.npz", left=np.zeros((2, 2)), right=np.zeros((2, 2)))
+def test_npz_with_several_arrays_gives_one_array_per_input_each_frame(tmp_path):
+    audio = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)
+    meta = np.array([[1], [2], [3]], np.int64)
+    np.savez(tmp_path / "two.npz", audio=audio, meta=meta)
+    frames, reader = read_all(SourceConfig(uri=str(tmp_path / "two.npz")))
+    assert len(frames) == 3 and reader.state is SourceState.ENDED
+    for i, frame in enumerate(frames):
+        assert sorted(frame.data) == ["audio", "meta"]
+        assert np.array_equal(frame.data["audio"], audio[i]) and frame.data["meta"].tolist() == [i + 1]
+    assert reader.stats()["source"]["arrays"] == {"audio": {"shape": [4], "dtype": "float32"},
+                                                  "meta": {"shape": [1], "dtype": "int64"}}
+
+
+def test_npz_arrays_of_different_lengths_are_refused_naming_each(tmp_path):
+    np.savez(tmp_path / "two.npz", left=np.zeros((2, 2)), right=np.zeros((3, 2)))
     source = create_source(SourceConfig(uri=str(tmp_path / "two.npz")))
-    with pytest.raises(SourceError, match=r"several arrays \(left, right\).*'frames'"):
+    with pytest.raises(SourceError, match=r"different numbers of frames \(left \[2, 2\], right \[3, 2\]\)"):
+        source.open()
+
+
+def test_npz_array_without_a_frame_axis_is_refused(tmp_path):
+    np.savez(tmp_path / "two.npz", input=np.zeros((2, 4), np.float32), sr=np.array(16000))
+    source = create_source(SourceConfig(uri=str(tmp_path / "two.npz")))
+    with pytest.raises(SourceError, match=r"\['sr'\] hold a single value.*model.inputs.constants"):
         source.open()
 
 
