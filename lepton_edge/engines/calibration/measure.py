@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,36 +13,13 @@ from lepton_edge import __version__
 from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.engines.calibration.choice import choose_ranges, full_range_tensors, warn_clipped
+from lepton_edge.engines.calibration.progress import ProgressBar
 from lepton_edge.engines.calibration.samples import Feeds, dataset_manifest, dataset_path, select_samples
 from lepton_edge.engines.calibration.statistics import TensorStats
 from lepton_edge.engines.calibration.table import METHODS, CalibrationTable, Method
 from lepton_edge.engines.onnx_tools import ModelInfo, inspect_onnx
 
 log = logging.getLogger(__name__)
-
-
-class _Progress:
-    """A one-line progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self, total: int, label: str, enabled: bool) -> None:
-        self.total, self.label = total, label
-        self.enabled = enabled and sys.stderr.isatty()
-        self.done = 0
-        self._shown = 0.0
-
-    def step(self) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self.enabled and (now - self._shown >= 0.1 or self.done == self.total):
-            self._shown = now
-            filled = int(30 * self.done / max(self.total, 1))
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _load_with_shapes(model_path: Path):  # -> onnx.ModelProto
@@ -149,7 +124,7 @@ def calibrate(
     if not computed:
         raise ModelError(f"{model_path}: the model has no float activations to calibrate")
     stats = {name: TensorStats(histogram=method != "minmax") for name in tensors}
-    bar = _Progress(len(indices), f"calibrating {model_path.name} ({method})", progress)
+    bar = ProgressBar(len(indices), f"calibrating {model_path.name} ({method})", progress)
     input_shapes = _observe(model, computed, feeds, indices, stats, bar)
     _warn_nonfinite(stats)
     chosen = choose_ranges(stats, full_range, method, percentile)
@@ -185,7 +160,7 @@ def _sample_feeds(dataset: str | Path, info: ModelInfo, preprocess: PreprocessCo
 
 
 def _observe(model, computed: list[str], feeds: Feeds, indices: np.ndarray, stats: dict[str, TensorStats],
-             bar: _Progress) -> dict[str, list[int]]:  # model: onnx.ModelProto
+             bar: ProgressBar) -> dict[str, list[int]]:  # model: onnx.ModelProto
     """Run ``model`` on the feeds at ``indices``, adding every input and ``computed`` tensor to ``stats``;
     returns the first feed's input shapes."""
     input_shapes: dict[str, list[int]] = {}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +19,13 @@ from lepton_edge.engines.calibration.table import CalibrationTable, other_model_
 from lepton_edge.engines.onnx_tools import ModelInfo, inspect_onnx
 
 
-class _DropQuantizerAdvice(logging.Filter):
-    """onnxruntime's quantizer logs advice about its own pre-processing tool on the root logger."""
+class _QuietQuantizer(logging.Filter):
+    """onnxruntime's quantizer logs on the root logger (advice about its own pre-processing tool, notes per
+    tensor or node); a build may quantize a model dozens of times, so its records are dropped while it runs
+    (its failures raise)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+        return "/onnxruntime/quantization/" not in record.pathname.replace("\\", "/")
 
 
 def _opset_13(model, model_path: Path, opset: int):  # onnx.ModelProto -> onnx.ModelProto
@@ -59,7 +64,7 @@ def _float_tail(model) -> list[str]:  # model: onnx.ModelProto (nodes named)
 
 
 def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, per_channel: bool = True,
-                 float_tail: bool = True) -> Path:
+                 float_tail: bool = True, keep_float: Sequence[str] = ()) -> Path:
     """Write a QDQ-quantized copy of ``model_path`` whose activation scales come from ``table``.
 
     Activations are uint8 (asymmetric), weights int8 in 7 bits (-64..64, per output channel unless
@@ -68,26 +73,54 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
     (``vpmaddubsw``), and 2 x 255 x 127 overflows them, so the same artifact would answer differently on the
     machine that runs it than on the one that built it. The ranges are handed
     to onnxruntime's ``quantize_static`` as its calibration cache, so no second calibration runs. With
-    ``float_tail`` the cheap decode nodes after the last weighted layer stay in float.
+    ``float_tail`` the cheap decode nodes after the last weighted layer stay in float; the nodes named in
+    ``keep_float`` (mixed precision, see ``sensitivity``) stay in float too.
     """
-    import onnx
+    return QdqQuantizer(model_path, table, per_channel=per_channel, float_tail=float_tail).write(
+        out_path, keep_float)
 
-    model_path, out_path = Path(model_path), Path(out_path)
-    info = inspect_onnx(model_path)
-    _check_can_quantize(model_path, info, table)
-    ranges = _ranges(table)
-    model = onnx.load(str(model_path))
-    if per_channel and info.opset < 13:
-        model = _opset_13(model, model_path, info.opset)
-    _name_unnamed_nodes(model)
-    keep_float = _float_tail(model) if float_tail else []
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lepton-qdq-") as tmp:
-        staged = _quantize_static(model, model_path, ranges, Path(tmp), per_channel, keep_float)
-        _record_quantization(staged, table, per_channel, len(keep_float))
-        _check_loads(staged, model_path)
-        atomic_write(out_path, staged.read_bytes())
-    return out_path
+
+class QdqQuantizer:
+    """One fp32 model and its table, prepared once (opset, node names) and quantized as often as asked, each time
+    with other nodes kept in float: the build's mixed-precision search quantizes one model dozens of times."""
+
+    def __init__(self, model_path: Path, table: CalibrationTable, *, per_channel: bool = True,
+                 float_tail: bool = True) -> None:
+        import onnx
+
+        self.model_path, self.table, self.per_channel = Path(model_path), table, per_channel
+        info = inspect_onnx(self.model_path)
+        _check_can_quantize(self.model_path, info, table)
+        self.ranges = _ranges(table)
+        model = onnx.load(str(self.model_path))
+        if per_channel and info.opset < 13:
+            model = _opset_13(model, self.model_path, info.opset)
+        _name_unnamed_nodes(model)
+        self.model = model
+        """The prepared fp32 model: every node named as the quantizer sees it (read only)."""
+        self.tail: list[str] = _float_tail(model) if float_tail else []
+        """Nodes every quantization keeps in float (the decode tail)."""
+
+    def write(self, out_path: Path, keep_float: Sequence[str] = (), *, check: bool = True) -> Path:
+        """Quantize into ``out_path`` (atomically) with the tail and ``keep_float`` in float; returns the path.
+        With ``check`` the result is loaded once in onnxruntime first."""
+        import onnx
+
+        out_path = Path(out_path)
+        unknown = sorted(set(keep_float) - {n.name for n in self.model.graph.node})
+        if unknown:
+            raise ConfigError(f"{self.model_path}: no node(s) named {unknown[:5]} to keep in float")
+        excluded = list(dict.fromkeys([*self.tail, *keep_float]))
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)  # the quantizer edits the model it is given
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="lepton-qdq-") as tmp:
+            staged = _quantize_static(model, self.model_path, self.ranges, Path(tmp), self.per_channel, excluded)
+            _record_quantization(staged, self.table, self.per_channel, len(excluded), list(keep_float))
+            if check:
+                _check_loads(staged, self.model_path)
+            atomic_write(out_path, staged.read_bytes())
+        return out_path
 
 
 def _check_can_quantize(model_path: Path, info: ModelInfo, table: CalibrationTable) -> None:
@@ -139,26 +172,28 @@ def _quantize_static(model, model_path: Path, ranges, folder: Path, per_channel:
     cache = folder / "ranges.json"
     save_tensors_data(ranges, cache)
     staged = folder / "model.int8.onnx"
-    advice = _DropQuantizerAdvice()
+    quiet = _QuietQuantizer()
     root = logging.getLogger()
-    root.addFilter(advice)
+    root.addFilter(quiet)
     try:
-        quantize_static(
-            model, str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-            per_channel=per_channel, reduce_range=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            calibration_cache_path=cache, nodes_to_exclude=keep_float,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                model, str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                per_channel=per_channel, reduce_range=True, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                calibration_cache_path=cache, nodes_to_exclude=keep_float,
+            )
     except LeptonError:
         raise
     except Exception as e:  # the quantizer raises many types for models it cannot handle
         raise ModelError(f"{model_path}: onnxruntime's quantizer failed: {type(e).__name__}: {e}") from None
     finally:
-        root.removeFilter(advice)
+        root.removeFilter(quiet)
     return staged
 
 
-def _record_quantization(staged: Path, table: CalibrationTable, per_channel: bool, float_nodes: int) -> None:
+def _record_quantization(staged: Path, table: CalibrationTable, per_channel: bool, float_nodes: int,
+                         mixed: list[str]) -> None:
     """Add the ``lepton.quantization`` metadata entry to the quantized model at ``staged``."""
     import onnx
 
@@ -170,6 +205,7 @@ def _record_quantization(staged: Path, table: CalibrationTable, per_channel: boo
         "weights": "int8 (7-bit) per-channel" if per_channel else "int8 (7-bit)",
         "method": table.method, "source_model_sha256": table.model_sha256,
         "dataset_sha256": table.dataset_sha256, "float_nodes": float_nodes,
+        **({"mixed_precision_nodes": mixed} if mixed else {}),
     }, sort_keys=True)
     onnx.save(quantized, str(staged))
 
