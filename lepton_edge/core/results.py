@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pycocotools import mask as coco_mask
 
 
 def now() -> float:
@@ -27,26 +29,170 @@ class Frame:
     """Unix time of capture, for humans and for correlating devices."""
 
 
+MaskFormat = Literal["rle", "polygon"]
+
+COCO_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
+    (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
+"""Lines between the 17 COCO person keypoints (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)."""
+
+
+@dataclass(slots=True)
+class Masks:
+    """Instance masks in source pixels, stored compactly: mask ``i`` is the bool array ``crops[i]`` placed at
+    ``origins[i]`` (x, y) in a ``height`` x ``width`` frame, all false elsewhere.
+
+    ``format`` is what :meth:`encode` writes: ``rle`` (COCO run-length encoding of the full-frame mask) or
+    ``polygon`` (``polygons[i]``: the mask's outer contours as ``(P, 2)`` x, y arrays, made by the decoder).
+    """
+
+    crops: tuple[np.ndarray, ...]
+    origins: np.ndarray
+    height: int
+    width: int
+    format: MaskFormat = "rle"
+    polygons: tuple[tuple[np.ndarray, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.crops = tuple(np.asarray(c, dtype=bool) for c in self.crops)
+        self.origins = np.asarray(self.origins, dtype=np.int64).reshape(-1, 2)
+        if len(self.origins) != len(self.crops):
+            raise ValueError(f"Masks: {len(self.crops)} crops but {len(self.origins)} origins")
+        for crop, (x, y) in zip(self.crops, self.origins, strict=True):
+            h, w = crop.shape if crop.ndim == 2 else (-1, -1)
+            if h < 0 or x < 0 or y < 0 or x + w > self.width or y + h > self.height:
+                raise ValueError(f"Masks: a {crop.shape} crop at ({x}, {y}) is outside the "
+                                 f"{self.width}x{self.height} frame")
+        if self.format == "polygon" and (self.polygons is None or len(self.polygons) != len(self.crops)):
+            raise ValueError("Masks: the polygon format needs one tuple of polygons per mask")
+
+    @classmethod
+    def empty(cls, height: int, width: int, format: MaskFormat = "rle") -> Masks:
+        return cls((), np.zeros((0, 2), np.int64), height, width, format, () if format == "polygon" else None)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def dense(self, i: int) -> np.ndarray:
+        """Mask ``i`` as a ``(height, width)`` bool array."""
+        out = np.zeros((self.height, self.width), dtype=bool)
+        (x, y), crop = self.origins[i], self.crops[i]
+        out[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
+        return out
+
+    def areas(self) -> np.ndarray:
+        """Pixels in each mask."""
+        return np.array([int(c.sum()) for c in self.crops], dtype=np.int64)
+
+    def select(self, keep: np.ndarray) -> Masks:
+        """The masks at the indices ``keep``, in that order."""
+        keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+        polygons = None if self.polygons is None else tuple(self.polygons[i] for i in keep)
+        return Masks(tuple(self.crops[i] for i in keep), self.origins[keep], self.height, self.width, self.format,
+                     polygons)
+
+    def rle(self, i: int) -> dict[str, Any]:
+        """COCO run-length encoding of mask ``i`` (pycocotools' compressed counts string)."""
+        encoded = coco_mask.encode(np.asfortranarray(self.dense(i).astype(np.uint8)))
+        return {"size": [self.height, self.width], "counts": encoded["counts"].decode("ascii")}
+
+    def encode(self, i: int) -> dict[str, Any]:
+        """Mask ``i`` as results write it: ``{"rle": ...}`` or ``{"polygons": [[x, y, x, y, ...], ...]}``."""
+        if self.format == "polygon":
+            assert self.polygons is not None
+            return {"polygons": [[round(float(v), 1) for v in poly.reshape(-1)] for poly in self.polygons[i]]}
+        return {"rle": self.rle(i)}
+
+
+@dataclass(slots=True)
+class Keypoints:
+    """Keypoints per detection, ``(N, K, D)`` in source pixels: x, y and, when ``D`` is 3, a confidence (0..1).
+
+    ``skeleton`` lists the keypoint index pairs joined by lines when drawn.
+    """
+
+    data: np.ndarray
+    skeleton: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data, dtype=np.float32)
+        if self.data.ndim != 3 or self.data.shape[2] not in (2, 3):
+            raise ValueError(f"Keypoints data must be (N, K, 2 or 3), got {self.data.shape}")
+        self.skeleton = tuple((int(a), int(b)) for a, b in self.skeleton)
+        k = self.data.shape[1]
+        if any(not (0 <= a < k and 0 <= b < k) for a, b in self.skeleton):
+            raise ValueError(f"Keypoints skeleton {self.skeleton} names keypoints outside 0..{k - 1}")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def select(self, keep: np.ndarray) -> Keypoints:
+        return Keypoints(self.data[np.asarray(keep, dtype=np.int64)], self.skeleton)
+
+
+@dataclass(slots=True)
+class RotatedBoxes:
+    """Oriented boxes ``(N, 5)``: centre x, y, width, height in source pixels and the angle in radians
+    (clockwise in image coordinates, y down)."""
+
+    xywhr: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.xywhr = np.asarray(self.xywhr, dtype=np.float32).reshape(-1, 5)
+
+    def __len__(self) -> int:
+        return len(self.xywhr)
+
+    def corners(self) -> np.ndarray:
+        """The four corners of each box, ``(N, 4, 2)``: centre +/- half the width along the angle, +/- half the
+        height across it."""
+        cx, cy, w, h, angle = (self.xywhr[:, i].astype(np.float64) for i in range(5))
+        cos, sin = np.cos(angle), np.sin(angle)
+        along = np.stack([w / 2 * cos, w / 2 * sin], axis=-1)
+        across = np.stack([-h / 2 * sin, h / 2 * cos], axis=-1)
+        centre = np.stack([cx, cy], axis=-1)
+        corners = [centre + along + across, centre + along - across, centre - along - across,
+                   centre - along + across]
+        return np.stack(corners, axis=1).astype(np.float32)
+
+    def select(self, keep: np.ndarray) -> RotatedBoxes:
+        return RotatedBoxes(self.xywhr[np.asarray(keep, dtype=np.int64)])
+
+
 @dataclass(slots=True)
 class Detections:
-    """Detections as parallel arrays: boxes ``(N, 4)`` xyxy in source pixels, scores ``(N,)``, class ids ``(N,)``."""
+    """Detections as parallel arrays: boxes ``(N, 4)`` xyxy in source pixels, scores ``(N,)``, class ids ``(N,)``.
+
+    Segmentation, pose and oriented-box models add one entry per detection in ``masks``, ``keypoints`` or
+    ``rotated`` (``boxes`` is then the axis-aligned box around it).
+    """
 
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
     labels: tuple[str, ...] = ()
     """Label names indexed by class id (may be empty)."""
+    masks: Masks | None = None
+    keypoints: Keypoints | None = None
+    rotated: RotatedBoxes | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         self.class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
         n = len(self.boxes)
-        if len(self.scores) != n or len(self.class_ids) != n:
+        lengths = {"scores": len(self.scores), "class_ids": len(self.class_ids)}
+        lengths |= {name: len(part) for name, part in self._parts().items()}
+        if any(length != n for length in lengths.values()):
             raise ValueError(
-                f"Detections arrays disagree in length: boxes {n}, scores {len(self.scores)}, "
-                f"class_ids {len(self.class_ids)}"
+                f"Detections arrays disagree in length: boxes {n}, "
+                + ", ".join(f"{name} {length}" for name, length in lengths.items())
             )
+
+    def _parts(self) -> dict[str, Masks | Keypoints | RotatedBoxes]:
+        parts = {"masks": self.masks, "keypoints": self.keypoints, "rotated": self.rotated}
+        return {name: part for name, part in parts.items() if part is not None}
 
     @classmethod
     def empty(cls, labels: tuple[str, ...] = ()) -> Detections:
@@ -58,18 +204,42 @@ class Detections:
     def label(self, class_id: int) -> str:
         return self.labels[class_id] if 0 <= class_id < len(self.labels) else str(class_id)
 
+    def select(self, keep: Sequence[int] | np.ndarray) -> Detections:
+        """The detections at the indices (or where the bool mask) ``keep``, with their masks, keypoints and
+        rotated boxes."""
+        keep = np.asarray(keep)
+        keep = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64).reshape(-1)
+        return Detections(
+            self.boxes[keep], self.scores[keep], self.class_ids[keep], self.labels,
+            masks=None if self.masks is None else self.masks.select(keep),
+            keypoints=None if self.keypoints is None else self.keypoints.select(keep),
+            rotated=None if self.rotated is None else self.rotated.select(keep),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "detections": [
-                {
-                    "label": self.label(int(c)),
-                    "class_id": int(c),
-                    "score": round(float(s), 4),
-                    "box": [round(float(v), 1) for v in b],
-                }
-                for b, s, c in zip(self.boxes, self.scores, self.class_ids, strict=True)
-            ]
-        }
+        items = [
+            {
+                "label": self.label(int(c)),
+                "class_id": int(c),
+                "score": round(float(s), 4),
+                "box": [round(float(v), 1) for v in b],
+            }
+            for b, s, c in zip(self.boxes, self.scores, self.class_ids, strict=True)
+        ]
+        if self.rotated is not None:
+            corners = self.rotated.corners()
+            for i, (item, (cx, cy, w, h, angle)) in enumerate(zip(items, self.rotated.xywhr, strict=True)):
+                item["rotated_box"] = {"cx": round(float(cx), 1), "cy": round(float(cy), 1), "w": round(float(w), 1),
+                                       "h": round(float(h), 1), "angle": round(float(angle), 4)}
+                item["corners"] = [[round(float(x), 1), round(float(y), 1)] for x, y in corners[i]]
+        if self.keypoints is not None:
+            digits = (1, 1, 3)
+            for item, points in zip(items, self.keypoints.data, strict=True):
+                item["keypoints"] = [[round(float(v), d) for v, d in zip(p, digits, strict=False)] for p in points]
+        if self.masks is not None:
+            for i, item in enumerate(items):
+                item["mask"] = self.masks.encode(i)
+        return {"detections": items}
 
 
 @dataclass(slots=True)

@@ -10,13 +10,13 @@ import threading
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.config.pipeline import ClassifyConfig, DetectConfig, PostprocessConfig, PreprocessConfig, RawConfig
+from lepton_edge.config.pipeline import PostprocessConfig, PreprocessConfig, RawConfig
 from lepton_edge.core.errors import ConfigError, LeptonError
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.inputs import plan_inputs
 from lepton_edge.runtime.labels import labels_from_metadata, load_labels
 from lepton_edge.runtime.pipeline import Pipeline, PipelineStats
-from lepton_edge.runtime.postprocess import create_postprocessor, infer_task
+from lepton_edge.runtime.postprocess import DEFAULT_CONFIGS, create_postprocessor, infer_task
 from lepton_edge.runtime.preprocess import Preprocessor
 from lepton_edge.runtime.sinks import create_sinks
 from lepton_edge.runtime.sources import FrameReader, create_source
@@ -42,11 +42,8 @@ def preprocess_from_metadata(config: PreprocessConfig, metadata: dict[str, str])
 
 
 def default_postprocess(task: str) -> PostprocessConfig:
-    if task == "detect":
-        return DetectConfig(type="detect")
-    if task == "classify":
-        return ClassifyConfig(type="classify")
-    return RawConfig(type="raw")
+    """The postprocessing a task gets when the config names none (raw for a task not decoded)."""
+    return DEFAULT_CONFIGS.get(task, RawConfig(type="raw"))
 
 
 def require_workload(config: DeviceConfig) -> None:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from lepton_edge.config.pipeline import DetectConfig
+from lepton_edge.config.pipeline import BoxDecodeConfig, DetectConfig
 from lepton_edge.core.errors import ModelError
 from lepton_edge.core.results import Detections
 from lepton_edge.core.tensors import Dim, TensorSpec
@@ -48,7 +49,7 @@ _NMS_IN_ARGS = re.compile(r"['\"]nms['\"]\s*:\s*True\b")
 """Ultralytics ``args`` metadata is a Python dict repr; it is matched, never evaluated."""
 
 
-def _cxcywh_to_xyxy(cxcywh: np.ndarray) -> np.ndarray:
+def cxcywh_to_xyxy(cxcywh: np.ndarray) -> np.ndarray:
     cxcywh = cxcywh.astype(np.float32, copy=False)  # float16 models: do the arithmetic in float32
     out = np.empty(cxcywh.shape, dtype=np.float32)
     half_w = cxcywh[:, 2] * 0.5
@@ -60,7 +61,7 @@ def _cxcywh_to_xyxy(cxcywh: np.ndarray) -> np.ndarray:
     return out
 
 
-def _first_image(output: np.ndarray, layout: str, rank: int) -> np.ndarray:
+def first_image(output: np.ndarray, layout: str, rank: int) -> np.ndarray:
     """The batch-0 slice of ``output``, checking its rank."""
     if output.ndim != rank or output.shape[0] < 1:
         raise ModelError(
@@ -69,12 +70,71 @@ def _first_image(output: np.ndarray, layout: str, rank: int) -> np.ndarray:
     return output[0]
 
 
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Boxes that passed conf, before NMS: the 4 box values as the output gives them (cx, cy, w, h for one-to-many
+    heads, x1, y1, x2, y2 for end-to-end rows), their scores and classes, ``rows`` (their anchor or row indices)
+    and ``extras``, the values after the classes (mask coefficients, keypoints, angle), one row each."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    rows: np.ndarray
+    extras: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def yolov8_candidates(output: np.ndarray, conf: float, num_classes: int | None = None) -> Candidates:
+    """Anchors of a one-to-many head ``[1, 4+C+E, A]`` whose best class score reaches ``conf``; the ``E`` rows
+    after the ``num_classes`` (default: all rows after the box) class rows are the extras."""
+    pred = first_image(output, "yolov8", 3)  # (4+C+E, A): one column per anchor
+    nc = pred.shape[0] - 4 if num_classes is None else num_classes
+    if nc < 1 or pred.shape[0] < 4 + nc:
+        raise ModelError(f"yolov8 output needs 4 box rows and {max(nc, 1)} class rows, got shape {output.shape}")
+    class_scores = pred[4:4 + nc]
+    best = class_scores.max(axis=0)
+    rows = np.flatnonzero(best >= conf)
+    return Candidates(
+        pred[:4, rows].T.astype(np.float32), best[rows].astype(np.float32),
+        class_scores[:, rows].argmax(axis=0).astype(np.int64), rows, pred[4 + nc:, rows].T.astype(np.float32),
+    )
+
+
+def end2end_candidates(output: np.ndarray, conf: float, width: int = 6) -> Candidates:
+    """Rows of an end-to-end (or NMS-in-graph) output ``[1, N, 6+E]`` (box, score, class, extras) whose score
+    reaches ``conf``; ``width`` is the least row width the caller needs."""
+    pred = first_image(output, "nms", 3)
+    if pred.shape[1] < width:
+        raise ModelError(
+            f"end-to-end output needs rows of at least {width} values (box, score, class, ...), "
+            f"got shape {output.shape}"
+        )
+    rows = np.flatnonzero(pred[:, 4] >= conf)
+    picked = pred[rows]
+    return Candidates(picked[:, :4].astype(np.float32), picked[:, 4].astype(np.float32),
+                      np.rint(picked[:, 5]).astype(np.int64), rows, picked[:, 6:].astype(np.float32))
+
+
+def keep_boxes(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, config: BoxDecodeConfig, *, suppress: bool
+) -> np.ndarray:
+    """Indices kept: NMS on xyxy ``boxes`` (when ``suppress``) or the best by score, at most max_detections."""
+    if len(scores) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if suppress:
+        return nms(boxes, scores, config.iou_threshold, class_ids=None if config.class_agnostic else class_ids,
+                   max_detections=config.max_detections)
+    return np.argsort(-scores, kind="stable")[: config.max_detections]
+
+
 def _finish(
     boxes: np.ndarray,
     scores: np.ndarray,
     class_ids: np.ndarray,
     transform: Transform,
-    config: DetectConfig,
+    config: BoxDecodeConfig,
     labels: tuple[str, ...],
     *,
     suppress: bool,
@@ -82,14 +142,7 @@ def _finish(
     """NMS (when ``suppress``) or top-k by score, then map boxes to source pixels."""
     if len(scores) == 0:
         return Detections.empty(labels)
-    if suppress:
-        keep = nms(
-            boxes, scores, config.iou_threshold,
-            class_ids=None if config.class_agnostic else class_ids,
-            max_detections=config.max_detections,
-        )
-    else:
-        keep = np.argsort(-scores, kind="stable")[: config.max_detections]
+    keep = keep_boxes(boxes, scores, class_ids, config, suppress=suppress)
     return Detections(transform.to_source(boxes[keep]), scores[keep], class_ids[keep], labels)
 
 
@@ -97,25 +150,20 @@ def decode_yolov8(
     output: np.ndarray, transform: Transform, config: DetectConfig, labels: tuple[str, ...] = ()
 ) -> Detections:
     """Decode an Ultralytics YOLOv8/v11 output ``[1, 4+C, A]`` (class scores already sigmoided)."""
-    pred = _first_image(output, "yolov8", 3)  # (4+C, A): one column per anchor
-    if pred.shape[0] < 5:
+    if output.ndim == 3 and output.shape[1] < 5:
         raise ModelError(f"yolov8 output needs at least 5 rows (4 box + classes), got shape {output.shape}")
-    class_scores = pred[4:]
-    best = class_scores.max(axis=0)
-    candidates = np.flatnonzero(best >= config.conf_threshold)
-    if candidates.size == 0:
+    found = yolov8_candidates(output, config.conf_threshold)
+    if len(found) == 0:
         return Detections.empty(labels)
-    scores = best[candidates].astype(np.float32)
-    class_ids = class_scores[:, candidates].argmax(axis=0)
-    boxes = _cxcywh_to_xyxy(pred[:4, candidates].T)
-    return _finish(boxes, scores, class_ids, transform, config, labels, suppress=True)
+    return _finish(cxcywh_to_xyxy(found.boxes), found.scores, found.class_ids, transform, config, labels,
+                   suppress=True)
 
 
 def decode_yolov5(
     output: np.ndarray, transform: Transform, config: DetectConfig, labels: tuple[str, ...] = ()
 ) -> Detections:
     """Decode a YOLOv5 output ``[1, A, 5+C]``; the score of a box is objectness times class probability."""
-    pred = _first_image(output, "yolov5", 3)  # (A, 5+C): one row per anchor
+    pred = first_image(output, "yolov5", 3)  # (A, 5+C): one row per anchor
     if pred.shape[1] < 6:
         raise ModelError(
             f"yolov5 output needs at least 6 columns (4 box, objectness, classes), got shape {output.shape}"
@@ -128,7 +176,7 @@ def decode_yolov5(
     class_ids = class_scores.argmax(axis=1)
     scores = np.take_along_axis(class_scores, class_ids[:, None], axis=1)[:, 0]
     passed = scores >= config.conf_threshold
-    boxes = _cxcywh_to_xyxy(pred[passed, :4])
+    boxes = cxcywh_to_xyxy(pred[passed, :4])
     return _finish(boxes, scores[passed].astype(np.float32), class_ids[passed], transform, config, labels,
                    suppress=True)
 
@@ -137,15 +185,8 @@ def decode_nms_single(
     output: np.ndarray, transform: Transform, config: DetectConfig, labels: tuple[str, ...] = ()
 ) -> Detections:
     """Decode NMS-in-graph output ``[1, N, 6]`` rows of x1, y1, x2, y2, score, class (no NMS applied here)."""
-    rows = _first_image(output, "nms", 3)
-    if rows.shape[1] < 6:
-        raise ModelError(
-            f"nms output needs 6 columns (x1, y1, x2, y2, score, class), got shape {output.shape}"
-        )
-    rows = rows[rows[:, 4] >= config.conf_threshold]
-    boxes = rows[:, :4].astype(np.float32)
-    class_ids = np.rint(rows[:, 5]).astype(np.int64)
-    return _finish(boxes, rows[:, 4].astype(np.float32), class_ids, transform, config, labels, suppress=False)
+    found = end2end_candidates(output, config.conf_threshold)
+    return _finish(found.boxes, found.scores, found.class_ids, transform, config, labels, suppress=False)
 
 
 def decode_rtdetr(
@@ -156,7 +197,7 @@ def decode_rtdetr(
     ``[1, N, 6]`` rows end in score, class; wider rows end in one score per class. With exactly two classes
     the two forms have the same shape; ``[1, N, 6]`` is read as score, class, what Ultralytics 8.4 exports.
     """
-    rows = _first_image(output, "rtdetr", 3)
+    rows = first_image(output, "rtdetr", 3)
     if rows.shape[1] < 5:
         raise ModelError(f"rtdetr output needs 4 box columns and scores, got shape {output.shape}")
     if rows.shape[1] == 6:
@@ -165,7 +206,7 @@ def decode_rtdetr(
         class_ids = rows[:, 4:].argmax(axis=1)
         scores = np.take_along_axis(rows[:, 4:], class_ids[:, None], axis=1)[:, 0]
     passed = scores >= config.conf_threshold
-    boxes = _cxcywh_to_xyxy(rows[passed, :4]) * _input_extent(transform)
+    boxes = cxcywh_to_xyxy(rows[passed, :4]) * _input_extent(transform)
     return _finish(boxes, scores[passed].astype(np.float32), class_ids[passed], transform, config, labels,
                    suppress=False)
 
@@ -190,7 +231,7 @@ def decode_nms_split(
     labels: tuple[str, ...] = (),
 ) -> Detections:
     """Decode four NMS-in-graph outputs; only the first ``num_dets`` entries are valid (no NMS here)."""
-    boxes = _first_image(boxes, "nms", 3)
+    boxes = first_image(boxes, "nms", 3)
     scores, classes = _first_row(scores, "scores"), _first_row(classes, "classes")
     if np.size(num_dets) < 1:
         raise ModelError(f"nms num_dets output is empty (shape {np.shape(num_dets)})")
@@ -212,19 +253,19 @@ def _first_row(values: np.ndarray, role: str) -> np.ndarray:
     return values[0]
 
 
-def _static(d: Dim) -> int | None:
+def static_dim(d: Dim) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
-def _shapes(outputs: Sequence[TensorSpec]) -> str:
+def describe_outputs(outputs: Sequence[TensorSpec]) -> str:
     return ", ".join(f"{s.name} {s.shape_str}" for s in outputs) or "(no outputs)"
 
 
-def _is_ultralytics_end2end(metadata: dict[str, str]) -> bool:
+def is_ultralytics_end2end(metadata: dict[str, str]) -> bool:
     return metadata.get("end2end", "").strip().lower() == "true"
 
 
-def _is_ultralytics_nms_export(metadata: dict[str, str]) -> bool:
+def is_ultralytics_nms_export(metadata: dict[str, str]) -> bool:
     """Exported with ``nms=True`` (an ONNX NonMaxSuppression in the graph): Ultralytics ``args`` say so."""
     return bool(_NMS_IN_ARGS.search(metadata.get("args", "")))
 
@@ -237,8 +278,8 @@ def _layout_from_metadata(outputs: Sequence[TensorSpec], metadata: dict[str, str
         return "rtdetr"
     if len(outputs) != 1 or len(outputs[0].shape) != 3:
         return None
-    if _is_ultralytics_end2end(metadata) or _is_ultralytics_nms_export(metadata):
-        return "nms" if _static(outputs[0].shape[2]) in (6, None) else None
+    if is_ultralytics_end2end(metadata) or is_ultralytics_nms_export(metadata):
+        return "nms" if static_dim(outputs[0].shape[2]) in (6, None) else None
     if metadata.get("task") == "detect" and metadata.get("head") == ULTRALYTICS_DETECT_HEAD:
         return "yolov8"  # a one-to-many Detect head: [1, 4+C, A], even when a dynamic export names its dims
     return None
@@ -264,10 +305,10 @@ def split_nms_roles(outputs: Sequence[TensorSpec]) -> tuple[int, int, int, int] 
         return tuple(by_name)  # type: ignore[return-value]
 
     def size_one(s: TensorSpec) -> bool:
-        return all(_static(d) == 1 for d in s.shape)
+        return all(static_dim(d) == 1 for d in s.shape)
 
     nums = [i for i, s in enumerate(outputs) if size_one(s)]
-    box_idx = [i for i, s in enumerate(outputs) if len(s.shape) == 3 and _static(s.shape[2]) == 4]
+    box_idx = [i for i, s in enumerate(outputs) if len(s.shape) == 3 and static_dim(s.shape[2]) == 4]
     if len(nums) != 1 or len(box_idx) != 1:
         return None
     rest = [i for i in range(4) if i not in (nums[0], box_idx[0])]
@@ -286,8 +327,8 @@ def _fits_roles(outputs: Sequence[TensorSpec], roles: list[int]) -> bool:
     num, boxes, scores, classes = (outputs[i] for i in roles)
     box_last = boxes.shape[-1] if boxes.shape else None
     return (
-        len(boxes.shape) == 3 and _static(box_last) in (4, None)
-        and all(_static(d) in (1, None) for d in num.shape)
+        len(boxes.shape) == 3 and static_dim(box_last) in (4, None)
+        and all(static_dim(d) in (1, None) for d in num.shape)
         and len(scores.shape) in (1, 2) and len(classes.shape) in (1, 2)
     )
 
@@ -310,11 +351,11 @@ def detect_layout(outputs: Sequence[TensorSpec], metadata: dict[str, str] | None
     from_metadata = _layout_from_metadata(outputs, metadata)
     if from_metadata is not None:
         return from_metadata
-    layout, reason = _layout_from_shapes(outputs, metadata)
+    layout, reason = _layout_fromdescribe_outputs(outputs, metadata)
     if layout is not None:
         return layout
     raise ModelError(
-        f"cannot decode detections from outputs {_shapes(outputs)}: {reason}. "
+        f"cannot decode detections from outputs {describe_outputs(outputs)}: {reason}. "
         f"Supported layouts: {_SUPPORTED}. "
         "Set postprocess.layout (yolov8, yolov5, nms or rtdetr) in the config, or postprocess.type: raw."
     )
@@ -324,23 +365,23 @@ def looks_like_detection(outputs: Sequence[TensorSpec], metadata: dict[str, str]
     """True when the outputs match a detection layout, even one that needs postprocess.layout to choose."""
     if LAYOUT_KEY in (metadata or {}) or _layout_from_metadata(outputs, metadata or {}) is not None:
         return True
-    layout, _ = _layout_from_shapes(outputs, metadata or {})
+    layout, _ = _layout_fromdescribe_outputs(outputs, metadata or {})
     return layout is not None or (
-        len(outputs) == 1 and len(outputs[0].shape) == 3 and _static(outputs[0].shape[2]) == 6
+        len(outputs) == 1 and len(outputs[0].shape) == 3 and static_dim(outputs[0].shape[2]) == 6
     )
 
 
-def _layout_from_shapes(outputs: Sequence[TensorSpec], metadata: dict[str, str]) -> tuple[Layout | None, str]:
+def _layout_fromdescribe_outputs(outputs: Sequence[TensorSpec], metadata: dict[str, str]) -> tuple[Layout | None, str]:
     """The layout the shapes show, or None and the reason none was chosen."""
     unknown = "no supported detection layout matches"
     if len(outputs) == 4:
         return ("nms", "") if split_nms_roles(outputs) is not None else (None, unknown)
     if len(outputs) != 1 or len(outputs[0].shape) != 3:
         return None, unknown
-    batch, d1, d2 = (_static(d) for d in outputs[0].shape)
+    batch, d1, d2 = (static_dim(d) for d in outputs[0].shape)
     if batch not in (1, None):
         return None, f"batch size {batch} is not supported (export the model with batch 1)"
-    if _is_ultralytics_end2end(metadata):
+    if is_ultralytics_end2end(metadata):
         return ("nms", "") if d2 in (6, None) else (None, unknown)
     if d2 == 6 and d1 != 6:
         return None, "[1, N, 6] is both the end2end NMS layout and YOLOv5 with one class"
@@ -356,22 +397,22 @@ def _check_layout(layout: Layout, outputs: Sequence[TensorSpec], origin: str) ->
     if layout == "nms" and len(outputs) == 4:
         if split_nms_roles(outputs) is None:
             raise ModelError(
-                f"{origin} is nms but the four outputs {_shapes(outputs)} are not num_dets [1, 1], "
+                f"{origin} is nms but the four outputs {describe_outputs(outputs)} are not num_dets [1, 1], "
                 "boxes [1, N, 4], scores [1, N] and classes [1, N]"
             )
         return
     if len(outputs) != 1 or len(outputs[0].shape) != 3:
         raise ModelError(
-            f"{origin} is {layout} but the model has outputs {_shapes(outputs)}; "
+            f"{origin} is {layout} but the model has outputs {describe_outputs(outputs)}; "
             f"{layout} needs a single rank-3 output. Supported layouts: {_SUPPORTED}"
         )
-    _, d1, d2 = (_static(d) for d in outputs[0].shape)
+    _, d1, d2 = (static_dim(d) for d in outputs[0].shape)
     got, need, what = {
         "yolov8": (d1, 5, "4+C rows"),
         "rtdetr": (d2, 5, "at least 5 columns"),
     }.get(layout, (d2, 6, "at least 6 columns"))
     if got is not None and got < need:
-        raise ModelError(f"{origin} is {layout} but output {_shapes(outputs)} does not have {what}")
+        raise ModelError(f"{origin} is {layout} but output {describe_outputs(outputs)} does not have {what}")
 
 
 class DetectionPostprocessor:
@@ -402,12 +443,12 @@ class DetectionPostprocessor:
     def _warn_label_count(self, outputs: Sequence[TensorSpec]) -> None:
         if not self.labels or len(outputs) != 1 or len(outputs[0].shape) != 3:
             return
-        _, d1, d2 = (_static(d) for d in outputs[0].shape)
+        _, d1, d2 = (static_dim(d) for d in outputs[0].shape)
         classes = {"yolov8": d1 and d1 - 4, "yolov5": d2 and d2 - 5}.get(self.layout)
         if classes and classes != len(self.labels):
             log.warning(
                 "%d labels but the %s output %s has %d classes; check model.labels",
-                len(self.labels), self.layout, _shapes(outputs), classes,
+                len(self.labels), self.layout, describe_outputs(outputs), classes,
             )
 
     def __call__(self, outputs: list[np.ndarray], transform: Transform) -> Detections:

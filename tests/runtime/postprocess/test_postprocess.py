@@ -47,12 +47,17 @@ FOUR = [spec("num_dets", 1, 1, dtype=np.int32), spec("boxes", 1, 100, 4), spec("
         (FOUR, {}, "detect"),
         ([spec("out", 1, 1)], {}, "raw"),
         ([spec("depth", 1, 1, 256, 256)], {}, "raw"),
-        ([spec("output0", 1, 116, 8400), spec("output1", 1, 32, 160, 160)], {}, "raw"),
+        ([spec("output0", 1, 116, 8400), spec("output1", 1, 32, 160, 160)], {}, "segment"),
+        ([spec("output0", 1, 56, 8400)], {"kpt_shape": "[17, 3]"}, "pose"),
         # Metadata wins over shapes.
         ([spec("logits", 1, 1000)], {"lepton.task": "raw"}, "raw"),
         (YOLOV8, {"task": "detect"}, "detect"),
         ([spec("output0", 1, 1000)], {"task": "classify"}, "classify"),
-        ([spec("output0", 1, 116, 8400), spec("output1", 1, 32, 160, 160)], {"task": "segment"}, "raw"),
+        ([spec("output0", 1, 116, 8400), spec("output1", 1, 32, 160, 160)], {"task": "segment"}, "segment"),
+        ([spec("output0", 1, 56, 8400)], {"task": "pose"}, "pose"),
+        ([spec("output0", 1, 20, 8400)], {"task": "obb"}, "obb"),
+        ([spec("output0", 1, 20, 8400)], {"task": "track"}, "raw"),
+        (YOLOV8, {"lepton.task": "obb"}, "obb"),
     ],
 )
 def test_infer_task(outputs, metadata, task):
@@ -60,8 +65,8 @@ def test_infer_task(outputs, metadata, task):
 
 
 def test_infer_task_rejects_unknown_lepton_task():
-    with pytest.raises(ModelError, match=r"lepton\.task='segment' is not a known task.*model\.task"):
-        infer_task(YOLOV8, {"lepton.task": "segment"})
+    with pytest.raises(ModelError, match=r"lepton\.task='keypoints' is not a known task.*model\.task"):
+        infer_task(YOLOV8, {"lepton.task": "keypoints"})
 
 
 def test_create_defaults_from_task_and_uses_metadata_labels():
