@@ -53,6 +53,7 @@ from lepton_edge.engines.calibration import (
 )
 from lepton_edge.engines.calibration.samples import Feeds, dataset_path, select_samples
 from lepton_edge.engines.evaluation.compare import CompareReport, FidelityReport, accuracy_gate, compare
+from lepton_edge.engines.model_inputs import check_feedable
 from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
 from lepton_edge.engines.options import BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
@@ -154,7 +155,7 @@ def _calibrate(model: Path, info: Any, options: BuildOptions, report: Callable[[
 
     report(f"calibrating from {options.calibration_data}")
     return calibrate(model, options.calibration_data, preprocess=options.preprocess, progress=show_bar,
-                     **options.calibration_options.model_dump(exclude_none=True))
+                     inputs=options.inputs, **options.calibration_options.model_dump(exclude_none=True))
 
 
 def _copy_onnx(model: Path, info: Any, dest: Path) -> None:
@@ -200,6 +201,8 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
     report = _reporter(progress, model)
     info = inspect_onnx(model)
     _check_target_runs(model, info, target)
+    check_feedable(model, info, options.inputs, target=target, profiles=options.trt.profiles,
+                   data=[options.calibration_data, options.validation_data])
     _prepare_out_dir(out_dir)
     env = current_environment(target)
     table = _int8_table(model, info, options, report, progress is True)
@@ -315,7 +318,7 @@ def _compare_staged(model: Path, engine_path: Path, manifest: Manifest, data: st
     try:
         backend.metadata = {**manifest.source_model.metadata, **backend.metadata}
         return compare(model, backend, data, samples=samples, preprocess=options.preprocess,
-                       candidate_name=manifest.precision)
+                       candidate_name=manifest.precision, inputs=options.inputs)
     finally:
         backend.close()
 
@@ -453,7 +456,8 @@ def _calibration_dataset(table: Any, options: BuildOptions) -> str | None:
 
 def _feeds(info: Any, dataset: str, options: BuildOptions) -> Feeds:
     kind, path = dataset_path(dataset)
-    return Feeds(kind, path, info.inputs, dict(info.metadata), options.preprocess)
+    return Feeds(kind, path, info.inputs, dict(info.metadata), options.preprocess, inputs_config=options.inputs,
+                 outputs=info.outputs)
 
 
 def _held_out(info: Any, table: Any, dataset: str, options: BuildOptions, scratch: Path) -> FidelityData | None:
@@ -464,7 +468,7 @@ def _held_out(info: Any, table: Any, dataset: str, options: BuildOptions, scratc
         feeds = _feeds(info, dataset, options)
     except LeptonError:
         return None
-    used = select_samples(feeds.total, int(table.samples), int(table.seed))
+    used = select_samples(feeds.total, int(table.samples), int(table.seed), sequence=feeds.stateful)
     unused = np.setdiff1d(np.arange(feeds.total), used)
     if len(unused) < MIN_HELD_OUT:
         return None
@@ -476,20 +480,15 @@ def _held_out(info: Any, table: Any, dataset: str, options: BuildOptions, scratc
 
 
 def _materialize(feeds: Feeds, indices: np.ndarray, scratch: Path) -> str | None:
-    """The items at ``indices`` as data ``compare`` reads: a folder of links to the images, or a .npy of model
-    feeds for recordings; None for a video or a several-input model (not split)."""
+    """The items at ``indices`` as data ``compare`` reads: a folder of links to the images, or the recorded inputs
+    (a .npy for one, a .npz of one array per input for several); None for a video (not split)."""
     if feeds.kind in ("folder", "image"):
         folder = scratch / "images"
         folder.mkdir()
         for i in indices:
             (folder / feeds.files[int(i)].name).symlink_to(feeds.files[int(i)].resolve())
         return str(folder)
-    if feeds.kind != "tensors" or len(feeds.inputs) != 1:
-        return None
-    name = feeds.inputs[0].name
-    stacked = np.stack([feed[name].copy() for feed in feeds.feeds(indices)])
-    np.save(scratch / "feeds.npy", stacked)
-    return str(scratch / "feeds.npy")
+    return feeds.materialize(indices, scratch)
 
 
 def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table: Any, options: TrtOptions,

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lepton_edge.config.pipeline import PreprocessConfig
+from lepton_edge.config.pipeline import InputsConfig, PreprocessConfig
 from lepton_edge.engines.calibration import CalibrationTable, Method
 
 
@@ -69,3 +69,6 @@ class BuildOptions(_Options):
     preprocess: PreprocessConfig | None = Field(
         None, description="Preprocessing for calibration and validation (default: the model's metadata).")
     trt: TrtOptions = Field(default_factory=TrtOptions, description="TensorRT builder options.")
+    inputs: InputsConfig | None = Field(
+        None, description="Models with several inputs: constants, state fed back, recorded arrays (model.inputs); "
+        "calibration and the gates feed the model this way.")

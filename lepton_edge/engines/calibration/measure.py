@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lepton_edge import __version__
-from lepton_edge.config.pipeline import PreprocessConfig
+from lepton_edge.config.pipeline import InputsConfig, PreprocessConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.engines.calibration.choice import choose_ranges, full_range_tensors, warn_clipped
 from lepton_edge.engines.calibration.progress import ProgressBar
@@ -96,6 +96,7 @@ def calibrate(
     percentile: float = 99.99,
     preprocess: PreprocessConfig | None = None,
     progress: bool = True,
+    inputs: InputsConfig | None = None,
 ) -> CalibrationTable:
     """Measure activation ranges of ``model_path`` on ``samples`` items of ``dataset``.
 
@@ -107,6 +108,9 @@ def calibrate(
     the runtime's Preprocessor configured as the runtime does (``preprocess`` merged with the model's
     ``lepton.preprocess`` metadata); tensors recorded at the model input go in unchanged. Raises
     ConfigError/SourceError for unusable data sets and ModelError for unusable models.
+
+    ``inputs`` (``model.inputs``) gives constants and state: a stateful model runs the first ``samples`` items in
+    order with its state fed back, so the state inputs are calibrated on the values they take when running.
     """
     _check_arguments(method, samples, percentile)
     model_path = Path(model_path)
@@ -115,7 +119,7 @@ def calibrate(
         raise ModelError(f"{model_path}: the model is already quantized (it has QuantizeLinear/DequantizeLinear "
                          "nodes); calibrate the fp32 model instead")
     manifest = dataset_manifest(dataset)
-    feeds, indices = _sample_feeds(dataset, info, preprocess, samples, seed)
+    feeds, indices = _sample_feeds(dataset, info, preprocess, samples, seed, inputs)
     model = _load_with_shapes(model_path)
     tensors = activation_tensors(model)
     full_range = full_range_tensors(model)  # before _observe, which adds every tensor to the graph's outputs
@@ -148,11 +152,12 @@ def calibrate(
 
 
 def _sample_feeds(dataset: str | Path, info: ModelInfo, preprocess: PreprocessConfig | None, samples: int,
-                  seed: int) -> tuple[Feeds, np.ndarray]:
-    """The data set's feeds and the indices of the ``samples`` items chosen with ``seed`` (all, when fewer)."""
+                  seed: int, inputs: InputsConfig | None = None) -> tuple[Feeds, np.ndarray]:
+    """The data set's feeds and the indices of the ``samples`` items chosen with ``seed`` (all, when fewer; the
+    first ``samples`` for a stateful model)."""
     kind, path = dataset_path(dataset)
-    feeds = Feeds(kind, path, info.inputs, info.metadata, preprocess)
-    indices = select_samples(feeds.total, samples, seed)
+    feeds = Feeds(kind, path, info.inputs, info.metadata, preprocess, inputs_config=inputs, outputs=info.outputs)
+    indices = select_samples(feeds.total, samples, seed, sequence=feeds.stateful)
     if feeds.total < samples:
         log.warning("%s holds %d item(s), fewer than the %d samples asked for; using all of them",
                     path, feeds.total, samples)
@@ -182,6 +187,7 @@ def _observe(model, computed: list[str], feeds: Feeds, indices: np.ndarray, stat
                         stats[name].update(array)
                 for name, value in zip(computed, values, strict=True):
                     stats[name].update(value)
+                feeds.update(dict(zip(computed, values, strict=True)))
                 bar.step()
         finally:
             bar.close()

@@ -1,7 +1,10 @@
 """Calibration data sets: what they hold, their fingerprint, and the model feeds of a sample of them.
 
 A data set is an image folder (read in name order), one image, a video file, or a .npy/.npz recording,
-read by the runtime's own sources and turned into tensors by the runtime's own Preprocessor.
+read by the runtime's own sources and turned into tensors by the runtime's own Preprocessor. Models with several
+inputs are fed as the runtime feeds them (:mod:`lepton_edge.runtime.inputs`): recorded arrays per input name,
+constants, and state fed back from the previous item's outputs; a stateful model's items are a sequence, so its
+samples are taken in order from the start (:func:`select_samples` with ``sequence``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from lepton_edge.config.pipeline import PreprocessConfig, SourceConfig
-from lepton_edge.core.errors import ConfigError, SourceError
+from lepton_edge.config.pipeline import InputsConfig, PreprocessConfig, SourceConfig
+from lepton_edge.core.errors import ConfigError, ModelError, SourceError
 from lepton_edge.core.fileio import sha256_file
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.runtime.assembly import preprocess_from_metadata
+from lepton_edge.runtime.inputs import InputState, plan_inputs
 from lepton_edge.runtime.preprocess import Preprocessor
 from lepton_edge.runtime.sources import create_source
 from lepton_edge.runtime.sources.base import Source
@@ -104,23 +108,44 @@ def _read_all(uri: str) -> Iterator[np.ndarray]:
         source.close()
 
 
-def select_samples(total: int, samples: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``samples`` items out of ``total`` (all of them when there are fewer)."""
+def select_samples(total: int, samples: int, seed: int, *, sequence: bool = False) -> np.ndarray:
+    """Sorted indices of ``samples`` items out of ``total`` (all of them when there are fewer): chosen at random
+    with ``seed``, or the first ``samples`` for a ``sequence`` (a stateful model, whose state needs every item in
+    order)."""
     if samples >= total:
         return np.arange(total)
+    if sequence:
+        return np.arange(samples)
     return np.sort(np.random.default_rng(seed).choice(total, size=samples, replace=False))
 
 
 class Feeds:
-    """Model feeds for the selected items of a data set, built the way the runtime builds them."""
+    """Model feeds for the selected items of a data set, built the way the runtime builds them.
+
+    ``inputs_config`` (``model.inputs``) and the model's ``outputs`` give constants and state: each feed holds every
+    model input. For a stateful model the caller runs the feeds in order and hands each item's outputs to
+    :meth:`update` before taking the next feed.
+    """
 
     def __init__(self, kind: str, path: Path, inputs: list[TensorSpec], metadata: dict[str, str],
-                 preprocess: PreprocessConfig | None) -> None:
+                 preprocess: PreprocessConfig | None, *, inputs_config: InputsConfig | None = None,
+                 outputs: list[TensorSpec] | None = None) -> None:
         self.kind, self.path, self.inputs = kind, path, inputs
         self.preprocess_requested = preprocess
         self.metadata = metadata
         self.preprocessor = None
         self.arrays: dict[str, np.ndarray] | None = None
+        self.array_names: dict[str, str] = {}
+        try:
+            self.plan = plan_inputs(inputs, outputs or [], inputs_config,
+                                    source="tensor" if kind == "tensors" else "image", where=str(path))
+        except ModelError as e:
+            if kind == "tensors":
+                raise ConfigError(str(e)) from None
+            raise ConfigError(f"{path}: image data sets feed one input: {e}") from None
+        self.state = InputState(self.plan)
+        self.fed = [s for s in inputs if s.name in self.plan.framed]
+        """The inputs the data set feeds (the others are constants or state)."""
         if kind == "tensors":
             self._plan_tensors()
         else:
@@ -138,35 +163,58 @@ class Feeds:
 
     # -- planning --------------------------------------------------------------------------------------
 
+    @property
+    def stateful(self) -> bool:
+        """True when each item's feed depends on the previous item's outputs (state fed back)."""
+        return self.plan.stateful
+
+    def update(self, outputs: dict[str, np.ndarray]) -> None:
+        """The outputs of the item just run, by output name: the state outputs feed the next item."""
+        if self.plan.state:
+            missing = [link.output for link in self.plan.state if link.output not in outputs]
+            if missing:
+                raise ModelError(f"state output(s) {missing} missing from the model's results")
+            self.state.update([outputs.get(spec_name) for spec_name in self._output_names()])
+
+    def _output_names(self) -> list[str]:
+        names = [""] * (max((link.output_index for link in self.plan.state), default=-1) + 1)
+        for link in self.plan.state:
+            names[link.output_index] = link.output
+        return names
+
     def _require_one_input(self, what: str) -> None:
-        if len(self.inputs) != 1:
+        if len(self.fed) != 1:
             raise ConfigError(
-                f"{self.path}: {what} feed one input, but the model has {len(self.inputs)}: "
-                f"{[s.name for s in self.inputs]}; record a .npz with one array per input name "
-                "(np.savez(path, **{name: array}))"
+                f"{self.path}: {what} feed one input, but the model has {len(self.fed)} not given as constants or "
+                f"state: {[s.name for s in self.fed]}; record a .npz with one array per input name "
+                "(np.savez(path, **{name: array})), or give the others in model.inputs (constants, state)"
             )
 
     def _make_preprocessor(self) -> None:
         config = preprocess_from_metadata(self.preprocess_requested or PreprocessConfig(), self.metadata)
-        self.preprocessor = Preprocessor(self.inputs[0], config, metadata=self.metadata)
+        self.preprocessor = Preprocessor(self.fed[0], config, metadata=self.metadata)
         self.buffer = self.preprocessor.new_buffer()
 
     def _plan_tensors(self) -> None:
         """Decide how a recording maps to the inputs: one array per input name (a .npz), or one array for
         a one-input model, read by the runtime's tensor source (``frames``, or the only array)."""
-        names = [s.name for s in self.inputs]
+        names = [s.name for s in self.fed]
+        self.array_names = dict(self.plan.recorded)
+        wanted = [self.array_names[name] for name in names]
         if self.path.suffix.lower() == ".npz":
             try:
                 with np.load(self.path, allow_pickle=False) as archive:
                     stored = list(archive.files)
-                    if set(names) <= set(stored) and (len(names) > 1 or "frames" not in stored):
-                        self.arrays = {name: archive[name] for name in names}
+                    if set(wanted) <= set(stored) and (len(names) > 1 or "frames" not in stored):
+                        self.arrays = {name: archive[self.array_names[name]] for name in names}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 raise SourceError(f"{self.path}: cannot load it as a NumPy .npz file ({e})") from None
             if self.arrays is None and len(names) > 1:
                 raise ConfigError(
-                    f"{self.path}: holds arrays {stored}, but the model's inputs are {names}; save one array "
-                    "per input name: np.savez(path, **{input_name: array_of_samples})"
+                    f"{self.path}: holds arrays {stored}, but the model's inputs are {names} (read from arrays "
+                    f"{wanted}); "
+                    "save one array per input name: np.savez(path, **{input_name: array_of_samples}), or map them "
+                    "in model.inputs.recorded"
                 )
         if self.arrays is not None:
             for name, array in self.arrays.items():
@@ -202,7 +250,7 @@ class Feeds:
                     raise ConfigError(f"{self.path}: array {name!r} has dtype {dtype}; expected numbers")
                 return "tensor"
         image_like = dtype == np.uint8 and (len(item) == 2 or (len(item) == 3 and item[2] in (1, 3)))
-        if image_like and rank == 4 and len(self.inputs) == 1:
+        if image_like and rank == 4 and len(self.fed) == 1:
             if self.preprocessor is None:
                 self._make_preprocessor()
             return "image"
@@ -221,10 +269,16 @@ class Feeds:
             self.preprocessor(np.ascontiguousarray(image), self.buffer)
         except ValueError as e:
             raise ConfigError(f"{where}: cannot preprocess this item: {e}") from None
-        return {self.inputs[0].name: self.buffer}
+        return {self.fed[0].name: self.buffer}
 
     def feeds(self, indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-        """The feeds of the items at ``indices`` (sorted), in order."""
+        """The feeds of the items at ``indices`` (sorted), in order, each with every model input: the item's own
+        arrays, the constants and the current state (zeros at the start; see :meth:`update`)."""
+        self.state.reset()
+        for feed in self._framed_feeds(indices):
+            yield self.state.feeds(feed)
+
+    def _framed_feeds(self, indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
         if self.kind in ("folder", "image"):
             for i in indices:
                 file = self.files[int(i)]
@@ -237,7 +291,7 @@ class Feeds:
             for i in indices:
                 yield {name: self._tensor_feed(name, self.arrays[name][int(i)], int(i)) for name in self.arrays}
         else:
-            name = self.inputs[0].name
+            name = self.fed[0].name
             for n, item in self._pick(indices):
                 if self.kind == "video":
                     yield self._image_feed(item, f"{self.path} frame {n}")
@@ -267,6 +321,22 @@ class Feeds:
         if item.ndim == len(spec.shape) - 1:
             item = item[None]
         return np.ascontiguousarray(item, dtype=spec.dtype)
+
+    def materialize(self, indices: np.ndarray, folder: Path) -> str | None:
+        """The recorded items at ``indices`` as a recording ``compare`` reads: a .npy for one recorded input, a
+        .npz of one array per recording name for several (constants and state come from the same model.inputs);
+        None for images and videos."""
+        if self.kind != "tensors":
+            return None
+        stacked: dict[str, list[np.ndarray]] = {name: [] for name in self.plan.recorded}
+        for feed in self._framed_feeds(indices):
+            for name in stacked:
+                stacked[name].append(np.array(feed[name], copy=True))
+        if len(stacked) == 1:
+            np.save(folder / "feeds.npy", np.stack(next(iter(stacked.values()))))
+            return str(folder / "feeds.npy")
+        np.savez(folder / "feeds.npz", **{self.array_names[name]: np.stack(items) for name, items in stacked.items()})
+        return str(folder / "feeds.npz")
 
     def effective_preprocess(self) -> dict[str, Any]:
         if self.preprocessor is None:

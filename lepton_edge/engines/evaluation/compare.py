@@ -27,6 +27,7 @@ import numpy as np
 from lepton_edge.config.pipeline import (
     BackendConfig,
     DetectConfig,
+    InputsConfig,
     OnnxRuntimeBackendConfig,
     PreprocessConfig,
     SourceConfig,
@@ -47,8 +48,8 @@ from lepton_edge.runtime.assembly import preprocess_from_metadata
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.input_size import feed_shape
+from lepton_edge.runtime.inputs import InputState, fill_recorded, plan_inputs
 from lepton_edge.runtime.labels import labels_from_metadata
-from lepton_edge.runtime.pipeline import tensor_into
 from lepton_edge.runtime.postprocess import create_postprocessor, infer_task
 from lepton_edge.runtime.postprocess.classify import class_vector
 from lepton_edge.runtime.preprocess import Preprocessor, Transform
@@ -236,25 +237,38 @@ def _content_sha256(data: str) -> str:
 
 
 class _Feeder:
-    """Fills the model's input buffer from one frame, the way the runtime does; returns the geometry."""
+    """Fills the model's per-frame inputs (``buffers``: the image, or the recorded arrays) from one frame, the way
+    the runtime does; returns the geometry. Constants and state are added per model (:class:`InputState`)."""
 
-    def __init__(self, backend: Backend, kind: str, preprocess: PreprocessConfig | None) -> None:
-        spec = backend.inputs[0]
+    def __init__(self, backend: Backend, kind: str, preprocess: PreprocessConfig | None,
+                 inputs: InputsConfig | None = None) -> None:
+        self.plan = plan_inputs(backend.inputs, backend.outputs, inputs, source="image" if kind == "image" else
+                                "tensor", where=backend.name)
         self.pre: Preprocessor | None = None
+        self.buffers: dict[str, np.ndarray] = {}
         if kind == "image":
+            assert self.plan.image is not None
+            spec = self.plan.image
             config = preprocess_from_metadata(preprocess or PreprocessConfig(), backend.metadata)
             self.pre = Preprocessor(spec, config, metadata=backend.metadata)
-            self.buffer = self.pre.new_buffer()
+            self.buffers[spec.name] = self.pre.new_buffer()
         else:
-            shape = feed_shape(spec, backend.metadata) or tuple(
-                d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
-            self.buffer = np.zeros(shape, spec.dtype)
+            for name in self.plan.recorded:
+                spec = self.plan.specs[name]
+                shape = feed_shape(spec, backend.metadata) or tuple(
+                    d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+                self.buffers[name] = np.zeros(shape, spec.dtype)
 
-    def __call__(self, frame: np.ndarray) -> Transform:
-        if self.pre is not None:
-            return self.pre(frame, self.buffer)
-        tensor_into(frame, self.buffer)
-        height, width = frame.shape[:2] if frame.ndim >= 2 else (1, 1)
+    @property
+    def buffer(self) -> np.ndarray:
+        """The first per-frame input (one-input models: the only one)."""
+        return next(iter(self.buffers.values()))
+
+    def __call__(self, frame: np.ndarray | dict[str, np.ndarray]) -> Transform:
+        if self.pre is not None and self.plan.image is not None:
+            return self.pre(frame, self.buffers[self.plan.image.name])
+        fill_recorded(self.plan, frame, self.buffers)
+        height, width = frame.shape[:2] if isinstance(frame, np.ndarray) and frame.ndim >= 2 else (1, 1)
         return Transform.identity(width, height)
 
 
@@ -369,23 +383,36 @@ class _Run:
     tallies: dict[str, _Tally]
 
 
+def _state_of(backend: Backend, kind: str, inputs: InputsConfig | None) -> InputState:
+    return InputState(plan_inputs(backend.inputs, backend.outputs, inputs,
+                                  source="image" if kind == "image" else "tensor", where=backend.name))
+
+
 def _run(task: str, inputs: _Samples, ref: Backend, cands: dict[str, _Opened],
-         preprocess: PreprocessConfig | None) -> _Run:
-    """Both models on every sample: reference predictions, labels, and each candidate's tally."""
-    feed = _Feeder(ref, inputs.kind, preprocess)
+         preprocess: PreprocessConfig | None, model_inputs: InputsConfig | None = None) -> _Run:
+    """Both models on every sample: reference predictions, labels, and each candidate's tally.
+
+    Each model keeps its own constants and state (``model_inputs``): a stateful candidate runs on its own fed-back
+    state, so its errors accumulate as they would on the device."""
+    feed = _Feeder(ref, inputs.kind, preprocess, model_inputs)
+    ref_state = _state_of(ref, inputs.kind, model_inputs)
+    cand_states = {key: _state_of(c.backend, inputs.kind, model_inputs) for key, c in cands.items()}
     ref_post = _postprocessor(task, ref, ref)
     posts = {key: _postprocessor(task, ref, c.backend) for key, c in cands.items()}
     run = _Run(task, [], [], {key: _Tally([s.name for s in ref.outputs]) for key in cands})
-    ref_input = ref.inputs[0].name
     for frame, label in inputs.items:
         transform = feed(frame)
-        ref_out = ref.infer({ref_input: feed.buffer})
+        ref_out = ref.infer(ref_state.feeds(feed.buffers))
+        ref_state.update(ref_out)
         run.reference.append(ref_post(ref_out, transform))
         run.labels.append(label)
         for key, cand in cands.items():
-            spec = cand.backend.inputs[0]
-            buffer = feed.buffer if feed.buffer.dtype == spec.dtype else feed.buffer.astype(spec.dtype)
-            out = cand.backend.infer({spec.name: buffer})
+            specs = {s.name: s for s in cand.backend.inputs}
+            buffers = {name: b if b.dtype == specs[name].dtype else b.astype(specs[name].dtype)
+                       for name, b in feed.buffers.items()}
+            state = cand_states[key]
+            out = cand.backend.infer(state.feeds(buffers))
+            state.update(out)
             run.tallies[key].add(ref_out, out)
             run.tallies[key].predictions.append(posts[key](out, transform))
     return run
@@ -420,9 +447,11 @@ def compare_many(
     preprocess: PreprocessConfig | None = None,
     backend_config: BackendConfig | None = None,
     reference_name: str = "fp32",
+    inputs: InputsConfig | None = None,
 ) -> dict[str, CompareReport]:
     """:func:`compare` for several candidates in one pass over the data (the reference runs once)."""
 
+    model_inputs = inputs
     inputs = _open_samples(str(data), samples)
     opened: list[_Opened] = []
     try:
@@ -431,10 +460,7 @@ def compare_many(
         cands = {key: _open(value, key, backend_config) for key, value in candidates.items()}
         opened.extend(cands.values())
         task = _task(inputs, ref.backend, str(data))
-        if len(ref.backend.inputs) != 1:
-            raise ModelError(f"{reference}: compare feeds one image input; the model has "
-                             f"{[s.name for s in ref.backend.inputs]}")
-        run = _run(task, inputs, ref.backend, cands, preprocess)
+        run = _run(task, inputs, ref.backend, cands, preprocess, model_inputs)
         if not run.labels:
             raise ConfigError(f"{data}: no samples to compare (samples={samples})")
         return _reports(run, inputs, reference, reference_name, str(data), cands)
@@ -454,6 +480,7 @@ def compare(
     preprocess: PreprocessConfig | None = None,
     backend_config: BackendConfig | None = None,
     candidate_name: str | None = None,
+    inputs: InputsConfig | None = None,
 ) -> CompareReport:
     """Run the fp32 ``reference`` ONNX and ``candidate`` (artifact dir, ONNX file or loaded Backend) on the
     same samples of ``data``; see :class:`CompareReport`.
@@ -462,10 +489,12 @@ def compare(
     runtime reads as a source: an image or folder of images, a video, a ``.npy``/``.npz`` recording (then
     only fidelity and per-output errors). ``samples`` limits the number of samples (all by default);
     ``backend_config`` is used to open an artifact or ONNX candidate (by default from the artifact's target).
+    ``inputs`` (``model.inputs``) feeds models with several inputs: recorded arrays from a .npz, constants, state
+    fed back between samples (each model its own).
     """
     key = candidate_name or "candidate"
     reports = compare_many(reference, {key: candidate}, data, samples=samples, preprocess=preprocess,
-                           backend_config=backend_config)
+                           backend_config=backend_config, inputs=inputs)
     report = reports[key]
     if candidate_name is None and not isinstance(candidate, Backend):
         report.candidate_name = _open_name(Path(candidate))
