@@ -437,7 +437,9 @@ class JsonlSinkConfig(Strict):
 
 
 class VideoSinkConfig(Strict):
-    type: Literal["video"] = Field(description="Write an annotated video (boxes, labels, latency).")
+    type: Literal["video"] = Field(
+        description="Write an annotated video (boxes or rotated boxes, masks, keypoints, labels, latency)."
+    )
     path: Path = Field(description="Output video file (.mp4 or .avi).")
     fps: float = Field(30.0, gt=0, description="Frame rate written into the file.")
     codec: str = Field("mp4v", min_length=4, max_length=4, description="FourCC of the video codec.")

@@ -7,20 +7,35 @@ from typing import TextIO
 
 from lepton_edge.config.pipeline import ConsoleSinkConfig
 from lepton_edge.core.metrics import RateMeter
-from lepton_edge.core.results import Result, now
+from lepton_edge.core.results import Detections, RawOutputs, Result, now
 from lepton_edge.runtime.sinks.base import Sink
 
 TABLE_STAGES = ("decode", "queue", "preprocess", "infer", "postprocess", "e2e", "frame_age")
 
 
 def summarize_output(result: Result, limit: int = 6) -> str:
-    d = result.output.to_dict()
-    items = d.get("detections") or d.get("classes") or []
-    if "outputs" in d:
-        return f"{len(d['outputs'])} raw output(s)"
-    shown = ", ".join(f"{i['label']} {i['score']:.2f}" for i in items[:limit])
+    """One line about a result: how many detections (and masks, poses, rotated boxes) or classes, the first few
+    with their scores, or the raw outputs."""
+    output = result.output
+    if isinstance(output, RawOutputs):
+        return f"{len(output)} raw output(s)"
+    items = [(output.label(int(c)), float(s)) for c, s in zip(output.class_ids, output.scores, strict=True)]
+    shown = ", ".join(f"{label} {score:.2f}" for label, score in items[:limit])
     more = f" (+{len(items) - limit})" if len(items) > limit else ""
-    return f"{len(items)}: {shown}{more}" if items else "none"
+    text = f"{len(items)}: {shown}{more}" if items else "none"
+    return text + (_parts(output) if isinstance(output, Detections) else "")
+
+
+def _parts(detections: Detections) -> str:
+    """What the detections carry besides boxes, e.g. `` [3 mask(s), 812 px; 3 pose(s) x 17 keypoints]``."""
+    parts = []
+    if detections.masks is not None:
+        parts.append(f"{len(detections.masks)} mask(s), {int(detections.masks.areas().sum())} px")
+    if detections.keypoints is not None:
+        parts.append(f"{len(detections.keypoints)} pose(s) x {detections.keypoints.data.shape[1]} keypoints")
+    if detections.rotated is not None:
+        parts.append(f"{len(detections.rotated)} rotated")
+    return f" [{'; '.join(parts)}]" if parts else ""
 
 
 class ConsoleSink(Sink):

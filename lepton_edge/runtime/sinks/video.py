@@ -1,4 +1,5 @@
-"""An annotated video file: boxes, labels, scores and the frame's latency drawn on the source frame."""
+"""An annotated video file: boxes (or rotated boxes), translucent masks, keypoints with their skeleton, labels,
+scores and the frame's latency drawn on the source frame."""
 
 from __future__ import annotations
 
@@ -11,6 +12,76 @@ from lepton_edge.runtime.sinks.base import Sink
 
 _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
             (10, 249, 72), (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0)]
+MASK_ALPHA = 0.45
+"""Opacity of a mask's colour over the frame."""
+KEYPOINT_MIN_CONF = 0.5
+"""Keypoints (and the skeleton lines between them) with a lower visibility are not drawn, as Ultralytics does."""
+
+
+def _color(class_id: int) -> tuple[int, int, int]:
+    return _PALETTE[int(class_id) % len(_PALETTE)]
+
+
+def draw_masks(out: np.ndarray, detections: Detections) -> None:
+    """Blend each mask's class colour into ``out`` (in place) where the mask is set."""
+    masks = detections.masks
+    if masks is None or (masks.height, masks.width) != out.shape[:2]:
+        return
+    for crop, (x, y), cls in zip(masks.crops, masks.origins, detections.class_ids, strict=True):
+        if crop.size == 0:
+            continue
+        region = out[y:y + crop.shape[0], x:x + crop.shape[1]]
+        blended = region[crop] * (1 - MASK_ALPHA) + np.array(_color(cls), np.float32) * MASK_ALPHA
+        region[crop] = blended.astype(out.dtype)
+
+
+def draw_keypoints(out: np.ndarray, detections: Detections) -> None:
+    """Dots on the visible keypoints and lines along the skeleton between visible pairs."""
+    import cv2
+
+    if detections.keypoints is None:
+        return
+    data, skeleton = detections.keypoints.data, detections.keypoints.skeleton
+    for points, cls in zip(data, detections.class_ids, strict=True):
+        visible = points[:, 2] >= KEYPOINT_MIN_CONF if points.shape[1] == 3 else np.ones(len(points), bool)
+        xy = [(round(float(x)), round(float(y))) for x, y in points[:, :2]]
+        for a, b in skeleton:
+            if visible[a] and visible[b]:
+                cv2.line(out, xy[a], xy[b], _color(cls), 2, cv2.LINE_AA)
+        for (x, y), shown in zip(xy, visible, strict=True):
+            if shown:
+                cv2.circle(out, (x, y), 3, (255, 255, 255), -1, cv2.LINE_AA)
+                cv2.circle(out, (x, y), 3, _color(cls), 1, cv2.LINE_AA)
+
+
+def _label(out: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int]) -> None:
+    import cv2
+
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    cv2.rectangle(out, (x, max(0, y - th - 6)), (x + tw + 4, y), color, -1)
+    cv2.putText(out, text, (x + 2, max(th, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def draw_detections(out: np.ndarray, detections: Detections) -> None:
+    """Masks, then boxes (rotated ones as polygons) with labels, then keypoints."""
+    import cv2
+
+    draw_masks(out, detections)
+    corners = detections.rotated.corners() if detections.rotated is not None else None
+    for i, (box, score, cls) in enumerate(zip(detections.boxes, detections.scores, detections.class_ids,
+                                               strict=True)):
+        color = _color(cls)
+        text = f"{detections.label(int(cls))} {score:.2f}"
+        if corners is not None:
+            polygon = np.round(corners[i]).astype(np.int32)
+            cv2.polylines(out, [polygon], True, color, 2, cv2.LINE_AA)
+            top = polygon[np.argmin(polygon[:, 1])]
+            _label(out, text, int(top[0]), int(top[1]), color)
+            continue
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
+        _label(out, text, x1, y1, color)
+    draw_keypoints(out, detections)
 
 
 def annotate(image: np.ndarray, result: Result) -> np.ndarray:
@@ -20,15 +91,7 @@ def annotate(image: np.ndarray, result: Result) -> np.ndarray:
     out = image.copy()
     output = result.output
     if isinstance(output, Detections):
-        for box, score, cls in zip(output.boxes, output.scores, output.class_ids, strict=True):
-            color = _PALETTE[int(cls) % len(_PALETTE)]
-            x1, y1, x2, y2 = (round(float(v)) for v in box)
-            cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
-            text = f"{output.label(int(cls))} {score:.2f}"
-            (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-            cv2.rectangle(out, (x1, max(0, y1 - th - 6)), (x1 + tw + 4, y1), color, -1)
-            cv2.putText(out, text, (x1 + 2, max(th, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                        cv2.LINE_AA)
+        draw_detections(out, output)
     elif isinstance(output, Classification) and len(output):
         text = f"{output.label(int(output.class_ids[0]))} {output.scores[0]:.2f}"
         cv2.putText(out, text, (8, 44), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
