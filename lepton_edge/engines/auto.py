@@ -25,7 +25,14 @@ from lepton_edge.engines.artifacts import (
     read_manifest,
     write_manifest,
 )
-from lepton_edge.engines.builder import FidelityData, build_artifact, check_fidelity, fidelity_minimums, publish
+from lepton_edge.engines.builder import (
+    FidelityData,
+    FidelityGateError,
+    build_artifact,
+    check_fidelity,
+    fidelity_minimums,
+    publish,
+)
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare_many, measure_throughput
 from lepton_edge.engines.onnx_tools import ModelInfo, inspect_onnx
 from lepton_edge.engines.options import BuildOptions
@@ -98,17 +105,19 @@ def _build_candidates(model: Path, work: Path, options: BuildOptions, candidates
                       notes: dict[str, str], progress: ProgressArg) -> dict[str, Path]:
     """Build each candidate not in ``notes`` under ``work``; a failed one (fp32 aside: it raises) goes in ``notes``.
 
-    The fidelity gate runs later on the validation data (:func:`_gate_candidates`), so a failing candidate is
-    still measured."""
+    int8 passes the fidelity gate here (with mixed precision unless it is off), then again on the validation data
+    (:func:`_gate_candidates`)."""
     built: dict[str, Path] = {}
     for precision in candidates:
         if precision in notes:
             continue
         try:
-            candidate = options.model_copy(update={"precision": precision, "validation_data": None,
-                                                   "fidelity": False})
+            candidate = options.model_copy(update={"precision": precision, "validation_data": None})
             build_artifact(model, work / precision, candidate, progress=progress)
             built[precision] = work / precision
+        except FidelityGateError as e:  # even with mixed precision, when allowed
+            notes[precision] = f"failed the fidelity gate: {e}"
+            log.warning("precision auto: %s candidate fails the fidelity gate: %s", precision, e)
         except LeptonError as e:
             if precision == "fp32":
                 raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -164,6 +164,8 @@ class _PrecisionPlan:
     calibration: CalibrationCache | None = None
     flags: list[str] = field(default_factory=list)
     """Builder flags set, for the manifest."""
+    float_layers: list[str] = field(default_factory=list)
+    """ONNX nodes whose layers were constrained to fp32 (mixed precision)."""
 
 
 def _plan_precision(
@@ -270,6 +272,7 @@ def build_engine(
     dla_core: int | None = None,
     profiles: list[Profile] | None = None,
     progress: Callable[[str], None] | None = None,
+    float_layers: Sequence[str] = (),
 ) -> tuple[bytes, dict[str, Any]]:
     """Build a TensorRT engine from an ONNX model; returns the serialized plan and facts for the manifest.
 
@@ -277,7 +280,8 @@ def build_engine(
     ``calibration_cache`` (TensorRT up to 10.x) through the calibrator its header names. ``timing_cache``
     is read if it exists and written back after the build. ``profiles`` gives (min, opt, max) shapes per
     dynamic input, one dict per optimization profile. ``progress`` is called with the stage name: parse,
-    configure, build, done.
+    configure, build, done. ``float_layers`` (mixed precision; int8 from a calibration cache) names ONNX nodes whose
+    layers must run in fp32: precision constraints obeyed by the builder (a Q/DQ model has no Q/DQ there instead).
     """
     onnx_path = Path(onnx_path)
     report = progress or (lambda stage: None)
@@ -299,6 +303,7 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     _set_flags(trt, config, plan)
+    _constrain_to_float(trt, network, config, plan, float_layers, onnx_path)
     if dla_core is not None:
         _use_dla(trt, builder, config, dla_core)
         plan.flags.append("GPU_FALLBACK")
@@ -382,6 +387,37 @@ def _set_flags(trt: Any, config: Any, plan: _PrecisionPlan) -> None:
         plan.flags.append("INT8")
 
 
+def _constrain_to_float(trt: Any, network: Any, config: Any, plan: _PrecisionPlan, float_layers: Sequence[str],
+                        onnx_path: Path) -> None:
+    """Run the layers of the ONNX nodes ``float_layers`` in fp32 (layer precision and float output types) and make
+    the builder obey it. The ONNX parser names a node's layer after the node (extra layers ``<node>_<n>``)."""
+    if not float_layers:
+        return
+    if plan.int8_mode != "calibration-cache":
+        raise ConfigError(f"{onnx_path}: layers are kept in float by precision constraints only when int8 is "
+                          "calibrated from a cache; a Q/DQ model leaves their Q/DQ out instead")
+    wanted = set(float_layers)
+    found: set[str] = set()
+    floats = (trt.float32, trt.float16)
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        node = layer.name if layer.name in wanted else re.sub(r"_\d+$", "", layer.name)
+        if node not in wanted:
+            continue
+        found.add(node)
+        layer.precision = trt.float32
+        for output in range(layer.num_outputs):
+            if layer.get_output(output).dtype in floats:
+                layer.set_output_type(output, trt.float32)
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    plan.flags.append("OBEY_PRECISION_CONSTRAINTS")
+    plan.float_layers = sorted(found)
+    missing = sorted(wanted - found)
+    if missing:
+        log.warning("%s: no TensorRT layer for %d node(s) to keep in float, e.g. %s", onnx_path, len(missing),
+                    missing[:3])
+
+
 def _use_dla(trt: Any, builder: Any, config: Any, dla_core: int) -> None:
     cores = builder.num_DLA_cores
     if not 0 <= dla_core < cores:
@@ -417,6 +453,7 @@ def _build_facts(api: TrtApi, plan: _PrecisionPlan, summary: OnnxSummary, precis
         "builder_flags": plan.flags,
         "strongly_typed": plan.strongly_typed,
         "int8_mode": plan.int8_mode,
+        "float_layers": plan.float_layers,
         "calibration_cache": plan.calibration.facts if plan.calibration else None,
         "workspace_mb": workspace_mb,
         "device_type": "DLA" if dla_core is not None else "GPU",
