@@ -258,6 +258,9 @@ class TensorRTBackendConfig(Strict):
     device: int = Field(0, ge=0, description="CUDA device index.")
     cuda_graph: bool = Field(False, description="Capture inference in a CUDA graph and replay it.")
     warmup_runs: int = Field(3, ge=0, description="Inference runs before the first frame.")
+    dla_core: int | None = Field(
+        None, ge=0, description="DLA core (Jetson) a bare engine file was built for; artifacts use the core their "
+        "manifest records. null: the GPU.")
 
 
 BackendConfig = Annotated[OnnxRuntimeBackendConfig | TensorRTBackendConfig, Field(discriminator="type")]

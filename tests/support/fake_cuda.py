@@ -11,6 +11,16 @@ behaviour closely enough to catch the mistakes that matter:
   shows up as garbage output. Copies from pageable (not pinned) host memory are counted.
 * Stream capture records work into a graph instead of running it; allocating or synchronising during
   capture invalidates it, as on a real device. Launching a graph replays the recorded work.
+* pycuda's contexts live on a per-thread context stack (:meth:`FakeGpu.context_stack`), as the CUDA
+  driver's do (CUDA driver API, "Context Management": cuCtxCreate makes the new context current by pushing
+  it on the calling thread's stack; cuCtxPushCurrent/cuCtxPopCurrent are per thread). Calls that need a
+  context fail without one, like pycuda's ("invalid device context"). pycuda keeps its stack in thread-specific
+  storage whose destructor prints "PyCUDA ERROR: The context stack was not empty upon module cleanup" and calls
+  ``abort()`` (pycuda ``src/cpp/cuda.hpp``, ``context_stack::~context_stack``): a thread that ends with a
+  context still pushed is recorded in :attr:`FakeGpu.context_aborts`, which tests assert stays empty.
+  Destroying (detaching) a context frees what was allocated in it (cuCtxDestroy frees the context's
+  resources), and kernels launched by TensorRT must run in the context their engine was deserialized in
+  (see the TensorRT fake).
 
 The TensorRT fake (``tests/support/fake_tensorrt.py``) queues engine executions on the same
 :class:`FakeGpu` streams, so a whole inference runs through this simulation.
@@ -121,6 +131,23 @@ class _Stream:
     pending: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     capture: list[tuple[str, Callable[[], None]]] | None = None
     capture_invalid: str | None = None
+    context: Any = None
+    """The pycuda context the stream was created in (None: the runtime API's primary context)."""
+
+
+class _ThreadContextStack(list):
+    """One thread's CUDA context stack; like pycuda's, it is destroyed when its thread ends."""
+
+    def __init__(self, gpu: FakeGpu) -> None:
+        super().__init__()
+        self._gpu = weakref.ref(gpu)
+        self._thread = threading.current_thread().name
+
+    def __del__(self) -> None:
+        gpu = self._gpu()
+        if self and gpu is not None:
+            gpu.context_aborts.append(f"thread {self._thread!r} ended with {len(self)} context(s) still pushed: "
+                                      "PyCUDA ERROR: The context stack was not empty upon module cleanup (abort)")
 
 
 class FakeGpu:
@@ -146,6 +173,9 @@ class FakeGpu:
         self.pageable_async_copies = 0
         self.graph_launches = 0
         self.sticky_error: str | None = None
+        self.context_aborts: list[str] = []
+        """Threads that ended with a pycuda context still pushed: the real pycuda aborts the process."""
+        self._context_stacks = threading.local()
         self._failures: dict[str, list[cudaError_t]] = {}
         self._next_device = _DEVICE_BASE
         self._next_handle = 0x1000
@@ -165,6 +195,18 @@ class FakeGpu:
             "streams": len(self.streams),
             "graphs": len(self.graphs) + len(self.graph_execs),
         }
+
+    def context_stack(self) -> list:
+        """The calling thread's CUDA context stack (pycuda contexts; the runtime API pushes none)."""
+        stack = getattr(self._context_stacks, "stack", None)
+        if stack is None:
+            stack = self._context_stacks.stack = _ThreadContextStack(self)
+        return stack
+
+    def current_context(self) -> Any:
+        """The context current in the calling thread (the top of its stack), or None."""
+        stack = self.context_stack()
+        return stack[-1] if stack else None
 
     # -- used by the fakes -------------------------------------------------------------------
     def injected(self, call: str) -> cudaError_t | None:
@@ -556,7 +598,6 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
     """A fake of ``pycuda.driver`` bound to ``gpu``: explicit contexts, allocations freed by ``free()``."""
     drv = _StrictModule("pycuda.driver")
     state = {"initialized": False}
-    stacks = threading.local()
 
     class Error(Exception):
         pass
@@ -571,9 +612,7 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
         pass
 
     def stack() -> list:
-        if not hasattr(stacks, "items"):
-            stacks.items = []
-        return stacks.items
+        return gpu.context_stack()
 
     def check(call: str) -> None:
         if not state["initialized"]:
@@ -597,6 +636,8 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
         def __init__(self, device: Device) -> None:
             self.device = device
             self.detached = False
+            self.allocations: set[int] = set()
+            self.streams: set[int] = set()
 
         def push(self) -> None:
             check("cuCtxPushCurrent")
@@ -620,6 +661,10 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
             if self in stack():
                 raise LogicError("cuCtxDetach failed: context is still current; pop it first")
             self.detached = True
+            for ptr in self.allocations:  # cuCtxDestroy frees everything the context owned
+                gpu.allocations.pop(ptr, None)
+            for handle in self.streams:
+                gpu.streams.pop(handle, None)
 
     class Device:
         def __init__(self, number: int) -> None:
@@ -682,13 +727,22 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
             need_context("cuMemFreeHost")
             gpu.pinned.pop(self._ptr, None)
 
+    def live_context(call: str) -> Any:
+        need_context(call)
+        context = stack()[-1]
+        if context.detached:
+            raise LogicError(f"{call} failed: invalid device context (the current context was destroyed)")
+        return context
+
     def mem_alloc(bytes: int) -> DeviceAllocation:
         _require_int("mem_alloc", bytes=bytes)
-        need_context("cuMemAlloc")
-        return DeviceAllocation(gpu.device_malloc(bytes))
+        context = live_context("cuMemAlloc")
+        ptr = gpu.device_malloc(bytes)
+        context.allocations.add(ptr)
+        return DeviceAllocation(ptr)
 
     def pagelocked_empty(shape: Any, dtype: Any, order: str = "C", mem_flags: int = 0) -> np.ndarray:
-        need_context("cuMemHostAlloc")
+        live_context("cuMemHostAlloc")
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -700,13 +754,16 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
     class Stream:
         def __init__(self, flags: int = 0) -> None:
             _require_int("Stream", flags=flags)
-            need_context("cuStreamCreate")
+            context = live_context("cuStreamCreate")
             self.handle = gpu.new_handle()
-            gpu.streams[self.handle] = _Stream()
+            gpu.streams[self.handle] = _Stream(context=context)
+            context.streams.add(self.handle)
             weakref.finalize(self, gpu.streams.pop, self.handle, None)
 
         def synchronize(self) -> None:
-            need_context("cuStreamSynchronize")
+            live_context("cuStreamSynchronize")
+            if self.handle not in gpu.streams:
+                raise LogicError("cuStreamSynchronize failed: invalid resource handle (its context was destroyed)")
             gpu.run_pending(self.handle)
             if gpu.sticky_error:
                 raise LogicError(f"cuStreamSynchronize failed: an illegal memory access ({gpu.sticky_error})")
@@ -722,7 +779,9 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
         return value
 
     def memcpy_htod_async(dest: Any, src: Any, stream: Stream | None = None) -> None:
-        need_context("cuMemcpyHtoDAsync")
+        live_context("cuMemcpyHtoDAsync")
+        if stream is not None and stream.handle not in gpu.streams:
+            raise LogicError("cuMemcpyHtoDAsync failed: invalid resource handle (its context was destroyed)")
         ptr, host = _device_ptr(dest), _host(src, "memcpy_htod_async")
         if not gpu.is_device_range(ptr, host.nbytes):
             raise LogicError("cuMemcpyHtoDAsync failed: invalid argument")
@@ -737,7 +796,9 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
             gpu.enqueue(stream.handle, "memcpy HtoD", lambda: gpu.write(ptr, snapshot))
 
     def memcpy_dtoh_async(dest: Any, src: Any, stream: Stream | None = None) -> None:
-        need_context("cuMemcpyDtoHAsync")
+        live_context("cuMemcpyDtoHAsync")
+        if stream is not None and stream.handle not in gpu.streams:
+            raise LogicError("cuMemcpyDtoHAsync failed: invalid resource handle (its context was destroyed)")
         host, ptr = _host(dest, "memcpy_dtoh_async"), _device_ptr(src)
         if not gpu.is_device_range(ptr, host.nbytes):
             raise LogicError("cuMemcpyDtoHAsync failed: invalid argument")

@@ -28,6 +28,11 @@ calibrator must implement its quantile and regression-cutoff members. Calls are
 recorded in ``module.calls``; live engines/contexts/runtimes are counted by :func:`live_objects`.
 TensorRT 8.6 has no standalone bindings wheel to check names against, so it is covered by this fake
 only.
+
+Process-wide rules (each cited where it is modelled below): one logger for every live Builder and Runtime
+(a second, different one is refused); a plugin registry that ``init_libnvinfer_plugins`` must fill before a
+plugin op parses or a plugin engine deserializes; ``Runtime.DLA_core`` set to a DLA engine's core before it
+deserializes; engines run (and get execution contexts) only in the CUDA context they were deserialized in.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ SUPPORTED_OPS = frozenset({
     "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
 })
 STANDARD_DOMAINS = ("", "ai.onnx")
+PLUGIN_OPS = frozenset({"EfficientNMS_TRT", "BatchedNMSDynamic_TRT", "EfficientNMS_ONNX_TRT"})
+"""ONNX nodes of TensorRT's own plugins (exported by name, any domain): imported only through the registry."""
 
 CALIBRATION_HEADERS = {
     "LEGACY_CALIBRATION": "LegacyCalibration",
@@ -289,7 +296,14 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
         "timing_cache_hits": 0,
         "builds": [],
         "replayed_caches": [],
+        "logger_holders": weakref.WeakSet(),
+        "plugins_registered": False,
+        "plugin_inits": 0,
     }
+    if major == 11 and int(version.split(".")[1]) < 4:
+        # "DLA was unavailable in TensorRT 11.0 through 11.3" (TensorRT 11.4.1 docs, "Migrating TensorRT from
+        # 10.x to 11.x on Jetson/JetPack"); 11.4.1 restores it on Jetson AGX Orin with JetPack 7.2.2+.
+        state["dla_cores"] = 0
     trt._state = state
     trt.calls = state["calls"]
 
@@ -367,6 +381,29 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
     for member in ILogger.Severity:
         setattr(Logger, member.name, member)
     trt.ILogger, trt.Logger = ILogger, Logger
+
+    def claim_logger(call: str, holder: Any, logger: Any) -> None:
+        # "TensorRT maintains only a single logger pointer at any given time": a Builder or Runtime created
+        # with a different logger while another is alive gets the existing one instead (NVIDIA/TensorRT#1475,
+        # the warning of createInferBuilder/createInferRuntime). The strict fake refuses it outright.
+        others = [h for h in state["logger_holders"] if h._logger is not logger]
+        if others:
+            raise RuntimeError(f"{call}: a different logger than the live {type(others[0]).__name__}'s; TensorRT "
+                               "keeps one logger pointer per process and would log to the first one")
+        state["logger_holders"].add(holder)
+
+    # -- plugins: TensorRT's own plugin library registers its creators only when asked ---------
+    # initLibNvInferPlugins "should be called once before accessing the Plugin Registry" (NvInferPlugin.h;
+    # Python: trt.init_libnvinfer_plugins(logger, namespace), as NVIDIA's samples call it with their logger).
+    def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
+        _require_base_init("init_libnvinfer_plugins", logger, ILogger)
+        _check_type("init_libnvinfer_plugins", "namespace", namespace, str)
+        record("init_libnvinfer_plugins", namespace)
+        state["plugins_registered"] = True
+        state["plugin_inits"] += 1
+        return True
+
+    trt.init_libnvinfer_plugins = init_libnvinfer_plugins
     severity = ILogger.Severity
 
     def emit(logger: Any, level: Any, message: str) -> None:
@@ -463,6 +500,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
             self._inputs: list[Any] = []
             self._outputs: list[Any] = []
             self._onnx: bytes | None = None
+            self._plugins: list[str] = []
             self._has_qdq = False
             self._has_fp16 = False
 
@@ -519,7 +557,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
         def __init__(self, network: Any, logger: Any) -> None:
             _check_type("OnnxParser", "network", network, INetworkDefinition)
             _require_base_init("OnnxParser", logger, ILogger)
-            record("OnnxParser", network)
+            record("OnnxParser")  # not the network: a record must not keep its builder alive
             self._network, self._logger = network, logger
             self._errors: list[Any] = []
 
@@ -572,7 +610,21 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                            "batch dimension", -1)
                 return False
             ok = True
+            plugins = set()
             for index, node in enumerate(model.graph.node):
+                plugin = plugin_for(node.op_type)
+                if plugin is not None:
+                    # onnx-tensorrt imports an op it has no importer for (or, on 8.x, InstanceNormalization
+                    # unless OnnxParserFlag.NATIVE_INSTANCENORM) through the plugin registry's creator of
+                    # that name, version "1": it fails when the plugins were never registered.
+                    if not state["plugins_registered"]:
+                        self._fail(ErrorCode.UNSUPPORTED_NODE, f"No importer registered for op: {node.op_type}. "
+                                   f"Attempting to import as plugin. Searching for plugin: {plugin}, plugin_version:"
+                                   " 1, plugin_namespace: ; Plugin not found, are the plugin name, version, and "
+                                   "namespace correct?", index)
+                        ok = False
+                    plugins.add(plugin)
+                    continue
                 if node.domain not in STANDARD_DOMAINS or node.op_type not in SUPPORTED_OPS:
                     self._fail(ErrorCode.UNSUPPORTED_NODE, f"No importer registered for op: {node.op_type}", index)
                     ok = False
@@ -601,9 +653,19 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
             network._inputs, network._outputs, network._onnx = inputs, outputs, data
             ops = {node.op_type for node in model.graph.node}
             network._has_qdq = bool(ops & {"QuantizeLinear", "DequantizeLinear"})
+            network._plugins = sorted(plugins)
             return True
 
     OnnxParser = versioned(OnnxParser)
+
+    def plugin_for(op_type: str) -> str | None:
+        """The plugin creator an ONNX op is imported through, or None for a native layer."""
+        if op_type in PLUGIN_OPS:
+            return op_type
+        # OnnxParserFlag.NATIVE_INSTANCENORM is off by default in 8.6 (plugin) and on by default from 10.0.
+        if op_type == "InstanceNormalization" and major == 8:
+            return "InstanceNormalization_TRT"
+        return None
 
     # -- builder configuration --------------------------------------------------------------
     class IOptimizationProfile(_Strict):
@@ -780,6 +842,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
     class Builder(_Strict):
         def __init__(self, logger: Any) -> None:
             _require_base_init("Builder", logger, ILogger)
+            claim_logger("Builder", self, logger)
             record("Builder")
             self._logger = logger
 
@@ -900,6 +963,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                 "int8": int8_mode,
                 "device_type": config._device_type.name,
                 "dla_core": config._dla_core,
+                "plugins": network._plugins,
                 "workspace": config._pools.get("WORKSPACE"),
                 "inputs": [[t._name, list(t._shape), t._dtype.name] for t in network._inputs],
                 "outputs": [[t._name, list(t._shape), t._dtype.name] for t in network._outputs],
@@ -957,10 +1021,29 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
     class Runtime(_Strict):
         def __init__(self, logger: Any) -> None:
             _require_base_init("Runtime", logger, ILogger)
+            claim_logger("Runtime", self, logger)
             record("Runtime")
             self._logger = logger
+            self._dla_core = -1
             self._engines: weakref.WeakSet = weakref.WeakSet()
             state["live"]["runtime"].add(self)
+
+        @property
+        def num_DLA_cores(self) -> int:
+            return state["dla_cores"]
+
+        # IRuntime::setDLACore: "Sets the DLA core used by the network. Defaults to -1." A DLA engine runs on
+        # the runtime's core, so trtexec (--useDLACore) and DeepStream set it before deserializing; the fake
+        # refuses a DLA plan on a runtime whose core is not the one the plan was built for.
+        @property
+        def DLA_core(self) -> int:
+            return self._dla_core
+
+        @DLA_core.setter
+        def DLA_core(self, value: int) -> None:
+            _check_type("DLA_core", "value", value, int)
+            record("Runtime.DLA_core", value)
+            self._dla_core = value
 
         def deserialize_cuda_engine(self, serialized_engine: Any) -> Any:
             _check_type("deserialize_cuda_engine", "serialized_engine", serialized_engine,
@@ -987,6 +1070,15 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                      f"expecting compute {gpu.capability} got compute {tuple(header['capability'])}, please "
                      "rebuild.")
                 return None
+            if header.get("device_type") == "DLA" and self._dla_core != header["dla_core"]:
+                emit(self._logger, severity.ERROR, f"The engine was built for DLA core {header['dla_core']} but the "
+                     f"runtime's DLA core is {self._dla_core}: set IRuntime::setDLACore before deserializing")
+                return None
+            missing = [p for p in header.get("plugins", []) if not state["plugins_registered"]]
+            if missing:
+                emit(self._logger, severity.ERROR, f"IPluginRegistry::getCreator: Error Code 4: Cannot find plugin: "
+                     f"{missing[0]}, version: 1, namespace: (call init_libnvinfer_plugins before deserializing)")
+                return None
             engine = ICudaEngine(self, header, onnx_bytes)
             self._engines.add(engine)
             return engine
@@ -1000,6 +1092,8 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
     class ICudaEngine(_Strict):
         def __init__(self, runtime: Any, header: dict, onnx_bytes: bytes) -> None:
             self._runtime_logger = runtime._logger
+            self._cuda_context = gpu.current_context()
+            """The CUDA context current at deserialization (None: the runtime API's primary context)."""
             self._header = header
             self._onnx = onnx_bytes
             self._io = [(name, tuple(shape), getattr(DataType, dtype), TensorIOMode.INPUT)
@@ -1058,8 +1152,20 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                     return [Dims(s) for s in shapes]
             return [Dims(entry[1])] * 3
 
+        def _in_own_context(self, call: str) -> bool:
+            # Device memory and kernels belong to a CUDA context: an engine's work must run with the context
+            # it was deserialized in current (CUDA driver API, Context Management; pycuda contexts are pushed
+            # per thread), else the launch fails with an invalid-context/invalid-handle error.
+            if gpu.current_context() is self._cuda_context:
+                return True
+            emit(self._runtime_logger, severity.ERROR, f"{call}: Cuda Runtime (invalid device context): the "
+                 "engine's CUDA context is not current in this thread")
+            return False
+
         def create_execution_context(self) -> Any:
             record("ICudaEngine.create_execution_context")
+            if not self._in_own_context("ICudaEngine::createExecutionContext"):
+                return None
             context = IExecutionContext(self)
             self._contexts.add(context)
             return context
@@ -1160,6 +1266,8 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
             _check_type("execute_async_v3", "stream_handle", stream_handle, int)
             record("IExecutionContext.execute_async_v3", stream_handle)
             logger = self._engine._runtime_logger
+            if not self._engine._in_own_context("IExecutionContext::enqueueV3"):
+                return False
             shapes = self._all_shapes()
             if shapes is None:
                 emit(logger, severity.ERROR, "IExecutionContext::enqueueV3: not all input shapes are specified")

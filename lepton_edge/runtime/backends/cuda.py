@@ -4,14 +4,23 @@
 Both implementations check every call's status, track what they allocate, and free anything left
 over in :meth:`CudaAdapter.close`, reporting it as a leak. Device pointers, streams and graphs are
 plain ``int`` handles so callers never touch the underlying package.
+
+Every operation runs inside :meth:`CudaAdapter.activate`, which makes the adapter's device (cuda-python: the
+runtime API's current device, per thread) or its own context (pycuda: pushed on the calling thread's context
+stack for the block and popped after it) current. A pycuda context is never left pushed: pycuda aborts the
+process when a thread ends with a context on its stack, and with several adapters open each must run in its
+own context, not in whichever was pushed last. Callers that run third-party GPU work on the adapter's device
+(TensorRT deserialization, execution contexts, ``execute_async_v3``) wrap it in the same activation.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import ctypes
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -65,7 +74,8 @@ class CudaAdapter(abc.ABC):
     def malloc(self, nbytes: int) -> int:
         """Allocate ``nbytes`` of device memory; returns the device pointer."""
         self._check_open()
-        ptr = self._malloc(max(int(nbytes), 1))
+        with self.activate():
+            ptr = self._malloc(max(int(nbytes), 1))
         with self._lock:
             self._device_allocs[ptr] = int(nbytes)
         return ptr
@@ -76,13 +86,15 @@ class CudaAdapter(abc.ABC):
             if ptr not in self._device_allocs:
                 raise CudaError(f"free: {ptr:#x} is not a live allocation of this adapter")
             del self._device_allocs[ptr]
-        self._free(ptr)
+        with self.activate():
+            self._free(ptr)
 
     def pinned_empty(self, shape: tuple[int, ...] | int, dtype: Any) -> np.ndarray:
         """A page-locked host array (uninitialised), needed for truly asynchronous copies."""
         self._check_open()
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        array = self._pinned_empty(shape, np.dtype(dtype))
+        with self.activate():
+            array = self._pinned_empty(shape, np.dtype(dtype))
         with self._lock:
             self._pinned[array.ctypes.data] = array
         return array
@@ -96,12 +108,14 @@ class CudaAdapter(abc.ABC):
                     "free_pinned: the array was not returned by pinned_empty (pass the array, not a view)"
                 )
             del self._pinned[array.ctypes.data]
-        self._free_pinned(array)
+        with self.activate():
+            self._free_pinned(array)
 
     def create_stream(self) -> int:
         """Create a CUDA stream; returns its handle."""
         self._check_open()
-        handle, native = self._create_stream()
+        with self.activate():
+            handle, native = self._create_stream()
         with self._lock:
             self._streams[handle] = native
         return handle
@@ -111,29 +125,35 @@ class CudaAdapter(abc.ABC):
             native = self._streams.pop(stream, None)
         if native is None:
             raise CudaError(f"destroy_stream: {stream:#x} is not a stream of this adapter")
-        self._destroy_stream(native)
+        with self.activate():
+            self._destroy_stream(native)
 
     def memcpy_htod_async(self, dst_ptr: int, host_array: np.ndarray, stream: int) -> None:
         """Queue a copy of ``host_array`` (contiguous, ideally pinned) to device memory."""
         self._check_contiguous(host_array, "memcpy_htod_async")
-        self._memcpy_htod_async(dst_ptr, host_array, self._stream(stream))
+        with self.activate():
+            self._memcpy_htod_async(dst_ptr, host_array, self._stream(stream))
 
     def memcpy_dtoh_async(self, host_array: np.ndarray, src_ptr: int, stream: int) -> None:
         """Queue a copy from device memory into ``host_array`` (contiguous, ideally pinned)."""
         self._check_contiguous(host_array, "memcpy_dtoh_async")
-        self._memcpy_dtoh_async(host_array, src_ptr, self._stream(stream))
+        with self.activate():
+            self._memcpy_dtoh_async(host_array, src_ptr, self._stream(stream))
 
     def synchronize(self, stream: int) -> None:
         """Wait until everything queued on ``stream`` has finished."""
-        self._synchronize(self._stream(stream))
+        with self.activate():
+            self._synchronize(self._stream(stream))
 
     def begin_capture(self, stream: int) -> None:
         """Start recording the work queued on ``stream`` into a CUDA graph."""
-        self._begin_capture(self._stream(stream))
+        with self.activate():
+            self._begin_capture(self._stream(stream))
 
     def end_capture(self, stream: int) -> int:
         """Stop recording; returns an executable graph handle for :meth:`launch_graph`."""
-        handle, natives = self._end_capture(self._stream(stream))
+        with self.activate():
+            handle, natives = self._end_capture(self._stream(stream))
         with self._lock:
             self._graphs[handle] = natives
         return handle
@@ -142,14 +162,16 @@ class CudaAdapter(abc.ABC):
         natives = self._graphs.get(graph_exec)
         if natives is None:
             raise CudaError(f"launch_graph: {graph_exec:#x} is not a graph of this adapter")
-        self._launch_graph(natives, self._stream(stream))
+        with self.activate():
+            self._launch_graph(natives, self._stream(stream))
 
     def destroy_graph(self, graph_exec: int) -> None:
         with self._lock:
             natives = self._graphs.pop(graph_exec, None)
         if natives is None:
             raise CudaError(f"destroy_graph: {graph_exec:#x} is not a graph of this adapter")
-        self._destroy_graph(natives)
+        with self.activate():
+            self._destroy_graph(natives)
 
     def live_allocations(self) -> dict[str, int]:
         """How many device buffers, pinned arrays, streams and graphs are still alive."""
@@ -175,14 +197,18 @@ class CudaAdapter(abc.ABC):
                 leaked,
             )
         errors: list[str] = []
-        for handle in list(self._graphs):
-            self._quietly(errors, self.destroy_graph, handle)
-        for handle in list(self._streams):
-            self._quietly(errors, self.destroy_stream, handle)
-        for array in list(self._pinned.values()):
-            self._quietly(errors, self.free_pinned, array)
-        for ptr in list(self._device_allocs):
-            self._quietly(errors, self.free, ptr)
+        try:
+            with self.activate():
+                for handle in list(self._graphs):
+                    self._quietly(errors, self.destroy_graph, handle)
+                for handle in list(self._streams):
+                    self._quietly(errors, self.destroy_stream, handle)
+                for array in list(self._pinned.values()):
+                    self._quietly(errors, self.free_pinned, array)
+                for ptr in list(self._device_allocs):
+                    self._quietly(errors, self.free, ptr)
+        except LeptonError as e:  # the context could not be made current: release it anyway
+            errors.append(str(e))
         self._quietly(errors, self._release)
         self._closed = True
         if errors:
@@ -190,6 +216,19 @@ class CudaAdapter(abc.ABC):
 
     def __enter__(self) -> CudaAdapter:
         return self
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[CudaAdapter]:
+        """Make this adapter's device or context current in the calling thread for the ``with`` block.
+
+        Nests, and is safe to use from any thread and with other adapters' activations inside it: what
+        this block made current is undone when it ends, and nothing else is.
+        """
+        token = self._enter()
+        try:
+            yield self
+        finally:
+            self._exit(token)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -272,6 +311,14 @@ class CudaAdapter(abc.ABC):
     def _destroy_graph(self, natives: tuple[Any, Any]) -> None:
         raise CudaGraphUnsupported(f"CUDA graphs need cuda-python; the {self.package} adapter has none")
 
+    def _enter(self) -> Any:
+        """Make the adapter current in this thread; returns what :meth:`_exit` needs to undo it."""
+        return None
+
+    def _exit(self, token: Any) -> None:
+        """Undo what :meth:`_enter` did (and only that)."""
+        return None
+
     @abc.abstractmethod
     def _release(self) -> None: ...
 
@@ -281,14 +328,16 @@ class CudaPythonAdapter(CudaAdapter):
 
     package = CUDA_PYTHON
     supports_graphs = True
+    _thread = threading.local()
+    """The device this adapter class last made current, per thread: shared by every cuda-python adapter,
+    because the runtime API has one current device per thread whichever adapter set it."""
 
     def __init__(self, cudart: Any, device: int = 0) -> None:
         super().__init__(device)
         self._rt = cudart
-        self._current = threading.local()
         count = self._call("cudaGetDeviceCount")
         _check_device(device, count)
-        self._make_current()
+        self._enter()
         self._props = self._call("cudaGetDeviceProperties", device)
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -310,11 +359,13 @@ class CudaPythonAdapter(CudaAdapter):
             return str(err)
         return name.decode() if isinstance(name, bytes) else str(name)
 
-    def _make_current(self) -> None:
-        # The runtime API's current device is per thread; the pipeline infers on its own thread.
-        if getattr(self._current, "device", None) != self.device:
+    def _enter(self) -> None:
+        # The runtime API's current device is per thread (its primary context is never pushed or popped):
+        # set it where it differs, e.g. on the pipeline's own thread or after another adapter's device.
+        key = (id(self._rt), self.device)
+        if getattr(CudaPythonAdapter._thread, "device", None) != key:
             self._call("cudaSetDevice", self.device)
-            self._current.device = self.device
+            CudaPythonAdapter._thread.device = key
 
     def device_name(self) -> str:
         name = self._props.name
@@ -332,15 +383,12 @@ class CudaPythonAdapter(CudaAdapter):
         return _version_str(int(self._call("cudaDriverGetVersion")))
 
     def _malloc(self, nbytes: int) -> int:
-        self._make_current()
         return int(self._call("cudaMalloc", nbytes))
 
     def _free(self, ptr: int) -> None:
-        self._make_current()
         self._call("cudaFree", ptr)
 
     def _pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        self._make_current()
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = max(count * dtype.itemsize, 1)
         ptr = int(self._call("cudaMallocHost", nbytes))
@@ -351,7 +399,6 @@ class CudaPythonAdapter(CudaAdapter):
         self._call("cudaFreeHost", array.ctypes.data)
 
     def _create_stream(self) -> tuple[int, Any]:
-        self._make_current()
         stream = self._call("cudaStreamCreate")
         return int(stream), stream
 
@@ -359,12 +406,10 @@ class CudaPythonAdapter(CudaAdapter):
         self._call("cudaStreamDestroy", native)
 
     def _memcpy_htod_async(self, dst_ptr: int, host_array: np.ndarray, native: Any) -> None:
-        self._make_current()
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._call("cudaMemcpyAsync", dst_ptr, host_array.ctypes.data, host_array.nbytes, kind, native)
 
     def _memcpy_dtoh_async(self, host_array: np.ndarray, src_ptr: int, native: Any) -> None:
-        self._make_current()
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._call("cudaMemcpyAsync", host_array.ctypes.data, src_ptr, host_array.nbytes, kind, native)
 
@@ -372,7 +417,6 @@ class CudaPythonAdapter(CudaAdapter):
         self._call("cudaStreamSynchronize", native)
 
     def _begin_capture(self, native: Any) -> None:
-        self._make_current()
         # Thread-local mode: CUDA calls made by other threads (other pipelines) stay legal meanwhile.
         mode = self._rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         self._call("cudaStreamBeginCapture", native, mode)
@@ -387,7 +431,6 @@ class CudaPythonAdapter(CudaAdapter):
         return int(graph_exec), (graph_exec, graph)
 
     def _launch_graph(self, natives: tuple[Any, Any], stream: Any) -> None:
-        self._make_current()
         self._call("cudaGraphLaunch", natives[0], stream)
 
     def _destroy_graph(self, natives: tuple[Any, Any]) -> None:
@@ -400,7 +443,11 @@ class CudaPythonAdapter(CudaAdapter):
 
 
 class PyCudaAdapter(CudaAdapter):
-    """The adapter over ``pycuda.driver``, with its own context on the chosen device (no pycuda.autoinit)."""
+    """The adapter over ``pycuda.driver``, with its own context on the chosen device (no pycuda.autoinit).
+
+    The context is created current (``make_context`` pushes it) and popped at once: from then on it is
+    current only inside :meth:`activate`, on whichever thread asks, and never left on a thread's stack.
+    """
 
     package = PYCUDA
     supports_graphs = False
@@ -408,13 +455,16 @@ class PyCudaAdapter(CudaAdapter):
     def __init__(self, driver: Any, device: int = 0) -> None:
         super().__init__(device)
         self._drv = driver
-        self._thread_pushed = threading.local()
         self._call("init", driver.init)
         count = self._call("Device.count", driver.Device.count)
         _check_device(device, count)
         self._dev = self._call("Device", driver.Device, device)
         self._ctx = self._call("Device.make_context", self._dev.make_context)
-        self._thread_pushed.value = True
+        try:
+            self._call("Context.pop", driver.Context.pop)
+        except CudaError:
+            self._call("Context.detach", self._ctx.detach)
+            raise
         self._allocations: dict[int, Any] = {}
         self._pinned_allocs: dict[int, Any] = {}
 
@@ -424,11 +474,23 @@ class PyCudaAdapter(CudaAdapter):
         except self._drv.Error as e:
             raise CudaError(f"pycuda {name} failed: {type(e).__name__}: {e}") from None
 
-    def _make_current(self) -> None:
-        # A pycuda context is current only in the thread that pushed it.
-        if not getattr(self._thread_pushed, "value", False):
-            self._call("Context.push", self._ctx.push)
-            self._thread_pushed.value = True
+    def _enter(self) -> bool:
+        """Push the adapter's context unless it is already the current one; True when pushed."""
+        if self._closed:
+            raise CudaError("the pycuda CUDA adapter is closed: its context is gone")
+        if self._call("Context.get_current", self._drv.Context.get_current) == self._ctx:
+            return False
+        self._call("Context.push", self._ctx.push)
+        return True
+
+    def _exit(self, pushed: bool) -> None:
+        if not pushed:
+            return
+        current = self._call("Context.get_current", self._drv.Context.get_current)
+        if current != self._ctx:  # someone pushed without popping: never pop their context for them
+            raise CudaError("pycuda context stack out of order: another context was left current inside this "
+                            "adapter's activation")
+        self._call("Context.pop", self._drv.Context.pop)
 
     def device_name(self) -> str:
         return str(self._call("Device.name", self._dev.name)).strip()
@@ -445,30 +507,25 @@ class PyCudaAdapter(CudaAdapter):
         return _version_str(int(self._call("get_driver_version", self._drv.get_driver_version)))
 
     def _malloc(self, nbytes: int) -> int:
-        self._make_current()
         allocation = self._call("mem_alloc", self._drv.mem_alloc, nbytes)
         ptr = int(allocation)
         self._allocations[ptr] = allocation
         return ptr
 
     def _free(self, ptr: int) -> None:
-        self._make_current()
         allocation = self._allocations.pop(ptr)
         self._call("DeviceAllocation.free", allocation.free)
 
     def _pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        self._make_current()
         array = self._call("pagelocked_empty", self._drv.pagelocked_empty, shape, dtype)
         self._pinned_allocs[array.ctypes.data] = array.base
         return array
 
     def _free_pinned(self, array: np.ndarray) -> None:
-        self._make_current()
         allocation = self._pinned_allocs.pop(array.ctypes.data)
         self._call("HostAllocation.free", allocation.free)
 
     def _create_stream(self) -> tuple[int, Any]:
-        self._make_current()
         stream = self._call("Stream", self._drv.Stream)
         return int(stream.handle), stream
 
@@ -476,20 +533,16 @@ class PyCudaAdapter(CudaAdapter):
         pass  # pycuda destroys a stream with its Python object; the adapter dropped its reference
 
     def _memcpy_htod_async(self, dst_ptr: int, host_array: np.ndarray, native: Any) -> None:
-        self._make_current()
         self._call("memcpy_htod_async", self._drv.memcpy_htod_async, dst_ptr, host_array, native)
 
     def _memcpy_dtoh_async(self, host_array: np.ndarray, src_ptr: int, native: Any) -> None:
-        self._make_current()
         self._call("memcpy_dtoh_async", self._drv.memcpy_dtoh_async, host_array, src_ptr, native)
 
     def _synchronize(self, native: Any) -> None:
         self._call("Stream.synchronize", native.synchronize)
 
     def _release(self) -> None:
-        if getattr(self._thread_pushed, "value", False):
-            self._call("Context.pop", self._ctx.pop)
-            self._thread_pushed.value = False
+        # Not current anywhere by now (activations pop what they push): detaching destroys it.
         self._call("Context.detach", self._ctx.detach)
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lepton_edge.config.pipeline import TensorRTBackendConfig
-from lepton_edge.core.errors import BackendUnavailable, LeptonError, ModelError
+from lepton_edge.core.errors import BackendUnavailable, ConfigError, LeptonError, ModelError
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.backends.cuda import CudaAdapter, CudaError, cuda_adapter
@@ -153,8 +155,15 @@ class TrtApi:
 # TensorRT subclasses: built in factories because the base classes exist only after the import.
 # ---------------------------------------------------------------------------------------------
 
-def make_logger(trt: Any) -> Any:
-    """A ``trt.ILogger`` that forwards to Python logging and keeps the latest errors in ``.errors``."""
+_LOGGER_LOCK = threading.Lock()
+_SHARED_LOGGER: list[tuple[Any, Any]] = []
+"""[(tensorrt module, its logger)]: the one logger of the process (tests swap fake modules, each gets its own)."""
+_operation = threading.local()
+"""Per thread: the sequence number where the current TensorRT operation began (see :func:`make_logger`)."""
+_error_numbers = itertools.count(1)
+
+
+def _create_logger(trt: Any) -> Any:
     severity = trt.ILogger.Severity
     levels = {
         severity.INTERNAL_ERROR: logging.CRITICAL,
@@ -165,24 +174,65 @@ def make_logger(trt: Any) -> Any:
     }
 
     class CapturingLogger(trt.ILogger):
+        """Forwards to Python logging and keeps the latest errors, numbered, with the thread that logged them."""
+
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.errors: collections.deque[str] = collections.deque(maxlen=20)
+            self.errors: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=200)
 
         def log(self, severity: Any, msg: str) -> None:
             level = levels.get(severity, logging.INFO)
             if level >= logging.ERROR:
-                self.errors.append(str(msg))
+                self.errors.append((next(_error_numbers), threading.get_ident(), str(msg)))
             if log.isEnabledFor(level):
                 log.log(level, "TensorRT: %s", msg)
 
     return CapturingLogger()
 
 
-def logged_errors(logger: Any) -> str:
-    """The latest errors a :func:`make_logger` logger kept, for messages."""
-    errors = list(getattr(logger, "errors", ()))
-    return "; ".join(errors) if errors else "(TensorRT logged no error)"
+def make_logger(trt: Any) -> Any:
+    """The process-wide TensorRT logger, and the start of a TensorRT operation on the calling thread.
+
+    TensorRT keeps a single logger pointer for the whole process: a builder or runtime created with another
+    logger while one is alive logs to the first (NVIDIA/TensorRT#1475), and freeing that first logger while
+    TensorRT holds it is unsafe. So every builder, runtime and parser here shares one logger, created once (and
+    never freed) together with the registration of TensorRT's own plugins (``init_libnvinfer_plugins``, needed
+    before parsing or deserializing a model that uses EfficientNMS_TRT, RoiAlign, InstanceNormalization...).
+
+    Each call also marks where an operation begins on this thread: :func:`logged_errors` reports the errors
+    logged since then, not the earlier ones of other builds or engines.
+    """
+    with _LOGGER_LOCK:
+        if _SHARED_LOGGER and _SHARED_LOGGER[0][0] is trt:
+            logger = _SHARED_LOGGER[0][1]
+        else:
+            logger = _create_logger(trt)
+            if not trt.init_libnvinfer_plugins(logger, ""):
+                log.warning("TensorRT could not register its plugins (init_libnvinfer_plugins failed): models "
+                            "using plugin layers (EfficientNMS_TRT, RoiAlign, ...) will not parse or load: %s",
+                            logged_errors(logger, since=0))
+            _SHARED_LOGGER[:] = [(trt, logger)]
+    _operation.start = (id(logger), error_mark(logger))
+    return logger
+
+
+def error_mark(logger: Any) -> int:
+    """A position in ``logger``'s errors: :func:`logged_errors` with ``since`` reports only those logged after it."""
+    errors = getattr(logger, "errors", ())
+    return errors[-1][0] if errors else 0
+
+
+def logged_errors(logger: Any, since: int | None = None) -> str:
+    """The errors ``logger`` kept since ``since`` (a :meth:`mark`; default: where this thread's current
+    operation began, see :func:`make_logger`), this thread's first, for messages."""
+    if since is None:
+        started = getattr(_operation, "start", None)
+        since = started[1] if started and started[0] == id(logger) else 0
+    entries = [entry for entry in getattr(logger, "errors", ()) if entry[0] > since]
+    thread = threading.get_ident()
+    mine = [msg for _, ident, msg in entries if ident == thread]
+    errors = mine or [msg for _, _, msg in entries]
+    return "; ".join(errors[-20:]) if errors else "(TensorRT logged no error)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +267,11 @@ class TensorRTBackend(Backend):
     Inputs are staged in pinned host buffers; each inference queues the copies in, the engine and
     the copies out on one stream and synchronises once. With ``cuda_graph`` the sequence is captured
     in a CUDA graph after the first run for a given set of input shapes, and replayed.
+
+    Everything that touches the GPU (deserialization, the execution context, inference, release) runs inside
+    the CUDA adapter's activation, so each engine runs in its own adapter's context whichever thread calls
+    and however many engines are open. An engine built for a DLA core is deserialized with the runtime's
+    ``DLA_core`` set to that core first (``config.dla_core``; artifacts pass the core their manifest records).
     """
 
     name = "tensorrt"
@@ -253,13 +308,14 @@ class TensorRTBackend(Backend):
         self._graphs_enabled = self.config.cuda_graph
         self._cuda = cuda_adapter(self.config.device)
         try:
-            self._deserialize(trt, plan)
-            self._describe(trt)
-            self._stream = self._cuda.create_stream()
-            if all(spec.is_static for spec in self.inputs):
-                self._prepare({spec.name: tuple(spec.shape) for spec in self.inputs})  # type: ignore[misc]
-            self.metadata = {"tensorrt_version": trt.__version__, "cuda_package": self._cuda.package}
-            self.warmup(self.config.warmup_runs)
+            with self._cuda.activate():
+                self._deserialize(trt, plan)
+                self._describe(trt)
+                self._stream = self._cuda.create_stream()
+                if all(spec.is_static for spec in self.inputs):
+                    self._prepare({spec.name: tuple(spec.shape) for spec in self.inputs})  # type: ignore[misc]
+                self.metadata = {"tensorrt_version": trt.__version__, "cuda_package": self._cuda.package}
+                self.warmup(self.config.warmup_runs)
         except BaseException:
             self._close()
             raise
@@ -268,7 +324,9 @@ class TensorRTBackend(Backend):
     # traceback would keep them alive after _close(), past the runtime that must outlive them.
     def _deserialize(self, trt: Any, plan: bytes) -> None:
         self._logger = make_logger(trt)
+        mark = error_mark(self._logger)
         self._runtime = trt.Runtime(self._logger)
+        self._use_dla_core()
         detail = ""
         try:
             self._engine = self._runtime.deserialize_cuda_engine(plan)
@@ -278,14 +336,28 @@ class TensorRTBackend(Backend):
             raise ModelError(
                 f"{self.engine_path}: TensorRT {trt.__version__} cannot load this engine. The file is "
                 "corrupt, or it was built by another TensorRT version or for another GPU; rebuild it on this "
-                f"device with `lepton-edge build`. TensorRT said: {detail}{logged_errors(self._logger)}"
+                f"device with `lepton-edge build`. TensorRT said: {detail}{logged_errors(self._logger, mark)}"
             )
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise ModelError(
                 f"{self.engine_path}: TensorRT could not create an execution context (usually out of GPU "
-                f"memory): {logged_errors(self._logger)}"
+                f"memory): {logged_errors(self._logger, mark)}"
             )
+
+    def _use_dla_core(self) -> None:
+        """Point the runtime at the DLA core the engine was built for, before deserializing (as trtexec
+        ``--useDLACore`` and DeepStream do): otherwise a DLA engine runs on the runtime's default core."""
+        core = self.config.dla_core
+        if core is None:
+            return
+        cores = int(self._runtime.num_DLA_cores)
+        if not 0 <= core < cores:
+            available = f"cores 0..{cores - 1}" if cores else "no DLA core"
+            raise ConfigError(f"{self.engine_path}: the engine runs on DLA core {core}, but this device has "
+                              f"{available} (as TensorRT {self.tensorrt_version} sees it); rebuild it for the GPU "
+                              "or for a core this device has")
+        self._runtime.DLA_core = core
 
     def _describe(self, trt: Any) -> None:
         inputs, outputs = [], []
@@ -325,6 +397,21 @@ class TensorRTBackend(Backend):
 
     def _close(self) -> None:
         cuda, errors = self._cuda, []
+        activation = cuda.activate() if cuda is not None else contextlib.nullcontext()
+        try:
+            with activation:  # TensorRT frees the engine's device memory in the adapter's context
+                self._release(cuda, errors)
+        except LeptonError as e:
+            errors.append(str(e))
+            self._release(None, errors)
+        if cuda is not None:
+            cuda.close()
+            self._cuda = None
+        if errors:
+            log.warning("%s: errors while releasing TensorRT resources: %s", self.engine_path,
+                        "; ".join(errors))
+
+    def _release(self, cuda: CudaAdapter | None, errors: list[str]) -> None:
         if cuda is not None:
             if self._stream is not None:
                 self._attempt(errors, cuda.synchronize, self._stream)
@@ -340,14 +427,8 @@ class TensorRTBackend(Backend):
         self._context = None  # TensorRT frees a context/engine when its last reference goes
         self._engine = None
         self._runtime = None
-        self._logger = None
+        self._logger = None  # the process-wide logger stays alive in make_logger's keeping
         self._shapes = None
-        if cuda is not None:
-            cuda.close()
-            self._cuda = None
-        if errors:
-            log.warning("%s: errors while releasing TensorRT resources: %s", self.engine_path,
-                        "; ".join(errors))
 
     @staticmethod
     def _attempt(errors: list[str], fn: Callable[..., Any], *args: Any) -> None:
@@ -358,6 +439,12 @@ class TensorRTBackend(Backend):
 
     # -- inference --------------------------------------------------------------------------
     def _infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        cuda = self._cuda
+        assert cuda is not None
+        with cuda.activate():  # execute_async_v3 launches kernels: the engine's context must be current
+            return self._infer_active(feeds)
+
+    def _infer_active(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         cuda, stream = self._cuda, self._stream
         assert cuda is not None and stream is not None
         shapes = {spec.name: tuple(feeds[spec.name].shape) for spec in self.inputs}
@@ -382,9 +469,10 @@ class TensorRTBackend(Backend):
         for spec in self.inputs:
             buffer = self._buffers[spec.name]
             cuda.memcpy_htod_async(buffer.device, buffer.view, stream)
+        mark = error_mark(self._logger)
         if not self._context.execute_async_v3(stream):
             raise ModelError(
-                f"{self.engine_path}: TensorRT failed to run the engine: {logged_errors(self._logger)}"
+                f"{self.engine_path}: TensorRT failed to run the engine: {logged_errors(self._logger, mark)}"
             )
         for spec in self.outputs:
             buffer = self._buffers[spec.name]
@@ -424,6 +512,7 @@ class TensorRTBackend(Backend):
             graph, self._graph = self._graph, None
             cuda.destroy_graph(graph)
         self._shapes, self._ran_with_shapes = None, False
+        mark = error_mark(self._logger)
         for spec in self.inputs:
             if not self._context.set_input_shape(spec.name, shapes[spec.name]):
                 profile = self._profiles.get(spec.name)
@@ -443,7 +532,7 @@ class TensorRTBackend(Backend):
             buffer = self._ensure_buffer(spec, shape)
             if not self._context.set_tensor_address(spec.name, buffer.device):
                 raise ModelError(f"{self.engine_path}: TensorRT rejected the buffer of {spec.name!r}: "
-                                 f"{logged_errors(self._logger)}")
+                                 f"{logged_errors(self._logger, mark)}")
         self._shapes = dict(shapes)
 
     def _ensure_buffer(self, spec: TensorSpec, shape: tuple[int, ...]) -> _Buffer:
@@ -475,5 +564,6 @@ class TensorRTBackend(Backend):
             tensorrt_version=self.tensorrt_version,
             cuda_package=self._cuda.package if self._cuda else None,
             cuda_graph=self._graphs_enabled,
+            dla_core=self.config.dla_core,
         )
         return info

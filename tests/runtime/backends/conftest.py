@@ -112,8 +112,12 @@ def unsupported_model(path: Path) -> Path:
 
 
 @pytest.fixture
-def gpu() -> FakeGpu:
-    return FakeGpu()
+def gpu():
+    """The simulated GPU; no test may leave a pycuda context pushed on a thread (pycuda would abort)."""
+    gpu = FakeGpu()
+    yield gpu
+    assert gpu.context_aborts == [], gpu.context_aborts
+    assert gpu.context_stack() == [], "a pycuda context was left pushed on the test's thread"
 
 
 @pytest.fixture

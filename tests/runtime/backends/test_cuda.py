@@ -140,38 +140,112 @@ def test_pycuda_errors_name_the_call(monkeypatch, gpu):
             cuda.malloc(64)
 
 
-def test_pycuda_context_is_explicit_and_released(monkeypatch, gpu):
+def _pycuda(monkeypatch, gpu):
     install_pycuda(monkeypatch, gpu)
     block_cuda_python(monkeypatch)
     import pycuda.driver as drv
 
+    return drv
+
+
+def test_pycuda_context_is_current_only_inside_the_activation(monkeypatch, gpu):
+    drv = _pycuda(monkeypatch, gpu)
     cuda = cuda_adapter()
     assert isinstance(cuda, PyCudaAdapter)
-    assert drv.Context.get_current() is not None, "the adapter pushes its own context (no pycuda.autoinit)"
+    assert drv.Context.get_current() is None, "the constructor pops the context make_context pushed"
+    with cuda.activate():
+        own = drv.Context.get_current()
+        assert own is not None
+        with cuda.activate():  # nested: nothing more pushed
+            assert len(gpu.context_stack()) == 1
+        assert drv.Context.get_current() is own
+    assert drv.Context.get_current() is None
     cuda.close()
-    assert drv.Context.get_current() is None, "close() pops the context"
+    assert own.detached and drv.Context.get_current() is None
 
 
-def test_pycuda_adapter_works_from_another_thread(monkeypatch, gpu):
-    """The pipeline infers on its own thread: the adapter makes its context current there."""
-    install_pycuda(monkeypatch, gpu)
-    block_cuda_python(monkeypatch)
+def test_two_pycuda_adapters_each_run_in_their_own_context(monkeypatch, gpu):
+    """The engine cache opens candidates together and the controller loads a model before closing the old."""
+    drv = _pycuda(monkeypatch, gpu)
+    older, newer = cuda_adapter(), cuda_adapter()
+    with older.activate():
+        older_ctx = drv.Context.get_current()
+        with newer.activate():  # another adapter's activation inside: LIFO
+            newer_ctx = drv.Context.get_current()
+            ptr = older.malloc(64)  # runs in the older context although the newer is on top
+            assert drv.Context.get_current() is newer_ctx
+        assert drv.Context.get_current() is older_ctx
+    assert older_ctx is not newer_ctx
+    assert ptr in older_ctx.allocations and ptr not in newer_ctx.allocations
+    stream = newer.create_stream()
+    older.close()  # closing the older one destroys its context, not the newer's
+    host = newer.pinned_empty(16, np.uint8)
+    host[:] = 7
+    dev = newer.malloc(16)
+    newer.memcpy_htod_async(dev, host, stream)
+    newer.synchronize(stream)
+    newer.free(dev)
+    newer.free_pinned(host)
+    newer.destroy_stream(stream)
+    newer.close()
+    assert gpu.context_stack() == [] and gpu.live() == {"device": 0, "pinned": 0, "streams": 0, "graphs": 0}
+
+
+def test_pycuda_worker_threads_leave_no_context_pushed(monkeypatch, gpu):
+    """The pipeline infers on its own thread, and stop / model swap close from another: pycuda aborts the
+    process when a thread ends with a context on its stack."""
+    _pycuda(monkeypatch, gpu)
     cuda = cuda_adapter()
     results: list[object] = []
 
     def worker() -> None:
         try:
             ptr = cuda.malloc(32)
+            stream = cuda.create_stream()
+            cuda.synchronize(stream)
+            cuda.destroy_stream(stream)
             cuda.free(ptr)
             results.append("ok")
         except Exception as e:  # reported below
             results.append(e)
 
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join(10)
+    for _ in range(3):
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(10)
+    closer = threading.Thread(target=cuda.close)
+    closer.start()
+    closer.join(10)
+    assert results == ["ok"] * 3
+    assert gpu.context_aborts == []
+
+
+def test_a_foreign_context_left_on_top_is_not_popped_for_its_owner(monkeypatch, gpu):
+    drv = _pycuda(monkeypatch, gpu)
+    cuda = cuda_adapter()
+    stray = drv.Device(0).make_context()  # pushed and never popped by its owner
+    drv.Context.pop()
+    with pytest.raises(CudaError, match="out of order"), cuda.activate():
+        stray.push()
+    assert drv.Context.get_current() is stray
+    drv.Context.pop()
+    drv.Context.pop()  # the adapter's own, left under the stray one
+    stray.detach()
     cuda.close()
-    assert results == ["ok"]
+
+
+def test_cuda_python_sets_each_adapters_device_on_each_thread(monkeypatch):
+    gpu = FakeGpu(device_count=2)
+    install_cuda_python(monkeypatch, gpu)
+    block_pycuda(monkeypatch)
+    first, second = cuda_adapter(0), cuda_adapter(1)
+    gpu.calls.clear()
+    first.malloc(8)
+    second.malloc(8)
+    first.malloc(8)
+    assert [c for c in gpu.calls if c == "cudaSetDevice"] == ["cudaSetDevice"] * 3
+    first.close()
+    second.close()
 
 
 def test_graph_capture_replays_the_recorded_copies(cuda_python):
