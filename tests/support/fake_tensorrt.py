@@ -492,6 +492,70 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
 
     ITensor = versioned(ITensor)
 
+    class ILayer(_Strict):
+        """One parsed ONNX node (the parser names its layer after the node); the precision members of ILayer."""
+
+        def __init__(self, name: str, outputs: list[Any]) -> None:
+            self._name, self._outputs = name, outputs
+            self._precision: Any = None
+            self._output_types: dict[int, Any] = {}
+
+        @property
+        def name(self) -> str:
+            return self._name
+
+        @name.setter
+        def name(self, value: str) -> None:
+            _check_type("name", "value", value, str)
+            self._name = value
+
+        @property
+        def num_outputs(self) -> int:
+            return len(self._outputs)
+
+        def get_output(self, index: int) -> Any:
+            _check_type("get_output", "index", index, int)
+            return self._outputs[index] if 0 <= index < len(self._outputs) else None
+
+        @property
+        def precision(self) -> Any:
+            return self._precision or DataType.FLOAT
+
+        @precision.setter
+        def precision(self, value: Any) -> None:
+            _check_type("precision", "value", value, DataType)
+            record("ILayer.precision", self._name, value.name)
+            self._precision = value
+
+        @property
+        def precision_is_set(self) -> bool:
+            return self._precision is not None
+
+        def reset_precision(self) -> None:
+            self._precision = None
+
+        def set_output_type(self, index: int, dtype: Any) -> None:
+            _check_type("set_output_type", "index", index, int)
+            _check_type("set_output_type", "dtype", dtype, DataType)
+            if not 0 <= index < len(self._outputs):
+                raise IndexError(f"set_output_type(): layer {self._name} has no output {index}")
+            record("ILayer.set_output_type", self._name, index, dtype.name)
+            self._output_types[index] = dtype
+
+        def get_output_type(self, index: int) -> Any:
+            _check_type("get_output_type", "index", index, int)
+            return self._output_types.get(index, self._outputs[index].dtype)
+
+        def output_type_is_set(self, index: int) -> bool:
+            _check_type("output_type_is_set", "index", index, int)
+            return index in self._output_types
+
+        def reset_output_type(self, index: int) -> None:
+            _check_type("reset_output_type", "index", index, int)
+            self._output_types.pop(index, None)
+
+    ILayer = versioned(ILayer)
+
     class INetworkDefinition(_Strict):
         def __init__(self, builder: Any, explicit_batch: bool, strongly_typed: bool) -> None:
             self._builder = builder
@@ -503,6 +567,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
             self._plugins: list[str] = []
             self._has_qdq = False
             self._has_fp16 = False
+            self._layers: list[Any] = []
 
         @property
         def num_inputs(self) -> int:
@@ -519,6 +584,14 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
         def get_output(self, index: int) -> Any:
             _check_type("get_output", "index", index, int)
             return self._outputs[index] if 0 <= index < len(self._outputs) else None
+
+        @property
+        def num_layers(self) -> int:
+            return len(self._layers)
+
+        def get_layer(self, index: int) -> Any:
+            _check_type("get_layer", "index", index, int)
+            return self._layers[index] if 0 <= index < len(self._layers) else None
 
         @property
         def has_implicit_batch_dimension(self) -> bool:
@@ -651,6 +724,13 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
             for t in outputs:
                 t._is_input = False
             network._inputs, network._outputs, network._onnx = inputs, outputs, data
+            types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.output)}
+            network._layers = [
+                ILayer(node.name or f"node_of_{node.output[0]}",
+                       [ITensor(out, (), getattr(DataType, onnx_to_trt.get(types.get(out, 1), "FLOAT")))
+                        for out in node.output])
+                for node in model.graph.node
+            ]
             ops = {node.op_type for node in model.graph.node}
             network._has_qdq = bool(ops & {"QuantizeLinear", "DequantizeLinear"})
             network._plugins = sorted(plugins)
@@ -948,6 +1028,22 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                     return None
                 if not flags & {"FP16", "INT8"} and not network._strongly_typed:
                     emit(self._logger, severity.WARNING, "DLA: no FP16/INT8 precision; layers fall back to GPU")
+            # Layer precisions: refused in strongly typed networks, obeyed only with a precision-constraint flag
+            # (without one TensorRT treats them as hints and may ignore them).
+            constrained = {layer._name: layer for layer in network._layers
+                           if layer._precision is not None or layer._output_types}
+            if constrained and network._strongly_typed:
+                self._error("ILayer::setPrecision/setOutputType: layer precisions cannot be set in a strongly typed "
+                            f"network ({sorted(constrained)[:3]})")
+                return None
+            precisions: dict[str, Any] = {}
+            if constrained and flags & {"OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"}:
+                precisions = {name: {"precision": layer.precision.name,
+                                     "outputs": {str(i): t.name for i, t in layer._output_types.items()}}
+                              for name, layer in constrained.items()}
+            elif constrained:
+                emit(self._logger, severity.WARNING, "Layer precisions were set without OBEY_PRECISION_CONSTRAINTS or "
+                     "PREFER_PRECISION_CONSTRAINTS: they are hints the builder may ignore")
             cache = config._timing_cache or ITimingCache(device_key, set())
             config._timing_cache = cache
             key = hashlib.sha256(network._onnx + ",".join(sorted(flags)).encode()).hexdigest()[:16]
@@ -960,6 +1056,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                 "capability": list(gpu.capability),
                 "flags": sorted(flags),
                 "strongly_typed": network._strongly_typed,
+                "layer_precisions": precisions,
                 "int8": int8_mode,
                 "device_type": config._device_type.name,
                 "dla_core": config._dla_core,
