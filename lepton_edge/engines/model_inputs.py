@@ -121,9 +121,11 @@ def check_feedable(model: Path, info: Any, config: InputsConfig | None, *, targe
                          and any(not _fixed(d) for d in s.shape[1:])]
         if sized_by_data:
             shown = ", ".join(f"{s.name} {s.shape_str}" for s in sized_by_data)
+            first = sized_by_data[0]
+            shape = "x".join(str(d) if _fixed(d) else "1" if i == 0 else "N" for i, d in enumerate(first.shape))
             raise ModelError(f"{model}: inputs {shown} have dynamic dimensions only the data resolves; TensorRT "
                              "needs an optimisation profile for them: --profile NAME:MIN:OPT:MAX (e.g. "
-                             f"--profile {sized_by_data[0].name}:1x576:1x576:1x576)")
+                             f"--profile {first.name}:{shape}:{shape}:{shape} with N the recorded size)")
     return plan
 
 

@@ -74,7 +74,7 @@ def test_vad_runs_from_recorded_audio_with_state_fed_back(tmp_path):
 
 def test_state_matters_probabilities_differ_when_reset_every_frame(tmp_path):
     fed_back, _, _ = run_vad(tmp_path / "a")
-    reset, _, stats = run_vad(tmp_path / "b", inputs={"state_reset": "every_frame"})
+    reset, _, _ = run_vad(tmp_path / "b", inputs={"state_reset": "every_frame"})
     np.testing.assert_allclose(reset, onnxruntime_reference(reset_every_frame=True), atol=1e-5)
     assert np.abs(fed_back - reset).max() > 0.3, "state feedback must change the answers, or the test proves nothing"
 
