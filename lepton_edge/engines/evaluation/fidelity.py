@@ -3,6 +3,9 @@
 - detection: mAP@0.5 of the candidate's detections (decoded at a low threshold) against the reference's
   detections at or above the decoder's confidence threshold, and the fraction of those reference boxes the
   candidate keeps (same class, IoU >= 0.5, candidate score above the same threshold);
+- segmentation, pose, oriented boxes: the same, plus, over the boxes kept, the mean mask IoU (segment) or the
+  mean OKS of the keypoints (pose); oriented boxes are matched by their rotated IoU (the mAP stays that of the
+  axis-aligned boxes around them);
 - classification: top-1 agreement and top-5 overlap of the two score vectors;
 - every output: cosine, absolute and relative error, and the agreement of thresholded values (> 0.5 for
   outputs the reference keeps within [0, 1], such as probabilities; the sign otherwise).
@@ -21,12 +24,22 @@ from lepton_edge.config.pipeline import DetectConfig
 from lepton_edge.core.results import Detections
 from lepton_edge.engines.evaluation.accuracy import mean_average_precision
 from lepton_edge.runtime.postprocess.nms import box_iou
+from lepton_edge.runtime.postprocess.obb import rotated_iou
 
 DEFAULT_CONF_THRESHOLD: float = DetectConfig.model_fields["conf_threshold"].default
 """The detection decoder's default confidence threshold: reference boxes at or above it are the truth."""
 IOU_THRESHOLD = 0.5
 TOP_K = 5
 PROBABILITY_THRESHOLD = 0.5
+DETECTION_TASKS = ("detect", "segment", "pose", "obb")
+"""Tasks whose results are :class:`Detections`: box mAP and boxes kept apply to all of them."""
+KEYPOINT_VISIBLE = 0.5
+"""Reference keypoints with a lower visibility are left out of OKS, as COCO leaves out unlabelled ones."""
+OKS_KAPPA = 0.1
+"""Per-keypoint OKS constant (2 sigma) when the keypoints are not COCO's 17; COCO's average is about 0.1."""
+COCO_OKS_KAPPAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87,
+                            0.87, 0.89, 0.89]) / 10.0
+"""COCO's per-keypoint constants (2 sigma) for its 17 person keypoints."""
 
 
 @dataclass
@@ -70,6 +83,10 @@ class FidelityReport:
     """Classifiers: top-1 agreement; raw models: thresholded agreement (lowest of the outputs)."""
     top5_overlap: float | None = None
     """Classifiers: mean fraction of the reference's top-5 classes also in the candidate's top 5."""
+    mask_iou: float | None = None
+    """Segmenters: mean mask IoU of the boxes kept (NaN when none is kept)."""
+    keypoint_oks: float | None = None
+    """Pose models: mean OKS of the keypoints of the boxes kept (NaN when none is kept)."""
     max_rel_error: float = 0.0
     """Largest relative error of any output (see :class:`OutputDiff`)."""
 
@@ -81,6 +98,10 @@ class FidelityReport:
                      f"(score >= {self.threshold:g}, IoU >= {IOU_THRESHOLD:g}, same class)")
         if self.top5_overlap is not None:
             line += f"  top-{TOP_K} overlap {self.top5_overlap:.4f}"
+        if self.mask_iou is not None:
+            line += f"  mask IoU {self.mask_iou:.4f}"
+        if self.keypoint_oks is not None:
+            line += f"  keypoint OKS {self.keypoint_oks:.4f}"
         return f"{line}\nlargest relative error of any output: {self.max_rel_error:.4g}"
 
 
@@ -98,10 +119,8 @@ class DetectionFidelity:
 
 
 def confident(detections: Detections, conf_threshold: float) -> Detections:
-    """The detections scoring at or above ``conf_threshold``."""
-    keep = detections.scores >= conf_threshold
-    return Detections(detections.boxes[keep], detections.scores[keep], detections.class_ids[keep],
-                      detections.labels)
+    """The detections scoring at or above ``conf_threshold``, with their masks, keypoints and rotated boxes."""
+    return detections.select(detections.scores >= conf_threshold)
 
 
 def reference_truth(reference: list[Detections], conf_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -109,24 +128,37 @@ def reference_truth(reference: list[Detections], conf_threshold: float) -> list[
     return [(d.boxes, d.class_ids) for d in (confident(r, conf_threshold) for r in reference)]
 
 
-def kept_in_image(reference: Detections, candidate: Detections, iou_threshold: float = IOU_THRESHOLD) -> int:
-    """How many reference boxes a candidate box matches (same class, IoU >= threshold), each used once.
+def overlaps(reference: Detections, candidate: Detections) -> np.ndarray:
+    """Pairwise IoU: of the rotated boxes when both carry them, else of the boxes."""
+    if reference.rotated is not None and candidate.rotated is not None:
+        return rotated_iou(reference.rotated.corners(), candidate.rotated.corners())
+    return box_iou(reference.boxes, candidate.boxes)
+
+
+def matched_pairs(reference: Detections, candidate: Detections,
+                  iou_threshold: float = IOU_THRESHOLD) -> list[tuple[int, int]]:
+    """(reference, candidate) index pairs: same class, IoU >= threshold, each candidate used once.
 
     Reference boxes are matched in falling score order, each to its best unused candidate box.
     """
     if not len(reference) or not len(candidate):
-        return 0
-    ious = box_iou(reference.boxes, candidate.boxes)
+        return []
+    ious = overlaps(reference, candidate)
     ious[reference.class_ids[:, None] != candidate.class_ids[None, :]] = -1.0
     used = np.zeros(len(candidate), bool)
-    kept = 0
+    pairs = []
     for row in np.argsort(-reference.scores, kind="stable"):
-        overlaps = np.where(used, -1.0, ious[row])
-        best = int(np.argmax(overlaps))
-        if overlaps[best] >= iou_threshold:
+        row_overlaps = np.where(used, -1.0, ious[row])
+        best = int(np.argmax(row_overlaps))
+        if row_overlaps[best] >= iou_threshold:
             used[best] = True
-            kept += 1
-    return kept
+            pairs.append((int(row), best))
+    return pairs
+
+
+def kept_in_image(reference: Detections, candidate: Detections, iou_threshold: float = IOU_THRESHOLD) -> int:
+    """How many reference boxes a candidate box matches (same class, IoU >= threshold), each used once."""
+    return len(matched_pairs(reference, candidate, iou_threshold))
 
 
 def boxes_kept(reference: list[Detections], candidate: list[Detections],
@@ -152,6 +184,50 @@ def detection_fidelity(reference: list[Detections], candidate: list[Detections],
     num_classes = 1 + max(int(d.class_ids.max()) for d in [*reference, *candidate] if len(d))
     result = mean_average_precision(candidate, truth, num_classes, iou_threshold=IOU_THRESHOLD)
     return DetectionFidelity(result["map"], kept / total, total)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks and keypoints of the boxes kept
+# ----------------------------------------------------------------------------------------------
+
+def mask_iou(reference: Detections, candidate: Detections, pair: tuple[int, int]) -> float:
+    """IoU of the masks of one (reference, candidate) pair (1.0 when both are empty)."""
+    assert reference.masks is not None and candidate.masks is not None
+    a, b = reference.masks.dense(pair[0]), candidate.masks.dense(pair[1])
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
+def keypoint_oks(reference: Detections, candidate: Detections, pair: tuple[int, int]) -> float | None:
+    """COCO's object keypoint similarity of one pair: the mean over the reference's visible keypoints of
+    ``exp(-d^2 / (2 s^2 kappa^2))``, ``s^2`` the reference box's area, ``kappa`` COCO's per keypoint for 17
+    keypoints, else :data:`OKS_KAPPA`. None when no reference keypoint is visible."""
+    assert reference.keypoints is not None and candidate.keypoints is not None
+    ref, cand = reference.keypoints.data[pair[0]], candidate.keypoints.data[pair[1]]
+    visible = ref[:, 2] >= KEYPOINT_VISIBLE if ref.shape[1] == 3 else np.ones(len(ref), bool)
+    if not visible.any():
+        return None
+    x1, y1, x2, y2 = reference.boxes[pair[0]].astype(np.float64)
+    area = max((x2 - x1) * (y2 - y1), 1.0)
+    kappa = COCO_OKS_KAPPAS if len(ref) == len(COCO_OKS_KAPPAS) else np.full(len(ref), OKS_KAPPA)
+    distance2 = np.sum((ref[:, :2].astype(np.float64) - cand[:, :2]) ** 2, axis=1)
+    return float(np.mean(np.exp(-distance2 / (2 * area * kappa**2))[visible]))
+
+
+def kept_agreement(reference: list[Detections], candidate: list[Detections], task: str,
+                   conf_threshold: float = DEFAULT_CONF_THRESHOLD) -> float | None:
+    """Mean mask IoU (segment) or keypoint OKS (pose) over the boxes kept; None for other tasks, NaN when no box is
+    kept (or, for pose, no kept box has a visible keypoint)."""
+    if task not in ("segment", "pose"):
+        return None
+    values: list[float] = []
+    for ref, cand in zip(reference, candidate, strict=True):
+        ref, cand = confident(ref, conf_threshold), confident(cand, conf_threshold)
+        for pair in matched_pairs(ref, cand):
+            value = mask_iou(ref, cand, pair) if task == "segment" else keypoint_oks(ref, cand, pair)
+            if value is not None:
+                values.append(value)
+    return float(np.mean(values)) if values else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,11 +340,15 @@ def largest_rel_error(outputs: list[OutputDiff]) -> float:
 
 
 def detection_report(reference: list[Detections], candidate: list[Detections], outputs: list[OutputDiff],
-                     conf_threshold: float = DEFAULT_CONF_THRESHOLD) -> FidelityReport:
+                     conf_threshold: float = DEFAULT_CONF_THRESHOLD, task: str = "detect") -> FidelityReport:
+    """The report of a detection-family model (``task`` one of :data:`DETECTION_TASKS`)."""
     found = detection_fidelity(reference, candidate, conf_threshold)
-    return FidelityReport("detect", "mAP@0.5 vs reference", found.map, len(reference), boxes_kept=found.boxes_kept,
+    agreement = kept_agreement(reference, candidate, task, conf_threshold)
+    return FidelityReport(task, "mAP@0.5 vs reference", found.map, len(reference), boxes_kept=found.boxes_kept,
                           reference_boxes=found.reference_boxes, threshold=conf_threshold,
-                          max_rel_error=largest_rel_error(outputs))
+                          max_rel_error=largest_rel_error(outputs),
+                          mask_iou=agreement if task == "segment" else None,
+                          keypoint_oks=agreement if task == "pose" else None)
 
 
 def classification_report(reference: list[np.ndarray], candidate: list[np.ndarray],
