@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.tools.bench import BENCH_DIR, SUITES, BenchOptions, print_report, run_bench, write_report
 
 DESCRIPTION = 'Benchmarks print ratios measured in one run (absolute times on a shared machine are noise).'
@@ -13,6 +14,10 @@ EPILOG = """examples:
   lepton-edge bench                                   # demo detector and a YOLOv8n-sized model
   lepton-edge bench --model det.onnx --source video.mp4 --frames 300
   lepton-edge bench --suite latency --duration 60     # live 30 fps latency stability run
+  lepton-edge bench --model yolo_dynamic.onnx --size 320x320 --suite throughput   # at another input size
+
+The preprocessing flags (--size, --mean, --std, --color, --resize, --layout, --interpolation, over
+--config's preprocess section) apply to every model measured.
 """
 
 DEFAULTS = BenchOptions()
@@ -35,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=DEFAULTS.fps, help="latency suite source rate")
     p.add_argument("--output", default=str(BENCH_DIR / "bench.json"),
                    help=f"JSON report path (default {BENCH_DIR}/bench.json; generated inputs go to {BENCH_DIR})")
+    add_preprocess_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         duration_s=args.duration,
         fps=args.fps,
+        preprocess=preprocess_from_args(args),
     )
     report = run_bench(options)
     out = write_report(report, Path(args.output))

@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 from lepton_edge.cli.inspect import format_manifest
+from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.config.device import load_config
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.engines.artifacts import ARTIFACT_METADATA_KEY, FidelityInfo
 from lepton_edge.engines.auto import build
 from lepton_edge.engines.engine_cache import open_resolved, resolve
-from lepton_edge.engines.options import BuildOptions, CalibrationOptions, TrtOptions
+from lepton_edge.engines.options import MAX_BATCH, BuildOptions, CalibrationOptions, TrtOptions
 
 DESCRIPTION = "Build an engine artifact (engine + manifest.json) from an ONNX model."
 EPILOG = """examples:
@@ -24,6 +25,8 @@ EPILOG = """examples:
       --validation calibration/shapes_heldout.json --out out/artifacts/shapes-auto
   lepton-edge build --model det.onnx --target tensorrt --precision fp16 --timing-cache out/timing.cache \\
       --out out/artifacts/det-fp16
+  lepton-edge build --model yolo11n_dynamic.onnx --target tensorrt --precision fp16 --size 480x480 \\
+      --max-batch 4 --out out/artifacts/yolo-480   # profile: 480x480, batch 1..4
   lepton-edge build --verify-config /etc/lepton-edge/device.yaml   # boot-time: resolve through the cache
 
 The artifact directory holds the engine and manifest.json (see docs/build.md). int8 needs --calibration
@@ -31,6 +34,12 @@ The artifact directory holds the engine and manifest.json (see docs/build.md). i
 fails the build when the drop exceeds --max-accuracy-drop points. Every int8 build also runs the
 label-free fidelity gate against the fp32 model (held-out calibration items, else --validation, else the
 calibration data); --no-fidelity-gate skips it.
+
+The manifest records the preprocessing and input size the engine was calibrated and built for: --size,
+--config and the preprocessing flags, else the calibration table's, the model's metadata (lepton.preprocess,
+Ultralytics imgsz), its static shape. `lepton-edge run` uses that record for whatever its own config leaves
+unset. A model with a dynamic height or width and no size anywhere needs --size. TensorRT profiles default
+to that size with a dynamic batch 1..--max-batch.
 """
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,10 +75,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TensorRT int8: explicit Q/DQ model (default) or implicit calibration from a cache")
     p.add_argument("--profile", action="append", default=[],
                    help="TensorRT optimization profile for a dynamic input: NAME:MIN:OPT:MAX, shapes like "
-                   "1x3x320x320 (repeat for more inputs)")
+                   "1x3x320x320 (repeat for more inputs); default: the input size (--size, else the model's) "
+                   "with a dynamic batch 1..--max-batch")
+    p.add_argument("--max-batch", type=int, default=1, metavar=f"1..{MAX_BATCH}",
+                   help="TensorRT: largest batch of the default profile for a model with a dynamic batch "
+                   "(default 1: the runtime feeds one frame; the batch dimension stays dynamic)")
     p.add_argument("--verify-config", type=Path, metavar="DEVICE_YAML",
                    help="resolve the config's model through the engine cache (build if needed) and exit 0 "
                    "when it is ready; for a boot-time oneshot unit")
+    add_preprocess_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,15 +111,18 @@ def format_fidelity_info(fidelity: FidelityInfo) -> str:
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
     profiles = [dict(_parse_profile(p) for p in args.profile)] if args.profile else None
+    if not 1 <= args.max_batch <= MAX_BATCH:
+        raise ConfigError(f"--max-batch {args.max_batch}: must be 1..{MAX_BATCH}")
     trt = TrtOptions(workspace_mb=args.workspace_mb, dla_core=args.dla_core, timing_cache=args.timing_cache,
-                     profiles=profiles, int8_mode=args.int8_mode)
+                     profiles=profiles, int8_mode=args.int8_mode, max_batch=args.max_batch)
     calibration = CalibrationOptions(method=args.calibration_method, samples=args.calibration_samples)
     return BuildOptions(target=args.target, precision=args.precision, calibration=args.calibration,
                         calibration_data=args.calibration_data, calibration_options=calibration,
                         validation_data=args.validation, validation_samples=args.validation_samples,
                         max_accuracy_drop=args.max_accuracy_drop, fidelity=not args.no_fidelity_gate,
                         fidelity_samples=args.fidelity_samples, min_fidelity_map=args.min_fidelity_map,
-                        min_boxes_kept=args.min_boxes_kept, min_top1_agreement=args.min_top1_agreement, trt=trt)
+                        min_boxes_kept=args.min_boxes_kept, min_top1_agreement=args.min_top1_agreement, trt=trt,
+                        preprocess=preprocess_from_args(args))
 
 
 def _verify_config(path: Path) -> int:
@@ -114,8 +131,8 @@ def _verify_config(path: Path) -> int:
     if config.model is None:  # idle: the workload (and its model) arrives later through the agent
         print(f"ready: {path} is idle (no model to build)")
         return 0
-    resolution = resolve(config.model, config.backend)
-    backend = open_resolved(resolution, config.model, config.backend, in_pipeline=False)
+    resolution = resolve(config.model, config.backend, preprocess=config.preprocess)
+    backend = open_resolved(resolution, config.model, config.backend, in_pipeline=False, preprocess=config.preprocess)
     try:
         info = json.loads(backend.metadata.get(ARTIFACT_METADATA_KEY, "{}"))
     finally:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 from pathlib import Path
 
-from lepton_edge.config.device import load_config
-from lepton_edge.config.pipeline import PreprocessConfig
+from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.engines.calibration import METHODS, calibrate, quantize_qdq, write_table, write_tensorrt_cache
 
 log = logging.getLogger(__name__)
@@ -22,18 +20,15 @@ EPILOG = """examples:
   lepton-edge calibrate --model models/digits_classifier.onnx --data calibration/digits.npy \\
       --method minmax --out out/digits.calib.json --qdq out/digits.int8.onnx
   lepton-edge calibrate --model det.onnx --data video.mp4 --samples 256 --config device.yaml --out det.calib.json
+  lepton-edge calibrate --model yolo11n_dynamic.onnx --data frames/ --size 480x480 --out yolo.calib.json
 
 Data sets: an image folder (read in name order), a video file, or a .npy/.npz recording (model-input
 tensors, or uint8 images; for several inputs a .npz with one array per input name). Preprocessing is the
-runtime's: --config takes it from a device config, else the model's lepton.preprocess metadata applies.
+runtime's: --config takes it from a device config and the preprocessing flags (--size, --mean, --std,
+--color, --resize, --layout, --interpolation) override it; the rest comes from the model's metadata
+(lepton.preprocess, Ultralytics imgsz). The table records the preprocessing and input shapes, and
+`lepton-edge build --calibration TABLE` builds for them unless told otherwise.
 """
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)[xX,](\d+)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x640, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random choice of items (default 0)")
     parser.add_argument("--percentile", type=float, default=99.99,
                         help="with --method percentile: percentile of absolute values kept (default 99.99)")
-    parser.add_argument("--config", type=Path, help="device config YAML whose preprocess section to use")
-    parser.add_argument("--size", type=_parse_size, metavar="WxH",
-                        help="model input size for models with dynamic spatial dimensions")
     parser.add_argument("--out", required=True, type=Path, help="calibration table to write (JSON)")
     parser.add_argument("--trt-cache", type=Path, help="also write a TensorRT calibration cache here")
     parser.add_argument("--trt-version", type=int, default=8601,
@@ -54,16 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qdq", type=Path, help="also write a QDQ int8 ONNX model here (for onnxruntime)")
     parser.add_argument("--per-tensor", action="store_true", help="QDQ weights per tensor, not per channel")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_preprocess_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    preprocess = None
-    if args.config:
-        device = load_config(args.config)
-        preprocess = device.preprocess
-    if args.size:
-        base = preprocess.model_dump(exclude_unset=True) if preprocess else {}
-        preprocess = PreprocessConfig.model_validate({**base, "size": args.size})
+    preprocess = preprocess_from_args(args)
     started = time.monotonic()
     table = calibrate(args.model, args.data, method=args.method, samples=args.samples, seed=args.seed,
                       percentile=args.percentile, preprocess=preprocess, progress=not args.no_progress)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare, measure_throughput, open_engine
 
 DESCRIPTION = ("Fidelity (no labels needed), accuracy on labelled data (and --bench speed) of a candidate engine "
@@ -18,11 +19,14 @@ EPILOG = """examples:
       --data calibration/shapes_heldout.json --samples 100 --bench
   lepton-edge compare --reference model.onnx --candidate model_int8.onnx --data heldout.npz --json
   lepton-edge compare --reference yolov8n.onnx --candidate out/artifacts/yolov8n-int8 --data frames/
+  lepton-edge compare --reference det.onnx --candidate det_int8.onnx --data frames/ --size 320x320 --resize stretch
 
 The candidate is an artifact directory (from `lepton-edge build`) or another ONNX file. The data is a
 labelled held-out set (adds the accuracy of both models) or anything the runtime reads: an image or
 folder, a video, a .npy/.npz recording (fidelity only: the reference's own outputs are the truth). Data
 formats: docs/build.md. --bench adds fp32 vs candidate throughput measured in interleaved rounds.
+Both models get the same input: --size, --config and the preprocessing flags, else what a candidate
+artifact records (the size it was built for), else the reference model's metadata.
 """
 
 
@@ -37,10 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", action="store_true", help="also measure reference vs candidate throughput")
     p.add_argument("--rounds", type=int, default=7, help="interleaved benchmark rounds (default 7)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_preprocess_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = compare(args.reference, args.candidate, args.data, samples=args.samples)
+    report = compare(args.reference, args.candidate, args.data, samples=args.samples,
+                     preprocess=preprocess_from_args(args))
     result: dict[str, Any] = {"report": report.to_dict()}
     if args.bench:
         reference = open_engine(args.reference)

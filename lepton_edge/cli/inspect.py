@@ -87,6 +87,15 @@ def format_manifest(m: Manifest) -> str:
         lines.append(f"input:       {spec.name} {spec.shape} {spec.dtype}")
     for spec in m.source_model.outputs:
         lines.append(f"output:      {spec.name} {spec.shape} {spec.dtype}")
+    if m.preprocess:
+        pre = m.preprocess
+        calibrated = f", calibrated at {pre.calibrated_size[0]}x{pre.calibrated_size[1]}" if pre.calibrated_size else ""
+        lines.append(f"preprocess:  {pre.input} {pre.size[0]}x{pre.size[1]} ({pre.size_source}{calibrated}), "
+                     f"{pre.config.get('resize')}, {pre.config.get('color')}")
+    for profile in m.profiles:
+        shown = "; ".join(f"{name} " + " / ".join("x".join(map(str, s)) for s in shapes)
+                          for name, shapes in profile.items())
+        lines.append(f"profile:     {shown} (min / opt / max)")
     if m.calibration:
         lines.append(f"calibration: {m.calibration.method}, {m.calibration.samples} samples "
                      f"(table {m.calibration.table_sha256[:16]})")

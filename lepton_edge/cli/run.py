@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.cli.preprocess_args import add_preprocess_arguments, apply_preprocess_flags, preprocess_flags
 from lepton_edge.config.device import DeviceConfig, load_config, parse_config
+from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.device.service import run_service
 
@@ -16,6 +18,12 @@ EPILOG = """examples:
   lepton-edge run --model models/shapes_detector.onnx --source 'synthetic://shapes?fps=30' --sink console
   lepton-edge run --model det.onnx --source rtsp://cam.local/stream --sink jsonl:out/results.jsonl
   lepton-edge run --model det.onnx --source video.mp4 --sink video:out/annotated.mp4 --max-frames 300
+  lepton-edge run --model yolo_dynamic.onnx --source rtsp://cam.local/stream --size 480x480 --sink console
+  lepton-edge run --model out/artifacts/det-int8 --source video.mp4 --sink console   # the artifact's size
+
+Preprocessing: --size, --mean, --std, --color, --resize, --layout and --interpolation override the
+config's preprocess section; what neither sets comes from the artifact's record (the preprocessing and
+size it was built for), then the model's metadata (lepton.preprocess, Ultralytics imgsz), its static shape.
 """
 
 
@@ -28,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-id", help="device name in logs and telemetry")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    add_preprocess_arguments(parser, config=False)  # --config is the device config, with its preprocess section
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,5 +74,10 @@ def config_from_args(args: argparse.Namespace) -> DeviceConfig:
         data["sinks"] = [_sink_from_flag(s) for s in args.sink]
     if args.device_id:
         data["device_id"] = args.device_id
+    if preprocess_flags(args):
+        current = PreprocessConfig.model_validate(data.get("preprocess", {})) if args.config else None
+        flagged = apply_preprocess_flags(args, current)
+        assert flagged is not None
+        data["preprocess"] = flagged.model_dump(exclude_unset=True)
     origin = args.config or "command line"
     return parse_config(data, origin, base_dir=base)

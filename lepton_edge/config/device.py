@@ -97,21 +97,6 @@ class DeviceConfig(Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _mean_std_match(self) -> DeviceConfig:
-        pre = self.preprocess
-        for name in ("mean", "std"):
-            n = len(getattr(pre, name))
-            if n not in (1, 3):
-                raise ValueError(f"preprocess.{name} must have 1 or 3 values, got {n}")
-        if any(v == 0 for v in pre.std):
-            raise ValueError("preprocess.std must not contain 0")
-        return self
-
-
-
-
-
 
 def parse_config(data: Any, origin: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
     """Validate a config mapping. Relative paths are resolved against ``base_dir`` when given."""

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lepton_edge.config.base import Strict
 
@@ -329,6 +329,15 @@ class PreprocessConfig(Strict):
     dtype: Literal["float32", "float16", "uint8"] | None = Field(
         None, description="Tensor element type; defaults from the model input."
     )
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, values: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
+        if len(values) not in (1, 3):
+            raise ValueError(f"{info.field_name} must have 1 or 3 values, got {len(values)}")
+        if info.field_name == "std" and any(v == 0 for v in values):
+            raise ValueError("std must not contain 0")
+        return values
 
 
 class BoxDecodeConfig(Strict):

@@ -28,6 +28,7 @@ from lepton_edge.core.fileio import atomic_write, sha256_file
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.base import Backend
+from lepton_edge.runtime.input_size import ARTIFACT_PREPROCESS_KEY
 from lepton_edge.runtime.platform import accelerator_facts, cpu_facts, onnxruntime_version
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,19 @@ class FidelityInfo(_Record):
     data_sha256: str = Field(description="Fingerprint of the data compared.")
 
 
+class PreprocessRecord(_Record):
+    """The preprocessing and input size an engine was calibrated and built for; the runtime uses it for every field
+    its own config leaves unset (config > this record > the model's metadata > its static shape)."""
+
+    input: str = Field(description="Name of the image input it applies to.")
+    size: tuple[int, int] = Field(description="[width, height] the engine was built for (TensorRT profiles' opt).")
+    size_source: str = Field(description="Where the size came from: preprocess.size (--size, --config), the "
+                             "calibration table, the model's metadata (imgsz, lepton.preprocess) or its static shape.")
+    calibrated_size: tuple[int, int] | None = Field(
+        None, description="int8: [width, height] the calibration table's ranges were measured at.")
+    config: dict[str, Any] = Field(description="The effective preprocessing (PreprocessConfig fields, size included) "
+                                   "used for calibration, the gates and the record.")
+
 class CandidateMeasurement(_Record):
     precision: str = Field(description="Candidate precision.")
     fps: float | None = Field(None, description="Inferences per second measured here (median of rounds).")
@@ -167,6 +181,9 @@ class Manifest(_Record):
     device: DeviceInfo = Field(description="The machine the artifact was built on.")
     profiles: list[dict[str, list[list[int]]]] = Field(
         default_factory=list, description="TensorRT optimization profiles: input -> [min, opt, max] shapes.")
+    preprocess: PreprocessRecord | None = Field(
+        None, description="The preprocessing and input size the engine was calibrated and built for (image models); "
+        "the runtime applies it where its config sets nothing.")
     builder: BuilderInfo = Field(description="Builder options.")
     accuracy: AccuracyInfo | None = Field(None, description="Accuracy gate result, when validation data was given.")
     fidelity: FidelityInfo | None = Field(None, description="int8: the label-free fidelity gate result.")
@@ -227,6 +244,8 @@ def compute_fingerprint(manifest: Manifest) -> str:
         "profiles": manifest.profiles,
         "builder": manifest.builder.model_dump(),
     }
+    if manifest.preprocess is not None:  # absent from manifests written before the record: same fingerprint
+        payload["preprocess"] = manifest.preprocess.model_dump(mode="json")
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -396,12 +415,21 @@ def open_artifact(path: str | Path, backend_config: BackendConfig | None = None,
         listed = "\n  - ".join(problems)
         raise ModelError(f"{path}: this artifact cannot be used on this machine:\n  - {listed}\n"
                          f"{_rebuild_hint(path, manifest)}")
-    backend = create_backend(path / manifest.engine.file, backend_config, in_pipeline=in_pipeline)
+    # Warm-up waits for the metadata below: it holds the size the engine was built for.
+    quiet = backend_config.model_copy(update={"warmup_runs": 0})
+    backend = create_backend(path / manifest.engine.file, quiet, in_pipeline=in_pipeline)
     backend.load()
-    identity = {"fingerprint": manifest.fingerprint, "target": manifest.target, "precision": manifest.precision,
-                "source_sha256": manifest.source_model.sha256}
-    backend.metadata = {**manifest.source_model.metadata, **backend.metadata,
-                        ARTIFACT_METADATA_KEY: json.dumps(identity)}
+    try:
+        identity = {"fingerprint": manifest.fingerprint, "target": manifest.target, "precision": manifest.precision,
+                    "source_sha256": manifest.source_model.sha256}
+        backend.metadata = {**manifest.source_model.metadata, **backend.metadata,
+                            ARTIFACT_METADATA_KEY: json.dumps(identity)}
+        if manifest.preprocess is not None:
+            backend.metadata[ARTIFACT_PREPROCESS_KEY] = json.dumps(manifest.preprocess.config)
+        backend.warmup(backend_config.warmup_runs)
+    except BaseException:
+        backend.close()
+        raise
     return backend
 
 
@@ -460,12 +488,15 @@ def describe_artifact(path: str | Path, *, target_env: dict[str, Any] | None = N
         "runtime": manifest.runtime.model_dump(),
         "device": manifest.device.model_dump(),
         "builder": manifest.builder.model_dump(),
+        "profiles": manifest.profiles,
+        "preprocess": manifest.preprocess.model_dump(mode="json") if manifest.preprocess else None,
         "mismatches": verify_artifact(path, target_env=target_env),
     }
 
 
 __all__ = [
     "Manifest",
+    "PreprocessRecord",
     "backend_config_for",
     "current_environment",
     "open_artifact",

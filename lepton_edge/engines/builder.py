@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from lepton_edge import __version__
+from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError, LeptonError, ModelError
 from lepton_edge.core.fileio import fsync_path, fsync_tree, sha256_file
 from lepton_edge.core.tensors import TensorSpec
@@ -33,6 +35,7 @@ from lepton_edge.engines.artifacts import (
     EngineInfo,
     FidelityInfo,
     Manifest,
+    PreprocessRecord,
     ProgressArg,
     RuntimeInfo,
     SourceModel,
@@ -57,8 +60,11 @@ from lepton_edge.engines.model_inputs import check_feedable
 from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
 from lepton_edge.engines.options import BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
+from lepton_edge.runtime.assembly import preprocess_from_metadata
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.tensorrt import import_tensorrt
+from lepton_edge.runtime.input_size import image_axes, image_layout
+from lepton_edge.runtime.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +77,121 @@ def _reporter(progress: ProgressArg, model: Path) -> Callable[[str], None]:
     return lambda stage: None
 
 
-def _default_profiles(inputs: list[TensorSpec]) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
-    """One profile with every dynamic dimension at 1: the runtime feeds one frame at a time."""
+def _default_profiles(inputs: list[TensorSpec], record: PreprocessRecord | None,
+                      max_batch: int) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
+    """One profile from the resolved input size: the image input's height and width at the size the engine is built
+    for (min = opt = max), a dynamic batch from 1 (min, opt: the runtime feeds one frame) to ``max_batch``, any
+    other dynamic dimension 1."""
     if all(spec.is_static for spec in inputs):
         return []
     profile = {}
     for spec in inputs:
-        if not spec.is_static:
-            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
-            profile[spec.name] = (shape, shape, shape)
+        if spec.is_static:
+            continue
+        low = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        high = list(low)
+        if record is not None and spec.name == record.input:
+            _, h_axis, w_axis = image_axes(record.config.get("layout") or image_layout(spec))
+            low[h_axis], low[w_axis] = record.size[1], record.size[0]
+            high[h_axis], high[w_axis] = record.size[1], record.size[0]
+        if len(spec.shape) >= 2 and not (isinstance(spec.shape[0], int) and spec.shape[0] > 0):
+            high[0] = max_batch
+        profile[spec.name] = (tuple(low), tuple(low), tuple(high))
     return [profile]
+
+
+def _check_size_in_profiles(model: Path, record: PreprocessRecord | None, profiles: list[dict[str, Any]]) -> None:
+    """ConfigError when the size the engine is built for lies outside a user profile of its image input."""
+    if record is None:
+        return
+    _, h_axis, w_axis = image_axes(record.config.get("layout", "nchw"))
+    for profile in profiles:
+        shapes = profile.get(record.input)
+        if shapes is None or len(shapes) != 3 or any(len(s) != 4 for s in shapes):
+            continue
+        low, _, high = shapes
+        width, height = record.size
+        if not (low[h_axis] <= height <= high[h_axis] and low[w_axis] <= width <= high[w_axis]):
+            raise ConfigError(
+                f"{model}: the input size {width}x{height} ({record.size_source}) is outside the --profile range "
+                f"{list(low)}..{list(high)} of {record.input!r}; pass a --size within it or widen the profile"
+            )
+
+
+def image_input(info: Any) -> TensorSpec | None:
+    """The model's image input, the one preprocessing feeds: its only input when that is 4-D NCHW/NHWC, else None."""
+    if len(info.inputs) != 1:
+        return None
+    try:
+        image_layout(info.inputs[0])
+    except ModelError:
+        return None
+    return info.inputs[0]
+
+
+def _table_layer(table: Any, spec: TensorSpec) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """The preprocessing a calibration table records (its size from the recorded input shape)."""
+    recorded = dict(getattr(table, "preprocess", None) or {})
+    shape = (getattr(table, "input_shapes", None) or {}).get(spec.name)
+    if not recorded or not shape or len(shape) != 4:
+        return recorded, None
+    _, h_axis, w_axis = image_axes(recorded.get("layout") or image_layout(spec))
+    size = (int(shape[w_axis]), int(shape[h_axis]))
+    return {**recorded, "size": list(size)}, size
+
+
+def resolve_build_preprocess(model: Path, info: Any, explicit: PreprocessConfig | None,
+                             table: Any = None) -> tuple[PreprocessConfig | None, PreprocessRecord | None]:
+    """The preprocessing a build calibrates, gates and records, and its record for the manifest.
+
+    Order per field: ``explicit`` (--size, --config and the preprocessing flags), the calibration table's record,
+    the model's metadata (``lepton.preprocess``, Ultralytics ``imgsz``), its static shape. (None, None) for models
+    without one image input. ConfigError, saying to pass --size, when a dynamic height or width has no size anywhere.
+    """
+    spec = image_input(info)
+    if spec is None:
+        return explicit, None
+    layered = explicit
+    calibrated = None
+    if table is not None:
+        recorded, calibrated = _table_layer(table, spec)
+        if recorded:
+            try:
+                layered = PreprocessConfig.model_validate(
+                    {**recorded, **(explicit.model_dump(exclude_unset=True) if explicit else {})})
+            except ValidationError as e:  # a table from another version: its record does not apply
+                log.warning("%s: ignoring the calibration table's preprocessing record: %s", model.name, e)
+    try:
+        pre = Preprocessor(spec, preprocess_from_metadata(layered or PreprocessConfig(), dict(info.metadata)),
+                           metadata=dict(info.metadata))
+    except ConfigError as e:
+        raise ConfigError(
+            f"{model}: input {spec.name!r} {spec.shape_str} has a dynamic height or width and no size is given "
+            "anywhere (no --size, no preprocess.size in --config, no size in the calibration table or the model's "
+            f"metadata); pass --size WIDTHxHEIGHT, e.g. --size 640x640 ({e})"
+        ) from None
+    size = (pre.width, pre.height)
+    if calibrated is not None and calibrated != size:
+        log.warning("%s: the calibration table was measured at %dx%d, the engine is built for %dx%d (%s); "
+                    "calibrate at the size the engine runs for ranges that match it", model.name, *calibrated,
+                    *size, pre.size.source)
+    record = PreprocessRecord(
+        input=spec.name, size=size, size_source=_size_source(spec, pre, explicit, calibrated),
+        calibrated_size=calibrated,
+        config=pre.config.model_copy(update={"size": size, "layout": pre.layout}).model_dump(mode="json",
+                                                                                            exclude_none=True))
+    return PreprocessConfig.model_validate(record.config), record
+
+
+def _size_source(spec: TensorSpec, pre: Preprocessor, explicit: PreprocessConfig | None,
+                 calibrated: tuple[int, int] | None) -> str:
+    if spec.is_static or all(isinstance(d, int) and d > 0 for d in spec.shape[1:]):
+        return "the model's static shape"
+    if explicit is not None and explicit.size is not None:
+        return "preprocess.size (--size or --config)"
+    if calibrated is not None and pre.size.source == "preprocess.size":
+        return "the calibration table"
+    return pre.size.source
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -205,16 +316,24 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
                    data=[options.calibration_data, options.validation_data])
     _prepare_out_dir(out_dir)
     env = current_environment(target)
+    if options.calibration is None:  # no table that could give the size: refuse a model without one now
+        resolve_build_preprocess(model, info, options.preprocess)
     table = _int8_table(model, info, options, report, progress is True)
+    preprocess, record = resolve_build_preprocess(model, info, options.preprocess, table)
+    options = options.model_copy(update={"preprocess": preprocess})
+    if record is not None:
+        report(f"input {record.input} {record.size[0]}x{record.size[1]} ({record.size_source})")
     with staging_dir(out_dir) as staged:
         if target == "tensorrt":
             engine_file = TRT_ENGINE
-            builder, profiles = _build_tensorrt(model, info, staged, precision, table, options.trt, env, report)
+            builder, profiles = _build_tensorrt(model, info, staged, precision, table, options.trt, env, report,
+                                                record)
         else:
             engine_file, profiles = ONNX_ENGINE, []
             builder = _build_onnxruntime(model, info, staged / engine_file, table, report)
         engine_path = staged / engine_file
         manifest = _manifest(model, info, options, engine_path, table, env, builder, profiles)
+        manifest.preprocess = record
         if options.validation_data is not None:
             report(f"accuracy gate on {options.validation_data}")
             manifest.accuracy = run_gate(model, engine_path, manifest, options)
@@ -492,7 +611,8 @@ def _materialize(feeds: Feeds, indices: np.ndarray, scratch: Path) -> str | None
 
 
 def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table: Any, options: TrtOptions,
-                    env: dict[str, Any], report: Callable[[str], None]) -> tuple[BuilderInfo, list]:
+                    env: dict[str, Any], report: Callable[[str], None],
+                    record: PreprocessRecord | None = None) -> tuple[BuilderInfo, list]:
     source = model
     cache = None
     int8_mode = None
@@ -507,7 +627,11 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
         int8_mode = "legacy-cache"
     elif precision == "int8":
         int8_mode = "qdq"
-    profiles = options.profiles if options.profiles is not None else _default_profiles(info.inputs)
+    if options.profiles is not None:
+        profiles = options.profiles
+        _check_size_in_profiles(model, record, profiles)
+    else:
+        profiles = _default_profiles(info.inputs, record, options.max_batch)
     try:
         plan, facts = build_engine(source, precision=precision, calibration_cache=cache,
                                    timing_cache=options.timing_cache, workspace_mb=options.workspace_mb,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.config.pipeline import BackendConfig, ModelConfig, TensorRTBackendConfig
+from lepton_edge.config.pipeline import BackendConfig, ModelConfig, PreprocessConfig, TensorRTBackendConfig
 from lepton_edge.core.errors import ConfigError, LeptonError, ModelError
 from lepton_edge.engines.artifacts import (
     Manifest,
@@ -90,13 +90,22 @@ def _hash_file(digest: Any, path: Path) -> None:
             digest.update(chunk)
 
 
-def cache_key(model_cfg: ModelConfig, target: str, model_sha256: str) -> str:
-    """sha256 of what decides the cache slot (the environment is verified separately, see the module doc)."""
+def cache_key(model_cfg: ModelConfig, target: str, model_sha256: str,
+              preprocess: PreprocessConfig | None = None) -> str:
+    """sha256 of what decides the cache slot (the environment is verified separately, see the module doc).
+
+    The preprocessing the config sets (size, normalisation, ...) is part of it: the engine is calibrated, gated and
+    (TensorRT) profiled for it. A config that sets none keeps the slot it had before preprocessing counted.
+    """
     precision = model_cfg.precision
     identity: dict[str, Any] = {
         "cache_format": CACHE_FORMAT, "model_sha256": model_sha256, "target": target, "precision": precision,
-        "trt_options": TrtOptions().model_dump(mode="json") if target == "tensorrt" else None,
+        # max_batch is always its default here; left out so that slots keep their names
+        "trt_options": TrtOptions().model_dump(mode="json", exclude={"max_batch"}) if target == "tensorrt" else None,
     }
+    explicit = preprocess.model_dump(mode="json", exclude_unset=True) if preprocess is not None else {}
+    if explicit:
+        identity["preprocess"] = explicit
     if precision in ("int8", "auto"):
         if model_cfg.calibration is not None:
             identity["calibration_table"] = data_fingerprint(model_cfg.calibration)
@@ -152,19 +161,21 @@ class Resolution:
     """True when another process held the slot's lock (and probably built it) first."""
 
 
-def _build_slot(model: Path, entry: Path, model_cfg: ModelConfig, target: str, progress: ProgressArg) -> Manifest:
+def _build_slot(model: Path, entry: Path, model_cfg: ModelConfig, target: str, progress: ProgressArg,
+                preprocess: PreprocessConfig | None) -> Manifest:
     gated = model_cfg.precision != "fp32"  # the fp32 engine is the reference itself: nothing to gate
     options = BuildOptions(target=target, precision=model_cfg.precision, calibration=model_cfg.calibration,
                            calibration_data=model_cfg.calibration_data,
                            validation_data=model_cfg.validation_data if gated else None,
-                           max_accuracy_drop=model_cfg.max_accuracy_drop)
+                           max_accuracy_drop=model_cfg.max_accuracy_drop, preprocess=preprocess)
     return build(model, entry, options, progress=progress)
 
 
 def resolve(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, progress: ProgressArg = True,
-            force: bool = False) -> Resolution:
+            force: bool = False, preprocess: PreprocessConfig | None = None) -> Resolution:
     """Resolve ``model_cfg`` for ``backend_cfg``: the ONNX/artifact path for ``as-is``, else the cache slot,
-    built when missing, corrupt or made for another environment (``force`` rebuilds it anyway).
+    built when missing, corrupt or made for another environment (``force`` rebuilds it anyway). ``preprocess``
+    (the config's section) is what a build calibrates, gates, profiles and records; the fields it sets pick the slot.
 
     Raises ModelError when no usable engine exists and none can be built, naming what mismatched and
     what to set.
@@ -182,7 +193,7 @@ def resolve(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, progress: Pro
         )
     info = inspect_onnx(path)
     target = target_for_backend(backend_cfg)
-    key = cache_key(model_cfg, target, info.sha256)
+    key = cache_key(model_cfg, target, info.sha256, preprocess)
     cache_dir = Path(model_cfg.cache_dir) if model_cfg.cache_dir else default_cache_dir()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +219,7 @@ def resolve(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, progress: Pro
         _remove_stale_staging(cache_dir, name)
         log.info("building %s engine of %s for %s into the cache (%s)", precision, path, target, reason)
         try:
-            _build_slot(path, entry, model_cfg, target, progress)
+            _build_slot(path, entry, model_cfg, target, progress, preprocess)
         except LeptonError as e:
             stale = f" The cached engine {entry} does not match: {'; '.join(problems)}." if problems else ""
             raise ModelError(
@@ -224,12 +235,16 @@ def resolve_model(model_cfg: ModelConfig, backend_cfg: BackendConfig) -> Path:
     return resolve(model_cfg, backend_cfg).path
 
 
-def open_model(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, in_pipeline: bool = True) -> Backend:
+def open_model(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, in_pipeline: bool = True,
+               preprocess: PreprocessConfig | None = None) -> Backend:
     """The loaded backend for ``model_cfg``.
 
-    Artifacts are verified before loading; a cached engine that still fails to load is rebuilt once.
+    Artifacts are verified before loading; a cached engine that still fails to load is rebuilt once. An artifact's
+    backend carries what it recorded (preprocessing and input size) in its metadata, under
+    ``lepton.artifact.preprocess`` (:data:`~lepton_edge.runtime.input_size.ARTIFACT_PREPROCESS_KEY`).
     """
-    return open_resolved(resolve(model_cfg, backend_cfg), model_cfg, backend_cfg, in_pipeline)
+    return open_resolved(resolve(model_cfg, backend_cfg, preprocess=preprocess), model_cfg, backend_cfg, in_pipeline,
+                         preprocess=preprocess)
 
 
 def load_backend(config: DeviceConfig, *, in_pipeline: bool = True) -> Backend:
@@ -237,11 +252,11 @@ def load_backend(config: DeviceConfig, *, in_pipeline: bool = True) -> Backend:
     directory, verified against this machine), or the engine built for the precision from the engine cache."""
     require_workload(config)
     assert config.model is not None
-    return open_model(config.model, config.backend, in_pipeline=in_pipeline)
+    return open_model(config.model, config.backend, in_pipeline=in_pipeline, preprocess=config.preprocess)
 
 
 def open_resolved(resolution: Resolution, model_cfg: ModelConfig, backend_cfg: BackendConfig,
-                   in_pipeline: bool) -> Backend:
+                   in_pipeline: bool, *, preprocess: PreprocessConfig | None = None) -> Backend:
     path = resolution.path
     if not is_artifact(path):
         if isinstance(backend_cfg, TensorRTBackendConfig) and path.suffix.lower() == ".onnx":
@@ -257,5 +272,5 @@ def open_resolved(resolution: Resolution, model_cfg: ModelConfig, backend_cfg: B
         if resolution.reason == "as-is" or resolution.built:
             raise
         log.warning("cached engine %s failed to load (%s); rebuilding it", path, e)
-        rebuilt = resolve(model_cfg, backend_cfg, force=True)
+        rebuilt = resolve(model_cfg, backend_cfg, force=True, preprocess=preprocess)
         return open_artifact(rebuilt.path, backend_cfg, in_pipeline=in_pipeline)

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from lepton_edge.config.pipeline import InputsConfig, PreprocessConfig
 from lepton_edge.engines.calibration import CalibrationTable, Method
 
+MAX_BATCH = 256
+"""Largest ``--max-batch`` of a TensorRT profile (activation memory grows with it)."""
+
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -22,7 +25,12 @@ class TrtOptions(_Options):
     dla_core: int | None = Field(None, ge=0, description="Run on this DLA core (Jetson), GPU fallback on.")
     timing_cache: Path | None = Field(None, description="Timing cache file, read if present and updated.")
     profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] | None = Field(
-        None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: dynamic dims 1.")
+        None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: one profile with the image "
+        "input's height and width at the size the engine is built for, a dynamic batch 1..max_batch, other dynamic "
+        "dims 1.")
+    max_batch: int = Field(
+        1, ge=1, le=MAX_BATCH, description="Default profile: largest batch of a model with a dynamic batch (min and "
+        "opt stay 1, what the runtime feeds); the engine keeps its batch dimension dynamic.")
     int8_mode: Literal["qdq", "legacy-cache"] = Field(
         "qdq", description="qdq: explicit quantization from the QDQ model; legacy-cache: implicit "
         "calibration replaying a TensorRT calibration cache written from the table (TensorRT <= 10).")

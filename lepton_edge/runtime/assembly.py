@@ -13,6 +13,7 @@ from lepton_edge.config.device import DeviceConfig
 from lepton_edge.config.pipeline import PostprocessConfig, PreprocessConfig, RawConfig
 from lepton_edge.core.errors import ConfigError, LeptonError
 from lepton_edge.runtime.backends.base import Backend
+from lepton_edge.runtime.input_size import ARTIFACT_PREPROCESS_KEY
 from lepton_edge.runtime.inputs import plan_inputs
 from lepton_edge.runtime.labels import labels_from_metadata, load_labels
 from lepton_edge.runtime.pipeline import Pipeline, PipelineStats
@@ -25,8 +26,33 @@ log = logging.getLogger(__name__)
 
 
 def preprocess_from_metadata(config: PreprocessConfig, metadata: dict[str, str]) -> PreprocessConfig:
-    """Fill the preprocessing fields the user did not set from the model's ``lepton.preprocess`` metadata."""
-    raw = metadata.get("lepton.preprocess")
+    """Fill the preprocessing fields the user did not set: first from what a built artifact records
+    (``lepton.artifact.preprocess``: the preprocessing and size it was calibrated and built for), then from the
+    model's ``lepton.preprocess`` metadata. Explicit fields always win (a size other than the artifact's is
+    logged)."""
+    recorded = _hints(metadata, ARTIFACT_PREPROCESS_KEY)
+    if recorded and config.size is not None and recorded.get("size") not in (None, list(config.size)):
+        log.warning("preprocess.size %dx%d differs from the size the artifact was built for (%s); a TensorRT engine "
+                    "accepts only sizes within its optimisation profile", *config.size,
+                    "x".join(map(str, recorded["size"])))
+    for key in (ARTIFACT_PREPROCESS_KEY, "lepton.preprocess"):
+        config = _fill(config, key, metadata)
+    return config
+
+
+def _hints(metadata: dict[str, str], key: str) -> dict[str, Any] | None:
+    raw = metadata.get(key)
+    if not raw:
+        return None
+    try:
+        hints = json.loads(raw)
+    except ValueError:
+        return None
+    return hints if isinstance(hints, dict) else None
+
+
+def _fill(config: PreprocessConfig, key: str, metadata: dict[str, str]) -> PreprocessConfig:
+    raw = metadata.get(key)
     if not raw:
         return config
     try:
@@ -37,7 +63,7 @@ def preprocess_from_metadata(config: PreprocessConfig, metadata: dict[str, str])
                   **config.model_dump(exclude_unset=True)}
         return PreprocessConfig.model_validate(merged)
     except (ValueError, LeptonError) as e:
-        log.warning("ignoring the model's lepton.preprocess metadata (%s): %s", raw[:200], e)
+        log.warning("ignoring the %s metadata (%s): %s", key, raw[:200], e)
         return config
 
 

@@ -1,9 +1,11 @@
 """The size of a model's image input, resolved in one place for the preprocessor, the buffers and warm-up.
 
 Order, per spatial dimension: the size the user gives (``preprocess.size``), a fixed dimension of the model
-(a static model is never resized to anything else), then the model's metadata: the project's own
-``lepton.preprocess`` JSON (``size`` as ``[width, height]``), then Ultralytics' ``imgsz`` (``"[height, width]"``
-or ``"640"``). A dynamic batch stays dynamic: warm-up and inference feed batch 1.
+(a static model is never resized to anything else), then the metadata: the size a built artifact records
+(``lepton.artifact.preprocess``, added by ``engines.artifacts.open_artifact``: what the engine was calibrated
+and built for), the project's own ``lepton.preprocess`` JSON (``size`` as ``[width, height]``), then
+Ultralytics' ``imgsz`` (``"[height, width]"`` or ``"640"``). A dynamic batch stays dynamic: warm-up and
+inference feed batch 1.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.core.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
+
+ARTIFACT_PREPROCESS_KEY = "lepton.artifact.preprocess"
+"""Backend metadata key holding the preprocessing (JSON, PreprocessConfig fields with ``size``) an artifact was
+calibrated and built for; it ranks below the user's config and above the model's own metadata."""
 
 _IMGSZ = re.compile(r"^\s*[\[(]?\s*(\d+)\s*(?:,\s*(\d+)\s*)?[\])]?\s*$")
 
@@ -82,9 +88,10 @@ def _ultralytics_imgsz(raw: str) -> tuple[int, int] | None:
 def size_from_metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[int, int], str] | None:
     """``((width, height), key)`` from the model's metadata, or None when it gives no usable size."""
     metadata = metadata or {}
-    raw = metadata.get("lepton.preprocess")
-    if raw and (size := _lepton_size(raw)):
-        return size, "lepton.preprocess"
+    for key in (ARTIFACT_PREPROCESS_KEY, "lepton.preprocess"):
+        raw = metadata.get(key)
+        if raw and (size := _lepton_size(raw)):
+            return size, key
     raw = metadata.get("imgsz")
     if raw:
         size = _ultralytics_imgsz(raw)
@@ -125,7 +132,8 @@ def resolve_input_size(spec: TensorSpec, *, size: tuple[int, int] | None = None,
                 "size (no imgsz or lepton.preprocess size); set preprocess.size: [width, height] in the config"
             )
         (width, height), key = found
-        resolved = InputSize(fixed_w or width, fixed_h or height, f"model metadata {key}")
+        where = "the artifact's record" if key == ARTIFACT_PREPROCESS_KEY else f"model metadata {key}"
+        resolved = InputSize(fixed_w or width, fixed_h or height, where)
     stride = _stride(metadata)
     dynamic = fixed_h is None or fixed_w is None
     if dynamic and stride and (resolved.width % stride or resolved.height % stride):

@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 from lepton_edge.config.device import parse_config
-from lepton_edge.config.pipeline import SourceConfig
+from lepton_edge.config.pipeline import PreprocessConfig, SourceConfig
 from lepton_edge.core.results import now
 from lepton_edge.data import DEMO_MODEL
 from lepton_edge.data.yolov8n_sized import build_yolov8n_sized
@@ -63,6 +63,7 @@ class BenchOptions:
     duration_s: float = 60.0
     fps: float = 30.0
     work_dir: Path = BENCH_DIR  # generated inputs
+    preprocess: PreprocessConfig | None = None  # none: each model's own (artifact record, metadata, shape)
 
 
 def rss_mb() -> float:
@@ -95,12 +96,15 @@ def ensure_yolov8n_sized(path: Path, size: int = 640) -> Path:
     return build_yolov8n_sized(path, size=size)
 
 
-def _device_config(model: Path, source: str, live: bool | None, threads: int, extra: dict | None = None):
+def _device_config(model: Path, source: str, live: bool | None, threads: int, extra: dict | None = None,
+                   preprocess: PreprocessConfig | None = None):
     data: dict[str, Any] = {
         "model": {"path": str(model)},
         "source": {"uri": source, "loop": True, **({"live": live} if live is not None else {})},
         "backend": {"type": "onnxruntime", "intra_op_threads": threads},
     }
+    if preprocess is not None:
+        data["preprocess"] = preprocess.model_dump(exclude_unset=True)
     data.update(extra or {})
     return parse_config(data, "bench")
 
@@ -110,12 +114,13 @@ def _median_rate(samples: list[float]) -> float:
 
 
 def bench_throughput(model: Path, source: str, frames: int, rounds: int, threads: int,
-                     case_seconds: float = 8.0) -> dict[str, Any]:
+                     case_seconds: float = 8.0, preprocess: PreprocessConfig | None = None) -> dict[str, Any]:
     """Raw backend loop vs naive loop vs pipeline on one model; frames/s medians and ratios.
 
-    Each case runs ``frames`` frames or ``case_seconds``, whichever comes first (heavy models)."""
+    Each case runs ``frames`` frames or ``case_seconds``, whichever comes first (heavy models). ``preprocess``
+    (optional) is the config's preprocess section: the size and normalisation fed."""
 
-    config = _device_config(model, source, live=False, threads=threads)
+    config = _device_config(model, source, live=False, threads=threads, preprocess=preprocess)
     # One session for all three cases: the same model, input and thread settings.
     backend = load_backend(config, in_pipeline=True)
     rates: dict[str, list[float]] = {"raw": [], "naive": [], "pipeline": []}
@@ -170,6 +175,7 @@ def bench_throughput(model: Path, source: str, frames: int, rounds: int, threads
     return {
         "model": str(model),
         "source": source,
+        "input_shape": list(ready.shape),
         "frames_per_round": frames,
         "case_seconds": case_seconds,
         "rounds": rounds,
@@ -207,11 +213,12 @@ class _Collector:
         pass
 
 
-def bench_latency(model: Path, duration_s: float, fps: float, threads: int) -> dict[str, Any]:
+def bench_latency(model: Path, duration_s: float, fps: float, threads: int,
+                  preprocess: PreprocessConfig | None = None) -> dict[str, Any]:
     """Live paced source through the pipeline: latency stability and memory."""
 
     source = f"synthetic://shapes?fps={fps:g}&width=640&height=480&seed=3"
-    config = _device_config(model, source, live=True, threads=threads)
+    config = _device_config(model, source, live=True, threads=threads, preprocess=preprocess)
     collector = _Collector()
     baseline_mb = rss_mb()
     pipeline = open_pipeline(config, extra_sinks=[collector])
@@ -258,7 +265,8 @@ def _print_table(report: dict[str, Any]) -> None:
           f"{' '.join(m['instruction_sets'])}; onnxruntime {m['onnxruntime']}")
     for r in report.get("throughput", []):
         f, ratio = r["fps"], r["ratios"]
-        print(f"\nthroughput  {Path(r['model']).name}  (up to {r['frames_per_round']} frames or "
+        shape = "x".join(map(str, r.get("input_shape", []))) or "?"
+        print(f"\nthroughput  {Path(r['model']).name} input {shape}  (up to {r['frames_per_round']} frames or "
               f"{r['case_seconds']:g} s per case, {r['rounds']} rounds, median fps; "
               f"threads={r['intra_op_threads'] or 'auto'})")
         print(f"  raw backend loop {f['raw']:9.1f}   naive loop {f['naive']:9.1f}   pipeline {f['pipeline']:9.1f}")
@@ -287,11 +295,13 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         for model in models:
             print(f"measuring throughput of {model.name} ...", file=sys.stderr, flush=True)
             report["throughput"].append(bench_throughput(model, source, options.frames, options.rounds,
-                                                         options.threads, options.case_seconds))
+                                                         options.threads, options.case_seconds,
+                                                         preprocess=options.preprocess))
     if "latency" in options.suites:
         model = first_model or DEMO_MODEL
         print(f"measuring live latency of {model.name} for {options.duration_s:.0f} s ...", file=sys.stderr, flush=True)
-        report["latency"] = bench_latency(model, options.duration_s, options.fps, options.threads)
+        report["latency"] = bench_latency(model, options.duration_s, options.fps, options.threads,
+                                          preprocess=options.preprocess)
     if "agent" in options.suites:
         print("measuring telemetry and results-sink overhead ...", file=sys.stderr, flush=True)
         report["agent"] = bench_agent_overhead(first_model, frames=options.frames, rounds=options.rounds,

@@ -1,5 +1,6 @@
 """Dynamic input shapes: one size resolution (config, model, metadata) for the preprocessor, buffers and warm-up."""
 
+import json
 import logging
 
 import cv2
@@ -13,9 +14,14 @@ from lepton_edge.config.pipeline import OnnxRuntimeBackendConfig, PreprocessConf
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.core.results import Classification
 from lepton_edge.core.tensors import TensorSpec
-from lepton_edge.runtime.assembly import build_pipeline
+from lepton_edge.runtime.assembly import build_pipeline, preprocess_from_metadata
 from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from lepton_edge.runtime.input_size import feed_shape, resolve_input_size, size_from_metadata
+from lepton_edge.runtime.input_size import (
+    ARTIFACT_PREPROCESS_KEY,
+    feed_shape,
+    resolve_input_size,
+    size_from_metadata,
+)
 from lepton_edge.runtime.pipeline import ModelBundle
 from lepton_edge.runtime.preprocess import Preprocessor
 from lepton_edge.runtime.sinks.base import Sink
@@ -234,3 +240,50 @@ def test_feed_shape():
     assert feed_shape(spec(["n", 3, "h", "w"])) is None
     assert feed_shape(spec(["n", "c", "h", "w"]), meta) is None
     assert feed_shape(spec(["n", 16])) == (1, 16)
+
+
+# -- what a built artifact records ranks below the config and above the model's metadata ------------------------
+
+RECORD = {ARTIFACT_PREPROCESS_KEY: json.dumps({"size": [64, 40], "resize": "stretch", "color": "bgr"})}
+
+
+def test_the_artifact_record_ranks_above_the_model_metadata():
+    meta = {**ULTRALYTICS, "lepton.preprocess": '{"size": [16, 16], "mean": [0.5]}', **RECORD}
+    assert size_from_metadata(meta) == ((64, 40), ARTIFACT_PREPROCESS_KEY)
+    got = resolve_input_size(spec([1, 3, "h", "w"]), metadata=meta)
+    assert (got.width, got.height, got.source) == (64, 40, "the artifact's record")
+    assert feed_shape(spec(["n", 3, "h", "w"]), meta) == (1, 3, 40, 64), "warm-up at the size it was built for"
+    merged = preprocess_from_metadata(PreprocessConfig(), meta)
+    assert (merged.size, merged.resize, merged.color, merged.mean) == ((64, 40), "stretch", "bgr", (0.5,)), \
+        "the record first, then lepton.preprocess for what it leaves unset"
+
+
+def test_explicit_config_beats_the_artifact_record(caplog):
+    explicit = PreprocessConfig(size=(32, 32), resize="letterbox")
+    with caplog.at_level(logging.WARNING):
+        merged = preprocess_from_metadata(explicit, RECORD)
+    assert (merged.size, merged.resize, merged.color) == ((32, 32), "letterbox", "bgr")
+    assert "differs from the size the artifact was built for (64x40)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        preprocess_from_metadata(PreprocessConfig(size=(64, 40)), RECORD)
+    assert "differs" not in caplog.text
+
+
+def test_pipeline_on_an_artifact_like_backend_feeds_the_recorded_size(tmp_path, fed):
+    backend = load(yolo_like(tmp_path / "dyn.onnx", metadata=ULTRALYTICS), runs=1)
+    backend.metadata.update(RECORD)  # what engines.artifacts.open_artifact adds
+    pipeline = build_pipeline(device_config(tmp_path / "dyn.onnx", str(image_folder(tmp_path / "imgs"))), backend)
+    try:
+        assert pipeline.preprocessor.shape == (1, 3, 40, 64)
+        assert pipeline.preprocessor.config.resize == "stretch"
+    finally:
+        backend.close()
+    explicit = load(yolo_like(tmp_path / "dyn.onnx", metadata=ULTRALYTICS), runs=0)
+    explicit.metadata.update(RECORD)
+    cfg = device_config(tmp_path / "dyn.onnx", str(tmp_path / "imgs"), preprocess={"size": [48, 32]})
+    pipeline = build_pipeline(cfg, explicit)
+    try:
+        assert pipeline.preprocessor.shape == (1, 3, 32, 48), "the config's size beats the artifact's"
+    finally:
+        explicit.close()

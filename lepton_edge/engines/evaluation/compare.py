@@ -47,7 +47,7 @@ from lepton_edge.engines.evaluation.fidelity import (
 from lepton_edge.runtime.assembly import preprocess_from_metadata
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.base import Backend
-from lepton_edge.runtime.input_size import feed_shape
+from lepton_edge.runtime.input_size import ARTIFACT_PREPROCESS_KEY, feed_shape
 from lepton_edge.runtime.inputs import InputState, fill_recorded, plan_inputs
 from lepton_edge.runtime.labels import labels_from_metadata
 from lepton_edge.runtime.postprocess import create_postprocessor, infer_task
@@ -460,7 +460,7 @@ def compare_many(
         cands = {key: _open(value, key, backend_config) for key, value in candidates.items()}
         opened.extend(cands.values())
         task = _task(inputs, ref.backend, str(data))
-        run = _run(task, inputs, ref.backend, cands, preprocess, model_inputs)
+        run = _run(task, inputs, ref.backend, cands, _with_recorded(preprocess, cands), model_inputs)
         if not run.labels:
             raise ConfigError(f"{data}: no samples to compare (samples={samples})")
         return _reports(run, inputs, reference, reference_name, str(data), cands)
@@ -469,6 +469,16 @@ def compare_many(
         for o in opened:
             if o.owned:
                 o.backend.close()
+
+
+def _with_recorded(preprocess: PreprocessConfig | None, cands: dict[str, _Opened]) -> PreprocessConfig | None:
+    """``preprocess`` over what a candidate artifact records (the preprocessing and size it was built for), so that
+    both models are fed what the candidate was built for unless the caller says otherwise."""
+    for cand in cands.values():
+        recorded = cand.backend.metadata.get(ARTIFACT_PREPROCESS_KEY)
+        if recorded:
+            return preprocess_from_metadata(preprocess or PreprocessConfig(), {ARTIFACT_PREPROCESS_KEY: recorded})
+    return preprocess
 
 
 def compare(
