@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from lepton_edge.cli.inputs_args import add_input_arguments, inputs_from_args
 from lepton_edge.cli.inspect import format_manifest
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.config.device import load_config
@@ -28,6 +29,8 @@ EPILOG = """examples:
   lepton-edge build --model yolo11n_dynamic.onnx --target tensorrt --precision fp16 --size 480x480 \\
       --max-batch 4 --out out/artifacts/yolo-480   # profile: 480x480, batch 1..4
   lepton-edge build --verify-config /etc/lepton-edge/device.yaml   # boot-time: resolve through the cache
+  lepton-edge build --model models/silero_vad.onnx --constant sr=16000 --state stateN=state \
+      --precision int8 --calibration-data models/silero_vad_audio.npz --out out/artifacts/vad-int8
 
 The artifact directory holds the engine and manifest.json (see docs/build.md). int8 needs --calibration
 (a table from `lepton-edge calibrate`) or --calibration-data; --validation runs the accuracy gate and
@@ -83,6 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-config", type=Path, metavar="DEVICE_YAML",
                    help="resolve the config's model through the engine cache (build if needed) and exit 0 "
                    "when it is ready; for a boot-time oneshot unit")
+    add_input_arguments(p)
     add_preprocess_arguments(p)
 
 
@@ -116,7 +120,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     trt = TrtOptions(workspace_mb=args.workspace_mb, dla_core=args.dla_core, timing_cache=args.timing_cache,
                      profiles=profiles, int8_mode=args.int8_mode, max_batch=args.max_batch)
     calibration = CalibrationOptions(method=args.calibration_method, samples=args.calibration_samples)
-    return BuildOptions(target=args.target, precision=args.precision, calibration=args.calibration,
+    return BuildOptions(inputs=inputs_from_args(args),
+                        target=args.target, precision=args.precision, calibration=args.calibration,
                         calibration_data=args.calibration_data, calibration_options=calibration,
                         validation_data=args.validation, validation_samples=args.validation_samples,
                         max_accuracy_drop=args.max_accuracy_drop, fidelity=not args.no_fidelity_gate,

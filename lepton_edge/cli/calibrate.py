@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from lepton_edge.cli.inputs_args import add_input_arguments, inputs_from_args
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.engines.calibration import METHODS, calibrate, quantize_qdq, write_table, write_tensorrt_cache
 
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qdq", type=Path, help="also write a QDQ int8 ONNX model here (for onnxruntime)")
     parser.add_argument("--per-tensor", action="store_true", help="QDQ weights per tensor, not per channel")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_input_arguments(parser)
     add_preprocess_arguments(parser)
 
 
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     preprocess = preprocess_from_args(args)
     started = time.monotonic()
     table = calibrate(args.model, args.data, method=args.method, samples=args.samples, seed=args.seed,
-                      percentile=args.percentile, preprocess=preprocess, progress=not args.no_progress)
+                      percentile=args.percentile, preprocess=preprocess, progress=not args.no_progress,
+                      inputs=inputs_from_args(args))
     write_table(table, args.out)
     log.info("wrote %s: %d tensor ranges from %d sample(s), method %s, in %.1f s", args.out,
              len(table.ranges), table.samples, table.method, time.monotonic() - started)

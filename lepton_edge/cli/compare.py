@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.cli.inputs_args import add_input_arguments, inputs_from_args
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.engines.evaluation.compare import accuracy_gate, compare, measure_throughput, open_engine
 
@@ -19,6 +20,8 @@ EPILOG = """examples:
       --data calibration/shapes_heldout.json --samples 100 --bench
   lepton-edge compare --reference model.onnx --candidate model_int8.onnx --data heldout.npz --json
   lepton-edge compare --reference yolov8n.onnx --candidate out/artifacts/yolov8n-int8 --data frames/
+  lepton-edge compare --reference models/silero_vad.onnx --candidate out/artifacts/vad-int8 \
+      --data models/silero_vad_audio.npz --constant sr=16000 --state stateN=state
   lepton-edge compare --reference det.onnx --candidate det_int8.onnx --data frames/ --size 320x320 --resize stretch
 
 The candidate is an artifact directory (from `lepton-edge build`) or another ONNX file. The data is a
@@ -41,11 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", action="store_true", help="also measure reference vs candidate throughput")
     p.add_argument("--rounds", type=int, default=7, help="interleaved benchmark rounds (default 7)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_input_arguments(p)
     add_preprocess_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = compare(args.reference, args.candidate, args.data, samples=args.samples,
+    report = compare(args.reference, args.candidate, args.data, samples=args.samples, inputs=inputs_from_args(args),
                      preprocess=preprocess_from_args(args))
     result: dict[str, Any] = {"report": report.to_dict()}
     if args.bench:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lepton_edge.engines.artifacts import Manifest, describe_artifact, read_manifest
+from lepton_edge.engines.model_inputs import describe_inputs
 from lepton_edge.engines.onnx_tools import (
     describe_model,
     explain_unsupported,
@@ -54,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
     missing = unsupported_ops(model, "onnxruntime-cpu")
     described["unsupported_ops"] = {"onnxruntime-cpu": missing}
     described["warnings"] = runtime_warnings(model)
+    described["input_needs"] = describe_inputs(model)
     if args.json:
         print(json.dumps(described, indent=2, default=str))
         return 1 if missing else 0
     print(f"model:       {path} ({described['size_bytes']} bytes, sha256 {model.sha256[:16]})")
     print(f"opset:       {model.opset} (ir {model.ir_version}, producer {model.producer or '-'})")
-    for spec in described["inputs"]:
-        print(f"input:       {spec['name']} {spec['shape']} {spec['dtype']}")
+    for need in described["input_needs"]:
+        print(f"input:       {need['name']} {need['shape']} {need['dtype']}  needs: {need['needs']}")
     for spec in described["outputs"]:
         print(f"output:      {spec['name']} {spec['shape']} {spec['dtype']}")
     print(f"quantized:   {'yes (Q/DQ)' if model.has_qdq else 'no'}")

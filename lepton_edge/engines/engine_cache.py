@@ -167,7 +167,8 @@ def _build_slot(model: Path, entry: Path, model_cfg: ModelConfig, target: str, p
     options = BuildOptions(target=target, precision=model_cfg.precision, calibration=model_cfg.calibration,
                            calibration_data=model_cfg.calibration_data,
                            validation_data=model_cfg.validation_data if gated else None,
-                           max_accuracy_drop=model_cfg.max_accuracy_drop, preprocess=preprocess)
+                           max_accuracy_drop=model_cfg.max_accuracy_drop, preprocess=preprocess,
+                           inputs=model_cfg.inputs)
     return build(model, entry, options, progress=progress)
 
 
