@@ -150,6 +150,7 @@ class PreprocessRecord(_Record):
     config: dict[str, Any] = Field(description="The effective preprocessing (PreprocessConfig fields, size included) "
                                    "used for calibration, the gates and the record.")
 
+
 class CandidateMeasurement(_Record):
     precision: str = Field(description="Candidate precision.")
     fps: float | None = Field(None, description="Inferences per second measured here (median of rounds).")
