@@ -93,9 +93,27 @@ class Masks:
                      polygons)
 
     def rle(self, i: int) -> dict[str, Any]:
-        """COCO run-length encoding of mask ``i`` (pycocotools' compressed counts string)."""
-        encoded = coco_mask.encode(np.asfortranarray(self.dense(i).astype(np.uint8)))
-        return {"size": [self.height, self.width], "counts": encoded["counts"].decode("ascii")}
+        """COCO run-length encoding of mask ``i`` (pycocotools' compressed counts string).
+
+        The runs (column by column, zeros first) are counted over the columns the crop spans only; the columns
+        around it add to the first and last runs of zeros."""
+        crop, (x, y) = self.crops[i], self.origins[i]
+        band = np.zeros((self.height, crop.shape[1]), dtype=bool)
+        band[y:y + crop.shape[0]] = crop
+        flat = band.T.reshape(-1)
+        edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist() if flat.size else [0]
+        if flat.size and flat[0]:
+            runs.insert(0, 0)
+        runs[0] += int(x) * self.height
+        after = (self.width - int(x) - crop.shape[1]) * self.height
+        if len(runs) % 2:  # ends with zeros
+            runs[-1] += after
+        elif after:
+            runs.append(after)
+        size = [self.height, self.width]
+        encoded = coco_mask.frPyObjects({"size": size, "counts": runs}, self.height, self.width)
+        return {"size": size, "counts": encoded["counts"].decode("ascii")}
 
     def encode(self, i: int) -> dict[str, Any]:
         """Mask ``i`` as results write it: ``{"rle": ...}`` or ``{"polygons": [[x, y, x, y, ...], ...]}``."""
