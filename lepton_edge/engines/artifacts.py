@@ -88,7 +88,8 @@ class CalibrationInfo(_Record):
 class RuntimeInfo(_Record):
     onnxruntime: str | None = Field(None, description="onnxruntime version.")
     tensorrt: str | None = Field(None, description="TensorRT version.")
-    cuda: str | None = Field(None, description="CUDA runtime version.")
+    cuda: str | None = Field(None, description="CUDA version TensorRT runs with (the CUDA runtime it loads, else the "
+                             "installed toolkit), major.minor; not the CUDA Python package's.")
     cudnn: str | None = Field(None, description="cuDNN version.")
     l4t: str | None = Field(None, description="Jetson Linux (L4T) release.")
 
@@ -98,6 +99,11 @@ class DeviceInfo(_Record):
     instruction_sets: list[str] = Field(default_factory=list, description="Inference-relevant CPU features.")
     gpu_name: str | None = Field(None, description="GPU name (TensorRT targets).")
     compute_capability: str | None = Field(None, description="GPU compute capability (TensorRT targets).")
+    module: str | None = Field(None, description="Jetson module from the device tree (e.g. NVIDIA Jetson AGX Orin "
+                               "Developer Kit); every Orin reports GPU Orin, 8.7. TensorRT targets.")
+    multiprocessors: int | None = Field(None, description="GPU streaming multiprocessors (TensorRT targets).")
+    dla_cores: int | None = Field(None, description="DLA cores TensorRT can use (TensorRT targets).")
+    device_index: int | None = Field(None, description="CUDA device index the engine was built on (TensorRT).")
 
 
 class BuilderInfo(_Record):
@@ -216,11 +222,21 @@ def reuse_fields(target: str, precision: str) -> list[tuple[str, Callable[[Any],
     if target == "tensorrt":
         same = lambda v: v  # noqa: E731
         return [(f, same) for f in ("runtime.tensorrt", "runtime.cuda", "runtime.cudnn", "runtime.l4t",
-                                    "device.gpu_name", "device.compute_capability")]
+                                    "device.gpu_name", "device.compute_capability", *DEVICE_IDENTITY)]
     fields: list[tuple[str, Callable[[Any], Any]]] = [("runtime.onnxruntime", _major_minor)]
     if precision == "int8":
         fields.append(("device.instruction_sets", _int8_isa))
     return fields
+
+
+DEVICE_IDENTITY = ("device.module", "device.multiprocessors", "device.dla_cores")
+"""What tells two GPUs of one name and compute capability apart (an AGX Orin from an Orin Nano). The module is
+always compared (an engine recorded without one is refused on a Jetson); the SM and DLA core counts only when
+the manifest recorded them. Left out of the fingerprint while unrecorded, so older manifests keep theirs."""
+
+
+def _unrecorded(path: str, built: Any) -> bool:
+    return built is None and path in DEVICE_IDENTITY[1:]
 
 
 def _lookup(data: dict[str, Any], dotted: str) -> Any:
@@ -241,7 +257,8 @@ def compute_fingerprint(manifest: Manifest) -> str:
         "precision": manifest.precision,
         "calibration_sha256": manifest.calibration.table_sha256 if manifest.calibration else None,
         "environment": {path: norm(_lookup(env, path)) for path, norm in
-                        reuse_fields(manifest.target, manifest.precision)},
+                        reuse_fields(manifest.target, manifest.precision)
+                        if path not in DEVICE_IDENTITY or _lookup(env, path) is not None},
         "profiles": manifest.profiles,
         "builder": manifest.builder.model_dump(),
     }
@@ -323,19 +340,22 @@ def backend_config_for(target: str, **overrides: Any) -> BackendConfig:
     return OnnxRuntimeBackendConfig(providers=providers, **overrides)
 
 
-def current_environment(target: str = "onnxruntime-cpu") -> dict[str, Any]:
+def current_environment(target: str = "onnxruntime-cpu", device_index: int = 0) -> dict[str, Any]:
     """What this machine is: ``{"runtime": {...}, "device": {...}}`` as recorded in manifests.
 
-    TensorRT, CUDA and the GPU are probed only for the ``tensorrt`` target (never raises).
+    TensorRT, CUDA and the GPU (CUDA device ``device_index``) are probed only for the ``tensorrt`` target
+    (never raises).
     """
     cpu = cpu_facts()
     runtime = RuntimeInfo(onnxruntime=onnxruntime_version()).model_dump()
     device = DeviceInfo(cpu=cpu.model, instruction_sets=list(cpu.instruction_sets)).model_dump()
     if target == "tensorrt":
-        trt = accelerator_facts()
-        runtime.update(tensorrt=trt.get("tensorrt"), cuda=trt.get("cuda_runtime"), cudnn=trt.get("cudnn"),
+        trt = accelerator_facts(device_index)
+        runtime.update(tensorrt=trt.get("tensorrt"), cuda=trt.get("cuda"), cudnn=trt.get("cudnn"),
                        l4t=trt.get("l4t"))
-        device.update(gpu_name=trt.get("gpu"), compute_capability=trt.get("compute_capability"))
+        device.update(gpu_name=trt.get("gpu"), compute_capability=trt.get("compute_capability"),
+                      module=trt.get("module"), multiprocessors=trt.get("multiprocessors"),
+                      dla_cores=trt.get("dla_cores"), device_index=trt.get("device_index"))
     return {"runtime": runtime, "device": device}
 
 
@@ -347,7 +367,8 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def verify_artifact(path: str | Path, *, target_env: dict[str, Any] | None = None) -> list[str]:
+def verify_artifact(path: str | Path, *, target_env: dict[str, Any] | None = None,
+                    device_index: int = 0) -> list[str]:
     """Problems that forbid using the artifact here; ``[]`` means it is good.
 
     Checks the manifest, the engine file (present, same size, same sha256), the fingerprint (the
@@ -375,10 +396,12 @@ def verify_artifact(path: str | Path, *, target_env: dict[str, Any] | None = Non
     if compute_fingerprint(manifest) != manifest.fingerprint:
         problems.append("fingerprint: manifest.json was edited after the build (recorded fingerprint does not "
                         "match its fields)")
-    env = target_env if target_env is not None else current_environment(manifest.target)
+    env = target_env if target_env is not None else current_environment(manifest.target, device_index)
     built = {"runtime": manifest.runtime.model_dump(), "device": manifest.device.model_dump()}
     for field, norm in reuse_fields(manifest.target, manifest.precision):
         then, now = _lookup(built, field), _lookup(env, field)
+        if _unrecorded(field, then):
+            continue
         if norm(then) != norm(now):
             if isinstance(then, list) or isinstance(now, list):  # show only the elements that matter
                 then, now = norm(then), norm(now)
@@ -392,6 +415,18 @@ def _rebuild_hint(path: Path, manifest: Manifest | None) -> str:
     return (f"rebuild it on this machine: `lepton-edge build --model {manifest.source_model.name} "
             f"--target {manifest.target} --precision {manifest.precision} --out {path}`, or set model.path "
             "to the ONNX model with model.precision so the engine cache rebuilds it when needed")
+
+
+def _on_its_dla_core(path: Path, manifest: Manifest, config: BackendConfig) -> BackendConfig:
+    """A TensorRT engine built for a DLA core runs on that core: TensorRT must be told before deserializing."""
+    core = manifest.builder.dla_core
+    if not isinstance(config, TensorRTBackendConfig) or core is None:
+        return config
+    if config.dla_core not in (None, core):
+        raise ConfigError(f"{path}: the engine was built for DLA core {core}, but backend.dla_core is "
+                          f"{config.dla_core}; leave backend.dla_core unset or rebuild with --dla-core "
+                          f"{config.dla_core}")
+    return config.model_copy(update={"dla_core": core})
 
 
 def open_artifact(path: str | Path, backend_config: BackendConfig | None = None, in_pipeline: bool = True) -> Backend:
@@ -411,7 +446,8 @@ def open_artifact(path: str | Path, backend_config: BackendConfig | None = None,
         raise ConfigError(f"{path}: the artifact was built for {manifest.target}, but backend.type is "
                           f"{backend_config.type!r}; set backend.type: {kind} or build for "
                           f"target {target_for_backend(backend_config)}")
-    problems = verify_artifact(path)
+    backend_config = _on_its_dla_core(path, manifest, backend_config)
+    problems = verify_artifact(path, device_index=getattr(backend_config, "device", 0))
     if problems:
         listed = "\n  - ".join(problems)
         raise ModelError(f"{path}: this artifact cannot be used on this machine:\n  - {listed}\n"

@@ -7,16 +7,19 @@ this module imports neither ``tensorrt`` nor a CUDA package itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.core.errors import BackendUnavailable, ConfigError, ModelError
 from lepton_edge.core.fileio import atomic_write, sha256_file
+from lepton_edge.runtime.backends.cuda import INSTALL_HINT as CUDA_INSTALL_HINT
+from lepton_edge.runtime.backends.cuda import cuda_adapter
 from lepton_edge.runtime.backends.tensorrt import TrtApi, import_tensorrt, logged_errors, make_logger
 from lepton_edge.runtime.platform import probe_gpu
 
@@ -255,14 +258,41 @@ def _parser_error_text(node: Any, desc: str, code: Any) -> str:
     return f"{where}{desc} ({code})"
 
 
-def _device_facts() -> dict[str, Any]:
-    gpu, problem = probe_gpu(0)
+def _device_facts(device: int = 0) -> dict[str, Any]:
+    gpu, problem = probe_gpu(device)
     if problem is not None:
         log.warning("cannot read the GPU's name and compute capability for the manifest: %s", problem)
-    return {"device_name": gpu.get("gpu"), "compute_capability": gpu.get("compute_capability")}
+    return {"device_name": gpu.get("gpu"), "compute_capability": gpu.get("compute_capability"),
+            "device_index": device}
 
 
-def build_engine(
+@contextlib.contextmanager
+def _on_device(device: int) -> Iterator[None]:
+    """CUDA device ``device`` current on this thread: TensorRT builds on the calling thread's current device."""
+    try:
+        cuda = cuda_adapter(device)
+    except BackendUnavailable:
+        if device != 0:
+            raise ConfigError(f"building for CUDA device {device} needs cuda-python or pycuda to select it: "
+                              f"{CUDA_INSTALL_HINT}") from None
+        cuda = None
+    if cuda is None:
+        yield
+        return
+    with cuda, cuda.activate():
+        yield
+
+
+def build_engine(onnx_path: Path, *, device: int = 0, **options: Any) -> tuple[bytes, dict[str, Any]]:
+    """Build on CUDA device ``device`` (see :func:`_build_engine` for the options); the facts name that device."""
+    with _on_device(device):
+        plan, facts = _build_engine(onnx_path, **options)
+    if device != 0:
+        facts.update(_device_facts(device))
+    return plan, facts
+
+
+def _build_engine(
     onnx_path: Path,
     *,
     precision: Precision,

@@ -24,8 +24,8 @@ from typing import Any
 
 import psutil
 
-from lepton_edge.runtime.backends.cuda import cuda_adapter
-from lepton_edge.runtime.backends.tensorrt import import_tensorrt
+from lepton_edge.runtime.backends.cuda import PROC_MAPS, cuda_adapter, loaded_cudart_version
+from lepton_edge.runtime.backends.tensorrt import dla_core_count, import_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ INFERENCE_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni"
 CUDA_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+FIRMWARE_MODEL = Path("/sys/firmware/devicetree/base/model")
+"""The same device-tree node through sysfs (/proc/device-tree links to it; containers often mount only /sys)."""
 CUDA_ROOT = Path("/usr/local/cuda")
 CUDNN_HEADERS = (
     Path("/usr/include/cudnn_version.h"),
@@ -124,13 +126,19 @@ def cuda_toolkit_version(root: Path = CUDA_ROOT) -> str | None:
         return None
 
 
-def jetson_model(model_file: Path = DEVICE_TREE_MODEL) -> str | None:
-    """The Jetson module from the device tree (``NVIDIA Jetson AGX Orin Developer Kit``), or None elsewhere."""
-    try:
-        model = model_file.read_bytes().rstrip(b"\0").decode(errors="replace").strip()
-    except OSError:
-        return None
-    return model if "jetson" in model.lower() or "nvidia" in model.lower() else None
+def jetson_model(model_file: Path | tuple[Path, ...] = (DEVICE_TREE_MODEL, FIRMWARE_MODEL)) -> str | None:
+    """The Jetson module from the device tree (``NVIDIA Jetson AGX Orin Developer Kit``), or None elsewhere.
+
+    Every Orin reports the GPU name "Orin" and compute capability 8.7; this string (with the SM and DLA core
+    counts) is what tells an AGX Orin from an Orin NX or Nano.
+    """
+    for path in (model_file,) if isinstance(model_file, Path) else model_file:
+        try:
+            model = path.read_bytes().rstrip(b"\0").decode(errors="replace").strip()
+        except OSError:
+            continue
+        return model[:256] if "jetson" in model.lower() or "nvidia" in model.lower() else None
+    return None
 
 
 def l4t_release(release_file: Path = TEGRA_RELEASE) -> str | None:
@@ -167,9 +175,28 @@ def tensorrt_version() -> str | None:
     return probe_tensorrt()[0]
 
 
+def tensorrt_cuda_version(maps: Path = PROC_MAPS, toolkit: Path = CUDA_ROOT) -> str | None:
+    """The CUDA version TensorRT runs with (major.minor): the CUDA runtime library loaded in this process once
+    TensorRT is imported, else the CUDA toolkit installed with it (JetPack's ``/usr/local/cuda``); None when
+    neither is found. Not cuda-python's version, which follows the pip package and not the engine."""
+    loaded = loaded_cudart_version(maps)
+    if loaded:
+        return loaded
+    installed = cuda_toolkit_version(toolkit)
+    return ".".join(installed.split(".")[:2]) if installed else None
+
+
+def probe_dla_cores() -> tuple[int | None, str | None]:
+    """(DLA cores TensorRT can use, None), or (None, why not) where TensorRT is absent or fails."""
+    try:
+        return dla_core_count(import_tensorrt()), None
+    except Exception as e:  # BackendUnavailable, or a TensorRT that cannot start here
+        return None, f"{type(e).__name__}: {e}"
+
+
 def probe_gpu(device: int = 0) -> tuple[dict[str, Any], str | None]:
-    """(facts, None) with the CUDA package, runtime and driver versions, GPU name and compute capability of
-    ``device``, or ({}, why not) where CUDA is absent or unusable."""
+    """(facts, None) with the CUDA package, runtime and driver versions, GPU name, compute capability and SM
+    count of ``device``, or ({}, why not) where CUDA is absent or unusable."""
     try:
         with cuda_adapter(device) as cuda:
             major, minor = cuda.compute_capability()
@@ -179,6 +206,8 @@ def probe_gpu(device: int = 0) -> tuple[dict[str, Any], str | None]:
                 "cuda_driver": cuda.driver_version(),
                 "gpu": cuda.device_name(),
                 "compute_capability": f"{major}.{minor}",
+                "multiprocessors": cuda.multiprocessor_count(),
+                "device_index": device,
             }, None
     except Exception as e:  # never fail a report because CUDA is absent or broken
         log.debug("no CUDA device information: %s", e)
@@ -190,10 +219,19 @@ def gpu_facts(device: int = 0) -> dict[str, Any]:
 
 
 def accelerator_facts(device: int = 0, *, tegra_release: Path = TEGRA_RELEASE,
-                      cudnn_headers: tuple[Path, ...] = CUDNN_HEADERS) -> dict[str, Any]:
-    """TensorRT, CUDA, cuDNN, L4T and GPU facts, whichever are found (keys absent otherwise)."""
-    facts: dict[str, Any] = {"tensorrt": tensorrt_version(), **gpu_facts(device),
-                             "cudnn": cudnn_version(cudnn_headers), "l4t": l4t_release(tegra_release)}
+                      cudnn_headers: tuple[Path, ...] = CUDNN_HEADERS,
+                      model_files: tuple[Path, ...] = (DEVICE_TREE_MODEL, FIRMWARE_MODEL),
+                      maps: Path = PROC_MAPS, cuda_root: Path = CUDA_ROOT) -> dict[str, Any]:
+    """TensorRT, CUDA, cuDNN, L4T, Jetson module and GPU facts of ``device``, whichever are found (keys absent
+    otherwise). ``cuda`` is the CUDA TensorRT runs with (:func:`tensorrt_cuda_version`), ``cuda_runtime`` the
+    CUDA package's own; ``dla_cores`` is asked of TensorRT."""
+    trt = tensorrt_version()
+    facts: dict[str, Any] = {"tensorrt": trt, **gpu_facts(device),
+                             "cudnn": cudnn_version(cudnn_headers), "l4t": l4t_release(tegra_release),
+                             "module": jetson_model(model_files)}
+    if trt is not None:
+        facts["cuda"] = tensorrt_cuda_version(maps, cuda_root)
+        facts["dla_cores"] = probe_dla_cores()[0]
     return {key: value for key, value in facts.items() if value is not None}
 
 

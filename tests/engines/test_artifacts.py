@@ -33,6 +33,7 @@ from lepton_edge.engines.calibration import calibrate, write_table, write_tensor
 from lepton_edge.engines.onnx_tools import inspect_onnx
 from lepton_edge.engines.options import BuildOptions, CalibrationOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
+from lepton_edge.runtime import platform
 from tests.support.fake_cuda import FakeGpu, block_pycuda, install_cuda_python
 from tests.support.fake_tensorrt import block_tensorrt, install_tensorrt
 
@@ -369,6 +370,8 @@ def fake_trt(monkeypatch):
     gpu = FakeGpu()
     install_cuda_python(monkeypatch, gpu)
     block_pycuda(monkeypatch)
+    # the CUDA TensorRT runs with: here none is loaded or installed, on a Jetson JetPack's 12.6
+    monkeypatch.setattr(platform, "tensorrt_cuda_version", lambda *args: "12.6")
     return install_tensorrt(monkeypatch, "10.3.0", gpu)
 
 

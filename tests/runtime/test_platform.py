@@ -86,3 +86,41 @@ def test_machine_info_summarises_for_benchmarks() -> None:
     assert set(info) == {"cpu", "logical_cores", "physical_cores", "instruction_sets", "python", "onnxruntime",
                          "machine"}
     assert info["onnxruntime"] == importlib.metadata.version("onnxruntime")
+
+
+def test_jetson_module_through_sysfs_when_proc_lacks_it(tmp_path: Path) -> None:
+    """Containers often mount /sys but not /proc/device-tree; the module is read from either."""
+    sysfs = tmp_path / "model"
+    sysfs.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\0")
+    assert platform.jetson_model((tmp_path / "absent", sysfs)) == "NVIDIA Jetson AGX Orin Developer Kit"
+
+
+class _Cudart:
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+    def cudaRuntimeGetVersion(self, pointer) -> int:
+        pointer._obj.value = self.version
+        return 0
+
+
+def test_cuda_version_is_the_runtime_tensorrt_loaded(tmp_path: Path, monkeypatch) -> None:
+    """Not cuda-python's own version: upgrading cuda-python must not look like another CUDA to the manifest."""
+    from lepton_edge.runtime.backends import cuda
+
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f10 r-xp 00000000 103:02 1234 /usr/local/cuda-12.6/targets/aarch64-linux/lib/"
+                    "libcudart.so.12.6.68\n7f20-7f30 r-xp 00000000 103:02 99 /usr/lib/libnvinfer.so.10.3.0\n")
+    loaded: list[str] = []
+
+    def load(path: str) -> _Cudart:
+        loaded.append(path)
+        return _Cudart(12060)
+
+    assert cuda.loaded_cudart_version(maps, load) == "12.6"
+    assert loaded == ["/usr/local/cuda-12.6/targets/aarch64-linux/lib/libcudart.so.12.6.68"]
+    toolkit = tmp_path / "cuda"
+    toolkit.mkdir()
+    (toolkit / "version.json").write_text('{"cuda": {"version": "12.2.140"}}')
+    assert platform.tensorrt_cuda_version(tmp_path / "no-maps", toolkit) == "12.2"
+    assert platform.tensorrt_cuda_version(tmp_path / "no-maps", tmp_path / "none") is None

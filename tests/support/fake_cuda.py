@@ -120,6 +120,7 @@ class cudaDeviceProp:
     major: int
     minor: int
     totalGlobalMem: int
+    multiProcessorCount: int = 16
 
 
 class DeviceFault(Exception):
@@ -155,13 +156,15 @@ class FakeGpu:
 
     def __init__(self, *, name: str = "Fake Orin (simulated)", capability: tuple[int, int] = (8, 7),
                  device_count: int = 1, runtime_version: int = 12060, driver_version: int = 12060,
-                 total_memory: int = 8 << 30) -> None:
+                 total_memory: int = 8 << 30, multiprocessors: int = 16) -> None:
         self.name = name
         self.capability = capability
         self.device_count = device_count
         self.runtime_version = runtime_version
         self.driver_version = driver_version
         self.total_memory = total_memory
+        self.multiprocessors = multiprocessors
+        """SMs: 16 on a Jetson AGX Orin 64GB, 8 on an Orin NX 16GB or Orin Nano 8GB, 4 on an Orin Nano 4GB."""
         self.allocations: dict[int, bytearray] = {}
         self.pinned: dict[int, Any] = {}
         self.streams: dict[int, _Stream] = {}
@@ -375,7 +378,8 @@ def make_cudart(gpu: FakeGpu, module_name: str = "cuda.bindings.runtime") -> typ
         if not 0 <= device < gpu.device_count:
             return (cudaError_t.cudaErrorInvalidDevice, None)
         name = gpu.name.encode().ljust(256, b"\0")
-        return (cudaError_t.cudaSuccess, cudaDeviceProp(name, *gpu.capability, gpu.total_memory))
+        return (cudaError_t.cudaSuccess, cudaDeviceProp(name, *gpu.capability, gpu.total_memory,
+                                                          gpu.multiprocessors))
 
     def cudaRuntimeGetVersion():
         return failed("cudaRuntimeGetVersion", 1) or (cudaError_t.cudaSuccess, gpu.runtime_version)
@@ -666,6 +670,9 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
             for handle in self.streams:
                 gpu.streams.pop(handle, None)
 
+    class device_attribute(enum.IntEnum):  # pycuda spells it in lower case
+        MULTIPROCESSOR_COUNT = 16  # CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+
     class Device:
         def __init__(self, number: int) -> None:
             _require_int("Device", number=number)
@@ -684,6 +691,11 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
 
         def compute_capability(self) -> tuple[int, int]:
             return gpu.capability
+
+        def get_attribute(self, attr: Any) -> int:
+            if not isinstance(attr, device_attribute):
+                raise TypeError("get_attribute(): attr must be a pycuda.driver.device_attribute")
+            return {device_attribute.MULTIPROCESSOR_COUNT: gpu.multiprocessors}[attr]
 
         def total_memory(self) -> int:
             return gpu.total_memory
@@ -817,7 +829,8 @@ def make_pycuda_driver(gpu: FakeGpu) -> types.ModuleType:
     def get_driver_version() -> int:
         return gpu.driver_version
 
-    for value in (Error, LogicError, MemoryError, RuntimeError, Context, Device, DeviceAllocation, HostAllocation,
+    for value in (Error, LogicError, MemoryError, RuntimeError, Context, Device, device_attribute, DeviceAllocation,
+                  HostAllocation,
                   Stream, init, mem_alloc, pagelocked_empty, memcpy_htod_async, memcpy_dtoh_async, get_version,
                   get_driver_version):
         setattr(drv, value.__name__, value)

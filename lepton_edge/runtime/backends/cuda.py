@@ -21,6 +21,7 @@ import ctypes
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,8 +242,12 @@ class CudaAdapter(abc.ABC):
     def compute_capability(self) -> tuple[int, int]: ...
 
     @abc.abstractmethod
+    def multiprocessor_count(self) -> int:
+        """Streaming multiprocessors (SMs): 16 on a Jetson AGX Orin 64GB, 8 on an Orin Nano 8GB, both sm_87."""
+
+    @abc.abstractmethod
     def runtime_version(self) -> str:
-        """The CUDA runtime version in use, e.g. ``"12.6"``."""
+        """The CUDA runtime version of this package's runtime API, e.g. ``"12.6"`` (cuda-python: its own)."""
 
     @abc.abstractmethod
     def driver_version(self) -> str:
@@ -376,6 +381,9 @@ class CudaPythonAdapter(CudaAdapter):
     def compute_capability(self) -> tuple[int, int]:
         return int(self._props.major), int(self._props.minor)
 
+    def multiprocessor_count(self) -> int:
+        return int(self._props.multiProcessorCount)
+
     def runtime_version(self) -> str:
         return _version_str(int(self._call("cudaRuntimeGetVersion")))
 
@@ -499,6 +507,10 @@ class PyCudaAdapter(CudaAdapter):
         major, minor = self._call("Device.compute_capability", self._dev.compute_capability)
         return int(major), int(minor)
 
+    def multiprocessor_count(self) -> int:
+        attribute = self._drv.device_attribute.MULTIPROCESSOR_COUNT
+        return int(self._call("Device.get_attribute", self._dev.get_attribute, attribute))
+
     def runtime_version(self) -> str:
         version = self._call("get_version", self._drv.get_version)
         return ".".join(str(v) for v in version[:2])
@@ -544,6 +556,31 @@ class PyCudaAdapter(CudaAdapter):
     def _release(self) -> None:
         # Not current anywhere by now (activations pop what they push): detaching destroys it.
         self._call("Context.detach", self._ctx.detach)
+
+
+PROC_MAPS = Path("/proc/self/maps")
+
+
+def loaded_cudart_version(maps: Path = PROC_MAPS, load: Any = ctypes.CDLL) -> str | None:
+    """The version of the CUDA runtime library loaded in this process (``libcudart.so.12`` mapped by TensorRT
+    or onnxruntime), asked with its own ``cudaRuntimeGetVersion``: ``"12.6"``; None when none is loaded.
+
+    This is the CUDA an engine is tied to, not cuda-python's (whose runtime API is compiled into the package
+    and follows the package's version).
+    """
+    try:
+        lines = maps.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    libraries = sorted({line.split()[-1] for line in lines if "/libcudart.so" in line})
+    for library in libraries:
+        try:
+            version = ctypes.c_int(0)
+            if load(library).cudaRuntimeGetVersion(ctypes.byref(version)) == 0 and version.value > 0:
+                return _version_str(version.value)
+        except (OSError, AttributeError) as e:
+            log.debug("cannot ask %s for its version: %s", library, e)
+    return None
 
 
 def _import_cudart() -> Any | None:

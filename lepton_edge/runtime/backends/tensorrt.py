@@ -235,6 +235,15 @@ def logged_errors(logger: Any, since: int | None = None) -> str:
     return "; ".join(errors[-20:]) if errors else "(TensorRT logged no error)"
 
 
+def dla_core_count(trt: Any) -> int:
+    """How many DLA cores TensorRT can use here (0 on GPUs without DLA, on Orin Nano, on TensorRT 11.0-11.3)."""
+    runtime = trt.Runtime(make_logger(trt))
+    try:
+        return int(runtime.num_DLA_cores)
+    finally:
+        del runtime
+
+
 # ---------------------------------------------------------------------------------------------
 # Runtime backend
 # ---------------------------------------------------------------------------------------------

@@ -524,10 +524,18 @@ def test_environment_with_everything(trt, tmp_path):
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
     header = tmp_path / "cudnn_version.h"
     header.write_text("#define CUDNN_MAJOR 9\n#define CUDNN_MINOR 3\n#define CUDNN_PATCHLEVEL 0\n")
-    env = accelerator_facts(tegra_release=release, cudnn_headers=(tmp_path / "none.h", header))
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\0")
+    toolkit = tmp_path / "cuda"
+    toolkit.mkdir()
+    (toolkit / "version.json").write_text('{"cuda": {"name": "CUDA SDK", "version": "12.6.68"}}')
+    env = accelerator_facts(tegra_release=release, cudnn_headers=(tmp_path / "none.h", header),
+                            model_files=(tmp_path / "absent", model), maps=tmp_path / "no-maps", cuda_root=toolkit)
     assert env == {
         "tensorrt": "10.3.0", "cuda_package": "cuda-python", "cuda_runtime": "12.6", "cuda_driver": "12.6",
-        "gpu": "Fake Orin (simulated)", "compute_capability": "8.7", "cudnn": "9.3.0", "l4t": "36.4.0",
+        "gpu": "Fake Orin (simulated)", "compute_capability": "8.7", "multiprocessors": 16, "device_index": 0,
+        "cudnn": "9.3.0", "l4t": "36.4.0", "module": "NVIDIA Jetson AGX Orin Developer Kit", "cuda": "12.6",
+        "dla_cores": 0,
     }
 
 
@@ -535,7 +543,8 @@ def test_environment_without_tensorrt_or_cuda(monkeypatch, tmp_path):
     block_tensorrt(monkeypatch)
     block_cuda_python(monkeypatch)
     block_pycuda(monkeypatch)
-    assert accelerator_facts(tegra_release=tmp_path / "absent", cudnn_headers=()) == {}
+    assert accelerator_facts(tegra_release=tmp_path / "absent", cudnn_headers=(),
+                             model_files=(tmp_path / "absent",)) == {}
 
 
 def test_modules_import_without_tensorrt_or_cuda():
