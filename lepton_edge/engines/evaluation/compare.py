@@ -28,8 +28,11 @@ from lepton_edge.config.pipeline import (
     BackendConfig,
     DetectConfig,
     InputsConfig,
+    ObbConfig,
     OnnxRuntimeBackendConfig,
+    PoseConfig,
     PreprocessConfig,
+    SegmentConfig,
     SourceConfig,
 )
 from lepton_edge.core.errors import ConfigError, ModelError, SourceError
@@ -37,6 +40,7 @@ from lepton_edge.engines.artifacts import backend_config_for, open_artifact, rea
 from lepton_edge.engines.evaluation.accuracy import mean_average_precision, top1_accuracy
 from lepton_edge.engines.evaluation.datasets import load_labelled
 from lepton_edge.engines.evaluation.fidelity import (
+    DETECTION_TASKS,
     FidelityReport,
     OutputDiff,
     OutputErrors,
@@ -70,7 +74,9 @@ log = logging.getLogger(__name__)
 
 EVAL_CONF_THRESHOLD = 0.001
 EVAL_MAX_DETECTIONS = 100
-METRIC_NAMES = {"classify": "top-1", "detect": "mAP@0.5"}
+METRIC_NAMES = {"classify": "top-1", **{task: "mAP@0.5" for task in DETECTION_TASKS}}
+DECODERS = {"detect": DetectConfig, "segment": SegmentConfig, "pose": PoseConfig, "obb": ObbConfig}
+"""Each detection-family task's decoder config, run at the evaluation threshold."""
 LABELLED_FORMATS = "labelled data (.npz with 'labels' or 'boxes', shapes .json; docs/build.md)"
 
 
@@ -333,7 +339,7 @@ def _postprocessor(task: str, reference: Backend, backend: Backend) -> Callable[
     if task == "raw":
         return lambda outputs, transform: None
     metadata = {**reference.metadata, **backend.metadata}
-    config = DetectConfig(type="detect", conf_threshold=EVAL_CONF_THRESHOLD, max_detections=EVAL_MAX_DETECTIONS)
+    config = DECODERS[task](type=task, conf_threshold=EVAL_CONF_THRESHOLD, max_detections=EVAL_MAX_DETECTIONS)
     return create_postprocessor(config, backend.outputs, metadata, labels_from_metadata(metadata))
 
 
@@ -348,9 +354,11 @@ def _check_task(task: str, reference: Backend, data_path: str) -> None:
 
 
 def _task(inputs: _Samples, reference: Backend, data_path: str) -> str:
-    """The labelled set's task (checked against the model), else the reference model's own."""
-    if inputs.task is None:
-        return infer_task(reference.outputs, reference.metadata)
+    """The reference model's own task when the data has no labels or detection labels (a segmenter, pose or obb
+    model is decoded as what it is and scored on its boxes), else the labelled set's, checked against the model."""
+    model_task = infer_task(reference.outputs, reference.metadata)
+    if inputs.task is None or (inputs.task == "detect" and model_task in DETECTION_TASKS):
+        return model_task
     _check_task(inputs.task, reference, data_path)
     return inputs.task
 
@@ -366,8 +374,8 @@ def _metric(task: str, predictions: list[Any], labels: list[Any]) -> float:
 
 def _fidelity(task: str, reference: list[Any], tally: _Tally) -> FidelityReport:
     outputs = tally.diffs()
-    if task == "detect":
-        return detection_report(reference, tally.predictions, outputs)
+    if task in DETECTION_TASKS:
+        return detection_report(reference, tally.predictions, outputs, task=task)
     if task == "classify":
         return classification_report(reference, tally.predictions, outputs)
     return raw_report(outputs, len(reference))
