@@ -12,7 +12,7 @@ from lepton_edge.cli.inspect import format_manifest
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.config.device import load_config
 from lepton_edge.core.errors import ConfigError
-from lepton_edge.engines.artifacts import ARTIFACT_METADATA_KEY, FidelityInfo
+from lepton_edge.engines.artifacts import ARTIFACT_METADATA_KEY, FidelityInfo, MixedPrecisionInfo
 from lepton_edge.engines.auto import build
 from lepton_edge.engines.engine_cache import open_resolved, resolve
 from lepton_edge.engines.options import MAX_BATCH, BuildOptions, CalibrationOptions, TrtOptions
@@ -22,6 +22,10 @@ EPILOG = """examples:
   lepton-edge build --model models/digits_classifier.onnx --out out/artifacts/digits-fp32
   lepton-edge build --model models/shapes_detector.onnx --precision int8 --calibration-data calibration/shapes \\
       --validation calibration/shapes_heldout.json --out out/artifacts/shapes-int8
+  lepton-edge build --model yolov8n.onnx --precision int8 --calibration-data frames/ --max-float-layers 8 \\
+      --out out/artifacts/yolov8n-int8   # int8 failing the gate: up to 8 sensitive layers kept in float
+  lepton-edge build --model yolov8n.onnx --precision int8 --calibration-data frames/ --mixed-precision off \\
+      --out out/artifacts/yolov8n-int8   # all int8 or fail
   lepton-edge build --model models/shapes_detector.onnx --precision auto --calibration calib/shapes.json \\
       --validation calibration/shapes_heldout.json --out out/artifacts/shapes-auto
   lepton-edge build --model det.onnx --target tensorrt --precision fp16 --timing-cache out/timing.cache \\
@@ -36,7 +40,9 @@ The artifact directory holds the engine and manifest.json (see docs/build.md). i
 (a table from `lepton-edge calibrate`) or --calibration-data; --validation runs the accuracy gate and
 fails the build when the drop exceeds --max-accuracy-drop points. Every int8 build also runs the
 label-free fidelity gate against the fp32 model (held-out calibration items, else --validation, else the
-calibration data); --no-fidelity-gate skips it.
+calibration data); --no-fidelity-gate skips it. An int8 engine that fails it is built again with its
+most sensitive layers in float (--mixed-precision auto: layers ranked on held-out calibration items, the
+fewest that pass, at most --max-float-layers); the manifest's mixed_precision says which and why.
 
 The manifest records the preprocessing and input size the engine was calibrated and built for: --size,
 --config and the preprocessing flags, else the calibration table's, the model's metadata (lepton.preprocess,
@@ -71,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="detectors: least fraction of the fp32 model's boxes kept (default 0.90)")
     p.add_argument("--min-top1-agreement", type=float, default=0.97,
                    help="classifiers: least top-1 agreement with the fp32 model (default 0.97)")
+    p.add_argument("--mixed-precision", choices=["auto", "off"], default="auto",
+                   help="int8 failing the fidelity gate: auto (default) keeps its most sensitive layers in float, "
+                   "the fewest that pass; off fails the build")
+    p.add_argument("--max-float-layers", type=int, metavar="N",
+                   help="mixed precision: most layers kept in float (default: a quarter of the quantized layers)")
     p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace (MiB)")
     p.add_argument("--dla-core", type=int, help="TensorRT: run on this DLA core (Jetson)")
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read and updated)")
@@ -101,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_manifest(manifest))
     if manifest.fidelity is not None:
         print(format_fidelity_info(manifest.fidelity))
+    if manifest.mixed_precision is not None:
+        print(format_mixed_precision(manifest.mixed_precision))
     return 0
 
 
@@ -113,6 +126,17 @@ def format_fidelity_info(fidelity: FidelityInfo) -> str:
     return f"fidelity:    {measured} (required {required}; {fidelity.samples} samples, {fidelity.data})"
 
 
+def format_mixed_precision(mixed: MixedPrecisionInfo) -> str:
+    """The build summary's lines on the layers mixed precision kept in float."""
+    before = ", ".join(f"{name} {value:.4f}" for name, value in mixed.before.items())
+    after = ", ".join(f"{name} {value:.4f}" for name, value in mixed.after.items())
+    names = ", ".join(f"{layer.name} ({layer.error:.3g})" for layer in mixed.kept[:8])
+    more = f", ... {len(mixed.kept) - 8} more" if len(mixed.kept) > 8 else ""
+    return (f"mixed:       {len(mixed.kept)} of {mixed.layers} layers in float (limit {mixed.limit}): {before} -> "
+            f"{after}; {mixed.trials} gate runs, {mixed.seconds:.0f} s\n"
+            f"             most sensitive first (output error with only that layer int8): {names}{more}")
+
+
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
     profiles = [dict(_parse_profile(p) for p in args.profile)] if args.profile else None
     if not 1 <= args.max_batch <= MAX_BATCH:
@@ -121,6 +145,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
                      profiles=profiles, int8_mode=args.int8_mode, max_batch=args.max_batch)
     calibration = CalibrationOptions(method=args.calibration_method, samples=args.calibration_samples)
     return BuildOptions(inputs=inputs_from_args(args),
+                        mixed_precision=args.mixed_precision, max_float_layers=args.max_float_layers,
                         target=args.target, precision=args.precision, calibration=args.calibration,
                         calibration_data=args.calibration_data, calibration_options=calibration,
                         validation_data=args.validation, validation_samples=args.validation_samples,

@@ -157,6 +157,29 @@ class PreprocessRecord(_Record):
                                    "used for calibration, the gates and the record.")
 
 
+class FloatLayer(_Record):
+    """A layer mixed precision kept in float."""
+
+    name: str = Field(description="The layer, named after its first node.")
+    nodes: list[str] = Field(description="Its ONNX nodes: no Q/DQ (TensorRT legacy-cache: fp32 precision constraints).")
+    error: float = Field(description="Output error of the model with only this layer int8 (its sensitivity).")
+
+
+class MixedPrecisionInfo(_Record):
+    """int8 with its most sensitive layers in float, because the all-int8 engine failed the fidelity gate."""
+
+    method: str = Field(description="How layers were ranked and how many were chosen.")
+    layers: int = Field(description="Quantized layers ranked.")
+    limit: int = Field(description="Most layers the build could keep in float.")
+    kept: list[FloatLayer] = Field(description="Layers kept in float, most sensitive first.")
+    int8_error: float = Field(description="Output error of the all-int8 model on the ranking samples.")
+    samples: int = Field(description="Calibration items the ranking ran on.")
+    before: dict[str, float] = Field(description="The all-int8 engine's fidelity measures.")
+    after: dict[str, float] = Field(description="The fidelity measures with the kept layers in float.")
+    trials: int = Field(description="Gate runs of the search.")
+    seconds: float = Field(description="Time spent ranking and searching.")
+
+
 class CandidateMeasurement(_Record):
     precision: str = Field(description="Candidate precision.")
     fps: float | None = Field(None, description="Inferences per second measured here (median of rounds).")
@@ -194,6 +217,8 @@ class Manifest(_Record):
     builder: BuilderInfo = Field(description="Builder options.")
     accuracy: AccuracyInfo | None = Field(None, description="Accuracy gate result, when validation data was given.")
     fidelity: FidelityInfo | None = Field(None, description="int8: the label-free fidelity gate result.")
+    mixed_precision: MixedPrecisionInfo | None = Field(
+        None, description="int8: layers kept in float to pass the fidelity gate, and why.")
     measurements: Measurements | None = Field(None, description="precision auto: every candidate measured.")
     fingerprint: str = Field(description="sha256 over the fields that decide reuse (see reuse_fields).")
 

@@ -11,7 +11,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ from lepton_edge.engines.artifacts import (
     DeviceInfo,
     EngineInfo,
     FidelityInfo,
+    FloatLayer,
     Manifest,
+    MixedPrecisionInfo,
     PreprocessRecord,
     ProgressArg,
     RuntimeInfo,
@@ -54,8 +57,11 @@ from lepton_edge.engines.calibration import (
     quantize_qdq,
     write_tensorrt_cache,
 )
+from lepton_edge.engines.calibration.qdq import QdqQuantizer
 from lepton_edge.engines.calibration.samples import Feeds, dataset_path, select_samples
+from lepton_edge.engines.calibration.sensitivity import SensitivityAnalysis, SensitivityRanking
 from lepton_edge.engines.evaluation.compare import CompareReport, FidelityReport, accuracy_gate, compare
+from lepton_edge.engines.mixed_precision import FloatLayerSearch, Trial, float_layer_limit
 from lepton_edge.engines.model_inputs import check_feedable
 from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
 from lepton_edge.engines.options import BuildOptions, TrtOptions
@@ -296,6 +302,23 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
                    progress: ProgressArg = True) -> Manifest:
     """Build the engine of ``model`` for ``options.target`` at ``options.precision`` into the artifact ``out_dir``.
 
+    See :func:`_build_artifact`. An int8 engine that fails the fidelity gate is built again with its most sensitive
+    layers in float when ``options.mixed_precision`` is auto (:func:`build_mixed_precision`).
+    """
+    options = options or BuildOptions()
+    try:
+        return _build_artifact(model, out_dir, options, progress=progress)
+    except FidelityGateError as failure:
+        if options.mixed_precision == "off" or failure.table is None:
+            raise
+        return build_mixed_precision(Path(model), Path(out_dir), options, failure, progress)
+
+
+def _build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions | None = None, *,
+                    progress: ProgressArg = True, keep_float: Sequence[str] = (),
+                    mixed: MixedPrecisionInfo | None = None) -> Manifest:
+    """Build the engine of ``model`` for ``options.target`` at ``options.precision`` into the artifact ``out_dir``.
+
     int8 needs ``options.calibration`` (a CalibrationTable or a table file made for this model) or
     ``options.calibration_data`` to calibrate from, unless the model is already quantized (Q/DQ). With
     ``options.validation_data`` the accuracy gate runs: the build fails, leaving no artifact, when the
@@ -327,10 +350,10 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
         if target == "tensorrt":
             engine_file = TRT_ENGINE
             builder, profiles = _build_tensorrt(model, info, staged, precision, table, options.trt, env, report,
-                                                record)
+                                                record, keep_float=keep_float)
         else:
             engine_file, profiles = ONNX_ENGINE, []
-            builder = _build_onnxruntime(model, info, staged / engine_file, table, report)
+            builder = _build_onnxruntime(model, info, staged / engine_file, table, report, keep_float)
         engine_path = staged / engine_file
         manifest = _manifest(model, info, options, engine_path, table, env, builder, profiles)
         manifest.preprocess = record
@@ -339,6 +362,7 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
             manifest.accuracy = run_gate(model, engine_path, manifest, options)
         if precision == "int8" and options.fidelity:
             manifest.fidelity = _fidelity_gate(model, info, table, engine_path, manifest, options, report)
+            manifest.mixed_precision = mixed
         manifest.fingerprint = compute_fingerprint(manifest)
         write_manifest(staged, manifest)
         publish(staged, out_dir)
@@ -395,13 +419,14 @@ def _refuse_float16_inputs(model: Path, info: Any) -> None:
         )
 
 
-def _build_onnxruntime(model: Path, info: Any, dest: Path, table: Any, report: Callable[[str], None]) -> BuilderInfo:
+def _build_onnxruntime(model: Path, info: Any, dest: Path, table: Any, report: Callable[[str], None],
+                       keep_float: Sequence[str] = ()) -> BuilderInfo:
     """The onnxruntime engine at ``dest``: quantized with ``table``, else the model itself."""
     builder = BuilderInfo()
     builder.optimization_level = "all"
     if table is not None:
         report("quantizing (QDQ, per channel)")
-        quantize_qdq(model, table, dest, per_channel=True)
+        quantize_qdq(model, table, dest, per_channel=True, keep_float=keep_float)
         builder.int8_mode, builder.per_channel = "qdq", True
     else:
         _copy_onnx(model, info, dest)
@@ -461,7 +486,12 @@ MIN_HELD_OUT = 16
 
 
 class FidelityGateError(ModelError):
-    """The engine's outputs stray too far from the fp32 model's (see :func:`check_fidelity`)."""
+    """The engine's outputs stray too far from the fp32 model's (see :func:`check_fidelity`); carries what
+    mixed precision needs to try again."""
+
+    fidelity: FidelityReport | None = None
+    table: Any = None
+    options: BuildOptions | None = None
 
 
 @dataclass
@@ -486,7 +516,11 @@ def _fidelity_gate(model: Path, info: Any, table: Any, engine_path: Path, manife
         compared = _compare_staged(model, engine_path, manifest, data.path, options.fidelity_samples, options)
     fidelity = compared.fidelity
     required = fidelity_minimums(fidelity.task, options)
-    check_fidelity(fidelity, required, data)
+    try:
+        check_fidelity(fidelity, required, data)
+    except FidelityGateError as failure:
+        failure.table, failure.options = table, options
+        raise
     report(f"fidelity: {format_fidelity(fidelity)}")
     value = fidelity.value if np.isfinite(fidelity.value) else None
     kept = fidelity.boxes_kept if fidelity.boxes_kept is not None and np.isfinite(fidelity.boxes_kept) else None
@@ -530,13 +564,15 @@ def check_fidelity(fidelity: FidelityReport, required: dict[str, float], data: F
     short = [f"{name} {measured[name]:.4f} < required {least:.4f} (short by {least - measured[name]:.4f})"
              for name, least in required.items() if not measured[name] >= least]
     if short:
-        raise FidelityGateError(
+        error = FidelityGateError(
             f"int8 engine fails the fidelity gate against the fp32 model on {data.description} "
             f"({fidelity.samples} samples, no labels): {'; '.join(short)}. Try another calibration method "
             "(--calibration-method minmax, entropy or percentile) or more calibration samples, keep sensitive "
-            "layers in fp16/fp32 (mixed precision, once available), build fp32/fp16, or accept it knowingly "
+            "layers in float (--mixed-precision auto, --max-float-layers N), build fp32/fp16, or accept it knowingly "
             "with --no-fidelity-gate (BuildOptions.fidelity false)"
         )
+        error.fidelity = fidelity
+        raise error
 
 
 def fidelity_data(info: Any, table: Any, options: BuildOptions, scratch: Path) -> FidelityData | None:
@@ -612,13 +648,14 @@ def _materialize(feeds: Feeds, indices: np.ndarray, scratch: Path) -> str | None
 
 def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table: Any, options: TrtOptions,
                     env: dict[str, Any], report: Callable[[str], None],
-                    record: PreprocessRecord | None = None) -> tuple[BuilderInfo, list]:
+                    record: PreprocessRecord | None = None,
+                    keep_float: Sequence[str] = ()) -> tuple[BuilderInfo, list]:
     source = model
     cache = None
     int8_mode = None
     if table is not None and options.int8_mode == "qdq":
         report("quantizing (QDQ) for explicit int8")
-        source = quantize_qdq(model, table, staged / "qdq.onnx", per_channel=True)
+        source = quantize_qdq(model, table, staged / "qdq.onnx", per_channel=True, keep_float=keep_float)
         int8_mode = "qdq"
     elif table is not None:
         version = env["runtime"]["tensorrt"] or "8.6.1"
@@ -634,6 +671,7 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
         profiles = _default_profiles(info.inputs, record, options.max_batch)
     try:
         plan, facts = build_engine(source, precision=precision, calibration_cache=cache,
+                                   float_layers=list(keep_float) if cache is not None else [],
                                    timing_cache=options.timing_cache, workspace_mb=options.workspace_mb,
                                    dla_core=options.dla_core, profiles=profiles, progress=report)
     finally:
@@ -649,3 +687,105 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
     )
     recorded = [{name: [list(s) for s in shapes] for name, shapes in p.items()} for p in profiles]
     return builder, recorded
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed precision: the most sensitive layers in float until the fidelity gate passes
+# ----------------------------------------------------------------------------------------------
+
+MIXED_METHOD = ("layers ranked by the output error of the model with only that layer int8 (onnxruntime QDQ, "
+                "held-out calibration items first); fewest top-ranked layers kept in float for the fidelity gate "
+                "to pass, found by doubling then bisection on onnxruntime QDQ engines")
+
+
+def build_mixed_precision(model: Path, out_dir: Path, options: BuildOptions, failure: FidelityGateError,
+                          progress: ProgressArg = True) -> Manifest:
+    """After ``failure`` (the all-int8 engine failed the fidelity gate): rank the layers, find the fewest top ones
+    whose float copy passes, and build the artifact with them in float; FidelityGateError when ``max_float_layers``
+    are not enough. The calibration table of the first attempt is reused."""
+    started = time.monotonic()
+    report = _reporter(progress, model)
+    table, gated = failure.table, failure.options or options
+    info = inspect_onnx(model)
+    before = fidelity_measures(failure.fidelity)
+    report(f"int8 fails the fidelity gate ({format_fidelity(failure.fidelity)}); ranking layers for mixed precision")
+    quantizer = QdqQuantizer(model, table)
+    ranking = SensitivityAnalysis(quantizer, _sensitivity_feeds(model, info, table, gated)).rank(
+        progress=progress is True)
+    limit = float_layer_limit(len(ranking.layers), options.max_float_layers)
+    with tempfile.TemporaryDirectory(prefix="lepton-mixed-") as scratch:
+        data = fidelity_data(info, table, gated, Path(scratch))
+        if data is None:
+            raise failure
+        search = FloatLayerSearch(
+            lambda count: _mixed_trial(model, info, quantizer, ranking, count, data, gated, Path(scratch), report),
+            limit)
+        best = search.run()
+    if best is None:
+        raise _mixed_failure(failure, ranking, limit, search.trials, gated)
+    kept = [FloatLayer(name=s.layer.name, nodes=list(s.layer.nodes), error=s.error) for s in ranking.top(best.layers)]
+    mixed = MixedPrecisionInfo(
+        method=MIXED_METHOD, layers=len(ranking.layers), limit=limit, kept=kept, int8_error=ranking.int8_error,
+        samples=ranking.samples, before=before, after=best.measured, trials=len(search.trials),
+        seconds=round(time.monotonic() - started, 1))
+    report(f"mixed precision: {best.layers} of {len(ranking.layers)} layers in float "
+           f"({', '.join(k.name for k in kept[:5])}{', ...' if len(kept) > 5 else ''})")
+    again = options.model_copy(update={"calibration": table})
+    return _build_artifact(model, out_dir, again, progress=progress, keep_float=ranking.nodes(best.layers),
+                           mixed=mixed)
+
+
+def _sensitivity_feeds(model: Path, info: Any, table: Any, options: BuildOptions) -> list[dict[str, np.ndarray]]:
+    """Up to ``options.sensitivity_samples`` calibration items as model feeds: those calibration did not use first."""
+    dataset = _calibration_dataset(table, options)
+    if dataset is None:
+        raise ModelError(f"{model}: mixed precision ranks layers on calibration items and the calibration data "
+                         f"{getattr(table, 'dataset', None)!r} is gone or changed; give --calibration-data")
+    feeds = _feeds(info, dataset, options)
+    used = select_samples(feeds.total, int(table.samples), int(table.seed))
+    unused = np.setdiff1d(np.arange(feeds.total), used)
+    chosen = np.sort(np.concatenate([unused, used])[:options.sensitivity_samples])
+    return [{name: np.array(value, copy=True) for name, value in feed.items()} for feed in feeds.feeds(chosen)]
+
+
+def _mixed_trial(model: Path, info: Any, quantizer: QdqQuantizer, ranking: SensitivityRanking, count: int,
+                 data: FidelityData, options: BuildOptions, scratch: Path, report: Callable[[str], None]) -> Trial:
+    """The fidelity gate's verdict on the onnxruntime QDQ engine with the ``count`` most sensitive layers in float."""
+    path = quantizer.write(scratch / "mixed.onnx", ranking.nodes(count), check=False)
+    backend = create_backend(path, backend_config_for("onnxruntime-cpu", warmup_runs=0))
+    backend.load()
+    try:
+        backend.metadata = {**info.metadata, **backend.metadata}
+        compared = compare(model, backend, data.path, samples=options.fidelity_samples,
+                           preprocess=options.preprocess, candidate_name="int8")
+    finally:
+        backend.close()
+    fidelity = compared.fidelity
+    measured = fidelity_measures(fidelity)
+    required = fidelity_minimums(fidelity.task, options)
+    passed = (fidelity.task == "detect" and not fidelity.reference_boxes) or all(
+        measured[name] >= least for name, least in required.items())
+    report(f"mixed precision: {count} layer(s) in float: {format_fidelity(fidelity)} -> "
+           f"{'passes' if passed else 'fails'}")
+    return Trial(count, passed, {name: float(value) for name, value in measured.items()})
+
+
+def _mixed_failure(failure: FidelityGateError, ranking: SensitivityRanking, limit: int, trials: list[Trial],
+                   options: BuildOptions) -> FidelityGateError:
+    """The error when ``limit`` layers in float are not enough: by how much, and what to try."""
+    last = max(trials, key=lambda t: t.layers) if trials else None
+    required = fidelity_minimums(failure.fidelity.task, options)
+    if last is None:
+        short = "no layer may be kept in float (--max-float-layers 0)"
+    else:
+        short = "; ".join(f"{name} {last.measured[name]:.4f} < required {least:.4f} (short by "
+                          f"{least - last.measured[name]:.4f})" for name, least in required.items()
+                          if not last.measured[name] >= least) or "fails"
+    more = min(len(ranking.layers), max(2 * limit, 1))
+    error = FidelityGateError(
+        f"int8 engine fails the fidelity gate even with mixed precision: with the {limit} most sensitive of "
+        f"{len(ranking.layers)} layers in float, {short} (all-int8: {format_fidelity(failure.fidelity)}). Try "
+        f"--max-float-layers {more}, another calibration method (--calibration-method minmax, entropy or "
+        "percentile) or more calibration samples, build fp32/fp16, or accept it knowingly with --no-fidelity-gate")
+    error.fidelity, error.table, error.options = failure.fidelity, failure.table, failure.options
+    return error

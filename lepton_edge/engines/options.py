@@ -74,6 +74,15 @@ class BuildOptions(_Options):
         0.97, ge=0.0, le=1.0, description="Classifiers: least fraction of samples with the fp32 top-1 class.")
     min_output_agreement: float = Field(
         0.90, ge=0.0, le=1.0, description="Raw models: least thresholded agreement of every output.")
+    mixed_precision: Literal["auto", "off"] = Field(
+        "auto", description="int8 failing the fidelity gate: auto keeps its most sensitive layers in float (the "
+        "fewest that pass, ranked on held-out calibration items); off fails the build.")
+    max_float_layers: int | None = Field(
+        None, ge=0, le=100000, description="Mixed precision: most layers (a weighted node with the nodes after it) "
+        "kept in float; none: a quarter of the quantized layers, rounded up.")
+    sensitivity_samples: int = Field(
+        8, ge=1, le=256, description="Mixed precision: calibration items each layer's sensitivity is measured on "
+        "(held-out ones first).")
     preprocess: PreprocessConfig | None = Field(
         None, description="Preprocessing for calibration and validation (default: the model's metadata).")
     trt: TrtOptions = Field(default_factory=TrtOptions, description="TensorRT builder options.")

@@ -104,16 +104,16 @@ def test_classifier_int8_gates_on_held_out_items(tmp_path):
 
 def test_crushed_scores_fail_the_gate(tmp_path, crushed_scores):
     with pytest.raises(FidelityGateError) as failure:
-        build_artifact(DETECTOR, tmp_path / "a", int8(SHAPES), progress=False)
+        build_artifact(DETECTOR, tmp_path / "a", int8(SHAPES, mixed_precision="off"), progress=False)
     message = str(failure.value)
     assert "boxes_kept 0.0000 < required 0.9000 (short by 0.9000)" in message
-    assert "--no-fidelity-gate" in message and "calibration method" in message
+    assert "--no-fidelity-gate" in message and "calibration method" in message and "--mixed-precision auto" in message
     assert not (tmp_path / "a").exists()
 
 
 def test_flipped_classes_fail_the_gate(tmp_path, flipped_classes):
     with pytest.raises(FidelityGateError, match=r"top1_agreement 0\.\d+ < required 0\.9700"):
-        build_artifact(CLASSIFIER, tmp_path / "a", int8(DIGITS), progress=False)
+        build_artifact(CLASSIFIER, tmp_path / "a", int8(DIGITS, mixed_precision="off"), progress=False)
 
 
 def test_gate_can_be_turned_off(tmp_path, crushed_scores):
