@@ -29,11 +29,17 @@ from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.cuda import available_packages
 from lepton_edge.runtime.platform import (
     DEVICE_TREE_MODEL,
+    DPKG_STATUS,
+    FIRMWARE_MODEL,
     TEGRA_RELEASE,
+    installed_runtimes,
+    jetpack_version,
     jetson_model,
     l4t_release,
+    probe_dla_cores,
     probe_gpu,
     probe_tensorrt,
+    tensorrt_cuda_version,
 )
 
 Status = Literal["ok", "warn", "fail"]
@@ -104,7 +110,59 @@ def check_tensorrt(config: Any = None) -> Check:
         why = "the config's backend is tensorrt" if needed else "only needed for TensorRT engines"
         return Check("tensorrt", status, f"not available ({problem}); {why}. On Jetson it comes "
                      "with JetPack (python3-libnvinfer), elsewhere: pip install tensorrt")
-    return Check("tensorrt", "ok", version)
+    cuda = tensorrt_cuda_version()
+    dla, why = probe_dla_cores()
+    dla_text = f"{dla} DLA core(s)" if dla is not None else f"DLA cores unknown ({why})"
+    return Check("tensorrt", "ok", f"{version}; runs with CUDA {cuda or 'unknown (no libcudart loaded, no toolkit)'}"
+                 f"; {dla_text}")
+
+
+def _major(version: str | None) -> int | None:
+    match = re.match(r"\s*(\d+)", version or "")
+    return int(match.group(1)) if match else None
+
+
+def cuda_version_mismatches(*, cuda_python: str | None, driver_cuda: str | None, tensorrt: str | None,
+                            tensorrt_cuda: str | None, l4t: str | None, gpu_problem: str | None = None) -> list[str]:
+    """The known version mismatches between cuda-python, the driver, TensorRT and JetPack, as advice lines."""
+    found = []
+    python_major, driver_major = _major(cuda_python), _major(driver_cuda)
+    trt_major, trt_cuda_major = _major(tensorrt), _major(tensorrt_cuda)
+    pin = driver_major or trt_cuda_major
+    pin_advice = f"pip install 'cuda-python>={pin},<{pin + 1}'" if pin else "pin cuda-python to your CUDA's major"
+    if python_major and driver_major and python_major > driver_major:
+        found.append(f"cuda-python {cuda_python} is built for CUDA {python_major}, newer than the CUDA {driver_cuda} "
+                     f"the driver supports (JetPack 6 ships CUDA 12.x): {pin_advice}")
+    elif python_major and gpu_problem and "insufficientdriver" in gpu_problem.replace(" ", "").lower():
+        found.append(f"cuda-python {cuda_python} needs a newer driver than this one ({gpu_problem}): {pin_advice}")
+    if python_major and trt_cuda_major and python_major != trt_cuda_major:
+        found.append(f"cuda-python {cuda_python} (CUDA {python_major}) differs from the CUDA {tensorrt_cuda} TensorRT "
+                     f"runs with: {pin_advice}")
+    if trt_major and trt_major >= 11 and l4t and _major(l4t) == 36:
+        found.append(f"TensorRT {tensorrt} does not support JetPack 6 (L4T {l4t}): use JetPack's TensorRT 10.x "
+                     "(python3-libnvinfer)")
+    if tensorrt and re.match(r"11\.[0-3]\.", tensorrt) and l4t:
+        found.append(f"TensorRT {tensorrt} has no DLA (TensorRT 11.0-11.3); DLA engines need TensorRT 10.x or 11.4.1+")
+    return found
+
+
+def check_cuda_versions(config: Any = None) -> Check | None:
+    """Warn about the known CUDA / cuda-python / TensorRT / JetPack mismatches (skipped with neither installed)."""
+    runtimes = installed_runtimes()
+    if "tensorrt" not in runtimes and "cuda-python" not in runtimes:
+        return None
+    device = getattr(getattr(config, "backend", None), "device", 0)
+    gpu, problem = probe_gpu(device)
+    tensorrt = probe_tensorrt()[0]
+    facts = {
+        "cuda_python": runtimes.get("cuda-python"), "driver_cuda": gpu.get("cuda_driver"), "tensorrt": tensorrt,
+        "tensorrt_cuda": tensorrt_cuda_version() if tensorrt else None, "l4t": l4t_release(),
+    }
+    found = cuda_version_mismatches(**facts, gpu_problem=problem)
+    if found:
+        return Check("cuda-versions", "warn", "\n".join(found))
+    shown = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in facts.items() if v)
+    return Check("cuda-versions", "ok", f"consistent: {shown}")
 
 
 def check_cuda(config: Any = None) -> Check:
@@ -186,11 +244,15 @@ def check_cameras(config: Any = None, dev_glob: str = "/dev/video*") -> Check:
     return Check("cameras", "ok", ", ".join(nodes))
 
 
-def check_jetson(release_file: Path = TEGRA_RELEASE, model_file: Path = DEVICE_TREE_MODEL) -> Check:
+def check_jetson(release_file: Path = TEGRA_RELEASE,
+                 model_file: Path | tuple[Path, ...] = (DEVICE_TREE_MODEL, FIRMWARE_MODEL),
+                 dpkg_status: Path = DPKG_STATUS) -> Check:
     model, release = jetson_model(model_file), l4t_release(release_file)
     if model is None and release is None:
         return Check("jetson", "ok", f"not a Jetson (no {release_file})")
-    return Check("jetson", "ok", f"{model or 'Jetson (module unknown)'}, L4T {release or 'unknown'}")
+    jetpack = jetpack_version(dpkg_status, release_file)
+    return Check("jetson", "ok", f"{model or 'Jetson (module unknown)'}, L4T {release or 'unknown'}, "
+                 f"JetPack {jetpack or 'unknown'}")
 
 
 # --------------------------------------------------------------------------------- config and model
@@ -362,6 +424,7 @@ def run_checks(config_path: Path | None = None, broker: str | None = None) -> li
         ("opencv", lambda: check_opencv(config)),
         ("cameras", lambda: check_cameras(config)),
         ("jetson", check_jetson),
+        ("cuda-versions", lambda: check_cuda_versions(config)),
     ]
     if config_check is not None:
         steps.append(("config", lambda: config_check))

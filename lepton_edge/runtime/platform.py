@@ -151,6 +151,34 @@ def l4t_release(release_file: Path = TEGRA_RELEASE) -> str | None:
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
+DPKG_STATUS = Path("/var/lib/dpkg/status")
+L4T_JETPACK = (("36.4.4", "6.2.1"), ("36.4.3", "6.2"), ("36.4", "6.1"), ("36.3", "6.0"), ("36.2", "6.0 DP"),
+               ("35.6", "5.1.4"), ("35.5", "5.1.3"), ("35.4", "5.1.2"), ("35.3", "5.1.1"), ("35.2", "5.1"))
+"""L4T release prefix -> the JetPack that ships it (NVIDIA's JetPack archive), for systems without the
+``nvidia-jetpack`` meta-package."""
+
+
+def jetpack_version(status: Path = DPKG_STATUS, release_file: Path = TEGRA_RELEASE) -> str | None:
+    """The JetPack release: the installed ``nvidia-jetpack`` package's version (``6.1+b123`` -> ``6.1``), else
+    the JetPack of the L4T release (:data:`L4T_JETPACK`); None off Jetson or for an unknown release."""
+    try:
+        text = status.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for block in text.split("\n\n"):
+        if re.search(r"^Package: nvidia-jetpack$", block, re.M) and re.search(r"^Status: .* installed$", block, re.M):
+            match = re.search(r"^Version: ([0-9.]+)", block, re.M)
+            if match:
+                return match.group(1)
+    release = l4t_release(release_file)
+    if release is None:
+        return None
+    for prefix, jetpack in L4T_JETPACK:
+        if release == prefix or release.startswith(prefix + "."):
+            return jetpack
+    return None
+
+
 def cudnn_version(headers: tuple[Path, ...] = CUDNN_HEADERS) -> str | None:
     for header in headers:
         try:

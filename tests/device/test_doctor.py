@@ -228,8 +228,11 @@ def test_jetson_module_and_l4t_release_are_reported(tmp_path: Path) -> None:
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
     model = tmp_path / "model"
     model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\0")
-    assert check_jetson(release, model) == Check("jetson", "ok", "NVIDIA Jetson AGX Orin Developer Kit, L4T 36.4.0")
-    assert check_jetson(release, tmp_path / "no-model").detail == "Jetson (module unknown), L4T 36.4.0"
+    status = tmp_path / "no-dpkg-status"
+    assert check_jetson(release, model, status) == Check(
+        "jetson", "ok", "NVIDIA Jetson AGX Orin Developer Kit, L4T 36.4.0, JetPack 6.1")
+    assert check_jetson(release, tmp_path / "no-model", status).detail == \
+        "Jetson (module unknown), L4T 36.4.0, JetPack 6.1"
     assert check_jetson(tmp_path / "absent", tmp_path / "no-model").detail.startswith("not a Jetson")
 
 
