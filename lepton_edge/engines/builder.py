@@ -757,7 +757,7 @@ def _mixed_trial(model: Path, info: Any, quantizer: QdqQuantizer, ranking: Sensi
     try:
         backend.metadata = {**info.metadata, **backend.metadata}
         compared = compare(model, backend, data.path, samples=options.fidelity_samples,
-                           preprocess=options.preprocess, candidate_name="int8")
+                           preprocess=options.preprocess, candidate_name="int8", inputs=options.inputs)
     finally:
         backend.close()
     fidelity = compared.fidelity
