@@ -84,6 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mixed precision: most layers kept in float (default: a quarter of the quantized layers)")
     p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace (MiB)")
     p.add_argument("--dla-core", type=int, help="TensorRT: run on this DLA core (Jetson)")
+    p.add_argument("--device", type=int, default=0, help="TensorRT: build on this CUDA device (default 0)")
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read and updated)")
     p.add_argument("--int8-mode", choices=["qdq", "legacy-cache"], default="qdq",
                    help="TensorRT int8: explicit Q/DQ model (default) or implicit calibration from a cache")
@@ -141,7 +142,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     profiles = [dict(_parse_profile(p) for p in args.profile)] if args.profile else None
     if not 1 <= args.max_batch <= MAX_BATCH:
         raise ConfigError(f"--max-batch {args.max_batch}: must be 1..{MAX_BATCH}")
-    trt = TrtOptions(workspace_mb=args.workspace_mb, dla_core=args.dla_core, timing_cache=args.timing_cache,
+    trt = TrtOptions(workspace_mb=args.workspace_mb, dla_core=args.dla_core, device=args.device,
+                     timing_cache=args.timing_cache,
                      profiles=profiles, int8_mode=args.int8_mode, max_batch=args.max_batch)
     calibration = CalibrationOptions(method=args.calibration_method, samples=args.calibration_samples)
     return BuildOptions(inputs=inputs_from_args(args),

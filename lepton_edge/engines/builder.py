@@ -338,7 +338,7 @@ def _build_artifact(model: str | Path, out_dir: str | Path, options: BuildOption
     check_feedable(model, info, options.inputs, target=target, profiles=options.trt.profiles,
                    data=[options.calibration_data, options.validation_data])
     _prepare_out_dir(out_dir)
-    env = current_environment(target)
+    env = current_environment(target, options.trt.device)
     if options.calibration is None:  # no table that could give the size: refuse a model without one now
         resolve_build_preprocess(model, info, options.preprocess)
     table = _int8_table(model, info, options, report, progress is True)
@@ -673,7 +673,8 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
         plan, facts = build_engine(source, precision=precision, calibration_cache=cache,
                                    float_layers=list(keep_float) if cache is not None else [],
                                    timing_cache=options.timing_cache, workspace_mb=options.workspace_mb,
-                                   dla_core=options.dla_core, profiles=profiles, progress=report)
+                                   dla_core=options.dla_core, profiles=profiles, progress=report,
+                                   device=options.device)
     finally:
         for scratch in (staged / "qdq.onnx", staged / "calibration.cache"):
             with contextlib.suppress(FileNotFoundError):

@@ -101,7 +101,8 @@ def cache_key(model_cfg: ModelConfig, target: str, model_sha256: str,
     identity: dict[str, Any] = {
         "cache_format": CACHE_FORMAT, "model_sha256": model_sha256, "target": target, "precision": precision,
         # max_batch is always its default here; left out so that slots keep their names
-        "trt_options": TrtOptions().model_dump(mode="json", exclude={"max_batch"}) if target == "tensorrt" else None,
+        "trt_options": TrtOptions().model_dump(mode="json", exclude={"max_batch", "device"})
+        if target == "tensorrt" else None,
     }
     explicit = preprocess.model_dump(mode="json", exclude_unset=True) if preprocess is not None else {}
     if explicit:
@@ -162,13 +163,13 @@ class Resolution:
 
 
 def _build_slot(model: Path, entry: Path, model_cfg: ModelConfig, target: str, progress: ProgressArg,
-                preprocess: PreprocessConfig | None) -> Manifest:
+                preprocess: PreprocessConfig | None, device: int = 0) -> Manifest:
     gated = model_cfg.precision != "fp32"  # the fp32 engine is the reference itself: nothing to gate
     options = BuildOptions(target=target, precision=model_cfg.precision, calibration=model_cfg.calibration,
                            calibration_data=model_cfg.calibration_data,
                            validation_data=model_cfg.validation_data if gated else None,
                            max_accuracy_drop=model_cfg.max_accuracy_drop, preprocess=preprocess,
-                           inputs=model_cfg.inputs)
+                           inputs=model_cfg.inputs, trt=TrtOptions(device=device))
     return build(model, entry, options, progress=progress)
 
 
@@ -207,7 +208,7 @@ def resolve(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, progress: Pro
         problems: list[str] = []
         reason = "miss"
         if entry.exists():
-            problems = verify_artifact(entry)
+            problems = verify_artifact(entry, device_index=getattr(backend_cfg, "device", 0))
             if not problems and not force:
                 log.info("engine cache hit: %s", entry)
                 return Resolution(entry, False, "hit", waited)
@@ -220,7 +221,7 @@ def resolve(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, progress: Pro
         _remove_stale_staging(cache_dir, name)
         log.info("building %s engine of %s for %s into the cache (%s)", precision, path, target, reason)
         try:
-            _build_slot(path, entry, model_cfg, target, progress, preprocess)
+            _build_slot(path, entry, model_cfg, target, progress, preprocess, getattr(backend_cfg, "device", 0))
         except LeptonError as e:
             stale = f" The cached engine {entry} does not match: {'; '.join(problems)}." if problems else ""
             raise ModelError(

@@ -23,6 +23,8 @@ class TrtOptions(_Options):
 
     workspace_mb: int = Field(1024, gt=0, description="Builder workspace limit in MiB.")
     dla_core: int | None = Field(None, ge=0, description="Run on this DLA core (Jetson), GPU fallback on.")
+    device: int = Field(0, ge=0, description="CUDA device the engine is built on, and whose facts the manifest "
+                        "records (the runtime's backend.device).")
     timing_cache: Path | None = Field(None, description="Timing cache file, read if present and updated.")
     profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] | None = Field(
         None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: one profile with the image "

@@ -101,3 +101,16 @@ def test_the_build_runs_on_the_chosen_device_and_records_it(monkeypatch, tmp_pat
     block_cuda_python(monkeypatch)
     with pytest.raises(ConfigError, match="CUDA device 1 needs cuda-python or pycuda"):
         build_engine(static_model(tmp_path / "m.onnx"), precision="fp32", device=1)
+
+
+def test_an_artifact_built_on_device_1_records_it_and_verifies_there(monkeypatch, tmp_path):
+    gpu = FakeGpu(device_count=2)
+    install_cuda_python(monkeypatch, gpu)
+    block_pycuda(monkeypatch)
+    install_tensorrt(monkeypatch, "10.3.0", gpu)
+    monkeypatch.setattr(platform, "tensorrt_cuda_version", lambda *args: "12.6")
+    _build(tmp_path / "a", device=1)
+    assert read_manifest(tmp_path / "a").device.device_index == 1
+    assert verify_artifact(tmp_path / "a", device_index=1) == []
+    with open_artifact(tmp_path / "a", TensorRTBackendConfig(type="tensorrt", device=1, warmup_runs=0)):
+        pass
