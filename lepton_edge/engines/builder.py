@@ -69,7 +69,7 @@ from lepton_edge.engines.tensorrt_builder import build_engine
 from lepton_edge.runtime.assembly import preprocess_from_metadata
 from lepton_edge.runtime.backends import create_backend
 from lepton_edge.runtime.backends.tensorrt import import_tensorrt
-from lepton_edge.runtime.input_size import image_axes, image_layout
+from lepton_edge.runtime.input_size import MissingInputSize, image_axes, image_layout
 from lepton_edge.runtime.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,12 @@ def resolve_build_preprocess(model: Path, info: Any, explicit: PreprocessConfig 
     try:
         pre = Preprocessor(spec, preprocess_from_metadata(layered or PreprocessConfig(), dict(info.metadata)),
                            metadata=dict(info.metadata))
-    except ConfigError as e:
+    except ModelError as e:  # e.g. a one-channel input and no color: gray anywhere; the runtime says so too
+        if explicit is not None and explicit.model_fields_set:
+            raise  # what the user asked for does not fit the model
+        log.warning("%s: no preprocessing recorded in the manifest: %s", model.name, e)
+        return explicit, None
+    except MissingInputSize as e:
         raise ConfigError(
             f"{model}: input {spec.name!r} {spec.shape_str} has a dynamic height or width and no size is given "
             "anywhere (no --size, no preprocess.size in --config, no size in the calibration table or the model's "

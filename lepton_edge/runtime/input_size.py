@@ -29,6 +29,10 @@ calibrated and built for; it ranks below the user's config and above the model's
 _IMGSZ = re.compile(r"^\s*[\[(]?\s*(\d+)\s*(?:,\s*(\d+)\s*)?[\])]?\s*$")
 
 
+class MissingInputSize(ConfigError):
+    """A dynamic height or width with no size anywhere: not in the config, the artifact or the model's metadata."""
+
+
 @dataclass(frozen=True, slots=True)
 class InputSize:
     """Width and height an image input is fed at, and where they came from (for messages)."""
@@ -127,7 +131,7 @@ def resolve_input_size(spec: TensorSpec, *, size: tuple[int, int] | None = None,
     else:
         found = size_from_metadata(metadata)
         if found is None:
-            raise ConfigError(
+            raise MissingInputSize(
                 f"input {spec.name!r} has dynamic spatial size {spec.shape_str} and the model's metadata gives no "
                 "size (no imgsz or lepton.preprocess size); set preprocess.size: [width, height] in the config"
             )

@@ -88,6 +88,8 @@ def test_flags_layer_over_the_config_file(tmp_path):
      "--color: Input should be 'rgb', 'bgr' or 'gray' (got 'rgba')"),
     ("build", ["--model", str(DYNAMIC), "--out", "x", "--resize", "crop"], "--resize: Input should be 'letterbox'"),
     ("build", ["--model", str(DYNAMIC), "--out", "x", "--max-batch", "0"], "--max-batch 0: must be 1..256"),
+    ("build", ["--model", str(DYNAMIC), "--out", "x", "--size", "100x100"],
+     "preprocess.size 100x100 is not a multiple of the model's stride 32"),
     ("compare", ["--reference", str(DYNAMIC), "--candidate", str(DYNAMIC), "--data", str(FRAMES), "--size", "big"],
      "--size: expected WIDTHxHEIGHT such as 640x640"),
     ("bench", ["--model", str(DYNAMIC), "--suite", "throughput", "--std", "1,0,1"],

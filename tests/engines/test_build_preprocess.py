@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from lepton_edge.cli.inspect import format_manifest
 from lepton_edge.config.pipeline import ModelConfig, OnnxRuntimeBackendConfig, PreprocessConfig, TensorRTBackendConfig
-from lepton_edge.core.errors import ConfigError
+from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.engines.artifacts import (
     Manifest,
     compute_fingerprint,
+    describe_artifact,
     open_artifact,
     read_manifest,
     verify_artifact,
@@ -68,6 +71,9 @@ def test_manifest_records_the_size_and_preprocessing(tmp_path):
     assert default.preprocess.config["resize"] == "letterbox"
     static = build_artifact(DIGITS, tmp_path / "c", progress=False)
     assert static.preprocess.size == (8, 8) and static.preprocess.size_source == "the model's static shape"
+    shown = format_manifest(read_manifest(tmp_path / "a"))
+    assert "preprocess:  images 224x192 (preprocess.size (--size or --config)), stretch, rgb" in shown
+    assert describe_artifact(tmp_path / "a")["preprocess"]["size"] == [224, 192]
 
 
 def test_open_artifact_hands_the_record_to_the_runtime_and_warms_up_at_it(tmp_path):
@@ -180,3 +186,22 @@ def test_engine_cache_builds_for_the_config_size(tmp_path):
         assert backend.warmed_shapes == {"images": (1, 3, 224, 224)}
     finally:
         backend.close()
+
+
+def test_a_model_the_default_preprocessing_cannot_feed_builds_without_a_record(tmp_path, caplog):
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "gray",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "gray.onnx"))
+    manifest = build_artifact(tmp_path / "gray.onnx", tmp_path / "a", progress=False)
+    assert manifest.preprocess is None and "no preprocessing recorded" in caplog.text, "one channel, color rgb"
+    gray = build_artifact(tmp_path / "gray.onnx", tmp_path / "b", BuildOptions(
+        preprocess=PreprocessConfig(color="gray")), progress=False)
+    assert gray.preprocess.size == (8, 8) and gray.preprocess.config["color"] == "gray"
+    with pytest.raises(ModelError, match=r"preprocess\.size 16x16 does not match input 'x'"):
+        build_artifact(tmp_path / "gray.onnx", tmp_path / "c", BuildOptions(
+            preprocess=PreprocessConfig(size=(16, 16), color="gray")), progress=False)
