@@ -11,7 +11,7 @@
 #   - /etc/lepton-edge/device.yaml from deploy/device.example.yaml, only if there is none (never overwritten)
 #   - systemd/*.service into /etc/systemd/system, then `systemctl daemon-reload` when systemd runs
 #   - on a Jetson (/etc/nv_tegra_release), a drop-in allowing the GPU device nodes present now
-#     (/dev/nvmap, /dev/nvhost-*, /dev/nvgpu/*/*): re-run after a JetPack upgrade
+#     (/dev/nvmap, /dev/nvhost-*, /dev/nvgpu/*/*, /dev/nvsciipc): re-run after a JetPack upgrade
 #   - state and cache folders (/var/lib/lepton-edge, /var/cache/lepton-edge) are created by systemd
 #     (StateDirectory=, CacheDirectory=) when the service starts
 #
@@ -169,7 +169,9 @@ install_units() {
 install_jetson_dropins() {
     [[ -f $dest/etc/nv_tegra_release ]] || return 0
     local nodes=() node unit
-    for node in "$dest"/dev/nvmap "$dest"/dev/nvhost-* "$dest"/dev/nvgpu/*/* "$dest"/dev/host1x-fence; do
+    # /dev/nvsciipc: NvSciIpc, used by the CUDA and multimedia stacks (in NVIDIA's L4T container device list)
+    for node in "$dest"/dev/nvmap "$dest"/dev/nvhost-* "$dest"/dev/nvgpu/*/* "$dest"/dev/host1x-fence \
+        "$dest"/dev/nvsciipc; do
         [[ -e $node ]] && nodes+=("${node#"$dest"}")
     done
     if [[ ${#nodes[@]} -eq 0 ]]; then

@@ -4,8 +4,9 @@ Everything here is read on demand from counters the pipeline keeps anyway, so re
 between two messages. An idle runtime (no pipeline) reports ``fps`` 0, no latency, no frame age, no
 sources and no artifact; frame and drop counters keep their totals. System figures come from psutil and,
 where present, from sysfs: thermal zones (``/sys/class/thermal/thermal_zone*/temp`` and ``type``) and the
-Jetson GPU load (``/sys/devices/gpu.0/load`` or ``/sys/devices/platform/gpu.0/load``, in tenths of a
-percent).
+Jetson GPU load in tenths of a percent: ``/sys/devices/gpu.0/load`` or ``/sys/devices/platform/gpu.0/load``
+(JetPack 5 and older), else the GPU's devfreq device, ``/sys/class/devfreq/<addr>.gpu/device/load`` (Orin on
+JetPack 6, where the older paths are gone).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_NAME = 128
 MAX_TEMPERATURES = 32
 GPU_LOAD_FILES = ("devices/gpu.0/load", "devices/platform/gpu.0/load")
+GPU_DEVFREQ_LOAD = "*gpu*/device/load"
+"""Below ``class/devfreq``: the integrated GPU's devfreq node (``17000000.gpu`` on Orin), its device's load."""
 
 SOURCE_STATES = {
     "idle": "starting",
@@ -171,8 +174,9 @@ class SystemMonitor:
 
     def gpu_percent(self) -> float | None:
         """Jetson integrated GPU load (0-100), or None where not readable."""
-        for rel in GPU_LOAD_FILES:
-            raw = _read_text(self.sysfs / rel)
+        devfreq = sorted((self.sysfs / "class" / "devfreq").glob(GPU_DEVFREQ_LOAD))
+        for path in [self.sysfs / rel for rel in GPU_LOAD_FILES] + devfreq:
+            raw = _read_text(path)
             if raw is None:
                 continue
             try:

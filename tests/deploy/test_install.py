@@ -20,7 +20,7 @@ SCRIPTS = [INSTALL, REPO / "deploy" / "make-certs.sh", REPO / "deploy" / "mosqui
 UNITS = ["lepton-edge.service", "lepton-edge-engines.service", "lepton-edge-scheduler.service"]
 SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
 DISTRO_UNITS = Path("/usr/lib/systemd/system")
-JETSON_NODES = ["/dev/nvmap", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0/ctrl"]
+JETSON_NODES = ["/dev/nvmap", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0/ctrl", "/dev/nvsciipc"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

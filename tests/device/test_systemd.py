@@ -169,6 +169,7 @@ def test_runtime_unit_contract() -> None:
     assert value(unit, "Service", "CacheDirectory") == "lepton-edge"
     assert ENGINES in value(unit, "Unit", "Wants").split()
     assert ENGINES in value(unit, "Unit", "After").split()
+    assert "nvargus-daemon.service" in value(unit, "Unit", "After").split(), "the Argus socket exists before the bind"
 
 
 def test_engines_unit_runs_once_before_the_runtime_at_idle_priority() -> None:

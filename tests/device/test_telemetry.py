@@ -33,6 +33,16 @@ def test_system_monitor_reads_thermal_zones_and_jetson_gpu_load(sysfs, tmp_path)
     assert SystemMonitor(tmp_path, tmp_path / "empty").gpu_percent() is None
 
 
+def test_orin_on_jetpack_6_gpu_load_comes_from_devfreq(tmp_path):
+    """JetPack 6 has no /sys/devices/gpu.0/load: the GPU's devfreq device has it (17000000.gpu on Orin)."""
+    root = tmp_path / "sys"
+    for name, load in (("15340000.vic", "900"), ("17000000.gpu", "412")):
+        device = root / "class" / "devfreq" / name / "device"
+        device.mkdir(parents=True)
+        (device / "load").write_text(load + "\n")
+    assert SystemMonitor(tmp_path, root).gpu_percent() == pytest.approx(41.2)
+
+
 def test_percentiles_are_forced_into_order():
     p = percentiles({"p50": 2.0, "p90": 1.9999999, "p99": 3.0, "max": 2.5})
     assert p.p50 <= p.p90 <= p.p99 <= p.max
