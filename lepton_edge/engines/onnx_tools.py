@@ -413,8 +413,9 @@ def runtime_warnings(info: ModelInfo) -> list[str]:
     warnings = []
     if len(info.inputs) > 1:
         names = ", ".join(spec.name for spec in info.inputs)
-        warnings.append(f"the model has {len(info.inputs)} inputs ({names}); the pipeline feeds one image, so "
-                        "it runs only on tensor data (.npz with one array per input), not on camera or video frames")
+        warnings.append(f"the model has {len(info.inputs)} inputs ({names}): give the ones not recorded (a .npz "
+                        "with one array per input) or preprocessed from images as constants or state (model.inputs, "
+                        "--constant, --state; docs/sensors.md)")
     try:
         task = infer_task(info.outputs, info.metadata)
     except ModelError as e:

@@ -129,6 +129,8 @@ class ModelBundle:
         """Constants and recurrent state; used by the infer stage only (one frame at a time, in order)."""
         self.state_epoch: tuple[int, int] | None = None
         self.input_name = self.plan.framed[0]
+        if len(backend.inputs) > 1:
+            log.info("model inputs: %s", "; ".join(f"{name}: {role}" for name, role in self.plan.describe().items()))
         shapes: dict[str, tuple[int, ...]] = {}
         dtypes: dict[str, np.dtype] = {}
         sized = True
