@@ -178,3 +178,70 @@ def test_fake_cudart_signatures_match_the_real_package():
         assert list(inspect.signature(getattr(fake, name)).parameters) == real_params, name
         checked += 1
     assert checked >= 20
+
+
+def test_pycuda_fake_records_a_thread_that_ends_with_a_context_pushed():
+    """pycuda aborts the process there (context_stack::~context_stack); the fake records it for the tests."""
+    import threading
+
+    from tests.support.fake_cuda import make_pycuda_driver
+
+    gpu = FakeGpu()
+    drv = make_pycuda_driver(gpu)
+    drv.init()
+
+    def leaves_it_pushed() -> None:
+        drv.Device(0).make_context()
+
+    def pops_it() -> None:
+        context = drv.Device(0).make_context()
+        drv.Context.pop()
+        context.detach()
+
+    for target in (leaves_it_pushed, pops_it):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join(10)
+    assert len(gpu.context_aborts) == 1 and "context stack was not empty" in gpu.context_aborts[0]
+
+
+def test_pycuda_fake_needs_a_live_current_context_and_destroys_its_memory():
+    from tests.support.fake_cuda import make_pycuda_driver
+
+    gpu = FakeGpu()
+    drv = make_pycuda_driver(gpu)
+    drv.init()
+    with pytest.raises(drv.LogicError, match="invalid device context"):
+        drv.mem_alloc(16)
+    context = drv.Device(0).make_context()
+    allocation = drv.mem_alloc(16)
+    stream = drv.Stream()
+    drv.Context.pop()
+    context.detach()
+    assert int(allocation) not in gpu.allocations and stream.handle not in gpu.streams
+    assert gpu.context_stack() == []
+
+
+def test_tensorrt_fake_runs_an_engine_only_in_its_own_context(tmp_path):
+    from tests.runtime.backends.conftest import static_model
+    from tests.support.fake_cuda import make_pycuda_driver
+
+    gpu = FakeGpu()
+    drv = make_pycuda_driver(gpu)
+    drv.init()
+    trt = make_fake_tensorrt("10.3.0", gpu)
+    logger = _Logger.make(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(static_model(tmp_path / "m.onnx")))
+    plan = builder.build_serialized_network(network, builder.create_builder_config())
+    del network, builder
+    own = drv.Device(0).make_context()
+    engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(plan))
+    other = drv.Device(0).make_context()  # pushed on top of the engine's
+    assert engine.create_execution_context() is None
+    drv.Context.pop()
+    assert engine.create_execution_context() is not None
+    drv.Context.pop()
+    other.detach()
+    own.detach()
