@@ -177,7 +177,7 @@ def _plan_image(plan: InputPlan, rest: list[TensorSpec], config: InputsConfig, w
     elif len(rest) == 1:
         chosen = rest[0]
     else:
-        suggestion = "; ".join(_suggest(spec, plan) for spec in rest)
+        suggestion = "; ".join(hint for hint in (_suggest(spec, plan) for spec in rest) if hint)
         raise ModelError(
             f"{where}: image sources feed one input, and {len(rest)} are left unfed: {[s.name for s in rest]}. "
             "Name the image input (model.inputs.image) and give the others as constants or state "
