@@ -207,10 +207,14 @@ def make_logger(trt: Any) -> Any:
             logger = _SHARED_LOGGER[0][1]
         else:
             logger = _create_logger(trt)
-            if not trt.init_libnvinfer_plugins(logger, ""):
+            try:
+                registered, why = bool(trt.init_libnvinfer_plugins(logger, "")), ""
+            except Exception as e:  # e.g. libnvinfer_plugin missing from the installation
+                registered, why = False, f"{type(e).__name__}: {e}; "
+            if not registered:
                 log.warning("TensorRT could not register its plugins (init_libnvinfer_plugins failed): models "
-                            "using plugin layers (EfficientNMS_TRT, RoiAlign, ...) will not parse or load: %s",
-                            logged_errors(logger, since=0))
+                            "using plugin layers (EfficientNMS_TRT, RoiAlign, ...) will not parse or load: %s%s",
+                            why, logged_errors(logger, since=0))
             _SHARED_LOGGER[:] = [(trt, logger)]
     _operation.start = (id(logger), error_mark(logger))
     return logger

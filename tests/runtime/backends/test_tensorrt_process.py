@@ -237,3 +237,13 @@ def test_pipeline_thread_infers_and_another_thread_stops_it(pycuda_trt, gpu, tmp
     assert errors == []
     assert gpu.context_aborts == []
     assert gpu.live() == ZERO
+
+
+def test_a_missing_plugin_library_warns_and_leaves_the_logger_usable(trt, tmp_path, caplog):
+    def broken(logger, namespace):
+        raise OSError("libnvinfer_plugin.so.10: cannot open shared object file")
+
+    trt.init_libnvinfer_plugins = broken
+    with caplog.at_level("WARNING", logger="lepton_edge.runtime.backends.tensorrt"):
+        build_engine(static_model(tmp_path / "m.onnx"), precision="fp32")
+    assert "could not register its plugins" in caplog.text and "libnvinfer_plugin.so.10" in caplog.text
