@@ -65,7 +65,9 @@ class Taps:
     def window(self, a: int, b: int, first: int, stop: int) -> Taps:
         """Taps of outputs ``a .. b - 1`` relative to a window of inputs ``first .. stop - 1`` padded by one zero
         pixel each side (index 0 and ``stop - first + 1``): inputs outside the window read zero."""
-        shift = lambda idx: np.clip(idx, first - 1, stop) - first + 1  # noqa: E731
+        def shift(index: np.ndarray) -> np.ndarray:
+            return np.clip(index, first - 1, stop) - first + 1
+
         return Taps(shift(self.low[a:b]), shift(self.high[a:b]), self.frac[a:b])
 
 
