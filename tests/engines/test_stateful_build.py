@@ -4,12 +4,13 @@ refuses up front."""
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from lepton_edge.config.pipeline import InputsConfig
+from lepton_edge.config.pipeline import InputsConfig, PreprocessConfig
 from lepton_edge.core.errors import ModelError
 from lepton_edge.core.tensors import TensorSpec
 from lepton_edge.engines.builder import FidelityGateError, build_artifact
@@ -19,6 +20,7 @@ from lepton_edge.engines.evaluation.compare import compare
 from lepton_edge.engines.model_inputs import check_feedable, describe_inputs
 from lepton_edge.engines.onnx_tools import inspect_onnx
 from lepton_edge.engines.options import BuildOptions, CalibrationOptions
+from tests.runtime.test_stateful import image_meta_model
 
 ROOT = Path(__file__).resolve().parents[2]
 VAD = ROOT / "models" / "silero_vad.onnx"
@@ -162,3 +164,23 @@ def test_a_sequence_is_calibrated_on_its_prefix_and_gated_on_the_rest(tmp_path):
         assert "on 61 held-out items" in str(e) and "(61 samples, no labels)" in str(e)
     else:
         assert manifest.fidelity.held_out and manifest.fidelity.samples == 61
+
+
+def test_image_plus_metadata_model_calibrates_and_compares_from_images_with_its_constant(tmp_path):
+    model = image_meta_model(tmp_path / "image_meta.onnx")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    inputs = InputsConfig(constants={"meta": [[0.5, -0.5]]})
+    stretch = PreprocessConfig(resize="stretch")
+    table = calibrate(model, folder, method="minmax", inputs=inputs, preprocess=stretch, progress=False)
+    assert table.input_shapes == {"images": [1, 3, 16, 16], "meta": [1, 2]}
+    low, high = table.ranges["out"]
+    assert low > -0.5 and high < 1.5, "image means (0..1) plus the constant"
+    report = compare(model, model, str(folder), inputs=inputs, preprocess=stretch)
+    assert report.samples == 20 and report.fidelity.value == 1.0
+    with pytest.raises(ModelError, match=r"image sources feed one input, and 2 are left unfed"):
+        build_artifact(model, tmp_path / "out", BuildOptions(precision="int8", calibration_data=str(folder)),
+                       progress=False)
