@@ -11,10 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from lepton_edge.config.device import parse_config
 from lepton_edge.config.pipeline import TensorRTBackendConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.engines.tensorrt_builder import build_engine
+from lepton_edge.runtime.assembly import build_pipeline
 from lepton_edge.runtime.backends.tensorrt import TensorRTBackend, logged_errors, make_logger
+from lepton_edge.runtime.pipeline import ModelBundle
 from tests.runtime.backends.conftest import fp16_model, static_expected, static_model
 from tests.support.fake_cuda import FakeGpu, block_cuda_python, install_pycuda
 from tests.support.fake_tensorrt import install_tensorrt, live_objects
@@ -247,3 +250,35 @@ def test_a_missing_plugin_library_warns_and_leaves_the_logger_usable(trt, tmp_pa
     with caplog.at_level("WARNING", logger="lepton_edge.runtime.backends.tensorrt"):
         build_engine(static_model(tmp_path / "m.onnx"), precision="fp32")
     assert "could not register its plugins" in caplog.text and "libnvinfer_plugin.so.10" in caplog.text
+
+
+def test_a_tensorrt_pipeline_swapped_and_stopped_from_another_thread(pycuda_trt, gpu, tmp_path):
+    """The pipeline infers on its stage thread; the model swap (the retired engine is closed by the thread that
+    finishes its last frame) and stop come from the controller's thread. pycuda must see no context left behind."""
+    engine = _engine(tmp_path)
+    config = parse_config({"model": {"path": str(engine)}, "backend": {"type": "tensorrt", "warmup_runs": 0},
+                           "source": {"uri": "synthetic://shapes?fps=200&width=64&height=48"},
+                           "postprocess": {"type": "raw"}}, "test")
+    pipeline = build_pipeline(config, TensorRTBackend(engine, _config()).load()).start()
+
+    def frames_done() -> int:
+        return pipeline.stats.results
+
+    def wait_for(n: int) -> None:
+        deadline = threading.Event()
+        for _ in range(1000):
+            if frames_done() >= n:
+                return
+            deadline.wait(0.01)
+        raise AssertionError(f"only {frames_done()} frames")
+
+    wait_for(5)
+    swapped = TensorRTBackend(engine, _config()).load()
+    pipeline.swap_model(ModelBundle(swapped, pipeline.preprocessor, pipeline.postprocessor))
+    wait_for(frames_done() + 5)
+    stopper = threading.Thread(target=pipeline.stop)
+    stopper.start()
+    stopper.join(10)
+    pipeline.backend.close()
+    assert gpu.context_aborts == []
+    assert gpu.live() == ZERO
