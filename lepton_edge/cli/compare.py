@@ -9,7 +9,13 @@ from typing import Any
 
 from lepton_edge.cli.inputs_args import add_input_arguments, inputs_from_args
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
-from lepton_edge.engines.evaluation.compare import accuracy_gate, compare, measure_throughput, open_engine
+from lepton_edge.engines.evaluation.compare import (
+    accuracy_gate,
+    compare,
+    measure_throughput,
+    open_engine,
+    throughput_feeds,
+)
 
 DESCRIPTION = ("Fidelity (no labels needed), accuracy on labelled data (and --bench speed) of a candidate engine "
                "against its fp32 reference.")
@@ -57,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             candidate = open_engine(args.candidate)
             try:
-                rates = measure_throughput({"reference": reference, "candidate": candidate}, rounds=args.rounds)
+                backends = {"reference": reference, "candidate": candidate}
+                rates = measure_throughput(backends, rounds=args.rounds,
+                                           feeds=throughput_feeds(backends, preprocess_from_args(args)))
             finally:
                 candidate.close()
         finally:

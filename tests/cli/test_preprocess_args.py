@@ -185,8 +185,10 @@ def test_compare_feeds_both_models_what_the_flags_say(tmp_path, fed, capsys):
 
 def test_compare_uses_the_candidate_artifacts_size(artifacts, fed, capsys):
     assert main(["compare", "--reference", str(DYNAMIC), "--candidate", str(artifacts / "224x224"), "--data",
-                 str(FRAMES), "--samples", "1", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)["report"]
+                 str(FRAMES), "--samples", "1", "--json", "--bench", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    report = result["report"]
+    assert result["bench"]["candidate"]["fps"] > 0, "--bench feeds the built size too, not 1x1"
     assert shapes([t for t in fed if t.any()]) == {(1, 3, 224, 224)}
     assert all(o["max_abs_error"] == 0 for o in report["outputs"]), "an fp32 artifact gives the reference's outputs"
 

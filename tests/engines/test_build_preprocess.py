@@ -21,8 +21,10 @@ from lepton_edge.engines.artifacts import (
     verify_artifact,
     write_manifest,
 )
+from lepton_edge.engines.auto import build
 from lepton_edge.engines.builder import build_artifact
 from lepton_edge.engines.engine_cache import cache_key, open_model, resolve
+from lepton_edge.engines.evaluation.compare import measure_throughput, open_engine, throughput_feeds
 from lepton_edge.engines.onnx_tools import inspect_onnx
 from lepton_edge.engines.options import BuildOptions, TrtOptions
 from lepton_edge.runtime.input_size import ARTIFACT_PREPROCESS_KEY
@@ -205,3 +207,27 @@ def test_a_model_the_default_preprocessing_cannot_feed_builds_without_a_record(t
     with pytest.raises(ModelError, match=r"preprocess\.size 16x16 does not match input 'x'"):
         build_artifact(tmp_path / "gray.onnx", tmp_path / "c", BuildOptions(
             preprocess=PreprocessConfig(size=(16, 16), color="gray")), progress=False)
+
+
+def test_precision_auto_measures_a_dynamic_model_at_its_size(tmp_path):
+    manifest = build(DYNAMIC, tmp_path / "auto", BuildOptions(precision="auto",
+                     preprocess=PreprocessConfig(size=(192, 192))), progress=False)
+    assert manifest.measurements.chosen == "fp32" and manifest.measurements.candidates[0].fps > 0, "not fed 1x1"
+    assert manifest.preprocess.size == (192, 192)
+
+
+def test_throughput_feeds_follow_the_size(tmp_path):
+    build_artifact(DYNAMIC, tmp_path / "a", BuildOptions(preprocess=PreprocessConfig(size=(224, 224))),
+                   progress=False)
+    reference = open_engine(DYNAMIC)
+    candidate = open_artifact(tmp_path / "a", ORT)
+    try:
+        pair = {"reference": reference, "candidate": candidate}
+        assert throughput_feeds({"reference": reference})["images"].shape == (1, 3, 160, 160), "its imgsz"
+        assert throughput_feeds(pair)["images"].shape == (1, 3, 224, 224), "what the candidate was built for"
+        assert throughput_feeds(pair, PreprocessConfig(size=(96, 64)))["images"].shape == (1, 3, 64, 96)
+        rates = measure_throughput(pair, rounds=1, round_s=0.01)
+        assert rates["candidate"]["fps"] > 0
+    finally:
+        reference.close()
+        candidate.close()

@@ -529,24 +529,38 @@ def _open_name(path: Path) -> str:
 # Throughput, measured side by side
 # ----------------------------------------------------------------------------------------------
 
+def throughput_feeds(backends: dict[str, Backend], preprocess: PreprocessConfig | None = None) -> dict[str, np.ndarray]:
+    """Random inputs of the first backend's inputs at the size the models run at: ``preprocess.size``, else what
+    an artifact among ``backends`` records, else the first one's metadata (imgsz, lepton.preprocess); other
+    dynamic dimensions 1."""
+    first = next(iter(backends.values()))
+    recorded = next((b.metadata[ARTIFACT_PREPROCESS_KEY] for b in backends.values()
+                     if ARTIFACT_PREPROCESS_KEY in b.metadata), None)
+    metadata = {**first.metadata, **({ARTIFACT_PREPROCESS_KEY: recorded} if recorded else {})}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in first.inputs:
+        shape = feed_shape(spec, metadata)
+        if len(first.inputs) == 1 and preprocess is not None and preprocess.size is not None:
+            shape = Preprocessor(spec, preprocess_from_metadata(preprocess, metadata), metadata=metadata).shape
+        shape = shape or tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+        feeds[spec.name] = rng.random(shape).astype(spec.dtype)
+    return feeds
+
+
 def measure_throughput(
     backends: dict[str, Backend], *, rounds: int = 5, round_s: float = 0.1, feeds: dict[str, np.ndarray] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Inferences per second of each backend, measured in interleaved rounds on the same input.
 
     Every round runs each backend for about ``round_s`` seconds, in turn, so a noisy neighbour slows
-    all of them alike; the result per backend is the median of its rounds. ``feeds`` defaults to a
-    random tensor of the first backend's input shape (dynamic dims as 1).
+    all of them alike; the result per backend is the median of its rounds. ``feeds`` defaults to
+    :func:`throughput_feeds` (the size the models run at, not 1x1).
     """
     if not backends:
         return {}
     if feeds is None:
-        first = next(iter(backends.values()))
-        rng = np.random.default_rng(0)
-        feeds = {
-            s.name: rng.random([d if isinstance(d, int) and d > 0 else 1 for d in s.shape]).astype(s.dtype)
-            for s in first.inputs
-        }
+        feeds = throughput_feeds(backends)
     per_backend: dict[str, dict[str, np.ndarray]] = {}
     for key, backend in backends.items():
         names = [s.name for s in backend.inputs]
