@@ -227,7 +227,7 @@ def error_mark(logger: Any) -> int:
 
 
 def logged_errors(logger: Any, since: int | None = None) -> str:
-    """The errors ``logger`` kept since ``since`` (a :meth:`mark`; default: where this thread's current
+    """The errors ``logger`` kept since ``since`` (an :func:`error_mark`; default: where this thread's current
     operation began, see :func:`make_logger`), this thread's first, for messages."""
     if since is None:
         started = getattr(_operation, "start", None)
