@@ -92,9 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TensorRT optimization profile for a dynamic input: NAME:MIN:OPT:MAX, shapes like "
                    "1x3x320x320 (repeat for more inputs); default: the input size (--size, else the model's) "
                    "with a dynamic batch 1..--max-batch")
-    p.add_argument("--max-batch", type=int, default=1, metavar=f"1..{MAX_BATCH}",
-                   help="TensorRT: largest batch of the default profile for a model with a dynamic batch "
-                   "(default 1: the runtime feeds one frame; the batch dimension stays dynamic)")
+    p.add_argument("--max-batch", type=int, metavar=f"1..{MAX_BATCH}",
+                   help="TensorRT: largest batch of the default profile for a model with a dynamic batch (default: "
+                   "the batch it was exported for, Ultralytics batch metadata, else 1: the runtime feeds one frame; "
+                   "the batch dimension stays dynamic)")
     p.add_argument("--verify-config", type=Path, metavar="DEVICE_YAML",
                    help="resolve the config's model through the engine cache (build if needed) and exit 0 "
                    "when it is ready; for a boot-time oneshot unit")
@@ -140,7 +141,7 @@ def format_mixed_precision(mixed: MixedPrecisionInfo) -> str:
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
     profiles = [dict(_parse_profile(p) for p in args.profile)] if args.profile else None
-    if not 1 <= args.max_batch <= MAX_BATCH:
+    if args.max_batch is not None and not 1 <= args.max_batch <= MAX_BATCH:
         raise ConfigError(f"--max-batch {args.max_batch}: must be 1..{MAX_BATCH}")
     trt = TrtOptions(workspace_mb=args.workspace_mb, dla_core=args.dla_core, device=args.device,
                      timing_cache=args.timing_cache,

@@ -64,7 +64,7 @@ from lepton_edge.engines.evaluation.compare import CompareReport, FidelityReport
 from lepton_edge.engines.mixed_precision import FloatLayerSearch, Trial, float_layer_limit
 from lepton_edge.engines.model_inputs import check_feedable
 from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
-from lepton_edge.engines.options import BuildOptions, TrtOptions
+from lepton_edge.engines.options import MAX_BATCH, BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
 from lepton_edge.runtime.assembly import preprocess_from_metadata
 from lepton_edge.runtime.backends import create_backend
@@ -104,6 +104,14 @@ def _default_profiles(inputs: list[TensorSpec], record: PreprocessRecord | None,
             high[0] = max_batch
         profile[spec.name] = (tuple(low), tuple(low), tuple(high))
     return [profile]
+
+
+def default_max_batch(max_batch: int | None, metadata: dict[str, str]) -> int:
+    """``max_batch`` when given, else the batch the model was exported for (Ultralytics ``batch`` metadata), else 1."""
+    if max_batch is not None:
+        return max_batch
+    raw = metadata.get("batch", "").strip()
+    return int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_BATCH else 1
 
 
 def _check_size_in_profiles(model: Path, record: PreprocessRecord | None, profiles: list[dict[str, Any]]) -> None:
@@ -673,7 +681,7 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
         profiles = options.profiles
         _check_size_in_profiles(model, record, profiles)
     else:
-        profiles = _default_profiles(info.inputs, record, options.max_batch)
+        profiles = _default_profiles(info.inputs, record, default_max_batch(options.max_batch, info.metadata))
     try:
         plan, facts = build_engine(source, precision=precision, calibration_cache=cache,
                                    float_layers=list(keep_float) if cache is not None else [],

@@ -30,9 +30,10 @@ class TrtOptions(_Options):
         None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: one profile with the image "
         "input's height and width at the size the engine is built for, a dynamic batch 1..max_batch, other dynamic "
         "dims 1.")
-    max_batch: int = Field(
-        1, ge=1, le=MAX_BATCH, description="Default profile: largest batch of a model with a dynamic batch (min and "
-        "opt stay 1, what the runtime feeds); the engine keeps its batch dimension dynamic.")
+    max_batch: int | None = Field(
+        None, ge=1, le=MAX_BATCH, description="Default profile: largest batch of a model with a dynamic batch (min "
+        "and opt stay 1, what the runtime feeds); the engine keeps its batch dimension dynamic. None: the batch the "
+        "model was exported for (Ultralytics `batch` metadata), else 1.")
     int8_mode: Literal["qdq", "legacy-cache"] = Field(
         "qdq", description="qdq: explicit quantization from the QDQ model; legacy-cache: implicit "
         "calibration replaying a TensorRT calibration cache written from the table (TensorRT <= 10).")

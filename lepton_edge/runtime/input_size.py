@@ -133,7 +133,8 @@ def resolve_input_size(spec: TensorSpec, *, size: tuple[int, int] | None = None,
         if found is None:
             raise MissingInputSize(
                 f"input {spec.name!r} has dynamic spatial size {spec.shape_str} and the model's metadata gives no "
-                "size (no imgsz or lepton.preprocess size); set preprocess.size: [width, height] in the config"
+                "size (no imgsz or lepton.preprocess size); set preprocess.size: [width, height] in the config, or "
+                "pass --size WIDTHxHEIGHT"
             )
         (width, height), key = found
         where = "the artifact's record" if key == ARTIFACT_PREPROCESS_KEY else f"model metadata {key}"

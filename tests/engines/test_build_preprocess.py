@@ -22,7 +22,7 @@ from lepton_edge.engines.artifacts import (
     write_manifest,
 )
 from lepton_edge.engines.auto import build
-from lepton_edge.engines.builder import build_artifact
+from lepton_edge.engines.builder import build_artifact, default_max_batch
 from lepton_edge.engines.engine_cache import cache_key, open_model, resolve
 from lepton_edge.engines.evaluation.compare import measure_throughput, open_engine, throughput_feeds
 from lepton_edge.engines.onnx_tools import inspect_onnx
@@ -231,3 +231,17 @@ def test_throughput_feeds_follow_the_size(tmp_path):
     finally:
         reference.close()
         candidate.close()
+
+
+def test_tensorrt_max_batch_defaults_to_the_exported_batch(tmp_path, fake_trt):
+    model = onnx.load(str(DYNAMIC))
+    for entry in model.metadata_props:
+        if entry.key == "batch":
+            entry.value = "4"  # Ultralytics export(dynamic=True, batch=4)
+    onnx.save(model, str(tmp_path / "b4.onnx"))
+    manifest = build_artifact(tmp_path / "b4.onnx", tmp_path / "trt", BuildOptions(target="tensorrt"), progress=False)
+    assert manifest.profiles == [{"images": [[1, 3, 160, 160], [1, 3, 160, 160], [4, 3, 160, 160]]}]
+    manifest = build_artifact(tmp_path / "b4.onnx", tmp_path / "trt2", BuildOptions(
+        target="tensorrt", trt=TrtOptions(max_batch=2)), progress=False)
+    assert manifest.profiles[0]["images"][2] == [2, 3, 160, 160], "--max-batch wins"
+    assert default_max_batch(None, {"batch": "99999"}) == 1 and default_max_batch(None, {}) == 1
