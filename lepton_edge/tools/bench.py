@@ -305,7 +305,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     if "agent" in options.suites:
         print("measuring telemetry and results-sink overhead ...", file=sys.stderr, flush=True)
         report["agent"] = bench_agent_overhead(first_model, frames=options.frames, rounds=options.rounds,
-                                               threads=options.threads)
+                                               threads=options.threads, preprocess=options.preprocess)
     if "scheduler" in options.suites:
         print("measuring scheduler ingestion, placement and failover ...", file=sys.stderr, flush=True)
         report["scheduler"] = bench_scheduler()

@@ -24,6 +24,7 @@ from typing import Any
 
 from lepton_edge.config.device import parse_config
 from lepton_edge.config.fleet import MqttConfig
+from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import LeptonError
 from lepton_edge.data import DEMO_CLASSIFIER, DEMO_MODEL
 from lepton_edge.device.agent import DeviceAgent
@@ -94,6 +95,7 @@ def bench_agent_overhead(
     threads: int = 0,
     size: tuple[int, int] = (640, 480),
     mqtt: MqttConfig | None = None,
+    preprocess: PreprocessConfig | None = None,
 ) -> dict[str, Any]:
     """Median frames/s of three cases on the same model, source and threads, in interleaved rounds:
 
@@ -104,6 +106,7 @@ def bench_agent_overhead(
 
     Also the memory the agent adds above the pipeline: the peak RSS of a fresh process running the source
     under the agent (every result published) minus that of a fresh process running the bare pipeline.
+    ``preprocess`` (optional) is the config's preprocess section (``lepton-edge bench --size``, ...).
     """
 
     model = Path(model) if model else _default_model()
@@ -113,6 +116,7 @@ def bench_agent_overhead(
         "model": {"path": str(model)},
         "source": {"uri": source},
         "backend": {"type": "onnxruntime", "intra_op_threads": threads},
+        **({"preprocess": preprocess.model_dump(exclude_unset=True)} if preprocess is not None else {}),
     }
     results_settings = {"on": {}, "on_every_result": {"max_rate_hz": 10000}}
     fps: dict[str, list[float]] = {"off": [], "on": [], "on_every_result": []}
