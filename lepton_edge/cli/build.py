@@ -70,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest allowed drop in points of top-1 or mAP@0.5 (default 1.0)")
     p.add_argument("--no-fidelity-gate", action="store_true",
                    help="int8: accept the engine without the label-free fidelity gate against the fp32 model")
-    p.add_argument("--fidelity-samples", type=int, default=64, help="most samples the fidelity gate compares")
+    p.add_argument("--fidelity-samples", type=int, help="most samples the fidelity gate compares (default 64; "
+                   "whole recordings for a model with state fed back)")
     p.add_argument("--min-fidelity-map", type=float, default=0.90,
                    help="detectors: least mAP@0.5 against the fp32 model's own detections (default 0.90)")
     p.add_argument("--min-boxes-kept", type=float, default=0.90,
@@ -147,13 +148,14 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
                      timing_cache=args.timing_cache,
                      profiles=profiles, int8_mode=args.int8_mode, max_batch=args.max_batch)
     calibration = CalibrationOptions(method=args.calibration_method, samples=args.calibration_samples)
-    return BuildOptions(inputs=inputs_from_args(args),
+    given = {"fidelity_samples": args.fidelity_samples} if args.fidelity_samples is not None else {}
+    return BuildOptions(**given, inputs=inputs_from_args(args),
                         mixed_precision=args.mixed_precision, max_float_layers=args.max_float_layers,
                         target=args.target, precision=args.precision, calibration=args.calibration,
                         calibration_data=args.calibration_data, calibration_options=calibration,
                         validation_data=args.validation, validation_samples=args.validation_samples,
                         max_accuracy_drop=args.max_accuracy_drop, fidelity=not args.no_fidelity_gate,
-                        fidelity_samples=args.fidelity_samples, min_fidelity_map=args.min_fidelity_map,
+                        min_fidelity_map=args.min_fidelity_map,
                         min_boxes_kept=args.min_boxes_kept, min_top1_agreement=args.min_top1_agreement, trt=trt,
                         preprocess=preprocess_from_args(args))
 

@@ -62,7 +62,7 @@ from lepton_edge.engines.calibration.samples import Feeds, dataset_path, select_
 from lepton_edge.engines.calibration.sensitivity import SensitivityAnalysis, SensitivityRanking
 from lepton_edge.engines.evaluation.compare import CompareReport, FidelityReport, accuracy_gate, compare
 from lepton_edge.engines.mixed_precision import FloatLayerSearch, Trial, float_layer_limit
-from lepton_edge.engines.model_inputs import check_feedable
+from lepton_edge.engines.model_inputs import check_feedable, whole_sequences
 from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
 from lepton_edge.engines.options import MAX_BATCH, BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
@@ -318,7 +318,7 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
     See :func:`_build_artifact`. An int8 engine that fails the fidelity gate is built again with its most sensitive
     layers in float when ``options.mixed_precision`` is auto (:func:`build_mixed_precision`).
     """
-    options = options or BuildOptions()
+    options = whole_sequences(options or BuildOptions())
     try:
         return _build_artifact(model, out_dir, options, progress=progress)
     except FidelityGateError as failure:

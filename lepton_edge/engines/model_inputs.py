@@ -18,6 +18,7 @@ import numpy as np
 from lepton_edge.config.pipeline import InputsConfig
 from lepton_edge.core.errors import ModelError
 from lepton_edge.core.tensors import TensorSpec
+from lepton_edge.engines.options import BuildOptions
 from lepton_edge.runtime.inputs import (
     FRAME_ARRAY,
     InputPlan,
@@ -127,6 +128,20 @@ def check_feedable(model: Path, info: Any, config: InputsConfig | None, *, targe
                              "needs an optimisation profile for them: --profile NAME:MIN:OPT:MAX (e.g. "
                              f"--profile {first.name}:{shape}:{shape}:{shape} with N the recorded size)")
     return plan
+
+
+def whole_sequences(options: BuildOptions) -> BuildOptions:
+    """``options`` for a stateful model: unless ``fidelity_samples`` was given, the fidelity gate compares whole
+    recordings (up to the field's maximum), not their first 64 items, which may be the easy part of a sequence
+    (Silero VAD: silence and noise before the speech)."""
+    inputs = options.inputs
+    stateful = inputs is not None and bool(inputs.state) and inputs.state_reset != "every_frame"
+    if not stateful or "fidelity_samples" in options.model_fields_set:
+        return options
+    most = next(m.le for m in BuildOptions.model_fields["fidelity_samples"].metadata if hasattr(m, "le"))
+    log.info("the model feeds state back: the fidelity gate compares whole sequences (up to %d items; "
+             "--fidelity-samples to limit)", most)
+    return options.model_copy(update={"fidelity_samples": most})
 
 
 def _unfed(model: Path, source: Any, arrays: list[str], plan: InputPlan, inputs: list[TensorSpec],
