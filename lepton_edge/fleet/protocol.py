@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
@@ -22,8 +22,10 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -304,13 +306,48 @@ class Telemetry(Message):
     outbox: OutboxStatus = Field(description="Store-and-forward queue state.")
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+_OPTIONAL_PARTS = ("keypoints", "rotated_box", "mask_area")
+
+
 class Detection(Message):
     label: Text = Field(description="Class name (the class id as text when there are no labels).")
     class_id: Count = Field(description="Class index.")
     score: float = Field(ge=0, le=1, allow_inf_nan=False, description="Confidence, 0-1.")
-    box: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+    box: list[Finite] = Field(
         min_length=4, max_length=4, description="[x1, y1, x2, y2] in source pixels."
     )
+    keypoints: list[Annotated[list[Finite], Field(min_length=2, max_length=3)]] | None = Field(
+        None, max_length=1000,
+        description="Pose models: the keypoints, [x, y] or [x, y, visibility], in source pixels (at most 1000).",
+    )
+    rotated_box: list[Finite] | None = Field(
+        None, min_length=5, max_length=5,
+        description="Oriented-box models: [cx, cy, w, h, angle], source pixels and radians.",
+    )
+    mask_area: Count | None = Field(
+        None, description="Segmentation models: pixels in the mask (the mask itself stays on the device's sinks).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_parts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A plain detection's payload stays what it was: keypoints, rotated_box and mask_area only when set."""
+        data = handler(self)
+        for key in _OPTIONAL_PARTS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any], mask_area: int | None = None) -> Detection:
+        """From one entry of ``Detections.to_dict()`` (its mask replaced by ``mask_area``)."""
+        rotated = item.get("rotated_box")
+        return cls(
+            label=item["label"], class_id=item["class_id"], score=item["score"], box=item["box"],
+            keypoints=item.get("keypoints"),
+            rotated_box=None if rotated is None else [rotated[k] for k in ("cx", "cy", "w", "h", "angle")],
+            mask_area=mask_area,
+        )
 
 
 class ClassScore(Message):
@@ -344,8 +381,14 @@ class ResultMessage(Message):
     def from_result(
         cls, result: Any, *, device_id: str, session_id: int, seq: int, message_id: str, durable: bool
     ) -> ResultMessage:
-        """Build the message from a pipeline :class:`lepton_edge.core.results.Result`."""
-        body = result.output.to_dict()
+        """Build the message from a pipeline :class:`lepton_edge.core.results.Result`. Masks travel as their
+        pixel counts: encoded, a frame's masks could pass the payload limit."""
+        output = result.output
+        masks = getattr(output, "masks", None)
+        areas = [None] * len(output) if masks is None else [int(a) for a in masks.areas()]
+        if masks is not None:
+            output = replace(output, masks=None)
+        body = output.to_dict()
         return cls(
             device_id=device_id,
             session_id=session_id,
@@ -355,7 +398,8 @@ class ResultMessage(Message):
             source=result.source_id,
             timestamp=result.wall_time,
             latency_ms=max(0.0, result.latency_ms),
-            detections=[Detection(**d) for d in body["detections"]] if "detections" in body else None,
+            detections=[Detection.from_item(d, area) for d, area in zip(body["detections"], areas, strict=True)]
+            if "detections" in body else None,
             classes=[ClassScore(**c) for c in body["classes"]] if "classes" in body else None,
             durable=durable,
         )

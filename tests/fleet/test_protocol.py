@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lepton_edge.core.results import Classification, Detections, Result
+from lepton_edge.core.results import Classification, Detections, Keypoints, Masks, Result, RotatedBoxes
 from lepton_edge.fleet import protocol as p
 
 T = 1700000000.25
@@ -461,6 +461,33 @@ def test_result_message_from_pipeline_results():
     message = p.ResultMessage.from_result(result, device_id="d", session_id=1, seq=1, message_id="m", durable=True)
     assert [c.label for c in message.classes or []] == ["dog", "cat"]  # raw logits are allowed
     assert message.detections is None
+
+
+def test_result_message_carries_keypoints_rotated_boxes_and_mask_areas():
+    masks = Masks((np.ones((3, 4), bool),), [[1, 2]], 10, 10)
+    points = Keypoints(np.array([[[1.0, 2.0, 0.5], [3.0, 4.0, 0.25]]]))
+    rotated = RotatedBoxes([[5.0, 5.0, 4.0, 2.0, 0.5]])
+    found = Detections([[1, 2, 9, 8]], [0.75], [0], ("x",), masks=masks, keypoints=points, rotated=rotated)
+    result = Result(found, seq=1, source_id="s", capture_ts=1.0, wall_time=T, stage_ms={}, done_ts=1.001)
+    message = p.ResultMessage.from_result(result, device_id="d", session_id=1, seq=1, message_id="m", durable=True)
+    (detection,) = message.detections or []
+    assert detection.keypoints == [[1.0, 2.0, 0.5], [3.0, 4.0, 0.25]]
+    assert detection.rotated_box == [5.0, 5.0, 4.0, 2.0, 0.5] and detection.mask_area == 12
+    payload = p.encode(message)
+    assert b"rle" not in payload and b'"mask_area":12' in payload
+    assert p.decode(p.TopicKind.RESULT, payload) == message
+
+
+def test_plain_detections_keep_their_payload_and_parts_are_bounded():
+    plain = p.Detection(label="car", class_id=2, score=0.9, box=[1.0, 2.0, 30.0, 40.0])
+    assert json.loads(plain.model_dump_json()) == {"label": "car", "class_id": 2, "score": 0.9,
+                                                   "box": [1.0, 2.0, 30.0, 40.0]}
+    base = {"label": "a", "class_id": 0, "score": 0.5, "box": [0.0, 0.0, 1.0, 1.0]}
+    for bad in ({"keypoints": [[1.0]]}, {"keypoints": [[1.0, 2.0, 3.0, 4.0]]}, {"keypoints": [[0.0, 0.0]] * 1001},
+                {"rotated_box": [1.0, 2.0, 3.0, 4.0]}, {"rotated_box": [1.0, 2.0, 3.0, 4.0, float("nan")]},
+                {"mask_area": -1}, {"mask_area": 1.5}, {"mask": {"rle": "x"}}):
+        with pytest.raises(ValueError):
+            p.Detection.model_validate({**base, **bad})
 
 
 def test_docs_describe_every_topic_and_field():
