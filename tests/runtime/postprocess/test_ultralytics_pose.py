@@ -2,9 +2,8 @@
 on the committed frames, for both committed -pose exports (kpt_shape [5, 3]).
 
 Boxes: at least 99 % of the reference boxes matched one-to-one (same class, IoU > 0.9), at most 1 % extra.
-Keypoints of matched pairs: x and y within 0.5 source pixels of Ultralytics' (its JSON rounds to 4 decimals; the
-frames are upscaled 1.6-2x from the 160-pixel input, so 0.5 px is under a third of an input pixel), the
-visibility within 0.001.
+Keypoints of matched pairs: x and y within 0.05 source pixels of Ultralytics' (measured: at most 0.003 px; its JSON
+rounds to 4 decimals, and onnxruntime builds may differ in the last float bits), the visibility within 0.001.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from lepton_edge.config.pipeline import PoseConfig
 from lepton_edge.runtime.postprocess.nms import box_iou
 from tests.runtime.postprocess.ultralytics_refs import MODELS, Score, match_pairs, predict_args, run_frames, same_class
 
-XY_TOLERANCE_PX = 0.5
+XY_TOLERANCE_PX = 0.05
 VISIBILITY_TOLERANCE = 1e-3
 
 
