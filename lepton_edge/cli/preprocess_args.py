@@ -1,8 +1,8 @@
 """The preprocessing arguments shared by every command that feeds a model: run, calibrate, build, compare, bench.
 
-``--size WxH``, ``--mean``, ``--std``, ``--color``, ``--resize``, ``--layout`` and ``--interpolation`` set the
-fields of the same name of :class:`~lepton_edge.config.pipeline.PreprocessConfig`, over the ``preprocess`` section
-of ``--config`` (a device config). Values are validated by that schema, so a bad one fails with its message
+``--size WxH``, ``--mean``, ``--std``, ``--scale``, ``--color``, ``--resize``, ``--layout`` and ``--interpolation``
+set the fields of the same name of :class:`~lepton_edge.config.pipeline.PreprocessConfig`, over the ``preprocess``
+section of ``--config`` (a device config). Values are validated by that schema, so a bad one fails with its message
 (exit status 2). What the user leaves unset comes, in order, from what a built artifact records, the model's
 metadata (``lepton.preprocess``, Ultralytics ``imgsz``), then its static shape.
 """
@@ -21,7 +21,7 @@ from lepton_edge.config.base import format_validation_error, read_yaml
 from lepton_edge.config.pipeline import PreprocessConfig
 from lepton_edge.core.errors import ConfigError
 
-FLAGS = ("size", "mean", "std", "color", "resize", "layout", "interpolation")
+FLAGS = ("size", "mean", "std", "scale", "color", "resize", "layout", "interpolation")
 """The PreprocessConfig fields with a flag of the same name."""
 
 ORIGIN = "preprocessing flags"
@@ -54,6 +54,8 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser, *, config: bool = 
     group.add_argument("--mean", metavar="M[,M,M]", help="subtracted per channel (RGB order) after scaling to 0..1, "
                        "e.g. 0.485,0.456,0.406")
     group.add_argument("--std", metavar="S[,S,S]", help="divisor per channel after the mean, e.g. 0.229,0.224,0.225")
+    group.add_argument("--scale", metavar="F", help="multiplier of pixel values before the mean (default 1/255; 1 "
+                       "for a mean and std in pixel units, e.g. --scale 1 --mean 123.675,116.28,103.53)")
     group.add_argument("--color", metavar=_choices("color"), help="channel order the model expects (default rgb)")
     group.add_argument("--resize", metavar=_choices("resize"),
                        help="letterbox (default), stretch, center-crop (Ultralytics classifiers) or none")

@@ -21,7 +21,7 @@ DYNAMIC = REPO / "models" / "ultralytics" / "detect" / "yolo11t-detect_dynamic.o
 """Ultralytics dynamic=True export: input [batch, 3, height, width], metadata imgsz [160, 160], stride 32."""
 FRAMES = REPO / "models" / "ultralytics" / "frames"
 COMMANDS = ("run", "calibrate", "build", "compare", "bench")
-FLAGS = ("--size", "--mean", "--std", "--color", "--resize", "--layout", "--interpolation")
+FLAGS = ("--size", "--mean", "--std", "--scale", "--color", "--resize", "--layout", "--interpolation")
 
 
 @pytest.fixture
@@ -66,10 +66,10 @@ def test_flags_layer_over_the_config_file(tmp_path):
                       "size: [320, 320]}\n")
     parser = argparse.ArgumentParser()
     add_preprocess_arguments(parser)
-    args = parser.parse_args(["--config", str(config), "--size", "224x160", "--std", "0.2,0.3,0.4"])
+    args = parser.parse_args(["--config", str(config), "--size", "224x160", "--std", "0.2,0.3,0.4", "--scale", "1"])
     got = preprocess_from_args(args)
-    assert (got.size, got.color, got.mean, got.std) == ((224, 160), "bgr", (0.5,), (0.2, 0.3, 0.4))
-    assert got.model_fields_set == {"size", "color", "mean", "std"}, "unset fields stay unset for the lower layers"
+    assert (got.size, got.color, got.mean, got.std, got.scale) == ((224, 160), "bgr", (0.5,), (0.2, 0.3, 0.4), 1.0)
+    assert got.model_fields_set == {"size", "color", "mean", "std", "scale"}, "unset fields stay unset below"
     assert preprocess_from_args(parser.parse_args([])) is None
     assert preprocess_from_args(parser.parse_args(["--size", "96"])) == PreprocessConfig(size=(96, 96))
     (tmp_path / "only.yaml").write_text("preprocess: {resize: stretch}\n")
@@ -94,6 +94,8 @@ def test_flags_layer_over_the_config_file(tmp_path):
      "--size: expected WIDTHxHEIGHT such as 640x640"),
     ("bench", ["--model", str(DYNAMIC), "--suite", "throughput", "--std", "1,0,1"],
      "--std: Value error, std must not contain 0"),
+    ("compare", ["--reference", str(DYNAMIC), "--candidate", str(DYNAMIC), "--data", str(FRAMES), "--scale", "0"],
+     "--scale: Input should be greater than 0"),
     ("bench", ["--model", str(DYNAMIC), "--suite", "throughput", "--layout", "chw"],
      "--layout: Input should be 'nchw' or 'nhwc'"),
 ])
