@@ -14,6 +14,7 @@ from lepton_edge.engines.evaluation.compare import (
     compare,
     measure_throughput,
     open_engine,
+    sample_feeds,
     throughput_feeds,
 )
 
@@ -64,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
             candidate = open_engine(args.candidate)
             try:
                 backends = {"reference": reference, "candidate": candidate}
-                rates = measure_throughput(backends, rounds=args.rounds,
-                                           feeds=throughput_feeds(backends, preprocess_from_args(args)))
+                model_inputs = inputs_from_args(args)
+                feeds = (sample_feeds(args.reference, args.data, inputs=model_inputs,
+                                      preprocess=preprocess_from_args(args)) if model_inputs is not None
+                         else throughput_feeds(backends, preprocess_from_args(args)))
+                rates = measure_throughput(backends, rounds=args.rounds, feeds=feeds)
             finally:
                 candidate.close()
         finally:

@@ -65,6 +65,10 @@ def test_build_and_compare_the_vad_from_the_command_line(tmp_path, capsys):
                  *VAD_FLAGS, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["report"]
     assert report["samples"] == 125 and report["fidelity"]["value"] == 1.0
+    assert main(["compare", "--reference", str(VAD), "--candidate", str(tmp_path / "fp32"), "--data", str(AUDIO),
+                 *VAD_FLAGS, "--bench", "--rounds", "1", "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out)["bench"]
+    assert bench["reference"]["fps"] > 0 and bench["candidate"]["fps"] > 0, "benchmarked on the recording's sizes"
     assert main(["calibrate", "--model", str(VAD), "--data", str(AUDIO), *VAD_FLAGS, "--samples", "8",
                  "--method", "minmax", "--out", str(tmp_path / "table.json"), "--no-progress"]) == 0
     table = json.loads((tmp_path / "table.json").read_text())

@@ -68,6 +68,7 @@ __all__ = [
     "compare_many",
     "measure_throughput",
     "open_engine",
+    "sample_feeds",
 ]
 
 log = logging.getLogger(__name__)
@@ -546,6 +547,27 @@ def throughput_feeds(backends: dict[str, Backend], preprocess: PreprocessConfig 
         shape = shape or tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
         feeds[spec.name] = rng.random(shape).astype(spec.dtype)
     return feeds
+
+
+def sample_feeds(reference: Path, data: str | Path, *, inputs: InputsConfig | None = None,
+                 preprocess: PreprocessConfig | None = None) -> dict[str, np.ndarray]:
+    """The first sample of ``data`` as a complete feed of ``reference`` (recorded arrays, constants, zero state):
+    what a benchmark of a model with several inputs runs on, at the sizes the data gives."""
+    samples = _open_samples(str(data), 1)
+    try:
+        ref = _open(Path(reference), None, None)
+        try:
+            feeder = _Feeder(ref.backend, samples.kind, preprocess, inputs)
+            frame = next(iter(samples.items), None)
+            if frame is None:
+                raise ConfigError(f"{data}: no sample to benchmark on")
+            feeder(frame[0])
+            fed = _state_of(ref.backend, samples.kind, inputs).feeds(feeder.buffers)
+            return {spec.name: np.array(fed[spec.name], copy=True) for spec in ref.backend.inputs}  # model order
+        finally:
+            ref.backend.close()
+    finally:
+        samples.close()
 
 
 def measure_throughput(
