@@ -246,6 +246,8 @@ class InputState:
         return {**framed, **self.plan.constants, **self.values}
 
     def update(self, outputs: Sequence[np.ndarray]) -> None:
+        if not outputs:
+            return  # no outputs: an inference that failed (a model on probation); the state stays as it was
         self.frames += 1
         for link in self.plan.state:
             value = np.asarray(outputs[link.output_index])

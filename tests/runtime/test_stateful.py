@@ -180,6 +180,8 @@ def test_input_state_feeds_back_and_resets():
     assert state.feeds({"x": np.ones(1)})["h"].tolist() == [[0.0, 0.0]]
     state.update([np.ones(1), np.array([[1.0, 2.0]])])
     assert state.feeds({"x": np.ones(1)})["h"].tolist() == [[1.0, 2.0]]
+    state.update([])  # a failed inference (a model on probation) leaves the state as it was
+    assert state.feeds({"x": np.ones(1)})["h"].tolist() == [[1.0, 2.0]]
     with pytest.raises(ModelError, match="cannot be fed back"):
         state.update([np.ones(1), np.ones((3, 3))])
     state.reset()
