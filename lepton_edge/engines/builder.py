@@ -61,6 +61,7 @@ from lepton_edge.engines.calibration.qdq import QdqQuantizer
 from lepton_edge.engines.calibration.samples import Feeds, dataset_path, select_samples
 from lepton_edge.engines.calibration.sensitivity import SensitivityAnalysis, SensitivityRanking
 from lepton_edge.engines.evaluation.compare import CompareReport, FidelityReport, accuracy_gate, compare
+from lepton_edge.engines.evaluation.fidelity import DETECTION_TASKS
 from lepton_edge.engines.mixed_precision import FloatLayerSearch, Trial, float_layer_limit
 from lepton_edge.engines.model_inputs import check_feedable, whole_sequences
 from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
@@ -544,8 +545,9 @@ def _fidelity_gate(model: Path, info: Any, table: Any, engine_path: Path, manife
 
 
 def fidelity_minimums(task: str, options: BuildOptions) -> dict[str, float]:
-    """The minimums the gate applies for ``task``, keyed like :func:`fidelity_measures`."""
-    if task == "detect":
+    """The minimums the gate applies for ``task``, keyed like :func:`fidelity_measures`; segment, pose and obb
+    models are gated on their boxes, as detectors."""
+    if task in DETECTION_TASKS:
         return {"map": options.min_fidelity_map, "boxes_kept": options.min_boxes_kept}
     if task == "classify":
         return {"top1_agreement": options.min_top1_agreement}
@@ -554,7 +556,7 @@ def fidelity_minimums(task: str, options: BuildOptions) -> dict[str, float]:
 
 def fidelity_measures(fidelity: FidelityReport) -> dict[str, float]:
     """The measured values the minimums apply to."""
-    if fidelity.task == "detect":
+    if fidelity.task in DETECTION_TASKS:
         return {"map": fidelity.value, "boxes_kept": float(fidelity.boxes_kept)}
     if fidelity.task == "classify":
         return {"top1_agreement": fidelity.value}
@@ -570,7 +572,7 @@ def format_fidelity(fidelity: FidelityReport) -> str:
 def check_fidelity(fidelity: FidelityReport, required: dict[str, float], data: FidelityData) -> None:
     """Raise FidelityGateError naming every measure below its minimum, by how much, and what to try."""
     measured = fidelity_measures(fidelity)
-    if fidelity.task == "detect" and not fidelity.reference_boxes:
+    if fidelity.task in DETECTION_TASKS and not fidelity.reference_boxes:
         log.warning("fidelity gate: the fp32 model detects nothing on %s; fidelity cannot be judged there",
                     data.description)
         return
@@ -777,7 +779,7 @@ def _mixed_trial(model: Path, info: Any, quantizer: QdqQuantizer, ranking: Sensi
     fidelity = compared.fidelity
     measured = fidelity_measures(fidelity)
     required = fidelity_minimums(fidelity.task, options)
-    passed = (fidelity.task == "detect" and not fidelity.reference_boxes) or all(
+    passed = (fidelity.task in DETECTION_TASKS and not fidelity.reference_boxes) or all(
         measured[name] >= least for name, least in required.items())
     report(f"mixed precision: {count} layer(s) in float: {format_fidelity(fidelity)} -> "
            f"{'passes' if passed else 'fails'}")
