@@ -177,7 +177,7 @@ def _plan_image(plan: InputPlan, rest: list[TensorSpec], config: InputsConfig, w
     elif len(rest) == 1:
         chosen = rest[0]
     else:
-        suggestion = "; ".join(hint for hint in (_suggest(spec, plan) for spec in rest) if hint)
+        suggestion = "; ".join(hint for hint in (_suggest(spec) for spec in rest) if hint)
         raise ModelError(
             f"{where}: image sources feed one input, and {len(rest)} are left unfed: {[s.name for s in rest]}. "
             "Name the image input (model.inputs.image) and give the others as constants or state "
@@ -191,7 +191,7 @@ def _plan_image(plan: InputPlan, rest: list[TensorSpec], config: InputsConfig, w
     plan.image = chosen
 
 
-def _suggest(spec: TensorSpec, plan: InputPlan) -> str:
+def _suggest(spec: TensorSpec) -> str:
     if len(spec.shape) == 0 and np.issubdtype(spec.dtype, np.integer):
         return f"{spec.name!r} is an integer scalar (a sample rate or a flag?)"
     return ""
@@ -298,8 +298,3 @@ def fill_recorded(plan: InputPlan, data: np.ndarray | Mapping[str, np.ndarray],
                          "a .npz with one array per input name (np.savez(path, **{input_name: frames}))")
     (name,) = plan.recorded
     buffers[name] = _into(data, buffers[name], plan.specs[name], FRAME_ARRAY)
-
-
-def initial_shape(spec: TensorSpec, metadata: Mapping[str, str] | None = None) -> tuple[int, ...]:
-    """The first buffer shape of a recorded input: its fixed dims, dynamic ones 1 (resized by the first frame)."""
-    return tuple(_fixed(d) or 1 for d in spec.shape)
