@@ -105,19 +105,23 @@ def _build_candidates(model: Path, work: Path, options: BuildOptions, candidates
                       notes: dict[str, str], progress: ProgressArg) -> dict[str, Path]:
     """Build each candidate not in ``notes`` under ``work``; a failed one (fp32 aside: it raises) goes in ``notes``.
 
-    int8 passes the fidelity gate here (with mixed precision unless it is off), then again on the validation data
-    (:func:`_gate_candidates`)."""
+    int8 passes the fidelity gate here (with mixed precision unless it is off); one that fails it even so is
+    noted and built all-int8 without the gate, so that it is still measured. Every candidate is gated again on
+    the validation data (:func:`_gate_candidates`)."""
     built: dict[str, Path] = {}
     for precision in candidates:
         if precision in notes:
             continue
+        candidate = options.model_copy(update={"precision": precision, "validation_data": None})
         try:
-            candidate = options.model_copy(update={"precision": precision, "validation_data": None})
-            build_artifact(model, work / precision, candidate, progress=progress)
+            try:
+                build_artifact(model, work / precision, candidate, progress=progress)
+            except FidelityGateError as e:  # even with mixed precision, when allowed
+                notes[precision] = f"failed the fidelity gate: {e}"
+                log.warning("precision auto: %s candidate fails the fidelity gate: %s", precision, e)
+                build_artifact(model, work / precision, candidate.model_copy(update={"fidelity": False}),
+                               progress=progress)
             built[precision] = work / precision
-        except FidelityGateError as e:  # even with mixed precision, when allowed
-            notes[precision] = f"failed the fidelity gate: {e}"
-            log.warning("precision auto: %s candidate fails the fidelity gate: %s", precision, e)
         except LeptonError as e:
             if precision == "fp32":
                 raise
