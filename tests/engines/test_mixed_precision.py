@@ -14,7 +14,7 @@ from lepton_edge.engines.options import BuildOptions, CalibrationOptions, TrtOpt
 from lepton_edge.engines.tensorrt_builder import build_engine
 from tests.engines.calibration.test_sensitivity import WIDTH, planted_model
 from tests.support.fake_cuda import FakeGpu, block_pycuda, install_cuda_python
-from tests.support.fake_tensorrt import install_tensorrt
+from tests.support.fake_tensorrt import install_tensorrt, make_fake_tensorrt
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "digits_classifier.onnx"
@@ -136,3 +136,14 @@ def test_tensorrt_qdq_mode_leaves_the_kept_layers_without_qdq(tmp_path, fake_trt
     parsed = onnx.load_from_string(plan.split(b"\n", 2)[2])
     planted_node = next(n for n in parsed.graph.node if n.name == "planted")
     assert planted_node.input[0] == "t", "the kept layer reads the float tensor: no Q/DQ there"
+
+
+def test_tensorrt_11_layers_take_no_precision():
+    trt = make_fake_tensorrt("11.4.0")
+    logger = trt.Logger()
+    network = trt.Builder(logger).create_network(0)
+    trt.OnnxParser(network, logger).parse_from_file(str(DIGITS))
+    layer = network.get_layer(0)
+    assert layer.name == _first_nodes(1)[0]
+    assert not hasattr(layer, "precision") and not hasattr(layer, "set_output_type")
+    assert not hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS")

@@ -457,6 +457,10 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
         "IBuilderConfig": {"int8_calibrator", "set_calibration_profile", "get_calibration_profile"}
         if major >= 11 else ({"max_workspace_size"} if major >= 10 else set()),
         "INetworkDefinition": {"has_implicit_batch_dimension"} if major >= 11 else set(),
+        # TensorRT 11 networks are strongly typed: no per-layer precision or output type to set (the 11.4 bindings
+        # keep only get_output_type).
+        "ILayer": {"precision", "precision_is_set", "reset_precision", "set_output_type", "output_type_is_set",
+                   "reset_output_type"} if major >= 11 else set(),
     }
     if major >= 10:
         removed_in_version["Builder"].add("build_engine")

@@ -61,6 +61,9 @@ VERSIONED_NAMES: dict[str, tuple[int, int | None]] = {
     "get_batch": (8, 10),
     "read_calibration_cache": (8, 10),
     "write_calibration_cache": (8, 10),
+    "precision": (8, 10),  # ILayer precision constraints (mixed precision, implicit int8): gone in 11
+    "set_output_type": (8, 10),
+    "OBEY_PRECISION_CONSTRAINTS": (8, 10),
     "build_serialized_network": (8, None),  # probed: TensorRT older than 8.6 is refused
     "set_memory_pool_limit": (8, None),
 }
