@@ -791,7 +791,9 @@ def _mixed_failure(failure: FidelityGateError, ranking: SensitivityRanking, limi
     """The error when ``limit`` layers in float are not enough: by how much, and what to try."""
     last = max(trials, key=lambda t: t.layers) if trials else None
     required = fidelity_minimums(failure.fidelity.task, options)
-    if last is None:
+    if not ranking.layers:
+        short = "the model has no quantized layer to keep in float"
+    elif last is None:
         short = "no layer may be kept in float (--max-float-layers 0)"
     else:
         short = "; ".join(f"{name} {last.measured[name]:.4f} < required {least:.4f} (short by "
