@@ -62,9 +62,10 @@ from lepton_edge.engines.calibration.samples import Feeds, dataset_path, select_
 from lepton_edge.engines.calibration.sensitivity import SensitivityAnalysis, SensitivityRanking
 from lepton_edge.engines.evaluation.compare import CompareReport, FidelityReport, accuracy_gate, compare
 from lepton_edge.engines.evaluation.fidelity import DETECTION_TASKS
+from lepton_edge.engines.float16 import write_float32_copy
 from lepton_edge.engines.mixed_precision import FloatLayerSearch, Trial, float_layer_limit
 from lepton_edge.engines.model_inputs import check_feedable, whole_sequences
-from lepton_edge.engines.onnx_tools import explain_unsupported, float16_inputs, inspect_onnx, unsupported_ops
+from lepton_edge.engines.onnx_tools import explain_unsupported, inspect_onnx, unsupported_ops
 from lepton_edge.engines.options import MAX_BATCH, BuildOptions, TrtOptions
 from lepton_edge.engines.tensorrt_builder import build_engine
 from lepton_edge.runtime.assembly import preprocess_from_metadata
@@ -253,12 +254,13 @@ def publish(staged: Path, out_dir: Path) -> None:
     fsync_path(out_dir.parent)
 
 
-def _load_calibration(calibration: Any, info: Any) -> Any:
-    """A CalibrationTable from a table object or file, checked against the model."""
+def _load_calibration(calibration: Any, info: Any, identity: Any = None) -> Any:
+    """A CalibrationTable from a table object or file, checked against the model (or the fp16 model ``identity``
+    whose fp32 copy ``info`` is: both have the same tensors)."""
 
     if isinstance(calibration, str | Path):
-        return load_table(Path(calibration), model_sha256=info.sha256)
-    if getattr(calibration, "model_sha256", None) != info.sha256:
+        return load_table(Path(calibration), model_sha256=(identity or info).sha256)
+    if getattr(calibration, "model_sha256", None) not in (info.sha256, getattr(identity, "sha256", None)):
         raise ConfigError(
             f"model_sha256: the calibration table was made for another model ({calibration.model_name}, sha256 "
             f"{str(calibration.model_sha256)[:16]}...), not for {info.path} (sha256 {info.sha256[:16]}...); the model "
@@ -274,9 +276,10 @@ def table_sha256(table: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _calibrate(model: Path, info: Any, options: BuildOptions, report: Callable[[str], None], show_bar: bool) -> Any:
+def _calibrate(model: Path, info: Any, options: BuildOptions, report: Callable[[str], None], show_bar: bool,
+               identity: Any = None) -> Any:
     if options.calibration is not None:
-        return _load_calibration(options.calibration, info)
+        return _load_calibration(options.calibration, info, identity)
     if not options.calibration_data:
         raise ModelError(
             f"{model}: int8 needs calibration: give a calibration table (--calibration, model.calibration, "
@@ -320,17 +323,35 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
     layers in float when ``options.mixed_precision`` is auto (:func:`build_mixed_precision`).
     """
     options = whole_sequences(options or BuildOptions())
-    try:
-        return _build_artifact(model, out_dir, options, progress=progress)
-    except FidelityGateError as failure:
-        if options.mixed_precision == "off" or failure.table is None:
-            raise
-        return build_mixed_precision(Path(model), Path(out_dir), options, failure, progress)
+    model = Path(model)
+    with _float32_source(model, options.precision) as (source, identity):
+        try:
+            return _build_artifact(source, out_dir, options, progress=progress, identity=identity)
+        except FidelityGateError as failure:
+            if options.mixed_precision == "off" or failure.table is None:
+                raise
+            return build_mixed_precision(source, Path(out_dir), options, failure, progress, identity=identity)
+
+
+@contextlib.contextmanager
+def _float32_source(model: Path, precision: str) -> Iterator[tuple[Path, Any]]:
+    """(the model int8 is calibrated and quantized from, the model the artifact records as its source): an fp16
+    model's fp32 copy (``engines.float16``) for int8, the model itself otherwise (source identity None)."""
+    if precision != "int8":
+        yield model, None
+        return
+    with tempfile.TemporaryDirectory(prefix="lepton-fp32-") as scratch:
+        copy = Path(scratch) / model.name
+        if not write_float32_copy(model, copy):
+            yield model, None
+            return
+        log.info("%s: fp16 model: int8 is calibrated and quantized from its fp32 copy (same weights)", model.name)
+        yield copy, inspect_onnx(model)
 
 
 def _build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions | None = None, *,
                     progress: ProgressArg = True, keep_float: Sequence[str] = (),
-                    mixed: MixedPrecisionInfo | None = None) -> Manifest:
+                    mixed: MixedPrecisionInfo | None = None, identity: Any = None) -> Manifest:
     """Build the engine of ``model`` for ``options.target`` at ``options.precision`` into the artifact ``out_dir``.
 
     int8 needs ``options.calibration`` (a CalibrationTable or a table file made for this model) or
@@ -340,6 +361,7 @@ def _build_artifact(model: str | Path, out_dir: str | Path, options: BuildOption
     onnxruntime targets (CPU kernels run fp16 slower than fp32). Writing is atomic; a failed build leaves a
     previous artifact at ``out_dir`` untouched.
     int8 engines also pass the label-free fidelity gate (``options.fidelity``, see :func:`fidelity_data`).
+    ``identity`` (a ModelInfo) is the model the manifest records as the source when ``model`` is its fp32 copy.
     """
 
     options = options or BuildOptions()
@@ -355,7 +377,7 @@ def _build_artifact(model: str | Path, out_dir: str | Path, options: BuildOption
     env = current_environment(target, options.trt.device)
     if options.calibration is None:  # no table that could give the size: refuse a model without one now
         resolve_build_preprocess(model, info, options.preprocess)
-    table = _int8_table(model, info, options, report, progress is True)
+    table = _int8_table(model, info, options, report, progress is True, identity)
     preprocess, record = resolve_build_preprocess(model, info, options.preprocess, table)
     options = options.model_copy(update={"preprocess": preprocess})
     if record is not None:
@@ -369,7 +391,7 @@ def _build_artifact(model: str | Path, out_dir: str | Path, options: BuildOption
             engine_file, profiles = ONNX_ENGINE, []
             builder = _build_onnxruntime(model, info, staged / engine_file, table, report, keep_float)
         engine_path = staged / engine_file
-        manifest = _manifest(model, info, options, engine_path, table, env, builder, profiles)
+        manifest = _manifest(identity or info, options, engine_path, table, env, builder, profiles)
         manifest.preprocess = record
         if options.validation_data is not None:
             report(f"accuracy gate on {options.validation_data}")
@@ -407,30 +429,18 @@ def _check_target_runs(model: Path, info: Any, target: str) -> None:
 
 
 def _int8_table(model: Path, info: Any, options: BuildOptions, report: Callable[[str], None],
-                show_bar: bool) -> Any:
+                show_bar: bool, identity: Any = None) -> Any:
     """The calibration table an int8 build quantizes with; None for other precisions and Q/DQ models."""
     if options.precision != "int8":
         return None
     if info.has_qdq:
         report("model is already quantized (Q/DQ): using its own scales")
         return None
-    _refuse_float16_inputs(model, info)
-    table = _calibrate(model, info, options, report, show_bar)
+    table = _calibrate(model, info, options, report, show_bar, identity)
     if getattr(table, "samples", 1) <= 0:
         raise ModelError(f"{model}: the calibration set is empty (0 samples); give calibration data with "
                          "images the model sees in production")
     return table
-
-
-def _refuse_float16_inputs(model: Path, info: Any) -> None:
-    """int8 calibrates and quantizes from fp32 activations: a model with fp16 inputs is refused before that."""
-    names = float16_inputs(info)
-    if names:
-        raise ModelError(
-            f"{model}: int8 cannot be built from a model with fp16 inputs ({', '.join(names)}): calibration and "
-            "quantization start from the fp32 model. Re-export the model in fp32 (e.g. Ultralytics without "
-            "half=True) and build int8 from that; this model can be built as fp32 (or fp16 for tensorrt)"
-        )
 
 
 def _build_onnxruntime(model: Path, info: Any, dest: Path, table: Any, report: Callable[[str], None],
@@ -447,10 +457,10 @@ def _build_onnxruntime(model: Path, info: Any, dest: Path, table: Any, report: C
     return builder
 
 
-def _manifest(model: Path, info: Any, options: BuildOptions, engine_path: Path, table: Any, env: dict[str, Any],
+def _manifest(info: Any, options: BuildOptions, engine_path: Path, table: Any, env: dict[str, Any],
               builder: BuilderInfo, profiles: list[dict[str, list[list[int]]]]) -> Manifest:
-    """The staged engine's manifest, without accuracy and fingerprint."""
-    source = SourceModel(name=model.name, sha256=info.sha256, opset=info.opset,
+    """The staged engine's manifest (``info``: the source model), without accuracy and fingerprint."""
+    source = SourceModel(name=info.path.name, sha256=info.sha256, opset=info.opset,
                          inputs=[tensor_info(s) for s in info.inputs],
                          outputs=[tensor_info(s) for s in info.outputs], metadata=dict(info.metadata))
     calibration_info = None
@@ -715,7 +725,7 @@ MIXED_METHOD = ("layers ranked by the output error of the model with only that l
 
 
 def build_mixed_precision(model: Path, out_dir: Path, options: BuildOptions, failure: FidelityGateError,
-                          progress: ProgressArg = True) -> Manifest:
+                          progress: ProgressArg = True, *, identity: Any = None) -> Manifest:
     """After ``failure`` (the all-int8 engine failed the fidelity gate): rank the layers, find the fewest top ones
     whose float copy passes, and build the artifact with them in float; FidelityGateError when ``max_float_layers``
     are not enough. The calibration table of the first attempt is reused."""
@@ -748,7 +758,7 @@ def build_mixed_precision(model: Path, out_dir: Path, options: BuildOptions, fai
            f"({', '.join(k.name for k in kept[:5])}{', ...' if len(kept) > 5 else ''})")
     again = options.model_copy(update={"calibration": table})
     return _build_artifact(model, out_dir, again, progress=progress, keep_float=ranking.nodes(best.layers),
-                           mixed=mixed)
+                           mixed=mixed, identity=identity)
 
 
 def _sensitivity_feeds(model: Path, info: Any, table: Any, options: BuildOptions) -> list[dict[str, np.ndarray]]:

@@ -403,11 +403,6 @@ def explain_unsupported(ops: list[str]) -> str:
     return f"onnxruntime cannot run these operators: {', '.join(ops)}; {'; '.join(advice)}"
 
 
-def float16_inputs(info: ModelInfo) -> list[str]:
-    """Names of the model's fp16 inputs."""
-    return [spec.name for spec in info.inputs if spec.dtype == np.float16]
-
-
 def runtime_warnings(info: ModelInfo) -> list[str]:
     """What the runtime will not do with this model on its own: several inputs, outputs it cannot decode."""
     warnings = []

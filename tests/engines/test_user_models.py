@@ -8,7 +8,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from lepton_edge.core.errors import ModelError
-from lepton_edge.engines import builder
 from lepton_edge.engines.builder import build_artifact
 from lepton_edge.engines.calibration import calibrate
 from lepton_edge.engines.evaluation.compare import compare
@@ -71,17 +70,16 @@ def test_fp16_exports_build_fp16_for_tensorrt(tmp_path, fake_trt, make):
     assert manifest.precision == "fp16" and "FP16" in manifest.builder.builder_flags
 
 
-def test_int8_from_fp16_inputs_is_refused_before_calibration(tmp_path, monkeypatch):
-    def no_calibration(*args, **kwargs):
-        raise AssertionError("calibration must not start")
-
-    monkeypatch.setattr(builder, "calibrate", no_calibration)
-    model = fp16_io_model(tmp_path / "half.onnx")
-    options = BuildOptions(precision="int8", calibration_data=str(DIGITS_HELDOUT))
-    with pytest.raises(ModelError, match=r"int8 cannot be built from a model with fp16 inputs \(images\)") as err:
-        build_artifact(model, tmp_path / "int8", options, progress=False)
-    assert "re-export the model in fp32" in str(err.value).lower()
-    assert not (tmp_path / "int8").exists()
+def test_int8_from_an_fp16_model_is_calibrated_and_quantized_from_its_fp32_copy(tmp_path):
+    half = REPO / "models" / "ultralytics" / "detect" / "yolo11t-detect_fp16.onnx"
+    options = BuildOptions(precision="int8", calibration_data=str(REPO / "calibration" / "shapes"),
+                           calibration_options={"samples": 16}, fidelity=False)
+    manifest = build_artifact(half, tmp_path / "int8", options, progress=False)
+    source = inspect_onnx(half)
+    assert (manifest.source_model.name, manifest.source_model.sha256) == (half.name, source.sha256)
+    engine = inspect_onnx(tmp_path / "int8" / manifest.engine.file)
+    assert engine.has_qdq and [str(s.dtype) for s in engine.inputs] == ["float32"]
+    assert manifest.calibration is not None and manifest.calibration.samples == 16
 
 
 # -- Git LFS pointers ------------------------------------------------------------------------------------
