@@ -86,6 +86,8 @@ class _Work:
     age_ms: float = 0.0
     epoch: tuple[int, int] = (0, 0)
     """(reader generation, source opens): a change means the source opened again, which resets state."""
+    decoded_ts: float = 0.0
+    """When the source handed the frame over (monotonic), the start of its queue time."""
 
 
 def _fixed_or_one(dim: object) -> int:
@@ -413,8 +415,8 @@ class Pipeline:
             frame = next(frames, None)
             if frame is None:
                 return
-            work = _Work(frame, epoch=(generation, getattr(reader, "opens", 0)))
-            work.stage_ms["decode"] = (now() - t0) * 1000.0
+            work = _Work(frame, epoch=(generation, getattr(reader, "opens", 0)), decoded_ts=now())
+            work.stage_ms["decode"] = (work.decoded_ts - t0) * 1000.0
             self.stats.latency["decode"].add(work.stage_ms["decode"])
             yield work
 
@@ -434,8 +436,9 @@ class Pipeline:
                 if self.drops_frames and t - work.frame.capture_ts > self.max_age_s:
                     self._drop(work, "too_old")
                     continue
-                # time waiting between the end of decode and the start of preprocessing
-                work.stage_ms["queue"] = (t - work.frame.capture_ts) * 1000.0 - work.stage_ms["decode"]
+                # Time waiting between the end of decode and the start of preprocessing. Not capture_ts + decode:
+                # file sources stamp capture_ts after decoding, live ones before.
+                work.stage_ms["queue"] = (t - work.decoded_ts) * 1000.0
                 model = self.model
                 buffer = model.pool.get()
                 if buffer is CLOSED:  # the pipeline was aborted
@@ -451,7 +454,7 @@ class Pipeline:
                 else:
                     fill_recorded(plan, data, buffer)
                 work.stage_ms["preprocess"] = (now() - t) * 1000.0
-                self.stats.latency["queue"].add(max(0.0, work.stage_ms["queue"]))
+                self.stats.latency["queue"].add(work.stage_ms["queue"])
                 self.stats.latency["preprocess"].add(work.stage_ms["preprocess"])
                 try:
                     self._tensors.put(work)
