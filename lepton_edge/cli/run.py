@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.cli.inputs_args import add_input_arguments, inputs_from_args
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, apply_preprocess_flags, preprocess_flags
 from lepton_edge.config.device import DeviceConfig, load_config, parse_config
 from lepton_edge.config.pipeline import PreprocessConfig
@@ -20,6 +21,8 @@ EPILOG = """examples:
   lepton-edge run --model det.onnx --source video.mp4 --sink video:out/annotated.mp4 --max-frames 300
   lepton-edge run --model yolo_dynamic.onnx --source rtsp://cam.local/stream --size 480x480 --sink console
   lepton-edge run --model out/artifacts/det-int8 --source video.mp4 --sink console   # the artifact's size
+  lepton-edge run --model models/silero_vad.onnx --source models/silero_vad_audio.npz --constant sr=16000 \\
+      --state stateN=state --sink jsonl:out/vad.jsonl     # a recurrent model: state fed back (docs/sensors.md)
 
 Preprocessing: --size, --mean, --std, --color, --resize, --layout and --interpolation override the
 config's preprocess section; what neither sets comes from the artifact's record (the preprocessing and
@@ -37,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     add_preprocess_arguments(parser, config=False)  # --config is the device config, with its preprocess section
+    add_input_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +78,9 @@ def config_from_args(args: argparse.Namespace) -> DeviceConfig:
         data["sinks"] = [_sink_from_flag(s) for s in args.sink]
     if args.device_id:
         data["device_id"] = args.device_id
+    inputs = inputs_from_args(args)  # --config's model.inputs with the flags over it
+    if inputs is not None:
+        data["model"] = {**data.get("model", {}), "inputs": inputs.model_dump(exclude_unset=True)}
     if preprocess_flags(args):
         current = PreprocessConfig.model_validate(data.get("preprocess", {})) if args.config else None
         flagged = apply_preprocess_flags(args, current)

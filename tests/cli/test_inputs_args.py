@@ -81,3 +81,12 @@ def test_build_without_the_flags_says_what_the_vad_needs(tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err
     assert "'state' looks like state fed back from output 'stateN'" in err and "--state stateN=state" in err
+
+
+def test_run_feeds_the_vad_its_constant_and_state_from_the_flags(tmp_path):
+    out = tmp_path / "vad.jsonl"
+    assert main(["run", "--model", str(VAD), "--source", str(AUDIO), *VAD_FLAGS, "--sink", f"jsonl:{out}"]) == 0
+    probabilities = [json.loads(line)["outputs"]["output"]["values"][0][0] for line in out.read_text().splitlines()]
+    assert len(probabilities) == 125
+    assert max(probabilities[62:109]) > 0.9 > max(probabilities[:31])  # the vowel, not the near-silence
+    assert main(["run", "--model", str(VAD), "--source", str(AUDIO), "--sink", f"jsonl:{tmp_path / 'no.jsonl'}"]) != 0
