@@ -680,7 +680,8 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
     int8_mode = None
     if table is not None and options.int8_mode == "qdq":
         report("quantizing (QDQ) for explicit int8")
-        source = quantize_qdq(model, table, staged / "qdq.onnx", per_channel=True, keep_float=keep_float)
+        source = quantize_qdq(model, table, staged / "qdq.onnx", per_channel=True, keep_float=keep_float,
+                              symmetric=True)
         int8_mode = "qdq"
     elif table is not None:
         version = env["runtime"]["tensorrt"] or "8.6.1"

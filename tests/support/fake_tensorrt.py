@@ -58,7 +58,7 @@ SUPPORTED_OPS = frozenset({
     "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "LeakyRelu", "Less", "Log", "MatMul", "Max",
     "MaxPool", "Min", "Mul", "Neg", "NonMaxSuppression", "Not", "Or", "Pad", "Pow", "QuantizeLinear", "Range",
     "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax",
-    "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
+    "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
 })
 STANDARD_DOMAINS = ("", "ai.onnx")
 PLUGIN_OPS = frozenset({"EfficientNMS_TRT", "BatchedNMSDynamic_TRT", "EfficientNMS_ONNX_TRT"})
@@ -705,7 +705,7 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
                 if node.domain not in STANDARD_DOMAINS or node.op_type not in SUPPORTED_OPS:
                     self._fail(ErrorCode.UNSUPPORTED_NODE, f"No importer registered for op: {node.op_type}", index)
                     ok = False
-            if not ok:
+            if not ok or not self._symmetric_qdq(model):
                 return False
             initializers = {init.name for init in model.graph.initializer}
 
@@ -738,6 +738,34 @@ def make_fake_tensorrt(version: str = "10.3.0", gpu: FakeGpu | None = None, *, d
             ops = {node.op_type for node in model.graph.node}
             network._has_qdq = bool(ops & {"QuantizeLinear", "DequantizeLinear"})
             network._plugins = sorted(plugins)
+            return True
+
+        def _symmetric_qdq(self, model: Any) -> bool:
+            """TensorRT quantizes symmetrically, int8 only. onnx-tensorrt's QuantizeLinear/DequantizeLinear importer
+            (onnxOpImporters.cpp, TensorRT 8.6): uint8 zero points are refused; TensorRT 10 converts a uint8 zero
+            point to int8 but refuses any that is not zero ("TensorRT only supports symmetric quantization. The zero
+            point for the QuantizeLinear/DequantizeLinear operator must be all zeros.")."""
+            from onnx import numpy_helper
+
+            zero_points = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+            for index, node in enumerate(model.graph.node):
+                if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+                    continue
+                zero_point = zero_points.get(node.input[2])
+                if zero_point is None:
+                    continue
+                if zero_point.dtype not in (np.int8, np.uint8):  # e.g. an int32-quantized bias
+                    self._fail(ErrorCode.UNSUPPORTED_NODE, f"{node.op_type}: {zero_point.dtype} quantization is not "
+                               "supported; TensorRT quantizes to INT8", index)
+                    return False
+                if zero_point.dtype == np.uint8 and major == 8:
+                    self._fail(ErrorCode.UNSUPPORTED_NODE, f"{node.op_type}: UINT8 zero point is not supported; "
+                               "only INT8 quantization is", index)
+                    return False
+                if np.any(zero_point != 0):
+                    self._fail(ErrorCode.INVALID_NODE, "TensorRT only supports symmetric quantization. The zero "
+                               f"point for the {node.op_type} operator must be all zeros.", index)
+                    return False
             return True
 
     OnnxParser = versioned(OnnxParser)

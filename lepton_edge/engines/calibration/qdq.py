@@ -64,7 +64,7 @@ def _float_tail(model) -> list[str]:  # model: onnx.ModelProto (nodes named)
 
 
 def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, per_channel: bool = True,
-                 float_tail: bool = True, keep_float: Sequence[str] = ()) -> Path:
+                 float_tail: bool = True, keep_float: Sequence[str] = (), symmetric: bool = False) -> Path:
     """Write a QDQ-quantized copy of ``model_path`` whose activation scales come from ``table``.
 
     Activations are uint8 (asymmetric), weights int8 in 7 bits (-64..64, per output channel unless
@@ -75,9 +75,14 @@ def quantize_qdq(model_path: Path, table: CalibrationTable, out_path: Path, *, p
     to onnxruntime's ``quantize_static`` as its calibration cache, so no second calibration runs. With
     ``float_tail`` the cheap decode nodes after the last weighted layer stay in float; the nodes named in
     ``keep_float`` (mixed precision, see ``sensitivity``) stay in float too.
+
+    ``symmetric`` writes what TensorRT takes instead: int8 activations and full 8-bit int8 weights, every zero
+    point 0 (scale ``max(|lo|, |hi|) / 127``). TensorRT quantizes symmetrically only: its ONNX parser refuses
+    uint8 Q/DQ (8.6) or non-zero zero points (10+), and a uint8 zero point of 0 would put ``rmax / 255`` scales
+    on an int8 grid, clipping everything above about ``rmax / 2``. Biases stay float (TensorRT's Q/DQ are int8).
     """
-    return QdqQuantizer(model_path, table, per_channel=per_channel, float_tail=float_tail).write(
-        out_path, keep_float)
+    return QdqQuantizer(model_path, table, per_channel=per_channel, float_tail=float_tail,
+                        symmetric=symmetric).write(out_path, keep_float)
 
 
 class QdqQuantizer:
@@ -85,10 +90,11 @@ class QdqQuantizer:
     with other nodes kept in float: the build's mixed-precision search quantizes one model dozens of times."""
 
     def __init__(self, model_path: Path, table: CalibrationTable, *, per_channel: bool = True,
-                 float_tail: bool = True) -> None:
+                 float_tail: bool = True, symmetric: bool = False) -> None:
         import onnx
 
         self.model_path, self.table, self.per_channel = Path(model_path), table, per_channel
+        self.symmetric = symmetric
         info = inspect_onnx(self.model_path)
         _check_can_quantize(self.model_path, info, table)
         self.ranges = _ranges(table)
@@ -115,8 +121,10 @@ class QdqQuantizer:
         model.CopyFrom(self.model)  # the quantizer edits the model it is given
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="lepton-qdq-") as tmp:
-            staged = _quantize_static(model, self.model_path, self.ranges, Path(tmp), self.per_channel, excluded)
-            _record_quantization(staged, self.table, self.per_channel, len(excluded), list(keep_float))
+            staged = _quantize_static(model, self.model_path, self.ranges, Path(tmp), self.per_channel, excluded,
+                                      self.symmetric)
+            _record_quantization(staged, self.table, self.per_channel, len(excluded), list(keep_float),
+                                 self.symmetric)
             if check:
                 _check_loads(staged, self.model_path)
             atomic_write(out_path, staged.read_bytes())
@@ -163,7 +171,7 @@ def _name_unnamed_nodes(model) -> None:  # model: onnx.ModelProto
 
 
 def _quantize_static(model, model_path: Path, ranges, folder: Path, per_channel: bool,
-                     keep_float: list[str]) -> Path:  # model: onnx.ModelProto; ranges: TensorsData
+                     keep_float: list[str], symmetric: bool) -> Path:  # model: onnx.ModelProto; ranges: TensorsData
     """Run onnxruntime's quantizer on ``model`` with ``ranges`` as its calibration cache, in ``folder``;
     returns the quantized model's path."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -179,9 +187,13 @@ def _quantize_static(model, model_path: Path, ranges, folder: Path, per_channel:
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 model, str(staged), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-                per_channel=per_channel, reduce_range=True, activation_type=QuantType.QUInt8,
+                per_channel=per_channel, reduce_range=not symmetric,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=cache, nodes_to_exclude=keep_float,
+                # TensorRT: no int32-quantized biases (its Q/DQ are int8); it fuses the float bias itself.
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                               "QuantizeBias": not symmetric},
             )
     except LeptonError:
         raise
@@ -193,7 +205,7 @@ def _quantize_static(model, model_path: Path, ranges, folder: Path, per_channel:
 
 
 def _record_quantization(staged: Path, table: CalibrationTable, per_channel: bool, float_nodes: int,
-                         mixed: list[str]) -> None:
+                         mixed: list[str], symmetric: bool) -> None:
     """Add the ``lepton.quantization`` metadata entry to the quantized model at ``staged``."""
     import onnx
 
@@ -201,8 +213,8 @@ def _record_quantization(staged: Path, table: CalibrationTable, per_channel: boo
     entry = quantized.metadata_props.add()
     entry.key = "lepton.quantization"
     entry.value = json.dumps({
-        "format": "qdq", "activations": "uint8",
-        "weights": "int8 (7-bit) per-channel" if per_channel else "int8 (7-bit)",
+        "format": "qdq", "activations": "int8 (symmetric)" if symmetric else "uint8",
+        "weights": ("int8" if symmetric else "int8 (7-bit)") + (" per-channel" if per_channel else ""),
         "method": table.method, "source_model_sha256": table.model_sha256,
         "dataset_sha256": table.dataset_sha256, "float_nodes": float_nodes,
         **({"mixed_precision_nodes": mixed} if mixed else {}),
