@@ -55,6 +55,7 @@ from lepton_edge.engines.calibration import (
     dataset_manifest,
     load_table,
     quantize_qdq,
+    trt_version_code,
     write_tensorrt_cache,
 )
 from lepton_edge.engines.calibration.qdq import QdqQuantizer
@@ -305,14 +306,6 @@ def _copy_onnx(model: Path, info: Any, dest: Path) -> None:
     except ValueError as e:  # protobuf's 2 GiB limit
         raise ModelError(f"{model}: cannot fold its external data into one file ({e}); models over 2 GiB "
                          "are not supported for onnxruntime artifacts") from None
-
-
-def _trt_version_code(version: str) -> int:
-    """TensorRT's calibration-cache version number: 8.6.1 -> 8601, 10.3.0 -> 100300."""
-    import re
-
-    major, minor, patch = ([int(p) for p in re.findall(r"\d+", version)] + [0, 0, 0])[:3]
-    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
 
 
 def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions | None = None, *,
@@ -686,7 +679,7 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
     elif table is not None:
         version = env["runtime"]["tensorrt"] or "8.6.1"
         cache = staged / "calibration.cache"
-        write_tensorrt_cache(table, cache, trt_version=_trt_version_code(version))
+        write_tensorrt_cache(table, cache, trt_version=trt_version_code(version))
         int8_mode = "legacy-cache"
     elif precision == "int8":
         int8_mode = "qdq"

@@ -26,6 +26,7 @@ from lepton_edge.engines.calibration import (
     load_table,
     quantize_qdq,
     read_tensorrt_cache,
+    tensorrt_algorithm,
     write_table,
     write_tensorrt_cache,
 )
@@ -33,6 +34,8 @@ from lepton_edge.engines.calibration.choice import choose_ranges, warn_clipped
 from lepton_edge.engines.calibration.methods import entropy_threshold
 from lepton_edge.engines.calibration.statistics import TensorStats
 from lepton_edge.engines.onnx_tools import inspect_onnx
+from lepton_edge.engines.tensorrt_builder import read_calibration_cache
+from lepton_edge.runtime.platform import probe_tensorrt
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits_classifier.onnx"
@@ -607,7 +610,7 @@ def test_tensorrt_cache_round_trip_and_format(tmp_path, table):
     for name, (lo, hi) in table.ranges.items():
         assert scales[name] == float(np.float32(max(abs(lo), abs(hi)) / 127.0)), name
     entropy = table.model_copy(update={"method": "entropy"})
-    assert read_tensorrt_cache(write_tensorrt_cache(entropy, tmp_path / "e.cache"))[0] == \
+    assert read_tensorrt_cache(write_tensorrt_cache(entropy, tmp_path / "e.cache", trt_version=8601))[0] == \
         "TRT-8601-EntropyCalibration2"
 
 
@@ -750,7 +753,7 @@ def test_calibrate_command_writes_table_cache_and_qdq(tmp_path):
     assert "lepton-edge calibrate --model models/shapes_detector.onnx" in parser.format_help()
     args = parser.parse_args([
         "--model", str(DIGITS), "--data", str(DIGITS_CALIBRATION), "--method", "percentile", "--samples", "32",
-        "--out", str(tmp_path / "d.json"), "--trt-cache", str(tmp_path / "d.cache"),
+        "--out", str(tmp_path / "d.json"), "--trt-cache", str(tmp_path / "d.cache"), "--trt-version", "8.6.1",
         "--qdq", str(tmp_path / "d.int8.onnx"), "--no-progress",
     ])
     assert calibrate_command.run(args) == 0
@@ -758,6 +761,22 @@ def test_calibrate_command_writes_table_cache_and_qdq(tmp_path):
     assert table.method == "percentile" and table.percentile == 99.99 and table.samples == 32
     assert read_tensorrt_cache(tmp_path / "d.cache")[0] == "TRT-8601-EntropyCalibration2"
     assert inspect_onnx(tmp_path / "d.int8.onnx").has_qdq
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_calibrate_writes_caches_the_builder_reads_for_the_tensorrt_it_names(tmp_path, method):
+    parser = argparse.ArgumentParser()
+    calibrate_command.add_arguments(parser)
+    base = ["--model", str(DIGITS), "--data", str(DIGITS_CALIBRATION), "--method", method, "--samples", "8",
+            "--out", str(tmp_path / "d.json"), "--trt-cache", str(tmp_path / "d.cache"), "--no-progress"]
+    if probe_tensorrt()[0] is None:  # no TensorRT here to take the version from
+        with pytest.raises(ConfigError, match=r"TensorRT is not installed here .* --trt-version 8\.6\.1"):
+            calibrate_command.run(parser.parse_args(base))
+    assert calibrate_command.run(parser.parse_args([*base, "--trt-version", "10.3.0"])) == 0
+    cache = read_calibration_cache(tmp_path / "d.cache")
+    assert (cache.trt_version, cache.algorithm) == (100300, tensorrt_algorithm(method))
+    with pytest.raises(ConfigError, match=r"expected e\.g\. 8\.6\.1"):
+        calibrate_command.run(parser.parse_args([*base, "--trt-version", "ten"]))
 
 
 def test_committed_calibration_sets_match_their_manifests():

@@ -12,7 +12,12 @@ from lepton_edge.engines.calibration.measure import activation_tensors, calibrat
 from lepton_edge.engines.calibration.qdq import quantize_qdq
 from lepton_edge.engines.calibration.samples import dataset_manifest
 from lepton_edge.engines.calibration.table import METHODS, CalibrationTable, Method, load_table, write_table
-from lepton_edge.engines.calibration.tensorrt_cache import read_tensorrt_cache, tensorrt_algorithm, write_tensorrt_cache
+from lepton_edge.engines.calibration.tensorrt_cache import (
+    read_tensorrt_cache,
+    tensorrt_algorithm,
+    trt_version_code,
+    write_tensorrt_cache,
+)
 
 __all__ = [
     "METHODS",
@@ -25,6 +30,7 @@ __all__ = [
     "quantize_qdq",
     "read_tensorrt_cache",
     "tensorrt_algorithm",
+    "trt_version_code",
     "write_table",
     "write_tensorrt_cache",
 ]

@@ -20,13 +20,26 @@ _TRT_HEADER = re.compile(r"^TRT-(\d+)-(EntropyCalibration2|EntropyCalibration|Mi
 _HEX = re.compile(r"^[0-9a-fA-F]{1,8}$")
 
 
+def trt_version_code(version: str) -> int:
+    """TensorRT's version number as cache headers carry it: ``8.6.1`` -> 8601, ``10.3.0`` -> 100300 (a number
+    given as such is kept). Raises ConfigError for anything else."""
+    text = str(version).strip()
+    if text.isdigit():
+        return int(text)
+    parts = [int(p) for p in re.findall(r"\d+", text)][:3]
+    if not re.fullmatch(r"\d+(\.\d+){1,3}", text) or len(parts) < 2:
+        raise ConfigError(f"TensorRT version {text!r}: expected e.g. 8.6.1, 10.3.0 or the header number 8601")
+    major, minor, patch = [*parts, 0][:3]
+    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+
+
 def tensorrt_algorithm(method: str) -> str:
     """The TensorRT calibrator whose cache header fits ``method``: MinMaxCalibration for minmax,
     EntropyCalibration2 otherwise (the ranges are already chosen; the calibrator only carries them)."""
     return "MinMaxCalibration" if method == "minmax" else "EntropyCalibration2"
 
 
-def write_tensorrt_cache(table: CalibrationTable, path: str | Path, *, trt_version: int = 8601) -> Path:
+def write_tensorrt_cache(table: CalibrationTable, path: str | Path, *, trt_version: int) -> Path:
     """Write the ranges as a TensorRT calibration cache: a ``TRT-<version>-<algorithm>`` header line, then
     ``tensor: <hex>`` per tensor, the hex being the float32 bits of the scale ``amax / 127`` (symmetric
     int8, ``amax = max(|min|, |max|)``)."""
