@@ -261,6 +261,9 @@ class TensorRTBackendConfig(Strict):
     dla_core: int | None = Field(
         None, ge=0, description="DLA core (Jetson) a bare engine file was built for; artifacts use the core their "
         "manifest records. null: the GPU.")
+    cuda_package: Literal["auto", "cuda-python", "pycuda"] = Field(
+        "auto", description="CUDA Python package for memory and streams: auto (cuda-python if installed, else "
+        "pycuda), or one of them. CUDA graphs need cuda-python.")
 
 
 BackendConfig = Annotated[OnnxRuntimeBackendConfig | TensorRTBackendConfig, Field(discriminator="type")]

@@ -322,7 +322,8 @@ class TensorRTBackend(Backend):
             raise ModelError(f"{self.engine_path}: cannot read engine file: {e}") from None
         self.tensorrt_version = trt.__version__
         self._graphs_enabled = self.config.cuda_graph
-        self._cuda = cuda_adapter(self.config.device)
+        package = self.config.cuda_package
+        self._cuda = cuda_adapter(self.config.device, prefer=None if package == "auto" else package)
         try:
             with self._cuda.activate():
                 self._deserialize(trt, plan)

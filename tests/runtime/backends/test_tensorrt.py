@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from lepton_edge.config.pipeline import TensorRTBackendConfig
 from lepton_edge.core.errors import BackendUnavailable, ConfigError, ModelError
@@ -170,6 +171,23 @@ def test_cuda_graph_falls_back_with_a_warning_on_pycuda(monkeypatch, gpu, tmp_pa
     assert "CUDA graphs need cuda-python" in caplog.text
     assert gpu.graph_launches == 0
     _assert_released(gpu, trt)
+
+
+@pytest.mark.parametrize("package", ["pycuda", "cuda-python"])
+def test_cuda_package_chooses_the_adapter_when_both_are_installed(monkeypatch, gpu, tmp_path, package):
+    install_pycuda(monkeypatch, gpu)
+    install_cuda_python(monkeypatch, gpu)
+    trt = install_tensorrt(monkeypatch, "10.3.0", gpu)
+    with TensorRTBackend(_engine(tmp_path), _config(cuda_package=package)) as backend:
+        x = np.full((1, 3, 4, 4), 2.0, np.float32)
+        np.testing.assert_allclose(backend.infer({"input": x})[0], 2 * x + 1)
+        assert backend.describe()["cuda_package"] == package
+    _assert_released(gpu, trt)
+
+
+def test_cuda_package_is_one_of_the_known_packages():
+    with pytest.raises(ValidationError):
+        _config(cuda_package="/usr/lib/libcuda.so")
 
 
 def test_corrupt_engine_is_a_model_error(trt, cuda_python, tmp_path):
