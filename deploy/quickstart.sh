@@ -76,7 +76,7 @@ case "${1:-demo}" in
         exec "$VENV/bin/lepton-edge" bench "${@:2}" ;;
     lint)
         setup
-        "$VENV/bin/ruff" check lepton_edge tests models
+        "$VENV/bin/ruff" check lepton_edge tests models deploy
         exec "$VENV/bin/lint-imports" ;;
     *) echo "usage: $0 {demo|test|bench|setup|lint}" >&2; exit 2 ;;
 esac
