@@ -117,6 +117,15 @@ def default_max_batch(max_batch: int | None, metadata: dict[str, str]) -> int:
     return int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_BATCH else 1
 
 
+def _check_fixed_profiles(model: Path, profiles: list[dict[str, Any]]) -> None:
+    """DLA runs fixed shapes only: every profile needs min = opt = max (TensorRT's DLA documentation)."""
+    for profile in profiles:
+        for name, shapes in profile.items():
+            if len({tuple(shape) for shape in shapes}) != 1:
+                raise ConfigError(f"{model}: --profile {name}: DLA needs fixed shapes (min = opt = max), got "
+                                  f"{' / '.join('x'.join(map(str, s)) for s in shapes)}; give one shape three times")
+
+
 def _check_size_in_profiles(model: Path, record: PreprocessRecord | None, profiles: list[dict[str, Any]]) -> None:
     """ConfigError when the size the engine is built for lies outside a user profile of its image input."""
     if record is None:
@@ -687,7 +696,10 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
         profiles = options.profiles
         _check_size_in_profiles(model, record, profiles)
     else:
-        profiles = _default_profiles(info.inputs, record, default_max_batch(options.max_batch, info.metadata))
+        max_batch = 1 if options.dla_core is not None else default_max_batch(options.max_batch, info.metadata)
+        profiles = _default_profiles(info.inputs, record, max_batch)
+    if options.dla_core is not None:
+        _check_fixed_profiles(model, profiles)
     try:
         plan, facts = build_engine(source, precision=precision, calibration_cache=cache,
                                    float_layers=list(keep_float) if cache is not None else [],

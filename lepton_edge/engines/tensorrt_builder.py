@@ -215,6 +215,9 @@ def _plan_precision(
             plan.int8_flag = True
             plan.int8_mode = "calibration-cache"
             plan.calibration = cache
+        # Layers left unquantized (mixed precision, decode heads) run in fp16 rather than fp32 where the network
+        # is not strongly typed (8.6 Q/DQ, implicit calibration); strongly typed networks take no precision flags.
+        plan.fp16_flag = plan.int8_flag and api.has_fp16_flag and not plan.strongly_typed
     return plan
 
 

@@ -428,6 +428,14 @@ def test_tensorrt_dla_core_is_recorded(tmp_path, monkeypatch):
                               trt=TrtOptions(dla_core=1)), progress=False)
     assert manifest.builder.dla_core == 1 and "GPU_FALLBACK" in manifest.builder.builder_flags
     assert manifest.runtime.tensorrt == "8.6.1"
+    # DLA runs fixed shapes: the dynamic batch is pinned (min = opt = max), a range is refused.
+    assert manifest.profiles and all(len({tuple(s) for s in shapes}) == 1
+                                     for profile in manifest.profiles for shapes in profile.values())
+    name = manifest.source_model.inputs[0].name
+    ranged = [{name: ((1, 1, 8, 8), (1, 1, 8, 8), (4, 1, 8, 8))}]
+    with pytest.raises(ConfigError, match="DLA needs fixed shapes"):
+        build_artifact(DIGITS, tmp_path / "ranged", BuildOptions(target="tensorrt", precision="fp16",
+                       trt=TrtOptions(dla_core=1, profiles=ranged)), progress=False)
     with pytest.raises(ConfigError, match=r"dla_core=3 is not available: this device has cores 0\.\.1"):
         build_artifact(DIGITS, tmp_path / "bad", BuildOptions(target="tensorrt", precision="fp16",
                        trt=TrtOptions(dla_core=3)), progress=False)

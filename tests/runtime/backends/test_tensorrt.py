@@ -348,7 +348,7 @@ def test_int8_from_qdq_model(any_trt, tmp_path):
     assert facts["int8_mode"] == "explicit-qdq" and facts["calibration_cache"] is None
     major = int(trt.__version__.split(".")[0])
     if major == 8:
-        assert facts["builder_flags"] == ["INT8"] and not facts["strongly_typed"]
+        assert facts["builder_flags"] == ["FP16", "INT8"] and not facts["strongly_typed"]
     else:
         assert facts["builder_flags"] == [] and facts["strongly_typed"]
     if major == 10:
@@ -365,7 +365,7 @@ def test_int8_legacy_from_a_calibration_cache(monkeypatch, cuda_python, tmp_path
                      profiles=[DYNAMIC_PROFILE])
     _, facts = build_engine(tmp_path / "model.onnx", precision="int8", calibration_cache=cache,
                             profiles=[DYNAMIC_PROFILE])
-    assert facts["int8_mode"] == "calibration-cache" and facts["builder_flags"] == ["INT8"]
+    assert facts["int8_mode"] == "calibration-cache" and facts["builder_flags"] == ["FP16", "INT8"]
     assert facts["calibration_cache"]["header"].endswith("-EntropyCalibration2")
     assert len(facts["calibration_cache"]["sha256"]) == 64
     assert trt._state["builds"][-1]["int8"] == "calibrated-from-cache"
