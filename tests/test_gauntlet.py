@@ -1,4 +1,4 @@
-"""The models users bring, through every command a user runs on them: inspect, run, build int8, compare.
+"""The models users bring, through every command a user runs on them: inspect, run, calibrate, build int8, compare.
 
 Every Ultralytics task family (tiny exports whose batch-norm statistics were re-estimated on real frames and whose
 heads were biased, so outputs depend on the frame: models/ultralytics/README.md), a real trained PP-OCR classifier
@@ -117,9 +117,13 @@ def test_every_model_through_every_command(case: Case, tmp_path: Path, caplog: p
     assert any(case.result(line) for line in lines), f"no result with values: {lines[0]}"
     assert all(case.result(line) or not line.get("detections") for line in lines)
 
+    table = tmp_path / "table.json"
+    status, errors, _ = cli("calibrate", "--model", model, "--data", case.calibration, "--samples", "24",
+                            "--out", table, "--no-progress", *case.flags)
+    assert (status, errors) == (0, "")
     artifact = tmp_path / "int8"
-    build = ("build", "--model", model, "--precision", "int8", "--calibration-data", case.calibration,
-             "--calibration-samples", "32", *case.flags, "--out", artifact)
+    build = ("build", "--model", model, "--precision", "int8", "--calibration", table, "--fidelity-samples", "16",
+             *case.flags, "--out", artifact)
     status, errors, _ = cli(*build, *case.build_flags)
     if status == 0:
         fidelity = read_manifest(artifact).fidelity

@@ -265,12 +265,14 @@ def publish(staged: Path, out_dir: Path) -> None:
 
 
 def _load_calibration(calibration: Any, info: Any, identity: Any = None) -> Any:
-    """A CalibrationTable from a table object or file, checked against the model (or the fp16 model ``identity``
-    whose fp32 copy ``info`` is: both have the same tensors)."""
+    """A CalibrationTable from a table object or file, checked against the model. A table of the fp16 model
+    ``identity`` whose fp32 copy ``info`` is (same tensors) is taken for the copy."""
 
     if isinstance(calibration, str | Path):
-        return load_table(Path(calibration), model_sha256=(identity or info).sha256)
-    if getattr(calibration, "model_sha256", None) not in (info.sha256, getattr(identity, "sha256", None)):
+        calibration = load_table(Path(calibration), model_sha256=(identity or info).sha256)
+    if identity is not None and getattr(calibration, "model_sha256", None) == identity.sha256:
+        return calibration.model_copy(update={"model_sha256": info.sha256})
+    if getattr(calibration, "model_sha256", None) != info.sha256:
         raise ConfigError(
             f"model_sha256: the calibration table was made for another model ({calibration.model_name}, sha256 "
             f"{str(calibration.model_sha256)[:16]}...), not for {info.path} (sha256 {info.sha256[:16]}...); the model "
