@@ -272,10 +272,8 @@ def ensure_venv() -> Path:
     return python
 
 
-def outer(args: argparse.Namespace) -> None:
-    t0 = time.time()
-    write_frames()
-    python = ensure_venv()
+def offline_env() -> dict:
+    """The environment Ultralytics runs in: offline, no auto-install, settings under ``out/``."""
     env = dict(os.environ)
     env.update(
         YOLO_OFFLINE="1",  # no connectivity checks, no hub, no downloads
@@ -283,6 +281,14 @@ def outer(args: argparse.Namespace) -> None:
         YOLO_CONFIG_DIR=str(WORK / "config"),  # settings.json out of the home folder
         PYTHONHASHSEED="0",
     )
+    return env
+
+
+def outer(args: argparse.Namespace) -> None:
+    t0 = time.time()
+    write_frames()
+    python = ensure_venv()
+    env = offline_env()
     cmd = ["nice", "-n", "10", str(python), str(Path(__file__).resolve()), "--inner"]
     if args.only:
         cmd += ["--only", *args.only]
