@@ -109,7 +109,8 @@ def test_a_workload_runs_on_a_real_device_and_is_released_when_the_device_dies(b
     }))
     device_config = tmp_path / "device.yaml"
     # the detector's first inferences are slow on a busy machine: a health check window to match
-    agent = {"health_check": {"window_s": 5.0, "min_frames": 2}}
+    agent = {"health_check": {"window_s": 5.0, "min_frames": 2},
+             "remote_policy": {"allowed_folders": [str(tmp_path), str(DETECTOR.parent)]}}  # the pushed model
     device_config.write_text(json.dumps(idle_data(tmp_path, broker.port, DEVICE_ID, agent=agent)))
     logs = [tmp_path / "scheduler.log", tmp_path / "device.log"]
     api = Api(api_port)

@@ -193,8 +193,63 @@ class HealthCheckConfig(Strict):
     min_frames: int = Field(
         5,
         ge=1,
+        le=100_000,
         description="Results the new model must produce in the window (and no error), else rollback.",
     )
+
+
+def default_cache_dir() -> Path:
+    """``$CACHE_DIRECTORY`` under systemd (``CacheDirectory=``), else ``$XDG_CACHE_HOME/lepton-edge`` (by
+    default ``~/.cache/lepton-edge``): the parent of the engine cache."""
+    env = os.environ.get("CACHE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lepton-edge"
+
+
+DEFAULT_REMOTE_SCHEMES = ("file", "npy", "rtsp", "rtsps", "synthetic", "csi", "v4l2")
+"""Source URI schemes a remote config may use by default (``file`` and ``npy`` only inside the allowed
+folders, ``v4l2`` also as ``/dev/videoN``); http(s) needs ``remote_policy.http_hosts``."""
+
+RemoteScheme = Literal["file", "npy", "rtsp", "rtsps", "synthetic", "csi", "v4l2", "gst"]
+
+
+class RemotePolicyConfig(Strict):
+    """What a remote (desired) config may point at; set only by the local file, never remotely."""
+
+    allowed_folders: list[Path] | None = Field(
+        None,
+        max_length=64,
+        description="Folders that the file paths of a remote config (model, labels, calibration, validation "
+        "data, engine cache, sinks, file sources) must resolve into, symlinks followed. None: the agent's "
+        "state_dir and the cache folder ($CACHE_DIRECTORY under systemd, else ~/.cache/lepton-edge). The "
+        "agent's own state files are refused wherever they are.",
+    )
+    source_schemes: list[RemoteScheme] = Field(
+        default_factory=lambda: list(DEFAULT_REMOTE_SCHEMES),
+        max_length=16,
+        description="Source URI schemes a remote config may use: file (a path) and npy inside the allowed "
+        "folders, rtsp, rtsps, synthetic, csi, v4l2 (or /dev/videoN); gst (any GStreamer pipeline) only if "
+        "listed. http and https are governed by http_hosts.",
+    )
+    http_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Hosts (names or IP addresses, exact match) an http:// or https:// source of a remote config "
+        "may reach; empty: none. Loopback, link-local and private addresses are refused unless listed here.",
+    )
+    max_telemetry_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Largest agent.telemetry_interval_s a remote config may set; keep it well below the "
+        "scheduler's heartbeat_timeout_s (30 s by default), or the device looks offline while alive.",
+    )
+
+    @field_validator("http_hosts")
+    @classmethod
+    def _lower_hosts(cls, hosts: list[str]) -> list[str]:
+        return [h.strip().strip("[]").lower() for h in hosts if h.strip()]
 
 
 class AgentConfig(Strict):
@@ -232,6 +287,11 @@ class AgentConfig(Strict):
     artifact_max_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest artifact download accepted, in bytes."
     )
+    remote_policy: RemotePolicyConfig = Field(
+        default_factory=RemotePolicyConfig,
+        description="Limits on remote (desired) configs: allowed folders, source schemes and hosts, the "
+        "largest telemetry interval. Local only: a remote config that sets it is refused.",
+    )
     prometheus_port: int | None = Field(
         None,
         ge=0,
@@ -262,6 +322,10 @@ def resolve_agent_paths(agent: AgentConfig, fix: Any) -> AgentConfig:
         "state_dir": fix(agent.state_dir),
         "outbox": agent.outbox.model_copy(update={"path": fix(agent.outbox.path)}),
     }
+    policy = agent.remote_policy
+    if policy.allowed_folders is not None:
+        folders = [fix(f) for f in policy.allowed_folders]
+        updates["remote_policy"] = policy.model_copy(update={"allowed_folders": folders})
     if agent.artifact_public_key is not None:
         updates["artifact_public_key"] = fix(agent.artifact_public_key)
     tls = agent.mqtt.tls

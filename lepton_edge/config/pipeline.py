@@ -218,7 +218,7 @@ class ModelConfig(Strict):
         "(see docs/build.md for the formats)."
     )
     max_accuracy_drop: float = Field(
-        1.0, ge=0, description="Largest allowed drop against the fp32 model, in points of top-1 accuracy "
+        1.0, ge=0, le=100, description="Largest allowed drop against the fp32 model, in points of top-1 accuracy "
         "(classifiers) or mAP@0.5 (detectors)."
     )
     cache_dir: Path | None = Field(
@@ -239,9 +239,9 @@ class OnnxRuntimeBackendConfig(Strict):
         description="Execution providers in order of preference; unavailable ones are skipped with a warning.",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="Threads inside one operator; 0 picks the number of physical cores."
+        0, ge=0, le=1024, description="Threads inside one operator; 0 picks the number of physical cores."
     )
-    inter_op_threads: int = Field(1, ge=1, description="Threads running independent operators in parallel.")
+    inter_op_threads: int = Field(1, ge=1, le=1024, description="Threads running independent operators in parallel.")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="onnxruntime graph optimisation level."
     )
@@ -250,14 +250,16 @@ class OnnxRuntimeBackendConfig(Strict):
         description="Let idle intra-op threads spin. None: spin in a bare loop, sleep inside the pipeline "
         "where other stages need the cores.",
     )
-    warmup_runs: int = Field(3, ge=0, description="Inference runs on a zero tensor before the first frame.")
+    warmup_runs: int = Field(
+        3, ge=0, le=1000, description="Inference runs on a zero tensor before the first frame (at most 1000)."
+    )
 
 
 class TensorRTBackendConfig(Strict):
     type: Literal["tensorrt"] = Field(description="Run a serialized TensorRT engine (needs TensorRT and CUDA).")
     device: int = Field(0, ge=0, description="CUDA device index.")
     cuda_graph: bool = Field(False, description="Capture inference in a CUDA graph and replay it.")
-    warmup_runs: int = Field(3, ge=0, description="Inference runs before the first frame.")
+    warmup_runs: int = Field(3, ge=0, le=1000, description="Inference runs before the first frame (at most 1000).")
     dla_core: int | None = Field(
         None, ge=0, description="DLA core (Jetson) a bare engine file was built for; artifacts use the core their "
         "manifest records. null: the GPU.")
@@ -270,12 +272,18 @@ BackendConfig = Annotated[OnnxRuntimeBackendConfig | TensorRTBackendConfig, Fiel
 
 
 class ReconnectConfig(Strict):
-    initial_backoff_s: float = Field(0.5, gt=0, description="First wait before reopening a failed live source.")
-    max_backoff_s: float = Field(10.0, gt=0, description="Cap of the exponential backoff between reopen attempts.")
-    stall_timeout_s: float = Field(
-        5.0, gt=0, description="A live source that delivers no frame for this long is closed and reopened."
+    initial_backoff_s: float = Field(
+        0.5, gt=0, le=3600, description="First wait before reopening a failed live source (at most an hour)."
     )
-    max_attempts: int = Field(0, ge=0, description="Give up after this many failed reopen attempts; 0 retries forever.")
+    max_backoff_s: float = Field(
+        10.0, gt=0, le=3600, description="Cap of the exponential backoff between reopen attempts (at most an hour)."
+    )
+    stall_timeout_s: float = Field(
+        5.0, gt=0, le=3600, description="A live source that delivers no frame for this long is closed and reopened."
+    )
+    max_attempts: int = Field(
+        0, ge=0, le=1_000_000, description="Give up after this many failed reopen attempts; 0 retries forever."
+    )
 
 
 class SourceConfig(Strict):
@@ -290,7 +298,8 @@ class SourceConfig(Strict):
         "None decides from the URI: cameras and streams are live, files are offline.",
     )
     max_frame_age_ms: float = Field(
-        500.0, gt=0, description="Live frames older than this when inference starts are dropped as too old."
+        500.0, gt=0, le=3_600_000,
+        description="Live frames older than this when inference starts are dropped as too old (at most an hour)."
     )
     loop: bool = Field(False, description="Restart file sources from the beginning when they end.")
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source recovery policy.")
@@ -418,7 +427,7 @@ class ObbConfig(TaskHeadConfig):
 
 class ClassifyConfig(Strict):
     type: Literal["classify"] = Field(description="Turn logits or probabilities into top-k classes.")
-    top_k: int = Field(5, ge=1, description="Number of classes reported.")
+    top_k: int = Field(5, ge=1, le=10000, description="Number of classes reported (1..10000).")
     softmax: bool | None = Field(None, description="Apply softmax; None applies it unless outputs already sum to 1.")
 
 
@@ -447,8 +456,10 @@ PostprocessConfig = Annotated[
 class JsonlSinkConfig(Strict):
     type: Literal["jsonl"] = Field(description="Append one JSON object per result to a file.")
     path: Path = Field(description="Output file; its folder is created.")
-    queue_size: int = Field(1024, ge=1, description="Results buffered before the sink drops (and counts) them.")
-    flush_every: int = Field(32, ge=1, description="Flush the file every N results.")
+    queue_size: int = Field(
+        1024, ge=1, le=100_000, description="Results buffered before the sink drops (and counts) them (1..100000)."
+    )
+    flush_every: int = Field(32, ge=1, le=100_000, description="Flush the file every N results (1..100000).")
 
 
 class VideoSinkConfig(Strict):
@@ -456,14 +467,16 @@ class VideoSinkConfig(Strict):
         description="Write an annotated video (boxes or rotated boxes, masks, keypoints, labels, latency)."
     )
     path: Path = Field(description="Output video file (.mp4 or .avi).")
-    fps: float = Field(30.0, gt=0, description="Frame rate written into the file.")
+    fps: float = Field(30.0, gt=0, le=1000, description="Frame rate written into the file (at most 1000).")
     codec: str = Field("mp4v", min_length=4, max_length=4, description="FourCC of the video codec.")
-    queue_size: int = Field(64, ge=1, description="Frames buffered before the sink drops (and counts) them.")
+    queue_size: int = Field(
+        64, ge=1, le=1024, description="Frames buffered before the sink drops (and counts) them (1..1024)."
+    )
 
 
 class ConsoleSinkConfig(Strict):
     type: Literal["console"] = Field(description="Print a live table of fps, per-stage latency and detections.")
-    interval_s: float = Field(1.0, gt=0, description="Seconds between table refreshes.")
+    interval_s: float = Field(1.0, gt=0, le=3600, description="Seconds between table refreshes (at most an hour).")
 
 
 SinkConfig = Annotated[JsonlSinkConfig | VideoSinkConfig | ConsoleSinkConfig, Field(discriminator="type")]
@@ -471,6 +484,11 @@ SinkConfig = Annotated[JsonlSinkConfig | VideoSinkConfig | ConsoleSinkConfig, Fi
 
 class PipelineConfig(Strict):
     latency_window: int = Field(
-        4096, ge=16, description="Latency samples kept per stage for percentiles (a sliding window)."
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="Latency samples kept per stage for percentiles (a sliding window of 16..1000000).",
     )
-    stats_interval_s: float = Field(5.0, gt=0, description="Seconds between pipeline statistics log lines.")
+    stats_interval_s: float = Field(
+        5.0, gt=0, le=86400, description="Seconds between pipeline statistics log lines (at most a day)."
+    )

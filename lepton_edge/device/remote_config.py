@@ -10,6 +10,11 @@ Rules (docs/protocol.md, "Remote configuration"):
 - Versions not newer than the last handled one (applied, rejected or rolled back) are ignored, so a
   duplicate or a retained document delivered again after a reconnect is applied once. While one
   version is being applied, only the newest of those that arrive meanwhile is kept.
+- Everything a desired config points at must pass the device's remote policy (``agent.remote_policy`` of
+  the local file, lepton_edge.device.remote_policy): file paths inside the allowed folders and never the
+  agent's own state, allow-listed source schemes and hosts, a bounded telemetry interval. The policy itself
+  cannot be set remotely. A refused config is reported with one line per problem; the last good one keeps
+  running.
 - ``{"idle": true}`` (what the scheduler pushes to a device left without a workload) is a config like any
   other: applying it stops the pipeline, and the device waits, connected, for a workload config.
 - The last good config and its version are persisted atomically; after a restart the device starts
@@ -30,6 +35,7 @@ from typing import Any
 from lepton_edge.config.device import DeviceConfig, parse_config
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.device.controller import ApplyResult, RuntimeController
+from lepton_edge.device.remote_policy import check_remote_config, policy_fields
 from lepton_edge.device.state import ConfigState, StateStore
 from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, decode
 
@@ -122,6 +128,7 @@ class RemoteConfig:
                 f"{local.device_id!r}; identity is local: remove device_id from the desired config"
             )
         data["device_id"] = local.device_id
+        problems.extend(policy_fields(data, origin))
         remote_agent = data.get("agent")
         if remote_agent is None:
             data.pop("agent", None)
@@ -129,7 +136,7 @@ class RemoteConfig:
             raise ConfigError("\n".join(problems))
         config = parse_config(data, origin, base_dir=self.store.dir)
         if config.agent is None or not isinstance(remote_agent, dict):
-            return config.model_copy(update={"agent": local.agent})
+            return self._within_policy(config.model_copy(update={"agent": local.agent}), origin)
         updates = {}
         for key in remote_agent:
             if key in REMOTE_AGENT_FIELDS:
@@ -142,7 +149,16 @@ class RemoteConfig:
                 )
         if problems:
             raise ConfigError("\n".join(problems))
-        return config.model_copy(update={"agent": local.agent.model_copy(update=updates)})
+        return self._within_policy(config.model_copy(update={"agent": local.agent.model_copy(update=updates)}),
+                                   origin)
+
+    def _within_policy(self, config: DeviceConfig, origin: str) -> DeviceConfig:
+        """``config`` if it passes the local remote policy; ConfigError naming each field and rule if not."""
+        assert self.local.agent is not None
+        problems = check_remote_config(config, self.local.agent, origin)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return config
 
     # -- MQTT handler (network thread) --------------------------------------------------------------
 

@@ -39,6 +39,8 @@ def agent_data(
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
         "results": {"max_rate_hz": 1000},
         "health_check": {"window_s": 0.6, "min_frames": 2},
+        # remote configs in tests point at the test's folders and at the shared test model
+        "remote_policy": {"allowed_folders": [str(tmp_path), *([str(Path(model).parent)] * Path(model).is_absolute())]},
     }
     agent_section = merge_sections(defaults, agent or {})
     data: dict[str, Any] = {
@@ -73,7 +75,10 @@ PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", 
 
 def idle_data(tmp_path: Path, port: int, device_id: str, **kwargs: Any) -> dict[str, Any]:
     """Like :func:`agent_data`, for an idle device: ``idle: true`` and no pipeline sections."""
-    data = agent_data(tmp_path, Path("unused.onnx"), port, device_id, **kwargs)
+    # an idle device is pushed workloads later: let them use the models of the whole test session
+    folders = {"remote_policy": {"allowed_folders": [str(tmp_path), str(tmp_path.parent)]}}
+    agent = merge_sections(folders, kwargs.pop("agent", None) or {})
+    data = agent_data(tmp_path, Path("unused.onnx"), port, device_id, agent=agent, **kwargs)
     return {"idle": True, **{k: v for k, v in data.items() if k not in PIPELINE_SECTIONS}}
 
 

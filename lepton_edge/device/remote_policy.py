@@ -1,0 +1,198 @@
+"""The device's remote policy: what a remote (desired) config may point at (docs/protocol.md, "Remote policy").
+
+The policy is ``agent.remote_policy`` of the local config file; a remote config can neither set nor change it.
+It governs remote input only (a local ``--config`` file is trusted as it is):
+
+- every file path (model, labels, calibration table and data, validation data, engine cache, sink files, file
+  and npy sources) must resolve, symlinks followed and ``..`` collapsed, inside one of the allowed folders
+  (the state and cache folders by default) and must not be one of the agent's own state files (session
+  counter, last good config, outbox database, downloaded artifacts);
+- a source URI's scheme must be allowed; http(s) only to hosts listed in ``http_hosts`` (so loopback,
+  link-local and private addresses only when listed), rtsp(s) never to loopback or link-local addresses
+  unless listed;
+- ``agent.telemetry_interval_s`` at most ``max_telemetry_interval_s``, so a live device never looks dead.
+
+Each problem is one line naming the field, the value and the rule; the caller refuses the whole config.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lepton_edge.config.device import AgentConfig, DeviceConfig, RemotePolicyConfig, default_cache_dir
+from lepton_edge.device.state import CONFIG_FILE, SESSION_FILE
+
+ARTIFACTS_DIR = "artifacts"
+"""Folder of downloaded artifacts inside the state folder (lepton_edge.device.agent)."""
+_VIDEO_DEVICE = re.compile(r"^/dev/video[0-9]{1,3}$")
+
+
+def allowed_folders(agent: AgentConfig) -> list[Path]:
+    """The folders remote paths must resolve into, resolved themselves."""
+    folders = agent.remote_policy.allowed_folders
+    if folders is None:
+        folders = [agent.state_dir, default_cache_dir()]
+    return [Path(f).resolve() for f in folders]
+
+
+def owned_paths(agent: AgentConfig) -> list[Path]:
+    """The agent's own state: no remote path may name these (or anything that starts with their names)."""
+    state = Path(agent.state_dir)
+    paths = [state / SESSION_FILE, state / CONFIG_FILE, state / ARTIFACTS_DIR, Path(agent.outbox.path)]
+    return [p.resolve() for p in paths]
+
+
+def check_remote_config(config: DeviceConfig, agent: AgentConfig, origin: str) -> list[str]:
+    """Every way ``config`` (a remote config, already validated and with paths made absolute) breaks the
+    policy of the local ``agent`` section; empty when it may be applied."""
+    checker = _Checker(agent, origin)
+    model = config.model
+    if model is not None:
+        checker.path("model.path", model.path)
+        if isinstance(model.labels, Path):
+            checker.path("model.labels", model.labels)
+        for name in ("calibration", "validation_data", "cache_dir"):
+            value = getattr(model, name)
+            if value is not None:
+                checker.path(f"model.{name}", value)
+        if model.calibration_data is not None:
+            checker.path("model.calibration_data", Path(model.calibration_data))
+    for i, sink in enumerate(config.sinks):
+        path = getattr(sink, "path", None)
+        if path is not None:
+            checker.path(f"sinks.{i}.path", path)
+    if config.source is not None:
+        checker.source(config.source.uri)
+    if config.agent is not None:
+        limit = agent.remote_policy.max_telemetry_interval_s
+        interval = config.agent.telemetry_interval_s
+        if interval > limit and interval != agent.telemetry_interval_s:  # the local value stays as it is
+            checker.problems.append(
+                f"{origin}: agent.telemetry_interval_s: {interval:g} s is above the remote limit of {limit:g} s "
+                "(remote_policy.max_telemetry_interval_s, kept below the scheduler's heartbeat timeout so a "
+                "live device never looks offline)"
+            )
+    return checker.problems
+
+
+def policy_fields(data: dict[str, Any], origin: str) -> list[str]:
+    """Problems for a remote config mapping that tries to set the remote policy itself."""
+    problems = []
+    if "remote_policy" in data:
+        problems.append(f"{origin}: remote_policy: {_LOCAL_ONLY}")
+    agent = data.get("agent")
+    if isinstance(agent, dict) and "remote_policy" in agent:
+        problems.append(f"{origin}: agent.remote_policy: {_LOCAL_ONLY}")
+    return problems
+
+
+_LOCAL_ONLY = (
+    "the remote policy is set only by the device's local config file and cannot be changed remotely; "
+    "remove it from the desired config"
+)
+
+
+class _Checker:
+    def __init__(self, agent: AgentConfig, origin: str) -> None:
+        self.policy: RemotePolicyConfig = agent.remote_policy
+        self.origin = origin
+        self.folders = allowed_folders(agent)
+        self.owned = owned_paths(agent)
+        self.problems: list[str] = []
+
+    def refuse(self, field: str, value: object, rule: str) -> None:
+        self.problems.append(f"{self.origin}: {field}: {str(value)[:200]!r} refused by the remote policy: {rule}")
+
+    def path(self, field: str, path: Path) -> None:
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop, an unreadable folder
+            self.refuse(field, path, f"cannot be resolved ({e})")
+            return
+        for own in self.owned:
+            if resolved == own or resolved.is_relative_to(own) or (
+                resolved.parent == own.parent and resolved.name.startswith(own.name)
+            ):
+                self.refuse(field, path, f"{own} is the agent's own state and is never named by a remote config")
+                return
+        if not any(resolved.is_relative_to(folder) for folder in self.folders):
+            shown = ", ".join(str(f) for f in self.folders)
+            where = f" (it resolves to {resolved})" if resolved != Path(path) else ""
+            self.refuse(
+                field,
+                path,
+                f"file paths must stay inside the allowed folders ({shown}){where}; "
+                "see agent.remote_policy.allowed_folders in the local config",
+            )
+
+    def source(self, uri: str) -> None:
+        field = "source.uri"
+        scheme, sep, rest = uri.partition("://")
+        scheme = scheme.lower() if sep else ""
+        if not sep:
+            if uri.startswith("gst:"):
+                scheme = "gst"
+            elif _VIDEO_DEVICE.match(uri):
+                scheme = "v4l2"
+            else:
+                scheme, rest = "file", uri
+        if scheme in ("http", "https"):
+            self.http_host(uri)
+            return
+        if scheme not in self.policy.source_schemes:
+            allowed = ", ".join(self.policy.source_schemes)
+            self.refuse(field, uri, f"scheme {scheme}:// is not allowed (allowed: {allowed}, and http(s) to "
+                        "the hosts in agent.remote_policy.http_hosts)")
+            return
+        if scheme in ("file", "npy"):
+            if rest.startswith("localhost/"):
+                rest = rest[len("localhost"):]
+            if not rest.startswith("/"):
+                self.refuse(field, uri, "file URIs need an absolute path inside the allowed folders")
+                return
+            self.path(field, Path(rest))
+            if "?" in rest:  # the path the source opens, without its options
+                self.path(field, Path(rest.split("?", 1)[0]))
+        elif scheme in ("rtsp", "rtsps"):
+            host = _hostname(uri)
+            if host is None or (_internal(host, private=False) and host not in self.policy.http_hosts):
+                self.refuse(field, uri, "rtsp to a loopback, link-local or missing host is refused unless the "
+                            "host is listed in agent.remote_policy.http_hosts")
+
+    def http_host(self, uri: str) -> None:
+        host = _hostname(uri)
+        if host is None:
+            self.refuse("source.uri", uri, "http(s) URI without a host")
+        elif host not in self.policy.http_hosts:
+            kind = "a loopback, link-local or private address, " if _internal(host, private=True) else ""
+            self.refuse(
+                "source.uri",
+                uri,
+                f"http(s) host {host!r} is {kind}not in agent.remote_policy.http_hosts (http sources reach only "
+                "listed hosts)",
+            )
+
+
+def _hostname(uri: str) -> str | None:
+    try:
+        host = urlsplit(uri).hostname
+    except ValueError:
+        return None
+    return host.lower() if host else None
+
+
+def _internal(host: str, *, private: bool) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    internal = address.is_loopback or address.is_link_local or address.is_unspecified
+    return internal or (private and address.is_private)
