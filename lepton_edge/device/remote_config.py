@@ -21,7 +21,9 @@ Rules (docs/protocol.md, "Remote configuration"):
   from it (it is newer than the local file, version 0) and reports it in its birth.
 
 Authorization is the broker's job: anyone allowed to publish on a device's desired topic controls it
-(and a bogus huge version would make it ignore later ones), so restrict that topic with broker ACLs.
+(documents are not signed yet), so restrict that topic with broker ACLs. Versions are the scheduler's and
+bounded (protocol.MAX_CONFIG_VERSION): a desired version more than MAX_CONFIG_VERSION_STEP above the handled
+one is refused and reported, and the running config kept, so a bogus huge version cannot lock the device out.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from lepton_edge.core.errors import ConfigError
 from lepton_edge.device.controller import ApplyResult, RuntimeController
 from lepton_edge.device.remote_policy import check_remote_config, policy_fields
 from lepton_edge.device.state import ConfigState, StateStore
-from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, decode
+from lepton_edge.fleet.protocol import (
+    MAX_CONFIG_VERSION,
+    MAX_CONFIG_VERSION_STEP,
+    DesiredConfig,
+    ReportedConfig,
+    TopicKind,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +100,9 @@ class RemoteConfig:
     def initial_config(self) -> tuple[DeviceConfig, int]:
         """The config to start with: the persisted last good one if there is one, else the local file."""
         state = self.state
+        if state.handled_version > MAX_CONFIG_VERSION:  # persisted before versions were bounded: a lock-out
+            self.fall_back_to_local(f"the handled config version {state.handled_version} is out of range")
+            state = self.state
         if state.active_version > 0 and state.config is not None:
             origin = f"persisted config v{state.active_version}"
             try:
@@ -236,6 +248,16 @@ class RemoteConfig:
         if desired.version <= self.state.handled_version:
             return None
         origin = f"desired config v{desired.version}"
+        if desired.version > self.state.handled_version + MAX_CONFIG_VERSION_STEP:
+            # A bogus huge version would lock this device out of every later config: refuse it, keep the
+            # running config and the handled version, and say why.
+            reason = (
+                f"{origin}: version is more than {MAX_CONFIG_VERSION_STEP} above the current "
+                f"v{self.state.handled_version}; refused, keeping the running config"
+            )
+            log.warning("%s", reason)
+            self.publish_report(desired.version, ApplyResult("rejected", [reason]))
+            return ApplyResult("rejected", [reason])
         try:
             config = self.validate(dict(desired.config), origin)
         except ConfigError as e:

@@ -193,6 +193,16 @@ def parse_topic(topic: str) -> ParsedTopic:
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 SessionId = Annotated[int, Field(ge=1, le=_INT64_MAX)]
 Count = Annotated[int, Field(ge=0, le=_INT64_MAX)]
+
+MAX_CONFIG_VERSION = 2**53 - 1
+"""Highest config version on the wire: exact in a JSON double and far below SQL BIGINT, so a version can
+never overflow an allocator. Desired versions are allocated by the scheduler's store (never by a device)."""
+MAX_CONFIG_VERSION_STEP = 1_000_000
+"""A device applies a desired version only if it is above its current one by at most this much."""
+ConfigVersion = Annotated[int, Field(ge=1, le=MAX_CONFIG_VERSION)]
+"""A desired config version: 1 .. MAX_CONFIG_VERSION, an int (strict: no floats, no bools)."""
+ActiveVersion = Annotated[int, Field(ge=0, le=MAX_CONFIG_VERSION)]
+"""A running config's version: 0 (the local file) or a ConfigVersion."""
 Timestamp = Annotated[float, Field(gt=0, lt=1e11, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
@@ -229,7 +239,7 @@ class Birth(Message):
     seq: Literal[0] = Field(0, description="A birth is message 0 of its session; telemetry starts at 1.")
     timestamp: Timestamp = Field(description="Unix time (s) the message was built.")
     capabilities: Capabilities = Field(description="What the device can run.")
-    config_version: Count = Field(description="Version of the active config; 0 when it is the local file.")
+    config_version: ActiveVersion = Field(description="Version of the active config; 0 when it is the local file.")
     software_version: Name = Field(description="lepton-edge version running on the device.")
 
 
@@ -302,7 +312,7 @@ class Telemetry(Message):
         max_length=32, description="Readable temperature sensors, name -> degrees Celsius."
     )
     gpu_percent: Percent | None = Field(description="GPU load, 0-100, where readable.")
-    config_version: Count = Field(description="Version of the active config.")
+    config_version: ActiveVersion = Field(description="Version of the active config.")
     outbox: OutboxStatus = Field(description="Store-and-forward queue state.")
 
 
@@ -423,7 +433,7 @@ class Event(Message):
 class DesiredConfig(Message):
     """The config a device should run (retained). The device validates ``config`` with its own schema."""
 
-    version: SessionId = Field(description="Increases with every new desired config (>= 1).")
+    version: ConfigVersion = Field(description="Increases with every new desired config (>= 1).")
     config: dict[Name, JsonValue] = Field(description="The device config document (a mapping).")
     issued_at: Timestamp = Field(description="Unix time (s) it was issued.")
     issued_by: Name = Field(description="Who issued it (scheduler id or operator).")
@@ -433,11 +443,11 @@ class ReportedConfig(Message):
     """What the device did with a desired config (retained)."""
 
     device_id: DeviceId = Field(description="The device.")
-    version: SessionId = Field(description="The desired version this report is about.")
+    version: ConfigVersion = Field(description="The desired version this report is about.")
     outcome: Literal["applied", "rejected", "rolled_back"] = Field(description="What happened to it.")
     errors: list[Text] = Field(default_factory=list, max_length=100, description="Why it was rejected or rolled back.")
     timestamp: Timestamp = Field(description="Unix time (s) of the outcome.")
-    active_version: Count = Field(description="Version running now (0: the local config file).")
+    active_version: ActiveVersion = Field(description="Version running now (0: the local config file).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ReportedConfig:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from lepton_edge.fleet.mqtt import IncomingMessage
-from lepton_edge.fleet.protocol import ReportedConfig, TopicKind
+from lepton_edge.fleet.protocol import MAX_CONFIG_VERSION, ReportedConfig, TopicKind, config_reported_topic
 from lepton_edge.scheduler.admission import Admission
 from lepton_edge.scheduler.control import ControlQueue
 from lepton_edge.scheduler.planner import Planner
@@ -54,8 +54,21 @@ class ConfigReports:
 
     def apply(self, device_id: str, report: ReportedConfig) -> None:
         store = self._store
-        if self._views.get(device_id) is None and store.get_device(device_id) is None:
+        device = store.get_device(device_id)
+        if device is None:
             self._counts["reports_of_unknown_devices"] += 1  # never born: do not create it
+            return
+        version = report.version
+        if type(version) is not int or not 1 <= version <= min(device.desired_version, MAX_CONFIG_VERSION):
+            # Versions are the store's: a report of one it never issued to this device is refused, counted
+            # (ingest rejects, `unissued_version`) and logged at most once per interval; never recorded.
+            self._admission.reject(
+                "unissued_version",
+                config_reported_topic(device_id),
+                f"device {device_id} reported config version {str(version)[:40]}, which the scheduler never "
+                f"issued to it (issued: 1..{device.desired_version})",
+                device_id,
+            )
             return
         if not store.record_reported(device_id, report.version, report.outcome, list(report.errors)):
             return

@@ -208,12 +208,14 @@ class Store(abc.ABC):
     def next_desired_version(self, device_id: str) -> int:
         """Atomically allocate the device's next desired config version.
 
-        Monotonic per device across restarts and replicas, and always above the last reported version.
+        Monotonic per device across restarts and replicas, from 1 up to ``protocol.MAX_CONFIG_VERSION``;
+        only this allocation moves it (a device's report never does).
         """
 
     @abc.abstractmethod
     def record_reported(self, device_id: str, version: int, outcome: str, errors: list[str]) -> bool:
-        """Record a device's config report; False (ignored) if it is older than the last one recorded."""
+        """Record a device's config report; False (ignored) if it is older than the last one recorded, or
+        its version is not one this store issued to the device (0 < version <= its desired version)."""
 
     # ------------------------------------------------------------------------------------- events
     @abc.abstractmethod

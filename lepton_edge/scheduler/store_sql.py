@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from lepton_edge.fleet.protocol import MAX_CONFIG_VERSION
 from lepton_edge.scheduler.migrations import Migration
 from lepton_edge.scheduler.models import ASSIGNMENT_STATUSES, SEVERITIES, Assignment, Device, Event, Workload
 from lepton_edge.scheduler.store import (
@@ -529,22 +530,31 @@ class SqlStore(Store):
     def next_desired_version(self, device_id: str) -> int:
         def run(cur: Cursor) -> int:
             cur.execute(
+                # Only the store moves this counter (never a device's report), so it stays far below the bound.
                 "INSERT INTO devices (device_id, desired_version) VALUES (?, 1) ON CONFLICT (device_id) DO UPDATE "
-                f"SET desired_version = {self.greatest}(devices.desired_version, devices.reported_version) + 1 "
+                "SET desired_version = devices.desired_version + 1 WHERE devices.desired_version < ? "
                 "RETURNING desired_version",
-                (device_id,),
+                (device_id, MAX_CONFIG_VERSION),
             )
-            return int(cur.fetchone()["desired_version"])
+            row = cur.fetchone()
+            if row is None:
+                raise StoreError(f"device {device_id!r} has used every desired config version ({MAX_CONFIG_VERSION})")
+            return int(row["desired_version"])
 
         return self._run(run)
 
     def record_reported(self, device_id: str, version: int, outcome: str, errors: list[str]) -> bool:
+        if type(version) is not int or not 1 <= version <= MAX_CONFIG_VERSION:
+            return False  # never issued: never reaches SQL (no overflow, no "bigint out of range")
+
         def run(cur: Cursor) -> bool:
             self._ensure_device(cur, device_id)
             cur.execute(
                 "UPDATE devices SET reported_version = ?, last_outcome = ?, last_errors = ? "
-                "WHERE device_id = ? AND reported_version <= ?",
-                (version, outcome, self._json(list(errors)), device_id, version),
+                # a reported_version above desired_version predates service-owned versions: it is overwritten
+                "WHERE device_id = ? AND (reported_version <= ? OR reported_version > desired_version) "
+                "AND desired_version >= ?",
+                (version, outcome, self._json(list(errors)), device_id, version, version),
             )
             return cur.rowcount == 1
 

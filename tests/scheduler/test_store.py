@@ -456,20 +456,22 @@ def test_assignment_status(store: Store) -> None:
 # -------------------------------------------------------------------------------- desired config
 
 
-def test_desired_versions_are_monotonic_and_above_reports(store: Store, open_: OpenStore) -> None:
+def test_desired_versions_are_monotonic_and_owned_by_the_store(store: Store, open_: OpenStore) -> None:
     assert [store.next_desired_version("d1") for _ in range(3)] == [1, 2, 3]
     assert store.next_desired_version("d2") == 1  # per device
-    # the device reports a version from an older store (or another operator): stay above it
-    assert store.record_reported("d1", 10, "applied", [])
-    assert store.next_desired_version("d1") == 11
-    assert not store.record_reported("d1", 9, "rejected", ["late"])  # older reports are ignored
-    assert store.record_reported("d1", 11, "rolled_back", ["health check failed"])
+    # a version the store never issued to the device is ignored and never moves the allocator
+    assert not store.record_reported("d1", 10, "applied", [])
+    assert not store.record_reported("d2", 2, "applied", [])
+    assert store.next_desired_version("d1") == 4
+    assert store.record_reported("d1", 3, "applied", [])
+    assert not store.record_reported("d1", 2, "rejected", ["late"])  # older reports are ignored
+    assert store.record_reported("d1", 4, "rolled_back", ["health check failed"])
     dev = store.get_device("d1")
     assert dev is not None
     assert (dev.reported_version, dev.last_outcome, dev.last_errors, dev.desired_version) == (
-        11, "rolled_back", ["health check failed"], 11)
+        4, "rolled_back", ["health check failed"], 4)
     store.close()
-    assert open_().next_desired_version("d1") == 12  # across a restart
+    assert open_().next_desired_version("d1") == 5  # across a restart
 
 
 def test_desired_versions_from_two_threads_are_unique(store: Store) -> None:
