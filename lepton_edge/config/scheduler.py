@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError, model_validator
 
 from lepton_edge.config.base import format_validation_error, read_yaml
 from lepton_edge.config.fleet import MqttConfig
@@ -119,6 +119,25 @@ class ApiConfig(Strict):
     enabled: bool = Field(True, description="Serve the HTTP API and dashboard.")
     host: str = Field("127.0.0.1", min_length=1, description="Address the API binds to (0.0.0.0: every interface).")
     port: int = Field(8080, ge=0, le=65535, description="API port; 0 picks a free port.")
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="Largest request body accepted (bytes); larger ones get 413 before they are read.",
+    )
+    allowed_hosts: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] | None = Field(
+        None,
+        max_length=64,
+        description="Host header values the API answers (port ignored; '*.example.com' matches subdomains, "
+        "'*' any host); others get 400. Default: host, localhost and 127.0.0.1.",
+    )
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The effective ``allowed_hosts``."""
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        return list(dict.fromkeys([self.host, "localhost", "127.0.0.1"]))
 
 
 class SchedulerConfig(Strict):

@@ -9,13 +9,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from lepton_edge.config.scheduler import PlacementConfig
 from lepton_edge.fleet.mqtt import MqttClient
-from lepton_edge.fleet.protocol import DesiredConfig, config_desired_topic, encode
+from lepton_edge.fleet.protocol import DesiredConfig, ProtocolError, config_desired_topic, encode
 from lepton_edge.scheduler import placement
 from lepton_edge.scheduler.control import StoreHealth
+from lepton_edge.scheduler.desired import device_config_for
 from lepton_edge.scheduler.exclusions import plan_with_exclusions
 from lepton_edge.scheduler.models import Assignment, Workload
 from lepton_edge.scheduler.store import Store, StoreError
@@ -25,29 +25,6 @@ log = logging.getLogger("lepton_edge.scheduler.planner")
 
 Move = tuple[str, str | None, str]
 """(workload id, the device it left or None, the device it goes to)."""
-
-
-def device_config_for(workload: Workload) -> dict[str, Any]:
-    """The device config document (``DesiredConfig.config``) that runs ``workload``.
-
-    ``model.path`` is the workload's model (relative paths are relative to the device's state folder),
-    ``model.artifact`` its artifact when it has one, ``source.uri`` its source; ``workload.config`` is
-    merged on top (nested mappings merge, other values replace).
-    """
-    model: dict[str, Any] = {"path": workload.model}
-    if workload.artifact:
-        model["artifact"] = dict(workload.artifact)
-    return _merge({"model": model, "source": {"uri": workload.source_uri}}, dict(workload.config))
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass
@@ -304,8 +281,26 @@ class Planner:
                     device_id, len(workloads), workloads[0].workload_id,
                 )  # fmt: skip
             config = device_config_for(workloads[0])
-        desired = DesiredConfig(version=version, config=config, issued_at=now, issued_by=self._replica_id)
-        self._mqtt.publish(config_desired_topic(device_id), encode(desired), qos=1, retain=True)
+        try:
+            desired = DesiredConfig(version=version, config=config, issued_at=now, issued_by=self._replica_id)
+            payload = encode(desired)
+        except (ProtocolError, ValueError) as e:
+            # The API refuses such workloads (422); one stored before that check cannot be delivered.
+            what = f"workload {workloads[0].workload_id}" if workloads else "the idle config"
+            log.error(
+                "device %s: desired config v%d for %s cannot be sent and is skipped: %s; fix or delete the "
+                "workload (PUT or DELETE /api/workloads/<id>), the API now checks it", device_id, version, what,
+                str(e).splitlines()[0][:500],
+            )  # fmt: skip
+            self._store.add_event(
+                "config.undeliverable",
+                f"desired config v{version} for {what} cannot be sent: {str(e)[:3000]}",
+                device_id=device_id,
+                workload_id=workloads[0].workload_id if workloads else None,
+                severity="error",
+            )
+            return
+        self._mqtt.publish(config_desired_topic(device_id), payload, qos=1, retain=True)
         self.pushes += 1
 
     def _record_plan_events(self, moved: list[Move], plan: placement.Plan, reasons: list[str]) -> None:

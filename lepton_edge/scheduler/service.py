@@ -323,7 +323,10 @@ def serve_api(service: SchedulerService) -> Any:
             f"the scheduler API needs FastAPI and uvicorn ({_API_MISSING}); pip install 'lepton-edge[scheduler]', "
             "or set api.enabled: false"
         )
-    return api.serve(service, service.config.api.host, service.config.api.port)
+    cfg = service.config.api
+    return api.serve(
+        service, cfg.host, cfg.port, max_body_bytes=cfg.max_body_bytes, allowed_hosts=cfg.trusted_hosts
+    )
 
 
 def run_scheduler(config: SchedulerConfig, *, stop: threading.Event | None = None) -> int:

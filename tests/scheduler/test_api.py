@@ -249,10 +249,11 @@ def test_openapi_schema_lists_every_endpoint_and_cdn_docs_are_off(http: Http) ->
 def test_workload_crud(http: Http, service: StoreService) -> None:
     assert http.get("/api/workloads") == (200, [])
 
-    status, created = http.call("POST", "/api/workloads", {**WORKLOAD, "config": {"threshold": 0.4}})
+    config = {"postprocess": {"type": "detect", "conf_threshold": 0.4}}
+    status, created = http.call("POST", "/api/workloads", {**WORKLOAD, "config": config})
     assert status == 201
     assert created["workload"]["workload_id"] == "gate-3.people"
-    assert created["workload"]["config"] == {"threshold": 0.4}
+    assert created["workload"]["config"] == config
     assert created["workload"]["created_at"] > 0
     assert created["device_id"] is None and created["status"] is None
     assert service.replans == ["workload gate-3.people added"]

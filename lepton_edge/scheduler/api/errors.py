@@ -35,7 +35,9 @@ def _problems(errors: list[dict[str, Any]]) -> list[Problem]:
         name = parts[-1] if parts else ""
         kind = e.get("type", "")
         got = e.get("input")
-        if kind == "extra_forbidden":
+        if kind == "extra_forbidden" and parts[:1] == ["config"]:
+            message = "unknown field in the device config; remove it (docs/config.md lists the fields)"
+        elif kind == "extra_forbidden":
             message = "unknown field; remove it (GET /openapi.json lists the accepted fields)"
         elif kind == "missing":
             message = "required field is missing"

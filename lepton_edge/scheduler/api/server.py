@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from lepton_edge.core.errors import ConfigError
-from lepton_edge.scheduler.api.app import create_app
+from lepton_edge.scheduler.api.app import DEFAULT_ALLOWED_HOSTS, DEFAULT_MAX_BODY_BYTES, create_app
 
 log = logging.getLogger("lepton_edge.scheduler.api")
 
@@ -73,12 +73,23 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    service: Any, host: str = "127.0.0.1", port: int = 8080, *, startup_timeout: float = 15.0
+    service: Any,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    startup_timeout: float = 15.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allowed_hosts: list[str] | None = None,
 ) -> ApiServer:
-    """Serve the API and dashboard of ``service`` from a background thread; port 0 picks a free port."""
+    """Serve the API and dashboard of ``service`` from a background thread; port 0 picks a free port.
+
+    ``allowed_hosts`` (``Host`` header values) defaults to ``host``, localhost and 127.0.0.1.
+    """
+    hosts = allowed_hosts if allowed_hosts is not None else list(dict.fromkeys([host, *DEFAULT_ALLOWED_HOSTS]))
     sock = _listen(host, port)
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(service), log_level="warning", lifespan="off", access_log=False)
+    app = create_app(service, max_body_bytes=max_body_bytes, allowed_hosts=hosts)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"scheduler-api-{bound_port}", daemon=True

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from lepton_edge.scheduler.api.deps import Service, workload_or_404
 from lepton_edge.scheduler.api.schemas import ErrorOut, WorkloadOut, WorkloadUpdate
+from lepton_edge.scheduler.desired import workload_problems
 from lepton_edge.scheduler.models import Assignment, Workload
 from lepton_edge.scheduler.store import Store
 
@@ -21,6 +22,13 @@ def _out(workload: Workload, assignment: Assignment | None) -> WorkloadOut:
         status=assignment.status if assignment else None,
         reason=assignment.reason if assignment else None,
     )
+
+
+def _check_deliverable(workload: Workload) -> None:
+    """422 unless a device could receive and validate this workload's desired config."""
+    problems = workload_problems(workload)
+    if problems:
+        raise RequestValidationError(problems)
 
 
 def _current(store: Store, workload_id: str) -> WorkloadOut:
@@ -43,7 +51,9 @@ def list_workloads(service: Service) -> list[WorkloadOut]:
     responses={409: {"model": ErrorOut, "description": "A workload with this id exists."}},
 )
 def add_workload(workload: Workload, service: Service) -> WorkloadOut:
-    """Add a workload; the leader places it. 409 if the id is taken."""
+    """Add a workload; the leader places it. 409 if the id is taken; 422 if a device could not run its
+    config (the device config schema, the protocol's payload size limit)."""
+    _check_deliverable(workload)
     if service.store.get_workload(workload.workload_id) is not None:
         raise HTTPException(
             409,
@@ -62,7 +72,7 @@ def get_workload(workload_id: str, service: Service) -> WorkloadOut:
 
 @router.put("/{workload_id}", response_model=WorkloadOut)
 def update_workload(workload_id: str, update: WorkloadUpdate, service: Service) -> WorkloadOut:
-    """Replace a workload's definition; placement is re-planned."""
+    """Replace a workload's definition (checked like POST); placement is re-planned."""
     if update.workload_id is not None and update.workload_id != workload_id:
         raise RequestValidationError(
             [
@@ -82,6 +92,7 @@ def update_workload(workload_id: str, update: WorkloadUpdate, service: Service) 
         workload = Workload(**fields, workload_id=workload_id, created_at=existing.created_at)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+    _check_deliverable(workload)
     s.update_workload(workload)
     s.add_event("workload.updated", f"operator updated workload {workload_id}", workload_id=workload_id)
     service.replan(f"workload {workload_id} updated")
