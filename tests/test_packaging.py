@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -126,6 +127,10 @@ def test_demo_runs_from_the_installed_wheel_in_any_folder(installed: Installed, 
     assert len(results) >= 30 and any(r.get("detections") for r in results)
     assert (out / "annotated.mp4").stat().st_size > 0
     assert (out / "scheduler.db").is_file()
+    with sqlite3.connect(out / "scheduler.db") as db:  # the scheduler's workload reached the device and ran
+        events = dict(db.execute("SELECT kind, message FROM events WHERE device_id = 'demo-device'").fetchall())
+    assert "device.config.rejected" not in events, events
+    assert "desired config v1 applied" in events.get("device.config.applied", ""), events
 
 
 @pytest.mark.integration

@@ -106,6 +106,8 @@ def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int
                 "mqtt": {"host": broker.host, "port": broker.port},
                 "state_dir": str(out_dir / "device-state"),
                 "telemetry_interval_s": 1.0,
+                # The workload the scheduler pushes names the packaged model and writes into out_dir.
+                "remote_policy": {"allowed_folders": [str(DEMO_MODEL.resolve().parent), str(out_dir)]},
             },
         }, str(DEMO_CONFIG))
         put_workload(dashboard, demo_workload(device, device.device_id))
