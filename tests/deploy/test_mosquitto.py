@@ -372,3 +372,61 @@ def test_production_listeners_bind_as_documented() -> None:
     listeners = re.findall(r"^listener (.+)$", PRODUCTION_CONF.read_text(), re.M)
     assert listeners == ["8883", "8884", "1883 127.0.0.1"]  # the only plaintext one is loopback
     assert re.search(r"^allow_anonymous true", PRODUCTION_CONF.read_text(), re.M) is None
+
+
+# ------------------------------------------------------------------------------------- per-client limits
+
+
+def conf_value(option: str) -> int:
+    return int(re.search(rf"^{option} (\d+)$", PRODUCTION_CONF.read_text(), re.M).group(1))
+
+
+def test_per_client_limits_are_set_and_no_rate_option_is_invented() -> None:
+    assert conf_value("max_queued_messages") > 0 and conf_value("max_queued_bytes") > 0
+    assert conf_value("max_inflight_messages") > 0
+    assert conf_value("max_packet_size") > conf_value("message_size_limit") > MAX_PAYLOAD_BYTES
+    assert "no per-client message-rate limit" in PRODUCTION_CONF.read_text()
+
+
+def test_oversized_payload_from_a_device_is_dropped_while_normal_traffic_flows(clients) -> None:
+    limit = conf_value("message_size_limit")
+    scheduler = clients("scheduler").connected()
+    scheduler.subscribe(dev("cam-a", "results"), dev("cam-b", "telemetry"))
+    cam_b = clients("cam-b").connected()
+    cam_a = clients("cam-a").connected()
+    cam_a.client.publish(dev("cam-a", "results"), b"o" * (limit + 1), qos=1)  # over the limit: dropped
+    cam_a.client.publish(dev("cam-a", "results"), b"p" * (conf_value("max_packet_size") + 1), qos=1)
+    for i in range(5):
+        cam_b.publish(dev("cam-b", "telemetry"), b"t%d" % i)
+    marker = dev("cam-b", "telemetry")
+    received = []
+    while len([t for t in received if t == marker]) < 5:
+        received.append(scheduler.receive()[0])
+    assert received == [marker] * 5  # nothing from the oversized publishes, all of cam-b's traffic
+    cam_a = clients("cam-a").connected()  # the offender may have been disconnected; it can still work normally
+    cam_a.publish(dev("cam-a", "results"), b"ok")
+    assert scheduler.received_until(dev("cam-a", "results")) == [dev("cam-a", "results")]
+
+
+# ------------------------------------------------------------------------------------- desired documents
+
+
+def test_only_the_scheduler_publishes_retained_desired_documents(clients) -> None:
+    scheduler = clients("scheduler").connected()
+    scheduler.client.publish(dev("cam-a", "config/desired"), b"v1", qos=1, retain=True).wait_for_publish(TIMEOUT)
+    cam_a = clients("cam-a").connected()
+    cam_b = clients("cam-b").connected()
+    for device in (cam_a, cam_b):  # a device, on its own or another device's desired document
+        for target in ("cam-a", "cam-b"):
+            info = device.client.publish(dev(target, "config/desired"), b"garbage", qos=1, retain=True)
+            info.wait_for_publish(TIMEOUT)
+    watcher = scheduler  # a new subscription with the scheduler's rights gets the retained documents
+    watcher.subscribe(dev("cam-a", "config/desired"), dev("cam-b", "config/desired"))
+    assert watcher.receive() == (dev("cam-a", "config/desired"), b"v1")  # the retained document is intact
+    marker = dev("cam-b", "config/desired")
+    scheduler.publish(marker, b"v7")
+    assert watcher.received_until(marker) == [marker]
+    cam_a.subscribe(dev("cam-a", "config/desired"))
+    assert cam_a.receive() == (dev("cam-a", "config/desired"), b"v1")
+    scheduler.client.publish(dev("cam-a", "config/desired"), b"", qos=1, retain=True).wait_for_publish(TIMEOUT)
+    scheduler.client.publish(marker, b"", qos=1, retain=True).wait_for_publish(TIMEOUT)
