@@ -287,6 +287,29 @@ class AgentConfig(Strict):
     artifact_max_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest artifact download accepted, in bytes."
     )
+    artifact_min_speed_bytes: int = Field(
+        32 * 1024,
+        ge=0,
+        le=1024**3,
+        description="A download that receives fewer bytes than this in any artifact_min_speed_window_s "
+        "seconds fails (0: no minimum speed).",
+    )
+    artifact_min_speed_window_s: float = Field(
+        30.0, gt=0, le=3600, description="Sliding window, in seconds, of the minimum download speed."
+    )
+    artifact_download_deadline_s: float = Field(
+        1800.0,
+        gt=0,
+        le=86400,
+        description="Seconds one artifact download may take in all, retries included, before it fails.",
+    )
+    artifact_disk_reserve_bytes: int = Field(
+        64 * 1024**2,
+        ge=0,
+        le=1024**4,
+        description="Bytes kept free on the state disk: a download that would go below fails and its "
+        "partial file is deleted (checked before and while downloading).",
+    )
     remote_policy: RemotePolicyConfig = Field(
         default_factory=RemotePolicyConfig,
         description="Limits on remote (desired) configs: allowed folders, source schemes and hosts, the "

@@ -114,6 +114,10 @@ class DeviceAgent:
             agent_cfg.artifact_public_key,
             agent_cfg.artifact_max_bytes,
             allow_unsigned=agent_cfg.allow_unsigned_artifacts,
+            min_speed_bytes=agent_cfg.artifact_min_speed_bytes,
+            min_speed_window_s=agent_cfg.artifact_min_speed_window_s,
+            deadline_s=agent_cfg.artifact_download_deadline_s,
+            disk_reserve_bytes=agent_cfg.artifact_disk_reserve_bytes,
         )
         self.controller = self._initial_controller(max_frames)
         system = SystemMonitor(agent_cfg.state_dir, sysfs)

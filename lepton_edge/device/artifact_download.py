@@ -5,6 +5,12 @@ and returns that file once it holds exactly the referenced bytes. HTTP(S) downlo
 destination already holds (``Range``), are retried ``attempts`` times, follow redirects within one scheme
 only and never accept more bytes than the reference names; ``file://`` references are copied. The signature
 is not checked here: the caller checks it before asking for the bytes.
+
+Limits, so that a failing or hostile server can neither block an update nor fill the disk: a download that
+receives fewer than ``min_bytes`` in any ``min_window_s`` seconds, or is not done ``deadline_s`` after it
+started (all attempts together), fails; so does one that would leave less than ``disk_reserve_bytes`` free
+on the destination's file system (checked before and during the download). On every failure the
+destination file is deleted; only a killed process leaves it, and the next call resumes it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +65,9 @@ class ArtifactDownloader:
     """Fetches an artifact reference into a file and verifies it (see the module docstring).
 
     ``timeout_s``: the socket timeout of one request. A failed download is resumed up to ``attempts`` times
-    in one :meth:`fetch` call, ``retry_delay_s`` apart, and again from where it stopped by the next call.
+    in one :meth:`fetch` call, ``retry_delay_s`` apart; when they all fail the partial file is deleted.
+    ``min_bytes`` / ``min_window_s`` (0 bytes: off), ``deadline_s`` (None: off) and ``disk_reserve_bytes``:
+    the limits of the module docstring.
     HTTPS certificates are always verified, against the system CAs or, when ``ca_file`` is given, against
     that CA bundle only.
     """
@@ -70,8 +79,16 @@ class ArtifactDownloader:
         attempts: int = 3,
         retry_delay_s: float = 1.0,
         ca_file: Path | None = None,
+        min_bytes: int = 0,
+        min_window_s: float = 30.0,
+        deadline_s: float | None = None,
+        disk_reserve_bytes: int = 0,
     ) -> None:
         self.timeout_s = timeout_s
+        self.min_bytes = max(0, min_bytes)
+        self.min_window_s = min_window_s
+        self.deadline_s = deadline_s
+        self.disk_reserve_bytes = max(0, disk_reserve_bytes)
         self.attempts = max(1, attempts)
         self.retry_delay_s = retry_delay_s
         self._opener = urllib.request.build_opener(
@@ -84,12 +101,17 @@ class ArtifactDownloader:
 
         What ``dest`` already holds is resumed. ``reserve_bytes``: room the caller needs beside the download
         on the same file system (checked with the room the download itself still needs, before it starts).
-        Raises UpdateError when there is not enough room, when the download fails ``attempts`` times (``dest``
-        is kept for the next call), when the source sends more than ``ref.size`` bytes, or when the bytes are
-        not the referenced ones (``dest`` is discarded); ``progress(have, total)`` is called per chunk.
+        Raises UpdateError when there is not enough room (with ``disk_reserve_bytes`` kept free, before and
+        while downloading), when the download fails ``attempts`` times, is too slow or passes its deadline,
+        when the source sends more than ``ref.size`` bytes, or when the bytes are not the referenced ones;
+        ``dest`` is deleted on every failure. ``progress(have, total)`` is called per chunk.
         """
-        self._check_free_space(ref, dest, reserve_bytes)
-        self._download(ref, dest, progress)
+        try:
+            self._check_free_space(ref, dest, reserve_bytes + self.disk_reserve_bytes)
+            self._download(ref, dest, progress)
+        except Exception:  # not on KeyboardInterrupt/SystemExit: a restarted process resumes the file
+            remove_path(dest)
+            raise
         size, actual = file_sha256(dest)
         sha = ref.sha256.lower()
         if size != ref.size or actual != sha:
@@ -107,20 +129,35 @@ class ArtifactDownloader:
         free = shutil.disk_usage(part.parent).free
         if free < need:
             raise UpdateError(
-                f"artifact {shown_url(ref.url)} needs {need} bytes in {part.parent}, only {free} are free; "
-                "free some space on that file system"
+                f"artifact {shown_url(ref.url)} needs {need} bytes in {part.parent} (with "
+                f"{self.disk_reserve_bytes} kept free, agent.artifact_disk_reserve_bytes), only {free} are "
+                "free; free some space on that file system"
+            )
+
+    def _check_room(self, ref: ArtifactRef, part: Path, incoming: int) -> None:
+        """Refuse to write ``incoming`` more bytes when that would leave less than the reserve free."""
+        if not self.disk_reserve_bytes:
+            return
+        free = shutil.disk_usage(part.parent).free
+        if free - incoming < self.disk_reserve_bytes:
+            raise UpdateError(
+                f"artifact {shown_url(ref.url)}: stopped, writing on would leave {max(free - incoming, 0)} "
+                f"bytes free in {part.parent}, below the reserve of {self.disk_reserve_bytes} "
+                "(agent.artifact_disk_reserve_bytes); the partial download is deleted, free some space"
             )
 
     def _download(self, ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
+        pace = _Pace(self, ref, part)
         if urlsplit(ref.url).scheme == "file":
-            _copy_file(ref, part, progress)
+            _copy_file(ref, part, progress, pace)
             return
         error: _Interrupted | None = None
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(self.retry_delay_s)
+                pace.check_deadline()
             try:
-                self._fetch(ref, part, progress)
+                self._fetch(ref, part, progress, pace)
                 return
             except _Interrupted as e:
                 error = e
@@ -136,20 +173,21 @@ class ArtifactDownloader:
         have = part.stat().st_size if part.exists() else 0
         raise UpdateError(
             f"artifact {shown_url(ref.url)}: download failed after {self.attempts} attempt(s) at {have} of "
-            f"{ref.size} bytes ({error}); the partial file {part} is kept and the next attempt resumes it"
+            f"{ref.size} bytes ({error}); the partial file is deleted"
         )
 
-    def _fetch(self, ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
+    def _fetch(self, ref: ArtifactRef, part: Path, progress: Progress | None, pace: _Pace) -> None:
         """One HTTP(S) request from the current size of ``part``; raises _Interrupted when worth retrying."""
         have = _resume_point(ref, part)
         if have == ref.size:
             return
-        response = self._open(ref, part, have)
+        response = self._open(ref, part, have, pace.socket_timeout())
         with response:
             have, mode = _continuation(ref, part, have, response)
-            _receive(ref, part, mode, have, response.read, progress)
+            # read1: what has arrived (one recv), so a trickling server is measured instead of waited for
+            _receive(ref, part, mode, have, getattr(response, "read1", response.read), progress, pace)
 
-    def _open(self, ref: ArtifactRef, part: Path, have: int) -> Any:
+    def _open(self, ref: ArtifactRef, part: Path, have: int, timeout_s: float) -> Any:
         """The response to a request for ``ref`` from byte ``have``; HTTP and network errors sorted out."""
         url = shown_url(ref.url)
         headers = {"User-Agent": f"lepton-edge/{__version__}", "Accept-Encoding": "identity"}
@@ -157,7 +195,7 @@ class ArtifactDownloader:
             headers["Range"] = f"bytes={have}-"
         request = urllib.request.Request(ref.url, headers=headers)
         try:
-            return self._opener.open(request, timeout=self.timeout_s)
+            return self._opener.open(request, timeout=timeout_s)
         except urllib.error.HTTPError as e:
             e.close()
             if e.code == 416 and have:
@@ -166,8 +204,7 @@ class ArtifactDownloader:
             if e.code >= 500 or e.code in (408, 429):
                 raise _Interrupted(f"HTTP {e.code} {e.reason}") from None
             raise UpdateError(
-                f"artifact {url}: HTTP {e.code} {e.reason}; check the URL and that the file is published "
-                "there"
+                f"artifact {url}: HTTP {e.code} {e.reason}; check the URL and that the file is published there"
             ) from None
         except urllib.error.URLError as e:
             if isinstance(e.reason, ssl.SSLCertVerificationError):
@@ -178,6 +215,60 @@ class ArtifactDownloader:
             raise _Interrupted(str(e.reason)) from None
         except (OSError, http.client.HTTPException) as e:
             raise _Interrupted(f"{type(e).__name__}: {e}") from None
+
+
+class _Pace:
+    """The speed and deadline rules of one :meth:`ArtifactDownloader.fetch` call, and the disk reserve."""
+
+    def __init__(self, owner: ArtifactDownloader, ref: ArtifactRef, part: Path) -> None:
+        self.owner, self.ref, self.part = owner, ref, part
+        self.started = time.monotonic()
+        self.deadline = None if owner.deadline_s is None else self.started + owner.deadline_s
+        self.samples: deque[tuple[float, int]] = deque()  # (time, bytes received so far in this call)
+        self.received = 0
+
+    def socket_timeout(self) -> float:
+        """One recv waits no longer than the request timeout, the speed window or what is left of the deadline."""
+        limits = [self.owner.timeout_s]
+        if self.owner.min_bytes:
+            limits.append(self.owner.min_window_s)
+        if self.deadline is not None:
+            limits.append(max(self.deadline - time.monotonic(), 0.001))
+        return min(limits)
+
+    def before_write(self, incoming: int) -> None:
+        self.owner._check_room(self.ref, self.part, incoming)
+
+    def after_read(self, got: int) -> None:
+        """Account ``got`` bytes (0 when a read failed) and raise UpdateError when a rule is broken."""
+        now = time.monotonic()
+        self.received += got
+        self.check_deadline(now)
+        minimum, window = self.owner.min_bytes, self.owner.min_window_s
+        if not minimum:
+            return
+        self.samples.append((now, self.received))
+        if now - self.started < window:
+            return
+        while len(self.samples) > 1 and self.samples[1][0] <= now - window:
+            self.samples.popleft()
+        base = self.samples[0][1] if self.samples[0][0] <= now - window else 0
+        if self.received - base < minimum:
+            raise UpdateError(
+                f"artifact {shown_url(self.ref.url)}: too slow, {self.received - base} bytes in the last "
+                f"{window:g} s, under the minimum of {minimum} bytes per {window:g} s "
+                "(agent.artifact_min_speed_bytes / agent.artifact_min_speed_window_s); the partial download "
+                "is deleted"
+            )
+
+    def check_deadline(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.deadline is not None and now >= self.deadline:
+            raise UpdateError(
+                f"artifact {shown_url(self.ref.url)}: not downloaded within the deadline of "
+                f"{self.owner.deadline_s:g} s (agent.artifact_download_deadline_s), {self.received} bytes "
+                f"received of {self.ref.size}; the partial download is deleted"
+            )
 
 
 def _resume_point(ref: ArtifactRef, part: Path) -> int:
@@ -223,8 +314,9 @@ def _receive(
     have: int,
     read: Callable[[int], bytes],
     progress: Progress | None,
+    pace: _Pace,
 ) -> None:
-    """Append what ``read`` returns to ``part``, never more than ``ref.size`` in total."""
+    """Append what ``read`` returns to ``part``, never more than ``ref.size`` in total, within ``pace``."""
     url = shown_url(ref.url)
     interrupted: str | None = None
     with open(part, mode) as f:
@@ -233,6 +325,7 @@ def _receive(
             try:
                 chunk = read(min(CHUNK_BYTES, ref.size - have + 1))
             except (OSError, http.client.HTTPException) as e:
+                pace.after_read(0)  # a stalled server: the speed rule or deadline, when one is broken
                 interrupted = f"{type(e).__name__}: {e}"
                 break
             if not chunk:
@@ -244,8 +337,10 @@ def _receive(
                     f"artifact {url}: the source sent more than the {ref.size} bytes of the reference; "
                     "refused and discarded (the reference or the published file is wrong)"
                 )
+            pace.before_write(len(chunk))
             f.write(chunk)
             have += len(chunk)
+            pace.after_read(len(chunk))
             if progress is not None:
                 progress(have, ref.size)
         f.flush()
@@ -254,7 +349,7 @@ def _receive(
         raise _Interrupted(interrupted or f"the connection closed after {have} of {ref.size} bytes")
 
 
-def _copy_file(ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
+def _copy_file(ref: ArtifactRef, part: Path, progress: Progress | None, pace: _Pace) -> None:
     """A ``file://`` reference: copy the file into ``part``, resuming from what ``part`` holds."""
     source = Path(unquote(urlsplit(ref.url).path))
     try:
@@ -268,7 +363,7 @@ def _copy_file(ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
         have = _resume_point(ref, part)
         f.seek(have)
         try:
-            _receive(ref, part, "ab", have, f.read, progress)
+            _receive(ref, part, "ab", have, f.read, progress, pace)
         except _Interrupted as e:
             raise UpdateError(f"artifact {ref.url}: {e} (the file changed while it was copied)") from None
 

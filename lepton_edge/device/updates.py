@@ -15,7 +15,7 @@ public key configured every update is refused, unless the store was created with
 
 Layout of ``state_dir`` (a crash at any point leaves it usable; ``current`` always names a complete slot)::
 
-    staging/<sha256>.part    download in progress; the next attempt resumes from its size (HTTP Range)
+    staging/<sha256>.part    download in progress (deleted on failure; after a crash, resumed by HTTP Range)
     staging/<sha256>.slot/   verified and unpacked, waiting for activate()
     staging/*.tmp            half-built or discarded slots, removed when a store opens the folder
     slots/a/, slots/b/       complete slots: slot.json (what it holds) and content/ (the files)
@@ -57,9 +57,11 @@ class ArtifactStore:
 
     ``public_key``: ed25519 public key (PEM) whose signature every artifact must carry; None refuses every
     update unless ``allow_unsigned`` is true. ``max_bytes``: the largest artifact accepted (download and
-    unpacked content). A failed download is resumed up to ``attempts`` times in one :meth:`stage` call,
-    and again from where it stopped by the next call. HTTPS certificates are always verified, against
-    the system CAs or, when ``ca_file`` is given, against that CA bundle only.
+    unpacked content). A failed download is resumed up to ``attempts`` times in one :meth:`stage` call;
+    when it fails for good the partial file is deleted. ``min_speed_bytes`` per ``min_speed_window_s``,
+    ``deadline_s`` and ``disk_reserve_bytes``: the download limits of
+    :class:`~lepton_edge.device.artifact_download.ArtifactDownloader`. HTTPS certificates are always verified,
+    against the system CAs or, when ``ca_file`` is given, against that CA bundle only.
     """
 
     def __init__(
@@ -73,6 +75,10 @@ class ArtifactStore:
         attempts: int = 3,
         retry_delay_s: float = 1.0,
         ca_file: Path | None = None,
+        min_speed_bytes: int = 0,
+        min_speed_window_s: float = 30.0,
+        deadline_s: float | None = None,
+        disk_reserve_bytes: int = 0,
     ) -> None:
         self.root = Path(state_dir)
         self.staging = self.root / "staging"
@@ -82,7 +88,14 @@ class ArtifactStore:
         self.allow_unsigned = allow_unsigned
         self._lock = threading.RLock()
         self.downloader = ArtifactDownloader(
-            timeout_s=timeout_s, attempts=attempts, retry_delay_s=retry_delay_s, ca_file=ca_file
+            timeout_s=timeout_s,
+            attempts=attempts,
+            retry_delay_s=retry_delay_s,
+            ca_file=ca_file,
+            min_bytes=min_speed_bytes,
+            min_window_s=min_speed_window_s,
+            deadline_s=deadline_s,
+            disk_reserve_bytes=disk_reserve_bytes,
         )
         self.unpacker = ArtifactUnpacker(max_bytes)
         self._clean_leftovers()
@@ -113,8 +126,9 @@ class ArtifactStore:
         """Download ``ref``, verify it and unpack it into a staged slot; returns the model path in it.
 
         Refused with UpdateError (and nothing active changes): size above ``max_bytes``, missing or wrong
-        signature, a download that fails ``attempts`` times (the partial file is kept and resumed by the
-        next call), more bytes than ``ref.size``, a wrong sha256, or an unsafe tar. An artifact already in
+        signature, a download that fails ``attempts`` times, is too slow, passes its deadline or would go
+        below the disk reserve (the partial file is deleted), more bytes than ``ref.size``, a wrong sha256,
+        or an unsafe tar. An artifact already in
         a slot is not downloaded again: the path in that slot is returned (``activate`` accepts it).
         """
         sha = ref.sha256.lower()

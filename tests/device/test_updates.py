@@ -480,21 +480,21 @@ def test_artifact_ref_validates_its_fields():
 # ------------------------------------------------------------------------------------------- interruptions
 
 
-def test_truncated_download_is_kept_and_resumed_by_the_next_attempt(tmp_path, server, keys):
+def test_truncated_download_is_deleted_and_the_next_attempt_starts_over(tmp_path, server, keys):
     model = publish_model(server, "m.onnx")
     ref = make_ref(model, server.url("m.onnx"), keys[0])
     cut = ref.size // 2
     server.truncate_once["m.onnx"] = cut
     store = store_for(tmp_path, keys[1], attempts=1)
-    with pytest.raises(UpdateError, match=rf"at {cut} of {ref.size} bytes .*next attempt resumes it"):
+    with pytest.raises(UpdateError, match=rf"at {cut} of {ref.size} bytes .*partial file is deleted"):
         store.stage(ref)
     part = tmp_path / "state" / "staging" / f"{ref.sha256}.part"
-    assert part.stat().st_size == cut
+    assert not part.exists()  # a server that closes early cannot fill the disk with partial files
     assert store.current() is None
 
     staged = store.stage(ref)
     assert staged.read_bytes() == model.read_bytes()
-    assert server.requests == [("m.onnx", None), ("m.onnx", f"bytes={cut}-")]
+    assert server.requests == [("m.onnx", None), ("m.onnx", None)]
 
 
 def test_a_dropped_connection_is_resumed_within_one_stage(tmp_path, server, keys):
