@@ -100,12 +100,12 @@ class CommandServer:
         received = time.monotonic()
         topic = msg.topic if isinstance(msg.topic, str) else None
         reply_to, correlation, expiry = msg.response_topic, msg.correlation_data, msg.message_expiry_interval
-        if reply_to is None or not _is_response_topic(reply_to):
+        if reply_to is None or not _is_response_topic(reply_to, self.device_id):
             reason = (
                 "refused: no response topic (MQTT v5 ResponseTopic); not run"
                 if reply_to is None
                 else f"refused: response topic {str(reply_to)[:200]!r} is not a lepton response "
-                "topic (lepton/v1/clients/<requester>/response); not run"
+                f"topic of this device (lepton/v1/clients/<requester>/response/{self.device_id}); not run"
             )
             self.rejections("cmd", reason, topic)
             return
@@ -200,10 +200,12 @@ class CommandServer:
         answer(result=result)
 
 
-def _is_response_topic(topic: Any) -> bool:
+def _is_response_topic(topic: Any, device_id: str) -> bool:
+    """A response topic of this device: the broker ACL drops answers on any other device's topics."""
     if not isinstance(topic, str):
         return False
     try:
-        return parse_topic(topic).kind is TopicKind.COMMAND_RESPONSE
+        parsed = parse_topic(topic)
+        return parsed.kind is TopicKind.COMMAND_RESPONSE and parsed.device_id == device_id
     except ProtocolError:
         return False

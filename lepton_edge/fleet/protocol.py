@@ -131,9 +131,18 @@ def command_topic(device_id: str, name: str) -> str:
     return device_topic(TopicKind.COMMAND, device_id, name)
 
 
-def response_topic(requester_id: str) -> str:
-    """Where a requester (scheduler replica, operator tool) receives command responses."""
-    return f"{TOPIC_ROOT}/clients/{validate_id(requester_id, 'requester id')}/response"
+def response_topic(requester_id: str, device_id: str) -> str:
+    """Where device ``device_id`` answers a command of a requester (scheduler replica, operator tool).
+
+    The responding device's id is the last level, so the broker ACL lets each device publish only on
+    its own response topics (``lepton/v1/clients/+/response/%u``) and no device can forge another's answer.
+    """
+    return f"{TOPIC_ROOT}/clients/{validate_id(requester_id, 'requester id')}/response/{validate_id(device_id)}"
+
+
+def response_subscription(requester_id: str) -> str:
+    """The filter a requester subscribes to for the responses of every device."""
+    return f"{TOPIC_ROOT}/clients/{validate_id(requester_id, 'requester id')}/response/+"
 
 
 FLEET_REBIRTH_TOPIC = f"{TOPIC_ROOT}/fleet/rebirth"
@@ -149,17 +158,19 @@ def subscription(kind: TopicKind, device_id: str = "+") -> str:
     if device_id != "+":
         validate_id(device_id)
     if kind is TopicKind.COMMAND_RESPONSE:
-        return f"{TOPIC_ROOT}/clients/+/response"
+        return f"{TOPIC_ROOT}/clients/+/response/{device_id}"
     suffix = "cmd/+" if kind is TopicKind.COMMAND else kind.value
     return f"{TOPIC_ROOT}/devices/{device_id}/{suffix}"
 
 
 class ParsedTopic(NamedTuple):
-    """What a topic says: its kind, the device (or requester, for responses) and the command name."""
+    """What a topic says: its kind, the device (for responses: the responding one), the command name and,
+    for responses, the requester."""
 
     kind: TopicKind
     device_id: str | None
     command: str | None = None
+    requester: str | None = None
 
 
 _DEVICE_SUFFIXES = {k.value: k for k in TopicKind if k not in (TopicKind.COMMAND, TopicKind.COMMAND_RESPONSE)}
@@ -174,8 +185,9 @@ def parse_topic(topic: str) -> ParsedTopic:
         raise ProtocolError(f"topic {topic!r} is not under {prefix!r}")
     parts = topic[len(prefix) :].split("/")
     try:
-        if parts[0] == "clients" and len(parts) == 3 and parts[2] == "response":
-            return ParsedTopic(TopicKind.COMMAND_RESPONSE, validate_id(parts[1], "requester id"))
+        if parts[0] == "clients" and len(parts) == 4 and parts[2] == "response":
+            requester = validate_id(parts[1], "requester id")
+            return ParsedTopic(TopicKind.COMMAND_RESPONSE, validate_id(parts[3]), requester=requester)
         if parts[0] == "devices" and len(parts) >= 3:
             device_id = validate_id(parts[1])
             rest = "/".join(parts[2:])

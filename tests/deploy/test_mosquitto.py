@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from lepton_edge.fleet import protocol
 from lepton_edge.fleet.protocol import MAX_PAYLOAD_BYTES
 from tests.support.mosquitto import MosquittoBroker, free_port, require_mosquitto
 
@@ -209,7 +210,7 @@ def dev(device_id: str, suffix: str) -> str:
 
 def test_device_publishes_and_receives_its_own_topics(clients) -> None:
     scheduler = clients("scheduler").connected()
-    scheduler.subscribe("lepton/v1/devices/+/telemetry", "lepton/v1/clients/scheduler/response")
+    scheduler.subscribe("lepton/v1/devices/+/telemetry", "lepton/v1/clients/scheduler/response/+")
     cam = clients("cam-a").connected()
     assert [c.is_failure for c in cam.subscribe(dev("cam-a", "config/desired"), dev("cam-a", "cmd/+"),
                                                 "lepton/v1/fleet/rebirth")] == [False] * 3
@@ -220,8 +221,8 @@ def test_device_publishes_and_receives_its_own_topics(clients) -> None:
     assert cam.receive() == (dev("cam-a", "config/desired"), b"v2")
     scheduler.publish(dev("cam-a", "cmd/snapshot"), b"go")
     assert cam.receive() == (dev("cam-a", "cmd/snapshot"), b"go")
-    cam.publish("lepton/v1/clients/scheduler/response", b"done")
-    assert scheduler.receive() == ("lepton/v1/clients/scheduler/response", b"done")
+    cam.publish("lepton/v1/clients/scheduler/response/cam-a", b"done")
+    assert scheduler.receive() == ("lepton/v1/clients/scheduler/response/cam-a", b"done")
     scheduler.publish("lepton/v1/fleet/rebirth", b"all")
     assert cam.receive() == ("lepton/v1/fleet/rebirth", b"all")
 
@@ -255,7 +256,7 @@ def test_device_cannot_publish_as_another_device_or_as_the_scheduler(clients) ->
 def test_device_cannot_subscribe_to_other_devices_or_everything(clients) -> None:
     cam_a = clients("cam-a").connected()
     wide = ["#", "lepton/v1/#", "lepton/v1/devices/+/telemetry", dev("cam-b", "#"), dev("cam-b", "cmd/+"),
-            dev("cam-b", "config/desired"), "lepton/v1/clients/+/response", "$SYS/#"]
+            dev("cam-b", "config/desired"), "lepton/v1/clients/+/response/+", "$SYS/#"]
     codes = cam_a.subscribe(*wide, dev("cam-a", "cmd/+"))
     assert not codes[-1].is_failure
     scheduler = clients("scheduler").connected()
@@ -264,7 +265,7 @@ def test_device_cannot_subscribe_to_other_devices_or_everything(clients) -> None
     cam_b.publish(dev("cam-b", "telemetry"))
     scheduler.publish(dev("cam-b", "cmd/reboot"))
     scheduler.publish(dev("cam-b", "config/desired"))
-    scheduler.publish("lepton/v1/clients/scheduler-2/response")
+    scheduler.publish("lepton/v1/clients/scheduler-2/response/cam-b")
     marker = dev("cam-a", "cmd/ping")
     scheduler.publish(marker)
     # `#` may also match the marker: only the marker may arrive, however many times.
@@ -372,6 +373,26 @@ def test_production_listeners_bind_as_documented() -> None:
     listeners = re.findall(r"^listener (.+)$", PRODUCTION_CONF.read_text(), re.M)
     assert listeners == ["8883", "8884", "1883 127.0.0.1"]  # the only plaintext one is loopback
     assert re.search(r"^allow_anonymous true", PRODUCTION_CONF.read_text(), re.M) is None
+
+
+def test_device_answers_commands_only_on_its_own_response_topics(clients) -> None:
+    scheduler = clients("scheduler").connected()
+    scheduler.subscribe("lepton/v1/clients/#")
+    cam_a = clients("cam-a").connected()
+    forged = [
+        "lepton/v1/clients/scheduler/response/cam-b",  # an answer in another device's name
+        "lepton/v1/clients/scheduler/response",  # the old layout, without the answering device
+        "lepton/v1/clients/scheduler/response/cam-a/x",
+        "lepton/v1/clients/cam-b/response/cam-b",
+        "lepton/v1/clients/scheduler/other",
+    ]
+    for topic in forged:
+        cam_a.publish(topic, b"forged")
+    own = protocol.response_topic("scheduler", "cam-a")
+    cam_a.publish(own, b"answer")
+    assert scheduler.received_until(own) == [own]
+    clients("cam-b").connected().publish(protocol.response_topic("scheduler", "cam-b"), b"answer")
+    assert scheduler.receive() == (protocol.response_topic("scheduler", "cam-b"), b"answer")
 
 
 # ------------------------------------------------------------------------------------- per-client limits

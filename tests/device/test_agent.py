@@ -22,6 +22,7 @@ from lepton_edge.fleet.protocol import (
     decode,
     encode,
     rebirth_topic,
+    response_subscription,
     response_topic,
 )
 from tests.device.helpers import agent_config, wait_until
@@ -96,7 +97,7 @@ def command(rec, device, name, *, args=None, correlation=b"", expiry=None, reply
         command_topic(device, name),
         encode(CommandRequest(name=name, args=args or {})),
         qos=1,
-        response_topic=response_topic(requester) if reply else None,
+        response_topic=response_topic(requester, device) if reply else None,
         correlation_data=correlation or None,
         message_expiry_interval=expiry,
     )
@@ -114,7 +115,7 @@ def responses(rec, correlation=None):
 
 def test_commands_answer_with_correlation_data(mqtt_broker, start_agent, recorder, unique):
     device, requester = f"ag-{unique}", f"op-{unique}"
-    rec = recorder(mqtt_broker.port, response_topic(requester))
+    rec = recorder(mqtt_broker.port, response_subscription(requester))
     agent = start_agent(mqtt_broker.port, device)
     assert agent.client.wait_connected(10) and agent.client.wait_subscribed(5)
     corr = command(rec, device, "ping", expiry=30, requester=requester)
@@ -138,14 +139,14 @@ def test_requests_without_correlation_data_or_response_topic_are_refused(
     mqtt_broker, start_agent, recorder, unique
 ):
     device, requester = f"ag-{unique}", f"op-{unique}"
-    rec = recorder(mqtt_broker.port, response_topic(requester), f"lepton/v1/devices/{device}/events")
+    rec = recorder(mqtt_broker.port, response_subscription(requester), f"lepton/v1/devices/{device}/events")
     agent = start_agent(mqtt_broker.port, device)
     assert agent.client.wait_connected(10) and agent.client.wait_subscribed(5)
     assert rec.client.publish(
         command_topic(device, "rebirth"),
         encode(CommandRequest(name="rebirth")),
         qos=1,
-        response_topic=response_topic(requester),
+        response_topic=response_topic(requester, device),
     ).wait(5)
     (refused,) = wait_until(lambda: responses(rec))
     assert refused.status == "error" and "no correlation data" in refused.error
@@ -162,7 +163,7 @@ def test_requests_without_correlation_data_or_response_topic_are_refused(
 def test_expired_commands_are_not_run(fresh_broker, recorder, tmp_path, color_model, unique):
     device, requester = f"ag-{unique}", f"op-{unique}"
     config = agent_config(tmp_path, color_model, fresh_broker.port, device)
-    rec = recorder(fresh_broker.port, response_topic(requester))
+    rec = recorder(fresh_broker.port, response_subscription(requester))
     first = DeviceAgent(config).start()  # creates the device's persistent session on the broker
     assert first.client.wait_connected(10) and first.client.wait_subscribed(5)
     first.stop()
@@ -175,7 +176,7 @@ def test_expired_commands_are_not_run(fresh_broker, recorder, tmp_path, color_mo
         # a request that expires while queued inside the agent is refused when its turn comes
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic, props.CorrelationData, props.MessageExpiryInterval = (
-            response_topic(requester),
+            response_topic(requester, device),
             b"queued",
             1,
         )

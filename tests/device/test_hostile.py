@@ -19,6 +19,7 @@ from lepton_edge.fleet.protocol import (
     decode,
     encode,
     rebirth_topic,
+    response_subscription,
     response_topic,
 )
 from tests.device.helpers import Recorder, agent_config, wait_until
@@ -79,12 +80,13 @@ payloads = st.one_of(
         mappings,
     ),
 )
+ODD_TOPICS = ["lepton/v1/clients/+/response/+", "lepton/v1/clients/fuzzer/response", "a/#", ""]
 properties = st.builds(
     lambda rt, corr, expiry: SimpleNamespace(
         ResponseTopic=rt, CorrelationData=corr, MessageExpiryInterval=expiry
     ),
     st.none()
-    | st.sampled_from([response_topic("fuzzer"), "lepton/v1/clients/+/response", "a/#", ""])
+    | st.sampled_from([response_topic("fuzzer", DEVICE), response_topic("fuzzer", "other"), *ODD_TOPICS])
     | st.text(max_size=30),
     st.none() | st.binary(max_size=16),
     st.none() | st.integers(0, 2**32 - 1),
@@ -102,7 +104,7 @@ def hostile(mqtt_broker, tmp_path_factory, color_model):
     tmp = tmp_path_factory.mktemp("hostile")
     agent = DeviceAgent(agent_config(tmp, color_model, mqtt_broker.port, DEVICE))
     rec = Recorder.connect(
-        mqtt_broker.port, f"rec-{DEVICE}", f"lepton/v1/devices/{DEVICE}/telemetry", response_topic("checker")
+        mqtt_broker.port, f"rec-{DEVICE}", f"lepton/v1/devices/{DEVICE}/telemetry", response_subscription("checker")
     )
     agent.start()
     assert agent.client.wait_connected(10)
@@ -144,7 +146,7 @@ def test_the_agent_keeps_reporting_after_the_flood_and_through_the_broker(hostil
         (FLEET_REBIRTH_TOPIC, b"not json"),
     ]:
         assert client.publish(
-            topic, payload, qos=1, response_topic=response_topic("checker"), correlation_data=b"c"
+            topic, payload, qos=1, response_topic=response_topic("checker", DEVICE), correlation_data=b"c"
         ).wait(5)
     wait_until(lambda: agent.rejections.total() >= before + 5)
     assert agent.client.connected
@@ -153,7 +155,7 @@ def test_the_agent_keeps_reporting_after_the_flood_and_through_the_broker(hostil
         command_topic(DEVICE, "ping"),
         encode(CommandRequest(name="ping")),
         qos=1,
-        response_topic=response_topic("checker"),
+        response_topic=response_topic("checker", DEVICE),
         correlation_data=b"alive",
     ).wait(5)
     wait_until(

@@ -157,11 +157,12 @@ def test_topic_names():
     assert p.config_reported_topic("cam-01") == "lepton/v1/devices/cam-01/config/reported"
     assert p.command_topic("cam-01", "snapshot") == "lepton/v1/devices/cam-01/cmd/snapshot"
     assert p.rebirth_topic("cam-01") == "lepton/v1/devices/cam-01/rebirth"
-    assert p.response_topic("scheduler-a") == "lepton/v1/clients/scheduler-a/response"
+    assert p.response_topic("scheduler-a", "cam-01") == "lepton/v1/clients/scheduler-a/response/cam-01"
+    assert p.response_subscription("scheduler-a") == "lepton/v1/clients/scheduler-a/response/+"
     assert p.FLEET_REBIRTH_TOPIC == "lepton/v1/fleet/rebirth"
     assert p.subscription(p.TopicKind.TELEMETRY) == "lepton/v1/devices/+/telemetry"
     assert p.subscription(p.TopicKind.COMMAND, "cam-01") == "lepton/v1/devices/cam-01/cmd/+"
-    assert p.subscription(p.TopicKind.COMMAND_RESPONSE) == "lepton/v1/clients/+/response"
+    assert p.subscription(p.TopicKind.COMMAND_RESPONSE) == "lepton/v1/clients/+/response/+"
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k is not p.TopicKind.COMMAND_RESPONSE], ids=lambda k: k.name)
@@ -172,7 +173,11 @@ def test_parse_topic_inverts_device_topic(kind):
 
 
 def test_parse_topic_of_responses_and_fleet_rebirth():
-    assert p.parse_topic(p.response_topic("op.1")) == p.ParsedTopic(p.TopicKind.COMMAND_RESPONSE, "op.1")
+    assert p.parse_topic(p.response_topic("op.1", "cam-01")) == p.ParsedTopic(
+        p.TopicKind.COMMAND_RESPONSE, "cam-01", requester="op.1"
+    )
+    with pytest.raises(p.ProtocolError):
+        p.parse_topic("lepton/v1/clients/op.1/response")  # no responding device
     assert p.parse_topic(p.FLEET_REBIRTH_TOPIC) == p.ParsedTopic(p.TopicKind.REBIRTH, None)
 
 

@@ -387,12 +387,19 @@ def request(port: int, device_id: str, name: str, timeout: float = 10.0) -> Any:
     """Send command ``name`` to the device (MQTT v5 request/response) and return its CommandResponse."""
     import uuid
 
-    from lepton_edge.fleet.protocol import CommandRequest, CommandResponse, command_topic, encode, response_topic
+    from lepton_edge.fleet.protocol import (
+        CommandRequest,
+        CommandResponse,
+        command_topic,
+        encode,
+        response_subscription,
+        response_topic,
+    )
 
     requester = f"op-{uuid.uuid4().hex[:8]}"
     answers: list[IncomingMessage] = []
     client = MqttClient(MqttConfig(host="127.0.0.1", port=port, client_id=requester, session_expiry_s=0))
-    client.subscribe(response_topic(requester), answers.append)
+    client.subscribe(response_subscription(requester), answers.append)
     client.start()
     try:
         assert client.wait_connected(timeout), client.last_error
@@ -402,7 +409,7 @@ def request(port: int, device_id: str, name: str, timeout: float = 10.0) -> Any:
             command_topic(device_id, name),
             encode(CommandRequest(name=name)),
             qos=1,
-            response_topic=response_topic(requester),
+            response_topic=response_topic(requester, device_id),
             correlation_data=correlation,
             message_expiry_interval=int(timeout),
         )
