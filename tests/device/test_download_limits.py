@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -21,37 +21,22 @@ from lepton_edge.core.errors import UpdateError
 from lepton_edge.device import artifact_download
 from lepton_edge.device.artifact_download import ArtifactDownloader
 from lepton_edge.device.updates import ArtifactStore
+from tests.support.http_server import LoopbackServer
 
 pytestmark = pytest.mark.integration
 
 BODY = bytes(range(256)) * 64  # 16 KiB
 
 
-class BadServer:
+class BadServer(LoopbackServer):
     """Serves BODY at /<mode>, misbehaving as the mode says."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
-        owner = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.handle(self, self.path.strip("/"))
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, mode: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}/{mode}"
-
-    def handle(self, req: BaseHTTPRequestHandler, mode: str) -> None:
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        mode = req.path.strip("/")
         req.send_response(200)
         req.close_connection = True
         if mode == "more":  # more than declared, without announcing it: no Content-Length, ended by closing
@@ -81,9 +66,7 @@ class BadServer:
 
     def close(self) -> None:
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().close()
 
 
 @pytest.fixture

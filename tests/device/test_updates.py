@@ -11,7 +11,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from lepton_edge.core.errors import UpdateError
 from lepton_edge.device.artifact_download import ArtifactDownloader
 from lepton_edge.device.signing import generate_keypair, sign_digest
 from lepton_edge.device.updates import ArtifactStore
+from tests.support.http_server import LoopbackServer
 from tests.support.onnx_models import mean_color_classifier
 
 pytestmark = pytest.mark.integration
@@ -30,12 +31,11 @@ pytestmark = pytest.mark.integration
 MAX_BYTES = 10 * 1024 * 1024
 
 
-class FileServer:
+class FileServer(LoopbackServer):
     """Serves the files of ``root`` over HTTP/1.1 on loopback, with misbehaviours switched on per file."""
 
     def __init__(self, root: Path, tls: ssl.SSLContext | None = None) -> None:
         self.root = root
-        self.scheme = "https" if tls else "http"
         self.requests: list[tuple[str, str | None]] = []  # (file name, Range header)
         self.truncate_once: dict[str, int] = {}  # name -> bytes sent before closing, on the next request only
         self.extra: dict[str, bytes] = {}  # name -> bytes appended to the file
@@ -43,26 +43,7 @@ class FileServer:
         self.redirects: dict[str, str] = {}  # name -> Location
         self.honour_ranges = True
         self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.handle(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.httpd.server_port}/{name}"
+        super().__init__(tls)
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
         name = req.path.lstrip("/").split("?")[0]
@@ -111,11 +92,6 @@ class FileServer:
 
     def names_requested(self) -> list[str]:
         return [name for name, _ in self.requests]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture

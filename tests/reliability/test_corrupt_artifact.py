@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.reliability.harness import (
     wait_all_delivered,
     wait_until,
 )
+from tests.support.http_server import LoopbackServer
 from tests.support.onnx_models import mean_color_classifier
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 OLD_LABELS = {"red", "green", "blue"}
 
 
-class ArtifactServer:
+class ArtifactServer(LoopbackServer):
     """Serves the files of ``root`` on loopback; names in ``truncated`` are cut in half on every request
     (the full Content-Length is announced, then the connection closes)."""
 
@@ -40,43 +40,24 @@ class ArtifactServer:
         self.root = root
         self.truncated: set[str] = set()
         self.requests: list[str] = []
-        owner = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                name = self.path.lstrip("/")
-                owner.requests.append(name)
-                path = owner.root / name
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if name in owner.truncated:
-                    self.wfile.write(data[: len(data) // 2])
-                    self.close_connection = True
-                    return
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}/{name}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        name = req.path.lstrip("/")
+        self.requests.append(name)
+        path = self.root / name
+        if not path.is_file():
+            req.send_error(404)
+            return
+        data = path.read_bytes()
+        req.send_response(200)
+        req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        if name in self.truncated:
+            req.wfile.write(data[: len(data) // 2])
+            req.close_connection = True
+            return
+        req.wfile.write(data)
 
 
 @pytest.fixture
