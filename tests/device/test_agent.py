@@ -254,9 +254,9 @@ def test_run_device_runs_until_max_frames_then_stops_in_order(
         agent={"results": {"durable": True}, "telemetry_interval_s": 60},
     )
     assert run_device(config, max_frames=40, duration_s=60) == 0
+    death = rec.wait(TopicKind.DEATH)  # the broker may still be delivering to the recorder after the return
     results = rec.of(TopicKind.RESULT)
-    assert len(results) == 40  # every result flushed through the outbox before the death
-    death = rec.wait(TopicKind.DEATH)
+    assert len(results) == 40, [r.seq for r in results]  # every result flushed before the death
     assert death.reason == "shutdown" and death.session_id == results[-1].session_id
     last_result = max(i for i, m in enumerate(rec.messages) if m.topic.endswith("/results"))
     assert last_result < next(i for i, m in enumerate(rec.messages) if m.topic.endswith("/death"))
