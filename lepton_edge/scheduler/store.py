@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from lepton_edge.core.errors import LeptonError
+from lepton_edge.scheduler.auth import ApiToken, AuditEntry
 from lepton_edge.scheduler.models import Assignment, AssignmentStatus, Device, Event, Severity, Workload
 
 DEFAULT_HISTORY_LIMIT = 720
@@ -235,6 +236,44 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_events(self, limit: int = 200, since_id: int | None = None) -> list[Event]:
         """Events in id order (oldest first): the newest ``limit``, or the first ``limit`` after ``since_id``."""
+
+    # ------------------------------------------------------------------------------ API tokens
+    @abc.abstractmethod
+    def add_api_token(self, token: ApiToken) -> None:
+        """Store a new API token (its secret only as ``secret_hash``). :class:`StoreConflict` if the id exists."""
+
+    @abc.abstractmethod
+    def get_api_token(self, token_id: str) -> ApiToken | None:
+        """The token with this id, revoked or not."""
+
+    @abc.abstractmethod
+    def list_api_tokens(self) -> list[ApiToken]:
+        """Every token, revoked ones too, oldest first."""
+
+    @abc.abstractmethod
+    def revoke_api_token(self, token_id: str, ts: float) -> bool:
+        """Revoke a token from ``ts`` on; False if it does not exist or was already revoked."""
+
+    # ------------------------------------------------------------------------------- audit log
+    @abc.abstractmethod
+    def add_audit(
+        self,
+        *,
+        actor: str,
+        role: str | None,
+        action: str,
+        target: str | None,
+        status: int,
+        remote: str | None,
+        detail: dict[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> AuditEntry:
+        """Append to the audit log (``ts`` defaults to now). The log is append-only: the database itself
+        refuses to update or delete its rows."""
+
+    @abc.abstractmethod
+    def list_audit(self, *, since: float | None = None, actor: str | None = None, limit: int = 200) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries (after ``since``; whose actor starts with ``actor``), oldest first."""
 
     # --------------------------------------------------------------------------------- leadership
     @abc.abstractmethod

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from lepton_edge.fleet.protocol import MAX_CONFIG_VERSION
+from lepton_edge.scheduler.auth import ROLES, ApiToken, AuditEntry
 from lepton_edge.scheduler.migrations import Migration
 from lepton_edge.scheduler.models import ASSIGNMENT_STATUSES, SEVERITIES, Assignment, Device, Event, Workload
 from lepton_edge.scheduler.store import (
@@ -52,6 +53,8 @@ _WORKLOAD_COLUMNS = (
     "config, created_at"
 )
 _EVENT_COLUMNS = "id, time, kind, device_id, workload_id, severity, message, details"
+_TOKEN_COLUMNS = "token_id, name, role, secret_hash, created_at, created_by, revoked_at"
+_AUDIT_COLUMNS = "id, ts, actor, role, action, target, status, remote, detail"
 
 
 class Cursor(Protocol):
@@ -608,6 +611,101 @@ class SqlStore(Store):
                     self._from_json(r["details"]) or {},
                 )
                 for r in rows
+            ]
+
+        return self._run(run, write=False)
+
+    # ------------------------------------------------------------------------------ API tokens
+    @staticmethod
+    def _token(r: Any) -> ApiToken:
+        return ApiToken(
+            r["token_id"], r["name"], r["role"], r["secret_hash"], r["created_at"], r["created_by"], r["revoked_at"]
+        )
+
+    def add_api_token(self, token: ApiToken) -> None:
+        if token.role not in ROLES:
+            raise StoreError(f"API token role must be one of {ROLES}, got {token.role!r}")
+
+        def run(cur: Cursor) -> None:
+            cur.execute(
+                f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (token_id) DO NOTHING",
+                (token.token_id, token.name, token.role, token.secret_hash, token.created_at, token.created_by,
+                 token.revoked_at),
+            )
+            if cur.rowcount == 0:
+                raise StoreConflict(f"API token id {token.token_id!r} exists")
+
+        self._run(run)
+
+    def get_api_token(self, token_id: str) -> ApiToken | None:
+        def run(cur: Cursor) -> ApiToken | None:
+            cur.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_id = ?", (token_id,))
+            row = cur.fetchone()
+            return None if row is None else self._token(row)
+
+        return self._run(run, write=False)
+
+    def list_api_tokens(self) -> list[ApiToken]:
+        def run(cur: Cursor) -> list[ApiToken]:
+            cur.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, token_id")
+            return [self._token(r) for r in cur.fetchall()]
+
+        return self._run(run, write=False)
+
+    def revoke_api_token(self, token_id: str, ts: float) -> bool:
+        def run(cur: Cursor) -> bool:
+            cur.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL", (ts, token_id)
+            )
+            return cur.rowcount > 0
+
+        return self._run(run)
+
+    # ------------------------------------------------------------------------------- audit log
+    def add_audit(
+        self,
+        *,
+        actor: str,
+        role: str | None,
+        action: str,
+        target: str | None,
+        status: int,
+        remote: str | None,
+        detail: dict[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> AuditEntry:
+        when = time.time() if ts is None else ts
+        detail = dict(detail or {})
+
+        def run(cur: Cursor) -> int:
+            cur.execute(
+                "INSERT INTO audit_log (ts, actor, role, action, target, status, remote, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (when, actor, role, action, target, status, remote, self._json(detail)),
+            )
+            return int(cur.fetchone()["id"])
+
+        return AuditEntry(self._run(run), when, actor, role, action, target, status, remote, detail)
+
+    def list_audit(self, *, since: float | None = None, actor: str | None = None, limit: int = 200) -> list[AuditEntry]:
+        _positive("limit", limit)
+        where, params = ["ts > ?"], [-1.0 if since is None else since]
+        if actor:
+            where.append("substr(actor, 1, ?) = ?")
+            params += [len(actor), actor]
+
+        def run(cur: Cursor) -> list[AuditEntry]:
+            cur.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            )
+            return [
+                AuditEntry(
+                    r["id"], r["ts"], r["actor"], r["role"], r["action"], r["target"], r["status"], r["remote"],
+                    self._from_json(r["detail"]) or {},
+                )
+                for r in reversed(cur.fetchall())
             ]
 
         return self._run(run, write=False)
