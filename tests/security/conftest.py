@@ -80,3 +80,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         cells = [r.area, r.name, {True: "yes", False: "no", None: "-"}[r.refused], r.reason, figures, r.outcome]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+# -- real parts shared by the suite's modules ----------------------------------------------------------------
+
+from tests.support.onnx_models import mean_color_classifier  # noqa: E402
+from tests.support.production_broker import clients, pki, production_broker  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def color_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real ONNX classifier (tests/support/onnx_models.py) for the devices of the suite."""
+    return mean_color_classifier(tmp_path_factory.mktemp("security-models") / "color.onnx")

@@ -1,0 +1,261 @@
+"""Issue #12, items 2 and 5: remote config that tries to leave its sandbox, replayed against a real device agent.
+
+The agent (device ``cam-a``) connects over mutual TLS to mosquitto running the production config and ACL; the
+test publishes desired documents with the scheduler's certificate, as the scheduler would. Each attack must be
+refused with a reason naming the field, reported on ``config/reported`` (outcome ``rejected``), counted as a
+``config.rejected`` event, and leave the device serving its last good config (results keep coming from it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lepton_edge.config.fleet import TlsConfig
+from lepton_edge.device.agent import DeviceAgent
+from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, config_desired_topic, encode
+from tests.device.helpers import Recorder, agent_config, wait_until
+from tests.support.http_server import LoopbackServer
+from tests.support.production_broker import ProductionBroker, dev
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "cam-a"
+GOOD_SOURCE = "synthetic://shapes?fps=30&width=64&height=48"
+AREA = "remote config"
+
+
+class CountingServer(LoopbackServer):
+    """An internal HTTP endpoint that records every request it gets (the attack must cause none)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        super().__init__()
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        self.requests.append(req.path)
+        req.send_response(200)
+        req.send_header("Content-Length", "0")
+        req.end_headers()
+
+
+class SandboxedDevice:
+    """A real agent behind the production broker, and the scheduler's side of it: push desired documents,
+    read the reports, count the device's ``config.rejected`` events and its results."""
+
+    def __init__(self, agent: DeviceAgent, scheduler: Recorder, color_model: Path) -> None:
+        self.agent, self.scheduler, self.color_model = agent, scheduler, color_model
+        self.version = 0
+        self.good_version = 0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.agent.store.dir
+
+    def workload(self, **sections: Any) -> dict[str, Any]:
+        """The last good workload (source ``door``) with ``sections`` replaced."""
+        base = {
+            "model": {"path": str(self.color_model)},
+            "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
+            "source": {"uri": GOOD_SOURCE, "id": "door"},
+            "postprocess": {"type": "classify", "top_k": 2},
+        }
+        return {**base, **sections}
+
+    def push(self, config: dict[str, Any]) -> ReportedConfig:
+        """Publish ``config`` as the next desired version (retained, as the scheduler does); its report."""
+        self.version += 1
+        version = self.version
+        document = DesiredConfig(version=version, config=config, issued_at=time.time(), issued_by="scheduler")
+        assert self.scheduler.client.publish(config_desired_topic(DEVICE), encode(document), qos=1, retain=True).wait(5)
+        return self.scheduler.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == version, timeout=20)
+
+    def rejected_events(self) -> list[Any]:
+        return [e for e in self.scheduler.of(TopicKind.EVENT) if e.kind == "config.rejected"]
+
+    def results_from_door(self) -> int:
+        return sum(1 for r in self.scheduler.of(TopicKind.RESULT) if r.source == "door")
+
+    def assert_still_serving(self) -> None:
+        """The last good config is active and still produces results."""
+        assert self.agent.config_version == self.good_version
+        before = self.results_from_door()
+        wait_until(lambda: self.results_from_door() >= before + 3, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def device(
+    production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tmp_path_factory
+) -> Iterator[SandboxedDevice]:
+    certs = pki["certs"]
+
+    def tls(name: str) -> TlsConfig:
+        client = certs / "clients" / name
+        return TlsConfig(ca_file=certs / "ca.crt", cert_file=client.with_suffix(".crt"),
+                         key_file=client.with_suffix(".key"))  # fmt: skip
+
+    scheduler = Recorder.connect(production_broker.port, "scheduler", dev(DEVICE, "#"), tls=tls("scheduler"))
+    tmp = tmp_path_factory.mktemp("sandboxed")
+    mqtt = {"tls": tls(DEVICE).model_dump(mode="json")}
+    agent = DeviceAgent(agent_config(tmp, color_model, production_broker.port, DEVICE, agent={"mqtt": mqtt}))
+    agent.start()
+    try:
+        assert agent.client.wait_connected(10), agent.client.last_error
+        sandboxed = SandboxedDevice(agent, scheduler, color_model)
+        good = sandboxed.push(sandboxed.workload())
+        assert (good.outcome, good.errors) == ("applied", []), good.errors
+        sandboxed.good_version = good.version
+        sandboxed.assert_still_serving()
+        yield sandboxed
+    finally:
+        agent.stop()
+        scheduler.client.publish(config_desired_topic(DEVICE), b"", qos=1, retain=True).wait(5)
+        scheduler.stop()
+
+
+def assert_refused(device: SandboxedDevice, config: dict[str, Any], field: str, rule: str, rec: Any) -> str:
+    """Push ``config``; it must be rejected naming ``field`` and ``rule``, counted, and change nothing."""
+    events_before = len(device.rejected_events())
+    report = device.push(config)
+    assert report.outcome == "rejected", report
+    assert report.active_version == device.good_version
+    reason = next((e for e in report.errors if field in e and rule in e), None)
+    assert reason is not None, f"no error names {field!r} and {rule!r}: {report.errors}"
+    event = wait_until(lambda: next((e for e in device.rejected_events() if e.details["version"] == report.version),
+                                    None))  # fmt: skip
+    device.assert_still_serving()
+    rec.refused_because(reason)
+    rec.figures["config.rejected events"] = len(device.rejected_events()) - events_before
+    assert event.details["errors"], event
+    return reason
+
+
+# -- item 2: paths ---------------------------------------------------------------------------------------------
+
+
+def test_labels_from_etc_passwd_are_refused(device: SandboxedDevice, attack) -> None:
+    rec = attack("model.labels: /etc/passwd (read a local file back through detections)", AREA)
+    config = device.workload(model={"path": str(device.color_model), "labels": "/etc/passwd"})
+    assert_refused(device, config, "model.labels", "allowed folders", rec)
+    labels = {c.label for r in device.scheduler.of(TopicKind.RESULT) for c in (r.classes or [])}
+    assert "root" not in labels and not any(":x:" in label for label in labels)
+
+
+def test_a_jsonl_sink_climbing_out_with_dots_is_refused(device: SandboxedDevice, attack) -> None:
+    rec = attack("jsonl sink at ../../../../tmp/... (write a file anywhere)", AREA)
+    name = f"lepton-escape-{uuid.uuid4().hex[:8]}.jsonl"
+    climb = "../" * len(device.state_dir.resolve().parts) + f"tmp/{name}"
+    config = device.workload(sinks=[{"type": "jsonl", "path": climb}])
+    assert_refused(device, config, "sinks.0.path", "allowed folders", rec)
+    assert not (Path("/tmp") / name).exists()
+
+
+@pytest.mark.parametrize(
+    ("own", "what"),
+    [
+        ("session", "session counter"),
+        ("outbox.db", "outbox database"),
+        ("outbox.db-wal", "outbox write-ahead log"),
+        ("config.json", "last good config"),
+    ],
+)
+def test_a_sink_over_the_agents_own_state_files_is_refused(device: SandboxedDevice, attack, own: str, what: str):
+    rec = attack(f"jsonl sink over the agent's {what} ({own})", AREA)
+    target = device.state_dir / own
+    before = target.read_bytes() if target.exists() else None
+    config = device.workload(sinks=[{"type": "jsonl", "path": str(target)}])
+    assert_refused(device, config, "sinks.0.path", "agent's own state", rec)
+    if own == "session":
+        assert target.read_bytes() == before  # the session counter is untouched
+
+
+def test_symlink_escapes_out_of_an_allowed_folder_are_refused(device: SandboxedDevice, attack) -> None:
+    rec = attack("symlink inside an allowed folder pointing out of it (labels and sink)", AREA)
+    link = device.state_dir / f"escape-{uuid.uuid4().hex[:6]}"
+    os.symlink("/etc", link)
+    config = device.workload(model={"path": str(device.color_model), "labels": f"{link.name}/passwd"})
+    reason = assert_refused(device, config, "model.labels", "resolves to /etc/passwd", rec)
+    outside = Path("/tmp") / f"lepton-symlink-{uuid.uuid4().hex[:8]}.jsonl"
+    sink_link = device.state_dir / f"{link.name}.jsonl"
+    os.symlink(outside, sink_link)
+    rec2 = attack("jsonl sink through a symlink to a file outside the allowed folders", AREA)
+    assert_refused(device, device.workload(sinks=[{"type": "jsonl", "path": sink_link.name}]), "sinks.0.path",
+                   f"resolves to {outside}", rec2)  # fmt: skip
+    assert not outside.exists() and "refused by the remote policy" in reason
+
+
+# -- item 2: sources --------------------------------------------------------------------------------------------
+
+
+def test_an_http_source_to_an_internal_admin_endpoint_is_refused_and_never_fetched(
+    device: SandboxedDevice, attack
+) -> None:
+    rec = attack("source http://127.0.0.1:<port>/internal/admin?delete=all (request forgery)", AREA)
+    server = CountingServer()
+    try:
+        uri = server.url("internal/admin?delete=all")
+        assert_refused(device, device.workload(source={"uri": uri, "id": "door"}), "source.uri", "loopback", rec)
+        time.sleep(0.5)  # a fetch started by the config would have reached the server by now
+        assert server.requests == []
+        rec.figures["requests received"] = len(server.requests)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",  # cloud metadata
+        "http://[fe80::1]/admin",
+        "rtsp://169.254.10.10/stream",
+        "http://[::ffff:127.0.0.1]:8080/admin",  # loopback written as IPv4-mapped IPv6
+    ],
+)
+def test_link_local_and_disguised_loopback_sources_are_refused(device: SandboxedDevice, attack, uri: str) -> None:
+    rec = attack(f"source {uri}", AREA)
+    assert_refused(device, device.workload(source={"uri": uri, "id": "door"}), "source.uri", "link-local" if
+                   "169.254" in uri or "fe80" in uri else "loopback", rec)  # fmt: skip
+
+
+# -- item 5: numbers that make a live device look dead or allocate without limit ----------------------------------
+
+
+def test_a_telemetry_interval_of_a_day_is_refused_and_telemetry_keeps_coming(device: SandboxedDevice, attack):
+    rec = attack("agent.telemetry_interval_s: 86400 (a live device looks dead)", AREA)
+    config = device.workload(agent={"telemetry_interval_s": 86400})
+    assert_refused(device, config, "agent.telemetry_interval_s", "max_telemetry_interval_s", rec)
+    seen = len(device.scheduler.of(TopicKind.TELEMETRY))
+    wait_until(lambda: len(device.scheduler.of(TopicKind.TELEMETRY)) >= seen + 2, timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "rule"),
+    [
+        ({"pipeline": {"latency_window": 1e11}}, "pipeline.latency_window", "less than or equal to"),
+        ({"pipeline": {"stats_interval_s": 1e9}}, "pipeline.stats_interval_s", "less than or equal to"),
+        ({"agent": {"health_check": {"window_s": 1e9}}}, "agent.health_check.window_s", "less than or equal to"),
+        ({"agent": {"results": {"max_rate_hz": 1e12}}}, "agent.results.max_rate_hz", "less than or equal to"),
+        ({"sinks": [{"type": "jsonl", "path": "out.jsonl", "queue_size": 10**12}]}, "queue_size",
+         "less than or equal to"),
+        ({"postprocess": {"type": "classify", "top_k": 2**63}}, "top_k", "less than or equal to"),
+        ({"source": {"uri": GOOD_SOURCE, "id": "door", "reconnect": {"max_attempts": 2**53}}},
+         "max_attempts", "less than or equal to"),
+    ],
+)  # fmt: skip
+def test_unbounded_numbers_are_refused_by_the_schema(device: SandboxedDevice, attack, section, field, rule) -> None:
+    rec = attack(f"{field}: a huge number (allocation or stall)", AREA)
+    assert_refused(device, device.workload(**section), field, rule, rec)
+
+
+def test_a_remote_config_cannot_widen_its_own_policy(device: SandboxedDevice, attack) -> None:
+    rec = attack("agent.remote_policy set remotely (allowed_folders: /, http_hosts: 127.0.0.1)", AREA)
+    policy = {"allowed_folders": ["/"], "http_hosts": ["127.0.0.1"]}
+    config = device.workload(agent={"remote_policy": policy})
+    assert_refused(device, config, "agent.remote_policy", "only by the device's local config file", rec)
