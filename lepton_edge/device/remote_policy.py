@@ -11,6 +11,7 @@ It governs remote input only (a local ``--config`` file is trusted as it is):
   link-local and private addresses only when listed), rtsp(s) never to loopback or link-local addresses
   unless listed;
 - ``agent.telemetry_interval_s`` at most ``max_telemetry_interval_s``, so a live device never looks dead.
+- at most :data:`MAX_REMOTE_SINKS` sinks (each runs a thread, holds a file and buffers up to its queue size).
 
 Each problem is one line naming the field, the value and the rule; the caller refuses the whole config.
 """
@@ -29,6 +30,8 @@ from lepton_edge.device.state import CONFIG_FILE, SESSION_FILE
 ARTIFACTS_DIR = "artifacts"
 """Folder of downloaded artifacts inside the state folder (lepton_edge.device.agent)."""
 _VIDEO_DEVICE = re.compile(r"^/dev/video[0-9]{1,3}$")
+MAX_REMOTE_SINKS = 8
+"""Most sinks a remote config may run; the schema bounds each one, this bounds how many."""
 
 
 def allowed_folders(agent: AgentConfig) -> list[Path]:
@@ -61,6 +64,8 @@ def check_remote_config(config: DeviceConfig, agent: AgentConfig, origin: str) -
                 checker.path(f"model.{name}", value)
         if model.calibration_data is not None:
             checker.path("model.calibration_data", Path(model.calibration_data))
+    if len(config.sinks) > MAX_REMOTE_SINKS:
+        checker.refuse("sinks", f"{len(config.sinks)} sinks", f"a remote config runs at most {MAX_REMOTE_SINKS} sinks")
     for i, sink in enumerate(config.sinks):
         path = getattr(sink, "path", None)
         if path is not None:

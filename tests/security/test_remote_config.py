@@ -20,6 +20,7 @@ import pytest
 
 from lepton_edge.config.fleet import TlsConfig
 from lepton_edge.device.agent import DeviceAgent
+from lepton_edge.device.remote_policy import MAX_REMOTE_SINKS
 from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, config_desired_topic, encode
 from tests.device.helpers import Recorder, agent_config, wait_until
 from tests.support.http_server import LoopbackServer
@@ -98,8 +99,9 @@ def device(
 
     def tls(name: str) -> TlsConfig:
         client = certs / "clients" / name
-        return TlsConfig(ca_file=certs / "ca.crt", cert_file=client.with_suffix(".crt"),
-                         key_file=client.with_suffix(".key"))  # fmt: skip
+        return TlsConfig(
+            ca_file=certs / "ca.crt", cert_file=client.with_suffix(".crt"), key_file=client.with_suffix(".key")
+        )
 
     scheduler = Recorder.connect(production_broker.port, "scheduler", dev(DEVICE, "#"), tls=tls("scheduler"))
     tmp = tmp_path_factory.mktemp("sandboxed")
@@ -128,8 +130,9 @@ def assert_refused(device: SandboxedDevice, config: dict[str, Any], field: str, 
     assert report.active_version == device.good_version
     reason = next((e for e in report.errors if field in e and rule in e), None)
     assert reason is not None, f"no error names {field!r} and {rule!r}: {report.errors}"
-    event = wait_until(lambda: next((e for e in device.rejected_events() if e.details["version"] == report.version),
-                                    None))  # fmt: skip
+    event = wait_until(
+        lambda: next((e for e in device.rejected_events() if e.details["version"] == report.version), None)
+    )
     device.assert_still_serving()
     rec.refused_because(reason)
     rec.figures["config.rejected events"] = len(device.rejected_events()) - events_before
@@ -186,8 +189,13 @@ def test_symlink_escapes_out_of_an_allowed_folder_are_refused(device: SandboxedD
     sink_link = device.state_dir / f"{link.name}.jsonl"
     os.symlink(outside, sink_link)
     rec2 = attack("jsonl sink through a symlink to a file outside the allowed folders", AREA)
-    assert_refused(device, device.workload(sinks=[{"type": "jsonl", "path": sink_link.name}]), "sinks.0.path",
-                   f"resolves to {outside}", rec2)  # fmt: skip
+    assert_refused(
+        device,
+        device.workload(sinks=[{"type": "jsonl", "path": sink_link.name}]),
+        "sinks.0.path",
+        f"resolves to {outside}",
+        rec2,
+    )
     assert not outside.exists() and "refused by the remote policy" in reason
 
 
@@ -220,8 +228,13 @@ def test_an_http_source_to_an_internal_admin_endpoint_is_refused_and_never_fetch
 )
 def test_link_local_and_disguised_loopback_sources_are_refused(device: SandboxedDevice, attack, uri: str) -> None:
     rec = attack(f"source {uri}", AREA)
-    assert_refused(device, device.workload(source={"uri": uri, "id": "door"}), "source.uri", "link-local" if
-                   "169.254" in uri or "fe80" in uri else "loopback", rec)  # fmt: skip
+    assert_refused(
+        device,
+        device.workload(source={"uri": uri, "id": "door"}),
+        "source.uri",
+        "link-local" if "169.254" in uri or "fe80" in uri else "loopback",
+        rec,
+    )
 
 
 # -- item 5: numbers that make a live device look dead or allocate without limit ----------------------------------
@@ -242,16 +255,30 @@ def test_a_telemetry_interval_of_a_day_is_refused_and_telemetry_keeps_coming(dev
         ({"pipeline": {"stats_interval_s": 1e9}}, "pipeline.stats_interval_s", "less than or equal to"),
         ({"agent": {"health_check": {"window_s": 1e9}}}, "agent.health_check.window_s", "less than or equal to"),
         ({"agent": {"results": {"max_rate_hz": 1e12}}}, "agent.results.max_rate_hz", "less than or equal to"),
-        ({"sinks": [{"type": "jsonl", "path": "out.jsonl", "queue_size": 10**12}]}, "queue_size",
-         "less than or equal to"),
+        (
+            {"sinks": [{"type": "jsonl", "path": "out.jsonl", "queue_size": 10**12}]},
+            "queue_size",
+            "less than or equal to",
+        ),
         ({"postprocess": {"type": "classify", "top_k": 2**63}}, "top_k", "less than or equal to"),
-        ({"source": {"uri": GOOD_SOURCE, "id": "door", "reconnect": {"max_attempts": 2**53}}},
-         "max_attempts", "less than or equal to"),
+        (
+            {"source": {"uri": GOOD_SOURCE, "id": "door", "reconnect": {"max_attempts": 2**53}}},
+            "max_attempts",
+            "less than or equal to",
+        ),
     ],
-)  # fmt: skip
+)
 def test_unbounded_numbers_are_refused_by_the_schema(device: SandboxedDevice, attack, section, field, rule) -> None:
     rec = attack(f"{field}: a huge number (allocation or stall)", AREA)
     assert_refused(device, device.workload(**section), field, rule, rec)
+
+
+def test_a_thousand_sinks_are_refused(device: SandboxedDevice, attack) -> None:
+    # each sink is a thread, an open file and a queue of up to 100000 results: 1000 of them were applied
+    rec = attack("1000 jsonl sinks of queue_size 100000 (threads, files and memory without limit)", AREA)
+    sinks = [{"type": "jsonl", "path": f"many/{i}.jsonl", "queue_size": 100_000} for i in range(1000)]
+    assert_refused(device, device.workload(sinks=sinks), "sinks", f"at most {MAX_REMOTE_SINKS} sinks", rec)
+    assert not (device.state_dir / "many").exists()
 
 
 def test_a_remote_config_cannot_widen_its_own_policy(device: SandboxedDevice, attack) -> None:
