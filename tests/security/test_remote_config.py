@@ -167,6 +167,8 @@ def test_a_jsonl_sink_climbing_out_with_dots_is_refused(device: SandboxedDevice,
         ("outbox.db", "outbox database"),
         ("outbox.db-wal", "outbox write-ahead log"),
         ("config.json", "last good config"),
+        ("config.json.tmp", "last good config's temporary file"),
+        ("artifacts/current/model.onnx", "downloaded artifacts"),
     ],
 )
 def test_a_sink_over_the_agents_own_state_files_is_refused(device: SandboxedDevice, attack, own: str, what: str):
@@ -218,23 +220,27 @@ def test_an_http_source_to_an_internal_admin_endpoint_is_refused_and_never_fetch
 
 
 @pytest.mark.parametrize(
-    "uri",
+    ("uri", "rule"),
     [
-        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",  # cloud metadata
-        "http://[fe80::1]/admin",
-        "rtsp://169.254.10.10/stream",
-        "http://[::ffff:127.0.0.1]:8080/admin",  # loopback written as IPv4-mapped IPv6
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", "link-local"),  # cloud metadata
+        ("http://[fe80::1]/admin", "link-local"),
+        ("rtsp://169.254.10.10/stream", "link-local"),
+        ("rtsp://127.0.0.1:554/x", "loopback"),
+        ("http://[::1]:80/x", "loopback"),
+        ("http://[::ffff:127.0.0.1]:8080/admin", "loopback"),  # loopback written as IPv4-mapped IPv6
+        ("http://10.0.0.5/stream", "private"),
+        ("https://elsewhere.example/x.mp4", "not in agent.remote_policy.http_hosts"),
+        ("file:///etc/shadow", "allowed folders"),
+        ("/etc/shadow", "allowed folders"),
+        ("npy:///etc/shadow", "allowed folders"),
+        ("/dev/sda", "allowed folders"),
+        ("gst:filesrc location=/etc/shadow ! fakesink", "scheme gst:// is not allowed"),
+        ("ftp://host/x", "scheme ftp:// is not allowed"),
     ],
 )
-def test_link_local_and_disguised_loopback_sources_are_refused(device: SandboxedDevice, attack, uri: str) -> None:
+def test_sources_outside_the_policy_are_refused(device: SandboxedDevice, attack, uri: str, rule: str) -> None:
     rec = attack(f"source {uri}", AREA)
-    assert_refused(
-        device,
-        device.workload(source={"uri": uri, "id": "door"}),
-        "source.uri",
-        "link-local" if "169.254" in uri or "fe80" in uri else "loopback",
-        rec,
-    )
+    assert_refused(device, device.workload(source={"uri": uri, "id": "door"}), "source.uri", rule, rec)
 
 
 # -- item 5: numbers that make a live device look dead or allocate without limit ----------------------------------
