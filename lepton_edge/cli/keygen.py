@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lepton_edge.device.signing import generate_keypair
+from lepton_edge.device.signing import generate_keypair, key_id, load_public_key
 
 DESCRIPTION = "Create an ed25519 key pair that signs model artifacts (lepton-edge sign)."
 EPILOG = """examples:
   lepton-edge keygen --out /etc/lepton-edge/keys/release
       writes release.key (private, mode 0600: keep it on the release host) and release.pub
-      (copy it to each device and set agent.artifact_public_key to its path)
+      (copy it to each device and list its path in agent.artifact_public_keys)
 """
 
 
@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     generate_keypair(private_path, public_path)
     print(
         f"wrote {private_path} (private, keep it secret) and {public_path} "
-        "(set agent.artifact_public_key to it)"
+        f"(key id {key_id(load_public_key(public_path))}; list it in agent.artifact_public_keys)"
     )
     return 0

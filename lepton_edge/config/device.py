@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -17,6 +17,8 @@ from pydantic_core import PydanticCustomError
 from lepton_edge.config.base import Strict, and_list, format_validation_error, read_yaml
 from lepton_edge.config.fleet import MqttConfig, OutboxConfig
 from lepton_edge.config.pipeline import (
+    ARTIFACT_TARGET_PATTERN,
+    MAX_ARTIFACT_VERSION,
     BackendConfig,
     ConsoleSinkConfig,
     ModelConfig,
@@ -238,6 +240,19 @@ class RemotePolicyConfig(Strict):
         description="Hosts (names or IP addresses, exact match) an http:// or https:// source of a remote config "
         "may reach; empty: none. Loopback, link-local and private addresses are refused unless listed here.",
     )
+    artifact_schemes: list[Literal["https", "http", "file"]] = Field(
+        default_factory=lambda: ["https", "file"],
+        max_length=3,
+        description="URL schemes a remote config's model.artifact.url may use: https and http only to "
+        "artifact_hosts, file only inside allowed_folders. Checked before anything is fetched.",
+    )
+    artifact_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Hosts (names or IP addresses, exact match) an http(s) artifact URL of a remote config may "
+        "reach; empty: none. The signature covers the URL path, not the host: this list bounds the hosts. "
+        "Loopback, link-local and private addresses only when listed.",
+    )
     max_telemetry_interval_s: float = Field(
         10.0,
         gt=0,
@@ -246,10 +261,21 @@ class RemotePolicyConfig(Strict):
         "scheduler's heartbeat_timeout_s (30 s by default), or the device looks offline while alive.",
     )
 
-    @field_validator("http_hosts")
+    @field_validator("http_hosts", "artifact_hosts")
     @classmethod
     def _lower_hosts(cls, hosts: list[str]) -> list[str]:
         return [h.strip().strip("[]").lower() for h in hosts if h.strip()]
+
+
+ArtifactTarget = Annotated[str, Field(pattern=ARTIFACT_TARGET_PATTERN)]
+"""A device group or model name that signed artifact references are meant for."""
+
+
+class RollbackOverride(Strict):
+    """One lower artifact version the operator allows for one target (local config only)."""
+
+    target: ArtifactTarget = Field(description="The artifact target.")
+    version: int = Field(ge=1, le=MAX_ARTIFACT_VERSION, description="The exact version allowed.")
 
 
 class AgentConfig(Strict):
@@ -276,8 +302,28 @@ class AgentConfig(Strict):
     )
     artifact_public_key: Path | None = Field(
         None,
-        description="Ed25519 public key (PEM) that signs model artifacts; without it every artifact update "
-        "is refused unless allow_unsigned_artifacts is true.",
+        description="One ed25519 public key (PEM) that signs model artifacts: the same as listing it first in "
+        "artifact_public_keys (kept for existing configs).",
+    )
+    artifact_public_keys: list[Path] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Ed25519 public keys (PEM) trusted to sign model artifacts, named by key id in each "
+        "reference; several during a key rotation (docs/updates.md). With none (and no artifact_public_key) "
+        "every artifact update is refused unless allow_unsigned_artifacts is true.",
+    )
+    artifact_targets: list[ArtifactTarget] = Field(
+        default_factory=list,
+        max_length=32,
+        description="The artifact targets that are this device's own (its group and model names); a signed "
+        "reference for any other target is refused. Empty: the device_id only.",
+    )
+    artifact_allow_rollback: list[RollbackOverride] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Operator override, local config only: accept exactly this lower version of this target "
+        "despite anti-rollback (each use is logged as an AUDIT line). The normal way back is to re-sign the "
+        "old artifact with a higher version.",
     )
     allow_unsigned_artifacts: bool = Field(
         False,
@@ -351,6 +397,7 @@ def resolve_agent_paths(agent: AgentConfig, fix: Any) -> AgentConfig:
         updates["remote_policy"] = policy.model_copy(update={"allowed_folders": folders})
     if agent.artifact_public_key is not None:
         updates["artifact_public_key"] = fix(agent.artifact_public_key)
+    updates["artifact_public_keys"] = [fix(k) for k in agent.artifact_public_keys]
     tls = agent.mqtt.tls
     if tls is not None:
         files = {n: fix(getattr(tls, n)) for n in ("ca_file", "cert_file", "key_file") if getattr(tls, n)}

@@ -10,6 +10,13 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lepton_edge.config.base import Strict
 
+MAX_ARTIFACT_VERSION = 2**53 - 1
+"""Highest artifact version (exact in JSON numbers everywhere)."""
+MAX_ARTIFACT_EXPIRES = 2**40
+"""Latest expiry accepted, in unix seconds (year 36812: bounded, never a real limit)."""
+ARTIFACT_TARGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$"
+"""An artifact target: a device group or model name, 1..128 characters."""
+
 
 class ArtifactRef(Strict):
     """A model artifact to download, verify and activate (lepton_edge.device.updates)."""
@@ -20,10 +27,35 @@ class ArtifactRef(Strict):
     )
     size: int = Field(gt=0, description="Exact size in bytes; a longer or shorter download is refused.")
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits.")
+    version: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ARTIFACT_VERSION,
+        description="Release number of this artifact for its target, signed; a device refuses versions "
+        "below the highest it has accepted for the target (anti-rollback).",
+    )
+    target: str | None = Field(
+        None,
+        pattern=ARTIFACT_TARGET_PATTERN,
+        description="Who the artifact is for (a device group or model name), signed; a device accepts only "
+        "targets listed in its local agent.artifact_targets.",
+    )
+    expires: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_ARTIFACT_EXPIRES,
+        description="Unix time (s) after which the signed reference is refused, signed.",
+    )
+    key_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{16}$",
+        description="Id of the release key that signed it (16 hex digits, printed by `lepton-edge keygen`).",
+    )
     signature: str | None = Field(
         None,
-        description="Base64 ed25519 signature of the sha256 (`lepton-edge sign`), checked with "
-        "agent.artifact_public_key. Required unless unsigned artifacts are explicitly allowed.",
+        description="Base64 ed25519 signature of the metadata (version, target, URL path, size, sha256, "
+        "expires; `lepton-edge sign`), checked with the key `key_id` of agent.artifact_public_keys. Required "
+        "unless unsigned artifacts are explicitly allowed.",
     )
 
     @field_validator("url")

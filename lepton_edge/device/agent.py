@@ -109,16 +109,7 @@ class DeviceAgent:
         self.client = MqttClient(agent_cfg.mqtt, will=self.presence.next_will, on_connected=self.presence.on_connected)
         self.forwarder = Forwarder(self.outbox, self.client)
         self.remote = RemoteConfig(config, self.store, report=self.events.report, event=self.events.event)
-        self.artifacts = ArtifactStore(
-            agent_cfg.state_dir / "artifacts",
-            agent_cfg.artifact_public_key,
-            agent_cfg.artifact_max_bytes,
-            allow_unsigned=agent_cfg.allow_unsigned_artifacts,
-            min_speed_bytes=agent_cfg.artifact_min_speed_bytes,
-            min_speed_window_s=agent_cfg.artifact_min_speed_window_s,
-            deadline_s=agent_cfg.artifact_download_deadline_s,
-            disk_reserve_bytes=agent_cfg.artifact_disk_reserve_bytes,
-        )
+        self.artifacts = ArtifactStore.for_agent(agent_cfg, config.device_id)
         self.controller = self._initial_controller(max_frames)
         system = SystemMonitor(agent_cfg.state_dir, sysfs)
         self.telemetry = TelemetryPublisher(

@@ -13,11 +13,22 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lepton_edge.core.errors import UpdateError
+
 SLOT_NAMES = ("a", "b")
 SLOT_RECORD = "slot.json"
 CONTENT_DIR = "content"
 
 Progress = Callable[[int, int], None]
+
+
+class ArtifactRefused(UpdateError):
+    """An artifact reference refused by a trust rule (``rule``: anti-rollback, expired, target, unknown key,
+    signature, ...); the message names the rule, the device counts refusals per rule."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"{message} [refused: {rule}]")
+        self.rule = rule
 
 
 def shown_url(url: str) -> str:

@@ -9,7 +9,8 @@ is not checked here: the caller checks it before asking for the bytes.
 Limits, so that a failing or hostile server can neither block an update nor fill the disk: a download that
 receives fewer than ``min_bytes`` in any ``min_window_s`` seconds, or is not done ``deadline_s`` after it
 started (all attempts together), fails; so does one that would leave less than ``disk_reserve_bytes`` free
-on the destination's file system (checked before and during the download). On every failure the
+on the destination's file system (checked before and during the download). A download whose ``cancel``
+event is set (superseded by a newer desired config) stops at its next read. On every failure the
 destination file is deleted; only a killed process leaves it, and the next call resumes it.
 """
 
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -96,7 +98,15 @@ class ArtifactDownloader:
             urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)),
         )
 
-    def fetch(self, ref: ArtifactRef, dest: Path, progress: Progress | None = None, *, reserve_bytes: int = 0) -> Path:
+    def fetch(
+        self,
+        ref: ArtifactRef,
+        dest: Path,
+        progress: Progress | None = None,
+        *,
+        reserve_bytes: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> Path:
         """Download ``ref`` into ``dest`` and verify its size and sha256; returns ``dest``.
 
         What ``dest`` already holds is resumed. ``reserve_bytes``: room the caller needs beside the download
@@ -104,11 +114,12 @@ class ArtifactDownloader:
         Raises UpdateError when there is not enough room (with ``disk_reserve_bytes`` kept free, before and
         while downloading), when the download fails ``attempts`` times, is too slow or passes its deadline,
         when the source sends more than ``ref.size`` bytes, or when the bytes are not the referenced ones;
-        ``dest`` is deleted on every failure. ``progress(have, total)`` is called per chunk.
+        ``dest`` is deleted on every failure, and when ``cancel`` is set. ``progress(have, total)`` is called
+        per chunk.
         """
         try:
             self._check_free_space(ref, dest, reserve_bytes + self.disk_reserve_bytes)
-            self._download(ref, dest, progress)
+            self._download(ref, dest, progress, _Pace(self, ref, dest, cancel))
         except Exception:  # not on KeyboardInterrupt/SystemExit: a restarted process resumes the file
             remove_path(dest)
             raise
@@ -146,15 +157,14 @@ class ArtifactDownloader:
                 "(agent.artifact_disk_reserve_bytes); the partial download is deleted, free some space"
             )
 
-    def _download(self, ref: ArtifactRef, part: Path, progress: Progress | None) -> None:
-        pace = _Pace(self, ref, part)
+    def _download(self, ref: ArtifactRef, part: Path, progress: Progress | None, pace: _Pace) -> None:
         if urlsplit(ref.url).scheme == "file":
             _copy_file(ref, part, progress, pace)
             return
         error: _Interrupted | None = None
         for attempt in range(self.attempts):
             if attempt:
-                time.sleep(self.retry_delay_s)
+                pace.pause(self.retry_delay_s)
                 pace.check_deadline()
             try:
                 self._fetch(ref, part, progress, pace)
@@ -220,8 +230,9 @@ class ArtifactDownloader:
 class _Pace:
     """The speed and deadline rules of one :meth:`ArtifactDownloader.fetch` call, and the disk reserve."""
 
-    def __init__(self, owner: ArtifactDownloader, ref: ArtifactRef, part: Path) -> None:
+    def __init__(self, owner: ArtifactDownloader, ref: ArtifactRef, part: Path, cancel: threading.Event | None) -> None:
         self.owner, self.ref, self.part = owner, ref, part
+        self.cancel = cancel or threading.Event()
         self.started = time.monotonic()
         self.deadline = None if owner.deadline_s is None else self.started + owner.deadline_s
         self.samples: deque[tuple[float, int]] = deque()  # (time, bytes received so far in this call)
@@ -261,7 +272,17 @@ class _Pace:
                 "is deleted"
             )
 
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between attempts, or less when the download is cancelled."""
+        self.cancel.wait(seconds)
+
     def check_deadline(self, now: float | None = None) -> None:
+        if self.cancel.is_set():
+            raise UpdateError(
+                f"artifact {shown_url(self.ref.url)}: download cancelled after {self.received} of "
+                f"{self.ref.size} bytes (a newer desired config replaced the one that needs it); the partial "
+                "download is deleted"
+            )
         now = time.monotonic() if now is None else now
         if self.deadline is not None and now >= self.deadline:
             raise UpdateError(

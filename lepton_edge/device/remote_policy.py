@@ -10,6 +10,9 @@ It governs remote input only (a local ``--config`` file is trusted as it is):
 - a source URI's scheme must be allowed; http(s) only to hosts listed in ``http_hosts`` (so loopback,
   link-local and private addresses only when listed), rtsp(s) never to loopback or link-local addresses
   unless listed;
+- an artifact URL (``model.artifact.url``) must use a scheme of ``artifact_schemes``; http(s) only to hosts
+  listed in ``artifact_hosts`` (the signature covers the URL path, not the host), file:// only inside the
+  allowed folders; checked here, before anything is fetched;
 - ``agent.telemetry_interval_s`` at most ``max_telemetry_interval_s``, so a live device never looks dead.
 - at most :data:`MAX_REMOTE_SINKS` sinks (each runs a thread, holds a file and buffers up to its queue size).
 
@@ -22,7 +25,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from lepton_edge.config.device import AgentConfig, DeviceConfig, RemotePolicyConfig, default_cache_dir
 from lepton_edge.device.state import CONFIG_FILE, SESSION_FILE
@@ -64,6 +67,8 @@ def check_remote_config(config: DeviceConfig, agent: AgentConfig, origin: str) -
                 checker.path(f"model.{name}", value)
         if model.calibration_data is not None:
             checker.path("model.calibration_data", Path(model.calibration_data))
+        if model.artifact is not None:
+            checker.artifact_url(model.artifact.url)
     if len(config.sinks) > MAX_REMOTE_SINKS:
         checker.refuse("sinks", f"{len(config.sinks)} sinks", f"a remote config runs at most {MAX_REMOTE_SINKS} sinks")
     for i, sink in enumerate(config.sinks):
@@ -167,6 +172,22 @@ class _Checker:
             if host is None or (_internal(host, private=False) and host not in self.policy.http_hosts):
                 self.refuse(field, uri, "rtsp to a loopback, link-local or missing host is refused unless the "
                             "host is listed in agent.remote_policy.http_hosts")
+
+    def artifact_url(self, url: str) -> None:
+        field = "model.artifact.url"
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in self.policy.artifact_schemes:
+            allowed = ", ".join(self.policy.artifact_schemes)
+            self.refuse(field, url, f"scheme {scheme}:// is not allowed for artifacts (allowed: {allowed}; "
+                        "agent.remote_policy.artifact_schemes)")
+        elif scheme == "file":
+            self.path(field, Path(unquote(urlsplit(url).path)))
+        else:
+            host = _hostname(url)
+            if host is None or host not in self.policy.artifact_hosts:
+                kind = "a loopback, link-local or private address, " if host and _internal(host, private=True) else ""
+                self.refuse(field, url, f"artifact host {host!r} is {kind}not in agent.remote_policy.artifact_hosts "
+                            "(artifacts are fetched only from listed hosts)")
 
     def http_host(self, uri: str) -> None:
         host = _hostname(uri)

@@ -1,30 +1,52 @@
-"""Release signing of model artifacts with ed25519 (used by the ``keygen`` and ``sign`` commands).
+"""Release signing of model artifacts with ed25519, TUF-style (used by the ``keygen`` and ``sign`` commands).
 
-What is signed: the file's sha256 digest (32 raw bytes) prefixed by :data:`SIGNATURE_CONTEXT`, never the
-bytes themselves. A device can therefore check the signature of an artifact reference before it downloads
-anything, then check the downloaded bytes against the signed digest. The prefix keeps a release key's
-signatures from being valid for any other use of the same key.
+What is signed is metadata, never the bytes: the canonical JSON document of :func:`metadata_document` (the
+artifact's ``version`` and ``target``, the URL **path**, its ``length`` and ``sha256``, and ``expires``),
+prefixed by :data:`SIGNATURE_CONTEXT` (domain separation: a release key's signatures are valid for nothing
+else). The reference names the signing key by :func:`key_id`, so a device can trust several keys at once
+(key rotation, docs/updates.md). A device checks the signature before it downloads anything, then checks the
+bytes against the signed length and sha256.
+
+Only the URL's path is signed, not its host or query: the same release can be served by mirrors, and
+presigned query strings change per download. Hosts are bounded instead by the device's remote policy
+(``agent.remote_policy.artifact_hosts``), checked before anything is fetched, so a reference replayed with
+another path fails its signature and one replayed with another host reaches only allow-listed hosts.
 
 Keys are PEM files: the private key is PKCS#8 (unencrypted, mode 0600: keep it off the devices), the public
-key is SubjectPublicKeyInfo, the file that ``agent.artifact_public_key`` names on each device.
+key is SubjectPublicKeyInfo, a file that ``agent.artifact_public_keys`` lists on each device.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
+from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 from lepton_edge.core.fileio import file_digest
+from lepton_edge.device.artifact_common import ArtifactRefused, shown_url
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-SIGNATURE_CONTEXT = b"lepton-edge artifact sha256 v1\x00"
-"""Bytes signed before the digest (domain separation)."""
+SIGNATURE_CONTEXT = b"lepton-edge artifact metadata v2\x00"
+"""Bytes signed before the metadata document (domain separation)."""
+DEFAULT_EXPIRES_S = 365 * 24 * 3600
+"""How long a signed reference stays valid unless ``lepton-edge sign --expires-in`` says otherwise."""
+RESIGN_HINT = (
+    "re-sign it with `lepton-edge sign FILE --key RELEASE.key --url URL --version N --target TARGET` "
+    "and put the printed reference in model.artifact"
+)
+SIGNED_FIELDS = ("version", "target", "expires", "key_id", "signature")
+"""The reference fields a signed reference must carry besides url, size and sha256."""
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
@@ -41,21 +63,42 @@ def _crypto() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
-        raise UpdateError(
-            "artifact signatures need the `cryptography` package: pip install cryptography"
-        ) from None
+        raise UpdateError("artifact signatures need the `cryptography` package: pip install cryptography") from None
     return ed25519
 
 
-def signed_message(sha256: str) -> bytes:
-    """The bytes an artifact signature covers: the context prefix and the raw sha256 digest."""
-    try:
-        digest = bytes.fromhex(sha256)
-    except ValueError:
-        digest = b""
-    if len(digest) != 32:
-        raise UpdateError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    return SIGNATURE_CONTEXT + digest
+def signed_path(url: str) -> str:
+    """The part of ``url`` a signature covers: its path (``/`` when empty), without host and query."""
+    return urlsplit(url).path or "/"
+
+
+def metadata_document(ref: ArtifactRef) -> bytes:
+    """The canonical metadata a signature covers: sorted-key compact JSON, ASCII only."""
+    missing = [name for name in ("version", "target", "expires") if getattr(ref, name) is None]
+    if missing:
+        raise UpdateError(f"artifact {shown_url(ref.url)}: the reference has no {', '.join(missing)} to sign")
+    document = {
+        "expires": ref.expires,
+        "length": ref.size,
+        "path": signed_path(ref.url),
+        "sha256": ref.sha256.lower(),
+        "target": ref.target,
+        "version": ref.version,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def signed_message(ref: ArtifactRef) -> bytes:
+    """The bytes an artifact signature covers: the context prefix and the metadata document."""
+    return SIGNATURE_CONTEXT + metadata_document(ref)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """The id a reference names its key by: the first 16 hex digits of the raw public key's sha256."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def generate_keypair(private_path: str | Path, public_path: str | Path) -> None:
@@ -68,9 +111,7 @@ def generate_keypair(private_path: str | Path, public_path: str | Path) -> None:
     private_path, public_path = Path(private_path), Path(public_path)
     for path in (private_path, public_path):
         if path.exists():
-            raise UpdateError(
-                f"{path}: already exists; remove it or choose another --out (keys are never overwritten)"
-            )
+            raise UpdateError(f"{path}: already exists; remove it or choose another --out (keys are never overwritten)")
     key = _crypto().Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -108,9 +149,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     except (ValueError, TypeError) as e:
         raise UpdateError(f"{path}: not an unencrypted PEM private key ({e})") from None
     if not isinstance(key, _crypto().Ed25519PrivateKey):
-        raise UpdateError(
-            f"{path}: not an ed25519 private key (got {type(key).__name__}); use `lepton-edge keygen`"
-        )
+        raise UpdateError(f"{path}: not an ed25519 private key (got {type(key).__name__}); use `lepton-edge keygen`")
     return key
 
 
@@ -124,42 +163,27 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     except (ValueError, TypeError) as e:
         raise UpdateError(f"{path}: not a PEM public key ({e})") from None
     if not isinstance(key, _crypto().Ed25519PublicKey):
-        raise UpdateError(
-            f"{path}: not an ed25519 public key (got {type(key).__name__}); use `lepton-edge keygen`"
-        )
+        raise UpdateError(f"{path}: not an ed25519 public key (got {type(key).__name__}); use `lepton-edge keygen`")
     return key
 
 
-def sign_digest(sha256: str, private_key: str | Path | Ed25519PrivateKey) -> str:
-    """Base64 signature of the artifact whose sha256 is ``sha256``."""
-    key = (
-        private_key if isinstance(private_key, _crypto().Ed25519PrivateKey) else load_private_key(private_key)
-    )
-    return base64.b64encode(key.sign(signed_message(sha256.lower()))).decode("ascii")
+def sign_reference(ref: ArtifactRef, private_key: str | Path | Ed25519PrivateKey) -> ArtifactRef:
+    """``ref`` with ``key_id`` and ``signature`` set: its metadata signed with ``private_key``."""
+    key = private_key if isinstance(private_key, _crypto().Ed25519PrivateKey) else load_private_key(private_key)
+    signature = base64.b64encode(key.sign(signed_message(ref))).decode("ascii")
+    return ref.model_copy(update={"key_id": key_id(key.public_key()), "signature": signature})
 
 
-def verify_signature(sha256: str, signature: str, public_key: str | Path | Ed25519PublicKey) -> None:
-    """Raise UpdateError unless ``signature`` (base64) signs ``sha256`` with ``public_key``."""
-    from cryptography.exceptions import InvalidSignature
-
-    key = public_key if isinstance(public_key, _crypto().Ed25519PublicKey) else load_public_key(public_key)
-    try:
-        raw = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        raise UpdateError("artifact signature is not valid base64; copy it from `lepton-edge sign`") from None
-    try:
-        key.verify(raw, signed_message(sha256.lower()))
-    except InvalidSignature:
-        where = f" {public_key}" if isinstance(public_key, str | Path) else ""
-        raise UpdateError(
-            f"artifact signature does not match sha256 {sha256.lower()} under the public key{where}: the "
-            "artifact was signed by another key, or the reference was altered; re-sign it with the release "
-            "key"
-        ) from None
-
-
-def sign_file(path: str | Path, private_key: str | Path | Ed25519PrivateKey) -> dict[str, Any]:
-    """The ArtifactRef fields of the file ``path``: url (None: for the operator), size, sha256, signature."""
+def sign_file(
+    path: str | Path,
+    private_key: str | Path | Ed25519PrivateKey,
+    *,
+    url: str,
+    version: int,
+    target: str,
+    expires: int,
+) -> ArtifactRef:
+    """The signed reference of the file ``path``, to be published at ``url``."""
     path = Path(path)
     if path.is_dir():
         raise UpdateError(
@@ -170,16 +194,69 @@ def sign_file(path: str | Path, private_key: str | Path | Ed25519PrivateKey) -> 
     size, sha256 = file_sha256(path)
     if size == 0:
         raise UpdateError(f"{path}: the file is empty")
-    return {"url": None, "size": size, "sha256": sha256, "signature": sign_digest(sha256, private_key)}
+    try:
+        ref = ArtifactRef(url=url, size=size, sha256=sha256, version=version, target=target, expires=expires)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise UpdateError(f"{path}: cannot sign this reference: {problems}") from None
+    return sign_reference(ref, private_key)
 
 
-def verify_file(
-    path: str | Path, public_key: str | Path | Ed25519PublicKey, sha256: str, signature: str
-) -> None:
-    """Raise UpdateError unless the file has this sha256 and ``signature`` signs it with ``public_key``."""
-    verify_signature(sha256, signature, public_key)
-    _, actual = file_sha256(Path(path))
-    if actual != sha256.lower():
+class TrustedKeys:
+    """The release public keys a device trusts, by key id; verifies signed references."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+        self.keys: dict[str, Ed25519PublicKey] = {}
+        for path in self.paths:
+            key = load_public_key(path)
+            self.keys[key_id(key)] = key
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def verify(self, ref: ArtifactRef) -> None:
+        """Raise ArtifactRefused unless ``ref`` carries signed metadata from a trusted key."""
+        from cryptography.exceptions import InvalidSignature
+
+        url = shown_url(ref.url)
+        missing = [name for name in SIGNED_FIELDS if getattr(ref, name) is None]
+        if ref.signature and missing:
+            raise ArtifactRefused(
+                "metadata format",
+                f"artifact {url}: the signature covers the sha256 only (an old format without "
+                f"{', '.join(missing)}), which anyone can replay with another URL or an older version; "
+                f"{RESIGN_HINT}",
+            )
+        if missing:
+            raise ArtifactRefused("unsigned", f"artifact {url}: not signed (no {', '.join(missing)}); {RESIGN_HINT}")
+        key = self.keys.get(str(ref.key_id))
+        if key is None:
+            known = ", ".join(sorted(self.keys)) or "none"
+            raise ArtifactRefused(
+                "unknown key",
+                f"artifact {url}: signed by key {ref.key_id}, which this device does not trust (trusted: "
+                f"{known}); add its public key to agent.artifact_public_keys or re-sign with a trusted key",
+            )
+        try:
+            raw = base64.b64decode(str(ref.signature), validate=True)
+            key.verify(raw, signed_message(ref))
+        except (binascii.Error, ValueError, InvalidSignature):
+            raise ArtifactRefused(
+                "signature",
+                f"artifact {url}: the signature does not match the metadata (version {ref.version}, target "
+                f"{ref.target}, path {signed_path(ref.url)}, {ref.size} bytes, sha256 {ref.sha256}, expires "
+                f"{ref.expires}) under key {ref.key_id}: the reference was altered or replayed with another "
+                f"URL path; {RESIGN_HINT}",
+            ) from None
+
+
+def verify_file(path: str | Path, keys: TrustedKeys, ref: ArtifactRef) -> None:
+    """Raise UpdateError unless ``ref`` is signed by one of ``keys`` and the file is the signed one."""
+    keys.verify(ref)
+    size, actual = file_sha256(Path(path))
+    if (size, actual) != (ref.size, ref.sha256.lower()):
         raise UpdateError(
-            f"{path}: sha256 is {actual}, expected {sha256.lower()}; the file is not the signed one"
+            f"{path}: {size} bytes with sha256 {actual}, expected {ref.size} bytes with sha256 "
+            f"{ref.sha256.lower()}; the file is not the signed one"
         )

@@ -4,12 +4,14 @@
 :class:`~lepton_edge.device.artifact_download.ArtifactDownloader` (fetch, then check size and sha256) and an
 :class:`~lepton_edge.device.artifact_unpack.ArtifactUnpacker` (unpack and check the content).
 
-An update is named by an :class:`~lepton_edge.config.pipeline.ArtifactRef` (url, size, sha256, signature). The
+An update is named by an :class:`~lepton_edge.config.pipeline.ArtifactRef` (url, size, sha256 and signed
+metadata: version, target, expires, key id, signature). The
 file is a single model (.onnx, .plan, ...) or an uncompressed tar of an artifact directory from
 ``lepton-edge build`` (or of one model file with its external data).
 
-Trust: the signature covers the sha256 (see :mod:`lepton_edge.device.signing`), so it is checked before
-anything is downloaded, and the downloaded bytes are then checked against that sha256 and size. With no
+Trust: the signature covers the metadata (see :mod:`lepton_edge.device.signing`), so it and the rules of
+:mod:`lepton_edge.device.artifact_trust` (trusted key, own target, not expired, no rollback) are checked before
+anything is downloaded, and the downloaded bytes are then checked against the signed sha256 and size. With no
 public key configured every update is refused, unless the store was created with ``allow_unsigned=True``
 (then only the sha256 protects the download, which guards against corruption, not against tampering).
 
@@ -18,6 +20,7 @@ Layout of ``state_dir`` (a crash at any point leaves it usable; ``current`` alwa
     staging/<sha256>.part    download in progress (deleted on failure; after a crash, resumed by HTTP Range)
     staging/<sha256>.slot/   verified and unpacked, waiting for activate()
     staging/*.tmp            half-built or discarded slots, removed when a store opens the folder
+    versions.json            highest version accepted per target (anti-rollback)
     slots/a/, slots/b/       complete slots: slot.json (what it holds) and content/ (the files)
     current -> slots/a       the active slot, a symlink replaced with rename()
     previous -> slots/b      the slot rollback() returns to, kept until the next activation
@@ -29,9 +32,11 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lepton_edge.config.device import AgentConfig
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 from lepton_edge.core.fileio import fsync_path
@@ -44,8 +49,9 @@ from lepton_edge.device.artifact_common import (
     shown_url,
 )
 from lepton_edge.device.artifact_download import ArtifactDownloader
+from lepton_edge.device.artifact_trust import VERSIONS_FILE, ArtifactTrust, ArtifactVersions
 from lepton_edge.device.artifact_unpack import MODEL_SUFFIXES, ArtifactUnpacker
-from lepton_edge.device.signing import verify_signature
+from lepton_edge.device.signing import TrustedKeys
 
 __all__ = ["MODEL_SUFFIXES", "ArtifactStore", "Progress", "UpdateError", "shown_url"]
 
@@ -55,8 +61,10 @@ log = logging.getLogger(__name__)
 class ArtifactStore:
     """Downloads, verifies and activates model artifacts in ``state_dir`` (see the module docstring).
 
-    ``public_key``: ed25519 public key (PEM) whose signature every artifact must carry; None refuses every
-    update unless ``allow_unsigned`` is true. ``max_bytes``: the largest artifact accepted (download and
+    ``public_keys``: ed25519 public keys (PEM files, or one file) one of which must sign every artifact; none
+    refuses every update unless ``allow_unsigned`` is true. ``targets``: the device's own targets;
+    ``allow_rollback``: target -> one lower version the operator allows (see
+    :mod:`lepton_edge.device.artifact_trust`). ``max_bytes``: the largest artifact accepted (download and
     unpacked content). A failed download is resumed up to ``attempts`` times in one :meth:`stage` call;
     when it fails for good the partial file is deleted. ``min_speed_bytes`` per ``min_speed_window_s``,
     ``deadline_s`` and ``disk_reserve_bytes``: the download limits of
@@ -67,9 +75,11 @@ class ArtifactStore:
     def __init__(
         self,
         state_dir: Path,
-        public_key: Path | None,
+        public_keys: Path | Sequence[Path] | None,
         max_bytes: int,
         *,
+        targets: Sequence[str] = (),
+        allow_rollback: dict[str, int] | None = None,
         allow_unsigned: bool = False,
         timeout_s: float = 30.0,
         attempts: int = 3,
@@ -83,10 +93,20 @@ class ArtifactStore:
         self.root = Path(state_dir)
         self.staging = self.root / "staging"
         self.slots = self.root / "slots"
-        self.public_key = Path(public_key) if public_key is not None else None
+        if public_keys is None:
+            public_keys = []
+        elif isinstance(public_keys, str | Path):
+            public_keys = [public_keys]
+        self.trust = ArtifactTrust(
+            TrustedKeys([Path(p) for p in public_keys]),
+            list(targets),
+            ArtifactVersions(self.root / VERSIONS_FILE),
+            allow_rollback=allow_rollback,
+            allow_unsigned=allow_unsigned,
+        )
         self.max_bytes = max_bytes
-        self.allow_unsigned = allow_unsigned
         self._lock = threading.RLock()
+        self._download_lock = threading.Lock()
         self.downloader = ArtifactDownloader(
             timeout_s=timeout_s,
             attempts=attempts,
@@ -99,6 +119,25 @@ class ArtifactStore:
         )
         self.unpacker = ArtifactUnpacker(max_bytes)
         self._clean_leftovers()
+
+    @classmethod
+    def for_agent(cls, agent: AgentConfig, device_id: str) -> ArtifactStore:
+        """The store of a device agent: ``state_dir/artifacts`` with the agent's keys, targets and limits."""
+        keys = list(agent.artifact_public_keys)
+        if agent.artifact_public_key is not None and agent.artifact_public_key not in keys:
+            keys.insert(0, agent.artifact_public_key)
+        return cls(
+            agent.state_dir / "artifacts",
+            keys,
+            agent.artifact_max_bytes,
+            targets=agent.artifact_targets or [device_id],
+            allow_rollback={o.target: o.version for o in agent.artifact_allow_rollback},
+            allow_unsigned=agent.allow_unsigned_artifacts,
+            min_speed_bytes=agent.artifact_min_speed_bytes,
+            min_speed_window_s=agent.artifact_min_speed_window_s,
+            deadline_s=agent.artifact_download_deadline_s,
+            disk_reserve_bytes=agent.artifact_disk_reserve_bytes,
+        )
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -114,6 +153,16 @@ class ArtifactStore:
             return None
         return self._model_path(slot)
 
+    @property
+    def refusals(self) -> dict[str, int]:
+        """References refused per trust rule (see :mod:`lepton_edge.device.artifact_trust`)."""
+        return dict(self.trust.refusals)
+
+    def has(self, ref: ArtifactRef) -> bool:
+        """True when ``ref``'s artifact is staged or in a slot already (:meth:`stage` will not download)."""
+        with self._lock:
+            return self._staged_or_slotted(ref.sha256.lower()) is not None
+
     def current_sha256(self) -> str | None:
         """sha256 of the active artifact, or None."""
         slot = self._linked_slot("current")
@@ -122,14 +171,16 @@ class ArtifactStore:
 
     # -- stage ----------------------------------------------------------------------------------------
 
-    def stage(self, ref: ArtifactRef, progress: Progress | None = None) -> Path:
+    def stage(self, ref: ArtifactRef, progress: Progress | None = None, cancel: threading.Event | None = None) -> Path:
         """Download ``ref``, verify it and unpack it into a staged slot; returns the model path in it.
 
-        Refused with UpdateError (and nothing active changes): size above ``max_bytes``, missing or wrong
-        signature, a download that fails ``attempts`` times, is too slow, passes its deadline or would go
-        below the disk reserve (the partial file is deleted), more bytes than ``ref.size``, a wrong sha256,
-        or an unsafe tar. An artifact already in
-        a slot is not downloaded again: the path in that slot is returned (``activate`` accepts it).
+        Refused with UpdateError (and nothing active changes): size above ``max_bytes``, a reference that
+        breaks a trust rule (:class:`~lepton_edge.device.artifact_trust.ArtifactTrust`), a download that
+        fails ``attempts`` times, is too slow, passes its deadline, would go below the disk reserve or is
+        cancelled (the partial file is deleted), more bytes than ``ref.size``, a wrong sha256, or an unsafe
+        tar. An artifact already in a slot is not downloaded again: the path in that slot is returned
+        (``activate`` accepts it). Once the bytes are verified, the reference's version is recorded as
+        accepted for its target.
         """
         sha = ref.sha256.lower()
         if ref.size > self.max_bytes:
@@ -137,17 +188,34 @@ class ArtifactStore:
                 f"artifact {shown_url(ref.url)} is {ref.size} bytes, above the limit of {self.max_bytes} "
                 "(agent.artifact_max_bytes); raise the limit or ship a smaller artifact"
             )
-        self._check_signature(ref)  # also for artifacts already here: the same refusals whatever is on disk
+        # also for artifacts already here: the same refusals whatever is on disk
+        self.trust.check(ref, running=sha == self.current_sha256())
         with self._lock:
-            existing = self._staged_or_slotted(sha)
-            if existing is not None:
-                return existing
-            self.staging.mkdir(parents=True, exist_ok=True)
-            self._discard_other_updates(sha)
+            staged = self._staged_or_slotted(sha)
+        if staged is None:
+            staged = self._download(ref, progress, cancel)
+        self.trust.accept(ref)
+        return staged
+
+    def _download(self, ref: ArtifactRef, progress: Progress | None, cancel: threading.Event | None) -> Path:
+        """Download and unpack ``ref`` into staging; one download at a time, the slots usable meanwhile."""
+        sha = ref.sha256.lower()
+        with self._download_lock:
+            with self._lock:
+                staged = self._staged_or_slotted(sha)
+                if staged is not None:  # another caller staged it while this one waited
+                    return staged
+                self.staging.mkdir(parents=True, exist_ok=True)
+                self._discard_other_updates(sha)
             part = self.downloader.fetch(
-                ref, self.staging / f"{sha}.part", progress, reserve_bytes=self.unpacker.space_needed(ref)
+                ref,
+                self.staging / f"{sha}.part",
+                progress,
+                reserve_bytes=self.unpacker.space_needed(ref),
+                cancel=cancel,
             )
-            return self.unpacker.unpack(ref, part, self.staging / f"{sha}.slot")
+            with self._lock:
+                return self.unpacker.unpack(ref, part, self.staging / f"{sha}.slot")
 
     def _staged_or_slotted(self, sha: str) -> Path | None:
         """The model path of the artifact ``sha`` when a slot or the staging folder already holds it."""
@@ -160,28 +228,6 @@ class ArtifactStore:
         if record and record["sha256"] == sha:
             return staged / record["model"]
         return None
-
-    def _check_signature(self, ref: ArtifactRef) -> None:
-        url = shown_url(ref.url)
-        if self.public_key is None:
-            if self.allow_unsigned:
-                log.warning("artifact %s: no public key configured, accepting it on its sha256 alone", url)
-                return
-            raise UpdateError(
-                f"artifact {url} refused: no public key to verify it; set agent.artifact_public_key to the "
-                "release public key (`lepton-edge keygen`), or allow unsigned artifacts explicitly"
-            )
-        if not ref.signature:
-            raise UpdateError(
-                f"artifact {url} has no signature; sign it with `lepton-edge sign FILE --key RELEASE.key` "
-                "and "
-                "put the signature in model.artifact.signature"
-            )
-
-        try:
-            verify_signature(ref.sha256, ref.signature, self.public_key)
-        except UpdateError as e:
-            raise UpdateError(f"artifact {url}: {e}") from None
 
     def _discard_other_updates(self, sha: str) -> None:
         # One update at a time: drop downloads and staged slots of other artifacts (device disks are small).
@@ -270,9 +316,7 @@ class ArtifactStore:
             staged_ok = base == self.slots or slot_dir.name.endswith(".slot")
             if record and staged_ok and (slot_dir / Path(*inner.parts[1:])).exists():
                 return slot_dir, Path(*inner.parts[1:])
-        raise UpdateError(
-            f"{path}: not a staged artifact of {self.root}; stage it first (ArtifactStore.stage)"
-        )
+        raise UpdateError(f"{path}: not a staged artifact of {self.root}; stage it first (ArtifactStore.stage)")
 
     def _record(self, slot_dir: Path) -> dict[str, Any] | None:
         """The slot's record when the slot is complete, else None."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,14 @@ from lepton_edge.cli import sign as sign_command
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 from lepton_edge.device.signing import (
+    DEFAULT_EXPIRES_S,
+    TrustedKeys,
+    key_id,
     load_private_key,
     load_public_key,
     sign_file,
     verify_file,
 )
-from lepton_edge.device.updates import ArtifactStore
 from tests.support.onnx_models import mean_color_classifier
 
 
@@ -49,50 +52,73 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path, capsys):
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
+URL = "https://updates.example.com/releases/model.onnx"
+
+
+def sign_argv(model: Path, private: Path, *extra: str, url: str = URL) -> list[str]:
+    return [str(model), "--key", str(private), "--url", url, "--version", "3", "--target", "cams", *extra]
+
+
 def test_keygen_sign_verify_round_trip_through_the_cli(tmp_path, capsys):
     private, public = keygen(tmp_path)
-    capsys.readouterr()
+    assert key_id(load_public_key(public)) in capsys.readouterr().out
     model = mean_color_classifier(tmp_path / "model.onnx")
-    url = "https://updates.example.com/model.onnx"
 
-    assert sign_command.run(parse(sign_command.add_arguments, [str(model), "--key", str(private), "--url", url])) == 0
-    snippet = yaml.safe_load(capsys.readouterr().out)
-    ref = ArtifactRef(**snippet["model"]["artifact"])
-    assert ref.url == url and ref.size == model.stat().st_size
-    verify_file(model, public, ref.sha256, ref.signature)
-
-    argv = [str(model), "--key", str(private), "--format", "json"]
-    assert sign_command.run(parse(sign_command.add_arguments, argv)) == 0
-    out = capsys.readouterr()
-    as_json = json.loads(out.out)["model"]["artifact"]
-    assert as_json["url"] is None and "give --url" in out.err
-    assert as_json["signature"] == ref.signature  # ed25519 signatures are deterministic
-
-
-def test_a_signed_file_is_accepted_by_the_device_store(tmp_path, capsys):
-    private, public = keygen(tmp_path)
-    capsys.readouterr()
-    model = mean_color_classifier(tmp_path / "release" / "model.onnx")
-    sign_command.run(parse(sign_command.add_arguments, [str(model), "--key", str(private), "--url", model.as_uri()]))
+    before = int(time.time())
+    assert sign_command.run(parse(sign_command.add_arguments, sign_argv(model, private))) == 0
     ref = ArtifactRef(**yaml.safe_load(capsys.readouterr().out)["model"]["artifact"])
-    store = ArtifactStore(tmp_path / "state", public, 1 << 20)
-    assert store.activate(store.stage(ref)).read_bytes() == model.read_bytes()
+    assert (ref.url, ref.size, ref.version, ref.target) == (URL, model.stat().st_size, 3, "cams")
+    assert ref.key_id == key_id(load_public_key(public))
+    assert before + DEFAULT_EXPIRES_S <= ref.expires <= int(time.time()) + DEFAULT_EXPIRES_S
+    verify_file(model, TrustedKeys([public]), ref)
+
+    argv = sign_argv(model, private, "--format", "json", "--expires-in", "60")
+    assert sign_command.run(parse(sign_command.add_arguments, argv)) == 0
+    as_json = json.loads(capsys.readouterr().out)["model"]["artifact"]
+    assert as_json["expires"] <= int(time.time()) + 60 and as_json["signature"] != ref.signature
+    with pytest.raises(UpdateError, match=r"--expires-in 0: must be 1\.\."):
+        sign_command.run(parse(sign_command.add_arguments, sign_argv(model, private, "--expires-in", "0")))
 
 
-def test_verify_file_refuses_a_changed_file_and_another_key(tmp_path):
+def test_the_signature_covers_every_metadata_field_but_the_host(tmp_path):
     private, public = keygen(tmp_path)
-    _, other_public = keygen(tmp_path, "other")
+    keys = TrustedKeys([public])
     model = mean_color_classifier(tmp_path / "model.onnx")
-    fields = sign_file(model, private)
-    assert fields["url"] is None and fields["size"] == model.stat().st_size
-
-    with pytest.raises(UpdateError, match=r"signature does not match .*other.pub"):
-        verify_file(model, other_public, fields["sha256"], fields["signature"])
+    ref = sign_file(model, private, url=URL, version=3, target="cams", expires=int(time.time()) + 600)
+    keys.verify(ref)
+    keys.verify(ref.model_copy(update={"url": "https://mirror.example.net/releases/model.onnx?token=x"}))
+    altered = {
+        "url": "https://updates.example.com/other/model.onnx",
+        "version": 4,
+        "target": "doors",
+        "expires": ref.expires + 1,
+        "size": ref.size + 1,
+        "sha256": "0" * 64,
+    }
+    for name, value in altered.items():
+        with pytest.raises(UpdateError, match=r"signature does not match the metadata .*\[refused: signature\]"):
+            keys.verify(ref.model_copy(update={name: value}))
     model.write_bytes(model.read_bytes() + b"\0")
-    with pytest.raises(UpdateError, match=rf"sha256 is [0-9a-f]{{64}}, expected {fields['sha256']}"):
-        verify_file(model, public, fields["sha256"], fields["signature"])
-    with pytest.raises(UpdateError, match="not valid base64"):
-        verify_file(model, public, fields["sha256"], "%%%")
+    with pytest.raises(
+        UpdateError, match=rf"sha256 [0-9a-f]{{64}}, expected {ref.size} bytes with sha256 {ref.sha256}"
+    ):
+        verify_file(model, keys, ref)
+
+
+def test_an_unknown_key_and_the_old_sha256_only_format_are_refused_with_how_to_fix(tmp_path):
+    _, public = keygen(tmp_path)
+    other_private, other_public = keygen(tmp_path, "other")
+    model = mean_color_classifier(tmp_path / "model.onnx")
+    ref = sign_file(model, other_private, url=URL, version=1, target="cams", expires=int(time.time()) + 600)
+    with pytest.raises(
+        UpdateError, match=rf"signed by key {ref.key_id}, which this device does not trust .*unknown key"
+    ):
+        TrustedKeys([public]).verify(ref)
+    TrustedKeys([public, other_public]).verify(ref)  # rotation: both keys trusted
+
+    old = ArtifactRef(url=URL, size=ref.size, sha256=ref.sha256, signature=ref.signature)
+    with pytest.raises(UpdateError, match=r"covers the sha256 only .*re-sign it with `lepton-edge sign FILE"):
+        TrustedKeys([public]).verify(old)
 
 
 def test_sign_explains_how_to_pack_a_directory_and_checks_the_url(tmp_path):
@@ -100,10 +126,12 @@ def test_sign_explains_how_to_pack_a_directory_and_checks_the_url(tmp_path):
     artifact = tmp_path / "out" / "colors-fp32"
     artifact.mkdir(parents=True)
     with pytest.raises(UpdateError, match=r"is a directory; .*tar -cf colors-fp32.tar -C .*out colors-fp32"):
-        sign_command.run(parse(sign_command.add_arguments, [str(artifact), "--key", str(private)]))
+        sign_command.run(parse(sign_command.add_arguments, sign_argv(artifact, private)))
     model = mean_color_classifier(tmp_path / "model.onnx")
-    with pytest.raises(UpdateError, match=r"--url 'ftp://host/m.onnx': .*https://, http:// or file://"):
-        sign_command.run(parse(sign_command.add_arguments, [str(model), "--key", str(private), "--url", "ftp://host/m.onnx"]))
+    with pytest.raises(UpdateError, match=r"cannot sign this reference: url: .*https://, http:// or file://"):
+        sign_command.run(parse(sign_command.add_arguments, sign_argv(model, private, url="ftp://host/m.onnx")))
+    with pytest.raises(UpdateError, match=r"target: String should match pattern"):
+        sign_file(model, private, url=URL, version=1, target="../x", expires=1)
 
 
 def test_keys_that_are_missing_or_of_the_wrong_kind_are_named(tmp_path):
@@ -115,9 +143,7 @@ def test_keys_that_are_missing_or_of_the_wrong_kind_are_named(tmp_path):
     ec_key = ec.generate_private_key(ec.SECP256R1())
     pem = tmp_path / "ec.pub"
     pem.write_bytes(
-        ec_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        ec_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     with pytest.raises(UpdateError, match=r"ec.pub: not an ed25519 public key"):
         load_public_key(pem)

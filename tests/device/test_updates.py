@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import ssl
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler
@@ -21,7 +23,7 @@ from pydantic import ValidationError
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 from lepton_edge.device.artifact_download import ArtifactDownloader
-from lepton_edge.device.signing import generate_keypair, sign_digest
+from lepton_edge.device.signing import generate_keypair, sign_reference
 from lepton_edge.device.updates import ArtifactStore
 from tests.support.http_server import LoopbackServer
 from tests.support.onnx_models import mean_color_classifier
@@ -29,6 +31,7 @@ from tests.support.onnx_models import mean_color_classifier
 pytestmark = pytest.mark.integration
 
 MAX_BYTES = 10 * 1024 * 1024
+TARGET = "test-cameras"
 
 
 class FileServer(LoopbackServer):
@@ -111,13 +114,15 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def make_ref(path: Path, url: str, private_key: Path | None, **overrides: object) -> ArtifactRef:
+    """The reference of ``path`` at ``url`` (version 1 of TARGET, valid for an hour), with ``overrides``
+    applied before signing with ``private_key`` (None: unsigned)."""
     data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    fields: dict[str, object] = {"url": url, "size": len(data), "sha256": sha}
+    fields: dict[str, object] = {"url": url, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     if private_key is not None:
-        fields["signature"] = sign_digest(sha, private_key)
+        fields.update(version=1, target=TARGET, expires=int(time.time()) + 3600)
     fields.update(overrides)
-    return ArtifactRef(**fields)
+    ref = ArtifactRef(**fields)
+    return sign_reference(ref, private_key) if private_key is not None else ref
 
 
 def publish_model(server: FileServer, name: str, size: int = 32) -> Path:
@@ -127,6 +132,7 @@ def publish_model(server: FileServer, name: str, size: int = 32) -> Path:
 
 def store_for(tmp_path: Path, public_key: Path | None, **kwargs: object) -> ArtifactStore:
     kwargs.setdefault("retry_delay_s", 0.0)
+    kwargs.setdefault("targets", [TARGET])
     return ArtifactStore(tmp_path / "state", public_key, MAX_BYTES, **kwargs)  # type: ignore[arg-type]
 
 
@@ -221,7 +227,7 @@ def test_an_artifact_already_in_a_slot_is_not_downloaded_again(tmp_path, server,
     assert back == first and store.activate(back) == first == store.current()
     assert server.requests == []
     assert store.previous() is not None and store.previous().name == "two.onnx"
-    with pytest.raises(UpdateError, match="has no signature"):  # being on disk does not waive the signature
+    with pytest.raises(UpdateError, match="not signed"):  # being on disk does not waive the signature
         store.stage(one.model_copy(update={"signature": None}))
 
 
@@ -231,9 +237,7 @@ def test_an_artifact_already_in_a_slot_is_not_downloaded_again(tmp_path, server,
 def test_wrong_hash_is_refused_and_the_download_discarded(tmp_path, server, keys):
     model = publish_model(server, "m.onnx")
     wrong_sha = hashlib.sha256(b"something else").hexdigest()
-    ref = make_ref(
-        model, server.url("m.onnx"), None, sha256=wrong_sha, signature=sign_digest(wrong_sha, keys[0])
-    )
+    ref = make_ref(model, server.url("m.onnx"), keys[0], sha256=wrong_sha)
     store = store_for(tmp_path, keys[1])
     with pytest.raises(UpdateError, match=r"expected \d+ bytes with sha256 " + wrong_sha):
         store.stage(ref)
@@ -243,8 +247,8 @@ def test_wrong_hash_is_refused_and_the_download_discarded(tmp_path, server, keys
 
 def test_wrong_signature_is_refused_before_downloading(tmp_path, server, keys):
     model = publish_model(server, "m.onnx")
-    signature_of_other = sign_digest(hashlib.sha256(b"other").hexdigest(), keys[0])
-    ref = make_ref(model, server.url("m.onnx"), None, signature=signature_of_other)
+    signature_of_other = make_ref(model, server.url("m.onnx"), keys[0], version=2).signature
+    ref = make_ref(model, server.url("m.onnx"), keys[0]).model_copy(update={"signature": signature_of_other})
     with pytest.raises(UpdateError, match="signature does not match"):
         store_for(tmp_path, keys[1]).stage(ref)
     assert server.requests == []
@@ -252,7 +256,7 @@ def test_wrong_signature_is_refused_before_downloading(tmp_path, server, keys):
 
 def test_missing_signature_is_refused(tmp_path, server, keys):
     ref = make_ref(publish_model(server, "m.onnx"), server.url("m.onnx"), None)
-    with pytest.raises(UpdateError, match=r"has no signature; sign it with `lepton-edge sign"):
+    with pytest.raises(UpdateError, match=r"not signed \(no version, .*re-sign it with `lepton-edge sign"):
         store_for(tmp_path, keys[1]).stage(ref)
     assert server.requests == []
 
@@ -261,14 +265,14 @@ def test_signature_by_another_key_is_refused(tmp_path, server, keys):
     other_private, _ = tmp_path / "other.key", tmp_path / "other.pub"
     generate_keypair(other_private, tmp_path / "other.pub")
     ref = make_ref(publish_model(server, "m.onnx"), server.url("m.onnx"), other_private)
-    with pytest.raises(UpdateError, match=r"signed by another key"):
+    with pytest.raises(UpdateError, match=r"which this device does not trust .*\[refused: unknown key\]"):
         store_for(tmp_path, keys[1]).stage(ref)
     assert server.requests == []
 
 
 def test_without_a_public_key_updates_are_refused_unless_unsigned_is_allowed(tmp_path, server):
     ref = make_ref(publish_model(server, "m.onnx"), server.url("m.onnx"), None)
-    with pytest.raises(UpdateError, match=r"no public key to verify it; set agent.artifact_public_key"):
+    with pytest.raises(UpdateError, match=r"no public key to verify it; list the release public keys"):
         store_for(tmp_path, None).stage(ref)
     assert server.requests == []
     store = store_for(tmp_path, None, allow_unsigned=True)
@@ -331,18 +335,14 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(hours=1))
         .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "server.pem", folder / "server.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
 
@@ -609,3 +609,71 @@ def test_the_downloader_refuses_when_the_reserved_room_is_not_free(tmp_path):
     with pytest.raises(UpdateError, match="free some space"):
         ArtifactDownloader().fetch(ref, dest, reserve_bytes=1 << 62)
     assert not dest.exists()
+
+
+# ------------------------------------------------------------------------------------------- trust rules
+
+
+def test_anti_rollback_survives_a_restart_and_the_running_artifact_stays_usable(tmp_path, server, keys):
+    one = make_ref(publish_model(server, "one.onnx"), server.url("one.onnx"), keys[0], version=5)
+    two = make_ref(publish_model(server, "two.onnx", size=16), server.url("two.onnx"), keys[0], version=6)
+    store = store_for(tmp_path, keys[1])
+    store.activate(store.stage(one))
+    store.activate(store.stage(two))
+
+    reopened = store_for(tmp_path, keys[1])  # a restarted device: the record is on disk
+    with pytest.raises(UpdateError, match=r"version 5 of target test-cameras is below version 6.*anti-rollback"):
+        reopened.stage(one)
+    assert reopened.refusals == {"anti-rollback": 1}
+    assert reopened.rollback() is not None and reopened.current_sha256() == one.sha256  # a local rollback
+    assert reopened.stage(one) == reopened.current()  # re-reading the running one changes nothing
+    assert json.loads((tmp_path / "state" / "versions.json").read_text()) == {TARGET: 6}
+
+
+def test_the_operator_override_allows_exactly_one_lower_version_with_an_audit_line(tmp_path, server, keys, caplog):
+    refs = {
+        v: make_ref(publish_model(server, f"v{v}.onnx", size=8 + v), server.url(f"v{v}.onnx"), keys[0], version=v)
+        for v in (1, 2, 3)
+    }
+    store_for(tmp_path, keys[1]).activate(store_for(tmp_path, keys[1]).stage(refs[3]))
+    store = store_for(tmp_path, keys[1], allow_rollback={TARGET: 1})
+    with caplog.at_level("WARNING", logger="lepton_edge.audit"):
+        store.activate(store.stage(refs[1]))
+    assert store.current_sha256() == refs[1].sha256
+    assert any(
+        "AUDIT artifact rollback override used: target test-cameras version 1" in r.message for r in caplog.records
+    )
+    with pytest.raises(UpdateError, match="anti-rollback"):
+        store.stage(refs[2])
+
+
+def test_expired_metadata_and_another_target_are_refused_before_downloading(tmp_path, server, keys):
+    model = publish_model(server, "m.onnx")
+    store = store_for(tmp_path, keys[1])
+    with pytest.raises(UpdateError, match=r"the signed reference expired at \d+ .*\[refused: expired\]"):
+        store.stage(make_ref(model, server.url("m.onnx"), keys[0], expires=int(time.time()) - 1))
+    with pytest.raises(UpdateError, match=r"signed for target 'doors', which is not this device's .*test-cameras"):
+        store.stage(make_ref(model, server.url("m.onnx"), keys[0], target="doors"))
+    assert server.requests == [] and store.refusals == {"expired": 1, "target": 1}
+
+
+def test_several_keys_are_trusted_during_a_rotation(tmp_path, server, keys):
+    new_private, new_public = tmp_path / "keys" / "new.key", tmp_path / "keys" / "new.pub"
+    generate_keypair(new_private, new_public)
+    model = publish_model(server, "m.onnx")
+    store = store_for(tmp_path, [keys[1], new_public])
+    store.stage(make_ref(model, server.url("m.onnx"), keys[0]))
+    store.stage(make_ref(model, server.url("m.onnx"), new_private, version=2))
+    retired = store_for(tmp_path, [new_public])  # step 3: the old key removed from the device
+    with pytest.raises(UpdateError, match="unknown key"):
+        retired.stage(make_ref(model, server.url("m.onnx"), keys[0], version=3))
+
+
+def test_a_superseded_download_is_cancelled_and_its_part_deleted(tmp_path, server, keys):
+    model = publish_model(server, "m.onnx")
+    ref = make_ref(model, server.url("m.onnx"), keys[0])
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(UpdateError, match=r"download cancelled after \d+ of \d+ bytes"):
+        store_for(tmp_path, keys[1]).stage(ref, cancel=cancel)
+    assert not list((tmp_path / "state" / "staging").iterdir())

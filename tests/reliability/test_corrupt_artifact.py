@@ -92,7 +92,14 @@ def test_corrupt_artifacts_are_refused_or_rolled_back_and_the_old_model_keeps_se
         "then a good one",
     )
     config = device_config(
-        tmp_path, color_model, broker.port, device_id, agent={"allow_unsigned_artifacts": True}
+        tmp_path,
+        color_model,
+        broker.port,
+        device_id,
+        agent={
+            "allow_unsigned_artifacts": True,
+            "remote_policy": {"artifact_schemes": ["http"], "artifact_hosts": ["127.0.0.1"]},
+        },
     )
     device = DeviceProcess(tmp_path / "device", config)
     devices.append(device)
