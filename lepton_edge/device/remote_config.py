@@ -17,6 +17,11 @@ Rules (docs/protocol.md, "Remote configuration"):
   running.
 - ``{"idle": true}`` (what the scheduler pushes to a device left without a workload) is a config like any
   other: applying it stops the pipeline, and the device waits, connected, for a workload config.
+- A desired config whose artifact (``model.artifact``) is not on the device yet waits for its download,
+  which runs on a download worker (lepton_edge.device.artifact_fetcher) so the config worker stays free:
+  newer desired configs are handled meanwhile (and cancel the older download), an event
+  ``config.waiting_for_download`` says which version waits, and the config is applied when its download
+  completes if it is still the newest one (a refused or failed download is reported as ``rejected``).
 - The last good config and its version are persisted atomically; after a restart the device starts
   from it (it is newer than the local file, version 0) and reports it in its birth.
 
@@ -35,7 +40,10 @@ from collections.abc import Callable
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig, parse_config
-from lepton_edge.core.errors import ConfigError
+from lepton_edge.config.pipeline import ArtifactRef
+from lepton_edge.core.errors import ConfigError, UpdateError
+from lepton_edge.device.artifact_common import shown_url
+from lepton_edge.device.artifact_fetcher import ArtifactFetcher
 from lepton_edge.device.controller import ApplyResult, RuntimeController
 from lepton_edge.device.remote_policy import check_remote_config, policy_fields
 from lepton_edge.device.state import ConfigState, StateStore
@@ -90,10 +98,20 @@ class RemoteConfig:
         self._stopping = False
         self._busy = False
         self._thread: threading.Thread | None = None
+        self._fetcher: ArtifactFetcher | None = None
+        self._waiting: DesiredConfig | None = None
+        """The desired config whose artifact is downloading."""
+        self._download_errors: dict[int, UpdateError] = {}
 
     @property
     def handled_version(self) -> int:
         return self.state.handled_version
+
+    @property
+    def waiting_version(self) -> int | None:
+        """The desired version waiting for its artifact download, or None."""
+        waiting = self._waiting
+        return waiting.version if waiting is not None else None
 
     # -- startup ------------------------------------------------------------------------------------
 
@@ -201,6 +219,8 @@ class RemoteConfig:
     def start(self, controller: RuntimeController) -> None:
         self.controller = controller
         self._stopping = False
+        artifacts = getattr(controller, "artifacts", None)
+        self._fetcher = ArtifactFetcher(artifacts, self._download_done) if artifacts is not None else None
         self._thread = threading.Thread(target=self._run, name="lepton-agent-config", daemon=True)
         self._thread.start()
 
@@ -208,10 +228,14 @@ class RemoteConfig:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        if self._fetcher is not None:
+            self._fetcher.stop(timeout=0)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._fetcher is not None:
+            self._fetcher.stop(timeout=timeout if timeout is not None else 5.0)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is queued or being applied; True if that happened within ``timeout``."""
@@ -258,9 +282,12 @@ class RemoteConfig:
             log.warning("%s", reason)
             self.publish_report(desired.version, ApplyResult("rejected", [reason]))
             return ApplyResult("rejected", [reason])
+        self._supersede_downloads(desired.version)
         try:
             config = self.validate(dict(desired.config), origin)
-        except ConfigError as e:
+            if self._fetch_first(desired, config):
+                return None
+        except (ConfigError, UpdateError) as e:
             result = ApplyResult("rejected", error_lines(e))
         else:
             applied = self.controller.apply(config, desired.version)
@@ -273,6 +300,52 @@ class RemoteConfig:
         self._save()
         self.publish_report(desired.version, result)
         return result
+
+    def _supersede_downloads(self, version: int) -> None:
+        """A desired config ``version`` is being handled: an older one no longer waits for its download."""
+        if self._fetcher is not None:
+            self._fetcher.supersede(version)
+        with self._cond:
+            if self._waiting is not None and self._waiting.version < version:
+                self._waiting = None
+
+    def _fetch_first(self, desired: DesiredConfig, config: DeviceConfig) -> bool:
+        """True when ``config`` waits for its artifact, now downloading; raises UpdateError when that download
+        was refused or failed."""
+        error = self._download_errors.pop(desired.version, None)
+        if error is not None:
+            raise error
+        ref: ArtifactRef | None = config.model.artifact if config.model is not None else None
+        fetcher = self._fetcher
+        if ref is None or fetcher is None or fetcher.artifacts.has(ref):
+            return False
+        with self._cond:
+            self._waiting = desired
+        if fetcher.start(desired.version, ref):
+            message = f"desired config v{desired.version} waits for its artifact download"
+            log.info("%s (%s)", message, shown_url(ref.url))
+            self.event(
+                "config.waiting_for_download",
+                "info",
+                message,
+                {"version": desired.version, "url": shown_url(ref.url), "bytes": ref.size},
+            )
+        return True
+
+    def _download_done(self, version: int, error: UpdateError | None) -> None:
+        """Download thread: queue the waiting config again (staged, or with its error) if still the newest."""
+        with self._cond:
+            waiting = self._waiting
+            if waiting is None or waiting.version != version:
+                return
+            self._waiting = None
+            pending = self._pending
+            if version <= self.state.handled_version or (pending is not None and pending.version > version):
+                return
+            if error is not None:
+                self._download_errors = {version: error}
+            self._pending = waiting
+            self._cond.notify_all()
 
     def _save(self) -> None:
         try:

@@ -1,0 +1,306 @@
+"""Issue #12, item 3/4: attacks on artifact updates, replayed against a real device agent.
+
+The agent (device ``cam-b``) connects over mutual TLS to mosquitto running the production config and ACL; the
+test publishes desired documents with the scheduler's certificate. Artifacts are served by a real HTTP server
+on loopback (the one host the device's remote policy allows) and signed with a real release key. Each attack
+must be refused naming its rule, reported (outcome ``rejected``), counted, fetch nothing it should not, and
+leave the device serving its last good config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lepton_edge.config.fleet import TlsConfig
+from lepton_edge.config.pipeline import ArtifactRef
+from lepton_edge.device.agent import DeviceAgent
+from lepton_edge.device.signing import generate_keypair, sign_reference
+from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, config_desired_topic, encode
+from tests.device.helpers import Recorder, agent_config, wait_until
+from tests.support.http_server import LoopbackServer
+from tests.support.onnx_models import mean_color_classifier
+from tests.support.production_broker import ProductionBroker, dev
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "cam-b"
+TARGET = "cams-east"
+GOOD_SOURCE = "synthetic://shapes?fps=30&width=64&height=48"
+AREA = "updates"
+
+
+class ArtifactServer(LoopbackServer):
+    """Serves the files of ``root``; per file it can append bytes, close early or trickle 1 byte/s."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[str] = []
+        self.extra: dict[str, bytes] = {}  # name -> bytes sent beyond the file (and announced)
+        self.close_early: set[str] = set()  # names answered with the full length and half the bytes
+        self.trickle: set[str] = set()  # names sent at 1 byte/s
+        super().__init__()
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        name = req.path.lstrip("/").split("?")[0]
+        self.requests.append(name)
+        path = self.root / name
+        if not path.is_file():
+            req.send_error(404)
+            return
+        body = path.read_bytes() + self.extra.get(name, b"")
+        start = int(req.headers["Range"][6:-1]) if req.headers.get("Range") else 0
+        req.send_response(206 if start else 200)
+        if start:
+            req.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        req.send_header("Content-Length", str(len(body) - start))
+        req.end_headers()
+        try:
+            if name in self.trickle:
+                for i in range(start, len(body)):
+                    req.wfile.write(body[i : i + 1])
+                    req.wfile.flush()
+                    time.sleep(1.0)
+            elif name in self.close_early:
+                req.wfile.write(body[start : start + max((len(body) - start) // 2, 1)])
+                req.wfile.flush()
+                req.close_connection = True
+            else:
+                req.wfile.write(body[start:])
+        except (BrokenPipeError, ConnectionResetError):
+            req.close_connection = True
+
+
+class UpdatedDevice:
+    """A real agent behind the production broker, the release key, the artifact server and the scheduler's
+    side: push desired documents, read the reports and events, count results."""
+
+    def __init__(self, agent: DeviceAgent, scheduler: Recorder, server: ArtifactServer, key: Path) -> None:
+        self.agent, self.scheduler, self.server, self.key = agent, scheduler, server, key
+        self.version = 0
+        self.good_version = 0
+
+    @property
+    def staging(self) -> Path:
+        return self.agent.artifacts.staging
+
+    def publish(self, artifact: ArtifactRef | None) -> int:
+        """Publish the next desired version running ``artifact`` (None: the local model file), retained;
+        returns the version."""
+        self.version += 1
+        model: dict[str, Any] = {"path": str(self.agent.local_config.model.path)}
+        if artifact is not None:
+            model = {"path": "unused.onnx", "artifact": artifact.model_dump(exclude_none=True)}
+        config = {
+            "model": model,
+            "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
+            "source": {"uri": GOOD_SOURCE, "id": "door"},
+            "postprocess": {"type": "classify", "top_k": 2},
+        }
+        document = DesiredConfig(version=self.version, config=config, issued_at=time.time(), issued_by="scheduler")
+        assert self.scheduler.client.publish(config_desired_topic(DEVICE), encode(document), qos=1, retain=True).wait(5)
+        return self.version
+
+    def push(self, artifact: ArtifactRef | None, timeout: float = 20) -> ReportedConfig:
+        version = self.publish(artifact)
+        return self.report(version, timeout)
+
+    def report(self, version: int, timeout: float = 20) -> ReportedConfig:
+        return self.scheduler.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == version, timeout=timeout)
+
+    def events(self, kind: str) -> list[Any]:
+        return [e for e in self.scheduler.of(TopicKind.EVENT) if e.kind == kind]
+
+    def artifact(self, name: str, size: int, **fields: Any) -> ArtifactRef:
+        """A real model published as ``name`` and its reference signed with the release key (version 1 of
+        TARGET, valid for an hour, unless ``fields`` say otherwise)."""
+        key = fields.pop("key", None) or self.key
+        model = mean_color_classifier(self.server.root / name, size=size)
+        data = model.read_bytes()
+        signed = {"version": 1, "target": TARGET, "expires": int(time.time()) + 3600, **fields}
+        ref = ArtifactRef(url=self.server.url(name), size=len(data), sha256=hashlib.sha256(data).hexdigest(), **signed)
+        return sign_reference(ref, key)
+
+    def results_from_door(self) -> int:
+        return sum(1 for r in self.scheduler.of(TopicKind.RESULT) if r.source == "door")
+
+    def assert_still_serving(self) -> None:
+        assert self.agent.config_version == self.good_version
+        before = self.results_from_door()
+        wait_until(lambda: self.results_from_door() >= before + 3, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def device(
+    production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tmp_path_factory
+) -> Iterator[UpdatedDevice]:
+    certs = pki["certs"]
+
+    def tls(name: str) -> TlsConfig:
+        client = certs / "clients" / name
+        return TlsConfig(
+            ca_file=certs / "ca.crt", cert_file=client.with_suffix(".crt"), key_file=client.with_suffix(".key")
+        )
+
+    tmp = tmp_path_factory.mktemp("updated")
+    generate_keypair(tmp / "keys" / "release.key", tmp / "keys" / "release.pub")
+    (tmp / "www").mkdir()
+    server = ArtifactServer(tmp / "www")
+    scheduler = Recorder.connect(production_broker.port, "scheduler", dev(DEVICE, "#"), tls=tls("scheduler"))
+    agent_section = {
+        "mqtt": {"tls": tls(DEVICE).model_dump(mode="json")},
+        "artifact_public_keys": [str(tmp / "keys" / "release.pub")],
+        "artifact_targets": [TARGET],
+        "remote_policy": {"artifact_schemes": ["http", "file"], "artifact_hosts": ["127.0.0.1"]},
+        "artifact_min_speed_bytes": 1,  # the 1 byte/s server is not cut off by the speed rule
+        "artifact_disk_reserve_bytes": 0,
+    }
+    agent = DeviceAgent(agent_config(tmp, color_model, production_broker.port, DEVICE, agent=agent_section))
+    agent.start()
+    try:
+        assert agent.client.wait_connected(10), agent.client.last_error
+        updated = UpdatedDevice(agent, scheduler, server, tmp / "keys" / "release.key")
+        good = updated.push(updated.artifact("v2.onnx", 32, version=2))
+        assert (good.outcome, good.errors) == ("applied", []), good.errors
+        updated.good_version = good.version
+        updated.assert_still_serving()
+        yield updated
+    finally:
+        agent.stop()
+        scheduler.client.publish(config_desired_topic(DEVICE), b"", qos=1, retain=True).wait(5)
+        scheduler.stop()
+        server.close()
+
+
+def assert_refused(device: UpdatedDevice, artifact: ArtifactRef, rule: str, rec: Any) -> str:
+    """Push ``artifact``; it must be rejected naming ``rule``, counted, fetch nothing, and change nothing."""
+    rejected_before = len(device.events("config.rejected"))
+    requests_before = len(device.server.requests)
+    report = device.push(artifact)
+    assert report.outcome == "rejected", report
+    assert report.active_version == device.good_version
+    reason = next((e for e in report.errors if rule in e), None)
+    assert reason is not None, f"no error names {rule!r}: {report.errors}"
+    wait_until(lambda: len(device.events("config.rejected")) > rejected_before)
+    device.assert_still_serving()
+    assert not list(device.staging.glob("*.part"))
+    rec.refused_because(reason)
+    rec.figures["config.rejected events"] = len(device.events("config.rejected")) - rejected_before
+    rec.figures["requests to the artifact server"] = len(device.server.requests) - requests_before
+    return reason
+
+
+def test_an_older_signed_artifact_is_refused(device: UpdatedDevice, attack) -> None:
+    rec = attack("older signed artifact (version 1 after version 2): rollback", AREA)
+    assert_refused(device, device.artifact("v1.onnx", 16, version=1), "[refused: anti-rollback]", rec)
+    assert device.agent.artifacts.refusals.get("anti-rollback", 0) >= 1
+    assert "v1.onnx" not in device.server.requests
+
+
+def test_a_signed_reference_replayed_with_another_url_path_is_refused(device: UpdatedDevice, attack) -> None:
+    rec = attack("signed reference replayed with another URL path", AREA)
+    good = device.artifact("v3.onnx", 24, version=3)
+    replayed = good.model_copy(update={"url": device.server.url("internal/admin?delete=all")})
+    assert_refused(device, replayed, "[refused: signature]", rec)
+    assert not any(r.startswith("internal") for r in device.server.requests)
+
+
+@pytest.mark.parametrize(
+    ("url", "rule"),
+    [
+        ("http://169.254.169.254/latest/v3.onnx", "not in agent.remote_policy.artifact_hosts"),
+        ("http://localhost:{port}/v3.onnx", "not in agent.remote_policy.artifact_hosts"),
+        ("file:///etc/passwd", "allowed folders"),
+        ("https://127.0.0.1:{port}/v3.onnx", "scheme https:// is not allowed for artifacts"),
+    ],
+)
+def test_a_signed_reference_replayed_outside_the_remote_policy_is_refused(
+    device: UpdatedDevice, attack, url: str, rule: str
+) -> None:
+    url = url.format(port=device.server.httpd.server_port)
+    rec = attack(f"signed reference replayed with the URL {url}", AREA)
+    good = device.artifact("v3.onnx", 24, version=3)
+    reason = assert_refused(device, good.model_copy(update={"url": url}), rule, rec)
+    assert "model.artifact.url" in reason and "remote policy" in reason
+
+
+@pytest.mark.parametrize(
+    ("fields", "rule", "what"),
+    [
+        ({"expires": 1_000_000}, "[refused: expired]", "expired metadata"),
+        ({"target": "doors-west"}, "[refused: target]", "a reference signed for another target"),
+        ({"key": "other"}, "[refused: unknown key]", "a reference signed by an unknown key"),
+    ],
+)
+def test_references_that_break_a_trust_rule_are_refused_before_downloading(
+    device: UpdatedDevice, attack, tmp_path: Path, fields: dict[str, Any], rule: str, what: str
+) -> None:
+    rec = attack(what, AREA)
+    if fields.get("key") == "other":
+        generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
+        fields = {"key": tmp_path / "other.key"}
+    ref = device.artifact("v4.onnx", 20, version=4, **fields)
+    before = device.agent.artifacts.refusals
+    assert_refused(device, ref, rule, rec)
+    assert "v4.onnx" not in device.server.requests
+    rule_name = rule.removeprefix("[refused: ").removesuffix("]")
+    assert device.agent.artifacts.refusals[rule_name] == before.get(rule_name, 0) + 1
+
+
+def test_bytes_beyond_the_signed_length_are_refused(device: UpdatedDevice, attack) -> None:
+    rec = attack("a server sending bytes beyond the signed length", AREA)
+    ref = device.artifact("long.onnx", 12, version=5)
+    device.server.extra["long.onnx"] = b"\0" * 1_000_000
+    assert_refused(device, ref, "more than the", rec)
+
+
+def test_a_server_that_closes_early_leaves_no_partial_file(device: UpdatedDevice, attack) -> None:
+    rec = attack("a server announcing the signed size and closing early (every attempt)", AREA)
+    ref = device.artifact("short.onnx", 14, version=5)
+    device.server.close_early.add("short.onnx")
+    assert_refused(device, ref, "download failed after 3 attempt(s)", rec)
+    assert device.server.requests.count("short.onnx") == 3
+    rec.figures["bytes left in staging"] = sum(p.stat().st_size for p in device.staging.rglob("*") if p.is_file())
+    assert rec.figures["bytes left in staging"] == 0
+
+
+def test_a_1_byte_per_second_server_does_not_block_remote_configuration(device: UpdatedDevice, attack) -> None:
+    rec = attack("a 1 byte/s artifact server while another desired config arrives", AREA)
+    slow = device.artifact("slow.onnx", 18, version=6)
+    device.server.trickle.add("slow.onnx")
+    waiting = device.publish(slow)
+    wait_until(lambda: any(e.details["version"] == waiting for e in device.events("config.waiting_for_download")))
+    wait_until(lambda: list(device.staging.glob("*.part")), timeout=5)  # the trickle has started
+    assert device.agent.remote.waiting_version == waiting
+
+    started = time.monotonic()
+    report = device.push(None)  # a config that needs no download
+    prompt_s = time.monotonic() - started
+    assert (report.outcome, report.errors) == ("applied", []), report.errors
+    device.good_version = report.version
+    wait_until(lambda: not list(device.staging.glob("*.part")), timeout=5)  # the superseded download: cancelled
+    assert device.agent.remote.waiting_version is None
+    assert not [r for r in device.scheduler.of(TopicKind.CONFIG_REPORTED) if r.version == waiting]
+    device.assert_still_serving()
+    rec.refused_because(
+        f"desired config v{waiting} waited for its download on the download worker; v{report.version} was applied "
+        f"in {prompt_s:.2f} s and cancelled the slow download (.part deleted)"
+    )
+    rec.figures["seconds to apply the other config"] = round(prompt_s, 2)
+    assert prompt_s < 5.0
+
+
+def test_a_good_update_waits_for_its_download_then_applies(device: UpdatedDevice, attack) -> None:
+    ref = device.artifact("v7.onnx", 28, version=7)
+    report = device.push(ref)
+    assert (report.outcome, report.errors) == ("applied", []), report.errors
+    device.good_version = report.version
+    assert any(e.details["version"] == report.version for e in device.events("config.waiting_for_download"))
+    assert device.agent.artifacts.current_sha256() == ref.sha256
+    device.assert_still_serving()
