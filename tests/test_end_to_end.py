@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.device.helpers import idle_data
+from tests.support.api_client import ApiClient
 from tests.support.mosquitto import MosquittoBroker, free_port, require_mosquitto
 
 pytestmark = pytest.mark.integration
@@ -32,21 +31,11 @@ DETECTOR = ROOT / "models" / "shapes_detector.onnx"
 DEVICE_ID = "e2e-cam-01"
 
 
-class Api:
-    """JSON over HTTP to the scheduler's API."""
+class Api(ApiClient):
+    """JSON over HTTP to the scheduler's API, with an operator token."""
 
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+    def __init__(self, port: int, token: str) -> None:
+        super().__init__(f"http://127.0.0.1:{port}", token)
 
     def get(self, path: str) -> Any:
         """The body of a 200 answer, else None (also while the server is not up)."""
@@ -113,7 +102,11 @@ def test_a_workload_runs_on_a_real_device_and_is_released_when_the_device_dies(b
              "remote_policy": {"allowed_folders": [str(tmp_path), str(DETECTOR.parent)]}}  # the pushed model
     device_config.write_text(json.dumps(idle_data(tmp_path, broker.port, DEVICE_ID, agent=agent)))
     logs = [tmp_path / "scheduler.log", tmp_path / "device.log"]
-    api = Api(api_port)
+    # the first token, made with the CLI on the store the scheduler will use (printed once: its last line)
+    made = subprocess.run([str(CLI), "scheduler", "token", "create", "--config", str(scheduler_config),
+                           "--name", "e2e", "--role", "operator"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    api = Api(api_port, made.stdout.strip().splitlines()[-1])
 
     scheduler = start(["scheduler", "--config", str(scheduler_config)], logs[0])
     device = start(["run", "--config", str(device_config)], logs[1])

@@ -9,7 +9,8 @@ from lepton_edge.tools.demo import run_demo
 
 DESCRIPTION = (
     'Starts a local mosquitto, the scheduler (dashboard address printed) and a device running the bundled'
-    ' detector on a live synthetic camera, with telemetry and remote configuration between them.'
+    ' detector on a live synthetic camera, with telemetry and remote configuration between them. The scheduler'
+    ' runs with --insecure-local: its API and dashboard, on 127.0.0.1 only, take no token (for this demo only).'
 )
 
 EPILOG = "examples:\n  lepton-edge demo --duration 30\n  lepton-edge demo --no-fleet --out /tmp/demo"

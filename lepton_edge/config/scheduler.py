@@ -6,6 +6,7 @@ each option. Errors name the file, the field path and what was expected.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -138,6 +139,16 @@ class ApiConfig(Strict):
         if self.allowed_hosts is not None:
             return list(self.allowed_hosts)
         return list(dict.fromkeys([self.host, "localhost", "127.0.0.1"]))
+def is_loopback_host(host: str) -> bool:
+    """Whether the API bound to ``host`` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 
 
 class SchedulerConfig(Strict):
@@ -155,6 +166,41 @@ class SchedulerConfig(Strict):
     replicas: ReplicasConfig = Field(default_factory=ReplicasConfig, description="Scale-out and leader election.")
     heartbeat_timeout_s: float = Field(
         30.0, gt=0, description="A device with no message for this long is marked offline."
+    insecure_local: bool = Field(
+        False,
+        description="Serve without authentication, every caller being the admin 'insecure-local' (still "
+        "audited); only with a loopback host, for demos. Also the --insecure-local flag.",
+    )
+    rate_limit_per_s: float = Field(
+        50.0, gt=0, le=10_000, description="Requests per second each API token (or remote address) may make."
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, le=100_000, description="Requests a token may make at once before rate_limit_per_s applies (429)."
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) to serve the API over HTTPS; needs tls_key (deploy/make-certs.sh)."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    client_ca: Path | None = Field(
+        None,
+        description="PEM CA certificate: when set, clients must present a certificate signed by it (mutual TLS) "
+        "as well as their token; needs tls_cert.",
+    )
+
+    @model_validator(mode="after")
+    def _auth_checks(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("api.tls_cert and api.tls_key go together: set both (HTTPS) or neither")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("api.client_ca (mutual TLS) needs api.tls_cert and api.tls_key")
+        if self.insecure_local and not is_loopback_host(self.host):
+            raise ValueError(
+                f"api.insecure_local turns authentication off and is allowed only with a loopback api.host "
+                f"(127.0.0.1, ::1, localhost), not {self.host!r}; create an API token instead "
+                "(lepton-edge scheduler token create --config scheduler.yaml --name NAME --role admin)"
+            )
+        return self
+
     )
     sweep_interval_s: float | None = Field(
         None,

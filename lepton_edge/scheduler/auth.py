@@ -116,11 +116,14 @@ class Principal:
 class AuthRefused(Exception):
     """A request refused: ``status`` (401, 403 or 429), the ``reason`` for the caller and the audit log."""
 
-    def __init__(self, status: int, reason: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, status: int, reason: str, *, retry_after_s: float | None = None, principal: Principal | None = None
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.principal = principal
 
 
 # ------------------------------------------------------------------------------------------ rate limits
@@ -178,11 +181,15 @@ class RateLimiter:
 class TokenManager:
     """Creates, lists and revokes the API tokens of a store, auditing each change as ``actor``."""
 
-    def __init__(self, store: Store, actor: str, role: str | None = "admin", remote: str | None = None) -> None:
+    def __init__(
+        self, store: Store, actor: str, role: str | None = "admin", remote: str | None = None, *, audited: bool = True
+    ) -> None:
         self.store = store
         self.actor = actor
         self.role = role
         self.remote = remote
+        self.audited = audited
+        """False where the caller audits the change itself (the API's audit middleware does)."""
 
     def create(self, name: str, role: str, *, now: float | None = None) -> tuple[ApiToken, str]:
         """A new token and its full text ``lep_<id>_<secret>`` (shown once: only its hash is stored)."""
@@ -215,6 +222,8 @@ class TokenManager:
         return self.store.list_api_tokens()
 
     def _audit(self, action: str, target: str, status: int, detail: dict[str, Any]) -> None:
+        if not self.audited:
+            return
         self.store.add_audit(
             actor=self.actor,
             role=self.role,
@@ -248,11 +257,12 @@ class Authenticator:
                 "API tokens in the URL are refused (URLs end up in logs and browser history); "
                 "send 'Authorization: Bearer <token>' instead",
             )
-        if self.insecure_local:
-            self._throttle(INSECURE_LOCAL)
-            return Principal(INSECURE_LOCAL, "admin")
-        principal = self._check(authorization, remote)
-        self._throttle(f"token:{principal.token_id}")
+        principal = Principal(INSECURE_LOCAL, "admin") if self.insecure_local else self._check(authorization, remote)
+        try:
+            self._throttle(principal.actor)
+        except AuthRefused as e:
+            e.principal = principal
+            raise
         return principal
 
     def _check(self, authorization: str | None, remote: str | None) -> Principal:
@@ -290,4 +300,6 @@ class Authenticator:
     @staticmethod
     def authorize(principal: Principal, needed: Role) -> None:
         if not role_allows(principal.role, needed):
-            raise AuthRefused(403, f"role {principal.role!r} may not do this; it needs {needed!r} or above")
+            raise AuthRefused(
+                403, f"role {principal.role!r} may not do this; it needs {needed!r} or above", principal=principal
+            )

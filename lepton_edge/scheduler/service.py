@@ -325,7 +325,14 @@ def serve_api(service: SchedulerService) -> Any:
         )
     cfg = service.config.api
     return api.serve(
-        service, cfg.host, cfg.port, max_body_bytes=cfg.max_body_bytes, allowed_hosts=cfg.trusted_hosts
+        service,
+        cfg.host,
+        cfg.port,
+        max_body_bytes=cfg.max_body_bytes,
+        allowed_hosts=cfg.trusted_hosts,
+        insecure_local=cfg.insecure_local,
+        rate_limit=(cfg.rate_limit_per_s, cfg.rate_limit_burst),
+        tls=tls,
     )
 
 
@@ -336,6 +343,7 @@ def run_scheduler(config: SchedulerConfig, *, stop: threading.Event | None = Non
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())
     service = SchedulerService(config)
+    tls = api.TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.client_ca) if cfg.tls_cert and cfg.tls_key else None
     server = None
     try:
         service.start()

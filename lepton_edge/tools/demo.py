@@ -4,6 +4,10 @@ A local mosquitto, the scheduler with its dashboard, and one device (the agent p
 the bundled shapes detector on a live synthetic camera). The scheduler is given one workload pinned to
 the device, pushes it as the device's desired config, and shows the device's telemetry on the dashboard.
 
+The scheduler runs with ``api.insecure_local`` (``--insecure-local``): its API and dashboard, bound to
+127.0.0.1 only, take no token, and the demo says so loudly; a real deployment creates tokens with
+``lepton-edge scheduler token create``.
+
 The model is the one in package data; everything the demo writes (results, annotated video, broker, scheduler
 store, device state) goes to one folder, ``out/demo`` under the current folder by default. The command line is
 ``lepton_edge.cli.demo``.
@@ -86,7 +90,8 @@ def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int
     scheduler_config = parse_scheduler_config({
         "store_url": f"sqlite:///{out_dir / 'scheduler.db'}",
         "mqtt": {"host": broker.host, "port": broker.port},
-        "api": {"enabled": True, "host": "127.0.0.1", "port": api_port},
+        # no tokens for the demo: loopback only, said loudly below and on the dashboard
+        "api": {"enabled": True, "host": "127.0.0.1", "port": api_port, "insecure_local": True},
         "heartbeat_timeout_s": 10.0,
     }, "demo")
     stop = threading.Event()
@@ -113,7 +118,8 @@ def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int
         put_workload(dashboard, demo_workload(device, device.device_id))
         log.info("broker mqtt://%s:%d  scheduler dashboard %s  (device %s)", broker.host, broker.port, dashboard,
                  device.device_id)
-        print(f"\n  dashboard: {dashboard}\n", flush=True)
+        print(f"\n  dashboard: {dashboard}\n  INSECURE demo mode (--insecure-local): the API and dashboard take no "
+              "token; anyone on this machine can change the fleet.\n", flush=True)
         time.sleep(0.5)
         return run_device(device, duration_s=duration_s)
     finally:

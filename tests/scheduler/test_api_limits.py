@@ -1,5 +1,6 @@
 """What the API refuses before accepting anything (issue #12): workload configs a device could not run
-(422 with the problems), bodies over the limit (413, unread) and unknown ``Host`` headers (400)."""
+(422 with the problems), bodies over the limit (413, unread) and unknown ``Host`` headers (400). The API runs
+with ``insecure_local`` here: tokens are tested in test_auth.py."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def service(tmp_path: Path) -> Iterator[_Service]:
 
 @pytest.fixture
 def server(service: _Service) -> Iterator[ApiServer]:
-    with serve(service, "127.0.0.1", 0) as running:
+    with serve(service, "127.0.0.1", 0, insecure_local=True) as running:
         yield running
 
 
@@ -188,7 +189,7 @@ def test_allowed_hosts_from_the_scheduler_config(service: _Service) -> None:
         "10.0.0.5", "localhost", "127.0.0.1"
     ]  # fmt: skip
     assert fast_config(1, "sqlite:///x.db").api.max_body_bytes == 1 << 20
-    with serve(service, "127.0.0.1", 0, allowed_hosts=config.api.trusted_hosts) as running:
+    with serve(service, "127.0.0.1", 0, allowed_hosts=config.api.trusted_hosts, insecure_local=True) as running:
         assert _call(running, "GET", "/api/workloads", host="api.example")[0] == 200
         assert _call(running, "GET", "/api/workloads", host="127.0.0.1")[0] == 400
 
@@ -205,7 +206,7 @@ def test_a_valid_workload_is_201_and_placed_and_a_stored_oversized_one_is_logged
         assert service.wait_connected(5)
         sim.start()
         wait_until(lambda: all((d := service.store.get_device(i)) and d.online for i in sim.devices), what="online")
-        with serve(service, "127.0.0.1", 0) as server:
+        with serve(service, "127.0.0.1", 0, insecure_local=True) as server:
             body = workload("w1", fps=5).model_dump(exclude={"created_at"})
             status, created = _call(server, "POST", "/api/workloads", body)
             assert status == 201, created

@@ -2,7 +2,10 @@
 
 Chromium runs the page's own JavaScript (``--dump-dom`` after a virtual-time budget that covers a few
 2 s polls), and the test reads the resulting DOM: device rows, states, fps, one plot per device, the
-workloads and the event log. Skipped, saying why, where Chromium is not installed.
+workloads and the event log. Those tests serve the API with ``insecure_local`` (no login); the login itself
+(a real token typed into the form, the role shown, logging out, a revoked token sent back to the login) is
+driven over the DevTools protocol (tests/support/devtools.py). Skipped, saying why, where Chromium is not
+installed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from lepton_edge.scheduler.api import ApiServer, serve
 from lepton_edge.scheduler.store import Store
 from lepton_edge.scheduler.stores import open_store
 from tests.scheduler.test_api import Http, StoreService, fill_fleet
+from tests.support.api_client import make_token
+from tests.support.devtools import Browser
 from tests.support.real_parts import missing_real_part
 
 pytestmark = pytest.mark.integration
@@ -152,7 +157,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def server(store: Store) -> Iterator[ApiServer]:
-    with serve(StoreService(store), "127.0.0.1", 0) as running:
+    with serve(StoreService(store), "127.0.0.1", 0, insecure_local=True) as running:
         yield running
 
 
@@ -165,6 +170,8 @@ def test_dashboard_renders_the_fleet(tmp_path: Path, store: Store, server: ApiSe
 
     assert dom.by_id("error").attrs.get("hidden") is not None, dom.by_id("error").text
     assert dom.by_id("status").text.startswith("updated ")
+    assert dom.by_id("insecure-banner").attrs.get("hidden") is None  # --insecure-local says so
+    assert dom.by_id("login").attrs.get("hidden") is not None
     assert "2 / 3 devices online" in " ".join(dom.by_id("summary").text.split())
 
     rows = dom.by_id("device-table").find_all("tr", "device")
@@ -212,6 +219,53 @@ def test_dashboard_renders_the_fleet(tmp_path: Path, store: Store, server: ApiSe
         "jetson-01 came online (session 2)",
     ]
     assert events[0].attrs["data-severity"] == "error"
+
+
+CSP_WATCH = (
+    "window.cspViolations = [];"
+    "document.addEventListener('securitypolicyviolation', e => window.cspViolations.push(e.violatedDirective));"
+)
+LOGIN_SHOWN = "!document.getElementById('login').hidden"
+UPDATED = "document.getElementById('status').textContent.startsWith('updated')"
+
+
+def test_dashboard_logs_in_with_a_token_and_out_again(tmp_path: Path, store: Store) -> None:
+    """A real token typed into the login form: the role is shown, the fleet rendered, the token kept in
+    sessionStorage and never in the URL; logging out and a revoked token both return to the login."""
+    fill_fleet(store, time.time(), points=10)
+    viewer = make_token(store, "viewer", "wall-screen")
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]
+    with serve(StoreService(store), "127.0.0.1", 0) as server, Browser(
+        chromium(), flags, tmp_path / "profile"
+    ) as browser:
+        browser.on_new_document(CSP_WATCH)
+        browser.goto(server.url + "/")
+        browser.wait(LOGIN_SHOWN, "the login form")
+        assert browser.eval("document.getElementById('dashboard').hidden") is True
+
+        browser.eval(f"document.getElementById('login-token').value = {viewer!r};"
+                     "document.getElementById('login-form').requestSubmit(); true")
+        browser.wait(UPDATED, "the dashboard to load the fleet")
+        assert browser.eval("document.getElementById('whoami').textContent").endswith(":wall-screen (viewer)")
+        assert browser.eval("document.querySelectorAll('#device-table tr.device').length") == 3
+        assert browser.eval("document.getElementById('insecure-banner').hidden") is True
+        assert browser.eval("sessionStorage.getItem('lepton-edge.api-token')") == viewer
+        assert viewer not in browser.eval("location.href")
+        assert browser.eval("document.getElementById('login-token').value") == ""
+
+        browser.eval("document.getElementById('logout').click(); true")
+        browser.wait(LOGIN_SHOWN, "the login form after logging out")
+        assert browser.eval("sessionStorage.getItem('lepton-edge.api-token')") is None
+
+        admin = make_token(store, "admin", "ops")
+        browser.eval(f"document.getElementById('login-token').value = {admin!r};"
+                     "document.getElementById('login-form').requestSubmit(); true")
+        browser.wait(UPDATED, "the dashboard after logging in again")
+        assert browser.eval("document.getElementById('whoami').dataset.role") == "admin"
+        store.revoke_api_token(admin.split("_")[1], time.time())
+        browser.wait(LOGIN_SHOWN, "the login form once the token is revoked", timeout=15)
+        assert "revoked" in browser.eval("document.getElementById('login-error').textContent")
+        assert browser.eval("window.cspViolations") == []
 
 
 def test_dashboard_shows_a_store_outage_instead_of_breaking(
@@ -276,7 +330,7 @@ def test_dashboard_follows_a_live_scheduler_and_simulated_fleet(tmp_path: Path, 
     ]
     with (
         SchedulerService(config) as service,
-        serve(service, "127.0.0.1", 0) as server,
+        serve(service, "127.0.0.1", 0, insecure_local=True) as server,
         FleetSimulator("127.0.0.1", fresh_broker.port, specs, rate_hz=5, mode="device") as fleet,
     ):
         http = Http(server.url)

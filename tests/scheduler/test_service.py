@@ -499,13 +499,16 @@ def test_run_scheduler_serves_the_api_until_stopped(fresh_broker, tmp_path: Path
     pytest.importorskip("fastapi", reason="the scheduler API needs fastapi (pip install 'lepton-edge[scheduler]')")
     pytest.importorskip("uvicorn", reason="the scheduler API needs uvicorn (pip install 'lepton-edge[scheduler]')")
     import threading
-    import urllib.request
 
     from lepton_edge.scheduler.service import run_scheduler
+    from lepton_edge.scheduler.stores import open_store
+    from tests.support.api_client import ApiClient, make_token
     from tests.support.mosquitto import free_port
 
     port = free_port()
     config = fast_config(fresh_broker.port, f"sqlite:///{tmp_path}/fleet.db", api={"enabled": True, "port": port})
+    with open_store(config.store_url) as store:
+        client = ApiClient(f"http://127.0.0.1:{port}", make_token(store, "operator"))
     stop = threading.Event()
     result: dict[str, int] = {}
     runner = threading.Thread(target=lambda: result.setdefault("rc", run_scheduler(config, stop=stop)))
@@ -514,10 +517,10 @@ def test_run_scheduler_serves_the_api_until_stopped(fresh_broker, tmp_path: Path
 
     def get(path: str):
         try:
-            with urllib.request.urlopen(base + path, timeout=5) as response:
-                return json.loads(response.read())
+            status, body = client.get(path)
         except OSError:
             return None
+        return body if status == 200 else None
 
     try:
         sim = fleet(1)
@@ -525,12 +528,9 @@ def test_run_scheduler_serves_the_api_until_stopped(fresh_broker, tmp_path: Path
         stats = wait_until(lambda: (s := get("/api/stats")) and s["online"] == 1 and s,
                            what="the API to show the device")
         assert stats["is_leader"] and stats["service"]["replica_id"] == "r1"
-        body = json.dumps({"workload_id": "w1", "source_uri": "synthetic://shapes?fps=5", "model": "det.onnx",
-                           "required_fps": 5}).encode()
-        request = urllib.request.Request(base + "/api/workloads", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 201
+        body = {"workload_id": "w1", "source_uri": "synthetic://shapes?fps=5", "model": "det.onnx", "required_fps": 5}
+        assert ApiClient(base).call("POST", "/api/workloads", body)[0] == 401  # no token, no change
+        assert client.call("POST", "/api/workloads", body)[0] == 201
         wait_until(lambda: [(a["device_id"], a["status"]) for a in get("/api/assignments") or []]
                    == [(device_id, "applied")], what="the workload placed and applied")
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from lepton_edge.scheduler.api import serve
 from lepton_edge.scheduler.reports import ConfigReports
 from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.stores import open_store
+from tests.support.api_client import ApiClient
 from tests.support.scheduler import fast_config
 
 EDGES: list[Any] = [
@@ -96,11 +96,9 @@ def test_reported_versions_never_move_the_allocator(backend: str) -> None:
             ingest(version, "applied")
         assert service.admission.rejected["unissued_version"] >= 2  # 2**53 - 1 and 4 were never issued
         assert store.next_desired_version(device) == ISSUED + 1  # the allocator works and did not jump
-        with serve(service, "127.0.0.1", 0) as server, urllib.request.urlopen(
-            f"{server.url}/api/devices", timeout=10
-        ) as response:
-            assert response.status == 200
-            listed = json.loads(response.read())
+        with serve(service, "127.0.0.1", 0) as server:
+            status, listed = ApiClient.admin(server, store, "viewer").get("/api/devices")
+            assert status == 200
         assert device in json.dumps(listed)
     finally:
         store.close()

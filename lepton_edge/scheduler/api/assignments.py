@@ -6,10 +6,11 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
+from lepton_edge.scheduler.api.auth import Viewer
 from lepton_edge.scheduler.api.deps import Service
 from lepton_edge.scheduler.api.schemas import AssignmentOut
 
-router = APIRouter(prefix="/api/assignments", tags=["placement"])
+router = APIRouter(prefix="/api/assignments", tags=["placement"], dependencies=[Viewer])
 
 
 @router.get("", response_model=list[AssignmentOut])

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from lepton_edge.scheduler.api.auth import Operator, Viewer
 from lepton_edge.scheduler.api.deps import Service, device_or_404
 from lepton_edge.scheduler.api.schemas import DeviceDetail, DeviceIdPath, DeviceOut, GroupUpdate, TelemetryRow
 from lepton_edge.scheduler.models import Assignment, Device, Workload
@@ -15,7 +16,7 @@ LATENCY_STAGES = ("e2e", "infer")
 """The telemetry latency stage the API summarises: end to end (capture to result) where the device reports
 it, else inference alone; ``latency_stage`` says which."""
 
-router = APIRouter(prefix="/api/devices", tags=["devices"])
+router = APIRouter(prefix="/api/devices", tags=["devices"], dependencies=[Viewer])
 
 
 def _latency(data: dict[str, Any] | None) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def device_telemetry(
     return [_telemetry_row(row, summary) for row in rows]
 
 
-@router.put("/{device_id}/group", response_model=DeviceDetail)
+@router.put("/{device_id}/group", response_model=DeviceDetail, dependencies=[Operator])
 def set_group(device_id: DeviceIdPath, update: GroupUpdate, service: Service) -> DeviceDetail:
     """Set (or clear, with null) the operator's group of a device; placement is re-planned."""
     s = service.store

@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from lepton_edge.scheduler.api.auth import Viewer
 from lepton_edge.scheduler.api.deps import Service
 from lepton_edge.scheduler.api.schemas import EventOut
 
-router = APIRouter(prefix="/api/events", tags=["events"])
+router = APIRouter(prefix="/api/events", tags=["events"], dependencies=[Viewer])
 
 
 @router.get("", response_model=list[EventOut])

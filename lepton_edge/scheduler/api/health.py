@@ -8,13 +8,14 @@ from fastapi import APIRouter
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
+from lepton_edge.scheduler.api.auth import Viewer
 from lepton_edge.scheduler.api.deps import Service
 from lepton_edge.scheduler.api.schemas import Health, StatsOut
 
 router = APIRouter()
 
 
-@router.get("/api/stats", response_model=StatsOut, tags=["placement"])
+@router.get("/api/stats", response_model=StatsOut, tags=["placement"], dependencies=[Viewer])
 def stats(service: Service) -> StatsOut:
     """Fleet counts and the service's statistics."""
     s = service.store
@@ -44,7 +45,8 @@ def stats(service: Service) -> StatsOut:
     responses={503: {"model": Health, "description": "The store does not answer."}},
 )
 def healthz(service: Service) -> JSONResponse:
-    """200 when the fleet store answers, else 503 with the reason."""
+    """200 when the fleet store answers, else 503 with the reason. No token needed (for systemd and
+    Kubernetes probes), and no fleet data in the answer."""
     try:
         version = service.store.schema_version()
     except Exception as e:

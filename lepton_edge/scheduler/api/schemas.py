@@ -145,3 +145,54 @@ class Problem(Out):
 class ErrorOut(Out):
     detail: str
     problems: list[Problem] = Field(default_factory=list)
+
+
+class AuditOut(Out):
+    """One audit log entry: who did what to which target, when, from where, and the outcome."""
+
+    id: int
+    ts: float = Field(description="Unix time of the request.")
+    actor: str = Field(description="token:<id>:<name>, insecure-local, cli:<user> or anonymous.")
+    role: str | None
+    action: str = Field(description="Method and path (e.g. POST /api/workloads), or token.create from the CLI.")
+    target: str | None = Field(description="The id the change was about.")
+    status: int = Field(description="HTTP status code of the answer (401/403/429: refused).")
+    remote: str | None = Field(description="Remote address of the caller.")
+    detail: dict[str, Any] = Field(description="The refusal reason, and other facts of the change.")
+
+
+class TokenOut(Out):
+    """An API token as listed: never its secret."""
+
+    token_id: str
+    name: str
+    role: str
+    created_at: float
+    created_by: str
+    revoked_at: float | None
+
+
+class TokenCreate(BaseModel):
+    """A new API token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")] = Field(
+        description="What the token is for (e.g. ci-deploy); shown in lists and the audit log."
+    )
+    role: Literal["viewer", "operator", "admin"] = Field(description="viewer, operator or admin.")
+
+
+class TokenCreated(Out):
+    """A new token with its full text, shown only in this answer."""
+
+    token: TokenOut
+    secret: str = Field(description="The token to send as 'Authorization: Bearer <secret>'; store it now.")
+
+
+class WhoAmI(Out):
+    """The caller of this request."""
+
+    actor: str
+    role: str
+    insecure_local: bool = Field(description="True when the API runs without authentication (--insecure-local).")

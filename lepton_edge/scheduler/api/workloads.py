@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from lepton_edge.scheduler.api.auth import Operator, Viewer
 from lepton_edge.scheduler.api.deps import Service, workload_or_404
 from lepton_edge.scheduler.api.schemas import ErrorOut, WorkloadOut, WorkloadUpdate
 from lepton_edge.scheduler.desired import workload_problems
 from lepton_edge.scheduler.models import Assignment, Workload
 from lepton_edge.scheduler.store import Store
 
-router = APIRouter(prefix="/api/workloads", tags=["workloads"])
+router = APIRouter(prefix="/api/workloads", tags=["workloads"], dependencies=[Viewer])
 
 
 def _out(workload: Workload, assignment: Assignment | None) -> WorkloadOut:
@@ -48,11 +49,13 @@ def list_workloads(service: Service) -> list[WorkloadOut]:
     "",
     response_model=WorkloadOut,
     status_code=201,
+    dependencies=[Operator],
     responses={409: {"model": ErrorOut, "description": "A workload with this id exists."}},
 )
-def add_workload(workload: Workload, service: Service) -> WorkloadOut:
+def add_workload(workload: Workload, request: Request, service: Service) -> WorkloadOut:
     """Add a workload; the leader places it. 409 if the id is taken; 422 if a device could not run its
     config (the device config schema, the protocol's payload size limit)."""
+    request.state.audit_target = workload.workload_id
     _check_deliverable(workload)
     if service.store.get_workload(workload.workload_id) is not None:
         raise HTTPException(
@@ -70,7 +73,7 @@ def get_workload(workload_id: str, service: Service) -> WorkloadOut:
     return _current(service.store, workload_id)
 
 
-@router.put("/{workload_id}", response_model=WorkloadOut)
+@router.put("/{workload_id}", response_model=WorkloadOut, dependencies=[Operator])
 def update_workload(workload_id: str, update: WorkloadUpdate, service: Service) -> WorkloadOut:
     """Replace a workload's definition (checked like POST); placement is re-planned."""
     if update.workload_id is not None and update.workload_id != workload_id:
@@ -99,7 +102,7 @@ def update_workload(workload_id: str, update: WorkloadUpdate, service: Service) 
     return _current(s, workload_id)
 
 
-@router.delete("/{workload_id}", status_code=204)
+@router.delete("/{workload_id}", status_code=204, dependencies=[Operator])
 def delete_workload(workload_id: str, service: Service) -> None:
     """Remove a workload; its device gets a new desired config."""
     workload_or_404(service.store, workload_id)

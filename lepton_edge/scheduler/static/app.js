@@ -1,5 +1,7 @@
 // The fleet dashboard: polls the scheduler's API every 2 s and redraws the tables and plots.
 // Plain DOM and inline SVG, no libraries, no network access beyond this scheduler.
+// Logs in with an API token kept in sessionStorage (this tab only, never in a URL) and sent as the
+// Authorization header; a 401 (revoked or unknown token) returns to the login form.
 "use strict";
 
 const POLL_MS = 2000;
@@ -7,13 +9,18 @@ const MAX_PLOTS = 48; // history plots drawn for the first devices in the table 
 const HISTORY_POINTS = 360; // points kept per device
 const MAX_EVENTS = 300;
 const SVG_NS = "http://www.w3.org/2000/svg";
+const TOKEN_KEY = "lepton-edge.api-token";
 
 const state = {
   serverOffset: 0, // server clock minus browser clock, s
   events: [],
   lastEventId: null,
   histories: new Map(), // device id -> {rows: [], lastTs: number|null}
+  token: sessionStorage.getItem(TOKEN_KEY), // null: not logged in (or --insecure-local)
+  loop: 0, // generation of the refresh loop; logging out ends the running one
 };
+
+class Unauthorized extends Error {}
 
 // ------------------------------------------------------------------------------------------- helpers
 
@@ -68,7 +75,9 @@ function badge(text, kind, title) {
 }
 
 async function api(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+  const headers = { Accept: "application/json" };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const response = await fetch(path, { headers, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer" });
   let body = null;
   try {
     body = await response.json();
@@ -77,6 +86,7 @@ async function api(path) {
   }
   if (!response.ok) {
     const detail = body && body.detail ? body.detail : response.statusText;
+    if (response.status === 401) throw new Unauthorized(detail);
     throw new Error(`${path}: HTTP ${response.status}: ${detail}`);
   }
   return body;
@@ -329,7 +339,8 @@ function eventRow(e) {
 
 // ------------------------------------------------------------------------------------------ the loop
 
-async function refresh() {
+async function refresh(loop) {
+  if (loop !== state.loop) return; // logged out meanwhile
   const status = document.getElementById("status");
   const error = document.getElementById("error");
   try {
@@ -351,13 +362,69 @@ async function refresh() {
     status.textContent = `updated ${clock(now())}`;
     status.className = "status";
   } catch (err) {
+    if (err instanceof Unauthorized) {
+      showLogin(`Logged out: ${err.message}`);
+      return;
+    }
     error.textContent = `Cannot refresh from the scheduler API: ${err.message}. Retrying every ${POLL_MS / 1000} s; the data shown may be stale.`;
     error.hidden = false;
     status.textContent = "stale";
     status.className = "status stale";
-  } finally {
-    setTimeout(refresh, POLL_MS);
+  }
+  if (loop === state.loop) setTimeout(() => refresh(loop), POLL_MS);
+}
+
+// ------------------------------------------------------------------------------------------ log in
+
+function showLogin(message) {
+  state.loop += 1;
+  state.token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  document.getElementById("dashboard").hidden = true;
+  document.getElementById("session").hidden = true;
+  document.getElementById("error").hidden = true;
+  document.getElementById("login").hidden = false;
+  const error = document.getElementById("login-error");
+  error.textContent = message || "";
+  error.hidden = !message;
+  document.getElementById("status").textContent = "logged out";
+}
+
+function showDashboard(me) {
+  document.getElementById("login").hidden = true;
+  document.getElementById("dashboard").hidden = false;
+  document.getElementById("insecure-banner").hidden = !me.insecure_local;
+  document.getElementById("whoami").textContent = `${me.actor} (${me.role})`;
+  document.getElementById("whoami").dataset.role = me.role;
+  document.getElementById("logout").hidden = me.insecure_local;
+  document.getElementById("session").hidden = false;
+  state.loop += 1;
+  refresh(state.loop);
+}
+
+async function start() {
+  try {
+    showDashboard(await api("/api/whoami"));
+  } catch (err) {
+    if (err instanceof Unauthorized) {
+      showLogin(state.token ? `Logged out: ${err.message}` : "");
+      return;
+    }
+    document.getElementById("error").textContent = `Cannot reach the scheduler API: ${err.message}. Retrying in ${POLL_MS / 1000} s.`;
+    document.getElementById("error").hidden = false;
+    setTimeout(start, POLL_MS);
   }
 }
 
-refresh();
+document.getElementById("login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("login-token");
+  state.token = input.value.trim();
+  input.value = "";
+  sessionStorage.setItem(TOKEN_KEY, state.token);
+  start();
+});
+
+document.getElementById("logout").addEventListener("click", () => showLogin("Logged out."));
+
+start();
