@@ -116,6 +116,16 @@ class PlacementConfig(Strict):
     )
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether the API bound to ``host`` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ApiConfig(Strict):
     enabled: bool = Field(True, description="Serve the HTTP API and dashboard.")
     host: str = Field("127.0.0.1", min_length=1, description="Address the API binds to (0.0.0.0: every interface).")
@@ -133,39 +143,6 @@ class ApiConfig(Strict):
         "'*' any host); others get 400. Default: host, localhost and 127.0.0.1.",
     )
 
-    @property
-    def trusted_hosts(self) -> list[str]:
-        """The effective ``allowed_hosts``."""
-        if self.allowed_hosts is not None:
-            return list(self.allowed_hosts)
-        return list(dict.fromkeys([self.host, "localhost", "127.0.0.1"]))
-def is_loopback_host(host: str) -> bool:
-    """Whether the API bound to ``host`` is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-
-
-class SchedulerConfig(Strict):
-    """One scheduler replica: where the fleet state lives, the broker, and the fleet policies."""
-
-    store_url: str = Field(
-        "sqlite:///scheduler.db",
-        min_length=1,
-        description="Fleet state: sqlite:///path (one replica) or postgresql://user@host/db (several replicas). "
-        "A relative SQLite path is relative to the config file's folder.",
-    )
-    mqtt: MqttConfig = Field(
-        description="Broker connection; client_id defaults to lepton-scheduler-<replica_id>, session_expiry_s to 0."
-    )
-    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig, description="Scale-out and leader election.")
-    heartbeat_timeout_s: float = Field(
-        30.0, gt=0, description="A device with no message for this long is marked offline."
     insecure_local: bool = Field(
         False,
         description="Serve without authentication, every caller being the admin 'insecure-local' (still "
@@ -201,6 +178,29 @@ class SchedulerConfig(Strict):
             )
         return self
 
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The effective ``allowed_hosts``."""
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        return list(dict.fromkeys([self.host, "localhost", "127.0.0.1"]))
+
+
+class SchedulerConfig(Strict):
+    """One scheduler replica: where the fleet state lives, the broker, and the fleet policies."""
+
+    store_url: str = Field(
+        "sqlite:///scheduler.db",
+        min_length=1,
+        description="Fleet state: sqlite:///path (one replica) or postgresql://user@host/db (several replicas). "
+        "A relative SQLite path is relative to the config file's folder.",
+    )
+    mqtt: MqttConfig = Field(
+        description="Broker connection; client_id defaults to lepton-scheduler-<replica_id>, session_expiry_s to 0."
+    )
+    replicas: ReplicasConfig = Field(default_factory=ReplicasConfig, description="Scale-out and leader election.")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="A device with no message for this long is marked offline."
     )
     sweep_interval_s: float | None = Field(
         None,

@@ -324,6 +324,7 @@ def serve_api(service: SchedulerService) -> Any:
             "or set api.enabled: false"
         )
     cfg = service.config.api
+    tls = api.TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.client_ca) if cfg.tls_cert and cfg.tls_key else None
     return api.serve(
         service,
         cfg.host,
@@ -343,7 +344,6 @@ def run_scheduler(config: SchedulerConfig, *, stop: threading.Event | None = Non
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())
     service = SchedulerService(config)
-    tls = api.TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.client_ca) if cfg.tls_cert and cfg.tls_key else None
     server = None
     try:
         service.start()
