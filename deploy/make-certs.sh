@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Certificates for the lepton-edge MQTT broker (deploy/mosquitto/mosquitto.conf) with openssl:
-# a private CA, the broker's server certificate, and one client certificate per device (CN = device id,
-# which the broker uses as the MQTT username) or scheduler.
+# Certificates for the lepton-edge MQTT broker (deploy/mosquitto/mosquitto.conf) and the scheduler's HTTPS API
+# with openssl: a private CA, the broker's server certificate, one client certificate per device (CN = device
+# id, which the broker uses as the MQTT username) or scheduler, the API's server certificate, and client
+# certificates for the API's optional mutual TLS (api.client_ca).
 #
 #   deploy/make-certs.sh [--out DIR] [--days N] ca
 #   deploy/make-certs.sh [--out DIR] [--days N] broker [HOSTNAME|IP ...]   # default: localhost 127.0.0.1
 #   deploy/make-certs.sh [--out DIR] [--days N] device ID [ID ...]
 #   deploy/make-certs.sh [--out DIR] [--days N] scheduler [NAME]           # default: scheduler
+#   deploy/make-certs.sh [--out DIR] [--days N] api [HOSTNAME|IP ...]      # default: localhost 127.0.0.1
+#   deploy/make-certs.sh [--out DIR] [--days N] api-client NAME [NAME ...]
 #
 # Output (DIR defaults to ./certs):
 #   DIR/ca.crt, DIR/ca.key              the CA (keep ca.key offline; never copy it to a device)
 #   DIR/broker.crt, DIR/broker.key      for the broker (cafile/certfile/keyfile in mosquitto.conf)
 #   DIR/clients/ID.crt, DIR/clients/ID.key   for device ID (copy with ca.crt to the device)
+#   DIR/api.crt, DIR/api.key            for the scheduler API (api.tls_cert, api.tls_key)
+#   DIR/api-clients/NAME.crt, .key      for a client of the API when api.client_ca is set (curl --cert/--key)
+#
+# With api.client_ca: DIR/ca.crt, every certificate this CA signed (devices' too) passes the TLS handshake;
+# the API still wants a token. For API clients kept apart from devices, give them their own CA:
+# make-certs.sh --out certs/api-ca api-client NAME, and api.client_ca: certs/api-ca/ca.crt.
 #
 # Idempotent: an existing CA is never re-created; an existing certificate is kept when it is still
 # signed by the CA (and, for the broker, names the same hosts), and re-issued otherwise.
@@ -87,8 +96,8 @@ issue() {  # issue NAME CN EXTENSIONS: NAME.key/.crt signed by the CA
     chmod 644 "$base.crt"
 }
 
-client() {  # client ID
-    local id=$1 base=$out/clients/$1
+client() {  # client ID [BASE]
+    local id=$1 base=${2:-$out/clients/$1}
     if [[ -f $base.crt && -f $base.key ]] && signed_by_ca "$base.crt"; then
         say "kept $base.crt (CN=$id)"
         return
@@ -99,18 +108,19 @@ extendedKeyUsage=clientAuth"
     say "issued $base.crt (CN=$id)"
 }
 
-broker() {  # broker HOST...
-    local san="" name
+server() {  # server BASE HOST...: a serverAuth certificate naming the hosts
+    local base=$1 san="" name
+    shift
     for name in "$@"; do
         if [[ $name =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ || $name == *:* ]]; then
             san+="${san:+, }IP Address:$name"
         elif [[ $name =~ ^[A-Za-z0-9*]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]]; then
             san+="${san:+, }DNS:$name"
         else
-            die "broker name '$name' is neither a hostname nor an IP address"
+            die "server name '$name' is neither a hostname nor an IP address"
         fi
     done
-    local base=$out/broker current=""
+    local current=""
     if [[ -f $base.crt && -f $base.key ]] && signed_by_ca "$base.crt"; then
         current=$(openssl x509 -in "$base.crt" -noout -ext subjectAltName 2>/dev/null | sed -n '2p' | xargs)
         if [[ $current == "$san" ]]; then
@@ -136,7 +146,21 @@ case "$command" in
     broker)
         [[ $# -gt 0 ]] || set -- localhost 127.0.0.1
         ensure_ca
-        broker "$@"
+        server "$out/broker" "$@"
+        ;;
+    api)
+        [[ $# -gt 0 ]] || set -- localhost 127.0.0.1
+        ensure_ca
+        server "$out/api" "$@"
+        ;;
+    api-client)
+        [[ $# -gt 0 ]] || die "give at least one client name: make-certs.sh api-client ops-laptop"
+        for id in "$@"; do
+            [[ $id =~ $id_re ]] || die "invalid client name '$id': use 1-64 characters from A-Z a-z 0-9 _ . -"
+        done
+        ensure_ca
+        mkdir -p "$out/api-clients"
+        for id in "$@"; do client "$id" "$out/api-clients/$id"; done
         ;;
     device)
         [[ $# -gt 0 ]] || die "give at least one device id: make-certs.sh device cam-north-01"
@@ -155,6 +179,6 @@ case "$command" in
         client "$name"
         ;;
     *)
-        die "unknown command '$command': use ca, broker, device or scheduler (see --help)"
+        die "unknown command '$command': use ca, broker, device, scheduler, api or api-client (see --help)"
         ;;
 esac

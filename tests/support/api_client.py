@@ -19,7 +19,7 @@ def make_token(store: Store, role: str = "admin", name: str | None = None) -> st
 
 class ApiClient:
     """``call(method, path, body) -> (status, decoded body)``, with ``Authorization: Bearer <token>`` when
-    it has a token; ``headers`` of the last answer are kept in :attr:`last_headers`."""
+    it has a token; the headers of the last answer are kept in :attr:`last_headers` (lower-case names)."""
 
     def __init__(self, base: str, token: str | None = None, *, context: ssl.SSLContext | None = None) -> None:
         self.base = base.rstrip("/")
@@ -51,9 +51,10 @@ class ApiClient:
             request.add_header(name, value)
         try:
             with urllib.request.urlopen(request, timeout=30, context=self.context) as response:
-                status, payload, self.last_headers = response.status, response.read(), dict(response.headers)
+                status, payload, headers = response.status, response.read(), response.headers
         except urllib.error.HTTPError as e:
-            status, payload, self.last_headers = e.code, e.read(), dict(e.headers)
+            status, payload, headers = e.code, e.read(), e.headers
+        self.last_headers = {name.lower(): value for name, value in headers.items()}
         if not payload:
             return status, None
         try:
