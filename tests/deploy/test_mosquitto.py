@@ -4,7 +4,8 @@ The broker runs the production mosquitto.conf with only its ports, file paths an
 substituted; certificates come from deploy/make-certs.sh and passwords from make-passwd.sh. Denials are
 tested by delivery (a denied subscription may still be granted by mosquitto but must deliver nothing),
 with a permitted marker message afterwards proving the listener was live when the forbidden one would
-have arrived.
+have arrived. The attacks of issue #12 on the broker (forged responses, retained desired documents,
+oversized payloads) are replayed in tests/security/test_broker.py.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from lepton_edge.fleet import protocol
 from lepton_edge.fleet.protocol import MAX_PAYLOAD_BYTES
 from tests.support import production_broker as broker_fixtures
 from tests.support.production_broker import (
     DEVICE_PASSWORD,
     PRODUCTION_CONF,
     SCHEDULER_PASSWORD,
-    TIMEOUT,
     Client,
     ProductionBroker,
     conf_value,
@@ -214,26 +213,6 @@ def test_production_listeners_bind_as_documented() -> None:
     assert re.search(r"^allow_anonymous true", PRODUCTION_CONF.read_text(), re.M) is None
 
 
-def test_device_answers_commands_only_on_its_own_response_topics(clients) -> None:
-    scheduler = clients("scheduler").connected()
-    scheduler.subscribe("lepton/v1/clients/#")
-    cam_a = clients("cam-a").connected()
-    forged = [
-        "lepton/v1/clients/scheduler/response/cam-b",  # an answer in another device's name
-        "lepton/v1/clients/scheduler/response",  # the old layout, without the answering device
-        "lepton/v1/clients/scheduler/response/cam-a/x",
-        "lepton/v1/clients/cam-b/response/cam-b",
-        "lepton/v1/clients/scheduler/other",
-    ]
-    for topic in forged:
-        cam_a.publish(topic, b"forged")
-    own = protocol.response_topic("scheduler", "cam-a")
-    cam_a.publish(own, b"answer")
-    assert scheduler.received_until(own) == [own]
-    clients("cam-b").connected().publish(protocol.response_topic("scheduler", "cam-b"), b"answer")
-    assert scheduler.receive() == (protocol.response_topic("scheduler", "cam-b"), b"answer")
-
-
 # ------------------------------------------------------------------------------------- per-client limits
 
 
@@ -242,47 +221,3 @@ def test_per_client_limits_are_set_and_no_rate_option_is_invented() -> None:
     assert conf_value("max_inflight_messages") > 0
     assert conf_value("max_packet_size") > conf_value("message_size_limit") > MAX_PAYLOAD_BYTES
     assert "no per-client message-rate limit" in PRODUCTION_CONF.read_text()
-
-
-def test_oversized_payload_from_a_device_is_dropped_while_normal_traffic_flows(clients) -> None:
-    limit = conf_value("message_size_limit")
-    scheduler = clients("scheduler").connected()
-    scheduler.subscribe(dev("cam-a", "results"), dev("cam-b", "telemetry"))
-    cam_b = clients("cam-b").connected()
-    cam_a = clients("cam-a").connected()
-    cam_a.client.publish(dev("cam-a", "results"), b"o" * (limit + 1), qos=1)  # over the limit: dropped
-    cam_a.client.publish(dev("cam-a", "results"), b"p" * (conf_value("max_packet_size") + 1), qos=1)
-    for i in range(5):
-        cam_b.publish(dev("cam-b", "telemetry"), b"t%d" % i)
-    marker = dev("cam-b", "telemetry")
-    received = []
-    while len([t for t in received if t == marker]) < 5:
-        received.append(scheduler.receive()[0])
-    assert received == [marker] * 5  # nothing from the oversized publishes, all of cam-b's traffic
-    cam_a = clients("cam-a").connected()  # the offender may have been disconnected; it can still work normally
-    cam_a.publish(dev("cam-a", "results"), b"ok")
-    assert scheduler.received_until(dev("cam-a", "results")) == [dev("cam-a", "results")]
-
-
-# ------------------------------------------------------------------------------------- desired documents
-
-
-def test_only_the_scheduler_publishes_retained_desired_documents(clients) -> None:
-    scheduler = clients("scheduler").connected()
-    scheduler.client.publish(dev("cam-a", "config/desired"), b"v1", qos=1, retain=True).wait_for_publish(TIMEOUT)
-    cam_a = clients("cam-a").connected()
-    cam_b = clients("cam-b").connected()
-    for device in (cam_a, cam_b):  # a device, on its own or another device's desired document
-        for target in ("cam-a", "cam-b"):
-            info = device.client.publish(dev(target, "config/desired"), b"garbage", qos=1, retain=True)
-            info.wait_for_publish(TIMEOUT)
-    watcher = scheduler  # a new subscription with the scheduler's rights gets the retained documents
-    watcher.subscribe(dev("cam-a", "config/desired"), dev("cam-b", "config/desired"))
-    assert watcher.receive() == (dev("cam-a", "config/desired"), b"v1")  # the retained document is intact
-    marker = dev("cam-b", "config/desired")
-    scheduler.publish(marker, b"v7")
-    assert watcher.received_until(marker) == [marker]
-    cam_a.subscribe(dev("cam-a", "config/desired"))
-    assert cam_a.receive() == (dev("cam-a", "config/desired"), b"v1")
-    scheduler.client.publish(dev("cam-a", "config/desired"), b"", qos=1, retain=True).wait_for_publish(TIMEOUT)
-    scheduler.client.publish(marker, b"", qos=1, retain=True).wait_for_publish(TIMEOUT)
