@@ -133,9 +133,7 @@ class RemoteConfig:
         """Run the local file (version 0) and forget the handled version, so the retained desired config
         is evaluated again (and its outcome reported) instead of being ignored."""
         log.error("%s; starting from the local config file", reason)
-        self.event(
-            "config.fallback", "error", "starting from the local config file", {"reason": reason[:4000]}
-        )
+        self.event("config.fallback", "error", "starting from the local config file", {"reason": reason[:4000]})
         self.state = ConfigState()
         self._save()
 
@@ -179,8 +177,7 @@ class RemoteConfig:
                 )
         if problems:
             raise ConfigError("\n".join(problems))
-        return self._within_policy(config.model_copy(update={"agent": local.agent.model_copy(update=updates)}),
-                                   origin)
+        return self._within_policy(config.model_copy(update={"agent": local.agent.model_copy(update=updates)}), origin)
 
     def _within_policy(self, config: DeviceConfig, origin: str) -> DeviceConfig:
         """``config`` if it passes the local remote policy; ConfigError naming each field and rule if not."""

@@ -1,7 +1,11 @@
 """The agent's small persistent state: the session counter and the last good remote config.
 
-Every write is atomic (:func:`atomic_write`): after a crash or power loss the file holds either the old
-or the new content, never a mix. Unreadable state is reported and replaced, never fatal.
+Every write is atomic: after a crash or power loss the file holds either the old or the new content, never
+a mix. The config state is replaced with :func:`atomic_write`; the session counter is rewritten in place, one
+record of :data:`SESSION_RECORD_BYTES` bytes at offset 0 (one sector: written whole or not at all), so it
+needs no new block and a full state disk cannot stop the device from starting. A counter that cannot be
+written is refused and counted (:attr:`StateStore.refused_writes`), and the session id then comes from the
+clock, which stays above any persisted counter. Unreadable state is reported and replaced, never fatal.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from lepton_edge.core.fileio import atomic_write
 log = logging.getLogger(__name__)
 
 SESSION_FILE = "session"
+SESSION_RECORD_BYTES = 32
+"""Size of the session counter's record: digits, a newline, space padding."""
 CONFIG_FILE = "config.json"
 
 
@@ -59,10 +65,11 @@ class StateStore:
                 f"agent.state_dir: cannot create {self.dir}: {e}; set agent.state_dir to a writable folder"
             ) from None
         if not os.access(self.dir, os.W_OK):
-            raise ConfigError(
-                f"agent.state_dir: {self.dir} is not writable; set agent.state_dir to a writable folder"
-            )
+            raise ConfigError(f"agent.state_dir: {self.dir} is not writable; set agent.state_dir to a writable folder")
         self._lock = threading.Lock()
+        self._last_handed_out = 0
+        self.refused_writes = 0
+        """State writes refused (a full disk, an I/O error): the device went on without them."""
 
     @property
     def session_path(self) -> Path:
@@ -90,13 +97,38 @@ class StateStore:
         """Increment and persist the session counter; return the new session id (>= 1).
 
         A corrupt counter restarts from the current time in milliseconds, which is larger than any counter
-        incremented once per connection attempt, so ids keep increasing.
+        incremented once per connection attempt, so ids keep increasing. So does a counter that cannot be
+        written (a full disk): the id is then not persisted, and the write is counted in ``refused_writes``.
         """
         with self._lock:
             last = self.last_session()
-            session = int(time.time() * 1000) if last < 0 else last + 1
-            atomic_write(self.session_path, f"{session}\n".encode("ascii"))
+            if last < 0:
+                session = max(int(time.time() * 1000), self._last_handed_out + 1)
+            else:
+                session = max(last, self._last_handed_out) + 1
+            try:
+                self._write_session(session)
+            except OSError as e:
+                session = max(session, int(time.time() * 1000))
+                self.refused_writes += 1
+                log.error(
+                    "cannot persist the session counter %s (%s); using session %d from the clock, not persisted",
+                    self.session_path,
+                    e.strerror or e,
+                    session,
+                )
+            self._last_handed_out = session
             return session
+
+    def _write_session(self, session: int) -> None:
+        """Rewrite the counter's record in place (no new block needed once the file exists)."""
+        record = f"{session}\n".ljust(SESSION_RECORD_BYTES).encode("ascii")
+        fd = os.open(self.session_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, record, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def load_config_state(self) -> ConfigState:
         """The persisted remote-config state; an empty state if there is none or it is unreadable."""

@@ -19,7 +19,8 @@ that :class:`OutboxFull` is raised, so high-priority data is never lost silently
 A full file system: SQLite needs free space even to delete rows, so the outbox keeps a preallocated
 reserve file (``disk_reserve_bytes``) beside the database. When SQLite reports the disk full during a
 high-priority put, the reserve is deleted, the oldest low-priority messages are dropped (counted as
-``full_low_priority``), the WAL is checkpointed, and the put is retried once; the reserve is recreated
+``full_low_priority``), the WAL is checkpointed, and the put is retried once (an outbox that cannot open on
+a full disk, its WAL and shared-memory files needing room, releases the reserve and opens); the reserve is recreated
 once the file system has room for it twice over. A put that still does not fit raises
 :class:`OutboxDiskFull` and is counted as ``disk_full`` (in memory until a transaction succeeds again).
 Low-priority puts never use the reserve: on a full disk they are refused and counted.
@@ -67,8 +68,6 @@ it grows by a few pages per put while the database reuses the pages freed by dro
 _EVICT_MARGIN_PAGES = 16
 """On a full disk, drop this many pages' worth of low-priority messages beyond the new message's size, so
 the insert finds whole free pages in the database file."""
-
-
 
 
 class OutboxError(LeptonError):
@@ -157,17 +156,18 @@ class Outbox:
         self._reserve_missing = False
         self._next_reserve_try = 0.0
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={config.synchronous.upper()}")
-            self._db.execute("PRAGMA journal_size_limit=4194304")
-            self._db.executescript(_SCHEMA)
-            self._instance = self._init_meta()
-            self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            try:
+                self._open_database(path)
+            except sqlite3.OperationalError:
+                # A full disk: the WAL and shared-memory files need room to open. Spend the reserve, retry.
+                if not self._reserve_path.exists():
+                    raise
+                self._close_database()
+                log.warning("outbox %s: cannot open on a full disk; releasing its disk reserve", path)
+                self._reserve_path.unlink()  # recreated by _ensure_reserve below once there is room
+                self._open_database(path)
         except (sqlite3.Error, OutboxError) as e:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._close_database()
             self._lock_file.close()
             if isinstance(e, OutboxError):
                 message = f"outbox {path}: cannot initialise the database: {e.__cause__ or e}; check its free space"
@@ -179,6 +179,20 @@ class Outbox:
         self._recount()
         self._next_expiry = 0.0
         self._ensure_reserve()
+
+    def _open_database(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={self.config.synchronous.upper()}")
+        self._db.execute("PRAGMA journal_size_limit=4194304")
+        self._db.executescript(_SCHEMA)
+        self._instance = self._init_meta()
+        self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+
+    def _close_database(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def _init_meta(self) -> str:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,47 +20,11 @@ from tests.reliability.harness import (
     wait_all_delivered,
     wait_until,
 )
+from tests.support.tiny_fs import TINY_FS_MIB, fill, tiny_fs_mount  # noqa: F401 (the tiny_fs fixture)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
-TINY_FS_MIB = 4
 FULL_S = 3.0
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A small tmpfs mounted for the test (needs root and mount); skipped with the reason otherwise."""
-    if os.geteuid() != 0:
-        pytest.skip("the disk-full scenario mounts a tiny tmpfs, which needs root (run the suite as root)")
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TINY_FS_MIB}m,mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): no tiny file system"
-        )
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file in ``folder`` until the file system refuses another byte; returns it."""
-    filler = folder / "filler"
-    block = b"\0" * 65536
-    with open(filler, "wb", buffering=0) as f:
-        for size in (65536, 4096, 1):
-            try:
-                while True:
-                    f.write(block[:size])
-            except OSError:
-                continue
-    return filler
 
 
 def test_full_disk_keeps_the_device_running_and_it_recovers_when_space_frees(
@@ -102,9 +64,7 @@ def test_full_disk_keeps_the_device_running_and_it_recovers_when_space_frees(
     seen = subscriber.uids()
     filler.unlink()
     freed_at, freed_wall = time.monotonic(), time.time()
-    first = wait_until(
-        lambda: subscriber.first_new_after(freed_at, seen), 20, "a new message after freeing space"
-    )
+    first = wait_until(lambda: subscriber.first_new_after(freed_at, seen), 20, "a new message after freeing space")
     record.recovery_s = first.at - freed_at
     record.recovery_means = "from the filler file being deleted to the first new message delivered"
     wait_until(
@@ -156,9 +116,7 @@ def test_full_disk_drops_stored_telemetry_before_refusing_a_durable_message(scen
     outbox = _outbox_with_telemetry(tiny_fs)
     try:
         fill(tiny_fs)
-        record.note(
-            "expected: the oldest telemetry is dropped (and counted) so the durable message is stored"
-        )
+        record.note("expected: the oldest telemetry is dropped (and counted) so the durable message is stored")
         message_id = outbox.put("lepton/v1/devices/d/events", b"e" * 300, priority="high")
         assert message_id is not None
         assert outbox.stats().dropped["full_low_priority"] > 0
@@ -179,9 +137,48 @@ def test_puts_refused_by_a_full_disk_are_counted_once_space_is_back(scenario, ti
             outbox.put("lepton/v1/devices/d/results", b"r" * 300, priority="high")
         filler.unlink()
         outbox.put("lepton/v1/devices/d/results", b"r" * 300, priority="high")
-        record.note(
-            "expected: a drop reason (e.g. `disk_full`) counts the refused put, so telemetry shows it"
-        )
+        record.note("expected: a drop reason (e.g. `disk_full`) counts the refused put, so telemetry shows it")
         assert sum(outbox.stats().dropped.values()) >= 1
     finally:
         outbox.close()
+
+
+def test_a_device_restarted_on_a_full_state_disk_starts_and_serves(
+    scenario, broker, subscriber, device_id, devices, color_model, tmp_path, tiny_fs
+):
+    """Issue #12 item 3: a full state disk made every start fail (ENOSPC writing the session counter)."""
+    record = scenario(
+        "5d restart on a full state disk",
+        f"the whole state folder (session counter, config, outbox) lives on a {TINY_FS_MIB} MiB tmpfs; the "
+        "device runs, stops, the disk is filled to the last byte, and the device is started again",
+    )
+    config = device_config(tmp_path, color_model, broker.port, device_id, agent={"state_dir": str(tiny_fs / "state")})
+    device = DeviceProcess(tmp_path / "device", config)
+    devices.append(device)
+    device.start()
+    wait_until(lambda: subscriber.count(TopicKind.RESULT) >= 5, 60, "results before the disk fills")
+    code, _ = device.terminate()
+    assert code == 0, device.log_tail()
+    filler = fill(tiny_fs)
+    assert os.statvfs(tiny_fs).f_bavail == 0
+
+    restarted_at = time.monotonic()
+    before = subscriber.count(TopicKind.RESULT)
+    device.start()
+
+    def serving() -> bool:
+        assert device.alive, f"the device died on a full state disk:\n{device.log_tail()}"
+        return subscriber.count(TopicKind.RESULT) >= before + 5
+
+    wait_until(serving, 60, "results after the restart")
+    record.recovery_s = time.monotonic() - restarted_at
+    record.recovery_means = "from the restart on the full disk to the fifth new result delivered"
+    time.sleep(1.0)
+    assert device.alive, f"the device died on a full state disk:\n{device.log_tail()}"
+    sessions = sorted({t.session_id for t in subscriber.decoded(TopicKind.TELEMETRY)})
+    assert len(sessions) == 2 and sessions[0] < sessions[1], sessions  # the counter still increases
+    stats = request(broker.port, device_id, "stats").result
+    record.note(f"after the restart on a full disk: stats outbox {stats.get('outbox')}")
+    filler.unlink()
+    code, _ = device.terminate()
+    assert code == 0, device.log_tail()
