@@ -10,6 +10,7 @@ leave the device serving its last good config.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -27,6 +28,7 @@ from tests.device.helpers import Recorder, agent_config, wait_until
 from tests.support.http_server import LoopbackServer
 from tests.support.onnx_models import mean_color_classifier
 from tests.support.production_broker import ProductionBroker, dev
+from tests.support.tiny_fs import fill, tiny_fs_mount  # noqa: F401 (the tiny_fs fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -304,3 +306,42 @@ def test_a_good_update_waits_for_its_download_then_applies(device: UpdatedDevice
     assert any(e.details["version"] == report.version for e in device.events("config.waiting_for_download"))
     assert device.agent.artifacts.current_sha256() == ref.sha256
     device.assert_still_serving()
+
+
+def test_a_device_starting_with_a_full_state_disk_serves(
+    production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tiny_fs: Path, attack
+) -> None:
+    rec = attack("device starting with a full state disk (a .part filled it; ENOSPC crash loop before)", AREA)
+    certs = pki["certs"] / "clients"
+    tls = {
+        "ca_file": str(pki["certs"] / "ca.crt"),
+        "cert_file": str(certs / "cam-a.crt"),
+        "key_file": str(certs / "cam-a.key"),
+    }
+    agent_section = {"state_dir": str(tiny_fs / "state"), "mqtt": {"tls": tls}}
+    config = agent_config(tiny_fs.parent, color_model, production_broker.port, "cam-a", agent=agent_section)
+    first = DeviceAgent(config).start()
+    try:
+        assert first.client.wait_connected(10), first.client.last_error
+        wait_until(lambda: first.controller.stats.results >= 3)
+    finally:
+        first.stop()
+    filler = fill(tiny_fs)
+    assert os.statvfs(tiny_fs).f_bavail == 0
+
+    started = time.monotonic()
+    agent = DeviceAgent(config).start()  # raised OSError ENOSPC (the session counter) before
+    try:
+        assert agent.client.wait_connected(10), agent.client.last_error
+        wait_until(lambda: agent.controller.stats.results >= 3, timeout=20)
+        serving_s = time.monotonic() - started
+        assert agent.session_id > first.session_id
+    finally:
+        agent.stop()
+        filler.unlink()
+    rec.refused_because(
+        f"started with 0 bytes free: session {agent.session_id} (counter rewritten in place), outbox opened on its "
+        f"released reserve, results served {serving_s:.2f} s after the start"
+    )
+    rec.figures["seconds to the third result"] = round(serving_s, 2)
+    rec.figures["state writes refused"] = agent.store.refused_writes
