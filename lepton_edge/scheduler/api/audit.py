@@ -47,7 +47,8 @@ def list_audit(
 
 
 class AuditMiddleware:
-    """Writes one audit entry per change request once its response has started (status known)."""
+    """Writes one audit entry per change request as its answer starts (the status is known then), before
+    the caller receives it."""
 
     def __init__(self, app: ASGIApp, service: Any) -> None:
         self.app = app
@@ -58,18 +59,20 @@ class AuditMiddleware:
         if scope["type"] != "http" or scope["method"] not in CHANGES or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
-        status = 500
+        recorded = False
 
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+        async def record_then_send(message: Message) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                recorded = True  # before the caller sees the answer: nothing is acknowledged unaudited
+                await anyio.to_thread.run_sync(self._record, scope, message["status"])
             await send(message)
 
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, record_then_send)
         finally:
-            await anyio.to_thread.run_sync(self._record, scope, status)
+            if not recorded:  # no answer started (the connection broke, or a bug)
+                await anyio.to_thread.run_sync(self._record, scope, 500)
 
     def _record(self, scope: Scope, status: int) -> None:
         state = scope.get("state") or {}
