@@ -46,6 +46,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_change(workload: Workload, config_patch: dict[str, Any], artifact: dict[str, Any] | None) -> Workload:
+    """``workload`` as a rollout changes it: ``config_patch`` merged over its config (nested mappings merge),
+    ``artifact`` (when given) in place of its artifact."""
+    return workload.model_copy(
+        update={"config": _merge(dict(workload.config), config_patch), "artifact": artifact or workload.artifact}
+    )
+
+
 def desired_size(config: dict[str, Any]) -> int:
     """Bytes of the largest desired document carrying ``config``; raises ProtocolError over the limit."""
     desired = DesiredConfig.model_construct(

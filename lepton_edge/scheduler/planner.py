@@ -7,7 +7,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from lepton_edge.config.scheduler import PlacementConfig
@@ -18,6 +18,7 @@ from lepton_edge.scheduler.control import StoreHealth
 from lepton_edge.scheduler.desired import device_config_for
 from lepton_edge.scheduler.exclusions import plan_with_exclusions
 from lepton_edge.scheduler.models import Assignment, Workload
+from lepton_edge.scheduler.rollouts import LIVE_STATES, Change, changes_by_device, list_rollouts
 from lepton_edge.scheduler.store import Store, StoreError
 from lepton_edge.scheduler.writer import TelemetryWriter
 
@@ -144,6 +145,11 @@ class Planner:
         """``device_id``'s workload was removed: push it an idle config at the next plan."""
         self._orphaned_devices.add(device_id)
 
+    def push_again(self, device_ids: Iterable[str], reason: str) -> None:
+        """Push ``device_ids`` a new desired config at the next plan (a rollout changed what they get)."""
+        self._orphaned_devices.update(device_ids)
+        self.replan(reason)
+
     def cool_down(self, workload_id: str, device_id: str) -> None:
         """Keep ``workload_id`` off ``device_id`` for ``failure_cooldown_s`` (it failed its config there)."""
         self._cooldowns[(workload_id, device_id)] = time.time() + self._policy.failure_cooldown_s
@@ -213,8 +219,8 @@ class Planner:
         )
         by_id = {w.workload_id: w for w in workloads}
         changes = diff_plan(plan, by_id, {a.workload_id: a for a in assignments}, self._planned_workloads or by_id)
-        changes.affected |= self._orphaned_devices
-        self._orphaned_devices.clear()
+        orphaned, self._orphaned_devices = self._orphaned_devices, set()  # one swap: a concurrent add is kept
+        changes.affected |= orphaned
         self._planned_workloads = by_id
 
         hosted: dict[str, list[str]] = {}
@@ -223,8 +229,10 @@ class Planner:
                 hosted.setdefault(device_id, []).append(workload_id)
         versions = {device_id: store.next_desired_version(device_id) for device_id in sorted(changes.affected)}
         store.apply_plan(self._assignments(versions, hosted, changes.moved, now), changes.removed)
+        rollout_changes = changes_by_device(list_rollouts(store, LIVE_STATES)) if versions else {}
         for device_id, version in versions.items():
-            self._push(device_id, version, [by_id[w] for w in sorted(hosted.get(device_id, []))], now)
+            workloads_here = [by_id[w] for w in sorted(hosted.get(device_id, []))]
+            self._push(device_id, version, workloads_here, now, rollout_changes.get(device_id))
         self._required_by_device = {
             d: (sum(by_id[w].required_fps for w in ws), versions[d] if d in versions else self.required(d)[1])
             for d, ws in hosted.items()
@@ -271,7 +279,9 @@ class Planner:
                 len(plan.unplaced), pushed, self.last_plan_ms,
             )  # fmt: skip
 
-    def _push(self, device_id: str, version: int, workloads: list[Workload], now: float) -> None:
+    def _push(
+        self, device_id: str, version: int, workloads: list[Workload], now: float, change: Change | None = None
+    ) -> None:
         if not workloads:
             config = dict(self._policy.idle_config)
         else:
@@ -280,7 +290,7 @@ class Planner:
                     "device %s was given %d workloads; a device runs one, so only %s is pushed",
                     device_id, len(workloads), workloads[0].workload_id,
                 )  # fmt: skip
-            config = device_config_for(workloads[0])
+            config = device_config_for(workloads[0] if change is None else change.apply(workloads[0]))
         try:
             desired = DesiredConfig(version=version, config=config, issued_at=now, issued_by=self._replica_id)
             payload = encode(desired)

@@ -39,6 +39,7 @@ from lepton_edge.scheduler.models import Workload
 from lepton_edge.scheduler.planner import Planner
 from lepton_edge.scheduler.rebirth import Rebirths
 from lepton_edge.scheduler.reports import ConfigReports
+from lepton_edge.scheduler.rollouts import RolloutRunner
 from lepton_edge.scheduler.store import Store, StoreError
 from lepton_edge.scheduler.stores import open_store
 from lepton_edge.scheduler.views import DeviceViews
@@ -102,6 +103,7 @@ class SchedulerService:
         self.liveness = Liveness(
             self.store, self.views, self.planner, self.health, self.counts, config.heartbeat_timeout_s
         )
+        self.rollouts = RolloutRunner(self.store, self.planner, self.counts)
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -188,6 +190,16 @@ class SchedulerService:
             self.health.failed(e)
             return
         self.liveness.sweep()
+        self._advance_rollouts()
+
+    def _advance_rollouts(self) -> None:
+        """Rollouts advance on the leader only, one step per sweep."""
+        try:
+            self.rollouts.tick()
+        except StoreError as e:
+            self.health.failed(e)
+        except Exception:
+            log.exception("advancing the rollouts failed; retrying at the next sweep")
 
     # ------------------------------------------------------------------------------ wiring hooks
 

@@ -13,7 +13,7 @@ Every method is safe to call from several threads; the PostgreSQL store is also 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -290,6 +290,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def leader(self) -> str | None:
         """The replica id of the current leader, or None."""
+
+    # ----------------------------------------------------------------------------------- rollouts
+    # A rollout is a JSON document (lepton_edge.scheduler.rollouts.Rollout); the store keeps its state
+    # apart for queries and a revision for compare-and-set.
+    @abc.abstractmethod
+    def add_rollout(self, rollout_id: str, state: str, document: dict[str, Any], ts: float) -> None:
+        """Store a new rollout at revision 1. :class:`StoreConflict` if the id exists."""
+
+    @abc.abstractmethod
+    def get_rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        """The rollout's document with its ``revision``, or None."""
+
+    @abc.abstractmethod
+    def list_rollouts(self, states: Sequence[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest ``limit`` rollouts (in ``states`` if given), oldest first, each with its ``revision``."""
+
+    @abc.abstractmethod
+    def save_rollout(self, rollout_id: str, state: str, document: dict[str, Any], revision: int, ts: float) -> bool:
+        """Replace the rollout if it is still at ``revision`` (its revision then goes up by one); False if
+        it changed meanwhile (re-read it and decide again) or does not exist."""
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -563,6 +563,56 @@ class SqlStore(Store):
 
         return self._run(run)
 
+    # -------------------------------------------------------------------------------- rollouts
+    def add_rollout(self, rollout_id: str, state: str, document: dict[str, Any], ts: float) -> None:
+        def run(cur: Cursor) -> None:
+            cur.execute(
+                "INSERT INTO rollouts (rollout_id, state, revision, created_at, updated_at, document) "
+                "VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (rollout_id) DO NOTHING",
+                (rollout_id, state, ts, ts, self._json(document)),
+            )
+            if cur.rowcount == 0:
+                raise StoreConflict(f"rollout {rollout_id!r} already exists; pick another id")
+
+        self._run(run)
+
+    def _rollout(self, row: Any) -> dict[str, Any]:
+        return {**self._from_json(row["document"]), "revision": int(row["revision"])}
+
+    def get_rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        def run(cur: Cursor) -> dict[str, Any] | None:
+            cur.execute("SELECT revision, document FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+            row = cur.fetchone()
+            return None if row is None else self._rollout(row)
+
+        return self._run(run, write=False)
+
+    def list_rollouts(self, states: Sequence[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        _positive("limit", limit)
+
+        def run(cur: Cursor) -> list[dict[str, Any]]:
+            where, params = "", []
+            if states is not None:
+                where, params = f"WHERE state {self.in_list} ", [self._list(list(states))]
+            cur.execute(
+                f"SELECT revision, document FROM rollouts {where}ORDER BY created_at DESC, rollout_id DESC LIMIT ?",
+                [*params, limit],
+            )
+            return [self._rollout(r) for r in reversed(cur.fetchall())]
+
+        return self._run(run, write=False)
+
+    def save_rollout(self, rollout_id: str, state: str, document: dict[str, Any], revision: int, ts: float) -> bool:
+        def run(cur: Cursor) -> bool:
+            cur.execute(
+                "UPDATE rollouts SET state = ?, document = ?, updated_at = ?, revision = revision + 1 "
+                "WHERE rollout_id = ? AND revision = ?",
+                (state, self._json(document), ts, rollout_id, revision),
+            )
+            return cur.rowcount == 1
+
+        return self._run(run)
+
     # ---------------------------------------------------------------------------------- events
     def add_event(
         self,

@@ -13,6 +13,7 @@ from lepton_edge.scheduler.api import (
     devices,
     events,
     health,
+    rollouts,
     tokens,
     workloads,
 )
@@ -55,7 +56,7 @@ def create_app(
     app.state.service = service
     app.state.authenticator = Authenticator(service.store, RateLimiter(*rate_limit), insecure_local=insecure_local)
     install_error_handlers(app)
-    for module in (devices, workloads, assignments, events, health, tokens, audit, dashboard):
+    for module in (devices, workloads, assignments, events, health, rollouts, tokens, audit, dashboard):
         app.include_router(module.router)
     dashboard.mount_static(app)
     # added last = outermost: headers on every answer, then the Host check, the body limit, the audit

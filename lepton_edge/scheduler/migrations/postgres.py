@@ -111,4 +111,19 @@ MIGRATIONS: list[Migration] = [
                 FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
         ),
     ),
+    Migration(
+        3,
+        "staged rollouts",
+        (
+            """CREATE TABLE rollouts (
+                rollout_id TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                revision BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                document JSONB NOT NULL
+            )""",
+            "CREATE INDEX rollouts_state ON rollouts (state)",
+        ),
+    ),
 ]

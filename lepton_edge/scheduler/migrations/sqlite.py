@@ -109,4 +109,19 @@ MIGRATIONS: list[Migration] = [
                 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused'); END""",
         ),
     ),
+    Migration(
+        3,
+        "staged rollouts",
+        (
+            """CREATE TABLE rollouts (
+                rollout_id TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                revision INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                document TEXT NOT NULL
+            )""",
+            "CREATE INDEX rollouts_state ON rollouts (state)",
+        ),
+    ),
 ]

@@ -1,0 +1,297 @@
+"""Staged rollouts: wave planning and the health verdict (pure), the store's records on SQLite and
+PostgreSQL, and rollouts end to end with a real scheduler, real simulated devices on a real broker and the
+real HTTP API: a healthy rollout goes wave by wave; a canary that rolls back or runs slow aborts it and the
+waves done are rolled back; an operator's abort does the same; bad requests get 422 naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from lepton_edge.scheduler.api import serve
+from lepton_edge.scheduler.rollouts import (
+    DeviceHealth,
+    HealthCriteria,
+    Rollout,
+    RolloutSpec,
+    create_rollout,
+    get_rollout,
+    plan_waves,
+    request_abort,
+    wave_verdict,
+)
+from lepton_edge.scheduler.service import SchedulerService
+from lepton_edge.scheduler.simulator import FleetSimulator
+from lepton_edge.scheduler.store import StoreConflict
+from lepton_edge.scheduler.stores import open_store
+from tests.support.api_client import ApiClient
+from tests.support.scheduler import fast_config, wait_until, workload
+
+PATCH = {"postprocess": {"type": "detect", "conf_threshold": 0.4}}
+IDS = [f"d{i}" for i in range(10)]
+
+
+# ------------------------------------------------------------------------------------- wave planning
+
+
+@pytest.mark.parametrize(
+    ("n", "options", "sizes"),
+    [
+        (5, {"canary_count": 1, "batch_size": 2}, [1, 2, 2]),
+        (6, {"canary_count": 2, "batch_size": 3}, [2, 3, 1]),
+        (10, {"canary_percent": 25, "batch_size": 5}, [3, 5, 2]),  # 2.5 rounds up
+        (10, {"canary_percent": 20, "batch_size": 4}, [2, 4, 4]),  # exact: not rounded up to 3
+        (3, {"canary_percent": 10}, [1, 1, 1]),  # at least one device
+        (2, {"canary_count": 5, "batch_size": 3}, [2]),  # a group smaller than the canary: one wave
+        (10, {"canary_count": 1, "batch_size": 1, "batch_growth": 2}, [1, 1, 2, 4, 2]),
+        (10, {"batch_size": 2, "batch_growth": 1.5}, [1, 2, 3, 4]),  # 2, 3, 4.5 -> 5 (only 4 left)
+        (0, {"canary_count": 1}, []),
+    ],
+)
+def test_plan_waves(n: int, options: dict[str, Any], sizes: list[int]) -> None:
+    waves = plan_waves(IDS[:n], **options)
+    assert [len(w) for w in waves] == sizes
+    assert [d for w in waves for d in w] == IDS[:n]  # every device once, in order
+
+
+# ------------------------------------------------------------------------------------ health verdict
+
+
+def health(outcome: str = "applied", baseline: float | None = 10.0, fps: float | None = 10.0, d: str = "d") -> Any:
+    return DeviceHealth(d, outcome, baseline, fps)  # type: ignore[arg-type]
+
+
+def test_verdict_healthy_wave() -> None:
+    verdict = wave_verdict([health(d="a"), health(fps=9.0, d="b")], HealthCriteria())
+    assert verdict.healthy and verdict.failures == {}
+    assert verdict.figures["min_fps_ratio"] == 0.9 and verdict.figures["applied"] == 2
+
+
+@pytest.mark.parametrize("outcome", ["rejected", "rolled_back", "offline"])
+def test_verdict_a_failed_device_fails_the_wave_by_default(outcome: str) -> None:
+    verdict = wave_verdict([health(d="a"), health(outcome, d="b")], HealthCriteria())
+    assert not verdict.healthy
+    assert list(verdict.failures) == ["b"] and verdict.reason and "b:" in verdict.reason
+
+
+def test_verdict_fps_below_the_devices_own_before() -> None:
+    criteria = HealthCriteria(min_fps_ratio=0.8)
+    verdict = wave_verdict([health(baseline=10.0, fps=7.9)], criteria)
+    assert not verdict.healthy and "79%" in verdict.failures["d"]
+    assert wave_verdict([health(baseline=10.0, fps=8.0)], criteria).healthy
+    assert wave_verdict([health(baseline=0.0, fps=0.0)], criteria).healthy  # nothing ran before: not judged
+    assert wave_verdict([health(baseline=10.0, fps=1.0)], HealthCriteria(min_fps_ratio=None)).healthy
+
+
+def test_verdict_pending_devices_fail_only_after_the_apply_timeout() -> None:
+    devices = [health("pending", fps=None)]
+    assert wave_verdict(devices, HealthCriteria()).healthy
+    timed_out = wave_verdict(devices, HealthCriteria(), timed_out=True)
+    assert not timed_out.healthy and "apply_timeout_s" in timed_out.failures["d"]
+
+
+def test_verdict_count_and_ratio_limits() -> None:
+    devices = [health("rolled_back", d="a"), health(d="b"), health(d="c"), health(d="e")]
+    assert wave_verdict(devices, HealthCriteria(max_failures=1)).healthy
+    assert not wave_verdict(devices, HealthCriteria(max_failures=None, max_failure_ratio=0.2)).healthy
+    assert wave_verdict(devices, HealthCriteria(max_failures=None, max_failure_ratio=0.25)).healthy
+    assert wave_verdict(devices, HealthCriteria(max_failures=None, max_failure_ratio=None)).healthy
+
+
+def test_spec_needs_a_change_and_one_canary_size() -> None:
+    with pytest.raises(ValidationError, match="config_patch, an artifact"):
+        RolloutSpec(rollout_id="r", group="g")
+    with pytest.raises(ValidationError, match="not both"):
+        RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, canary_count=1, canary_percent=5)
+    with pytest.raises(ValidationError, match="sha256"):
+        RolloutSpec(rollout_id="r", group="g", artifact={"url": "https://a/m.onnx", "size": 1, "sha256": "x"})
+    with pytest.raises(ValidationError, match="less than or equal"):
+        RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, bake_s=1e12)
+
+
+# ---------------------------------------------------------------------------------------- the store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/fleet.db"
+    return request.getfixturevalue("postgres_schema_url")
+
+
+def test_store_keeps_rollouts_with_compare_and_set(store_url: str) -> None:
+    with open_store(store_url) as store:
+        spec = RolloutSpec(rollout_id="r1", group="g", config_patch=PATCH)
+        rollout = create_rollout(store, spec, now=100.0)
+        assert rollout.state == "pending" and rollout.revision == 1 and rollout.spec == spec
+        with pytest.raises(StoreConflict, match="already has rollout 'r1'"):
+            create_rollout(store, RolloutSpec(rollout_id="r2", group="g", config_patch=PATCH))
+        stale = get_rollout(store, "r1")
+        aborted = request_abort(store, "r1", "changed my mind", now=101.0)
+        assert (aborted.state, aborted.reason, aborted.revision) == ("aborted", "changed my mind", 2)
+        moved = stale.model_copy(update={"state": "running"})
+        assert not store.save_rollout("r1", "running", moved.document(), stale.revision, 102.0)  # lost the race
+        assert get_rollout(store, "r1").state == "aborted"
+        create_rollout(store, RolloutSpec(rollout_id="r2", group="g", config_patch=PATCH), now=103.0)
+        assert [d["spec"]["rollout_id"] for d in store.list_rollouts()] == ["r1", "r2"]
+        assert [d["spec"]["rollout_id"] for d in store.list_rollouts(["pending"])] == ["r2"]
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+class Fleet:
+    """A scheduler (with its API) and four simulated devices of group ``g``, each running one workload."""
+
+    def __init__(self, service: SchedulerService, sim: FleetSimulator, api: ApiClient) -> None:
+        self.service, self.sim, self.api = service, sim, api
+        self.store = service.store
+        self.devices = sorted(sim.devices)
+
+    def start(self, **spec: Any) -> dict[str, Any]:
+        body = {"rollout_id": "r1", "group": "g", "config_patch": PATCH, "interval_s": 0, "bake_s": 1.0} | spec
+        status, rollout = self.api.call("POST", "/api/rollouts", body)
+        assert status == 201, rollout
+        return rollout
+
+    def wait_state(self, state: str, timeout: float = 60.0) -> Rollout:
+        return wait_until(
+            lambda: (r := get_rollout(self.store, "r1")).state == state and r,
+            timeout,
+            what=f"rollout r1 {state}",
+        )
+
+    def patched(self, device_id: str) -> bool:
+        """Whether the device runs the rollout's change now."""
+        return has_patch(self.sim.device(device_id).config or {})
+
+    def got_patch(self, device_id: str) -> list[int]:
+        """Desired versions that carried the change to the device."""
+        return [d.version for d in self.sim.device(device_id).desired_received if has_patch(d.config)]
+
+
+def has_patch(config: dict[str, Any]) -> bool:
+    return config.get("postprocess", {}).get("conf_threshold") == 0.4
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest, fresh_broker, tmp_path, unique: str) -> Iterator[Fleet]:
+    url = getattr(request, "param", "sqlite")
+    store_url = f"sqlite:///{tmp_path}/fleet.db" if url == "sqlite" else request.getfixturevalue("postgres_schema_url")
+    config = fast_config(fresh_broker.port, store_url)
+    with SchedulerService(config) as service, serve(service, "127.0.0.1", 0) as server:
+        sim = FleetSimulator("127.0.0.1", fresh_broker.port, 4, rate_hz=5.0, prefix=unique, mode="device")
+        with sim:
+            wait_until(lambda: sum(d.online for d in service.store.list_devices()) == 4, what="4 devices online")
+            for device_id in sim.devices:
+                service.store.set_device_group(device_id, "g")
+            for i in range(4):
+                service.add_workload(workload(f"w{i}", fps=5))
+            wait_until(
+                lambda: (
+                    sum(sim.device(d).running for d in sim.devices) == 4
+                    and all(a.status == "applied" for a in service.store.list_assignments())
+                    and all((d.telemetry or {}).get("fps") == 5 for d in service.store.list_devices())
+                ),
+                what="a workload running on each device, its telemetry stored",
+            )
+            yield Fleet(service, sim, ApiClient.admin(server, service.store, "operator"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
+def test_healthy_rollout_goes_wave_by_wave(fleet: Fleet) -> None:
+    fleet.start(canary_count=1, batch_size=2)
+    done = fleet.wait_state("succeeded")
+    assert [w.devices for w in done.waves] == [fleet.devices[:1], fleet.devices[1:3], fleet.devices[3:]]
+    assert all(w.verdict == "healthy" and w.figures["failed"] == 0 for w in done.waves)
+    assert all(w.figures["min_fps_ratio"] >= 0.8 for w in done.waves)
+    starts = [w.started_at or 0 for w in done.waves]
+    judged = [w.finished_at or 0 for w in done.waves]
+    assert starts[1] >= judged[0] and starts[2] >= judged[1]  # a wave starts only after the one before passed
+    wait_until(lambda: all(fleet.patched(d) for d in fleet.devices), what="every device running the change")
+    assert all(w.config == PATCH for w in fleet.store.list_workloads())  # the change now belongs to them
+    status, listed = fleet.api.get("/api/rollouts")
+    assert status == 200 and [r["state"] for r in listed] == ["succeeded"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
+def test_canary_that_rolls_back_aborts_and_is_rolled_back(fleet: Fleet) -> None:
+    for device_id in fleet.devices:
+        fleet.sim.set_fail(device_id, "rolled_back")  # whichever is the canary rolls the change back
+    fleet.start(canary_count=1, batch_size=2)
+    rollout = fleet.wait_state("rolled_back")
+    (canary,) = rollout.waves[0].devices
+    assert rollout.current_wave == 0 and rollout.waves[0].verdict == "unhealthy"
+    assert "rolled_back the new config" in (rollout.reason or "") and rollout.rolled_back == [canary]
+    for device_id in fleet.devices:
+        if device_id != canary:
+            assert fleet.got_patch(device_id) == []  # later waves never started
+    (carried,) = fleet.got_patch(canary)
+    last = wait_until(
+        lambda: (d := fleet.sim.device(canary).desired_received[-1]).version > carried and d,
+        what="the canary given a newer desired config",
+    )
+    assert not has_patch(last.config)
+    assert all(w.config == {} for w in fleet.store.list_workloads())
+    kinds = [e.kind for e in fleet.store.list_events(limit=500)]
+    assert "rollout.aborted" in kinds and "rollout.rolled_back" in kinds
+
+
+@pytest.mark.integration
+def test_canary_below_its_own_fps_aborts(fleet: Fleet) -> None:
+    slow = {"source": {"uri": "synthetic://shapes?fps=1"}}  # the change makes the source deliver 1 of 5 fps
+    fleet.start(config_patch=slow, canary_percent=25, batch_size=3, bake_s=1.5)
+    rollout = fleet.wait_state("rolled_back")
+    (canary,) = rollout.waves[0].devices
+    wave = rollout.waves[0]
+    assert wave.verdict == "unhealthy" and "fps" in wave.failures[canary], wave
+    assert wave.baseline_fps[canary] == pytest.approx(5.0) and wave.figures["min_fps_ratio"] < 0.8
+    wait_until(lambda: all(fleet.sim.device(d).fps == 5.0 for d in fleet.devices), what="every device at 5 fps")
+
+
+@pytest.mark.integration
+def test_operator_abort_rolls_back_the_waves_done(fleet: Fleet) -> None:
+    fleet.start(canary_count=2, batch_size=2, interval_s=600, bake_s=0.5)
+    wait_until(lambda: [w.verdict for w in get_rollout(fleet.store, "r1").waves][:1] == ["healthy"], what="canary ok")
+    canaries = get_rollout(fleet.store, "r1").waves[0].devices
+    assert all(fleet.patched(d) for d in canaries)
+    viewer = ApiClient(fleet.api.base, None)
+    assert viewer.call("POST", "/api/rollouts/r1/abort")[0] == 401
+    status, body = fleet.api.call("POST", "/api/rollouts/r1/abort", {"reason": "maintenance window over"})
+    assert status == 200 and body["state"] in ("aborting", "rolled_back"), body
+    rollout = fleet.wait_state("rolled_back")
+    assert rollout.reason == "maintenance window over" and sorted(rollout.rolled_back) == sorted(canaries)
+    wait_until(lambda: not any(fleet.patched(d) for d in fleet.devices), what="no device running the change")
+    later = [d for d in fleet.devices if d not in canaries]
+    assert all(fleet.got_patch(d) == [] for d in later)
+    status, again = fleet.api.call("POST", "/api/rollouts/r1/abort")
+    assert status == 200 and again["state"] == "rolled_back"  # ended: unchanged
+
+
+@pytest.mark.integration
+def test_bad_rollout_requests_get_422_naming_the_field(fleet: Fleet) -> None:
+    def problems(body: dict[str, Any]) -> list[str]:
+        base = {"rollout_id": "bad", "group": "g", "config_patch": PATCH}
+        status, answer = fleet.api.call("POST", "/api/rollouts", base | body)
+        assert status == 422, answer
+        return [p["field"] for p in answer["problems"]]
+
+    assert problems({"config_patch": {"postprocess": {"type": "detect", "conf_threshold": 7}}}) == [
+        "config_patch.postprocess.detect.conf_threshold"  # pydantic names the union's tag
+    ]
+    assert problems({"config_patch": {"no_such_section": 1}}) == ["config_patch.no_such_section"]
+    assert problems({"config_patch": {"device_id": "other"}}) == ["config_patch.device_id"]
+    assert problems({"config_patch": {"labels": ["x" * 1000] * 300}}) == ["config_patch"]  # over the payload limit
+    assert problems({"group": "nobody"}) == ["group"]
+    assert problems({"artifact": {"url": "https://a/m.onnx", "size": 0, "sha256": "0" * 64}}) == ["artifact.size"]
+    assert problems({"batch_size": 0}) == ["batch_size"]
+    assert problems({"health": {"min_fps_ratio": 2}}) == ["health.min_fps_ratio"]
+    assert problems({"rollout_id": "Bad Id"}) == ["rollout_id"]
+    assert problems({"surprise": 1}) == ["surprise"]
+    assert fleet.api.get("/api/rollouts")[1] == []
+    assert fleet.api.get("/api/rollouts/nope")[0] == 404
