@@ -92,9 +92,9 @@ class UpdatedDevice:
     def staging(self) -> Path:
         return self.agent.artifacts.staging
 
-    def publish(self, artifact: ArtifactRef | None) -> int:
-        """Publish the next desired version running ``artifact`` (None: the local model file), retained;
-        returns the version."""
+    def publish(self, artifact: ArtifactRef | None, **sections: Any) -> int:
+        """Publish the next desired version running ``artifact`` (None: the local model file) with
+        ``sections`` added, retained; returns the version."""
         self.version += 1
         model: dict[str, Any] = {"path": str(self.agent.local_config.model.path)}
         if artifact is not None:
@@ -104,13 +104,14 @@ class UpdatedDevice:
             "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
             "source": {"uri": GOOD_SOURCE, "id": "door"},
             "postprocess": {"type": "classify", "top_k": 2},
+            **sections,
         }
         document = DesiredConfig(version=self.version, config=config, issued_at=time.time(), issued_by="scheduler")
         assert self.scheduler.client.publish(config_desired_topic(DEVICE), encode(document), qos=1, retain=True).wait(5)
         return self.version
 
-    def push(self, artifact: ArtifactRef | None, timeout: float = 20) -> ReportedConfig:
-        version = self.publish(artifact)
+    def push(self, artifact: ArtifactRef | None, timeout: float = 20, **sections: Any) -> ReportedConfig:
+        version = self.publish(artifact, **sections)
         return self.report(version, timeout)
 
     def report(self, version: int, timeout: float = 20) -> ReportedConfig:
@@ -253,6 +254,31 @@ def test_references_that_break_a_trust_rule_are_refused_before_downloading(
     assert "v4.onnx" not in device.server.requests
     rule_name = rule.removeprefix("[refused: ").removesuffix("]")
     assert device.agent.artifacts.refusals[rule_name] == before.get(rule_name, 0) + 1
+
+
+@pytest.mark.parametrize(
+    ("agent", "what"),
+    [
+        ({"artifact_allow_rollback": [{"target": TARGET, "version": 1}]}, "the rollback override"),
+        ({"artifact_public_keys": ["/tmp/attacker.pub"]}, "an attacker's public key"),
+        ({"artifact_targets": ["doors-west"]}, "the device's artifact targets"),
+        ({"allow_unsigned_artifacts": True}, "unsigned artifacts"),
+        ({"remote_policy": {"artifact_hosts": ["169.254.169.254"]}}, "the artifact hosts of the remote policy"),
+    ],
+)
+def test_a_remote_config_cannot_loosen_the_update_rules(
+    device: UpdatedDevice, attack, agent: dict[str, Any], what: str
+) -> None:
+    rec = attack(f"remote config setting {what} (then an older signed artifact)", AREA)
+    older = device.artifact("v1.onnx", 16, version=1, target=TARGET)
+    report = device.push(older, agent=agent)
+    assert report.outcome == "rejected", report
+    field = next(iter(agent))
+    reason = next((e for e in report.errors if f"agent.{field}" in e), None)
+    assert reason is not None, report.errors
+    assert report.active_version == device.good_version and "v1.onnx" not in device.server.requests
+    device.assert_still_serving()
+    rec.refused_because(reason)
 
 
 def test_bytes_beyond_the_signed_length_are_refused(device: UpdatedDevice, attack) -> None:
