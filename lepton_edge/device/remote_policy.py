@@ -15,6 +15,8 @@ It governs remote input only (a local ``--config`` file is trusted as it is):
   allowed folders; checked here, before anything is fetched;
 - ``agent.telemetry_interval_s`` at most ``max_telemetry_interval_s``, so a live device never looks dead.
 - at most :data:`MAX_REMOTE_SINKS` sinks (each runs a thread, holds a file and buffers up to its queue size).
+- ``preprocess`` scale, mean and std that keep normalized pixel values within ``MAX_REMOTE_PIXEL_VALUE``
+  (1e308 gave infinite scores, and every result was then dropped while telemetry looked healthy).
 
 Each problem is one line naming the field, the value and the rule; the caller refuses the whole config.
 """
@@ -35,6 +37,8 @@ ARTIFACTS_DIR = "artifacts"
 _VIDEO_DEVICE = re.compile(r"^/dev/video[0-9]{1,3}$")
 MAX_REMOTE_SINKS = 8
 """Most sinks a remote config may run; the schema bounds each one, this bounds how many."""
+MAX_REMOTE_PIXEL_VALUE = 1e6
+"""Bound on |(pixel * scale - mean) / std| for pixels 0..255 in a remote preprocess (real ones stay below 300)."""
 
 
 def allowed_folders(agent: AgentConfig) -> list[Path]:
@@ -71,6 +75,12 @@ def check_remote_config(config: DeviceConfig, agent: AgentConfig, origin: str) -
             checker.artifact_url(model.artifact.url)
     if len(config.sinks) > MAX_REMOTE_SINKS:
         checker.refuse("sinks", f"{len(config.sinks)} sinks", f"a remote config runs at most {MAX_REMOTE_SINKS} sinks")
+    pre = config.preprocess
+    largest = (255 * pre.scale + max(abs(m) for m in pre.mean)) / min(abs(s) for s in pre.std)
+    if not largest <= MAX_REMOTE_PIXEL_VALUE:  # also catches inf and nan
+        checker.refuse("preprocess", f"scale={pre.scale:g}, mean={pre.mean}, std={pre.std}",
+                       f"normalized pixel values could reach {largest:g}; a remote config keeps them within "
+                       f"±{MAX_REMOTE_PIXEL_VALUE:g}")
     for i, sink in enumerate(config.sinks):
         path = getattr(sink, "path", None)
         if path is not None:

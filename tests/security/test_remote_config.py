@@ -287,6 +287,26 @@ def test_a_thousand_sinks_are_refused(device: SandboxedDevice, attack) -> None:
     assert not (device.state_dir / "many").exists()
 
 
+@pytest.mark.parametrize(
+    "preprocess",
+    [{"scale": 1e308}, {"mean": [1e308, 0, 0], "std": [1e-308, 1, 1]}, {"std": [1e-9]}],
+    ids=["scale", "mean-std", "tiny-std"],
+)
+def test_a_preprocess_that_overflows_every_score_is_refused(device: SandboxedDevice, attack, preprocess) -> None:
+    # preprocess.scale: 1e308 was applied: every score became nan, every result was dropped (counted only in the
+    # results sink's errors), and telemetry went on reporting 30 fps
+    rec = attack(f"preprocess {preprocess} (every score infinite: results stop, telemetry looks healthy)", AREA)
+    assert_refused(device, device.workload(preprocess=preprocess), "preprocess", "normalized pixel values", rec)
+
+
+def test_a_usual_normalization_still_applies(device: SandboxedDevice) -> None:
+    imagenet = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    report = device.push(device.workload(preprocess=imagenet))
+    assert (report.outcome, report.errors) == ("applied", [])
+    device.good_version = report.version
+    device.assert_still_serving()
+
+
 def test_a_remote_config_cannot_widen_its_own_policy(device: SandboxedDevice, attack) -> None:
     rec = attack("agent.remote_policy set remotely (allowed_folders: /, http_hosts: 127.0.0.1)", AREA)
     policy = {"allowed_folders": ["/"], "http_hosts": ["127.0.0.1"]}
