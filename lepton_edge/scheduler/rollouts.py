@@ -59,7 +59,8 @@ class HealthCriteria(BaseModel):
     """When a wave counts as unhealthy (which aborts the rollout and rolls back the waves done).
 
     A device of the wave *fails* when it rejects or rolls back the new config, goes offline, does not
-    apply it within ``apply_timeout_s``, or runs below ``min_fps_ratio`` of its own fps before the wave.
+    apply it within ``apply_timeout_s``, runs below ``min_fps_ratio`` of its own fps before the wave, or
+    reports a failed or stalled source in more than ``max_source_errors`` telemetry messages.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,6 +72,13 @@ class HealthCriteria(BaseModel):
         allow_inf_nan=False,
         description="A device's mean fps over the bake time must be at least this fraction of its mean fps "
         "before the wave (null: fps not checked; devices that ran at 0 fps before are not checked).",
+    )
+    max_source_errors: int | None = Field(
+        2,
+        ge=0,
+        le=1_000_000,
+        description="A device fails when more of its telemetry reports on the new config than this show a source "
+        "`failed` or `stalled` over the bake time (null: not checked).",
     )
     max_failures: int | None = Field(
         0, ge=0, le=MAX_DEVICES, description="A wave fails with more failed devices than this (null: no count limit)."
@@ -273,6 +281,8 @@ class DeviceHealth:
     baseline_fps: float | None = None
     fps: float | None = None
     """Mean fps on the new config over the bake time; None until the bake is over (or no telemetry)."""
+    source_errors: int = 0
+    """Telemetry reports on the new config with a failed or stalled source, over the bake time."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +303,9 @@ def device_failure(device: DeviceHealth, criteria: HealthCriteria, *, timed_out:
         return "went offline"
     if device.outcome == "pending":
         return "did not apply the new config within apply_timeout_s" if timed_out else None
+    if criteria.max_source_errors is not None and device.source_errors > criteria.max_source_errors:
+        limit = criteria.max_source_errors
+        return f"{device.source_errors} telemetry reports with a failed or stalled source (maximum {limit})"
     ratio, baseline, fps = criteria.min_fps_ratio, device.baseline_fps, device.fps
     if ratio is not None and baseline and fps is not None and fps < ratio * baseline:
         return f"runs at {fps:.1f} fps, {fps / baseline:.0%} of its {baseline:.1f} fps before (minimum {ratio:.0%})"
@@ -315,6 +328,7 @@ def wave_verdict(devices: Sequence[DeviceHealth], criteria: HealthCriteria, *, t
         "failure_ratio": round(len(failures) / n, 4) if n else 0.0,
         "min_fps_ratio": round(min(ratios), 4) if ratios else None,
         "mean_fps_ratio": round(sum(ratios) / len(ratios), 4) if ratios else None,
+        "source_errors": sum(d.source_errors for d in devices),
         "outcomes": dict(collections.Counter(d.outcome for d in devices)),
     }
     over_count = criteria.max_failures is not None and len(failures) > criteria.max_failures
@@ -341,6 +355,17 @@ def outcome_of(device: Device | None, desired_before: int) -> Outcome:
     if device.last_outcome in ("applied", "rejected", "rolled_back"):
         return device.last_outcome  # type: ignore[return-value]
     return "pending"
+
+
+def source_errors(rows: Iterable[dict[str, Any]], *, above: int) -> int:
+    """Telemetry rows on a config version above ``above`` whose sources include a failed or stalled one."""
+    count = 0
+    for row in rows:
+        data = row.get("data") or {}
+        version, sources = data.get("config_version"), data.get("sources")
+        if isinstance(version, int) and version > above and isinstance(sources, dict):
+            count += any(state in ("failed", "stalled") for state in sources.values())
+    return count
 
 
 def mean_fps(rows: Iterable[dict[str, Any]], *, above: int | None = None, equal: int | None = None) -> float | None:
@@ -549,14 +574,12 @@ class RolloutRunner:
             return
         if now - wave.applied_at < spec.bake_s:
             return
-        baked = [
-            DeviceHealth(
-                h.device_id, h.outcome, h.baseline_fps,
-                mean_fps(self._store.telemetry_history(h.device_id, since=wave.applied_at),
-                         above=wave.desired_before.get(h.device_id, 0)),
-            )
-            for h in health
-        ]  # fmt: skip
+        baked = []
+        for h in health:
+            rows = self._store.telemetry_history(h.device_id, since=wave.applied_at)
+            before = wave.desired_before.get(h.device_id, 0)
+            fps, errors = mean_fps(rows, above=before), source_errors(rows, above=before)
+            baked.append(DeviceHealth(h.device_id, h.outcome, h.baseline_fps, fps, errors))
         self._judge(rollout, wave, wave_verdict(baked, spec.health), now)
 
     def _judge(self, rollout: Rollout, wave: Wave, verdict: Verdict, now: float) -> None:

@@ -21,6 +21,7 @@ from lepton_edge.scheduler.rollouts import (
     get_rollout,
     plan_waves,
     request_abort,
+    source_errors,
     wave_verdict,
 )
 from lepton_edge.scheduler.service import SchedulerService
@@ -84,6 +85,21 @@ def test_verdict_fps_below_the_devices_own_before() -> None:
     assert wave_verdict([health(baseline=10.0, fps=8.0)], criteria).healthy
     assert wave_verdict([health(baseline=0.0, fps=0.0)], criteria).healthy  # nothing ran before: not judged
     assert wave_verdict([health(baseline=10.0, fps=1.0)], HealthCriteria(min_fps_ratio=None)).healthy
+
+
+def test_verdict_source_errors_on_the_new_config() -> None:
+    rows = [
+        {"data": {"config_version": 3, "sources": {"cam": "failed"}}},  # the old config: not counted
+        {"data": {"config_version": 4, "sources": {"cam": "running", "b": "stalled"}}},
+        {"data": {"config_version": 4, "sources": {"cam": "failed"}}},
+        {"data": {"config_version": 5, "sources": {"cam": "running"}}},
+    ]
+    errors = source_errors(rows, above=3)
+    assert errors == 2
+    assert wave_verdict([DeviceHealth("d", "applied", source_errors=errors)], HealthCriteria()).healthy
+    failed = wave_verdict([DeviceHealth("d", "applied", source_errors=errors)], HealthCriteria(max_source_errors=1))
+    assert not failed.healthy and "failed or stalled source" in failed.failures["d"]
+    assert failed.figures["source_errors"] == 2
 
 
 def test_verdict_pending_devices_fail_only_after_the_apply_timeout() -> None:
