@@ -245,6 +245,15 @@ def test_tokens_over_the_api_and_a_revoked_token(api: tuple[ApiServer, Store]) -
 
 
 @pytest.mark.integration
+def test_callers_are_refused_before_the_body_is_read(api: tuple[ApiServer, Store]) -> None:
+    server, store = api
+    status, answer = ApiClient(server.url).call("POST", "/api/workloads", raw=b"{not json")
+    assert status == 401, answer  # not 422: nothing of the body was parsed for an anonymous caller
+    status, answer = ApiClient(server.url, make_token(store, "operator")).call("POST", "/api/workloads", raw=b"{x")
+    assert status == 422
+
+
+@pytest.mark.integration
 def test_tokens_in_the_url_are_refused(api: tuple[ApiServer, Store]) -> None:
     server, store = api
     token = make_token(store, "admin")

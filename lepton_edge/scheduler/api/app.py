@@ -18,6 +18,7 @@ from lepton_edge.scheduler.api import (
     workloads,
 )
 from lepton_edge.scheduler.api.audit import AuditMiddleware
+from lepton_edge.scheduler.api.auth import AuthMiddleware
 from lepton_edge.scheduler.api.errors import ERROR_RESPONSES, install_error_handlers
 from lepton_edge.scheduler.api.headers import SecurityHeadersMiddleware
 from lepton_edge.scheduler.api.limits import BodyLimitMiddleware, TrustedHostMiddleware
@@ -59,7 +60,8 @@ def create_app(
     for module in (devices, workloads, assignments, events, health, rollouts, tokens, audit, dashboard):
         app.include_router(module.router)
     dashboard.mount_static(app)
-    # added last = outermost: headers on every answer, then the Host check, the body limit, the audit
+    # added last = outermost: headers on every answer, the Host check, the body limit, the audit, the token
+    app.add_middleware(AuthMiddleware, authenticator=app.state.authenticator)
     app.add_middleware(AuditMiddleware, service=service)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)

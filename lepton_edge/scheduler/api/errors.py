@@ -71,6 +71,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def store_error_answer(method: str, path: str, exc: StoreError) -> tuple[int, str]:
+    """Status and detail for a store error: 404, 409, or 503 while the store cannot answer."""
+    if isinstance(exc, StoreNotFound):
+        return 404, str(exc)
+    if isinstance(exc, StoreConflict):
+        return 409, str(exc)
+    if not isinstance(exc, StoreUnavailable):
+        log.warning("%s %s: fleet store error: %s", method, path, exc)
+    return 503, f"the fleet store cannot answer: {exc}; retry once the database is reachable"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error as an :class:`ErrorOut` body."""
 
@@ -87,13 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _on_store_error(request: Request, exc: StoreError) -> JSONResponse:
-        if isinstance(exc, StoreNotFound):
-            return _error(404, str(exc))
-        if isinstance(exc, StoreConflict):
-            return _error(409, str(exc))
-        if not isinstance(exc, StoreUnavailable):
-            log.warning("%s %s: fleet store error: %s", request.method, request.url.path, exc)
-        return _error(503, f"the fleet store cannot answer: {exc}; retry once the database is reachable")
+        return _error(*store_error_answer(request.method, request.url.path, exc))
 
     @app.exception_handler(Exception)
     async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
