@@ -38,11 +38,11 @@ from lepton_edge.scheduler.store import Store, StoreConflict, StoreError, StoreN
 
 log = logging.getLogger("lepton_edge.scheduler.rollouts")
 
-RolloutState = Literal["pending", "running", "aborting", "succeeded", "aborted", "rolled_back"]
+RolloutState = Literal["pending", "running", "completing", "aborting", "succeeded", "aborted", "rolled_back"]
 ROLLOUT_STATES: tuple[str, ...] = get_args(RolloutState)
-ACTIVE_STATES = ("pending", "running", "aborting")
+ACTIVE_STATES = ("pending", "running", "completing", "aborting")
 """States the leader still has work for."""
-LIVE_STATES = ("running",)
+LIVE_STATES = ("running", "completing")
 """States whose change the planner applies to the devices of the started waves."""
 BASELINE_WINDOW_S = 60.0
 """A device's fps before its wave is the mean of its telemetry over this many seconds before the wave."""
@@ -485,6 +485,8 @@ class RolloutRunner:
             self._start(rollout, now)
         elif rollout.state == "aborting":
             self._roll_back(rollout, now)
+        elif rollout.state == "completing":
+            self._complete(rollout, now)
         else:
             self._advance(rollout, now)
 
@@ -607,13 +609,16 @@ class RolloutRunner:
     def _next_wave(self, rollout: Rollout, now: float) -> None:
         index = rollout.current_wave
         if index + 1 >= len(rollout.waves):
-            self._succeed(rollout, now)
+            completing = rollout.model_copy(update={"state": "completing"})
+            if save(self._store, completing, now):  # from here on an abort is too late
+                self._complete(get_rollout(self._store, rollout.rollout_id), now)
             return
         if now - (rollout.waves[index].started_at or 0.0) >= rollout.spec.interval_s:
             self._start_wave(rollout, index + 1, now)
 
-    def _succeed(self, rollout: Rollout, now: float) -> None:
-        """Write the change into the workloads of the rollout's devices, then end the rollout."""
+    def _complete(self, rollout: Rollout, now: float) -> None:
+        """Write the change into the workloads of the rollout's devices (again after a failure: it merges
+        the same way twice), then end the rollout."""
         store, spec = self._store, rollout.spec
         devices = set(rollout.started_devices())
         change = Change(dict(spec.config_patch), spec.artifact)

@@ -5,6 +5,7 @@ waves done are rolled back; an operator's abort does the same; bad requests get 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,11 +13,14 @@ import pytest
 from pydantic import ValidationError
 
 from lepton_edge.scheduler.api import serve
+from lepton_edge.scheduler.desired import device_config_for
 from lepton_edge.scheduler.rollouts import (
     DeviceHealth,
     HealthCriteria,
     Rollout,
     RolloutSpec,
+    Wave,
+    changes_by_device,
     create_rollout,
     get_rollout,
     plan_waves,
@@ -28,7 +32,7 @@ from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import FleetSimulator
 from lepton_edge.scheduler.store import StoreConflict
 from lepton_edge.scheduler.stores import open_store
-from tests.support.api_client import ApiClient
+from tests.support.api_client import ApiClient, make_token
 from tests.support.scheduler import fast_config, wait_until, workload
 
 PATCH = {"postprocess": {"type": "detect", "conf_threshold": 0.4}}
@@ -126,6 +130,27 @@ def test_spec_needs_a_change_and_one_canary_size() -> None:
         RolloutSpec(rollout_id="r", group="g", artifact={"url": "https://a/m.onnx", "size": 1, "sha256": "x"})
     with pytest.raises(ValidationError, match="less than or equal"):
         RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, bake_s=1e12)
+
+
+# ------------------------------------------------------------------------- what reaches a device
+
+
+def test_a_running_rollout_changes_the_workloads_of_its_started_waves_only() -> None:
+    signature = base64.b64encode(bytes(64)).decode()
+    old = {"url": "https://a/old.onnx", "size": 1, "sha256": "1" * 64, "signature": signature}
+    new = {"url": "https://a/new.onnx", "size": 2, "sha256": "2" * 64}
+    spec = RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, artifact=new)
+    waves = [Wave(devices=["a"]), Wave(devices=["b", "c"])]
+    rollout = Rollout(spec=spec, state="running", created_at=0, updated_at=0, current_wave=0, waves=waves)
+    changes = changes_by_device([rollout])
+    assert list(changes) == ["a"]
+    base = workload("w", config={"postprocess": {"type": "detect", "iou_threshold": 0.5}}, artifact=old)
+    changed = device_config_for(changes["a"].apply(base))
+    assert changed["postprocess"] == {"type": "detect", "iou_threshold": 0.5, "conf_threshold": 0.4}
+    assert changed["model"]["artifact"] == new  # replaced whole: no signature of the old one left over
+    assert list(changes_by_device([rollout.model_copy(update={"current_wave": 1})])) == ["a", "b", "c"]
+    for state in ("aborting", "rolled_back", "succeeded", "pending"):
+        assert changes_by_device([rollout.model_copy(update={"state": state})]) == {}
 
 
 # ---------------------------------------------------------------------------------------- the store
@@ -276,8 +301,11 @@ def test_operator_abort_rolls_back_the_waves_done(fleet: Fleet) -> None:
     wait_until(lambda: [w.verdict for w in get_rollout(fleet.store, "r1").waves][:1] == ["healthy"], what="canary ok")
     canaries = get_rollout(fleet.store, "r1").waves[0].devices
     assert all(fleet.patched(d) for d in canaries)
-    viewer = ApiClient(fleet.api.base, None)
-    assert viewer.call("POST", "/api/rollouts/r1/abort")[0] == 401
+    assert ApiClient(fleet.api.base, None).call("POST", "/api/rollouts/r1/abort")[0] == 401
+    viewer = ApiClient(fleet.api.base, make_token(fleet.store, "viewer"))
+    assert viewer.call("POST", "/api/rollouts/r1/abort")[0] == 403
+    assert viewer.call("POST", "/api/rollouts", {"rollout_id": "r2", "group": "g", "config_patch": PATCH})[0] == 403
+    assert viewer.get("/api/rollouts/r1")[1]["state"] == "running"
     status, body = fleet.api.call("POST", "/api/rollouts/r1/abort", {"reason": "maintenance window over"})
     assert status == 200 and body["state"] in ("aborting", "rolled_back"), body
     rollout = fleet.wait_state("rolled_back")
