@@ -77,6 +77,29 @@ class IngestConfig(Strict):
         description="Rejected messages are recorded as an event at most once per this many seconds per "
         "reason (the event carries the count since the last one); every rejection is counted in stats.",
     )
+    flood_threshold: int = Field(
+        200,
+        ge=10,
+        le=1_000_000,
+        description="Messages of one device rejected as a flood within one second that make this replica "
+        "isolate the device: it stops receiving that device's topics at the broker for flood_quarantine_s, so "
+        "the broker's queue towards the scheduler keeps room for the other devices (docs/reliability.md).",
+    )
+    flood_quarantine_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a flooding device stays isolated before this replica listens to it again (it is "
+        "isolated again if it still floods). Keep it below heartbeat_timeout_s, or an isolated device goes "
+        "offline.",
+    )
+    flood_isolation_max_devices: int = Field(
+        5000,
+        ge=0,
+        le=100_000,
+        description="Isolating a flooder subscribes to each other known device's topics one by one; above this "
+        "many devices a flood is only rejected (0: never isolate).",
+    )
 
 
 class PlacementConfig(Strict):

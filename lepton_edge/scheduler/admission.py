@@ -1,24 +1,33 @@
 """Admission of MQTT messages: topic check, per-device flood limit, decoding, spoof check; rejections counted
-and recorded as events (rate-limited per reason)."""
+and recorded as events (rate-limited per reason).
+
+A flood is rejected before anything is decoded (a topic split, a dictionary lookup and the token bucket);
+a rejected message still proves its device alive when a sample of it is valid (:mod:`.liveness`), and
+each rejection is counted towards isolating the device (:mod:`.flood`).
+"""
 
 from __future__ import annotations
 
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lepton_edge.config.scheduler import IngestConfig
 from lepton_edge.fleet.mqtt import IncomingMessage
 from lepton_edge.fleet.protocol import ProtocolError, TopicKind, decode, parse_topic
 from lepton_edge.scheduler.control import ControlQueue
+from lepton_edge.scheduler.liveness import LivenessMarks
 from lepton_edge.scheduler.store import Store
-from lepton_edge.scheduler.views import DeviceViews
+from lepton_edge.scheduler.views import DeviceView, DeviceViews
 
 log = logging.getLogger("lepton_edge.scheduler.admission")
 
 REJECT_REASONS = ("invalid_topic", "malformed", "spoofed", "flood", "unknown_session", "backlog_full")
 """Why a message is rejected; each is counted and recorded as an event (rate-limited per reason)."""
+LIVENESS_SAMPLE_S = 1.0
+"""A device's messages rejected by its rate limit are decoded at most this often, to prove it alive."""
 
 
 class Admission:
@@ -38,6 +47,9 @@ class Admission:
         self._control = control
         self._counts = counts
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.liveness = LivenessMarks(store, control)
+        self.flooded: Callable[[str, float], None] = lambda device_id, now: None
+        """Called with each message rejected as a flood (the ingestion's flood isolation counts them)."""
         self._event_at: dict[str, float] = {}
         self._since_event: collections.Counter[str] = collections.Counter()
 
@@ -58,8 +70,12 @@ class Admission:
             self._counts["empty_payloads"] += 1  # a retained message being cleared: nothing to do
             return None
         now = time.time()
-        if not self._views.known_or_unknown(device_id, now).bucket.take(now):
+        view = self._views.known_or_unknown(device_id, now)
+        if not view.bucket.take(now):
             self.reject("flood", topic, "device exceeds its message rate (ingest.device_rate_hz)", device_id)
+            self.flooded(device_id, now)
+            if view.online and now - view.sampled_at >= LIVENESS_SAMPLE_S:
+                self._liveness_from_rejected(kind, message, view, now)
             return None
         try:
             decoded = decode(kind, message.payload, topic)
@@ -71,6 +87,19 @@ class Admission:
             self.reject("spoofed", topic, f"payload claims device {claimed!r} on the topic of {device_id!r}", device_id)
             return None
         return device_id, decoded
+
+    def _liveness_from_rejected(self, kind: TopicKind, message: IncomingMessage, view: DeviceView, now: float) -> None:
+        """A sample of a rejected message proves its device alive if it is valid and of the current session."""
+        view.sampled_at = now
+        if kind is TopicKind.DEATH:
+            return
+        try:
+            decoded = decode(kind, message.payload, message.topic)
+        except ProtocolError:
+            return
+        session = getattr(decoded, "session_id", None)
+        if getattr(decoded, "device_id", view.device_id) == view.device_id and session == view.session:
+            self.liveness.seen(view, now, stored=False)
 
     def reject(self, reason: str, topic: str, detail: str, device_id: str | None = None) -> None:
         """Count a rejected message; log it and record an event at most once per ``event_interval_s``."""

@@ -1,7 +1,9 @@
 """Ingestion on the MQTT network thread: births, deaths, telemetry and device events.
 
 Each message is admitted (:mod:`.admission`), tracked in memory (sequences, liveness) and its store work
-handed to the control queue or the telemetry writer; this thread never waits for the store.
+handed to the control queue or the telemetry writer; this thread never waits for the store. Liveness is
+credited before any telemetry is queued (:class:`~.liveness.LivenessMarks`), and a flooding device is
+isolated at the broker (:mod:`.flood`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from lepton_edge.fleet.protocol import (
     Telemetry,
     TopicKind,
     is_stale_death,
-    subscription,
     telemetry_topic,
 )
 from lepton_edge.scheduler.admission import Admission
 from lepton_edge.scheduler.control import ControlQueue
+from lepton_edge.scheduler.flood import FloodIsolation
 from lepton_edge.scheduler.health import HealthWatch
 from lepton_edge.scheduler.planner import Planner
 from lepton_edge.scheduler.rebirth import REBIRTH_INTERVAL_S, Rebirths
@@ -76,22 +78,28 @@ class Ingestion:
         self._unresolved: dict[str, tuple[int, int, float]] = {}
         """Devices whose telemetry came from an unknown session -> (session, seq, when)."""
         self._recent_event_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.isolation = FloodIsolation(config.ingest, config.replicas, views, counts)
+        admission.flooded = self.isolation.rejected
 
     def subscribe(self, mqtt: MqttClient) -> None:
         """Subscribe the handlers (shared subscriptions per ``config.replicas``)."""
         replicas = self._config.replicas
         presence_shared = replicas.shared_subscriptions and replicas.share_presence
-        for kind, handler, shared in (
-            (TopicKind.BIRTH, self.on_birth, presence_shared),
-            (TopicKind.DEATH, self.on_death, presence_shared),
-            (TopicKind.CONFIG_REPORTED, self._reports.on_reported, presence_shared),
-            (TopicKind.TELEMETRY, self.on_telemetry, replicas.shared_subscriptions),
-            (TopicKind.EVENT, self.on_event, replicas.shared_subscriptions),
-        ):
-            topic_filter = subscription(kind)
-            if shared:
-                topic_filter = f"$share/{replicas.share_group}/{topic_filter}"
-            mqtt.subscribe(topic_filter, handler, qos=1)
+        self.isolation.subscribe(
+            mqtt,
+            [
+                (TopicKind.BIRTH, self.on_birth, presence_shared),
+                (TopicKind.DEATH, self.on_death, presence_shared),
+                (TopicKind.CONFIG_REPORTED, self._reports.on_reported, presence_shared),
+                (TopicKind.TELEMETRY, self.on_telemetry, replicas.shared_subscriptions),
+                (TopicKind.EVENT, self.on_event, replicas.shared_subscriptions),
+            ],
+        )
+
+    def housekeeping(self) -> None:
+        """Housekeeping thread, every 0.1 s: unknown sessions, flood quarantines that are over."""
+        self.resolve_unknown_sessions()
+        self.isolation.tick(time.time())
 
     # ------------------------------------------------------------------------------------ presence
 
@@ -188,12 +196,14 @@ class Ingestion:
         if observation.needs_rebirth and self.rebirth_on_gap:
             gap = f"telemetry gap: {observation.missing} message(s) missing before seq {seq}"
             self._rebirths.device(view, gap, now)
-        view.last_seen = now
+        backlog_full = self._writer.full()
+        self._admission.liveness.seen(view, now, stored=not backlog_full)  # before the telemetry is queued
         # the store writes the payload's own text: no second encoding
         data = EncodedJson(telemetry.model_dump(), message.payload.decode())
-        if self._writer.full():
-            self._admission.reject("backlog_full", telemetry_topic(device_id), "the telemetry writer is behind",
-                                   device_id)
+        if backlog_full:
+            self._admission.reject(
+                "backlog_full", telemetry_topic(device_id), "the telemetry writer is behind", device_id
+            )
         else:
             self._writer.put((device_id, session, seq, data, now))
         self._health.observe(view, telemetry, data)
@@ -243,6 +253,9 @@ class Ingestion:
             return
         device_id, event = admitted
         assert isinstance(event, Event)
+        view = self._views.get(device_id)
+        if view is not None and view.online and event.session_id == view.session:
+            self._admission.liveness.seen(view, time.time(), stored=False)
         if not (self._config.replicas.shared_subscriptions or self._is_leader()):
             return  # every replica receives it: the leader records it
         key = f"{device_id}/{event.id}"

@@ -175,7 +175,7 @@ class SchedulerService:
         while not self._stopping.wait(0.1):
             now = time.monotonic()
             self._rate_window.append((time.time(), self.counts["messages"]))
-            self.ingestion.resolve_unknown_sessions()
+            self.ingestion.housekeeping()
             for i, (task, interval) in enumerate(tasks):
                 if now >= due[i]:
                     due[i] = now + interval

@@ -34,6 +34,10 @@ class DeviceView:
     """When a rebirth was last requested (rate limit)."""
     resolve_at: float = 0.0
     """When the store was last asked about an unknown session (rate limit)."""
+    sampled_at: float = 0.0
+    """When a message rejected by the rate limit was last decoded to see whether it proves liveness."""
+    stored_seen_at: float = 0.0
+    """When liveness was last written to the store without telemetry (``Store.device_seen``)."""
     last_report: tuple[int, str] | None = None
     capacity: dict[str, float] = field(default_factory=dict)
     """Leader: fps per model learned from this device's telemetry (the store's rule), for models of
