@@ -9,7 +9,8 @@ No web framework here: ``scheduler/api/auth.py`` turns these into FastAPI depend
 - A token reads ``lep_<id>_<secret>``: the 12-hex-digit id is shown in lists and the audit log, the secret
   (256 random bits from :mod:`secrets`) is printed once at creation and stored only as its SHA-256.
 - Every request spends from its token's bucket (:class:`RateLimiter`); refused and anonymous attempts
-  spend from their remote address's bucket, so failures cannot be used to flood the audit log.
+  spend from their remote address's much smaller bucket (:data:`FAILED_ATTEMPTS`), so failures can
+  neither guess at speed nor flood the audit log.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ TOKEN_ID_HEX = 12
 SECRET_BYTES = 32
 INSECURE_LOCAL = "insecure-local"
 """The actor of every request on an API started with ``--insecure-local`` (no token needed)."""
+FAILED_ATTEMPTS = (1.0, 20)
+"""Refused attempts (401) allowed per remote address: per second, burst; beyond, 429."""
 _TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}(?P<id>[0-9a-f]{{{TOKEN_ID_HEX}}})_(?P<secret>[A-Za-z0-9_-]{{20,128}})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -247,11 +250,12 @@ class Authenticator:
     def __init__(self, store: Store, limiter: RateLimiter, *, insecure_local: bool = False) -> None:
         self.store = store
         self.limiter = limiter
+        self.failures = RateLimiter(*FAILED_ATTEMPTS)
         self.insecure_local = insecure_local
 
     def authenticate(self, authorization: str | None, query: str, remote: str | None) -> Principal:
         if looks_like_token(query):
-            self._throttle(f"addr:{remote}")
+            self._throttle(f"addr:{remote}", self.failures)
             raise AuthRefused(
                 401,
                 "API tokens in the URL are refused (URLs end up in logs and browser history); "
@@ -259,7 +263,7 @@ class Authenticator:
             )
         principal = Principal(INSECURE_LOCAL, "admin") if self.insecure_local else self._check(authorization, remote)
         try:
-            self._throttle(principal.actor)
+            self._throttle(principal.actor, self.limiter)
         except AuthRefused as e:
             e.principal = principal
             raise
@@ -283,16 +287,18 @@ class Authenticator:
             elif token.revoked_at is not None:
                 reason = f"API token {token_id} was revoked"
         if reason is not None or token is None:
-            self._throttle(f"addr:{remote}")
+            self._throttle(f"addr:{remote}", self.failures)
             raise AuthRefused(401, reason or "unknown API token")
         return Principal(token.actor, token.role, token.token_id)
 
-    def _throttle(self, key: str) -> None:
-        wait = self.limiter.take(key)
+    @staticmethod
+    def _throttle(key: str, limiter: RateLimiter) -> None:
+        wait = limiter.take(key)
         if wait > 0:
+            what = "refused attempts" if key.startswith("addr:") else "requests"
             raise AuthRefused(
                 429,
-                f"rate limit of {self.limiter.rate_per_s:g} requests/s (burst {self.limiter.burst}) exceeded; "
+                f"rate limit of {limiter.rate_per_s:g} {what}/s (burst {limiter.burst}) exceeded; "
                 f"retry in {wait:.2f} s (api.rate_limit_per_s, api.rate_limit_burst)",
                 retry_after_s=wait,
             )

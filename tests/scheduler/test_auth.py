@@ -20,6 +20,7 @@ from lepton_edge.config.scheduler import parse_scheduler_config
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.scheduler.api import STATIC_DIR, ApiServer, TlsFiles, serve
 from lepton_edge.scheduler.auth import (
+    FAILED_ATTEMPTS,
     ROLES,
     Authenticator,
     AuthRefused,
@@ -127,6 +128,20 @@ def test_the_authenticator_refuses_with_reasons(any_store: Store) -> None:
     with pytest.raises(AuthRefused, match="needs 'operator'") as refused:
         auth.authorize(principal, "operator")
     assert refused.value.status == 403
+
+
+def test_refused_attempts_are_throttled_per_address(any_store: Store) -> None:
+    auth = Authenticator(any_store, RateLimiter(1000, 1000))
+    statuses = []
+    for _ in range(FAILED_ATTEMPTS[1] + 3):
+        with pytest.raises(AuthRefused) as refused:
+            auth.authenticate("Bearer lep_0123456789ab_" + "x" * 43, "", "10.9.9.9")
+        statuses.append(refused.value.status)
+    assert statuses == [401] * FAILED_ATTEMPTS[1] + [429] * 3
+    assert "refused attempts/s" in refused.value.reason
+    with pytest.raises(AuthRefused) as refused:  # another address is not affected
+        auth.authenticate(None, "", "10.9.9.8")
+    assert refused.value.status == 401
 
 
 def test_the_rate_limiter_allows_the_burst_then_the_rate() -> None:
