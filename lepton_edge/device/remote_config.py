@@ -316,6 +316,7 @@ class RemoteConfig:
         fetcher = self._fetcher
         if ref is None or fetcher is None or fetcher.artifacts.has(ref):
             return False
+        fetcher.artifacts.check(ref)  # a reference the device refuses is rejected now, nothing fetched
         with self._cond:
             self._waiting = desired
         if fetcher.start(desired.version, ref):

@@ -171,6 +171,16 @@ class ArtifactStore:
 
     # -- stage ----------------------------------------------------------------------------------------
 
+    def check(self, ref: ArtifactRef) -> None:
+        """Raise UpdateError when ``ref`` would be refused before any download: a size above ``max_bytes`` or
+        a broken trust rule (:class:`~lepton_edge.device.artifact_trust.ArtifactTrust`)."""
+        if ref.size > self.max_bytes:
+            raise UpdateError(
+                f"artifact {shown_url(ref.url)} is {ref.size} bytes, above the limit of {self.max_bytes} "
+                "(agent.artifact_max_bytes); raise the limit or ship a smaller artifact"
+            )
+        self.trust.check(ref, running=ref.sha256.lower() == self.current_sha256())
+
     def stage(self, ref: ArtifactRef, progress: Progress | None = None, cancel: threading.Event | None = None) -> Path:
         """Download ``ref``, verify it and unpack it into a staged slot; returns the model path in it.
 
@@ -183,13 +193,7 @@ class ArtifactStore:
         accepted for its target.
         """
         sha = ref.sha256.lower()
-        if ref.size > self.max_bytes:
-            raise UpdateError(
-                f"artifact {shown_url(ref.url)} is {ref.size} bytes, above the limit of {self.max_bytes} "
-                "(agent.artifact_max_bytes); raise the limit or ship a smaller artifact"
-            )
-        # also for artifacts already here: the same refusals whatever is on disk
-        self.trust.check(ref, running=sha == self.current_sha256())
+        self.check(ref)  # also for artifacts already here: the same refusals whatever is on disk
         with self._lock:
             staged = self._staged_or_slotted(sha)
         if staged is None:

@@ -181,8 +181,9 @@ def device(
         server.close()
 
 
-def assert_refused(device: UpdatedDevice, artifact: ArtifactRef, rule: str, rec: Any) -> str:
-    """Push ``artifact``; it must be rejected naming ``rule``, counted, fetch nothing, and change nothing."""
+def assert_refused(device: UpdatedDevice, artifact: ArtifactRef, rule: str, rec: Any, *, fetched: bool = False) -> str:
+    """Push ``artifact``; it must be rejected naming ``rule``, counted, and change nothing. Unless ``fetched``
+    (a download that fails), it is refused before any download: no waiting for one."""
     rejected_before = len(device.events("config.rejected"))
     requests_before = len(device.server.requests)
     report = device.push(artifact)
@@ -193,6 +194,8 @@ def assert_refused(device: UpdatedDevice, artifact: ArtifactRef, rule: str, rec:
     wait_until(lambda: len(device.events("config.rejected")) > rejected_before)
     device.assert_still_serving()
     assert not list(device.staging.glob("*.part"))
+    waited = [e for e in device.events("config.waiting_for_download") if e.details["version"] == report.version]
+    assert bool(waited) == fetched, waited
     rec.refused_because(reason)
     rec.figures["config.rejected events"] = len(device.events("config.rejected")) - rejected_before
     rec.figures["requests to the artifact server"] = len(device.server.requests) - requests_before
@@ -285,14 +288,14 @@ def test_bytes_beyond_the_signed_length_are_refused(device: UpdatedDevice, attac
     rec = attack("a server sending bytes beyond the signed length", AREA)
     ref = device.artifact("long.onnx", 12, version=5)
     device.server.extra["long.onnx"] = b"\0" * 1_000_000
-    assert_refused(device, ref, "more than the", rec)
+    assert_refused(device, ref, "more than the", rec, fetched=True)
 
 
 def test_a_server_that_closes_early_leaves_no_partial_file(device: UpdatedDevice, attack) -> None:
     rec = attack("a server announcing the signed size and closing early (every attempt)", AREA)
     ref = device.artifact("short.onnx", 14, version=5)
     device.server.close_early.add("short.onnx")
-    assert_refused(device, ref, "download failed after 3 attempt(s)", rec)
+    assert_refused(device, ref, "download failed after 3 attempt(s)", rec, fetched=True)
     assert device.server.requests.count("short.onnx") == 3
     rec.figures["bytes left in staging"] = sum(p.stat().st_size for p in device.staging.rglob("*") if p.is_file())
     assert rec.figures["bytes left in staging"] == 0
