@@ -312,3 +312,27 @@ def test_a_remote_config_cannot_widen_its_own_policy(device: SandboxedDevice, at
     policy = {"allowed_folders": ["/"], "http_hosts": ["127.0.0.1"]}
     config = device.workload(agent={"remote_policy": policy})
     assert_refused(device, config, "agent.remote_policy", "only by the device's local config file", rec)
+
+
+# -- not refused yet ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="jsonl and video sinks have no size limit (JsonlSinkConfig, VideoSinkConfig): a remote config that "
+    "writes into an allowed folder (the state folder by default) grows a file until the disk is full; needs a "
+    "byte bound on file sinks (config/pipeline.py and the sinks), not a remote-policy rule",
+)
+def test_a_remote_file_sink_cannot_grow_without_limit(device: SandboxedDevice, attack) -> None:
+    rec = attack("jsonl sink in the state folder with no size limit (fills the state disk)", AREA)
+    rec.refused, rec.reason = False, "NOT REFUSED (xfail): applied; file sinks have no size limit"
+    path = device.state_dir / "grow" / "results.jsonl"
+    report = device.push(device.workload(sinks=[{"type": "jsonl", "path": str(path), "flush_every": 1}]))
+    if report.outcome == "applied":
+        device.good_version = report.version  # the running config now (this test runs last in the module)
+        wait_until(lambda: path.exists() and path.stat().st_size > 0)
+        first, started = path.stat().st_size, time.monotonic()
+        time.sleep(2.0)
+        rate = (path.stat().st_size - first) / (time.monotonic() - started)
+        rec.figures.update(bytes_per_s=round(rate), gb_per_day=round(rate * 86400 / 1e9, 2))
+    assert report.outcome == "rejected", "a remote file sink with no size bound was applied"
