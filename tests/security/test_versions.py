@@ -149,7 +149,7 @@ class BrokerDevice:
                 return report
 
     def drain_rebirths(self) -> int:
-        """Fleet rebirths received so far (other messages are left alone only when none are queued)."""
+        """Fleet rebirths received so far, counting those among the messages still queued (it consumes them)."""
         while not self.client.messages.empty():
             topic, _ = self.client.messages.get_nowait()
             self.fleet_rebirths += topic == FLEET_REBIRTH_TOPIC
@@ -210,7 +210,10 @@ def test_forged_reported_versions_are_refused_while_the_fleet_keeps_working(
 
     for version in FORGED:  # only its own config/reported topic: the ACL allows it
         attacker.client.publish(config_reported_topic("cam-b"), report_payload("cam-b", version, "applied"))
-    grew = lambda: sum(service.rejected.values()) - sum(rejected.values())  # noqa: E731
+
+    def grew() -> int:
+        return sum(service.rejected.values()) - sum(rejected.values())
+
     wait_until(lambda: grew() >= len(FORGED), 15)
     time.sleep(0.3)
     assert grew() == len(FORGED), dict(service.rejected)
