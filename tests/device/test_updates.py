@@ -677,3 +677,24 @@ def test_a_superseded_download_is_cancelled_and_its_part_deleted(tmp_path, serve
     with pytest.raises(UpdateError, match=r"download cancelled after \d+ of \d+ bytes"):
         store_for(tmp_path, keys[1]).stage(ref, cancel=cancel)
     assert not list((tmp_path / "state" / "staging").iterdir())
+
+
+def test_the_agent_store_trusts_the_single_key_and_the_list_and_targets_the_device_id(tmp_path, server, keys):
+    from lepton_edge.config.device import AgentConfig
+
+    new_private, new_public = tmp_path / "keys" / "new.key", tmp_path / "keys" / "new.pub"
+    generate_keypair(new_private, new_public)
+    agent = AgentConfig.model_validate(
+        {
+            "mqtt": {"host": "127.0.0.1", "client_id": "cam-7"},
+            "state_dir": str(tmp_path / "agent"),
+            "artifact_public_key": str(keys[1]),
+            "artifact_public_keys": [str(new_public)],
+        }
+    )
+    store = ArtifactStore.for_agent(agent, "cam-7")
+    model = publish_model(server, "m.onnx")
+    store.stage(make_ref(model, server.url("m.onnx"), keys[0], target="cam-7"))
+    store.stage(make_ref(model, server.url("m.onnx"), new_private, target="cam-7", version=2))
+    with pytest.raises(UpdateError, match=r"not this device's \(its targets: cam-7;"):
+        store.stage(make_ref(model, server.url("m.onnx"), keys[0], version=3))
