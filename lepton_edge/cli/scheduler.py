@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace, store_url: str) -> int:
     with open_store(store_url) as store:
-        tokens = TokenManager(store, f"cli:{getpass.getuser()}", role=None)
+        tokens = TokenManager(store, f"cli:{getpass.getuser()}")
         if args.token_command == "create":
             try:
                 token, text = tokens.create(args.name, args.role)

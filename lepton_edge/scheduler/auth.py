@@ -182,17 +182,13 @@ class RateLimiter:
 
 
 class TokenManager:
-    """Creates, lists and revokes the API tokens of a store, auditing each change as ``actor``."""
+    """Creates, lists and revokes the API tokens of a store, auditing each change as ``actor`` (the CLI's
+    ``cli:<user>``; the API passes ``audited=False``, its audit middleware records the request)."""
 
-    def __init__(
-        self, store: Store, actor: str, role: str | None = "admin", remote: str | None = None, *, audited: bool = True
-    ) -> None:
+    def __init__(self, store: Store, actor: str, *, audited: bool = True) -> None:
         self.store = store
         self.actor = actor
-        self.role = role
-        self.remote = remote
         self.audited = audited
-        """False where the caller audits the change itself (the API's audit middleware does)."""
 
     def create(self, name: str, role: str, *, now: float | None = None) -> tuple[ApiToken, str]:
         """A new token and its full text ``lep_<id>_<secret>`` (shown once: only its hash is stored)."""
@@ -228,13 +224,7 @@ class TokenManager:
         if not self.audited:
             return
         self.store.add_audit(
-            actor=self.actor,
-            role=self.role,
-            action=action,
-            target=target,
-            status=status,
-            remote=self.remote,
-            detail=detail,
+            actor=self.actor, role=None, action=action, target=target, status=status, remote=None, detail=detail
         )
 
 
