@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from lepton_edge.config.fleet import TlsConfig
 from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.fleet.protocol import (
     CommandRequest,
@@ -24,18 +23,11 @@ from lepton_edge.fleet.protocol import (
     response_topic,
 )
 from tests.device.helpers import Recorder, agent_config, wait_until
-from tests.support.production_broker import TIMEOUT, ProductionBroker, conf_value, dev
+from tests.support.production_broker import TIMEOUT, ProductionBroker, agent_mqtt, client_tls, conf_value, dev
 
 pytestmark = pytest.mark.integration
 
 AREA = "broker ACL"
-
-
-def tls(pki: dict[str, Path], name: str) -> TlsConfig:
-    key = pki["certs"] / "clients" / name
-    return TlsConfig(
-        ca_file=pki["certs"] / "ca.crt", cert_file=key.with_suffix(".crt"), key_file=key.with_suffix(".key")
-    )
 
 
 @pytest.fixture
@@ -43,7 +35,7 @@ def real_cam_b(
     production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tmp_path: Path
 ) -> Iterator[DeviceAgent]:
     """A real agent for device cam-b, connected with its certificate."""
-    mqtt = {"tls": tls(pki, "cam-b").model_dump(mode="json")}
+    mqtt = agent_mqtt(pki, "cam-b")
     agent = DeviceAgent(agent_config(tmp_path, color_model, production_broker.port, "cam-b", agent={"mqtt": mqtt}))
     agent.start()
     try:
@@ -58,7 +50,9 @@ def test_a_forged_command_response_never_reaches_the_requester(
 ) -> None:
     other_device = attack("device publishes a forged command response on another device's response topic", AREA)
     other_requester = attack("device publishes a forged response on another requester's response topic", AREA)
-    requester = Recorder.connect(production_broker.port, "scheduler", "lepton/v1/clients/#", tls=tls(pki, "scheduler"))
+    requester = Recorder.connect(
+        production_broker.port, "scheduler", "lepton/v1/clients/#", tls=client_tls(pki, "scheduler")
+    )
     try:
         cam_a = clients("cam-a").connected()
         forged = encode(CommandResponse(name="ping", status="ok", result={"forged": True}))

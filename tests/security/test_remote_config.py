@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 
-from lepton_edge.config.fleet import TlsConfig
 from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.device.remote_policy import MAX_REMOTE_SINKS
 from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, config_desired_topic, encode
 from tests.device.helpers import Recorder, agent_config, wait_until
 from tests.support.http_server import LoopbackServer
-from tests.support.production_broker import ProductionBroker, dev
+from tests.support.production_broker import ProductionBroker, agent_mqtt, client_tls, dev
 
 pytestmark = pytest.mark.integration
 
@@ -95,17 +94,11 @@ class SandboxedDevice:
 def device(
     production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tmp_path_factory
 ) -> Iterator[SandboxedDevice]:
-    certs = pki["certs"]
-
-    def tls(name: str) -> TlsConfig:
-        client = certs / "clients" / name
-        return TlsConfig(
-            ca_file=certs / "ca.crt", cert_file=client.with_suffix(".crt"), key_file=client.with_suffix(".key")
-        )
-
-    scheduler = Recorder.connect(production_broker.port, "scheduler", dev(DEVICE, "#"), tls=tls("scheduler"))
+    scheduler = Recorder.connect(
+        production_broker.port, "scheduler", dev(DEVICE, "#"), tls=client_tls(pki, "scheduler")
+    )
     tmp = tmp_path_factory.mktemp("sandboxed")
-    mqtt = {"tls": tls(DEVICE).model_dump(mode="json")}
+    mqtt = agent_mqtt(pki, DEVICE)
     agent = DeviceAgent(agent_config(tmp, color_model, production_broker.port, DEVICE, agent={"mqtt": mqtt}))
     agent.start()
     try:

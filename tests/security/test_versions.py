@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lepton_edge.config.fleet import TlsConfig
 from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.device.controller import ApplyResult
 from lepton_edge.device.remote_config import RemoteConfig
@@ -47,7 +46,7 @@ from lepton_edge.scheduler.simulator import DeviceSpec, SimDevice
 from lepton_edge.scheduler.store import Store
 from lepton_edge.scheduler.stores import open_store
 from tests.device.helpers import LIVE_SOURCE, Recorder, agent_config, wait_until
-from tests.support.production_broker import SCHEDULER_PASSWORD, Client, ProductionBroker, dev
+from tests.support.production_broker import SCHEDULER_PASSWORD, Client, ProductionBroker, agent_mqtt, client_tls, dev
 from tests.support.scheduler import fast_config, workload
 
 AREA = "versions"
@@ -325,14 +324,10 @@ def test_the_protocol_refuses_out_of_range_versions_at_parse_time(version: Any) 
 def test_a_huge_or_far_desired_version_is_refused_by_a_real_device_which_takes_the_next_one(
     production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tmp_path: Path, attack
 ) -> None:
-    certs = pki["certs"]
-
-    def tls(name: str) -> TlsConfig:
-        key = certs / "clients" / name
-        return TlsConfig(ca_file=certs / "ca.crt", cert_file=key.with_suffix(".crt"), key_file=key.with_suffix(".key"))
-
-    scheduler = Recorder.connect(production_broker.port, "scheduler", dev("cam-a", "#"), tls=tls("scheduler"))
-    mqtt = {"tls": tls("cam-a").model_dump(mode="json")}
+    scheduler = Recorder.connect(
+        production_broker.port, "scheduler", dev("cam-a", "#"), tls=client_tls(pki, "scheduler")
+    )
+    mqtt = agent_mqtt(pki, "cam-a")
     agent = DeviceAgent(agent_config(tmp_path, color_model, production_broker.port, "cam-a", agent={"mqtt": mqtt}))
     agent.start()
 

@@ -24,6 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from lepton_edge.config.fleet import TlsConfig
 from tests.support.mosquitto import MosquittoBroker, free_port, require_mosquitto
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -96,6 +97,19 @@ def make_pki(root: Path) -> dict[str, Path]:
     run_script(make_passwd, passwd, "scheduler", env={"LEPTON_MQTT_PASSWORD": SCHEDULER_PASSWORD})
     run_script(make_passwd, passwd, "cam-pw", env={"LEPTON_MQTT_PASSWORD": DEVICE_PASSWORD})
     return {"certs": certs, "other": other, "passwd": passwd}
+
+
+def client_tls(pki: dict[str, Path], name: str) -> TlsConfig:
+    """The TLS section of an MqttConfig for identity ``name`` (a device id or ``scheduler``) of :func:`make_pki`."""
+    key = pki["certs"] / "clients" / name
+    return TlsConfig(
+        ca_file=pki["certs"] / "ca.crt", cert_file=key.with_suffix(".crt"), key_file=key.with_suffix(".key")
+    )
+
+
+def agent_mqtt(pki: dict[str, Path], device_id: str) -> dict[str, object]:
+    """The ``agent.mqtt`` overrides that connect a device agent with ``device_id``'s certificate."""
+    return {"tls": client_tls(pki, device_id).model_dump(mode="json")}
 
 
 def dev(device_id: str, suffix: str) -> str:
