@@ -24,10 +24,6 @@ from lepton_edge.scheduler.store import StoreError
 WWW_AUTHENTICATE = 'Bearer realm="lepton-edge scheduler"'
 
 
-def remote_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 def _note(state: dict[str, Any], refused: AuthRefused) -> None:
     state["audit_refusal"] = refused.reason
     if refused.principal is not None:
@@ -91,15 +87,10 @@ async def _send_error(send: Send, status: int, detail: str, headers: dict[str, s
 def authenticate(request: Request) -> Principal:
     """The caller of this request, as :class:`AuthMiddleware` found it."""
     principal = getattr(request.state, "principal", None)
-    if principal is None:  # a route outside /api that asks for a role: authenticate here
-        authenticator: Authenticator = request.app.state.authenticator
-        try:
-            principal = authenticator.authenticate(
-                request.headers.get("authorization"), request.url.query, remote_address(request)
-            )
-        except AuthRefused as e:
-            raise _refuse(request, e) from None
-        request.state.principal = principal
+    if principal is None:  # a role asked for outside /api, where the middleware does not run: fail closed
+        raise HTTPException(
+            401, "this route needs a role but is not under /api", {"WWW-Authenticate": WWW_AUTHENTICATE}
+        )
     return principal
 
 
