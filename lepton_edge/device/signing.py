@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 from lepton_edge.core.fileio import file_digest
 from lepton_edge.device.artifact_common import ArtifactRefused, shown_url
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -203,17 +206,27 @@ def sign_file(
 
 
 class TrustedKeys:
-    """The release public keys a device trusts, by key id; verifies signed references."""
+    """The release public keys a device trusts, by key id; verifies signed references.
+
+    A key file that cannot be loaded is logged and named in every refusal, never fatal: the device keeps
+    running, and only updates are refused until the file is fixed.
+    """
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths = list(paths)
         self.keys: dict[str, Ed25519PublicKey] = {}
+        self.problems: list[str] = []
         for path in self.paths:
-            key = load_public_key(path)
+            try:
+                key = load_public_key(path)
+            except UpdateError as e:
+                log.error("artifact public key not loaded: %s", e)
+                self.problems.append(str(e))
+                continue
             self.keys[key_id(key)] = key
 
     def __bool__(self) -> bool:
-        return bool(self.keys)
+        return bool(self.paths)
 
     def verify(self, ref: ArtifactRef) -> None:
         """Raise ArtifactRefused unless ``ref`` carries signed metadata from a trusted key."""
@@ -233,10 +246,12 @@ class TrustedKeys:
         key = self.keys.get(str(ref.key_id))
         if key is None:
             known = ", ".join(sorted(self.keys)) or "none"
+            unusable = f"; keys that could not be loaded: {'; '.join(self.problems)}" if self.problems else ""
             raise ArtifactRefused(
                 "unknown key",
                 f"artifact {url}: signed by key {ref.key_id}, which this device does not trust (trusted: "
-                f"{known}); add its public key to agent.artifact_public_keys or re-sign with a trusted key",
+                f"{known}{unusable}); add its public key to agent.artifact_public_keys or re-sign with a "
+                "trusted key",
             )
         try:
             raw = base64.b64decode(str(ref.signature), validate=True)

@@ -698,3 +698,11 @@ def test_the_agent_store_trusts_the_single_key_and_the_list_and_targets_the_devi
     store.stage(make_ref(model, server.url("m.onnx"), new_private, target="cam-7", version=2))
     with pytest.raises(UpdateError, match=r"not this device's \(its targets: cam-7;"):
         store.stage(make_ref(model, server.url("m.onnx"), keys[0], version=3))
+
+
+def test_a_key_file_that_cannot_be_loaded_refuses_updates_but_not_the_store(tmp_path, server, keys):
+    store = store_for(tmp_path, [tmp_path / "keys" / "missing.pub"])  # the device still starts
+    ref = make_ref(publish_model(server, "m.onnx"), server.url("m.onnx"), keys[0])
+    with pytest.raises(UpdateError, match=r"keys that could not be loaded: .*missing.pub: public key not found"):
+        store.stage(ref)
+    assert server.requests == []
