@@ -264,7 +264,10 @@ class RemoteConfig:
                     self._cond.notify_all()
 
     def process(self, desired: DesiredConfig) -> ApplyResult | None:
-        """Validate and apply one desired document, persist the outcome and report it."""
+        """Validate and apply one desired document, persist the outcome and report it.
+
+        Returns None when the document is old, or waits for its artifact download (it comes back here when
+        the download ends, see :meth:`_download_done`)."""
         assert self.controller is not None, "start() binds the controller"
         if desired.version <= self.state.handled_version:
             return None
