@@ -1,6 +1,6 @@
 """Issue #12, item 1: attacks on the scheduler's HTTP API, replayed against a real scheduler.
 
-One scheduler replica (SQLite store, real mosquitto) with its API on loopback and one simulated device
+One scheduler replica (SQLite store, then PostgreSQL; real mosquitto) with its API on loopback and one simulated device
 speaking the protocol; an operator's workload runs on the device throughout. Each attack must be refused with
 a clear status and reason, be audited where it tried a change, and leave the fleet working: the operator can
 still change workloads and the device stays online with its workload applied.
@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,13 +22,14 @@ from lepton_edge.scheduler.api import ApiServer, serve
 from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import FleetSimulator
 from tests.support.api_client import ApiClient, make_token
+from tests.support.postgres import schema_url
 from tests.support.scheduler import fast_config, wait_until
 
 pytestmark = pytest.mark.integration
 
 AREA = "control plane"
 FLOOD_REQUESTS = 300
-FLOOD_WINDOW_S = 0.4
+"""The issue's flood: 300 creates sent as fast as 16 connections go (the issue saw them in 0.4 s)."""
 
 
 def workload(workload_id: str, **fields: Any) -> dict[str, Any]:
@@ -45,8 +45,8 @@ def workload(workload_id: str, **fields: Any) -> dict[str, Any]:
 class ControlPlane:
     """The running scheduler, its API, the device, and one client per role."""
 
-    def __init__(self, service: SchedulerService, server: ApiServer, device_id: str) -> None:
-        self.service, self.server, self.device_id = service, server, device_id
+    def __init__(self, service: SchedulerService, server: ApiServer, device_id: str, backend: str) -> None:
+        self.service, self.server, self.device_id, self.backend = service, server, device_id, backend
         self.store = service.store
         self.anonymous = ApiClient(server.url)
         self.viewer = ApiClient(server.url, make_token(self.store, "viewer"))
@@ -68,10 +68,26 @@ class ControlPlane:
         return [e for e in self.store.list_audit(since=since, limit=10_000) if e.status == status]
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('control-plane')}/fleet.db"
+        return
+    import psycopg
+
+    base = request.getfixturevalue("postgres_url")
+    schema = f"cp_{time.monotonic_ns()}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield schema_url(base, schema)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture(scope="module")
-def plane(mqtt_broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    folder: Path = tmp_path_factory.mktemp("control-plane")
-    service = SchedulerService(fast_config(mqtt_broker.port, f"sqlite:///{folder}/fleet.db")).start()
+def plane(mqtt_broker: Any, store_url: str) -> Iterator[ControlPlane]:
+    backend = store_url.split(":", 1)[0].replace("postgresql", "postgres")
+    service = SchedulerService(fast_config(mqtt_broker.port, store_url)).start()
     sim = FleetSimulator(
         "127.0.0.1", mqtt_broker.port, 1, rate_hz=5.0, prefix=f"cp{time.monotonic_ns()}", mode="device"
     )
@@ -81,7 +97,7 @@ def plane(mqtt_broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         (device_id,) = sim.devices
         wait_until(lambda: (d := service.store.get_device(device_id)) and d.online, what="the device online")
         with serve(service, "127.0.0.1", 0) as server:
-            plane = ControlPlane(service, server, device_id)
+            plane = ControlPlane(service, server, device_id, backend)
             status, answer = plane.operator.call("POST", "/api/workloads", workload("legit"))
             assert status == 201, answer
             wait_until(
@@ -97,7 +113,7 @@ def plane(mqtt_broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def test_anonymous_workload_create(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("anonymous POST /api/workloads", AREA)
+    rec = attack(f"anonymous POST /api/workloads [{plane.backend}]", AREA)
     since = time.time()
     status, answer = plane.anonymous.call("POST", "/api/workloads", workload("evil"))
     assert status == 401 and plane.anonymous.last_headers["www-authenticate"].startswith("Bearer")
@@ -109,7 +125,7 @@ def test_anonymous_workload_create(plane: ControlPlane, attack: Any) -> None:
 
 
 def test_viewer_creates_a_workload(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("viewer token creates a workload", AREA)
+    rec = attack(f"viewer token creates a workload [{plane.backend}]", AREA)
     status, answer = plane.viewer.call("POST", "/api/workloads", workload("evil"))
     assert status == 403 and "evil" not in plane.workload_ids()
     rec.refused_because(f"403: {answer['detail']}")
@@ -117,7 +133,7 @@ def test_viewer_creates_a_workload(plane: ControlPlane, attack: Any) -> None:
 
 
 def test_operator_creates_a_token(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("operator token creates an admin token", AREA)
+    rec = attack(f"operator token creates an admin token [{plane.backend}]", AREA)
     before = {t.token_id for t in plane.store.list_api_tokens()}
     status, answer = plane.operator.call("POST", "/api/tokens", {"name": "backdoor", "role": "admin"})
     assert status == 403 and {t.token_id for t in plane.store.list_api_tokens()} == before
@@ -126,7 +142,7 @@ def test_operator_creates_a_token(plane: ControlPlane, attack: Any) -> None:
 
 
 def test_revoked_token(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("revoked operator token deletes a workload", AREA)
+    rec = attack(f"revoked operator token deletes a workload [{plane.backend}]", AREA)
     leaked = ApiClient(plane.server.url, make_token(plane.store, "operator", "leaked"))
     token_id = leaked.token.split("_")[1]  # type: ignore[union-attr]
     assert plane.admin.call("DELETE", f"/api/tokens/{token_id}")[0] == 204
@@ -137,7 +153,7 @@ def test_revoked_token(plane: ControlPlane, attack: Any) -> None:
 
 
 def test_token_in_the_query_string(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("API token in the URL query string", AREA)
+    rec = attack(f"API token in the URL query string [{plane.backend}]", AREA)
     token = plane.operator.token
     status, answer = ApiClient(plane.server.url).call("POST", f"/api/workloads?access_token={token}", workload("evil"))
     assert status == 401 and "evil" not in plane.workload_ids()
@@ -162,7 +178,7 @@ def _create(server: ApiServer, token: str, workload_id: str) -> int:
 
 
 def test_a_flood_of_creates_by_one_token(plane: ControlPlane, attack: Any) -> None:
-    rec = attack(f"{FLOOD_REQUESTS} workload creates in {FLOOD_WINDOW_S} s by one token", AREA)
+    rec = attack(f"{FLOOD_REQUESTS} concurrent workload creates by one token [{plane.backend}]", AREA)
     flooder = make_token(plane.store, "operator", "flooder")
     since = time.time()
     start = time.monotonic()
@@ -192,7 +208,7 @@ def test_a_flood_of_creates_by_one_token(plane: ControlPlane, attack: Any) -> No
 
 
 def test_a_30_mb_body(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("30 MB workload body", AREA)
+    rec = attack(f"30 MB workload body [{plane.backend}]", AREA)
     conn = http.client.HTTPConnection(plane.server.host, plane.server.port, timeout=30)
     try:
         conn.putrequest("POST", "/api/workloads")
@@ -211,7 +227,7 @@ def test_a_30_mb_body(plane: ControlPlane, attack: Any) -> None:
 
 
 def test_a_bad_host_header(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("request with Host: evil.example (DNS rebinding)", AREA)
+    rec = attack(f"request with Host: evil.example (DNS rebinding) [{plane.backend}]", AREA)
     conn = http.client.HTTPConnection(plane.server.host, plane.server.port, timeout=30)
     try:
         conn.request(
@@ -227,7 +243,7 @@ def test_a_bad_host_header(plane: ControlPlane, attack: Any) -> None:
 
 
 def test_a_workload_config_over_the_protocol_limit(plane: ControlPlane, attack: Any) -> None:
-    rec = attack("workload config over the protocol's payload limit", AREA)
+    rec = attack(f"workload config over the protocol's payload limit [{plane.backend}]", AREA)
     big = workload("huge", config={"sinks": [{"type": "console", "pad": "x" * MAX_PAYLOAD_BYTES}]})
     status, answer = plane.operator.call("POST", "/api/workloads", big)
     assert status == 422 and "huge" not in plane.workload_ids()
