@@ -452,6 +452,33 @@ def test_mtls_refuses_a_client_without_a_certificate(sqlite_store: Store, certs:
         assert ApiClient(server.url, context=_context(certs, "ops-laptop")).get("/api/workloads")[0] == 401
 
 
+@pytest.mark.integration
+def test_the_scheduler_config_reaches_the_server(sqlite_store: Store, certs: Path) -> None:
+    """serve_api maps api.tls_*, client_ca and the rate limit from the config onto the running server."""
+    from lepton_edge.scheduler.service import serve_api
+
+    service = StoreService(sqlite_store)
+    service.config = parse_scheduler_config(  # type: ignore[attr-defined]
+        {
+            "mqtt": {},
+            "api": {
+                "port": 0,
+                "tls_cert": str(certs / "api.crt"),
+                "tls_key": str(certs / "api.key"),
+                "client_ca": str(certs / "ca.crt"),
+                "rate_limit_per_s": 1,
+                "rate_limit_burst": 2,
+            },
+        }
+    )
+    with serve_api(service) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        client = ApiClient(server.url, make_token(sqlite_store, "viewer"), context=_context(certs, "ops-laptop"))
+        assert [client.get("/api/workloads")[0] for _ in range(3)] == [200, 200, 429]
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            ApiClient(server.url, client.token, context=_context(certs)).get("/api/workloads")
+
+
 def test_missing_certificate_files_are_a_config_error(sqlite_store: Store, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"api\.tls_cert: .*nope\.crt is not a readable file"):
         serve(StoreService(sqlite_store), "127.0.0.1", 0, tls=TlsFiles(tmp_path / "nope.crt", tmp_path / "k"))
