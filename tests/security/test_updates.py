@@ -327,8 +327,31 @@ def test_a_1_byte_per_second_server_does_not_block_remote_configuration(device: 
     assert prompt_s < 5.0
 
 
+def test_a_newer_artifact_supersedes_a_slow_download(device: UpdatedDevice, attack) -> None:
+    rec = attack("a 1 byte/s artifact server, then a newer desired config with another artifact", AREA)
+    slow = device.artifact("slower.onnx", 22, version=8)
+    device.server.trickle.add("slower.onnx")
+    waiting = device.publish(slow)
+    wait_until(lambda: device.agent.remote.waiting_version == waiting)
+    started = time.monotonic()
+    newer = device.artifact("v9.onnx", 26, version=9)
+    report = device.push(newer)
+    prompt_s = time.monotonic() - started
+    assert (report.outcome, report.errors) == ("applied", []), report.errors
+    device.good_version = report.version
+    assert device.agent.artifacts.current_sha256() == newer.sha256
+    assert not list(device.staging.glob("*.part"))
+    assert not [r for r in device.scheduler.of(TopicKind.CONFIG_REPORTED) if r.version == waiting]
+    device.assert_still_serving()
+    rec.refused_because(
+        f"v{waiting}'s download was cancelled (.part deleted) when v{report.version} arrived; v{report.version}'s "
+        f"artifact was downloaded and applied {prompt_s:.2f} s after it was published"
+    )
+    rec.figures["seconds to apply the newer artifact"] = round(prompt_s, 2)
+
+
 def test_a_good_update_waits_for_its_download_then_applies(device: UpdatedDevice, attack) -> None:
-    ref = device.artifact("v7.onnx", 28, version=7)
+    ref = device.artifact("v10.onnx", 28, version=10)
     report = device.push(ref)
     assert (report.outcome, report.errors) == ("applied", []), report.errors
     device.good_version = report.version
