@@ -6,6 +6,7 @@ waves done are rolled back; an operator's abort does the same; bad requests get 
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -339,3 +340,45 @@ def test_bad_rollout_requests_get_422_naming_the_field(fleet: Fleet) -> None:
     assert problems({"surprise": 1}) == ["surprise"]
     assert fleet.api.get("/api/rollouts")[1] == []
     assert fleet.api.get("/api/rollouts/nope")[0] == 404
+
+
+@pytest.mark.integration
+def test_a_rollout_advances_on_the_leader_only_and_survives_a_failover(
+    postgres_schema_url: str, fresh_broker, unique: str
+) -> None:
+    configs = [
+        fast_config(fresh_broker.port, postgres_schema_url, replica, replicas={"shared_subscriptions": True})
+        for replica in ("r1", "r2")
+    ]
+    leader = SchedulerService(configs[0]).start()
+    standby: SchedulerService | None = None
+    sim = FleetSimulator("127.0.0.1", fresh_broker.port, 3, rate_hz=5.0, prefix=unique, mode="device")
+    try:
+        wait_until(lambda: leader.is_leader, what="r1 leading")
+        standby = SchedulerService(configs[1]).start()
+        sim.start()
+        store = leader.store
+        wait_until(lambda: sum(d.online for d in store.list_devices()) == 3, what="3 devices online")
+        for i, device_id in enumerate(sorted(sim.devices)):
+            store.set_device_group(device_id, "g")
+            leader.add_workload(workload(f"w{i}", fps=5))
+        wait_until(lambda: sum(sim.device(d).running for d in sim.devices) == 3, what="a workload on each device")
+        spec = RolloutSpec(rollout_id="r1", group="g", config_patch=PATCH, interval_s=5, bake_s=0.5)
+        create_rollout(store, spec)
+        wait_until(lambda: [w.verdict for w in get_rollout(store, "r1").waves][:1] == ["healthy"], what="canary ok")
+        assert not standby.is_leader and standby.counts["rollout_waves"] == 0  # the standby never advanced it
+        leader.stop()
+        stopped = time.time()
+        wait_until(lambda: standby.is_leader, what="r2 leading")
+        done = wait_until(
+            lambda: (r := get_rollout(standby.store, "r1")).state == "succeeded" and r, timeout=40, what="succeeded"
+        )
+        assert [len(w.devices) for w in done.waves] == [1, 1, 1]
+        assert all((w.started_at or 0) > stopped for w in done.waves[1:])  # the new leader went on from wave 2
+        assert standby.counts["rollout_waves"] == 2
+        wait_until(lambda: all(has_patch(sim.device(d).config or {}) for d in sim.devices), what="all changed")
+    finally:
+        sim.stop()
+        leader.stop()
+        if standby is not None:
+            standby.stop()
