@@ -239,6 +239,7 @@ def test_dashboard_logs_in_with_a_token_and_out_again(tmp_path: Path, store: Sto
         chromium(), flags, tmp_path / "profile"
     ) as browser:
         browser.on_new_document(CSP_WATCH)
+        browser.send("Network.enable", session=True)
         browser.goto(server.url + "/")
         browser.wait(LOGIN_SHOWN, "the login form")
         assert browser.eval("document.getElementById('dashboard').hidden") is True
@@ -251,6 +252,12 @@ def test_dashboard_logs_in_with_a_token_and_out_again(tmp_path: Path, store: Sto
         assert browser.eval("document.getElementById('insecure-banner').hidden") is True
         assert browser.eval("sessionStorage.getItem('lepton-edge.api-token')") == viewer
         assert viewer not in browser.eval("location.href")
+        requests = [e["params"]["request"] for e in browser.events if e["method"] == "Network.requestWillBeSent"]
+        api_calls = [(r["url"].split("/api/")[1], r["headers"].get("Authorization")) for r in requests
+                     if "/api/" in r["url"]]
+        assert api_calls[0] == ("whoami", None)  # before logging in: nothing to send
+        assert len(api_calls) > 5 and all(auth == f"Bearer {viewer}" for _, auth in api_calls[1:]), api_calls
+        assert not any(viewer in r["url"] for r in requests)  # never in a URL
         assert browser.eval("document.getElementById('login-token').value") == ""
 
         browser.eval("document.getElementById('logout').click(); true")

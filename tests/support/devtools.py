@@ -39,6 +39,8 @@ class Browser:
         os.close(out_write)
         self._buffer = b""
         self._next_id = 0
+        self.events: list[dict[str, Any]] = []
+        """Every event the browser sent (``method`` and ``params``), e.g. after ``Network.enable``."""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         self._session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.send("Page.enable", session=True)
@@ -52,7 +54,9 @@ class Browser:
         deadline = time.monotonic() + self.timeout
         while True:
             answer = self._read(deadline)
-            if answer.get("id") == self._next_id:
+            if "method" in answer and "id" not in answer:
+                self.events.append(answer)
+            elif answer.get("id") == self._next_id:
                 if "error" in answer:
                     raise DevtoolsError(f"{method}: {answer['error']}")
                 return answer.get("result", {})
