@@ -416,7 +416,17 @@ def get_rollout(store: Store, rollout_id: str) -> Rollout:
 
 
 def list_rollouts(store: Store, states: Sequence[str] | None = None) -> list[Rollout]:
-    return [Rollout.from_document(d) for d in store.list_rollouts(states)]
+    """The stored rollouts (in ``states`` if given), oldest first. A record this version cannot read (written
+    by a newer one) is left out with an error log line, so it never stops placement or the other rollouts."""
+    rollouts = []
+    for document in store.list_rollouts(states):
+        try:
+            rollouts.append(Rollout.from_document(document))
+        except ValueError as e:
+            spec = document.get("spec")
+            name = spec.get("rollout_id") if isinstance(spec, dict) else None
+            log.error("rollout %r in the store cannot be read and is skipped: %s", name, str(e).splitlines()[0])
+    return rollouts
 
 
 def request_abort(store: Store, rollout_id: str, reason: str, now: float | None = None) -> Rollout:

@@ -24,6 +24,7 @@ from lepton_edge.scheduler.rollouts import (
     changes_by_device,
     create_rollout,
     get_rollout,
+    list_rollouts,
     plan_waves,
     request_abort,
     source_errors,
@@ -180,6 +181,10 @@ def test_store_keeps_rollouts_with_compare_and_set(store_url: str) -> None:
         create_rollout(store, RolloutSpec(rollout_id="r2", group="g", config_patch=PATCH), now=103.0)
         assert [d["spec"]["rollout_id"] for d in store.list_rollouts()] == ["r1", "r2"]
         assert [d["spec"]["rollout_id"] for d in store.list_rollouts(["pending"])] == ["r2"]
+        store.add_rollout(
+            "future", "running", {"spec": {"rollout_id": "future"}, "shape": "from a newer version"}, 104.0
+        )
+        assert [r.rollout_id for r in list_rollouts(store)] == ["r1", "r2"]  # skipped, placement unaffected
 
 
 # ------------------------------------------------------------------------------------------ end to end
