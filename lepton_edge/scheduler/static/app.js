@@ -74,10 +74,19 @@ function badge(text, kind, title) {
   return el("span", { class: `badge ${kind}`, title }, text);
 }
 
-async function api(path) {
+// A JSON call to the scheduler's API with the token as a header: api(path) reads, api(path, {method, body}) changes.
+async function api(path, { method = "GET", body: sent } = {}) {
   const headers = { Accept: "application/json" };
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
-  const response = await fetch(path, { headers, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer" });
+  if (sent !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: sent === undefined ? undefined : JSON.stringify(sent),
+    cache: "no-store",
+    credentials: "omit",
+    referrerPolicy: "no-referrer",
+  });
   let body = null;
   try {
     body = await response.json();
