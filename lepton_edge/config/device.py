@@ -18,7 +18,10 @@ from lepton_edge.config.base import Strict, and_list, format_validation_error, r
 from lepton_edge.config.fleet import MqttConfig, OutboxConfig
 from lepton_edge.config.pipeline import (
     ARTIFACT_TARGET_PATTERN,
+    DEFAULT_SINK_MAX_BYTES,
     MAX_ARTIFACT_VERSION,
+    MAX_SINK_MAX_BYTES,
+    MIN_SINK_MAX_BYTES,
     BackendConfig,
     ConsoleSinkConfig,
     ModelConfig,
@@ -261,6 +264,14 @@ class RemotePolicyConfig(Strict):
         "scheduler's heartbeat_timeout_s (30 s by default), or the device looks offline while alive.",
     )
 
+    max_sink_bytes: int = Field(
+        DEFAULT_SINK_MAX_BYTES,
+        ge=MIN_SINK_MAX_BYTES,
+        le=MAX_SINK_MAX_BYTES,
+        description="Largest sinks.*.max_bytes (the rotation size of a file sink) a remote config may set; a "
+        "remote file sink holds at most about twice this on disk (default: the sinks' default, 256 MiB).",
+    )
+
     @field_validator("http_hosts", "artifact_hosts")
     @classmethod
     def _lower_hosts(cls, hosts: list[str]) -> list[str]:
@@ -356,6 +367,14 @@ class AgentConfig(Strict):
         description="Bytes kept free on the state disk: a download that would go below fails and its "
         "partial file is deleted (checked before and while downloading).",
     )
+    scheduler_public_keys: list[Path] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Ed25519 public keys (PEM) of the scheduler's desired_signing_key; with any set, a desired "
+        "config is applied only if one of them signed it for this device (unsigned or badly signed documents "
+        "are refused and counted); several during a key rotation. Local only: a remote config cannot change "
+        "it. Empty: desired configs are not checked (the broker's ACL is the only identity).",
+    )
     remote_policy: RemotePolicyConfig = Field(
         default_factory=RemotePolicyConfig,
         description="Limits on remote (desired) configs: allowed folders, source schemes and hosts, the "
@@ -398,6 +417,7 @@ def resolve_agent_paths(agent: AgentConfig, fix: Any) -> AgentConfig:
     if agent.artifact_public_key is not None:
         updates["artifact_public_key"] = fix(agent.artifact_public_key)
     updates["artifact_public_keys"] = [fix(k) for k in agent.artifact_public_keys]
+    updates["scheduler_public_keys"] = [fix(k) for k in agent.scheduler_public_keys]
     tls = agent.mqtt.tls
     if tls is not None:
         files = {n: fix(getattr(tls, n)) for n in ("ca_file", "cert_file", "key_file") if getattr(tls, n)}

@@ -485,6 +485,11 @@ PostprocessConfig = Annotated[
 ]
 
 
+MIN_SINK_MAX_BYTES = 64 << 10
+MAX_SINK_MAX_BYTES = 1 << 40
+DEFAULT_SINK_MAX_BYTES = 256 << 20
+
+
 class JsonlSinkConfig(Strict):
     type: Literal["jsonl"] = Field(description="Append one JSON object per result to a file.")
     path: Path = Field(description="Output file; its folder is created.")
@@ -492,6 +497,13 @@ class JsonlSinkConfig(Strict):
         1024, ge=1, le=100_000, description="Results buffered before the sink drops (and counts) them (1..100000)."
     )
     flush_every: int = Field(32, ge=1, le=100_000, description="Flush the file every N results (1..100000).")
+    max_bytes: int = Field(
+        DEFAULT_SINK_MAX_BYTES,
+        ge=MIN_SINK_MAX_BYTES,
+        le=MAX_SINK_MAX_BYTES,
+        description="Size at which the file is rotated to `<stem>.1<suffix>` (replacing the previous one), so the sink "
+        "never holds more than twice this on disk (64 KiB..1 TiB; default 256 MiB).",
+    )
 
 
 class VideoSinkConfig(Strict):
@@ -503,6 +515,13 @@ class VideoSinkConfig(Strict):
     codec: str = Field("mp4v", min_length=4, max_length=4, description="FourCC of the video codec.")
     queue_size: int = Field(
         64, ge=1, le=1024, description="Frames buffered before the sink drops (and counts) them (1..1024)."
+    )
+    max_bytes: int = Field(
+        DEFAULT_SINK_MAX_BYTES,
+        ge=MIN_SINK_MAX_BYTES,
+        le=MAX_SINK_MAX_BYTES,
+        description="Size at which the video is closed and rotated to `<stem>.1<suffix>` (replacing the previous "
+        "one), so the sink never holds much more than twice this on disk (64 KiB..1 TiB; default 256 MiB).",
     )
 
 

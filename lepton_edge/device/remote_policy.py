@@ -85,6 +85,11 @@ def check_remote_config(config: DeviceConfig, agent: AgentConfig, origin: str) -
         path = getattr(sink, "path", None)
         if path is not None:
             checker.path(f"sinks.{i}.path", path)
+        max_bytes = getattr(sink, "max_bytes", None)
+        if max_bytes is not None and max_bytes > agent.remote_policy.max_sink_bytes:
+            checker.refuse(f"sinks.{i}.max_bytes", f"{max_bytes} bytes",
+                           f"a remote file sink rotates at most at remote_policy.max_sink_bytes "
+                           f"({agent.remote_policy.max_sink_bytes} bytes)")
     if config.source is not None:
         checker.source(config.source.uri)
     if config.agent is not None:

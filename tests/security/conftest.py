@@ -56,7 +56,10 @@ def attack(request: pytest.FixtureRequest) -> Iterator[object]:
     yield record
     report = getattr(request.node, "rep_call", None)
     for rec in records:
-        rec.outcome = "passed" if report is not None and report.passed else "failed"
+        if report is None:
+            rec.outcome = "failed"
+        else:
+            rec.outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
         _RECORDS.append(rec)
 
 

@@ -307,25 +307,22 @@ def test_a_remote_config_cannot_widen_its_own_policy(device: SandboxedDevice, at
     assert_refused(device, config, "agent.remote_policy", "only by the device's local config file", rec)
 
 
-# -- not refused yet ------------------------------------------------------------------------------------------------
+# -- file sinks are bounded --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jsonl and video sinks have no size limit (JsonlSinkConfig, VideoSinkConfig): a remote config that "
-    "writes into an allowed folder (the state folder by default) grows a file until the disk is full; needs a "
-    "byte bound on file sinks (config/pipeline.py and the sinks), not a remote-policy rule",
-)
 def test_a_remote_file_sink_cannot_grow_without_limit(device: SandboxedDevice, attack) -> None:
-    rec = attack("jsonl sink in the state folder with no size limit (fills the state disk)", AREA)
-    rec.refused, rec.reason = False, "NOT REFUSED (xfail): applied; file sinks have no size limit"
+    # a jsonl sink in the state folder grew at 8.5 kB/s (0.74 GB a day) until the disk was full
+    rec = attack("jsonl sink in the state folder rotating at 1 TiB (fills the state disk)", AREA)
+    sink = {"type": "jsonl", "path": str(device.state_dir / "grow" / "results.jsonl"), "max_bytes": 1 << 40}
+    assert_refused(device, device.workload(sinks=[sink]), "sinks.0.max_bytes", "remote_policy.max_sink_bytes", rec)
+
+
+def test_a_remote_file_sink_rotates_within_its_bound(device: SandboxedDevice) -> None:
     path = device.state_dir / "grow" / "results.jsonl"
-    report = device.push(device.workload(sinks=[{"type": "jsonl", "path": str(path), "flush_every": 1}]))
-    if report.outcome == "applied":
-        device.good_version = report.version  # the running config now (this test runs last in the module)
-        wait_until(lambda: path.exists() and path.stat().st_size > 0)
-        first, started = path.stat().st_size, time.monotonic()
-        time.sleep(2.0)
-        rate = (path.stat().st_size - first) / (time.monotonic() - started)
-        rec.figures.update(bytes_per_s=round(rate), gb_per_day=round(rate * 86400 / 1e9, 2))
-    assert report.outcome == "rejected", "a remote file sink with no size bound was applied"
+    sink = {"type": "jsonl", "path": str(path), "flush_every": 1, "max_bytes": 64 << 10}
+    report = device.push(device.workload(sinks=[sink]))
+    assert (report.outcome, report.errors) == ("applied", [])
+    device.good_version = report.version
+    rotated = path.with_name("results.1.jsonl")
+    wait_until(rotated.exists, timeout=30)
+    assert path.stat().st_size <= 64 << 10 and rotated.stat().st_size <= 64 << 10

@@ -9,12 +9,20 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from lepton_edge.core.results import Result
 from lepton_edge.runtime.channel import CLOSED, Channel, ChannelClosed
 
 log = logging.getLogger(__name__)
+
+
+def rotate(path: Path) -> Path:
+    """Move ``path`` to its rotated name (``results.jsonl`` -> ``results.1.jsonl``), replacing an older one."""
+    rotated = path.with_name(f"{path.stem}.1{path.suffix}")
+    path.replace(rotated)
+    return rotated
 
 
 class Sink(abc.ABC):

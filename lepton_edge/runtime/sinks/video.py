@@ -8,11 +8,13 @@ import numpy as np
 from lepton_edge.config.pipeline import VideoSinkConfig
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.core.results import Classification, Detections, Result
-from lepton_edge.runtime.sinks.base import Sink
+from lepton_edge.runtime.sinks.base import Sink, rotate
 
 _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
             (10, 249, 72), (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0)]
 MASK_ALPHA = 0.45
+SIZE_CHECK_FRAMES = 30
+"""Frames between checks of the file's size against ``max_bytes``."""
 """Opacity of a mask's colour over the frame."""
 KEYPOINT_MIN_CONF = 0.5
 """Keypoints (and the skeleton lines between them) with a lower visibility are not drawn, as Ultralytics does."""
@@ -111,6 +113,8 @@ class VideoSink(Sink):
         self.path = config.path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = None
+        self._frames = 0
+        self.rotations = 0
 
     def write(self, result: Result) -> None:
         import cv2
@@ -129,6 +133,14 @@ class VideoSink(Sink):
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size)
         self._writer.write(annotate(image, result))
+        self._frames += 1
+        if self._frames % SIZE_CHECK_FRAMES == 0 and self.path.stat().st_size >= self.config.max_bytes:
+            self.release()  # the next frame opens a new file
+            rotate(self.path)
+            self.rotations += 1
+
+    def stats(self) -> dict[str, object]:
+        return {**super().stats(), "rotations": self.rotations}
 
     def release(self) -> None:
         if self._writer is not None:

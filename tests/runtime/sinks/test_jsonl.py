@@ -55,3 +55,25 @@ def test_keypoints_and_rotated_boxes_are_written(tmp_path):
 def test_plain_detections_keep_their_json(tmp_path):
     (line,) = write(tmp_path, Detections([[1, 2, 3, 4]], [0.5], [0], ("x",)))
     assert line["detections"] == [{"label": "x", "class_id": 0, "score": 0.5, "box": [1.0, 2.0, 3.0, 4.0]}]
+
+
+def test_the_file_is_rotated_at_max_bytes_and_no_line_is_lost_or_split(tmp_path):
+    path = tmp_path / "results.jsonl"
+    sink = JsonlSink(JsonlSinkConfig(type="jsonl", path=path, max_bytes=64 << 10, flush_every=1))
+    for seq in range(600):
+        assert sink.offer(result(segmented(), seq=seq))
+    sink.close()
+    rotated = tmp_path / "results.1.jsonl"
+    assert sink.rotations >= 2 and sink.stats()["rotations"] == sink.rotations
+    assert path.stat().st_size <= 64 << 10 and rotated.stat().st_size <= 64 << 10
+    seqs = [json.loads(line)["seq"] for p in (rotated, path) for line in p.read_text().splitlines()]
+    assert seqs == list(range(seqs[0], 600))  # the newest results, whole lines, in order
+
+
+def test_an_existing_file_counts_towards_the_limit(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b"{}\n" * ((64 << 10) // 3))
+    sink = JsonlSink(JsonlSinkConfig(type="jsonl", path=path, max_bytes=64 << 10))
+    assert sink.offer(result(segmented(), seq=1))
+    sink.close()
+    assert sink.rotations == 1 and [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [1]

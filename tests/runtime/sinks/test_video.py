@@ -52,3 +52,20 @@ def test_the_sink_writes_every_frame(tmp_path):
         frames += 1
     capture.release()
     assert frames == 3
+
+
+def test_the_video_is_rotated_at_max_bytes_into_a_playable_file(tmp_path):
+    from lepton_edge.runtime.sinks.video import SIZE_CHECK_FRAMES
+
+    path = tmp_path / "annotated.avi"
+    sink = VideoSink(
+        VideoSinkConfig(type="video", path=path, fps=10, codec="MJPG", max_bytes=64 << 10, queue_size=1024)
+    )
+    for seq in range(12 * SIZE_CHECK_FRAMES):  # small frames: about 1 KiB each
+        assert sink.offer(result(segmented(), seq=seq, image=True))
+    sink.close()
+    rotated = tmp_path / "annotated.1.avi"
+    assert sink.errors == 0 and sink.rotations >= 1 and rotated.exists()
+    capture = cv2.VideoCapture(str(rotated))
+    assert capture.read()[0]
+    capture.release()
