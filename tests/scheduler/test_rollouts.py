@@ -321,6 +321,10 @@ def test_operator_abort_rolls_back_the_waves_done(fleet: Fleet) -> None:
     assert all(fleet.got_patch(d) == [] for d in later)
     status, again = fleet.api.call("POST", "/api/rollouts/r1/abort")
     assert status == 200 and again["state"] == "rolled_back"  # ended: unchanged
+    audit = [(e.action, e.target, e.status, e.role) for e in fleet.store.list_audit() if e.target == "r1"]
+    assert audit[:1] == [("POST /api/rollouts", "r1", 201, "operator")]
+    assert ("POST /api/rollouts/r1/abort", "r1", 403, "viewer") in audit  # refusals are audited too
+    assert ("POST /api/rollouts/r1/abort", "r1", 200, "operator") in audit
 
 
 @pytest.mark.integration
