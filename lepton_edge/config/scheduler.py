@@ -238,6 +238,12 @@ class SchedulerConfig(Strict):
         True, description="Ask every device for a rebirth when this replica becomes leader, to resync."
     )
     stats_log_s: float = Field(30.0, gt=0, description="Seconds between statistics log lines.")
+    desired_signing_key: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM, from `lepton-edge keygen`) that signs every desired config, so "
+        "devices whose agent.scheduler_public_keys lists its public key accept desired documents from this "
+        "scheduler only. A relative path is relative to the config file's folder. None: unsigned.",
+    )
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Telemetry ingestion and flood control.")
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Placement policy.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and dashboard.")
@@ -286,6 +292,9 @@ def parse_scheduler_config(
         config = SchedulerConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, origin)) from None
+    key = config.desired_signing_key
+    if base_dir is not None and key is not None and not key.is_absolute():
+        config = config.model_copy(update={"desired_signing_key": (base_dir / key).resolve()})
     url = config.store_url
     if base_dir is not None and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         path = Path(url.removeprefix("sqlite:///"))

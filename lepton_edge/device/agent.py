@@ -34,6 +34,7 @@ from lepton_edge.core.errors import ConfigError, LeptonError, error_text
 from lepton_edge.device.capabilities import DeviceCapabilities
 from lepton_edge.device.commands import CommandServer
 from lepton_edge.device.controller import RuntimeController
+from lepton_edge.device.desired_identity import DesiredIdentity
 from lepton_edge.device.events import FleetEvents, Rejections
 from lepton_edge.device.figures import AgentFigures
 from lepton_edge.device.presence import Presence
@@ -109,6 +110,7 @@ class DeviceAgent:
         self.client = MqttClient(agent_cfg.mqtt, will=self.presence.next_will, on_connected=self.presence.on_connected)
         self.forwarder = Forwarder(self.outbox, self.client)
         self.remote = RemoteConfig(config, self.store, report=self.events.report, event=self.events.event)
+        self.desired_identity = DesiredIdentity(self.device_id, agent_cfg)
         self.artifacts = ArtifactStore.for_agent(agent_cfg, config.device_id)
         self.controller = self._initial_controller(max_frames)
         system = SystemMonitor(agent_cfg.state_dir, sysfs)
@@ -271,6 +273,7 @@ class DeviceAgent:
 
     def on_desired(self, msg: IncomingMessage) -> None:
         try:
+            self.desired_identity.check(msg.payload, msg.topic)  # the scheduler's signature, when keys are set
             self.remote.handle_desired(msg.payload, msg.topic)
         except ProtocolError as e:
             self.rejections("config/desired", str(e), msg.topic)

@@ -442,6 +442,11 @@ class Event(Message):
     timestamp: Timestamp = Field(description="Unix time (s) it happened.")
 
 
+DESIRED_SIGNATURE_CONTEXT = b"lepton-edge desired config v1\x00"
+"""Bytes signed before a desired document's canonical JSON (domain separation: a signature made for a desired
+document is valid for no other use of the scheduler's key)."""
+
+
 class DesiredConfig(Message):
     """The config a device should run (retained). The device validates ``config`` with its own schema."""
 
@@ -449,6 +454,33 @@ class DesiredConfig(Message):
     config: dict[Name, JsonValue] = Field(description="The device config document (a mapping).")
     issued_at: Timestamp = Field(description="Unix time (s) it was issued.")
     issued_by: Name = Field(description="Who issued it (scheduler id or operator).")
+    signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")] | None = Field(
+        None,
+        description="Base64 ed25519 signature by the scheduler's key of desired_signed_bytes(device id, this "
+        "document); absent when the scheduler has no desired_signing_key.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_signature(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("signature") is None:
+            data.pop("signature", None)
+        return data
+
+
+def desired_signed_bytes(device_id: str, desired: DesiredConfig) -> bytes:
+    """What a desired document's signature covers: :data:`DESIRED_SIGNATURE_CONTEXT`, then the canonical JSON
+    (sorted keys, no spaces, UTF-8) of the device id and every field but the signature. The device id binds
+    the document to one device: replayed on another device's topic, its signature does not verify."""
+    fields = desired.model_dump(mode="json", exclude={"signature"})
+    canonical = json.dumps(
+        {**fields, "device_id": validate_id(device_id)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return DESIRED_SIGNATURE_CONTEXT + canonical.encode("utf-8")
 
 
 class ReportedConfig(Message):

@@ -21,6 +21,8 @@ _WORST_VERSION = 2**63 - 1
 """The widest version a desired document can carry: the size check holds for any version."""
 _WORST_ISSUER = "x" * 128
 """The longest ``issued_by`` (a protocol ``Name``)."""
+_WORST_SIGNATURE = "A" * 86 + "=="
+"""A signature (base64 ed25519: every signed document carries one this long)."""
 
 
 def device_config_for(workload: Workload) -> dict[str, Any]:
@@ -57,8 +59,9 @@ def with_change(workload: Workload, config_patch: dict[str, Any], artifact: dict
 def desired_size(config: dict[str, Any]) -> int:
     """Bytes of the largest desired document carrying ``config``; raises ProtocolError over the limit."""
     desired = DesiredConfig.model_construct(
-        version=_WORST_VERSION, config=config, issued_at=9_999_999_999.999, issued_by=_WORST_ISSUER
-    )
+        version=_WORST_VERSION, config=config, issued_at=9_999_999_999.999, issued_by=_WORST_ISSUER,
+        signature=_WORST_SIGNATURE,
+    )  # fmt: skip
     return len(encode(desired))
 
 

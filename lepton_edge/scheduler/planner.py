@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from lepton_edge.config.scheduler import PlacementConfig
-from lepton_edge.fleet.mqtt import MqttClient
-from lepton_edge.fleet.protocol import DesiredConfig, ProtocolError, config_desired_topic, encode
+from lepton_edge.fleet.protocol import DesiredConfig, ProtocolError
 from lepton_edge.scheduler import placement
 from lepton_edge.scheduler.control import StoreHealth
 from lepton_edge.scheduler.desired import device_config_for
+from lepton_edge.scheduler.desired_publisher import DesiredPublisher
 from lepton_edge.scheduler.exclusions import plan_with_exclusions
 from lepton_edge.scheduler.models import Assignment, Workload
 from lepton_edge.scheduler.rollouts import LIVE_STATES, Change, changes_by_device, list_rollouts
@@ -72,7 +72,7 @@ class Planner:
     def __init__(
         self,
         store: Store,
-        mqtt: MqttClient,
+        desired: DesiredPublisher,
         policy: PlacementConfig,
         replica_id: str,
         *,
@@ -83,7 +83,7 @@ class Planner:
         stopping: threading.Event,
     ) -> None:
         self._store = store
-        self._mqtt = mqtt
+        self._desired = desired
         self._policy = policy
         self._replica_id = replica_id
         self._is_leader = is_leader
@@ -293,7 +293,7 @@ class Planner:
             config = device_config_for(workloads[0] if change is None else change.apply(workloads[0]))
         try:
             desired = DesiredConfig(version=version, config=config, issued_at=now, issued_by=self._replica_id)
-            payload = encode(desired)
+            payload = self._desired.encode(device_id, desired)
         except (ProtocolError, ValueError) as e:
             # The API refuses such workloads (422); one stored before that check cannot be delivered.
             what = f"workload {workloads[0].workload_id}" if workloads else "the idle config"
@@ -310,7 +310,7 @@ class Planner:
                 severity="error",
             )
             return
-        self._mqtt.publish(config_desired_topic(device_id), payload, qos=1, retain=True)
+        self._desired.publish(device_id, payload)
         self.pushes += 1
 
     def _record_plan_events(self, moved: list[Move], plan: placement.Plan, reasons: list[str]) -> None:

@@ -31,6 +31,7 @@ from lepton_edge.core.errors import LeptonError
 from lepton_edge.fleet.mqtt import MqttClient
 from lepton_edge.scheduler.admission import Admission
 from lepton_edge.scheduler.control import ControlQueue, StoreHealth
+from lepton_edge.scheduler.desired_publisher import DesiredPublisher, DesiredSigner
 from lepton_edge.scheduler.health import HealthWatch
 from lepton_edge.scheduler.ingestion import Ingestion
 from lepton_edge.scheduler.leadership import Leadership
@@ -84,8 +85,13 @@ class SchedulerService:
         self.writer = TelemetryWriter(self.store, config.ingest, self.health, self.counts, self._stopping)
         self.rebirths = Rebirths(self.mqtt, self.replica_id, self.counts)
         self.leadership = Leadership(self.store, self.replica_id, self.health, on_elected=self._on_elected)
+        self.desired = DesiredPublisher(
+            self.mqtt, DesiredSigner(config.desired_signing_key) if config.desired_signing_key else None,
+            store=self.store, control=self.control, counts=self.counts, is_leader=self._is_leader,
+            push_again=lambda device_id, reason: self.planner.push_again([device_id], reason),
+        )  # fmt: skip
         self.planner = Planner(
-            self.store, self.mqtt, config.placement, self.replica_id, is_leader=self._is_leader,
+            self.store, self.desired, config.placement, self.replica_id, is_leader=self._is_leader,
             writer=self.writer, health=self.health, counts=self.counts, stopping=self._stopping,
         )  # fmt: skip
         self.admission = Admission(self.store, config.ingest, self.views, self.control, self.counts)
@@ -113,6 +119,7 @@ class SchedulerService:
             raise RuntimeError("SchedulerService.start() called twice")
         self.start_workers()
         self.ingestion.subscribe(self.mqtt)
+        self.desired.subscribe()
         self.mqtt.start()
         self.rebirths.started()
         log.info(
@@ -176,6 +183,7 @@ class SchedulerService:
             now = time.monotonic()
             self._rate_window.append((time.time(), self.counts["messages"]))
             self.ingestion.housekeeping()
+            self.desired.tick()
             for i, (task, interval) in enumerate(tasks):
                 if now >= due[i]:
                     due[i] = now + interval
