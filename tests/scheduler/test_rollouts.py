@@ -328,6 +328,18 @@ def test_operator_abort_rolls_back_the_waves_done(fleet: Fleet) -> None:
 
 
 @pytest.mark.integration
+def test_an_artifact_rollout_replaces_the_workloads_artifact(fleet: Fleet) -> None:
+    artifact = {"url": "https://models.example/det-v2.onnx", "size": 1234, "sha256": "ab" * 32, "version": 2}
+    fleet.start(config_patch={}, artifact=artifact, canary_count=1, batch_size=3, bake_s=0.5)
+    fleet.wait_state("succeeded")
+    assert all(w.artifact == artifact for w in fleet.store.list_workloads())
+    wait_until(  # the devices run (and report) the new artifact's model id
+        lambda: {(d.telemetry or {}).get("artifact_id") for d in fleet.store.list_devices()} == {f"sha256:{'ab' * 32}"},
+        what="every device reporting the new artifact",
+    )
+
+
+@pytest.mark.integration
 def test_bad_rollout_requests_get_422_naming_the_field(fleet: Fleet) -> None:
     def problems(body: dict[str, Any]) -> list[str]:
         base = {"rollout_id": "bad", "group": "g", "config_patch": PATCH}
