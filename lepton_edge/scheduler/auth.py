@@ -285,11 +285,14 @@ class Authenticator:
     def _throttle(key: str, limiter: RateLimiter) -> None:
         wait = limiter.take(key)
         if wait > 0:
-            what = "refused attempts" if key.startswith("addr:") else "requests"
+            if key.startswith("addr:"):
+                what, setting = "refused attempts/s from this address", ""
+            else:
+                what, setting = "requests/s", " (api.rate_limit_per_s, api.rate_limit_burst)"
             raise AuthRefused(
                 429,
-                f"rate limit of {limiter.rate_per_s:g} {what}/s (burst {limiter.burst}) exceeded; "
-                f"retry in {wait:.2f} s (api.rate_limit_per_s, api.rate_limit_burst)",
+                f"rate limit of {limiter.rate_per_s:g} {what} (burst {limiter.burst}) exceeded; "
+                f"retry in {wait:.2f} s{setting}",
                 retry_after_s=wait,
             )
 

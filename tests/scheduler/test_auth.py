@@ -142,7 +142,7 @@ def test_refused_attempts_are_throttled_per_address(any_store: Store) -> None:
             auth.authenticate("Bearer lep_0123456789ab_" + "x" * 43, "", "10.9.9.9")
         statuses.append(refused.value.status)
     assert statuses == [401] * FAILED_ATTEMPTS[1] + [429] * 3
-    assert "refused attempts/s" in refused.value.reason
+    assert "1 refused attempts/s from this address (burst 20)" in refused.value.reason
     with pytest.raises(AuthRefused) as refused:  # another address is not affected
         auth.authenticate(None, "", "10.9.9.8")
     assert refused.value.status == 401
