@@ -361,6 +361,9 @@ def test_bad_rollout_requests_get_422_naming_the_field(fleet: Fleet) -> None:
     assert problems({"surprise": 1}) == ["surprise"]
     assert fleet.api.get("/api/rollouts")[1] == []
     assert fleet.api.get("/api/rollouts/nope")[0] == 404
+    fleet.start(interval_s=600)
+    status, answer = fleet.api.call("POST", "/api/rollouts", {"rollout_id": "r2", "group": "g", "config_patch": PATCH})
+    assert status == 409 and "already has rollout 'r1'" in answer["detail"]
 
 
 @pytest.mark.integration
