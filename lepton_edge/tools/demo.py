@@ -30,6 +30,7 @@ from lepton_edge.config.scheduler import parse_scheduler_config
 from lepton_edge.data import DEMO_CONFIG, DEMO_MODEL
 from lepton_edge.device.agent import run_device
 from lepton_edge.device.service import run_service
+from lepton_edge.device.signing import generate_keypair
 from lepton_edge.fleet.broker import LocalBroker, free_port, wait_for_port
 from lepton_edge.scheduler.service import run_scheduler
 
@@ -79,6 +80,16 @@ def demo_workload(device_config, device_id: str) -> dict[str, Any]:
     }
 
 
+def desired_keys(out_dir: Path) -> tuple[Path, Path]:
+    """The demo scheduler's desired-document signing key pair (made once, kept in ``out_dir/keys``)."""
+    private, public = out_dir / "keys" / "scheduler-desired.key", out_dir / "keys" / "scheduler-desired.pub"
+    if not (private.exists() and public.exists()):
+        private.unlink(missing_ok=True)
+        public.unlink(missing_ok=True)
+        generate_keypair(private, public)
+    return private, public
+
+
 def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int:
     out_dir = out_dir.resolve()
     local = demo_config(out_dir)
@@ -87,12 +98,14 @@ def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int
 
     broker = LocalBroker(out_dir / "broker").start()
     api_port = free_port()
+    signing_key, public_key = desired_keys(out_dir)
     scheduler_config = parse_scheduler_config({
         "store_url": f"sqlite:///{out_dir / 'scheduler.db'}",
         "mqtt": {"host": broker.host, "port": broker.port},
         # no tokens for the demo: loopback only, said loudly below and on the dashboard
         "api": {"enabled": True, "host": "127.0.0.1", "port": api_port, "insecure_local": True},
         "heartbeat_timeout_s": 10.0,
+        "desired_signing_key": str(signing_key),  # the device accepts desired configs signed by it only
     }, "demo")
     stop = threading.Event()
     for name in ("lepton_edge.scheduler", "uvicorn", "uvicorn.error", "uvicorn.access"):
@@ -111,6 +124,7 @@ def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int
                 "mqtt": {"host": broker.host, "port": broker.port},
                 "state_dir": str(out_dir / "device-state"),
                 "telemetry_interval_s": 1.0,
+                "scheduler_public_keys": [str(public_key)],
                 # The workload the scheduler pushes names the packaged model and writes into out_dir.
                 "remote_policy": {"allowed_folders": [str(DEMO_MODEL.resolve().parent), str(out_dir)]},
             },
