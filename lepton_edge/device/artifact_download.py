@@ -10,7 +10,7 @@ Limits, so that a failing or hostile server can neither block an update nor fill
 receives fewer than ``min_bytes`` in any ``min_window_s`` seconds, or is not done ``deadline_s`` after it
 started (all attempts together), fails; so does one that would leave less than ``disk_reserve_bytes`` free
 on the destination's file system (checked before and during the download). A download whose ``cancel``
-event is set (superseded by a newer desired config) stops at its next read. On every failure the
+is set (superseded by a newer desired config) stops at once, even while waiting on a silent server. On every failure the
 destination file is deleted; only a killed process leaves it, and the next call resumes it.
 """
 
@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import ssl
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 from lepton_edge import __version__
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
-from lepton_edge.device.artifact_common import Progress, remove_path, shown_url
+from lepton_edge.device.artifact_common import Cancellation, Progress, remove_path, shown_url
 from lepton_edge.device.signing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ class ArtifactDownloader:
         progress: Progress | None = None,
         *,
         reserve_bytes: int = 0,
-        cancel: threading.Event | None = None,
+        cancel: Cancellation | None = None,
     ) -> Path:
         """Download ``ref`` into ``dest`` and verify its size and sha256; returns ``dest``.
 
@@ -192,7 +191,7 @@ class ArtifactDownloader:
         if have == ref.size:
             return
         response = self._open(ref, part, have, pace.socket_timeout())
-        with response:
+        with response, pace.cancel.watching(response.fileno()):
             have, mode = _continuation(ref, part, have, response)
             # read1: what has arrived (one recv), so a trickling server is measured instead of waited for
             _receive(ref, part, mode, have, getattr(response, "read1", response.read), progress, pace)
@@ -230,9 +229,9 @@ class ArtifactDownloader:
 class _Pace:
     """The speed and deadline rules of one :meth:`ArtifactDownloader.fetch` call, and the disk reserve."""
 
-    def __init__(self, owner: ArtifactDownloader, ref: ArtifactRef, part: Path, cancel: threading.Event | None) -> None:
+    def __init__(self, owner: ArtifactDownloader, ref: ArtifactRef, part: Path, cancel: Cancellation | None) -> None:
         self.owner, self.ref, self.part = owner, ref, part
-        self.cancel = cancel or threading.Event()
+        self.cancel = cancel or Cancellation()
         self.started = time.monotonic()
         self.deadline = None if owner.deadline_s is None else self.started + owner.deadline_s
         self.samples: deque[tuple[float, int]] = deque()  # (time, bytes received so far in this call)

@@ -3,8 +3,8 @@
 :class:`ArtifactFetcher` stages the artifact of a desired config (download, verify, unpack: see
 :meth:`~lepton_edge.device.updates.ArtifactStore.stage`) on its own thread and calls back when it is done, so
 the config worker stays free for newer desired configs and commands while a slow server trickles. A newer
-desired config supersedes the download of an older one: it is cancelled (stopped at its next read) and its
-partial file deleted.
+desired config supersedes the download of an older one: it is cancelled (stopped at once, even while its server
+sends nothing) and its partial file deleted.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
-from lepton_edge.device.artifact_common import shown_url
+from lepton_edge.device.artifact_common import Cancellation, shown_url
 from lepton_edge.device.updates import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ Done = Callable[[int, UpdateError | None], None]
 class _Job:
     version: int
     ref: ArtifactRef
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancellation = field(default_factory=Cancellation)
     thread: threading.Thread | None = None
 
 

@@ -44,6 +44,7 @@ from lepton_edge.device.artifact_common import (
     CONTENT_DIR,
     SLOT_NAMES,
     SLOT_RECORD,
+    Cancellation,
     Progress,
     remove_path,
     shown_url,
@@ -181,7 +182,7 @@ class ArtifactStore:
             )
         self.trust.check(ref, running=ref.sha256.lower() == self.current_sha256())
 
-    def stage(self, ref: ArtifactRef, progress: Progress | None = None, cancel: threading.Event | None = None) -> Path:
+    def stage(self, ref: ArtifactRef, progress: Progress | None = None, cancel: Cancellation | None = None) -> Path:
         """Download ``ref``, verify it and unpack it into a staged slot; returns the model path in it.
 
         Refused with UpdateError (and nothing active changes): size above ``max_bytes``, a reference that
@@ -201,7 +202,7 @@ class ArtifactStore:
         self.trust.accept(ref)
         return staged
 
-    def _download(self, ref: ArtifactRef, progress: Progress | None, cancel: threading.Event | None) -> Path:
+    def _download(self, ref: ArtifactRef, progress: Progress | None, cancel: Cancellation | None) -> Path:
         """Download and unpack ``ref`` into staging; one download at a time, the slots usable meanwhile."""
         sha = ref.sha256.lower()
         with self._download_lock:

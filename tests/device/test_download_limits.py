@@ -19,6 +19,7 @@ from lepton_edge.config.device import AgentConfig
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
 from lepton_edge.device import artifact_download
+from lepton_edge.device.artifact_common import Cancellation
 from lepton_edge.device.artifact_download import ArtifactDownloader
 from lepton_edge.device.updates import ArtifactStore
 from tests.support.http_server import LoopbackServer
@@ -50,6 +51,10 @@ class BadServer(LoopbackServer):
         try:
             if mode == "early":  # announces the whole size, sends half and closes
                 req.wfile.write(body[: len(body) // 2])
+            elif mode == "silent":  # a first burst, then nothing until the test ends
+                req.wfile.write(body[:1000])
+                req.wfile.flush()
+                self.stop.wait(60)
             elif mode == "trickle":  # about 20 bytes/s, after a first burst
                 req.wfile.write(body[:1000])
                 req.wfile.flush()
@@ -176,3 +181,16 @@ def test_the_agent_config_bounds_the_download_limits():
     ]:
         with pytest.raises(ValidationError, match=field):
             AgentConfig.model_validate({**base, field: value})
+
+
+def test_a_cancelled_download_stops_at_once_even_when_the_server_is_silent(tmp_path, bad_server):
+    downloader = ArtifactDownloader(timeout_s=30.0, attempts=3)
+    part = tmp_path / "silent.part"
+    cancel = Cancellation()
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(UpdateError, match=r"download cancelled after 1000 of 16384 bytes"):
+        downloader.fetch(ref_for(bad_server.url("silent")), part, cancel=cancel)
+    assert time.monotonic() - started < 5.0  # not the 30 s socket timeout, nor the retries
+    assert not part.exists()

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.core.errors import UpdateError
+from lepton_edge.device.artifact_common import Cancellation
 from lepton_edge.device.artifact_download import ArtifactDownloader
 from lepton_edge.device.signing import generate_keypair, sign_reference
 from lepton_edge.device.updates import ArtifactStore
@@ -672,7 +673,7 @@ def test_several_keys_are_trusted_during_a_rotation(tmp_path, server, keys):
 def test_a_superseded_download_is_cancelled_and_its_part_deleted(tmp_path, server, keys):
     model = publish_model(server, "m.onnx")
     ref = make_ref(model, server.url("m.onnx"), keys[0])
-    cancel = threading.Event()
+    cancel = Cancellation()
     cancel.set()
     with pytest.raises(UpdateError, match=r"download cancelled after \d+ of \d+ bytes"):
         store_for(tmp_path, keys[1]).stage(ref, cancel=cancel)
