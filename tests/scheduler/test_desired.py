@@ -1,14 +1,32 @@
-"""``scheduler.desired``: the device config a workload becomes, and the checks the API applies to it."""
+"""``scheduler.desired``: the device config a workload becomes, and the checks the API applies to it;
+``scheduler.desired_publisher``: signed desired documents, re-asserted when overwritten."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from lepton_edge.fleet.protocol import MAX_PAYLOAD_BYTES
+from lepton_edge.core.errors import ConfigError
+from lepton_edge.device.signing import generate_keypair
+from lepton_edge.fleet.protocol import (
+    MAX_PAYLOAD_BYTES,
+    DesiredConfig,
+    TopicKind,
+    config_desired_topic,
+    encode,
+    subscription,
+)
 from lepton_edge.scheduler.desired import desired_size, device_config_for, workload_problems
+from lepton_edge.scheduler.desired_publisher import DesiredSigner
 from lepton_edge.scheduler.models import Workload
+from lepton_edge.scheduler.service import SchedulerService
+from lepton_edge.scheduler.simulator import FleetSimulator
+from tests.support.scheduler import DesiredRecorder, fast_config, wait_until, workload
 
 
 def _workload(**fields: Any) -> Workload:
@@ -57,3 +75,107 @@ def test_a_config_over_the_protocol_limit_is_one_problem() -> None:
 def test_the_size_check_assumes_the_widest_envelope() -> None:
     config = device_config_for(_workload())
     assert desired_size(config) > len(str(config))
+
+
+# ------------------------------------------------------------------ signed desired documents, re-asserted
+
+
+@pytest.fixture
+def signing_key(tmp_path: Path) -> Path:
+    generate_keypair(tmp_path / "desired.key", tmp_path / "desired.pub")
+    return tmp_path / "desired.key"
+
+
+def test_the_signer_refuses_a_missing_file_a_public_key_and_a_key_that_is_not_ed25519(
+    tmp_path: Path, signing_key: Path
+) -> None:
+    rsa_key = tmp_path / "rsa.key"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    for path, message in (
+        (tmp_path / "absent.key", "cannot read"),
+        (signing_key.with_suffix(".pub"), "not an unencrypted PEM private key"),
+        (rsa_key, "not an ed25519 key"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            DesiredSigner(path)
+
+
+def test_a_signature_binds_the_device_the_version_and_the_config(signing_key: Path) -> None:
+    signer = DesiredSigner(signing_key)
+    desired = DesiredConfig(version=3, config={"idle": True}, issued_at=time.time(), issued_by="r1")
+    signed = signer.sign("cam-1", desired)
+    assert signer.signed_it("cam-1", signed)
+    assert not signer.signed_it("cam-2", signed)
+    assert not signer.signed_it("cam-1", signed.model_copy(update={"version": 4}))
+    assert not signer.signed_it("cam-1", signed.model_copy(update={"config": {"idle": False}}))
+    assert not signer.signed_it("cam-1", desired)  # unsigned
+
+
+def test_a_signed_document_still_fits_the_size_check() -> None:
+    assert desired_size({"idle": True}) > len(_SIGNATURE_FIELD)  # the check assumes a signature is present
+    with_signature = DesiredConfig(
+        version=2**53 - 1, config={"idle": True}, issued_at=9_999_999_999.999, issued_by="x" * 128,
+        signature="A" * 86 + "==",
+    )  # fmt: skip
+    assert len(encode(with_signature)) <= desired_size({"idle": True})
+
+
+_SIGNATURE_FIELD = ',"signature":"' + "A" * 86 + '=="'
+
+
+@pytest.mark.integration
+def test_pushes_are_signed_and_after_a_restart_the_issued_document_is_recognised_and_garbage_replaced(
+    fresh_broker, make_mqtt_client, tmp_path: Path, signing_key: Path, unique: str
+) -> None:
+    config = fast_config(fresh_broker.port, f"sqlite:///{tmp_path}/fleet.db", desired_signing_key=str(signing_key))
+    recorder = DesiredRecorder()
+    watcher = make_mqtt_client(fresh_broker, f"watcher-{unique}")
+    watcher.subscribe(subscription(TopicKind.CONFIG_DESIRED), recorder)
+    watcher.start()
+    assert watcher.wait_connected(5)
+    sim = FleetSimulator("127.0.0.1", fresh_broker.port, 1, rate_hz=5.0, prefix=unique, mode="device").start()
+    (device,) = sim.devices
+    try:
+        first = SchedulerService(config).start()
+        try:
+            first.add_workload(workload("w1"))
+            issued = wait_until(lambda: recorder.latest(device), 20, "a desired document")
+        finally:
+            first.stop()
+        assert issued.signature is not None and DesiredSigner(signing_key).signed_it(device, issued)
+
+        second = SchedulerService(config).start()  # sees the retained document it has no memory of
+        attacker = make_mqtt_client(fresh_broker, f"attacker-{unique}")
+        attacker.start()
+        assert attacker.wait_connected(5)
+        try:
+            wait_until(lambda: second.is_leader and len(second.control) == 0, 10, "the new leader idle")
+            time.sleep(0.5)
+            assert second.counts["desired_foreign"] == 0, "its own retained document was taken for a foreign one"
+            forged = issued.model_copy(update={"config": {"idle": True}})  # the old signature, new content
+            assert attacker.publish(config_desired_topic(device), encode(forged), retain=True).wait(5)
+            wait_until(lambda: second.counts["desired_reasserted"] >= 1, 10, "the document re-asserted")
+            wait_until(lambda: recorder.latest(device) == issued, 10, "the issued document back")
+        finally:
+            second.stop()
+
+        # garbage retained while no scheduler runs: the next one finds a version the store never issued
+        garbage = DesiredConfig(version=issued.version + 1000, config={"idle": True}, issued_at=1.0, issued_by="x")
+        assert attacker.publish(config_desired_topic(device), encode(garbage), retain=True).wait(5)
+        third = SchedulerService(config).start()
+        try:
+            old_versions = (issued.version, garbage.version)
+            renewed = wait_until(
+                lambda: (d := recorder.latest(device)) is not None and d.version not in old_versions and d,
+                20,
+                "a new document from the planner",
+            )
+            assert DesiredSigner(signing_key).signed_it(device, renewed) and third.counts["desired_foreign"] >= 1
+        finally:
+            third.stop()
+    finally:
+        sim.stop()
