@@ -22,6 +22,7 @@ from lepton_edge.config.pipeline import (
     MAX_ARTIFACT_VERSION,
     MAX_SINK_MAX_BYTES,
     MIN_SINK_MAX_BYTES,
+    AnalyticsConfig,
     BackendConfig,
     ConsoleSinkConfig,
     ModelConfig,
@@ -31,10 +32,12 @@ from lepton_edge.config.pipeline import (
     PreprocessConfig,
     SinkConfig,
     SourceConfig,
+    TrackingConfig,
 )
 from lepton_edge.core.errors import ConfigError
 
-PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "sinks", "pipeline")
+PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "tracking", "analytics", "sinks",
+                     "pipeline")
 """The sections that describe the pipeline; an idle config has none of them."""
 
 
@@ -53,6 +56,11 @@ class DeviceConfig(Strict):
     postprocess: PostprocessConfig | None = Field(
         None, description="Tensor to result; defaults from the model task (detect, classify or raw)."
     )
+    tracking: TrackingConfig | None = Field(
+        None, description="Track detections across frames in capture-time seconds (ids, ages, velocities); "
+        "null: no tracking, no cost.")
+    analytics: AnalyticsConfig | None = Field(
+        None, description="Zones, counting lines and loitering on the tracks; needs tracking.")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where results go.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline tuning.")
     agent: AgentConfig | None = Field(
@@ -79,6 +87,12 @@ class DeviceConfig(Strict):
         if sum(isinstance(s, ConsoleSinkConfig) for s in sinks) > 1:
             raise ValueError("at most one console sink")
         return sinks
+
+    @model_validator(mode="after")
+    def _analytics_needs_tracking(self) -> DeviceConfig:
+        if self.analytics is not None and self.tracking is None:
+            raise ValueError("analytics works on tracks: add a tracking section (tracking: {} for the defaults)")
+        return self
 
     @model_validator(mode="after")
     def _workload_or_idle(self) -> DeviceConfig:

@@ -543,3 +543,114 @@ class PipelineConfig(Strict):
     stats_interval_s: float = Field(
         5.0, gt=0, le=86400, description="Seconds between pipeline statistics log lines (at most a day)."
     )
+
+
+MAX_ZONES = 32
+"""Most zones (and, separately, lines and loitering rules) in one analytics section."""
+MAX_POLYGON_POINTS = 64
+"""Most vertices of one zone polygon."""
+MAX_CLASS_FILTER = 256
+"""Most class names in one class filter."""
+
+Coordinate = Annotated[
+    float, Field(ge=0, le=MAX_IMAGE_SIDE, allow_inf_nan=False,
+                 description="x or y: source pixels (0..16384), or 0..1 of the width/height when normalised.")
+]
+Point = tuple[Coordinate, Coordinate]
+AnalyticsName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+ClassFilter = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=128)]],
+    Field(max_length=MAX_CLASS_FILTER, description="Class labels this applies to (empty: every class)."),
+]
+
+
+class TrackingConfig(Strict):
+    """ByteTrack-style multi-object tracking in capture-time seconds (docs/tracking.md)."""
+
+    high_threshold: float = Field(
+        0.5, ge=0, le=1, description="Detections scoring at least this are matched first and may start tracks.")
+    low_threshold: float = Field(
+        0.1, ge=0, le=1, description="Detections between this and high_threshold only extend existing tracks "
+        "(ByteTrack's second stage); lower ones are ignored.")
+    new_track_threshold: float = Field(
+        0.6, ge=0, le=1, description="Unmatched detections scoring at least this start a new (tentative) track.")
+    match_iou: float = Field(
+        0.2, ge=0.01, le=1, description="Least IoU between a track's predicted box and a detection to match them.")
+    recover_gate: float = Field(
+        3.0, ge=0, le=10, description="Lost tracks left unmatched by IoU may take a detection whose centre is "
+        "within this many standard deviations of the predicted centre (0: IoU only).")
+    max_lost_s: float = Field(
+        1.5, gt=0, le=600, description="Seconds of capture time a track is kept without a detection before it "
+        "ends (at most 10 minutes).")
+    confirm_hits: int = Field(
+        2, ge=1, le=100, description="Detections a new track needs before it gets an id in results (1..100).")
+    class_agnostic: bool = Field(
+        False, description="Match detections to tracks of any class (the track takes the detection's class); "
+        "false keeps one class per track.")
+    motion_noise: float = Field(
+        1.0, gt=0, le=100, description="Process noise of the constant-velocity motion model: acceleration "
+        "spread in box heights per second squared.")
+    measurement_noise: float = Field(
+        0.05, gt=0, le=1, description="Spread of detected box edges, as a fraction of the box height.")
+    max_tracks: int = Field(
+        1000, ge=1, le=100_000, description="Most live tracks per stream; the oldest lost ones end first.")
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> TrackingConfig:
+        if self.low_threshold > self.high_threshold:
+            raise ValueError(f"tracking.low_threshold ({self.low_threshold}) is above tracking.high_threshold "
+                             f"({self.high_threshold})")
+        return self
+
+
+class ZoneConfig(Strict):
+    name: AnalyticsName = Field(description="Zone name in events and counts (letters, digits, _ . -).")
+    polygon: list[Point] = Field(
+        min_length=3, max_length=MAX_POLYGON_POINTS, description="Vertices [x, y] in order (3..64).")
+    classes: ClassFilter = Field(default_factory=list)
+    loiter_s: float | None = Field(
+        None, gt=0, le=86400, description="A track staying in the zone this many seconds raises one loitering "
+        "event per visit (at most a day); null: no loitering events.")
+
+
+class LineConfig(Strict):
+    name: AnalyticsName = Field(description="Line name in events and counts (letters, digits, _ . -).")
+    start: Point = Field(description="One end [x, y].")
+    end: Point = Field(description="The other end [x, y]. Walking from start to end, `in` is a crossing to the "
+                       "right-hand side on the image (y down: a line drawn left to right counts downward as in).")
+    classes: ClassFilter = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_length(self) -> LineConfig:
+        if self.start == self.end:
+            raise ValueError(f"line {self.name!r}: start and end are the same point")
+        return self
+
+
+class AnalyticsConfig(Strict):
+    """Zones, lines and loitering on tracks (needs the tracking section)."""
+
+    coordinates: Literal["pixels", "normalized"] = Field(
+        "pixels", description="Units of every point: source pixels, or 0..1 of the frame width and height.")
+    anchor: Literal["bottom_center", "center"] = Field(
+        "bottom_center", description="The point of a box that enters zones and crosses lines.")
+    hysteresis_px: float = Field(
+        4.0, ge=0, le=1000, description="A track must be this far (source pixels) past a line or a zone's edge "
+        "before its side changes, so jitter on the boundary does not count twice.")
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=MAX_ZONES, description="Polygon zones (<= 32).")
+    lines: list[LineConfig] = Field(default_factory=list, max_length=MAX_ZONES, description="Counting lines (<= 32).")
+    counts_interval_s: float = Field(
+        60.0, gt=0, le=86400, description="Seconds of capture time between periodic count snapshots.")
+
+    @model_validator(mode="after")
+    def _valid_geometry(self) -> AnalyticsConfig:
+        names = [z.name for z in self.zones] + [line.name for line in self.lines]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"analytics names must be unique; given twice: {', '.join(twice)}")
+        if self.coordinates == "normalized":
+            for where, points in [(f"zone {z.name!r}", z.polygon) for z in self.zones] + \
+                    [(f"line {line.name!r}", [line.start, line.end]) for line in self.lines]:
+                if any(v > 1 for p in points for v in p):
+                    raise ValueError(f"{where}: normalized coordinates must be within 0..1")
+        return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -179,11 +179,36 @@ class RotatedBoxes:
 
 
 @dataclass(slots=True)
+class Tracks:
+    """What a tracker adds to each detection: its track id (-1: not on a confirmed track), the track's age in
+    seconds of capture time and its velocity ``(N, 2)`` in source pixels per second."""
+
+    ids: np.ndarray
+    ages_s: np.ndarray
+    velocities: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=np.int64).reshape(-1)
+        self.ages_s = np.asarray(self.ages_s, dtype=np.float32).reshape(-1)
+        self.velocities = np.asarray(self.velocities, dtype=np.float32).reshape(-1, 2)
+        if not len(self.ids) == len(self.ages_s) == len(self.velocities):
+            raise ValueError(f"Tracks arrays disagree in length: ids {len(self.ids)}, ages_s {len(self.ages_s)}, "
+                             f"velocities {len(self.velocities)}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, keep: np.ndarray) -> Tracks:
+        keep = np.asarray(keep, dtype=np.int64)
+        return Tracks(self.ids[keep], self.ages_s[keep], self.velocities[keep])
+
+
+@dataclass(slots=True)
 class Detections:
     """Detections as parallel arrays: boxes ``(N, 4)`` xyxy in source pixels, scores ``(N,)``, class ids ``(N,)``.
 
     Segmentation, pose and oriented-box models add one entry per detection in ``masks``, ``keypoints`` or
-    ``rotated`` (``boxes`` is then the axis-aligned box around it).
+    ``rotated`` (``boxes`` is then the axis-aligned box around it). A tracker adds ``tracks``.
     """
 
     boxes: np.ndarray
@@ -194,6 +219,7 @@ class Detections:
     masks: Masks | None = None
     keypoints: Keypoints | None = None
     rotated: RotatedBoxes | None = None
+    tracks: Tracks | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -208,8 +234,8 @@ class Detections:
                 + ", ".join(f"{name} {length}" for name, length in lengths.items())
             )
 
-    def _parts(self) -> dict[str, Masks | Keypoints | RotatedBoxes]:
-        parts = {"masks": self.masks, "keypoints": self.keypoints, "rotated": self.rotated}
+    def _parts(self) -> dict[str, Masks | Keypoints | RotatedBoxes | Tracks]:
+        parts = {"masks": self.masks, "keypoints": self.keypoints, "rotated": self.rotated, "tracks": self.tracks}
         return {name: part for name, part in parts.items() if part is not None}
 
     @classmethod
@@ -232,6 +258,7 @@ class Detections:
             masks=None if self.masks is None else self.masks.select(keep),
             keypoints=None if self.keypoints is None else self.keypoints.select(keep),
             rotated=None if self.rotated is None else self.rotated.select(keep),
+            tracks=None if self.tracks is None else self.tracks.select(keep),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,6 +284,12 @@ class Detections:
         if self.masks is not None:
             for i, item in enumerate(items):
                 item["mask"] = self.masks.encode(i)
+        if self.tracks is not None:
+            for item, tid, age, (vx, vy) in zip(items, self.tracks.ids, self.tracks.ages_s, self.tracks.velocities,
+                                                strict=True):
+                item["track_id"] = int(tid)
+                item["track_age_s"] = round(float(age), 3)
+                item["velocity"] = [round(float(vx), 1), round(float(vy), 1)]
         return {"detections": items}
 
 
@@ -332,6 +365,12 @@ def raw_values(array: np.ndarray, max_values: int) -> dict[str, Any]:
 Output = Detections | Classification | RawOutputs
 
 
+class Annotations(Protocol):
+    """Whatever a stage after postprocessing adds to a result (analytics: events and counts)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(slots=True)
 class Result:
     """What the pipeline delivers to sinks: the postprocessed output, its frame's identity and timing."""
@@ -349,6 +388,8 @@ class Result:
     """Age of the frame when inference started (capture to infer start)."""
     image: np.ndarray | None = None
     """The source frame, kept only when a sink needs pixels (annotated video)."""
+    analytics: Annotations | None = None
+    """Zone and line events and counts for this frame, when analytics is configured."""
 
     @property
     def latency_ms(self) -> float:
@@ -364,4 +405,5 @@ class Result:
             "age_ms": round(self.age_ms, 3),
             "stage_ms": {k: round(v, 3) for k, v in self.stage_ms.items()},
             **self.output.to_dict(),
+            **(self.analytics.to_dict() if self.analytics is not None else {}),
         }
