@@ -139,3 +139,42 @@ def test_a_flood_from_one_device_leaves_another_devices_telemetry_and_liveness_a
         )
     finally:
         service.stop()
+
+
+def test_another_device_cannot_keep_a_silent_device_alive_with_forged_telemetry(
+    production_broker: ProductionBroker, clients, tmp_path: Path, attack
+) -> None:
+    rec = attack("forged telemetry keeps a silent device alive (production broker)", "fleet: liveness")
+    config = fast_config(
+        production_broker.local_port,
+        f"sqlite:///{tmp_path}/fleet.db",
+        mqtt={"username": "scheduler", "password": SCHEDULER_PASSWORD},
+        heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+    )
+    service = SchedulerService(config).start()
+    try:
+        assert service.wait_connected(5), service.mqtt.last_error
+        victim = SimDevice(DeviceSpec("cam-b"))
+        victim.new_session()
+        silent = clients("cam-b", will=(death_topic("cam-b"), encode(victim.death())))
+        silent.connected()  # stays connected (no will) and says nothing more: hung
+        silent.publish(birth_topic("cam-b"), encode(victim.birth()), retain=True)
+        wait_until(lambda: (d := service.store.get_device("cam-b")) is not None and d.online, 10, "cam-b online")
+        forger = clients("cam-a").connected()
+        started = time.time()
+        forged = 0
+        while time.time() - started < 2 * HEARTBEAT_TIMEOUT_S:  # the victim's own session and sequence
+            forger.client.publish(telemetry_topic("cam-b"), victim.telemetry_payload(time.time(), 0.2), qos=1)
+            forged += 1
+            time.sleep(0.1)
+        device = service.store.get_device("cam-b")
+        assert device is not None and not device.online, "forged telemetry kept a silent device online"
+        assert service.counts["telemetry"] == 0 and service.rejected["flood"] == 0, "a forged message got through"
+        rec.figures.update(forged=forged, received=service.counts["telemetry"], liveness_timeouts=service.counts[
+            "liveness_timeouts"])  # fmt: skip
+        rec.refused_because(
+            "broker ACL: a device publishes only on its own topics, so the forgery never reached the scheduler; "
+            f"the silent device was marked offline after heartbeat_timeout_s ({HEARTBEAT_TIMEOUT_S:g} s)"
+        )
+    finally:
+        service.stop()
