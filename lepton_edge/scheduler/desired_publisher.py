@@ -46,6 +46,8 @@ from lepton_edge.scheduler.store import Store
 
 log = logging.getLogger("lepton_edge.scheduler.desired_publisher")
 
+RECENT_DOCUMENTS = 4
+"""Documents published for one device that its echo may still bring back (pushes in quick succession)."""
 REASSERT_INTERVAL_S = 1.0
 """A device's desired document is re-asserted at most this often (a flood of foreign documents costs one
 publication per device per interval)."""
@@ -112,6 +114,8 @@ class DesiredPublisher:
         self._push_again = push_again
         self._issued: dict[str, bytes] = {}
         """Device -> the payload of the last desired document this replica published (or recognised) for it."""
+        self._recent: dict[str, collections.deque[bytes]] = {}
+        """Device -> the payloads it published last (their echoes are not foreign)."""
         self._reasserted_at: dict[str, float] = {}
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -126,6 +130,7 @@ class DesiredPublisher:
     def publish(self, device_id: str, payload: bytes) -> None:
         """Publish ``payload`` as ``device_id``'s desired document (retained, QoS 1) and remember it."""
         self._issued[device_id] = payload
+        self._recent.setdefault(device_id, collections.deque(maxlen=RECENT_DOCUMENTS)).append(payload)
         self._mqtt.publish(config_desired_topic(device_id), payload, qos=1, retain=True)
 
     def subscribe(self) -> None:
@@ -142,8 +147,8 @@ class DesiredPublisher:
         if device_id is None:
             return
         issued = self._issued.get(device_id)
-        if issued == message.payload:
-            return  # our own document (the echo of our publication, or the retained one on subscribing)
+        if issued == message.payload or message.payload in self._recent.get(device_id, ()):
+            return  # our own document (the echo of a publication, or the retained one on subscribing)
         if issued is None:
             if message.payload:  # issued before this replica started? the store knows the version
                 payload = message.payload

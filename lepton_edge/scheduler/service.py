@@ -320,6 +320,9 @@ class SchedulerService:
             "moved_total": planner.moved_total,
             "desired_pushes": planner.pushes,
             "unplaced": len(planner.unplaced),
+            "flood_isolated": self.ingestion.isolation.isolated,
+            "flood_isolations": self.counts["flood_isolations"],
+            "desired_reasserted": self.counts["desired_reasserted"],
         }
 
     def _log_stats(self) -> None:
