@@ -21,6 +21,7 @@ from lepton_edge.runtime.postprocess import DEFAULT_CONFIGS, create_postprocesso
 from lepton_edge.runtime.preprocess import Preprocessor
 from lepton_edge.runtime.sinks import create_sinks
 from lepton_edge.runtime.sources import FrameReader, create_source
+from lepton_edge.runtime.tracking import TrackingStage
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,11 @@ def make_preprocessor(config: DeviceConfig, backend: Backend, source_kind: str) 
                         metadata=backend.metadata)
 
 
+def make_tracking(config: DeviceConfig) -> TrackingStage | None:
+    """The tracking (and analytics) step ``config`` asks for; None when it has no tracking section."""
+    return TrackingStage(config.tracking, config.analytics) if config.tracking is not None else None
+
+
 def build_pipeline(config: DeviceConfig, backend: Backend, *, max_frames: int | None = None,
                    extra_sinks: list[Any] | None = None, stats: PipelineStats | None = None) -> Pipeline:
     """Open the source and the sinks described by ``config`` around the loaded ``backend``; returns an unstarted
@@ -129,6 +135,7 @@ def build_pipeline(config: DeviceConfig, backend: Backend, *, max_frames: int | 
             reader, backend, postprocessor, sinks,
             preprocessor=preprocessor, live=live, max_frame_age_ms=config.source.max_frame_age_ms,
             max_frames=max_frames, stats=stats, stop_event=stop, inputs=config.model.inputs,
+            tracking=make_tracking(config),
         )
     except BaseException:
         backend.close()

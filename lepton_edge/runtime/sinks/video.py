@@ -1,5 +1,6 @@
 """An annotated video file: boxes (or rotated boxes), translucent masks, keypoints with their skeleton, labels,
-scores and the frame's latency drawn on the source frame."""
+scores, track ids, zones and counting lines with their counts, and the frame's latency drawn on the source
+frame."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 from lepton_edge.config.pipeline import VideoSinkConfig
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.core.results import Classification, Detections, Result
+from lepton_edge.runtime.analytics import AnalyticsFrame
 from lepton_edge.runtime.sinks.base import Sink, rotate
 
 _PALETTE = [(56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207),
@@ -74,6 +76,8 @@ def draw_detections(out: np.ndarray, detections: Detections) -> None:
                                                strict=True)):
         color = _color(cls)
         text = f"{detections.label(int(cls))} {score:.2f}"
+        if detections.tracks is not None and detections.tracks.ids[i] >= 0:
+            text = f"#{detections.tracks.ids[i]} {text}"
         if corners is not None:
             polygon = np.round(corners[i]).astype(np.int32)
             cv2.polylines(out, [polygon], True, color, 2, cv2.LINE_AA)
@@ -86,12 +90,32 @@ def draw_detections(out: np.ndarray, detections: Detections) -> None:
     draw_keypoints(out, detections)
 
 
+def draw_analytics(out: np.ndarray, analytics: AnalyticsFrame) -> None:
+    """Zones (outlined, with their occupancy) and counting lines (with their in/out totals)."""
+    import cv2
+
+    zone_color, line_color = (255, 200, 0), (0, 220, 255)
+    for name, polygon in analytics.geometry.zones.items():
+        points = np.round(polygon).astype(np.int32)
+        cv2.polylines(out, [points], True, zone_color, 2, cv2.LINE_AA)
+        x, y = points.min(axis=0)
+        _label(out, f"{name}: {analytics.occupancy.get(name, 0)}", int(x), int(y) + 18, zone_color)
+    for name, segment in analytics.geometry.lines.items():
+        (x1, y1), (x2, y2) = np.round(segment).astype(int).tolist()
+        cv2.line(out, (x1, y1), (x2, y2), line_color, 2, cv2.LINE_AA)
+        totals = analytics.line_counts.get(name, {})
+        _label(out, f"{name} in {totals.get('in', 0)} out {totals.get('out', 0)}", min(x1, x2),
+               min(y1, y2), line_color)
+
+
 def annotate(image: np.ndarray, result: Result) -> np.ndarray:
     """Draw ``result`` on a copy of ``image`` (BGR)."""
     import cv2
 
     out = image.copy()
     output = result.output
+    if isinstance(result.analytics, AnalyticsFrame):
+        draw_analytics(out, result.analytics)
     if isinstance(output, Detections):
         draw_detections(out, output)
     elif isinstance(output, Classification) and len(output):
