@@ -577,7 +577,7 @@ class TrackingConfig(Strict):
     match_iou: float = Field(
         0.2, ge=0.01, le=1, description="Least IoU between a track's predicted box and a detection to match them.")
     recover_gate: float = Field(
-        3.0, ge=0, le=10, description="Lost tracks left unmatched by IoU may take a detection whose centre is "
+        2.0, ge=0, le=10, description="Lost tracks left unmatched by IoU may take a detection whose centre is "
         "within this many standard deviations of the predicted centre (0: IoU only).")
     max_lost_s: float = Field(
         1.5, gt=0, le=600, description="Seconds of capture time a track is kept without a detection before it "
@@ -588,7 +588,7 @@ class TrackingConfig(Strict):
         False, description="Match detections to tracks of any class (the track takes the detection's class); "
         "false keeps one class per track.")
     motion_noise: float = Field(
-        1.0, gt=0, le=100, description="Process noise of the constant-velocity motion model: acceleration "
+        0.3, gt=0, le=100, description="Process noise of the constant-velocity motion model: acceleration "
         "spread in box heights per second squared.")
     measurement_noise: float = Field(
         0.05, gt=0, le=1, description="Spread of detected box edges, as a fraction of the box height.")

@@ -181,26 +181,29 @@ class RotatedBoxes:
 @dataclass(slots=True)
 class Tracks:
     """What a tracker adds to each detection: its track id (-1: not on a confirmed track), the track's age in
-    seconds of capture time and its velocity ``(N, 2)`` in source pixels per second."""
+    seconds of capture time and its velocity ``(N, 2)`` in source pixels per second. ``smoothed`` ``(N, 4)`` are
+    the tracker's estimates of the boxes (xyxy, less jitter than the detections; analytics decides on them)."""
 
     ids: np.ndarray
     ages_s: np.ndarray
     velocities: np.ndarray
+    smoothed: np.ndarray
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64).reshape(-1)
         self.ages_s = np.asarray(self.ages_s, dtype=np.float32).reshape(-1)
         self.velocities = np.asarray(self.velocities, dtype=np.float32).reshape(-1, 2)
-        if not len(self.ids) == len(self.ages_s) == len(self.velocities):
+        self.smoothed = np.asarray(self.smoothed, dtype=np.float32).reshape(-1, 4)
+        if not len(self.ids) == len(self.ages_s) == len(self.velocities) == len(self.smoothed):
             raise ValueError(f"Tracks arrays disagree in length: ids {len(self.ids)}, ages_s {len(self.ages_s)}, "
-                             f"velocities {len(self.velocities)}")
+                             f"velocities {len(self.velocities)}, smoothed {len(self.smoothed)}")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def select(self, keep: np.ndarray) -> Tracks:
         keep = np.asarray(keep, dtype=np.int64)
-        return Tracks(self.ids[keep], self.ages_s[keep], self.velocities[keep])
+        return Tracks(self.ids[keep], self.ages_s[keep], self.velocities[keep], self.smoothed[keep])
 
 
 @dataclass(slots=True)

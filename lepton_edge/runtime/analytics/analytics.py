@@ -52,7 +52,8 @@ class Analytics:
         ids = tracks.ids[on] if tracks is not None else on
         class_ids = detections.class_ids[on]
         labels = [detections.label(int(c)) for c in class_ids]
-        anchors = anchor_points(detections.boxes[on], self.config.anchor)
+        boxes = tracks.smoothed if tracks is not None else detections.boxes
+        anchors = anchor_points(boxes[on], self.config.anchor)
         events: list[AnalyticsEvent] = []
         for zone, classes in self.zones:
             events += zone.end(ended, t)

@@ -22,8 +22,8 @@ class _Visit:
 class ZoneMonitor:
     """Which tracks are inside ``polygon`` and since when.
 
-    A track enters when its anchor is inside and at least ``hysteresis`` pixels from the edge (or inside on its
-    first observation), and leaves when it is outside by as much, or when its track ends. A visit longer than
+    A track enters as soon as its anchor is inside, and leaves only once it is at least ``hysteresis`` pixels
+    outside (or its track ends): a track on the edge enters once, however it jitters. A visit longer than
     ``loiter_s`` raises one loitering event.
     """
 
@@ -34,7 +34,6 @@ class ZoneMonitor:
         self.loiter_s = loiter_s
         self.entered: Counter[str] = Counter()
         self._visits: dict[int, _Visit] = {}
-        self._seen: set[int] = set()
 
     @property
     def occupancy(self) -> int:
@@ -48,9 +47,7 @@ class ZoneMonitor:
             clear = distance_to_edges(anchors, self.polygon) >= self.hysteresis
             for i, tid in enumerate(ids.tolist()):
                 visit = self._visits.get(tid)
-                first = tid not in self._seen
-                self._seen.add(tid)
-                if visit is None and inside[i] and (clear[i] or first):
+                if visit is None and inside[i]:
                     self._visits[tid] = _Visit(t, int(class_ids[i]), labels[i])
                     self.entered[labels[i]] += 1
                     events.append(AnalyticsEvent("zone_enter", self.name, tid, int(class_ids[i]), labels[i], t))
@@ -70,9 +67,7 @@ class ZoneMonitor:
 
     def end(self, ended: tuple[int, ...], t: float) -> list[AnalyticsEvent]:
         """Tracks that ended leave the zone (their last dwell time is reported)."""
-        events = [self._exit(tid, t) for tid in ended if tid in self._visits]
-        self._seen.difference_update(ended)
-        return events
+        return [self._exit(tid, t) for tid in ended if tid in self._visits]
 
     def dwell(self, tid: int, t: float) -> float | None:
         visit = self._visits.get(tid)

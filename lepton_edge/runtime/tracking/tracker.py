@@ -171,4 +171,6 @@ class Tracker:
         ids[on] = np.where(self.ids[rows] > 0, self.ids[rows], -1)
         ages[on] = t - self.first_ts[rows]
         velocities[on] = self.motion.v[rows, :2]
-        return replace(detections, tracks=Tracks(ids, ages, velocities))
+        smoothed = detections.boxes.copy()
+        smoothed[on] = self.motion.boxes()[rows]
+        return replace(detections, tracks=Tracks(ids, ages, velocities, smoothed))
