@@ -179,3 +179,33 @@ def test_pushes_are_signed_and_after_a_restart_the_issued_document_is_recognised
             third.stop()
     finally:
         sim.stop()
+
+
+@pytest.mark.integration
+def test_a_flood_of_foreign_documents_is_answered_once_a_second_and_ends_with_the_schedulers(
+    fresh_broker, make_mqtt_client, tmp_path: Path, unique: str
+) -> None:
+    service = SchedulerService(fast_config(fresh_broker.port, f"sqlite:///{tmp_path}/fleet.db")).start()
+    sim = FleetSimulator("127.0.0.1", fresh_broker.port, 1, rate_hz=5.0, prefix=unique, mode="device").start()
+    (device,) = sim.devices
+    recorder = DesiredRecorder()
+    watcher = make_mqtt_client(fresh_broker, f"watcher-{unique}")
+    watcher.subscribe(subscription(TopicKind.CONFIG_DESIRED, device), recorder)
+    watcher.start()
+    attacker = make_mqtt_client(fresh_broker, f"attacker-{unique}")
+    attacker.start()
+    try:
+        assert watcher.wait_connected(5) and attacker.wait_connected(5)
+        service.add_workload(workload("w1"))
+        issued = wait_until(lambda: recorder.latest(device), 20, "a desired document")
+        started = time.monotonic()
+        for i in range(200):
+            garbage = DesiredConfig(version=issued.version + 1 + i, config={"idle": True}, issued_at=1.0, issued_by="x")
+            attacker.publish(config_desired_topic(device), encode(garbage), retain=True)
+        wait_until(lambda: service.counts["desired_foreign"] >= 200, 10, "every foreign document seen")
+        elapsed = time.monotonic() - started
+        wait_until(lambda: recorder.latest(device) == issued, 10, "the scheduler's document last")
+        assert service.counts["desired_reasserted"] <= elapsed + 2, "re-asserted more than once a second"
+    finally:
+        sim.stop()
+        service.stop()
