@@ -87,7 +87,7 @@ class FloodIsolation:
             if self._mqtt is None or device_id in self._isolated:
                 return
             known = [view.device_id for view in self._views.all()]
-            if len(known) > limit:
+            if limit == 0 or len(known) > limit:
                 self._counts["flood_not_isolated"] += 1
                 log.warning(
                     "device %s floods, but %d devices are over ingest.flood_isolation_max_devices (%d): its "
