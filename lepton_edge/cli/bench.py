@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
 from lepton_edge.tools.bench import BENCH_DIR, SUITES, BenchOptions, print_report, run_bench, write_report
+from lepton_edge.tools.bench_tracking import TrackingBenchOptions, format_report, run_tracking_bench
 
 DESCRIPTION = 'Benchmarks print ratios measured in one run (absolute times on a shared machine are noise).'
 
@@ -15,6 +17,7 @@ EPILOG = """examples:
   lepton-edge bench --model det.onnx --source video.mp4 --frames 300
   lepton-edge bench --suite latency --duration 60     # live 30 fps latency stability run
   lepton-edge bench --model yolo_dynamic.onnx --size 320x320 --suite throughput   # at another input size
+  lepton-edge bench --tracking                        # our tracker vs supervision's ByteTrack (bench extra)
 
 The preprocessing flags (--size, --mean, --std, --color, --resize, --layout, --interpolation, over
 --config's preprocess section) apply to every model measured.
@@ -41,9 +44,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=str(BENCH_DIR / "bench.json"),
                    help=f"JSON report path (default {BENCH_DIR}/bench.json; generated inputs go to {BENCH_DIR})")
     add_preprocess_arguments(p)
+    tracking = p.add_argument_group("tracking", "--tracking runs only the tracking benchmark (docs/tracking.md)")
+    tracking.add_argument("--tracking", action="store_true",
+                          help="tracking quality (IDF1, MOTA, ID switches; full rate and 50%% dropped), counts "
+                          "and cost against supervision's ByteTrack on generated sequences")
+    tracking.add_argument("--tracking-seeds", type=int, nargs="+", default=[1, 2, 3],
+                          help="one generated sequence per seed (default 1 2 3)")
+    tracking.add_argument("--tracking-seconds", type=float, default=30.0, help="length of each sequence (30 s)")
+
+
+def run_tracking(args: argparse.Namespace) -> int:
+    options = TrackingBenchOptions(seeds=tuple(args.tracking_seeds), seconds=args.tracking_seconds)
+    report = run_tracking_bench(options)
+    out = Path(args.output).with_name("tracking.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    print(f"\nreport: {out}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tracking:
+        return run_tracking(args)
     options = BenchOptions(
         suites=tuple(args.suite or DEFAULTS.suites),
         models=tuple(Path(m) for m in args.model or ()),
