@@ -30,12 +30,11 @@ def test_frame_counting_would_lose_it():
     # The same object, with the same gaps, but every frame stamped 1/30 s apart: the prediction lags
     # and no single track follows it. This is what the time-based model is for.
     tracker = Tracker(TrackingConfig(recover_gate=0))
-    t, frame, seen = 0.0, 0, set()
-    for _ in range(40):
+    seen = set()
+    for frame in range(40):
+        t = frame * 0.2
         update = tracker.update(detections([[100 + 600 * t, 300]]), frame / 30)
         seen.update(i for i in ids_of(update) if i >= 0)
-        t += 0.2
-        frame += 1
     assert seen != {1}
 
 
