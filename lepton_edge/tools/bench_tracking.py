@@ -71,10 +71,17 @@ def _objects(rng: np.random.Generator, seconds: float, count: int) -> list[dict[
             start = np.array([x, -h if edge == 2 else HEIGHT + h])
             heading = np.array([float(rng.uniform(-0.25, 0.25)), 1.0 if edge == 2 else -1.0])
         changes = sorted(rng.uniform(0, 12, int(rng.integers(1, 4))).tolist())
-        objects.append({"id": i + 1, "t0": float(rng.uniform(0, max(seconds - 3, 0.1))), "start": start,
-                        "velocity": heading / np.linalg.norm(heading) * speed, "size": (w, h),
-                        "changes": [(c, float(rng.uniform(0.3, 1.8))) for c in changes],
-                        "cls": int(rng.integers(2))})
+        objects.append(
+            {
+                "id": i + 1,
+                "t0": float(rng.uniform(0, max(seconds - 3, 0.1))),
+                "start": start,
+                "velocity": heading / np.linalg.norm(heading) * speed,
+                "size": (w, h),
+                "changes": [(c, float(rng.uniform(0.3, 1.8))) for c in changes],
+                "cls": int(rng.integers(2)),
+            }
+        )
     return objects
 
 
@@ -119,8 +126,12 @@ def generate(seed: int, seconds: float = 30.0, objects: int = 70, noise: Detecto
 
 def _detect(rng: np.random.Generator, boxes: np.ndarray, classes: np.ndarray, noise: DetectorNoise) -> Detections:
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    behind = ((centres[:, None, 0] > PILLARS[None, :, 0]) & (centres[:, None, 0] < PILLARS[None, :, 2])
-              & (centres[:, None, 1] > PILLARS[None, :, 1]) & (centres[:, None, 1] < PILLARS[None, :, 3])).any(1)
+    behind = (
+        (centres[:, None, 0] > PILLARS[None, :, 0])
+        & (centres[:, None, 0] < PILLARS[None, :, 2])
+        & (centres[:, None, 1] > PILLARS[None, :, 1])
+        & (centres[:, None, 1] < PILLARS[None, :, 3])
+    ).any(1)
     n = len(boxes)
     seen = np.where(behind, rng.random(n) < noise.occluded_seen, rng.random(n) >= noise.miss)
     low = behind | (rng.random(n) < noise.low_score)
@@ -131,9 +142,12 @@ def _detect(rng: np.random.Generator, boxes: np.ndarray, classes: np.ndarray, no
     fw = rng.uniform(30, 90, fp)
     fx, fy = rng.uniform(0, WIDTH - 90, fp), rng.uniform(0, HEIGHT - 180, fp)
     fp_boxes = np.stack([fx, fy, fx + fw, fy + fw * rng.uniform(0.8, 2.2, fp)], axis=1)
-    return Detections(np.concatenate([jittered[seen], fp_boxes]),
-                      np.concatenate([scores[seen], rng.uniform(0.1, 0.65, fp)]),
-                      np.concatenate([classes[seen], rng.integers(0, 2, fp)]), LABELS)
+    return Detections(
+        np.concatenate([jittered[seen], fp_boxes]),
+        np.concatenate([scores[seen], rng.uniform(0.1, 0.65, fp)]),
+        np.concatenate([classes[seen], rng.integers(0, 2, fp)]),
+        LABELS,
+    )
 
 
 def truth_counts(seq: Sequence) -> dict[str, int]:
@@ -156,10 +170,12 @@ def truth_counts(seq: Sequence) -> dict[str, int]:
 
 
 def analytics_config() -> AnalyticsConfig:
-    return AnalyticsConfig.model_validate({
-        "zones": [{"name": "zone", "polygon": [list(p) for p in ZONE]}],
-        "lines": [{"name": name, "start": list(a), "end": list(b)} for name, (a, b) in LINES.items()],
-    })
+    return AnalyticsConfig.model_validate(
+        {
+            "zones": [{"name": "zone", "polygon": [list(p) for p in ZONE]}],
+            "lines": [{"name": name, "start": list(a), "end": list(b)} for name, (a, b) in LINES.items()],
+        }
+    )
 
 
 def keep_frames(n: int, drop: float, seed: int) -> np.ndarray:
@@ -190,18 +206,24 @@ def run_peer(seq: Sequence, frames: np.ndarray, config: TrackingConfig) -> tuple
     supervision's LineZone on its tracks."""
     import supervision as sv
 
-    tracker = sv.ByteTrack(track_activation_threshold=config.high_threshold,
-                           lost_track_buffer=round(config.max_lost_s * FPS),
-                           minimum_matching_threshold=1 - config.match_iou, frame_rate=round(FPS),
-                           minimum_consecutive_frames=config.confirm_hits)
-    lines = {name: sv.LineZone(sv.Point(*a), sv.Point(*b), triggering_anchors=[sv.Position.BOTTOM_CENTER])
-             for name, (a, b) in LINES.items()}
+    tracker = sv.ByteTrack(
+        track_activation_threshold=config.high_threshold,
+        lost_track_buffer=round(config.max_lost_s * FPS),
+        minimum_matching_threshold=1 - config.match_iou,
+        frame_rate=round(FPS),
+        minimum_consecutive_frames=config.confirm_hits,
+    )
+    lines = {
+        name: sv.LineZone(sv.Point(*a), sv.Point(*b), triggering_anchors=[sv.Position.BOTTOM_CENTER])
+        for name, (a, b) in LINES.items()
+    }
     out, costs = [], []
     for f in frames:
         det = seq.detections[f]
         t0 = time.perf_counter()
-        tracked = tracker.update_with_detections(sv.Detections(det.boxes.copy(), confidence=det.scores.copy(),
-                                                               class_id=det.class_ids.copy()))
+        tracked = tracker.update_with_detections(
+            sv.Detections(det.boxes.copy(), confidence=det.scores.copy(), class_id=det.class_ids.copy())
+        )
         for line in lines.values():
             line.trigger(tracked)
         costs.append((time.perf_counter() - t0) * 1000)
@@ -237,11 +259,20 @@ def _metrics(accs: list, names: list[str]) -> dict[str, float]:
     import motmetrics as mm
 
     mh = mm.metrics.create()
-    summary = mh.compute_many(accs, metrics=["idf1", "mota", "num_switches", "num_false_positives", "num_misses"],
-                              names=names, generate_overall=True)
+    summary = mh.compute_many(
+        accs,
+        metrics=["idf1", "mota", "num_switches", "num_false_positives", "num_misses"],
+        names=names,
+        generate_overall=True,
+    )
     row = summary.loc["OVERALL"]
-    return {"IDF1": float(row["idf1"]), "MOTA": float(row["mota"]), "ID switches": float(row["num_switches"]),
-            "FP": float(row["num_false_positives"]), "FN": float(row["num_misses"])}
+    return {
+        "IDF1": float(row["idf1"]),
+        "MOTA": float(row["mota"]),
+        "ID switches": float(row["num_switches"]),
+        "FP": float(row["num_false_positives"]),
+        "FN": float(row["num_misses"]),
+    }
 
 
 def cost_with_objects(objects: int, frames: int, config: TrackingConfig, seed: int = 11) -> dict[str, float]:
@@ -260,12 +291,17 @@ def cost_with_objects(objects: int, frames: int, config: TrackingConfig, seed: i
     _, _, ours = run_ours(seq, np.arange(frames), config)
     _, _, peer = run_peer(seq, np.arange(frames), config)
     warm = frames // 10
-    return {"ours median": float(np.median(ours[warm:])), "ours p99": float(np.percentile(ours[warm:], 99)),
-            "peer median": float(np.median(peer[warm:])), "peer p99": float(np.percentile(peer[warm:], 99))}
+    return {
+        "ours median": float(np.median(ours[warm:])),
+        "ours p99": float(np.percentile(ours[warm:], 99)),
+        "peer median": float(np.median(peer[warm:])),
+        "peer p99": float(np.percentile(peer[warm:], 99)),
+    }
 
 
-def run_tracking_bench(options: TrackingBenchOptions | None = None,
-                       config: TrackingConfig | None = None) -> dict[str, Any]:
+def run_tracking_bench(
+    options: TrackingBenchOptions | None = None, config: TrackingConfig | None = None
+) -> dict[str, Any]:
     """Every figure of the comparison, from one run."""
     options = options or TrackingBenchOptions()
     config = config or TrackingConfig()
@@ -284,8 +320,7 @@ def run_tracking_bench(options: TrackingBenchOptions | None = None,
             for k, v in truth_counts(seq).items():
                 counts["truth"][k] = counts["truth"].get(k, 0) + v
         names = [str(s) for s in options.seeds]
-        report[case] = {"ours": _metrics(accs["ours"], names), "peer": _metrics(accs["peer"], names),
-                        "counts": counts}
+        report[case] = {"ours": _metrics(accs["ours"], names), "peer": _metrics(accs["peer"], names), "counts": counts}
     report["cost 50 objects (ms/frame)"] = cost_with_objects(50, options.cost_frames, config)
     return report
 
@@ -303,22 +338,29 @@ def format_report(report: dict[str, Any]) -> str:
         targets = {"IDF1": ">= 1.1x" if dropped else ">= 1.0x", "ID switches": "<= 0.5x" if dropped else ""}
         for metric in ("IDF1", "MOTA", "ID switches", "FP", "FN"):
             fmt = "{:.3f}" if metric in ("IDF1", "MOTA") else "{:.0f}"
-            lines.append(f"  {metric:26}{fmt.format(ours[metric]):>10}{fmt.format(peer[metric]):>13}"
-                         f"{_ratio(ours[metric], peer[metric]):>8}   {targets.get(metric, '')}")
+            lines.append(
+                f"  {metric:26}{fmt.format(ours[metric]):>10}{fmt.format(peer[metric]):>13}"
+                f"{_ratio(ours[metric], peer[metric]):>8}   {targets.get(metric, '')}"
+            )
         truth, mine, theirs = (report[case]["counts"][k] for k in ("truth", "ours", "peer"))
         for key, exact in truth.items():
             err = abs(mine.get(key, 0) - exact)
-            lines.append(f"  count {key:20}{mine.get(key, 0):>10}{'':>13}{'':>8}   truth {exact}, error {err} "
-                         f"({100 * err / max(exact, 1):.1f} %)")
+            lines.append(
+                f"  count {key:20}{mine.get(key, 0):>10}{'':>13}{'':>8}   truth {exact}, error {err} "
+                f"({100 * err / max(exact, 1):.1f} %)"
+            )
         for key, got in theirs.items():
             name = key.split()[0]
             exact = truth[f"{name} in"] + truth[f"{name} out"]
-            lines.append(f"  count {key:20}{mine[f'{name} in'] + mine[f'{name} out']:>10}{got:>13}{'':>8}   "
-                         f"truth {exact}")
+            lines.append(
+                f"  count {key:20}{mine[f'{name} in'] + mine[f'{name} out']:>10}{got:>13}{'':>8}   truth {exact}"
+            )
     cost = report["cost 50 objects (ms/frame)"]
     lines.append("cost, 50 objects (ms/frame, tracking + lines/zones):")
     for stat in ("median", "p99"):
         target = "<= 1 ms" if stat == "median" else ""
-        lines.append(f"  {stat:26}{cost[f'ours {stat}']:>10.3f}{cost[f'peer {stat}']:>13.3f}"
-                     f"{_ratio(cost[f'ours {stat}'], cost[f'peer {stat}']):>8}   {target}")
+        lines.append(
+            f"  {stat:26}{cost[f'ours {stat}']:>10.3f}{cost[f'peer {stat}']:>13.3f}"
+            f"{_ratio(cost[f'ours {stat}'], cost[f'peer {stat}']):>8}   {target}"
+        )
     return "\n".join(lines)

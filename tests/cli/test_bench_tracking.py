@@ -12,8 +12,21 @@ pytest.importorskip("motmetrics")
 
 
 def test_the_tracking_bench_prints_both_trackers_side_by_side(tmp_path, capsys):
-    assert main(["bench", "--tracking", "--tracking-seeds", "4", "--tracking-seconds", "3",
-                 "--output", str(tmp_path / "bench.json")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--tracking",
+                "--tracking-seeds",
+                "4",
+                "--tracking-seconds",
+                "3",
+                "--output",
+                str(tmp_path / "bench.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for row in ("full rate:", "50 % dropped:", "IDF1", "ID switches", "count zone entries", "cost, 50 objects"):
         assert row in out

@@ -35,15 +35,30 @@ class Analytics:
     def _build(self, width: int, height: int) -> None:
         cfg = self.config
         scale = np.array([width, height], np.float64) if cfg.coordinates == "normalized" else np.ones(2)
-        self.zones = [(ZoneMonitor(z.name, np.array(z.polygon, np.float64) * scale, cfg.hysteresis_px, z.loiter_s),
-                       frozenset(z.classes)) for z in cfg.zones]
-        self.lines = [(LineCounter(ln.name, np.array(ln.start, np.float64) * scale,
-                                   np.array(ln.end, np.float64) * scale, cfg.hysteresis_px), frozenset(ln.classes))
-                      for ln in cfg.lines]
+        self.zones = [
+            (
+                ZoneMonitor(z.name, np.array(z.polygon, np.float64) * scale, cfg.hysteresis_px, z.loiter_s),
+                frozenset(z.classes),
+            )
+            for z in cfg.zones
+        ]
+        self.lines = [
+            (
+                LineCounter(
+                    ln.name,
+                    np.array(ln.start, np.float64) * scale,
+                    np.array(ln.end, np.float64) * scale,
+                    cfg.hysteresis_px,
+                ),
+                frozenset(ln.classes),
+            )
+            for ln in cfg.lines
+        ]
         self._size = (width, height)
 
-    def update(self, detections: Detections, t: float, frame_size: tuple[int, int],
-               ended: tuple[int, ...] = ()) -> AnalyticsFrame:
+    def update(
+        self, detections: Detections, t: float, frame_size: tuple[int, int], ended: tuple[int, ...] = ()
+    ) -> AnalyticsFrame:
         """One frame: ``frame_size`` is (width, height) in source pixels, ``ended`` the ids of tracks that ended."""
         if self._size != frame_size:
             self._build(*frame_size)
@@ -67,8 +82,10 @@ class Analytics:
             tuple(events),
             {line.name: dict(line.totals) for line, _ in self.lines},
             {zone.name: zone.occupancy for zone, _ in self.zones},
-            Geometry({z.name: z.polygon for z, _ in self.zones},
-                     {ln.name: np.stack([ln.start, ln.end]) for ln, _ in self.lines}),
+            Geometry(
+                {z.name: z.polygon for z, _ in self.zones},
+                {ln.name: np.stack([ln.start, ln.end]) for ln, _ in self.lines},
+            ),
             self._counts(t),
         )
 
@@ -84,5 +101,7 @@ class Analytics:
         if t < self._next_counts_ts:
             return None
         self._next_counts_ts = t + self.config.counts_interval_s
-        return {"lines": {line.name: line.counts() for line, _ in self.lines},
-                "zones": {zone.name: zone.counts() for zone, _ in self.zones}}
+        return {
+            "lines": {line.name: line.counts() for line, _ in self.lines},
+            "zones": {zone.name: zone.counts() for zone, _ in self.zones},
+        }

@@ -26,9 +26,14 @@ class AnalyticsEvent:
     """Seconds in the zone (exit and loitering)."""
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "track_id": self.track_id,
-                               "class_id": self.class_id, "label": self.label,
-                               "capture_ts": round(self.capture_ts, 6)}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
+            "track_id": self.track_id,
+            "class_id": self.class_id,
+            "label": self.label,
+            "capture_ts": round(self.capture_ts, 6),
+        }
         if self.direction is not None:
             out["direction"] = self.direction
         if self.dwell_s is not None:

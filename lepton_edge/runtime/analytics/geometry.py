@@ -13,8 +13,9 @@ def signed_distance_to_line(points: np.ndarray, start: np.ndarray, end: np.ndarr
     return (d[0] * rel[:, 1] - d[1] * rel[:, 0]) / float(np.hypot(*d))
 
 
-def crossing_within_segment(p0: np.ndarray, s0: float, p1: np.ndarray, s1: float, start: np.ndarray,
-                            end: np.ndarray) -> bool:
+def crossing_within_segment(
+    p0: np.ndarray, s0: float, p1: np.ndarray, s1: float, start: np.ndarray, end: np.ndarray
+) -> bool:
     """Whether the path p0 -> p1, whose signed distances from the line are ``s0`` and ``s1`` (opposite signs),
     meets the line between ``start`` and ``end``."""
     x = p0 + (p1 - p0) * (s0 / (s0 - s1))

@@ -28,8 +28,9 @@ class LineCounter:
         self._last: dict[int, tuple[np.ndarray, float]] = {}
         """Track id -> (its anchor and signed distance when last clearly on one side)."""
 
-    def update(self, ids: np.ndarray, class_ids: np.ndarray, labels: list[str], anchors: np.ndarray,
-               t: float) -> list[AnalyticsEvent]:
+    def update(
+        self, ids: np.ndarray, class_ids: np.ndarray, labels: list[str], anchors: np.ndarray, t: float
+    ) -> list[AnalyticsEvent]:
         events: list[AnalyticsEvent] = []
         if not len(ids):
             return events
@@ -45,8 +46,9 @@ class LineCounter:
             direction = "in" if s1 > 0 else "out"
             self.totals[direction] += 1
             self.per_class[direction][labels[i]] += 1
-            events.append(AnalyticsEvent("line_crossed", self.name, tid, int(class_ids[i]), labels[i], t,
-                                         direction=direction))
+            events.append(
+                AnalyticsEvent("line_crossed", self.name, tid, int(class_ids[i]), labels[i], t, direction=direction)
+            )
         return events
 
     def forget(self, ended: tuple[int, ...]) -> None:

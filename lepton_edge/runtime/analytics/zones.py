@@ -39,8 +39,9 @@ class ZoneMonitor:
     def occupancy(self) -> int:
         return len(self._visits)
 
-    def update(self, ids: np.ndarray, class_ids: np.ndarray, labels: list[str], anchors: np.ndarray,
-               t: float) -> list[AnalyticsEvent]:
+    def update(
+        self, ids: np.ndarray, class_ids: np.ndarray, labels: list[str], anchors: np.ndarray, t: float
+    ) -> list[AnalyticsEvent]:
         events: list[AnalyticsEvent] = []
         if len(ids):
             inside = inside_polygon(anchors, self.polygon)
@@ -56,14 +57,16 @@ class ZoneMonitor:
         for tid, visit in self._visits.items():
             if self.loiter_s is not None and not visit.loitered and t - visit.entered_ts >= self.loiter_s:
                 visit.loitered = True
-                events.append(AnalyticsEvent("loitering", self.name, tid, visit.class_id, visit.label, t,
-                                             dwell_s=t - visit.entered_ts))
+                events.append(
+                    AnalyticsEvent(
+                        "loitering", self.name, tid, visit.class_id, visit.label, t, dwell_s=t - visit.entered_ts
+                    )
+                )
         return events
 
     def _exit(self, tid: int, t: float) -> AnalyticsEvent:
         visit = self._visits.pop(tid)
-        return AnalyticsEvent("zone_exit", self.name, tid, visit.class_id, visit.label, t,
-                              dwell_s=t - visit.entered_ts)
+        return AnalyticsEvent("zone_exit", self.name, tid, visit.class_id, visit.label, t, dwell_s=t - visit.entered_ts)
 
     def end(self, ended: tuple[int, ...], t: float) -> list[AnalyticsEvent]:
         """Tracks that ended leave the zone (their last dwell time is reported)."""

@@ -30,8 +30,9 @@ class TrackingStage:
         self._streams[source_id] = stream  # most recent last
         return stream
 
-    def __call__(self, output: Any, capture_ts: float, source_id: str,
-                 frame_size: tuple[int, int]) -> tuple[Any, AnalyticsFrame | None]:
+    def __call__(
+        self, output: Any, capture_ts: float, source_id: str, frame_size: tuple[int, int]
+    ) -> tuple[Any, AnalyticsFrame | None]:
         """``output`` with its tracks, and this frame's analytics (None without an analytics section)."""
         if not isinstance(output, Detections):
             return output, None

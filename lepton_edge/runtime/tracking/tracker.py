@@ -132,7 +132,7 @@ class Tracker:
             self.first_ts = np.concatenate([self.first_ts, np.full(len(starts), t)])
             self.last_ts = np.concatenate([self.last_ts, np.full(len(starts), t)])
             if cfg.confirm_hits <= 1:
-                self.ids[-len(starts):] = np.arange(self.next_id, self.next_id + len(starts))
+                self.ids[-len(starts) :] = np.arange(self.next_id, self.next_id + len(starts))
                 self.next_id += len(starts)
         ended += self._cap(det_track)
         self._previous_frame_ts = t

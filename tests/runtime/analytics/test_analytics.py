@@ -54,8 +54,9 @@ def test_passing_beyond_the_end_of_the_segment_is_not_a_crossing():
 
 
 def test_counts_per_class_and_class_filters():
-    a = analytics(lines=[LINE, {"name": "cars", "start": [100, 400], "end": [900, 400], "classes": ["car"]}],
-                  counts_interval_s=1)
+    a = analytics(
+        lines=[LINE, {"name": "cars", "start": [100, 400], "end": [900, 400], "classes": ["car"]}], counts_interval_s=1
+    )
     feed(a, [(500, 300), (500, 500)], track_id=1, classes=[0])
     feed(a, [(600, 300), (600, 500)], track_id=2, classes=[1], start=1)
     counts = a.update(tracked([], []), 10.0, SIZE).counts
@@ -107,5 +108,16 @@ def test_events_are_written_in_results():
     a = analytics(lines=[LINE])
     feed(a, [(500, 300)])
     frame = a.update(tracked([1], [(500, 500)]), 1.0, SIZE)
-    assert frame.to_dict() == {"events": [{"kind": "line_crossed", "name": "gate", "track_id": 1, "class_id": 0,
-                                           "label": "person", "capture_ts": 1.0, "direction": "in"}]}
+    assert frame.to_dict() == {
+        "events": [
+            {
+                "kind": "line_crossed",
+                "name": "gate",
+                "track_id": 1,
+                "class_id": 0,
+                "label": "person",
+                "capture_ts": 1.0,
+                "direction": "in",
+            }
+        ]
+    }

@@ -13,8 +13,12 @@ def boxes_at(centres, size=(40.0, 80.0)):
 
 def detections(centres, scores=None, classes=None, size=(40.0, 80.0), labels=("person", "car")):
     n = len(np.asarray(centres).reshape(-1, 2))
-    return Detections(boxes_at(centres, size), np.full(n, 0.9) if scores is None else scores,
-                      np.zeros(n, np.int64) if classes is None else classes, labels)
+    return Detections(
+        boxes_at(centres, size),
+        np.full(n, 0.9) if scores is None else scores,
+        np.zeros(n, np.int64) if classes is None else classes,
+        labels,
+    )
 
 
 def tracked(ids, anchors, classes=None, size=(40.0, 80.0)):

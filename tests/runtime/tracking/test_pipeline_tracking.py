@@ -14,18 +14,31 @@ SOURCE = "synthetic://shapes?fps=0&width=320&height=240&frames=90"
 
 def run(tmp_path, **sections):
     out = tmp_path / "results.jsonl"
-    data = {"model": {"path": str(DEMO_MODEL)}, "source": {"uri": SOURCE},
-            "sinks": [{"type": "jsonl", "path": str(out)}, {"type": "video", "path": str(tmp_path / "v.avi"),
-                                                            "codec": "MJPG"}], **sections}
+    data = {
+        "model": {"path": str(DEMO_MODEL)},
+        "source": {"uri": SOURCE},
+        "sinks": [
+            {"type": "jsonl", "path": str(out)},
+            {"type": "video", "path": str(tmp_path / "v.avi"), "codec": "MJPG"},
+        ],
+        **sections,
+    }
     config = parse_config(data, "test")
     build_pipeline(config, load_backend(config)).run()
     return [json.loads(line) for line in out.read_text().splitlines()], tmp_path / "v.avi"
 
 
 def test_tracked_results_carry_track_ids_ages_and_velocities(tmp_path):
-    results, video = run(tmp_path, tracking={}, analytics={
-        "coordinates": "normalized", "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}],
-        "lines": [{"name": "middle", "start": [0.5, 0], "end": [0.5, 1]}], "counts_interval_s": 0.5})
+    results, video = run(
+        tmp_path,
+        tracking={},
+        analytics={
+            "coordinates": "normalized",
+            "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}],
+            "lines": [{"name": "middle", "start": [0.5, 0], "end": [0.5, 1]}],
+            "counts_interval_s": 0.5,
+        },
+    )
     assert len(results) == 90
     tracked = [d for r in results for d in r["detections"] if d["track_id"] >= 0]
     assert tracked, "no detection was on a confirmed track"
