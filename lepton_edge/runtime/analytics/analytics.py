@@ -31,6 +31,7 @@ class Analytics:
         self.zones: list[tuple[ZoneMonitor, frozenset[str]]] = []
         self.lines: list[tuple[LineCounter, frozenset[str]]] = []
         self._next_counts_ts: float | None = None
+        self._geometry = Geometry({}, {})
 
     def _build(self, width: int, height: int) -> None:
         cfg = self.config
@@ -55,6 +56,10 @@ class Analytics:
             for ln in cfg.lines
         ]
         self._size = (width, height)
+        self._geometry = Geometry(
+            {z.name: z.polygon for z, _ in self.zones},
+            {ln.name: np.stack([ln.start, ln.end]) for ln, _ in self.lines},
+        )
 
     def update(
         self, detections: Detections, t: float, frame_size: tuple[int, int], ended: tuple[int, ...] = ()
@@ -66,7 +71,7 @@ class Analytics:
         on = np.flatnonzero(tracks.ids >= 0) if tracks is not None else np.zeros(0, np.int64)
         ids = tracks.ids[on] if tracks is not None else on
         class_ids = detections.class_ids[on]
-        labels = [detections.label(int(c)) for c in class_ids]
+        labels = [detections.label(c) for c in class_ids.tolist()]
         boxes = tracks.smoothed if tracks is not None else detections.boxes
         anchors = anchor_points(boxes[on], self.config.anchor)
         events: list[AnalyticsEvent] = []
@@ -82,10 +87,7 @@ class Analytics:
             tuple(events),
             {line.name: dict(line.totals) for line, _ in self.lines},
             {zone.name: zone.occupancy for zone, _ in self.zones},
-            Geometry(
-                {z.name: z.polygon for z, _ in self.zones},
-                {ln.name: np.stack([ln.start, ln.end]) for ln, _ in self.lines},
-            ),
+            self._geometry,
             self._counts(t),
         )
 

@@ -35,10 +35,11 @@ class LineCounter:
         if not len(ids):
             return events
         distance = signed_distance_to_line(anchors, self.start, self.end)
-        for i in np.flatnonzero(np.abs(distance) >= max(self.hysteresis, 1e-9)):
-            tid, s1 = int(ids[i]), float(distance[i])
-            previous = self._last.get(tid)
-            self._last[tid] = (anchors[i], s1)
+        clear = np.flatnonzero(np.abs(distance) >= max(self.hysteresis, 1e-9))
+        last = self._last
+        for i, tid, s1 in zip(clear.tolist(), ids[clear].tolist(), distance[clear].tolist(), strict=True):
+            previous = last.get(tid)
+            last[tid] = (anchors[i], s1)
             if previous is None or (previous[1] > 0) == (s1 > 0):
                 continue
             if not crossing_within_segment(previous[0], previous[1], anchors[i], s1, self.start, self.end):

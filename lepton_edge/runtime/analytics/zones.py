@@ -44,14 +44,14 @@ class ZoneMonitor:
     ) -> list[AnalyticsEvent]:
         events: list[AnalyticsEvent] = []
         if len(ids):
-            inside = inside_polygon(anchors, self.polygon)
-            clear = distance_to_edges(anchors, self.polygon) >= self.hysteresis
-            for i, tid in enumerate(ids.tolist()):
+            inside = inside_polygon(anchors, self.polygon).tolist()
+            clear = (distance_to_edges(anchors, self.polygon) >= self.hysteresis).tolist()
+            for i, (tid, cls) in enumerate(zip(ids.tolist(), class_ids.tolist(), strict=True)):
                 visit = self._visits.get(tid)
                 if visit is None and inside[i]:
-                    self._visits[tid] = _Visit(t, int(class_ids[i]), labels[i])
+                    self._visits[tid] = _Visit(t, cls, labels[i])
                     self.entered[labels[i]] += 1
-                    events.append(AnalyticsEvent("zone_enter", self.name, tid, int(class_ids[i]), labels[i], t))
+                    events.append(AnalyticsEvent("zone_enter", self.name, tid, cls, labels[i], t))
                 elif visit is not None and not inside[i] and clear[i]:
                     events.append(self._exit(tid, t))
         for tid, visit in self._visits.items():

@@ -104,10 +104,11 @@ class BoxMotion:
         """Current (predicted or corrected) boxes, xyxy ``(N, 4)``."""
         return cxcywh_to_xyxy(self.x)
 
-    def centre_distance2(self, boxes_xyxy: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance ``(tracks, boxes)`` between each track's predicted centre and each box's
-        centre, with the prediction's uncertainty plus the detection's."""
+    def centre_distance2(self, rows: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance ``(rows, boxes)`` between the predicted centre of each track in ``rows``
+        and each box's centre, with the prediction's uncertainty plus the detection's."""
         z = xyxy_to_cxcywh(boxes_xyxy)
-        var = self.p00[:, None, :2] + self.measurement_var()[:, None, :2]
-        d = z[None, :, :2] - self.x[:, None, :2]
+        x = self.x[rows]
+        var = self.p00[rows, None, :2] + self.measurement_var(x)[:, None, :2]
+        d = z[None, :, :2] - x[:, None, :2]
         return (d * d / var).sum(axis=2)

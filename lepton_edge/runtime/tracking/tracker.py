@@ -16,6 +16,7 @@ Per frame at capture time ``t`` (seconds):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -75,34 +76,33 @@ class Tracker:
         confirmed = self.ids > 0
         predicted = self.motion.boxes()
 
-        def match(track_mask: np.ndarray, det_mask: np.ndarray, cost: np.ndarray | None, max_cost: float) -> None:
+        def same_class(rows: np.ndarray, cols: np.ndarray) -> np.ndarray | bool:
+            return True if cfg.class_agnostic else self.classes[rows][:, None] == classes[cols][None, :]
+
+        def overlap_cost(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return 1.0 - np.where(same_class(rows, cols), iou_matrix(predicted[rows], boxes[cols]), 0.0)
+
+        def position_cost(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            d2 = self.motion.centre_distance2(rows, boxes[cols])
+            ratio = (boxes[cols, 3] - boxes[cols, 1])[None, :] / np.maximum(self.motion.x[rows, 3:4], 1.0)
+            return np.where(same_class(rows, cols) & (ratio > 0.5) & (ratio < 2.0), d2, np.inf)
+
+        def match(track_mask: np.ndarray, det_mask: np.ndarray, cost: Callable, max_cost: float) -> None:
             rows, cols = np.flatnonzero(track_mask & free_track), np.flatnonzero(det_mask & free_det)
             if not len(rows) or not len(cols):
                 return
-            if cost is None:
-                iou = iou_matrix(predicted[rows], boxes[cols])
-                if not cfg.class_agnostic:
-                    iou = np.where(self.classes[rows][:, None] == classes[cols][None, :], iou, 0.0)
-                sub = 1.0 - iou
-            else:
-                sub = cost[np.ix_(rows, cols)]
-            r, c = assign(sub, max_cost)
+            r, c = assign(cost(rows, cols), max_cost)
             det_track[cols[c]] = rows[r]
             free_track[rows[r]] = False
             free_det[cols[c]] = False
 
         max_iou_cost = 1.0 - cfg.match_iou
         seen_last = self.last_ts >= self._previous_frame_ts
-        match(confirmed, high, None, max_iou_cost)  # stage 1: high scores, live and lost tracks
-        match(confirmed & seen_last, ~high, None, max_iou_cost)  # stage 2: low scores, live tracks
-        match(~confirmed, high, None, max_iou_cost)  # tentative tracks
-        if cfg.recover_gate > 0 and len(self) and n:  # lost tracks, by predicted position
-            d2 = self.motion.centre_distance2(boxes)
-            ratio = (boxes[:, 3] - boxes[:, 1])[None, :] / np.maximum(self.motion.x[:, 3:4], 1.0)
-            d2 = np.where((ratio > 0.5) & (ratio < 2.0), d2, np.inf)
-            if not cfg.class_agnostic:
-                d2 = np.where(self.classes[:, None] == classes[None, :], d2, np.inf)
-            match(confirmed & ~seen_last, high, d2, cfg.recover_gate**2)
+        match(confirmed, high, overlap_cost, max_iou_cost)  # stage 1: high scores, live and lost tracks
+        match(confirmed & seen_last, ~high, overlap_cost, max_iou_cost)  # stage 2: low scores, live tracks
+        match(~confirmed, high, overlap_cost, max_iou_cost)  # tentative tracks
+        if cfg.recover_gate > 0:  # lost tracks, by predicted position
+            match(confirmed & ~seen_last, high, position_cost, cfg.recover_gate**2)
 
         matched = det_track >= 0
         rows = det_track[matched]
