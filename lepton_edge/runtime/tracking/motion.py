@@ -109,6 +109,6 @@ class BoxMotion:
         and each box's centre, with the prediction's uncertainty plus the detection's."""
         z = xyxy_to_cxcywh(boxes_xyxy)
         x = self.x[rows]
-        var = self.p00[rows, None, :2] + self.measurement_var(x)[:, None, :2]
+        var = (self.p00[rows, :2] + self.measurement_var(x)[:, :2])[:, None, :]
         d = z[None, :, :2] - x[:, None, :2]
         return (d * d / var).sum(axis=2)

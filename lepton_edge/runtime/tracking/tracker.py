@@ -7,7 +7,7 @@ Per frame at capture time ``t`` (seconds):
 3. low-score detections are matched to the confirmed tracks still live and unmatched (ByteTrack's second stage:
    an occluded object's weak detection keeps its track);
 4. tentative tracks take the high-score detections left, by IoU; a tentative track that misses is dropped;
-5. lost tracks still unmatched may take a high-score detection left whose centre lies within ``recover_gate``
+5. confirmed tracks still unmatched may take a high-score detection left whose centre lies within ``recover_gate``
    standard deviations of the predicted centre (the prediction's uncertainty grows with the time it was lost);
 6. high-score detections still left with at least ``new_track_threshold`` start tentative tracks, confirmed (and
    given an id) after ``confirm_hits`` detections;
@@ -101,8 +101,8 @@ class Tracker:
         match(confirmed, high, overlap_cost, max_iou_cost)  # stage 1: high scores, live and lost tracks
         match(confirmed & seen_last, ~high, overlap_cost, max_iou_cost)  # stage 2: low scores, live tracks
         match(~confirmed, high, overlap_cost, max_iou_cost)  # tentative tracks
-        if cfg.recover_gate > 0:  # lost tracks, by predicted position
-            match(confirmed & ~seen_last, high, position_cost, cfg.recover_gate**2)
+        if cfg.recover_gate > 0:  # tracks left unmatched by overlap (missed or lost), by predicted position
+            match(confirmed, high, position_cost, cfg.recover_gate**2)
 
         matched = det_track >= 0
         rows = det_track[matched]
