@@ -255,6 +255,38 @@ class TrackingBenchOptions:
     cost_frames: int = 300
 
 
+def hota_data(seq: Sequence, frames: np.ndarray, hypotheses: list) -> dict[str, Any]:
+    """One sequence in TrackEval's form: per frame, contiguous truth and tracker ids and their IoU."""
+    gt_index: dict[int, int] = {}
+    hyp_index: dict[int, int] = {}
+    gt_ids, hyp_ids, similarity = [], [], []
+    for f, (ids, boxes) in zip(frames, hypotheses, strict=True):
+        truth_ids, truth_boxes, _ = seq.truth[f]
+        gt_ids.append(np.array([gt_index.setdefault(int(i), len(gt_index)) for i in truth_ids], np.int64))
+        hyp_ids.append(np.array([hyp_index.setdefault(int(i), len(hyp_index)) for i in ids], np.int64))
+        similarity.append(iou_matrix(truth_boxes, np.asarray(boxes, np.float64).reshape(-1, 4)))
+    return {
+        "gt_ids": gt_ids,
+        "tracker_ids": hyp_ids,
+        "similarity_scores": similarity,
+        "num_gt_ids": len(gt_index),
+        "num_tracker_ids": len(hyp_index),
+        "num_gt_dets": sum(len(i) for i in gt_ids),
+        "num_tracker_dets": sum(len(i) for i in hyp_ids),
+    }
+
+
+def hota(sequences: list[dict[str, Any]]) -> float | None:
+    """HOTA over the sequences by TrackEval (averaged over its IoU thresholds); None when it is not installed."""
+    try:
+        from trackeval.metrics import HOTA
+    except ImportError:
+        return None
+    metric = HOTA()
+    combined = metric.combine_sequences({str(i): metric.eval_sequence(d) for i, d in enumerate(sequences)})
+    return float(np.mean(combined["HOTA"]))
+
+
 def _metrics(accs: list, names: list[str]) -> dict[str, float]:
     import motmetrics as mm
 
@@ -311,18 +343,21 @@ def run_tracking_bench(
     sequences = {seed: generate(seed, options.seconds, options.objects) for seed in options.seeds}
     for case, drop in (("full rate", 0.0), (f"{round(options.drop * 100)} % dropped", options.drop)):
         accs: dict[str, list] = {"ours": [], "peer": []}
+        hota_inputs: dict[str, list] = {"ours": [], "peer": []}
         counts: dict[str, dict[str, int]] = {"truth": {}, "ours": {}, "peer": {}}
         for seed, seq in sequences.items():
             frames = keep_frames(len(seq.times), drop, seed)
             for who, runner in (("ours", run_ours), ("peer", run_peer)):
                 hyps, got, _ = runner(seq, frames, config)
                 accs[who].append(score(seq, frames, hyps, who))
+                hota_inputs[who].append(hota_data(seq, frames, hyps))
                 for k, v in got.items():
                     counts[who][k] = counts[who].get(k, 0) + v
             for k, v in truth_counts(seq).items():
                 counts["truth"][k] = counts["truth"].get(k, 0) + v
         names = [str(s) for s in options.seeds]
-        report[case] = {"ours": _metrics(accs["ours"], names), "peer": _metrics(accs["peer"], names), "counts": counts}
+        report[case] = {who: {"HOTA": hota(hota_inputs[who]), **_metrics(accs[who], names)} for who in ("ours", "peer")}
+        report[case]["counts"] = counts
     report["cost 50 objects (ms/frame)"] = cost_with_objects(50, options.cost_frames, config)
     return report
 
@@ -338,8 +373,10 @@ def format_report(report: dict[str, Any]) -> str:
         dropped = case != "full rate"
         lines.append(f"{case}:")
         targets = {"IDF1": ">= 1.1x" if dropped else ">= 1.0x", "ID switches": "<= 0.5x" if dropped else ""}
-        for metric in ("IDF1", "MOTA", "ID switches", "FP", "FN"):
-            fmt = "{:.3f}" if metric in ("IDF1", "MOTA") else "{:.0f}"
+        for metric in ("HOTA", "IDF1", "MOTA", "ID switches", "FP", "FN"):
+            if ours.get(metric) is None:
+                continue  # HOTA without TrackEval
+            fmt = "{:.3f}" if metric in ("HOTA", "IDF1", "MOTA") else "{:.0f}"
             lines.append(
                 f"  {metric:26}{fmt.format(ours[metric]):>10}{fmt.format(peer[metric]):>13}"
                 f"{_ratio(ours[metric], peer[metric]):>8}   {targets.get(metric, '')}"
