@@ -40,23 +40,24 @@ class Tracker:
 
     def __init__(self, config: TrackingConfig) -> None:
         self.config = config
-        self.motion = BoxMotion(config.motion_noise, config.measurement_noise)
-        self.ids = np.zeros(0, np.int64)  # 0 while tentative
-        self.classes = np.zeros(0, np.int64)
-        self.hits = np.zeros(0, np.int64)
-        self.first_ts = np.zeros(0)
-        self.last_ts = np.zeros(0)
-        self.clock: float | None = None
         self.next_id = 1
-        self._previous_frame_ts = -np.inf
+        """Ids are never reused, not even after a reset."""
+        self.reset()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def reset(self) -> list[int]:
         """Forget every track (a new source); returns the ids that ended."""
-        ended = [int(i) for i in self.ids if i > 0]
-        self.__init__(self.config)  # type: ignore[misc]
+        ended = [int(i) for i in getattr(self, "ids", ()) if i > 0]
+        self.motion = BoxMotion(self.config.motion_noise, self.config.measurement_noise)
+        self.ids = np.zeros(0, np.int64)  # 0 while tentative
+        self.classes = np.zeros(0, np.int64)
+        self.hits = np.zeros(0, np.int64)
+        self.first_ts = np.zeros(0)
+        self.last_ts = np.zeros(0)
+        self.clock: float | None = None
+        self._previous_frame_ts = -np.inf
         return ended
 
     def update(self, detections: Detections, t: float) -> TrackUpdate:

@@ -98,6 +98,8 @@ def test_time_going_back_starts_again():
         tracker.update(detections([[100, 100]]), 10 + f / 30)
     update = tracker.update(detections([[100, 100]]), 0.0)
     assert update.ended == (1,) and ids_of(update) == [-1]
+    update = tracker.update(detections([[100, 100]]), 0.1)
+    assert ids_of(update) == [2]  # ids are not reused
 
 
 def test_max_tracks_ends_the_longest_lost_first():
