@@ -18,17 +18,16 @@ from typing import Any
 
 import pytest
 
-from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.device.remote_policy import MAX_REMOTE_SINKS
-from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, config_desired_topic, encode
-from tests.device.helpers import Recorder, agent_config, wait_until
+from lepton_edge.fleet.protocol import TopicKind
+from tests.device.helpers import wait_until
+from tests.security.sandbox import GOOD_SOURCE, SandboxedDevice, sandboxed_agent
 from tests.support.http_server import LoopbackServer
-from tests.support.production_broker import ProductionBroker, agent_mqtt, client_tls, dev
+from tests.support.production_broker import ProductionBroker
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "cam-a"
-GOOD_SOURCE = "synthetic://shapes?fps=30&width=64&height=48"
 AREA = "remote config"
 
 
@@ -46,89 +45,33 @@ class CountingServer(LoopbackServer):
         req.end_headers()
 
 
-class SandboxedDevice:
-    """A real agent behind the production broker, and the scheduler's side of it: push desired documents,
-    read the reports, count the device's ``config.rejected`` events and its results."""
-
-    def __init__(self, agent: DeviceAgent, scheduler: Recorder, color_model: Path) -> None:
-        self.agent, self.scheduler, self.color_model = agent, scheduler, color_model
-        self.version = 0
-        self.good_version = 0
-
-    @property
-    def state_dir(self) -> Path:
-        return self.agent.store.dir
-
-    def workload(self, **sections: Any) -> dict[str, Any]:
-        """The last good workload (source ``door``) with ``sections`` replaced."""
-        base = {
-            "model": {"path": str(self.color_model)},
-            "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
-            "source": {"uri": GOOD_SOURCE, "id": "door"},
-            "postprocess": {"type": "classify", "top_k": 2},
-        }
-        return {**base, **sections}
-
-    def push(self, config: dict[str, Any]) -> ReportedConfig:
-        """Publish ``config`` as the next desired version (retained, as the scheduler does); its report."""
-        self.version += 1
-        version = self.version
-        document = DesiredConfig(version=version, config=config, issued_at=time.time(), issued_by="scheduler")
-        assert self.scheduler.client.publish(config_desired_topic(DEVICE), encode(document), qos=1, retain=True).wait(5)
-        return self.scheduler.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == version, timeout=20)
-
-    def rejected_events(self) -> list[Any]:
-        return [e for e in self.scheduler.of(TopicKind.EVENT) if e.kind == "config.rejected"]
-
-    def results_from_door(self) -> int:
-        return sum(1 for r in self.scheduler.of(TopicKind.RESULT) if r.source == "door")
-
-    def assert_still_serving(self) -> None:
-        """The last good config is active and still produces results."""
-        assert self.agent.config_version == self.good_version
-        before = self.results_from_door()
-        wait_until(lambda: self.results_from_door() >= before + 3, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def device(
     production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tmp_path_factory
 ) -> Iterator[SandboxedDevice]:
-    scheduler = Recorder.connect(
-        production_broker.port, "scheduler", dev(DEVICE, "#"), tls=client_tls(pki, "scheduler")
-    )
-    tmp = tmp_path_factory.mktemp("sandboxed")
-    mqtt = agent_mqtt(pki, DEVICE)
-    agent = DeviceAgent(agent_config(tmp, color_model, production_broker.port, DEVICE, agent={"mqtt": mqtt}))
-    agent.start()
-    try:
-        assert agent.client.wait_connected(10), agent.client.last_error
-        sandboxed = SandboxedDevice(agent, scheduler, color_model)
+    workdir = tmp_path_factory.mktemp("sandboxed")
+    with sandboxed_agent(production_broker, pki, workdir, color_model, DEVICE) as sandboxed:
         good = sandboxed.push(sandboxed.workload())
         assert (good.outcome, good.errors) == ("applied", []), good.errors
         sandboxed.good_version = good.version
         sandboxed.assert_still_serving()
         yield sandboxed
-    finally:
-        agent.stop()
-        scheduler.client.publish(config_desired_topic(DEVICE), b"", qos=1, retain=True).wait(5)
-        scheduler.stop()
 
 
 def assert_refused(device: SandboxedDevice, config: dict[str, Any], field: str, rule: str, rec: Any) -> str:
     """Push ``config``; it must be rejected naming ``field`` and ``rule``, counted, and change nothing."""
-    events_before = len(device.rejected_events())
+    events_before = len(device.events("config.rejected"))
     report = device.push(config)
     assert report.outcome == "rejected", report
     assert report.active_version == device.good_version
     reason = next((e for e in report.errors if field in e and rule in e), None)
     assert reason is not None, f"no error names {field!r} and {rule!r}: {report.errors}"
     event = wait_until(
-        lambda: next((e for e in device.rejected_events() if e.details["version"] == report.version), None)
+        lambda: next((e for e in device.events("config.rejected") if e.details["version"] == report.version), None)
     )
     device.assert_still_serving()
     rec.refused_because(reason)
-    rec.figures["config.rejected events"] = len(device.rejected_events()) - events_before
+    rec.figures["config.rejected events"] = len(device.events("config.rejected")) - events_before
     assert event.details["errors"], event
     return reason
 
@@ -138,7 +81,7 @@ def assert_refused(device: SandboxedDevice, config: dict[str, Any], field: str, 
 
 def test_labels_from_etc_passwd_are_refused(device: SandboxedDevice, attack) -> None:
     rec = attack("model.labels: /etc/passwd (read a local file back through detections)", AREA)
-    config = device.workload(model={"path": str(device.color_model), "labels": "/etc/passwd"})
+    config = device.workload(model={"path": str(device.agent.local_config.model.path), "labels": "/etc/passwd"})
     assert_refused(device, config, "model.labels", "allowed folders", rec)
     labels = {c.label for r in device.scheduler.of(TopicKind.RESULT) for c in (r.classes or [])}
     assert "root" not in labels and not any(":x:" in label for label in labels)
@@ -178,7 +121,7 @@ def test_symlink_escapes_out_of_an_allowed_folder_are_refused(device: SandboxedD
     rec = attack("symlink inside an allowed folder pointing out of it (labels and sink)", AREA)
     link = device.state_dir / f"escape-{uuid.uuid4().hex[:6]}"
     os.symlink("/etc", link)
-    config = device.workload(model={"path": str(device.color_model), "labels": f"{link.name}/passwd"})
+    config = device.workload(model={"path": str(device.agent.local_config.model.path), "labels": f"{link.name}/passwd"})
     reason = assert_refused(device, config, "model.labels", "resolves to /etc/passwd", rec)
     outside = Path("/tmp") / f"lepton-symlink-{uuid.uuid4().hex[:8]}.jsonl"
     sink_link = device.state_dir / f"{link.name}.jsonl"

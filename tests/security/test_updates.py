@@ -19,22 +19,21 @@ from typing import Any
 
 import pytest
 
-from lepton_edge.config.fleet import TlsConfig
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.device.signing import generate_keypair, sign_reference
-from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, config_desired_topic, encode
-from tests.device.helpers import Recorder, agent_config, wait_until
+from lepton_edge.fleet.protocol import ReportedConfig, TopicKind
+from tests.device.helpers import agent_config, wait_until
+from tests.security.sandbox import SandboxedDevice, sandboxed_agent
 from tests.support.http_server import LoopbackServer
 from tests.support.onnx_models import mean_color_classifier
-from tests.support.production_broker import ProductionBroker, dev
+from tests.support.production_broker import ProductionBroker, agent_mqtt
 from tests.support.tiny_fs import fill, tiny_fs_mount  # noqa: F401 (the tiny_fs fixture)
 
 pytestmark = pytest.mark.integration
 
 DEVICE = "cam-b"
 TARGET = "cams-east"
-GOOD_SOURCE = "synthetic://shapes?fps=30&width=64&height=48"
 AREA = "updates"
 
 
@@ -79,46 +78,26 @@ class ArtifactServer(LoopbackServer):
             req.close_connection = True
 
 
-class UpdatedDevice:
-    """A real agent behind the production broker, the release key, the artifact server and the scheduler's
-    side: push desired documents, read the reports and events, count results."""
+class UpdatedDevice(SandboxedDevice):
+    """The sandboxed agent with its release key and artifact server: pushes configs running an artifact."""
 
-    def __init__(self, agent: DeviceAgent, scheduler: Recorder, server: ArtifactServer, key: Path) -> None:
-        self.agent, self.scheduler, self.server, self.key = agent, scheduler, server, key
-        self.version = 0
-        self.good_version = 0
+    def __init__(self, sandboxed: SandboxedDevice, server: ArtifactServer, key: Path) -> None:
+        super().__init__(sandboxed.agent, sandboxed.scheduler)
+        self.server, self.key = server, key
 
     @property
     def staging(self) -> Path:
         return self.agent.artifacts.staging
 
-    def publish(self, artifact: ArtifactRef | None, **sections: Any) -> int:
+    def publish_artifact(self, artifact: ArtifactRef | None, **sections: Any) -> int:
         """Publish the next desired version running ``artifact`` (None: the local model file) with
-        ``sections`` added, retained; returns the version."""
-        self.version += 1
-        model: dict[str, Any] = {"path": str(self.agent.local_config.model.path)}
+        ``sections`` added; returns the version."""
         if artifact is not None:
-            model = {"path": "unused.onnx", "artifact": artifact.model_dump(exclude_none=True)}
-        config = {
-            "model": model,
-            "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
-            "source": {"uri": GOOD_SOURCE, "id": "door"},
-            "postprocess": {"type": "classify", "top_k": 2},
-            **sections,
-        }
-        document = DesiredConfig(version=self.version, config=config, issued_at=time.time(), issued_by="scheduler")
-        assert self.scheduler.client.publish(config_desired_topic(DEVICE), encode(document), qos=1, retain=True).wait(5)
-        return self.version
+            sections["model"] = {"path": "unused.onnx", "artifact": artifact.model_dump(exclude_none=True)}
+        return self.publish(self.workload(**sections))
 
-    def push(self, artifact: ArtifactRef | None, timeout: float = 20, **sections: Any) -> ReportedConfig:
-        version = self.publish(artifact, **sections)
-        return self.report(version, timeout)
-
-    def report(self, version: int, timeout: float = 20) -> ReportedConfig:
-        return self.scheduler.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == version, timeout=timeout)
-
-    def events(self, kind: str) -> list[Any]:
-        return [e for e in self.scheduler.of(TopicKind.EVENT) if e.kind == kind]
+    def push_artifact(self, artifact: ArtifactRef | None, timeout: float = 20, **sections: Any) -> ReportedConfig:
+        return self.report(self.publish_artifact(artifact, **sections), timeout)
 
     def artifact(self, name: str, size: int, **fields: Any) -> ArtifactRef:
         """A real model published as ``name`` and its reference signed with the release key (version 1 of
@@ -130,54 +109,31 @@ class UpdatedDevice:
         ref = ArtifactRef(url=self.server.url(name), size=len(data), sha256=hashlib.sha256(data).hexdigest(), **signed)
         return sign_reference(ref, key)
 
-    def results_from_door(self) -> int:
-        return sum(1 for r in self.scheduler.of(TopicKind.RESULT) if r.source == "door")
-
-    def assert_still_serving(self) -> None:
-        assert self.agent.config_version == self.good_version
-        before = self.results_from_door()
-        wait_until(lambda: self.results_from_door() >= before + 3, timeout=10)
-
 
 @pytest.fixture(scope="module")
 def device(
     production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tmp_path_factory
 ) -> Iterator[UpdatedDevice]:
-    certs = pki["certs"]
-
-    def tls(name: str) -> TlsConfig:
-        client = certs / "clients" / name
-        return TlsConfig(
-            ca_file=certs / "ca.crt", cert_file=client.with_suffix(".crt"), key_file=client.with_suffix(".key")
-        )
-
     tmp = tmp_path_factory.mktemp("updated")
     generate_keypair(tmp / "keys" / "release.key", tmp / "keys" / "release.pub")
     (tmp / "www").mkdir()
     server = ArtifactServer(tmp / "www")
-    scheduler = Recorder.connect(production_broker.port, "scheduler", dev(DEVICE, "#"), tls=tls("scheduler"))
     agent_section = {
-        "mqtt": {"tls": tls(DEVICE).model_dump(mode="json")},
         "artifact_public_keys": [str(tmp / "keys" / "release.pub")],
         "artifact_targets": [TARGET],
         "remote_policy": {"artifact_schemes": ["http", "file"], "artifact_hosts": ["127.0.0.1"]},
         "artifact_min_speed_bytes": 1,  # the 1 byte/s server is not cut off by the speed rule
         "artifact_disk_reserve_bytes": 0,
     }
-    agent = DeviceAgent(agent_config(tmp, color_model, production_broker.port, DEVICE, agent=agent_section))
-    agent.start()
     try:
-        assert agent.client.wait_connected(10), agent.client.last_error
-        updated = UpdatedDevice(agent, scheduler, server, tmp / "keys" / "release.key")
-        good = updated.push(updated.artifact("v2.onnx", 32, version=2))
-        assert (good.outcome, good.errors) == ("applied", []), good.errors
-        updated.good_version = good.version
-        updated.assert_still_serving()
-        yield updated
+        with sandboxed_agent(production_broker, pki, tmp, color_model, DEVICE, agent_section) as sandboxed:
+            updated = UpdatedDevice(sandboxed, server, tmp / "keys" / "release.key")
+            good = updated.push_artifact(updated.artifact("v2.onnx", 32, version=2))
+            assert (good.outcome, good.errors) == ("applied", []), good.errors
+            updated.good_version = good.version
+            updated.assert_still_serving()
+            yield updated
     finally:
-        agent.stop()
-        scheduler.client.publish(config_desired_topic(DEVICE), b"", qos=1, retain=True).wait(5)
-        scheduler.stop()
         server.close()
 
 
@@ -186,7 +142,7 @@ def assert_refused(device: UpdatedDevice, artifact: ArtifactRef, rule: str, rec:
     (a download that fails), it is refused before any download: no waiting for one."""
     rejected_before = len(device.events("config.rejected"))
     requests_before = len(device.server.requests)
-    report = device.push(artifact)
+    report = device.push_artifact(artifact)
     assert report.outcome == "rejected", report
     assert report.active_version == device.good_version
     reason = next((e for e in report.errors if rule in e), None)
@@ -274,7 +230,7 @@ def test_a_remote_config_cannot_loosen_the_update_rules(
 ) -> None:
     rec = attack(f"remote config setting {what} (then an older signed artifact)", AREA)
     older = device.artifact("v1.onnx", 16, version=1, target=TARGET)
-    report = device.push(older, agent=agent)
+    report = device.push_artifact(older, agent=agent)
     assert report.outcome == "rejected", report
     field = next(iter(agent))
     reason = next((e for e in report.errors if f"agent.{field}" in e), None)
@@ -305,13 +261,13 @@ def test_a_1_byte_per_second_server_does_not_block_remote_configuration(device: 
     rec = attack("a 1 byte/s artifact server while another desired config arrives", AREA)
     slow = device.artifact("slow.onnx", 18, version=6)
     device.server.trickle.add("slow.onnx")
-    waiting = device.publish(slow)
+    waiting = device.publish_artifact(slow)
     wait_until(lambda: any(e.details["version"] == waiting for e in device.events("config.waiting_for_download")))
     wait_until(lambda: list(device.staging.glob("*.part")), timeout=5)  # the trickle has started
     assert device.agent.remote.waiting_version == waiting
 
     started = time.monotonic()
-    report = device.push(None)  # a config that needs no download
+    report = device.push_artifact(None)  # a config that needs no download
     prompt_s = time.monotonic() - started
     assert (report.outcome, report.errors) == ("applied", []), report.errors
     device.good_version = report.version
@@ -331,11 +287,11 @@ def test_a_newer_artifact_supersedes_a_slow_download(device: UpdatedDevice, atta
     rec = attack("a 1 byte/s artifact server, then a newer desired config with another artifact", AREA)
     slow = device.artifact("slower.onnx", 22, version=8)
     device.server.trickle.add("slower.onnx")
-    waiting = device.publish(slow)
+    waiting = device.publish_artifact(slow)
     wait_until(lambda: device.agent.remote.waiting_version == waiting)
     started = time.monotonic()
     newer = device.artifact("v9.onnx", 26, version=9)
-    report = device.push(newer)
+    report = device.push_artifact(newer)
     prompt_s = time.monotonic() - started
     assert (report.outcome, report.errors) == ("applied", []), report.errors
     device.good_version = report.version
@@ -352,7 +308,7 @@ def test_a_newer_artifact_supersedes_a_slow_download(device: UpdatedDevice, atta
 
 def test_a_good_update_waits_for_its_download_then_applies(device: UpdatedDevice, attack) -> None:
     ref = device.artifact("v10.onnx", 28, version=10)
-    report = device.push(ref)
+    report = device.push_artifact(ref)
     assert (report.outcome, report.errors) == ("applied", []), report.errors
     device.good_version = report.version
     assert any(e.details["version"] == report.version for e in device.events("config.waiting_for_download"))
@@ -364,13 +320,7 @@ def test_a_device_starting_with_a_full_state_disk_serves(
     production_broker: ProductionBroker, pki: dict[str, Path], color_model: Path, tiny_fs: Path, attack
 ) -> None:
     rec = attack("device starting with a full state disk (a .part filled it; ENOSPC crash loop before)", AREA)
-    certs = pki["certs"] / "clients"
-    tls = {
-        "ca_file": str(pki["certs"] / "ca.crt"),
-        "cert_file": str(certs / "cam-a.crt"),
-        "key_file": str(certs / "cam-a.key"),
-    }
-    agent_section = {"state_dir": str(tiny_fs / "state"), "mqtt": {"tls": tls}}
+    agent_section = {"state_dir": str(tiny_fs / "state"), "mqtt": agent_mqtt(pki, "cam-a")}
     config = agent_config(tiny_fs.parent, color_model, production_broker.port, "cam-a", agent=agent_section)
     first = DeviceAgent(config).start()
     try:
