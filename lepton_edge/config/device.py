@@ -95,6 +95,16 @@ class DeviceConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _tracking_needs_boxes(self) -> DeviceConfig:
+        kind = self.postprocess.type if self.postprocess is not None else self.model.task if self.model else None
+        if self.tracking is not None and kind in ("classify", "raw"):
+            raise ValueError(
+                f"tracking follows boxes, but this workload's postprocess is {kind} (no boxes to track): remove "
+                "the tracking (and analytics) section, or use a detection model"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _workload_or_idle(self) -> DeviceConfig:
         if self.idle:
             given = [name for name in PIPELINE_SECTIONS if name in self.model_fields_set]

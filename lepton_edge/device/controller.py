@@ -4,6 +4,7 @@ A new config is compared with the running one and only what changed is rebuilt, 
 
 - postprocess (thresholds, top-k, labels, task) -> a new postprocessor for the loaded model;
 - sinks -> new sinks (the old ones are flushed and closed);
+- tracking or analytics -> a new tracking step (tracks and counters start again; the source keeps running);
 - source -> a new reader (offline files are opened once first, so a bad file is rejected up front);
 - model, backend or preprocess -> the new model is loaded first (a failure rejects the config and
   changes nothing), swapped in, and watched on live frames for ``agent.health_check.window_s``: it must
@@ -35,7 +36,7 @@ from lepton_edge.device.probation import Probation, health_check
 from lepton_edge.device.updates import ArtifactStore
 from lepton_edge.engines.engine_cache import load_backend
 from lepton_edge.fleet.protocol import model_id
-from lepton_edge.runtime.assembly import build_pipeline, make_postprocessor, make_preprocessor
+from lepton_edge.runtime.assembly import build_pipeline, make_postprocessor, make_preprocessor, make_tracking
 from lepton_edge.runtime.pipeline import STAGES, ModelBundle, Pipeline, PipelineStats
 from lepton_edge.runtime.sinks import create_sinks
 from lepton_edge.runtime.sources import FrameReader, create_source
@@ -55,7 +56,7 @@ class ApplyResult:
     outcome: Outcome
     errors: list[str] = field(default_factory=list)
     changes: frozenset[str] = frozenset()
-    """Parts that changed: model, postprocess, source, frame_age, sinks, results, latency_window, settings;
+    """Parts that changed: model, postprocess, source, frame_age, sinks, results, tracking, latency_window, settings;
     ``idle`` when the pipeline was stopped, ``pipeline`` when an idle runtime got one."""
 
 
@@ -90,6 +91,8 @@ def plan_changes(old: DeviceConfig, new: DeviceConfig) -> frozenset[str]:
         changes.add("frame_age")
     if old.sinks != new.sinks:
         changes.add("sinks")
+    if old.tracking != new.tracking or old.analytics != new.analytics:
+        changes.add("tracking")
     old_results = old.agent.results if old.agent else None
     new_results = new.agent.results if new.agent else None
     if old_results != new_results:
@@ -109,6 +112,7 @@ class _Prepared:
     live: bool = False
     sinks: list[Any] | None = None
     extra: list[Any] | None = None
+    tracking: Any = None
     artifact_id: str | None = None
 
     def discard(self) -> None:
@@ -465,6 +469,8 @@ class RuntimeController:
                 prepared.sinks = create_sinks(new.sinks, pipeline.stats, title=new.device_id)
             if "results" in changes and self._extra_factory is not None:
                 prepared.extra = self._extra_factory(new)
+            if "tracking" in changes:
+                prepared.tracking = make_tracking(new)
         except BaseException:
             prepared.discard()
             raise
@@ -494,6 +500,8 @@ class RuntimeController:
             if prepared.extra is not None:
                 self._extra = prepared.extra
             pipeline.swap_sinks((prepared.sinks if prepared.sinks is not None else configured) + self._extra)
+        if "tracking" in changes:
+            pipeline.swap_tracking(prepared.tracking)
         if prepared.reader is not None:
             pipeline.swap_source(prepared.reader, prepared.live)
         if "frame_age" in changes:

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from lepton_edge.data import DEMO_MODEL
 from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.fleet.protocol import DesiredConfig, TopicKind, config_desired_topic
 from tests.device.helpers import Recorder, agent_config, wait_until
-from tests.support.onnx_models import mean_color_classifier
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +40,12 @@ ABUSE = [
 
 @pytest.fixture
 def device(mqtt_broker, tmp_path, unique):
-    model = mean_color_classifier(tmp_path / "color.onnx")
+    model = DEMO_MODEL.resolve()  # a detector (tracking on a classifier is refused), in an allowed folder
     device_id = f"track-{unique}"
     rec = Recorder.connect(mqtt_broker.port, f"rec-{unique}", f"lepton/v1/devices/{device_id}/#")
-    agent = DeviceAgent(agent_config(tmp_path, model, mqtt_broker.port, device_id)).start()
+    agent = DeviceAgent(
+        agent_config(tmp_path, model, mqtt_broker.port, device_id, postprocess={"type": "detect"})
+    ).start()
     version = 0
 
     def push(**sections):
@@ -53,7 +55,7 @@ def device(mqtt_broker, tmp_path, unique):
             "model": {"path": str(model)},
             "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
             "source": {"uri": "synthetic://shapes?fps=30&width=64&height=48"},
-            "postprocess": {"type": "classify", "top_k": 3},
+            "postprocess": {"type": "detect"},
             **sections,
         }
         document = DesiredConfig(version=version, config=config, issued_at=time.time(), issued_by="test")
@@ -78,7 +80,7 @@ def test_bounded_sections_are_applied_and_abusive_ones_rejected_naming_the_field
             "zones": [{"name": "door", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]], "loiter_s": 30}],
         },
     )
-    assert (good.outcome, good.errors) == ("applied", [])
+    assert (good.outcome, good.errors) == ("applied", []), good.errors
     for sections, field in ABUSE:
         report = push(**sections)
         assert report.outcome == "rejected", sections
