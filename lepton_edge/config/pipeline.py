@@ -641,6 +641,8 @@ class AnalyticsConfig(Strict):
     lines: list[LineConfig] = Field(default_factory=list, max_length=MAX_ZONES, description="Counting lines (<= 32).")
     counts_interval_s: float = Field(
         60.0, gt=0, le=86400, description="Seconds of capture time between periodic count snapshots.")
+    appeared: bool = Field(
+        False, description="Raise an `appeared` event (class and confidence) when a track is confirmed.")
 
     @model_validator(mode="after")
     def _valid_geometry(self) -> AnalyticsConfig:

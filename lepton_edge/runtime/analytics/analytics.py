@@ -32,6 +32,7 @@ class Analytics:
         self.lines: list[tuple[LineCounter, frozenset[str]]] = []
         self._next_counts_ts: float | None = None
         self._geometry = Geometry({}, {})
+        self._seen: set[int] = set()
 
     def _build(self, width: int, height: int) -> None:
         cfg = self.config
@@ -75,6 +76,8 @@ class Analytics:
         boxes = tracks.smoothed if tracks is not None else detections.boxes
         anchors = anchor_points(boxes[on], self.config.anchor)
         events: list[AnalyticsEvent] = []
+        if self.config.appeared:
+            events += self._appeared(ids, class_ids, labels, detections.scores[on], t, ended)
         for zone, classes in self.zones:
             events += zone.end(ended, t)
             pick = self._pick(labels, classes)
@@ -90,6 +93,19 @@ class Analytics:
             self._geometry,
             self._counts(t),
         )
+
+    def _appeared(
+        self, ids: np.ndarray, class_ids: np.ndarray, labels: list[str], scores: np.ndarray, t: float,
+        ended: tuple[int, ...],
+    ) -> list[AnalyticsEvent]:
+        """One ``appeared`` event per track, on its first frame as a confirmed track."""
+        self._seen.difference_update(ended)
+        new = [i for i, track in enumerate(ids.tolist()) if track not in self._seen]
+        self._seen.update(int(ids[i]) for i in new)
+        return [
+            AnalyticsEvent("appeared", "", int(ids[i]), int(class_ids[i]), labels[i], t, confidence=float(scores[i]))
+            for i in new
+        ]
 
     @staticmethod
     def _pick(labels: list[str], classes: frozenset[str]) -> np.ndarray:

@@ -7,13 +7,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-EventKind = Literal["zone_enter", "zone_exit", "line_crossed", "loitering"]
+EventKind = Literal["zone_enter", "zone_exit", "line_crossed", "loitering", "appeared"]
 
 
 @dataclass(frozen=True, slots=True)
 class AnalyticsEvent:
     """Something a track did at capture time ``capture_ts``: entered or left zone ``name``, crossed line ``name``
-    in ``direction`` (``in``/``out``), or stayed in zone ``name`` longer than its loitering time."""
+    in ``direction`` (``in``/``out``), stayed in zone ``name`` longer than its loitering time, or appeared (was
+    confirmed, with the detection's ``confidence``; ``name`` is empty)."""
 
     kind: EventKind
     name: str
@@ -24,6 +25,8 @@ class AnalyticsEvent:
     direction: Literal["in", "out"] | None = None
     dwell_s: float | None = None
     """Seconds in the zone (exit and loitering)."""
+    confidence: float | None = None
+    """Score of the detection that confirmed the track (appeared)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -38,6 +41,8 @@ class AnalyticsEvent:
             out["direction"] = self.direction
         if self.dwell_s is not None:
             out["dwell_s"] = round(self.dwell_s, 3)
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 4)
         return out
 
 
