@@ -193,6 +193,11 @@ def default_state_dir() -> Path:
 
 class ResultsConfig(Strict):
     enabled: bool = Field(True, description="Publish results to the results topic.")
+    mode: Literal["frames", "events"] = Field(
+        "frames",
+        description="`frames`: a result message per frame (up to max_rate_hz); `events`: no per-frame messages, "
+        "only the analytics events and counts (which are sent through the outbox in both modes).",
+    )
     max_rate_hz: float = Field(
         10.0,
         gt=0,

@@ -40,7 +40,7 @@ from lepton_edge.device.figures import AgentFigures
 from lepton_edge.device.presence import Presence
 from lepton_edge.device.prometheus import PrometheusExporter
 from lepton_edge.device.remote_config import RemoteConfig
-from lepton_edge.device.results import MqttResultSink
+from lepton_edge.device.results import AnalyticsEventSink, MqttResultSink
 from lepton_edge.device.state import StateStore
 from lepton_edge.device.supervisor import Supervisor
 from lepton_edge.device.telemetry import SystemMonitor, TelemetryCollector
@@ -160,7 +160,8 @@ class DeviceAgent:
                 client=self.client,
                 outbox=self.outbox,
                 session_id=lambda: self.session_id,
-            )
+            ),
+            AnalyticsEventSink(self.device_id, outbox=self.outbox, session_id=lambda: self.session_id),
         ]
 
     # -- state ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Pipeline results over MQTT: :class:`MqttResultSink`.
+"""Pipeline results over MQTT: :class:`MqttResultSink` (a message per frame) and :class:`AnalyticsEventSink`
+(analytics events and counts, always through the outbox).
 
 A token bucket limits the rate (results above ``max_rate_hz`` are dropped on the pipeline thread, before
 any work, and counted). Durable results go through the on-disk outbox and are never lost; the others
@@ -14,9 +15,19 @@ from collections.abc import Callable
 from typing import Any
 
 from lepton_edge.config.device import ResultsConfig
+from lepton_edge.core.errors import LeptonError, error_text
 from lepton_edge.core.metrics import TokenBucket
 from lepton_edge.core.results import Result
-from lepton_edge.fleet.protocol import ResultMessage, encode, results_topic
+from lepton_edge.fleet.protocol import (
+    ANALYTICS_EVENT_PREFIX,
+    AnalyticsDetail,
+    Event,
+    ResultMessage,
+    analytics_event_id,
+    encode,
+    events_topic,
+    results_topic,
+)
 from lepton_edge.runtime.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -59,7 +70,7 @@ class MqttResultSink(Sink):
         self._seq = 0
 
     def offer(self, result: Result) -> bool:
-        if not self.config.enabled:
+        if not self.config.enabled or self.config.mode == "events":
             return True
         if not self.bucket.take(time.monotonic()):  # offer() runs on the pipeline's postprocess thread
             self.rate_limited += 1
@@ -99,3 +110,85 @@ class MqttResultSink(Sink):
             "rate_limited": self.rate_limited,
             "send_failed": self.send_failed,
         }
+
+
+def analytics_events(result: Result, device_id: str, session_id: int) -> list[Event]:
+    """The protocol events of one result's analytics: one per zone, line, loitering or appeared event, and one for
+    the periodic counts when the result carries them. Capture times are the frame's wall clock."""
+    analytics = getattr(result, "analytics", None)
+    if analytics is None:
+        return []
+    stream = result.source_id
+
+    def wall(capture_ts: float) -> float:  # zone exits of ended tracks carry the frame's own capture time
+        return result.wall_time + (capture_ts - result.capture_ts)
+
+    out = []
+    for e in analytics.events:
+        detail = AnalyticsDetail(
+            stream=stream,
+            track_id=e.track_id,
+            name=e.name or None,
+            class_id=e.class_id,
+            label=e.label,
+            confidence=e.confidence,
+            direction=e.direction,
+            dwell_s=e.dwell_s,
+            capture_time=wall(e.capture_ts),
+        )
+        text = f"{e.label} #{e.track_id} {e.kind.replace('_', ' ')}" + (f" {e.name}" if e.name else "")
+        out.append(_event(device_id, session_id, e.kind, text + (f" ({e.direction})" if e.direction else ""), detail))
+    if analytics.counts is not None:
+        detail = AnalyticsDetail(stream=stream, capture_time=result.wall_time, counts=analytics.counts)
+        out.append(_event(device_id, session_id, "counts", f"counts of stream {stream}", detail))
+    return out
+
+
+def _event(device_id: str, session_id: int, kind: str, message: str, detail: AnalyticsDetail) -> Event:
+    return Event(
+        device_id=device_id,
+        session_id=session_id,
+        id=analytics_event_id(device_id, detail.stream, detail.track_id, kind, detail.name, detail.capture_time),
+        kind=ANALYTICS_EVENT_PREFIX + kind,
+        severity="info",
+        message=message[:4096],
+        timestamp=detail.capture_time,
+        analytics=detail,
+    )
+
+
+class AnalyticsEventSink(Sink):
+    """Queues each result's analytics events and counts in the outbox (high priority: never dropped to make room,
+    resent after outages and restarts), on the device's events topic. Results without analytics pass by."""
+
+    name = "mqtt-analytics"
+
+    def __init__(self, device_id: str, *, outbox: Any, session_id: Callable[[], int], queue_size: int = 1024) -> None:
+        super().__init__(queue_size)
+        self.device_id = device_id
+        self.topic = events_topic(device_id)
+        self.outbox = outbox
+        self.session_id = session_id
+        self.queued = 0
+        """Analytics events handed to the outbox."""
+        self.lost = 0
+        """Analytics events the outbox refused (full even at its high-priority allowance)."""
+
+    def offer(self, result: Result) -> bool:
+        analytics = result.analytics
+        if analytics is None or (not analytics.events and analytics.counts is None):
+            return True
+        return super().offer(result)
+
+    def write(self, result: Result) -> None:
+        for event in analytics_events(result, self.device_id, self.session_id()):
+            try:
+                self.outbox.put(self.topic, encode(event), qos=1, priority="high")
+            except LeptonError as e:
+                self.lost += 1
+                log.error("analytics event %s lost: %s", event.kind, error_text(e))
+                continue
+            self.queued += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "queued": self.queued, "lost": self.lost}

@@ -12,6 +12,7 @@ validates the schema strictly (no type coercion, unknown fields rejected). Every
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
@@ -427,8 +428,45 @@ class ResultMessage(Message):
         )
 
 
+ANALYTICS_EVENT_PREFIX = "analytics."
+"""Events whose kind starts with this carry an :class:`AnalyticsDetail` (``analytics.line_crossed`` ...)."""
+ANALYTICS_KINDS = frozenset({"zone_enter", "zone_exit", "line_crossed", "loitering", "appeared", "counts"})
+"""What follows the prefix: the analytics event kinds, and ``counts`` for the periodic counts."""
+MAX_EVENT_SECONDS = 10**7
+"""Largest dwell time carried by an analytics event (about 115 days)."""
+
+
+class AnalyticsDetail(Message):
+    """What an analytics event (zone, line, loitering, appeared, periodic counts) is about."""
+
+    stream: Name = Field(description="Source id of the stream it happened on.")
+    track_id: Count | None = Field(None, description="The track (null for counts).")
+    name: Name | None = Field(None, description="The zone or line (null for appeared and counts).")
+    class_id: Count | None = Field(None, description="Class index of the track.")
+    label: Text | None = Field(None, description="Class name of the track.")
+    confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="Detection score (appeared).")
+    direction: Literal["in", "out"] | None = Field(None, description="Crossing direction (line_crossed).")
+    dwell_s: float | None = Field(
+        None, ge=0, le=MAX_EVENT_SECONDS, allow_inf_nan=False, description="Seconds in the zone (exit, loitering)."
+    )
+    capture_time: Timestamp = Field(description="Unix time (s) the frame that raised it was captured.")
+    snapshot: Name | None = Field(None, description="Reference of a snapshot or clip; null until clips exist.")
+    counts: dict[Name, JsonValue] | None = Field(
+        None, max_length=2, description="Periodic counts: `lines` and `zones`, per name and class."
+    )
+
+
+def analytics_event_id(device_id: str, stream: str, track_id: int | None, kind: str, name: str | None,
+                       capture_time: float) -> str:
+    """The stable id of an analytics event: the same event always gets the same id (a redelivery after a restart
+    too), so receivers drop duplicates by it. Capture time in microseconds keeps ids of a later run apart."""
+    key = "\x00".join([device_id, stream, str(track_id), kind, name or "", str(round(capture_time * 1e6))])
+    return "a" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:31]
+
+
 class Event(Message):
-    """Something an operator should know about; always sent through the outbox."""
+    """Something an operator should know about; always sent through the outbox. Analytics events
+    (``analytics.<kind>``) carry ``analytics``; the others never do."""
 
     device_id: DeviceId = Field(description="The device.")
     session_id: SessionId = Field(description="The session it happened in.")
@@ -440,6 +478,25 @@ class Event(Message):
     message: Text = Field(description="One line for humans.")
     details: dict[Name, JsonValue] = Field(default_factory=dict, description="Structured context.")
     timestamp: Timestamp = Field(description="Unix time (s) it happened.")
+    analytics: AnalyticsDetail | None = Field(None, description="What an `analytics.<kind>` event is about.")
+
+    @model_validator(mode="after")
+    def _analytics_detail(self) -> Event:
+        if self.kind.startswith(ANALYTICS_EVENT_PREFIX):
+            if self.kind[len(ANALYTICS_EVENT_PREFIX):] not in ANALYTICS_KINDS:
+                raise ValueError(f"unknown analytics event kind {self.kind!r}; known: {sorted(ANALYTICS_KINDS)}")
+            if self.analytics is None:
+                raise ValueError(f"a {self.kind} event needs its analytics detail")
+        elif self.analytics is not None:
+            raise ValueError(f"only analytics.* events carry an analytics detail, not {self.kind}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_analytics(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("analytics") is None:
+            data.pop("analytics", None)
+        return data
 
 
 DESIRED_SIGNATURE_CONTEXT = b"lepton-edge desired config v1\x00"

@@ -1,0 +1,114 @@
+"""Analytics events from a real agent through a real mosquitto: the demo detector on the synthetic scene, lines
+changed live by remote config, events through the durable outbox with stable ids, and the events-only mode."""
+
+import json
+import time
+
+import pytest
+
+from lepton_edge.data import DEMO_MODEL
+from lepton_edge.device.agent import DeviceAgent
+from lepton_edge.device.results import AnalyticsEventSink
+from lepton_edge.fleet.protocol import DesiredConfig, TopicKind, config_desired_topic
+from tests.device.helpers import Recorder, agent_config, wait_until
+from tests.device.test_durability import saving_broker  # noqa: F401 - the broker that keeps sessions on a kill
+
+pytestmark = pytest.mark.integration
+
+MODEL = DEMO_MODEL.resolve()  # inside the folders the remote policy allows (agent_data adds the model's folder)
+SCENE = "synthetic://shapes?fps=30&width=160&height=120"
+VERTICAL = {"name": "vertical", "start": [0.5, 0], "end": [0.5, 1]}
+HORIZONTAL = {"name": "horizontal", "start": [0, 0.5], "end": [1, 0.5]}
+
+
+def workload(*lines, counts_interval_s=60):
+    return {
+        "model": {"path": str(MODEL)},
+        "backend": {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0},
+        "source": {"uri": SCENE},
+        "postprocess": {"type": "detect"},
+        "tracking": {},
+        "analytics": {"coordinates": "normalized", "lines": list(lines), "counts_interval_s": counts_interval_s},
+    }
+
+
+def start_agent(tmp_path, port, device, sections, results):
+    data = {k: v for k, v in sections.items() if k not in ("model", "backend", "source")}
+    config = agent_config(tmp_path, MODEL, port, device, source=SCENE, agent={"results": results}, **data)
+    return DeviceAgent(config).start()
+
+
+def analytics(rec, kind=None):
+    """Analytics events received, in arrival order (duplicates included)."""
+    return [e for e in rec.of(TopicKind.EVENT) if e.kind.startswith("analytics.") and (kind is None or e.kind == kind)]
+
+
+def crossed(rec, name):
+    return [e for e in analytics(rec, "analytics.line_crossed") if e.analytics.name == name]
+
+
+def event_sink(agent):
+    return next(s for s in agent.controller.extra_sinks if isinstance(s, AnalyticsEventSink))
+
+
+def test_lines_change_live_and_events_arrive_once_without_results(mqtt_broker, tmp_path, unique):
+    device = f"an-{unique}"
+    rec = Recorder.connect(mqtt_broker.port, f"rec-{unique}", f"lepton/v1/devices/{device}/#")
+    agent = start_agent(tmp_path, mqtt_broker.port, device, workload(VERTICAL), {"mode": "events"})
+    try:
+        first = wait_until(lambda: crossed(rec, "vertical"), 30)[0]
+        reader = agent.controller.pipeline.reader
+        desired = DesiredConfig(version=1, config=workload(HORIZONTAL), issued_at=time.time(), issued_by="test")
+        payload = json.dumps(desired.model_dump(mode="json")).encode()
+        assert rec.client.publish(config_desired_topic(device), payload, qos=1, retain=True).wait(5)
+        report = rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 1, timeout=20)
+        assert (report.outcome, report.errors) == ("applied", [])
+        wait_until(lambda: crossed(rec, "horizontal"), 30)
+        assert agent.controller.pipeline.reader is reader  # the source was not reopened
+        agent.stop()  # what the sink queued is flushed to the broker; let the broker pass it on
+        queued = event_sink(agent).queued
+        wait_until(lambda: len({e.id for e in analytics(rec)}) >= queued, 10)
+    finally:
+        agent.stop()
+        rec.client.publish(config_desired_topic(device), b"", qos=1, retain=True).wait(5)
+        rec.stop()
+    assert first.analytics.stream and first.analytics.track_id is not None and first.analytics.direction
+    assert first.analytics.snapshot is None and abs(first.timestamp - time.time()) < 120
+    assert first.analytics.capture_time == first.timestamp
+    events = analytics(rec)
+    ids = [e.id for e in events]
+    assert len(ids) == len(set(ids)) == queued  # every event queued arrived, once
+    assert not rec.raw(TopicKind.RESULT)  # events only: no per-frame result messages
+
+
+def test_no_event_is_lost_across_a_broker_outage(saving_broker, tmp_path, unique):  # noqa: F811
+    device = f"ao-{unique}"
+    rec = Recorder.connect(saving_broker.port, f"rec-{unique}", f"lepton/v1/devices/{device}/events")
+    lines = (VERTICAL, HORIZONTAL)
+    agent = start_agent(
+        tmp_path, saving_broker.port, device, workload(*lines, counts_interval_s=0.5), {"max_rate_hz": 5}
+    )
+    try:
+        wait_until(lambda: analytics(rec, "analytics.line_crossed"), 30)
+        saving_broker.kill()
+        wait_until(lambda: not agent.connected)
+        sink = event_sink(agent)
+        during = sink.queued
+        wait_until(lambda: sink.queued >= during + 5, 30)  # crossings and counts while the broker is down
+        pending = [m for m in agent.outbox.pending() if m.topic.endswith("/events")]
+        assert len(pending) >= 5
+        saving_broker.start()
+        wait_until(lambda: agent.connected and agent.outbox.depth() == 0, 30)
+        agent.stop()
+        queued = event_sink(agent).queued
+        wait_until(lambda: len({e.id for e in analytics(rec)}) >= queued, 10)
+    finally:
+        agent.stop()
+        rec.stop()
+    events = analytics(rec)
+    unique_ids = {e.id for e in events}
+    assert len(unique_ids) == queued  # nothing lost; duplicates (resent after the outage) share their id
+    by_id = {}
+    for e in events:
+        assert by_id.setdefault(e.id, e) == e  # a duplicate is the same event
+    assert any(e.kind == "analytics.counts" and e.analytics.counts["lines"] for e in events)
