@@ -640,7 +640,8 @@ class AnalyticsConfig(Strict):
     zones: list[ZoneConfig] = Field(default_factory=list, max_length=MAX_ZONES, description="Polygon zones (<= 32).")
     lines: list[LineConfig] = Field(default_factory=list, max_length=MAX_ZONES, description="Counting lines (<= 32).")
     counts_interval_s: float = Field(
-        60.0, gt=0, le=86400, description="Seconds of capture time between periodic count snapshots.")
+        60.0, ge=0.5, le=86400, description="Seconds of capture time between periodic count snapshots (0.5..86400: "
+        "each one is a durable event, so at most two a second per stream).")
     appeared: bool = Field(
         False, description="Raise an `appeared` event (class and confidence) when a track is confirmed.")
 
