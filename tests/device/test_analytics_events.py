@@ -6,10 +6,12 @@ import time
 
 import pytest
 
+from lepton_edge.core.results import Detections, Result
 from lepton_edge.data import DEMO_MODEL
 from lepton_edge.device.agent import DeviceAgent
-from lepton_edge.device.results import AnalyticsEventSink
+from lepton_edge.device.results import AnalyticsEventSink, analytics_events
 from lepton_edge.fleet.protocol import DesiredConfig, TopicKind, config_desired_topic
+from lepton_edge.runtime.analytics.events import AnalyticsEvent, AnalyticsFrame, Geometry
 from tests.device.helpers import Recorder, agent_config, wait_until
 from tests.device.test_durability import saving_broker  # noqa: F401 - the broker that keeps sessions on a kill
 
@@ -112,3 +114,20 @@ def test_no_event_is_lost_across_a_broker_outage(saving_broker, tmp_path, unique
     for e in events:
         assert by_id.setdefault(e.id, e) == e  # a duplicate is the same event
     assert any(e.kind == "analytics.counts" and e.analytics.counts["lines"] for e in events)
+
+
+def frame_result(frame, stream, wall_time):
+    return Result(Detections.empty(), 7, stream, 10.0, wall_time, {}, done_ts=10.01, analytics=frame)
+
+
+def test_event_ids_are_stable_and_tell_events_apart():
+    crossing = AnalyticsEvent("line_crossed", "gate", 4, 0, "person", 10.0, direction="in")
+    frame = AnalyticsFrame((crossing,), {}, {}, Geometry({}, {}), counts={"lines": {}, "zones": {}})
+    result = frame_result(frame, "door", 1.7e9)
+    first, again = analytics_events(result, "cam", 1), analytics_events(result, "cam", 2)
+    assert [e.kind for e in first] == ["analytics.line_crossed", "analytics.counts"]
+    assert [e.id for e in first] == [e.id for e in again]  # the same event in another session: the same id
+    later, elsewhere = frame_result(frame, "door", 1.7e9 + 0.001), frame_result(frame, "gate-2", 1.7e9)
+    ids = {e.id for r in (result, later, elsewhere) for e in analytics_events(r, "cam", 1)}
+    assert len(ids) == 6
+    assert first[0].timestamp == first[0].analytics.capture_time == 1.7e9
