@@ -271,7 +271,12 @@ class Ingestion:
                 event.message,
                 device_id=device_id,
                 severity=event.severity,
-                details={**event.details, "session_id": event.session_id, "event_id": event.id},
+                details={
+                    **event.details,
+                    **({"analytics": event.analytics.model_dump(mode="json")} if event.analytics else {}),
+                    "session_id": event.session_id,
+                    "event_id": event.id,
+                },
                 ts=event.timestamp,
             )
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -65,6 +66,21 @@ class StoreNotFound(StoreError):
 
 class StoreConflict(StoreError):
     """The record already exists (e.g. a workload id that is taken)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events :meth:`Store.list_events` returns; None matches anything."""
+
+    device_id: str | None = None
+    kind_prefix: str | None = None
+    """Kinds that start with this (``device.analytics.`` for every analytics event)."""
+    stream: str | None = None
+    """Analytics events of this stream (``details.analytics.stream``)."""
+    since_ts: float | None = None
+    """At or after this Unix time (for analytics events: the capture time)."""
+    until_ts: float | None = None
+    """Before this Unix time."""
 
 
 class Store(abc.ABC):
@@ -234,8 +250,11 @@ class Store(abc.ABC):
         """Record an event (``ts`` defaults to now); the oldest are deleted beyond the store's event limit."""
 
     @abc.abstractmethod
-    def list_events(self, limit: int = 200, since_id: int | None = None) -> list[Event]:
-        """Events in id order (oldest first): the newest ``limit``, or the first ``limit`` after ``since_id``."""
+    def list_events(
+        self, limit: int = 200, since_id: int | None = None, *, filters: EventFilter | None = None
+    ) -> list[Event]:
+        """Events in id order (oldest first): the newest ``limit``, or the first ``limit`` after ``since_id``;
+        only those ``filters`` match."""
 
     # ------------------------------------------------------------------------------ API tokens
     @abc.abstractmethod

@@ -22,6 +22,7 @@ from lepton_edge.scheduler.store import (
     DEFAULT_EVENT_LIMIT,
     DEFAULT_HISTORY_LIMIT,
     THROTTLE_TEMPERATURE_C,
+    EventFilter,
     Store,
     StoreConflict,
     StoreError,
@@ -70,6 +71,22 @@ def _positive(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise StoreError(f"{name} must be a whole number >= 1, got {value!r}")
     return value
+
+
+def _event_conditions(f: EventFilter) -> tuple[str, tuple[Any, ...]]:
+    """The SQL condition (SQLite and PostgreSQL alike) and parameters of an event filter."""
+    conditions, params = ["TRUE"], []
+    for sql, value in (
+        ("device_id = ?", f.device_id),
+        ("substr(kind, 1, ?) = ?", None if f.kind_prefix is None else (len(f.kind_prefix), f.kind_prefix)),
+        ("details -> 'analytics' ->> 'stream' = ?", f.stream),
+        ("time >= ?", f.since_ts),
+        ("time < ?", f.until_ts),
+    ):
+        if value is not None:
+            conditions.append(sql)
+            params += list(value) if isinstance(value, tuple) else [value]
+    return " AND ".join(conditions), tuple(params)
 
 
 class SqlStore(Store):
@@ -643,16 +660,22 @@ class SqlStore(Store):
         event_id = self._run(run)
         return Event(event_id, when, kind, device_id, workload_id, severity, message, details)  # type: ignore[arg-type]
 
-    def list_events(self, limit: int = 200, since_id: int | None = None) -> list[Event]:
+    def list_events(
+        self, limit: int = 200, since_id: int | None = None, *, filters: EventFilter | None = None
+    ) -> list[Event]:
         _positive("limit", limit)
+        where, params = _event_conditions(filters or EventFilter())
 
         def run(cur: Cursor) -> list[Event]:
             if since_id is None:
-                cur.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (limit,))
+                cur.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+                )
                 rows = list(reversed(cur.fetchall()))
             else:
                 cur.execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (since_id, limit)
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? AND {where} ORDER BY id LIMIT ?",
+                    (since_id, *params, limit),
                 )
                 rows = cur.fetchall()
             return [
