@@ -6,14 +6,17 @@ import time
 
 import pytest
 
+from lepton_edge.config.fleet import OutboxConfig
 from lepton_edge.core.results import Detections, Result
 from lepton_edge.data import DEMO_MODEL
 from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.device.results import AnalyticsEventSink, analytics_events
-from lepton_edge.fleet.protocol import DesiredConfig, TopicKind, config_desired_topic
+from lepton_edge.fleet.outbox import Outbox
+from lepton_edge.fleet.protocol import DesiredConfig, TopicKind, config_desired_topic, decode
 from lepton_edge.runtime.analytics.events import AnalyticsEvent, AnalyticsFrame, Geometry
-from tests.device.helpers import Recorder, agent_config, wait_until
+from tests.device.helpers import Recorder, agent_config, agent_data, wait_until
 from tests.device.test_durability import saving_broker  # noqa: F401 - the broker that keeps sessions on a kill
+from tests.support import agent_process
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +117,44 @@ def test_no_event_is_lost_across_a_broker_outage(saving_broker, tmp_path, unique
     for e in events:
         assert by_id.setdefault(e.id, e) == e  # a duplicate is the same event
     assert any(e.kind == "analytics.counts" and e.analytics.counts["lines"] for e in events)
+
+
+def test_no_event_is_lost_when_the_agent_is_killed_during_an_outage(saving_broker, tmp_path, unique):  # noqa: F811
+    device = f"ak-{unique}"
+    rec = Recorder.connect(saving_broker.port, f"rec-{unique}", f"lepton/v1/devices/{device}/events")
+    sections = {k: v for k, v in workload(VERTICAL, HORIZONTAL, counts_interval_s=0.5).items() if k == "analytics"}
+    config = agent_data(
+        tmp_path,
+        MODEL,
+        saving_broker.port,
+        device,
+        source=SCENE,
+        postprocess={"type": "detect"},
+        tracking={},
+        agent={"results": {"mode": "events"}},
+        **sections,
+    )
+    proc = agent_process.start(config, tmp_path / "agent.json")
+    try:
+        wait_until(lambda: analytics(rec), 60)
+        saving_broker.kill()
+        time.sleep(2.0)  # events go into the outbox
+        proc.kill()
+        proc.wait(10)
+        with Outbox(OutboxConfig(path=tmp_path / f"state-{device}" / "outbox.db")) as outbox:
+            stored = [decode(TopicKind.EVENT, m.payload) for m in outbox.pending() if m.topic.endswith("/events")]
+        stored = [e for e in stored if e.kind.startswith("analytics.")]
+        assert len(stored) >= 3  # counts every 0.5 s at least
+        saving_broker.start()
+        proc = agent_process.start(config, tmp_path / "agent.json")
+        wanted = {e.id for e in stored}
+        wait_until(lambda: wanted <= {e.id for e in analytics(rec)}, 60)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        rec.stop()
+    received = {e.id: e for e in analytics(rec)}
+    assert all(received[e.id] == e for e in stored)  # the same events, byte for byte, after the restart
 
 
 def frame_result(frame, stream, wall_time):
