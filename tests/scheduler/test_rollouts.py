@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +35,9 @@ from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import FleetSimulator
 from lepton_edge.scheduler.store import StoreConflict
 from lepton_edge.scheduler.stores import open_store
+from tests.scheduler.test_dashboard import CHROMIUM_FLAGS, CSP_WATCH, LOGIN_SHOWN, chromium
 from tests.support.api_client import ApiClient, make_token
+from tests.support.devtools import Browser
 from tests.support.scheduler import fast_config, wait_until, workload
 
 PATCH = {"postprocess": {"type": "detect", "conf_threshold": 0.4}}
@@ -337,6 +340,31 @@ def test_an_artifact_rollout_replaces_the_workloads_artifact(fleet: Fleet) -> No
         lambda: {(d.telemetry or {}).get("artifact_id") for d in fleet.store.list_devices()} == {f"sha256:{'ab' * 32}"},
         what="every device reporting the new artifact",
     )
+
+
+@pytest.mark.integration
+def test_the_dashboard_shows_a_rollout_and_aborts_it(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start(canary_count=1, batch_size=1, interval_s=600, bake_s=0.5)
+    wait_until(lambda: [w.verdict for w in get_rollout(fleet.store, "r1").waves][:1] == ["healthy"], what="canary ok")
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]
+    row = "document.querySelector('#rollout-table tr.rollout[data-rollout-id=\"r1\"]')"
+    with Browser(chromium(), flags, tmp_path / "profile") as browser:
+        browser.on_new_document(CSP_WATCH)
+        browser.goto(fleet.api.base + "/")
+        browser.wait(LOGIN_SHOWN, "the login form")
+        browser.eval(
+            f"document.getElementById('login-token').value = {fleet.api.token!r};"
+            "document.getElementById('login-form').requestSubmit(); true"
+        )
+        browser.wait(f"{row} && {row}.dataset.state === 'running'", "the running rollout")
+        assert browser.eval(f"{row}.querySelector('td.wave').textContent") == "1 / 4"
+        assert browser.eval(f"{row}.querySelector('td.health').textContent").startswith("healthy: 0 of 1 failed")
+        browser.eval(f"{row}.querySelector('button.abort').click(); true")
+        browser.wait(f"{row} && {row}.dataset.state === 'rolled_back'", "the rollout rolled back", timeout=20)
+        assert browser.eval(f"{row}.querySelector('button.abort')") is None  # nothing left to abort
+        assert browser.eval("window.cspViolations") == []
+    rollout = get_rollout(fleet.store, "r1")
+    assert (rollout.reason or "").startswith("aborted from the dashboard by ") and rollout.rolled_back
 
 
 @pytest.mark.integration

@@ -321,6 +321,70 @@ function workloadRow(item, assignment) {
   );
 }
 
+// ------------------------------------------------------------------------------------------ rollouts
+
+const ROLLOUT_KINDS = {
+  pending: "warn", running: "warn", completing: "warn", aborting: "bad", succeeded: "ok", aborted: "off", rolled_back: "bad",
+};
+
+function mayChange() {
+  return ["operator", "admin"].includes(document.getElementById("whoami").dataset.role);
+}
+
+function waveHealth(wave) {
+  if (!wave) return "–";
+  if (!wave.verdict) return wave.applied_at ? "baking" : "applying";
+  const f = wave.figures;
+  const fps = f.min_fps_ratio === null || f.min_fps_ratio === undefined ? "" : `, fps ≥ ${Math.round(f.min_fps_ratio * 100)} %`;
+  return `${wave.verdict}: ${f.failed} of ${f.devices} failed${fps}`;
+}
+
+function rolloutRow(r) {
+  const id = r.spec.rollout_id;
+  const wave = r.current_wave >= 0 ? r.waves[r.current_wave] : null;
+  const started = r.waves.slice(0, r.current_wave + 1).reduce((n, w) => n + w.devices.length, 0);
+  const targets = r.waves.reduce((n, w) => n + w.devices.length, 0);
+  const patch = Object.keys(r.spec.config_patch);
+  const change = [patch.length ? `config: ${patch.join(", ")}` : null, r.spec.artifact ? "artifact" : null];
+  const failures = wave ? Object.entries(wave.failures).map(([device, why]) => `${device}: ${why}`) : [];
+  const abortable = (r.state === "pending" || r.state === "running") && mayChange();
+  return el(
+    "tr",
+    { class: "rollout", dataset: { rolloutId: id, state: r.state } },
+    el("td", { class: "id" }, id),
+    el("td", {}, r.spec.group),
+    el("td", { class: "change", title: JSON.stringify(r.spec.config_patch) }, change.filter(Boolean).join("; ")),
+    el("td", { class: "state" }, badge(r.state.replace("_", " "), ROLLOUT_KINDS[r.state] || "off")),
+    el("td", { class: "num wave" }, r.waves.length ? `${r.current_wave + 1} / ${r.waves.length}` : "–"),
+    el("td", { class: "num" }, targets ? `${started} / ${targets}` : "–"),
+    el("td", { class: `health${failures.length ? " bad-text" : ""}`, title: failures.join("\n") || null }, waveHealth(wave)),
+    el("td", { title: clock(r.created_at) }, ago(r.created_at)),
+    el("td", { class: "reason" }, r.reason ?? ""),
+    el("td", {}, abortable ? el("button", { type: "button", class: "abort", dataset: { rolloutId: id } }, "Abort") : null),
+  );
+}
+
+// One listener for the table (its rows are redrawn at every refresh): the abort button.
+document.querySelector("#rollout-table tbody").addEventListener("click", async (event) => {
+  const button = event.target.closest("button.abort");
+  if (!button) return;
+  button.disabled = true;
+  const who = document.getElementById("whoami").textContent.slice(0, 200);
+  const path = `/api/rollouts/${encodeURIComponent(button.dataset.rolloutId)}/abort`;
+  try {
+    await api(path, { method: "POST", body: { reason: `aborted from the dashboard by ${who}` } });
+  } catch (err) {
+    if (err instanceof Unauthorized) {
+      showLogin(`Logged out: ${err.message}`);
+      return;
+    }
+    const error = document.getElementById("error");
+    error.textContent = `Abort failed: ${err.message}`;
+    error.hidden = false;
+    button.disabled = false;
+  }
+});
+
 // -------------------------------------------------------------------------------------------- events
 
 async function refreshEvents() {
@@ -353,11 +417,12 @@ async function refresh(loop) {
   const status = document.getElementById("status");
   const error = document.getElementById("error");
   try {
-    const [stats, devices, workloads, assignments] = await Promise.all([
+    const [stats, devices, workloads, assignments, rollouts] = await Promise.all([
       api("/api/stats"),
       api("/api/devices"),
       api("/api/workloads"),
       api("/api/assignments"),
+      api("/api/rollouts"),
       refreshEvents(),
     ]);
     state.serverOffset = stats.time - Date.now() / 1000;
@@ -365,6 +430,7 @@ async function refresh(loop) {
     fill("#device-table tbody", "devices-empty", devices.map(deviceRow));
     const byWorkload = new Map(assignments.map((a) => [a.workload_id, a]));
     fill("#workload-table tbody", "workloads-empty", workloads.map((w) => workloadRow(w, byWorkload.get(w.workload.workload_id))));
+    fill("#rollout-table tbody", "rollouts-empty", rollouts.slice().reverse().map(rolloutRow));
     fill("#event-table tbody", "events-empty", state.events.slice().reverse().map(eventRow));
     renderPlots(await refreshHistories(devices));
     error.hidden = true;
