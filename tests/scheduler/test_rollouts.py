@@ -351,12 +351,17 @@ def test_the_dashboard_shows_a_rollout_and_aborts_it(fleet: Fleet, tmp_path: Pat
     with Browser(chromium(), flags, tmp_path / "profile") as browser:
         browser.on_new_document(CSP_WATCH)
         browser.goto(fleet.api.base + "/")
-        browser.wait(LOGIN_SHOWN, "the login form")
-        browser.eval(
-            f"document.getElementById('login-token').value = {fleet.api.token!r};"
-            "document.getElementById('login-form').requestSubmit(); true"
-        )
-        browser.wait(f"{row} && {row}.dataset.state === 'running'", "the running rollout")
+        for token in (make_token(fleet.store, "viewer"), fleet.api.token):
+            browser.wait(LOGIN_SHOWN, "the login form")
+            browser.eval(
+                f"document.getElementById('login-token').value = {token!r};"
+                "document.getElementById('login-form').requestSubmit(); true"
+            )
+            browser.wait(f"{row} && {row}.dataset.state === 'running'", "the running rollout")
+            if token != fleet.api.token:
+                assert browser.eval(f"{row}.querySelector('button.abort')") is None  # a viewer may not abort
+                browser.eval("document.getElementById('logout').click(); true")
+        browser.wait(f"{row}.querySelector('button.abort') !== null", "the abort button for the operator")
         assert browser.eval(f"{row}.querySelector('td.wave').textContent") == "1 / 4"
         assert browser.eval(f"{row}.querySelector('td.health').textContent").startswith("healthy: 0 of 1 failed")
         browser.eval(f"{row}.querySelector('button.abort').click(); true")
