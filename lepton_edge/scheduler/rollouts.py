@@ -29,7 +29,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lepton_edge.config.pipeline import ArtifactRef
 from lepton_edge.scheduler.desired import with_change
@@ -38,7 +47,9 @@ from lepton_edge.scheduler.store import Store, StoreConflict, StoreError, StoreN
 
 log = logging.getLogger("lepton_edge.scheduler.rollouts")
 
-RolloutState = Literal["pending", "running", "completing", "aborting", "succeeded", "aborted", "rolled_back"]
+RolloutState = Literal[
+    "pending", "running", "completing", "aborting", "succeeded", "aborted", "rolled_back", "rollback_failed"
+]
 ROLLOUT_STATES: tuple[str, ...] = get_args(RolloutState)
 ACTIVE_STATES = ("pending", "running", "completing", "aborting")
 """States the leader still has work for."""
@@ -112,6 +123,13 @@ class RolloutSpec(BaseModel):
     artifact: dict[str, JsonValue] | None = Field(
         None, description="Artifact that replaces the target workloads' artifact (url, size, sha256, signature...)."
     )
+    rollback_artifact: dict[str, JsonValue] | None = Field(
+        None,
+        validate_default=True,
+        description="Required with `artifact`: the previous artifact re-signed with a higher version for the same "
+        "target (`lepton-edge sign --version N+1 ...`), which an abort pushes to the devices of the started waves "
+        "and writes into their workloads (devices refuse the lower previous version: anti-rollback).",
+    )
     canary_count: int | None = Field(
         None, ge=1, le=MAX_DEVICES, description="Devices in the first wave (default 1 unless canary_percent is set)."
     )
@@ -149,6 +167,38 @@ class RolloutSpec(BaseModel):
     @classmethod
     def _valid_artifact(cls, artifact: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if artifact is None else ArtifactRef.model_validate(artifact).model_dump(exclude_none=True)
+
+    @field_validator("rollback_artifact")
+    @classmethod
+    def _valid_rollback_artifact(cls, rollback: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if "artifact" not in info.data:  # the artifact itself is invalid: that error says it
+            return rollback
+        artifact = info.data["artifact"]
+        if rollback is None:
+            if artifact is not None:
+                raise ValueError(
+                    "an artifact rollout needs a rollback_artifact: devices refuse the previous artifact's lower "
+                    "version (anti-rollback), so re-sign the previous artifact with a version above the new one's "
+                    "(`lepton-edge sign --version N+1 --target T ...` of the previous model) and give it here"
+                )
+            return None
+        ref = ArtifactRef.model_validate(rollback)
+        if artifact is None:
+            raise ValueError("rollback_artifact is only for artifact rollouts (give artifact too, or leave it out)")
+        if ref.signature is None or ref.version is None:
+            raise ValueError("rollback_artifact must be signed with a version (`lepton-edge sign --version N+1 ...`)")
+        if ref.target != artifact.get("target"):
+            raise ValueError(
+                f"rollback_artifact is for target {ref.target!r} but artifact is for {artifact.get('target')!r}; "
+                "sign the previous artifact for the same target"
+            )
+        new_version = artifact.get("version") or 0
+        if ref.version <= new_version:
+            raise ValueError(
+                f"rollback_artifact version {ref.version} must be above artifact version {new_version}, or devices "
+                f"refuse it (anti-rollback); sign it with --version {new_version + 1} or higher"
+            )
+        return ref.model_dump(exclude_none=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> RolloutSpec:
@@ -196,6 +246,16 @@ class Rollout(BaseModel):
     current_wave: int = Field(-1, description="Index of the wave running or last run; -1 before the first.")
     waves: list[Wave] = Field(default_factory=list)
     rolled_back: list[str] = Field(default_factory=list, description="Devices given their previous config back.")
+    rollback_started_at: float | None = Field(
+        None, description="Unix time an artifact rollout's rollback artifact was pushed (null: not yet, or none)."
+    )
+    rollback_desired_before: dict[str, int] = Field(
+        default_factory=dict, description="Each started device's desired version before the rollback push."
+    )
+    rollback_failed: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Devices that did not apply the rollback artifact -> their errors (state rollback_failed).",
+    )
     revision: int = Field(0, description="The store's revision of this record (compare-and-set).")
 
     @property
@@ -656,10 +716,49 @@ class RolloutRunner:
         if not devices:
             self._finish(rollout, "aborted", rollout.reason, now)
             return
+        if rollout.spec.rollback_artifact is not None:
+            self._roll_back_artifact(rollout, devices, now)
+            return
         done = rollout.model_copy(update={"rolled_back": devices})
         if self._finish(done, "rolled_back", rollout.reason, now):
             self._counts["rollouts_rolled_back"] += 1
             self._planner.push_again(devices, f"rollout {rollout.rollout_id} rolled back")
+
+    def _roll_back_artifact(self, rollout: Rollout, devices: list[str], now: float) -> None:
+        """Write the rollback artifact into the started devices' workloads and push them (once), then wait for
+        each device's answer: ``rolled_back`` when all applied it, else ``rollback_failed`` naming the others."""
+        store, spec = self._store, rollout.spec
+        known = {d.device_id: d for d in store.list_devices()}
+        if rollout.rollback_started_at is None:
+            before = {d: known[d].desired_version if d in known else 0 for d in devices}
+            back = Change({}, spec.rollback_artifact)  # written first: doing it twice changes nothing
+            hosted = {a.workload_id for a in store.list_assignments() if a.device_id in set(devices)}
+            for workload in store.list_workloads():
+                if workload.workload_id in hosted:
+                    store.update_workload(back.apply(workload))
+            pushing = rollout.model_copy(update={"rollback_started_at": now, "rollback_desired_before": before})
+            if not save(store, pushing, now):
+                return
+            self._planner.push_again(devices, f"rollout {spec.rollout_id} rolling back to its rollback artifact")
+            return
+        timed_out = now - rollout.rollback_started_at > spec.apply_timeout_s
+        applied, failed = [], {}
+        for device_id in devices:
+            device = known.get(device_id)
+            outcome = outcome_of(device, rollout.rollback_desired_before.get(device_id, 0))
+            if outcome == "applied":
+                applied.append(device_id)
+            elif outcome == "pending" and not timed_out:
+                return
+            elif outcome == "pending":
+                failed[device_id] = ["did not apply the rollback artifact within apply_timeout_s"]
+            elif outcome == "offline":
+                failed[device_id] = ["went offline before applying the rollback artifact"]
+            else:
+                failed[device_id] = [f"{outcome} the rollback artifact", *(device.last_errors if device else [])]
+        done = rollout.model_copy(update={"rolled_back": applied, "rollback_failed": failed})
+        if self._finish(done, "rollback_failed" if failed else "rolled_back", rollout.reason, now):
+            self._counts["rollouts_rolled_back" if not failed else "rollouts_rollback_failed"] += 1
 
     def _finish(self, rollout: Rollout, state: RolloutState, reason: str | None, now: float) -> bool:
         ended = rollout.model_copy(update={"state": state, "reason": reason, "finished_at": now})

@@ -130,6 +130,8 @@ class SimDevice:
         """When set, every new desired config is answered with this outcome."""
         self.active_version = 0
         self.handled_version = 0
+        self.artifact_versions: dict[str, int] = {}
+        """Highest artifact version applied per target (anti-rollback, as the agent's ArtifactTrust keeps it)."""
         self.config: dict[str, Any] | None = None
         """The desired config document running (None: nothing, or idle)."""
         self.desired_received: list[DesiredConfig] = []
@@ -245,6 +247,9 @@ class SimDevice:
             else:
                 outcome = "applied"
                 self.active_version = desired.version
+                if (signed := _target_version(config)) is not None:
+                    target, version = signed
+                    self.artifact_versions[target] = max(version, self.artifact_versions.get(target, 0))
                 self.config = None if config == IDLE_CONFIG else config
             report = ReportedConfig(
                 device_id=self.device_id,
@@ -265,7 +270,25 @@ class SimDevice:
             parse_config({**config, "device_id": self.device_id}, f"desired config for {self.device_id}")
         except ConfigError as e:
             return [line.strip()[:4096] for line in str(e).splitlines() if line.strip()][:100]
+        if (signed := _target_version(config)) is not None:
+            target, version = signed
+            highest = self.artifact_versions.get(target, 0)
+            if version < highest:
+                return [
+                    f"artifact version {version} of target {target} is below version {highest}, the highest "
+                    "accepted [refused: anti-rollback]"
+                ]
         return []
+
+
+def _target_version(config: dict[str, Any]) -> tuple[str, int] | None:
+    """(target, version) of the config's artifact when it names both (the anti-rollback key), else None."""
+    model = config.get("model")
+    artifact = model.get("artifact") if isinstance(model, dict) else None
+    if not isinstance(artifact, dict):
+        return None
+    target, version = artifact.get("target"), artifact.get("version")
+    return (target, version) if isinstance(target, str) and isinstance(version, int) else None
 
 
 # ------------------------------------------------------------------------------------------ transport

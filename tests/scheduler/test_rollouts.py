@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from lepton_edge.fleet.protocol import DesiredConfig
 from lepton_edge.scheduler.api import serve
 from lepton_edge.scheduler.desired import device_config_for
 from lepton_edge.scheduler.rollouts import (
@@ -32,7 +33,7 @@ from lepton_edge.scheduler.rollouts import (
     wave_verdict,
 )
 from lepton_edge.scheduler.service import SchedulerService
-from lepton_edge.scheduler.simulator import FleetSimulator
+from lepton_edge.scheduler.simulator import DeviceSpec, FleetSimulator, SimDevice
 from lepton_edge.scheduler.store import StoreConflict
 from lepton_edge.scheduler.stores import open_store
 from tests.scheduler.test_dashboard import CHROMIUM_FLAGS, CSP_WATCH, LOGIN_SHOWN, chromium
@@ -41,6 +42,19 @@ from tests.support.devtools import Browser
 from tests.support.scheduler import fast_config, wait_until, workload
 
 PATCH = {"postprocess": {"type": "detect", "conf_threshold": 0.4}}
+SIGNATURE = base64.b64encode(bytes(64)).decode()
+
+
+def signed(version: int, digest: str, target: str = "det") -> dict[str, Any]:
+    """An artifact reference for ``target`` at ``version`` (the simulator checks versions, not signatures)."""
+    url = f"https://models.example/{target}-{digest[:4]}.onnx"
+    return {"url": url, "size": 1234, "sha256": digest * 32, "version": version, "target": target,
+            "signature": SIGNATURE}  # fmt: skip
+
+
+OLD, NEW = signed(1, "aa"), signed(2, "bb")
+BACK = signed(3, "aa")
+"""The previous artifact (version 1), the new one (version 2), and the previous content re-signed as version 3."""
 IDS = [f"d{i}" for i in range(10)]
 
 
@@ -137,6 +151,24 @@ def test_spec_needs_a_change_and_one_canary_size() -> None:
         RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, bake_s=1e12)
 
 
+@pytest.mark.parametrize(
+    ("rollback", "message"),
+    [
+        (None, "needs a rollback_artifact.*lepton-edge sign --version N\\+1"),
+        (signed(2, "aa"), "version 2 must be above artifact version 2.*--version 3"),
+        (signed(3, "aa", target="other"), "target 'other' but artifact is for 'det'"),
+        ({k: v for k, v in BACK.items() if k != "signature"}, "must be signed with a version"),
+    ],
+)
+def test_an_artifact_rollout_needs_a_higher_signed_rollback_artifact(rollback: Any, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        RolloutSpec(rollout_id="r", group="g", artifact=NEW, rollback_artifact=rollback)
+    assert [e["loc"] for e in caught.value.errors()] == [("rollback_artifact",)]
+    assert RolloutSpec(rollout_id="r", group="g", artifact=NEW, rollback_artifact=BACK).rollback_artifact == BACK
+    with pytest.raises(ValidationError, match="only for artifact rollouts"):
+        RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, rollback_artifact=BACK)
+
+
 # ------------------------------------------------------------------------- what reaches a device
 
 
@@ -144,7 +176,8 @@ def test_a_running_rollout_changes_the_workloads_of_its_started_waves_only() -> 
     signature = base64.b64encode(bytes(64)).decode()
     old = {"url": "https://a/old.onnx", "size": 1, "sha256": "1" * 64, "signature": signature}
     new = {"url": "https://a/new.onnx", "size": 2, "sha256": "2" * 64}
-    spec = RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, artifact=new)
+    back = old | {"version": 1}
+    spec = RolloutSpec(rollout_id="r", group="g", config_patch=PATCH, artifact=new, rollback_artifact=back)
     waves = [Wave(devices=["a"]), Wave(devices=["b", "c"])]
     rollout = Rollout(spec=spec, state="running", created_at=0, updated_at=0, current_wave=0, waves=waves)
     changes = changes_by_device([rollout])
@@ -333,13 +366,81 @@ def test_operator_abort_rolls_back_the_waves_done(fleet: Fleet) -> None:
 @pytest.mark.integration
 def test_an_artifact_rollout_replaces_the_workloads_artifact(fleet: Fleet) -> None:
     artifact = {"url": "https://models.example/det-v2.onnx", "size": 1234, "sha256": "ab" * 32, "version": 2}
-    fleet.start(config_patch={}, artifact=artifact, canary_count=1, batch_size=3, bake_s=0.5)
+    rollback = {k: v for k, v in signed(3, "cd").items() if k != "target"}  # the same (no) target, a higher version
+    fleet.start(config_patch={}, artifact=artifact, rollback_artifact=rollback, canary_count=1, batch_size=3)
     fleet.wait_state("succeeded")
     assert all(w.artifact == artifact for w in fleet.store.list_workloads())
     wait_until(  # the devices run (and report) the new artifact's model id
         lambda: {(d.telemetry or {}).get("artifact_id") for d in fleet.store.list_devices()} == {f"sha256:{'ab' * 32}"},
         what="every device reporting the new artifact",
     )
+
+
+def run_old_artifact(fleet: Fleet) -> None:
+    """Give every workload the previous artifact (version 1 of target det) and wait until the devices run it."""
+    for w in fleet.store.list_workloads():
+        fleet.store.update_workload(w.model_copy(update={"artifact": OLD}))
+    wait_until(
+        lambda: {(d.telemetry or {}).get("artifact_id") for d in fleet.store.list_devices()} == {"sha256:" + "aa" * 32},
+        what="every device reporting the previous artifact",
+    )
+
+
+def running_artifact(fleet: Fleet, device_id: str) -> dict[str, Any] | None:
+    return ((fleet.sim.device(device_id).config or {}).get("model") or {}).get("artifact")
+
+
+@pytest.mark.integration
+def test_an_aborted_artifact_rollout_rolls_back_to_the_rollback_artifact(fleet: Fleet) -> None:
+    run_old_artifact(fleet)
+    fleet.start(config_patch={}, artifact=NEW, rollback_artifact=BACK, canary_count=1, interval_s=600, bake_s=0.5)
+    wait_until(lambda: [w.verdict for w in get_rollout(fleet.store, "r1").waves][:1] == ["healthy"], what="canary ok")
+    (canary,) = get_rollout(fleet.store, "r1").waves[0].devices
+    assert running_artifact(fleet, canary) == NEW
+    status, _ = fleet.api.call("POST", "/api/rollouts/r1/abort", {"reason": "bad model"})
+    assert status == 200
+    rollout = fleet.wait_state("rolled_back")
+    assert rollout.rolled_back == [canary] and rollout.rollback_failed == {}
+    assert running_artifact(fleet, canary) == BACK  # version 3: accepted where version 1 would be refused
+    assert fleet.sim.device(canary).reports[-1].outcome == "applied"
+    wait_until(
+        lambda: (fleet.store.get_device(canary).telemetry or {}).get("artifact_id") == "sha256:" + "aa" * 32,
+        what="the canary reporting the previous content's model id",
+    )
+    hosted = {a.workload_id for a in fleet.store.list_assignments() if a.device_id == canary}
+    artifacts = {w.workload_id: w.artifact for w in fleet.store.list_workloads()}
+    assert all(artifacts[w] == BACK for w in hosted)  # later pushes never re-send the refused version 1
+    assert all(a == OLD for w, a in artifacts.items() if w not in hosted)  # the other waves never started
+
+
+@pytest.mark.integration
+def test_a_refused_rollback_is_reported_not_called_rolled_back(fleet: Fleet) -> None:
+    run_old_artifact(fleet)
+    fleet.start(config_patch={}, artifact=NEW, rollback_artifact=BACK, canary_count=1, interval_s=600, bake_s=0.5)
+    wait_until(lambda: [w.verdict for w in get_rollout(fleet.store, "r1").waves][:1] == ["healthy"], what="canary ok")
+    (canary,) = get_rollout(fleet.store, "r1").waves[0].devices
+    fleet.sim.set_fail(canary, "rejected")
+    fleet.api.call("POST", "/api/rollouts/r1/abort", {"reason": "bad model"})
+    rollout = fleet.wait_state("rollback_failed")
+    assert rollout.rolled_back == [] and list(rollout.rollback_failed) == [canary]
+    status, body = fleet.api.get("/api/rollouts/r1")
+    assert status == 200 and body["state"] == "rollback_failed"
+    errors = body["rollback_failed"][canary]
+    assert errors[0] == "rejected the rollback artifact" and "simulated failure" in errors[1]
+    assert running_artifact(fleet, canary) == NEW  # what the device really runs, as the state says
+
+
+def test_the_simulator_refuses_a_lower_artifact_version_like_a_device() -> None:
+    device = SimDevice(DeviceSpec("d0"))
+
+    def push(version: int, artifact: dict[str, Any]) -> Any:
+        config = device_config_for(workload("w", artifact=artifact))
+        return device.apply(DesiredConfig(version=version, config=config, issued_at=1.0, issued_by="t"))
+
+    assert push(1, NEW).outcome == "applied"
+    refused = push(2, OLD)
+    assert refused.outcome == "rejected" and "[refused: anti-rollback]" in refused.errors[0]
+    assert push(3, BACK).outcome == "applied"
 
 
 @pytest.mark.integration
@@ -388,6 +489,8 @@ def test_bad_rollout_requests_get_422_naming_the_field(fleet: Fleet) -> None:
     assert problems({"config_patch": {"labels": ["x" * 1000] * 300}}) == ["config_patch"]  # over the payload limit
     assert problems({"group": "nobody"}) == ["group"]
     assert problems({"artifact": {"url": "https://a/m.onnx", "size": 0, "sha256": "0" * 64}}) == ["artifact.size"]
+    assert problems({"artifact": NEW}) == ["rollback_artifact"]
+    assert problems({"artifact": NEW, "rollback_artifact": OLD}) == ["rollback_artifact"]  # a lower version
     assert problems({"batch_size": 0}) == ["batch_size"]
     assert problems({"health": {"min_fps_ratio": 2}}) == ["health.min_fps_ratio"]
     assert problems({"rollout_id": "Bad Id"}) == ["rollout_id"]

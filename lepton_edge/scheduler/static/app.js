@@ -325,6 +325,7 @@ function workloadRow(item, assignment) {
 
 const ROLLOUT_KINDS = {
   pending: "warn", running: "warn", completing: "warn", aborting: "bad", succeeded: "ok", aborted: "off", rolled_back: "bad",
+  rollback_failed: "bad",
 };
 
 function mayChange() {
@@ -347,6 +348,7 @@ function rolloutRow(r) {
   const patch = Object.keys(r.spec.config_patch);
   const change = [patch.length ? `config: ${patch.join(", ")}` : null, r.spec.artifact ? "artifact" : null];
   const failures = wave ? Object.entries(wave.failures).map(([device, why]) => `${device}: ${why}`) : [];
+  const rollbackFailed = Object.entries(r.rollback_failed || {}).map(([device, errors]) => `${device}: ${errors.join("; ")}`);
   const abortable = (r.state === "pending" || r.state === "running") && mayChange();
   return el(
     "tr",
@@ -354,7 +356,11 @@ function rolloutRow(r) {
     el("td", { class: "id" }, id),
     el("td", {}, r.spec.group),
     el("td", { class: "change", title: JSON.stringify(r.spec.config_patch) }, change.filter(Boolean).join("; ")),
-    el("td", { class: "state" }, badge(r.state.replace("_", " "), ROLLOUT_KINDS[r.state] || "off")),
+    el(
+      "td",
+      { class: "state", title: rollbackFailed.length ? `rollback failed on:\n${rollbackFailed.join("\n")}` : null },
+      badge(r.state.replace("_", " "), ROLLOUT_KINDS[r.state] || "off"),
+    ),
     el("td", { class: "num wave" }, r.waves.length ? `${r.current_wave + 1} / ${r.waves.length}` : "–"),
     el("td", { class: "num" }, targets ? `${started} / ${targets}` : "–"),
     el("td", { class: `health${failures.length ? " bad-text" : ""}`, title: failures.join("\n") || null }, waveHealth(wave)),
