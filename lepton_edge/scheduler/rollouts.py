@@ -14,6 +14,9 @@ every device of the waves done gets its previous config back.
   (:func:`lepton_edge.scheduler.desired.with_change`) before building its desired config. Aborting stops
   that, and the devices are pushed again: new, higher desired versions without the change. A rollout that
   succeeds writes its change into the workloads themselves.
+- An artifact rollout rolls back *forward*: devices refuse a lower artifact version (anti-rollback), so its
+  ``rollback_artifact`` (the previous file re-signed with a higher version) is written into the started
+  devices' workloads and pushed; it is ``rolled_back`` only when every one applied it, else ``rollback_failed``.
 
 docs/scheduler.md ("Rollouts") explains it for operators; AWS IoT Jobs' rollout and abort configs and
 Greengrass deployments are the model.

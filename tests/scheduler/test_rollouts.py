@@ -414,7 +414,7 @@ def test_an_aborted_artifact_rollout_rolls_back_to_the_rollback_artifact(fleet: 
 
 
 @pytest.mark.integration
-def test_a_refused_rollback_is_reported_not_called_rolled_back(fleet: Fleet) -> None:
+def test_a_refused_rollback_is_reported_not_called_rolled_back(fleet: Fleet, tmp_path: Path) -> None:
     run_old_artifact(fleet)
     fleet.start(config_patch={}, artifact=NEW, rollback_artifact=BACK, canary_count=1, interval_s=600, bake_s=0.5)
     wait_until(lambda: [w.verdict for w in get_rollout(fleet.store, "r1").waves][:1] == ["healthy"], what="canary ok")
@@ -428,6 +428,18 @@ def test_a_refused_rollback_is_reported_not_called_rolled_back(fleet: Fleet) -> 
     errors = body["rollback_failed"][canary]
     assert errors[0] == "rejected the rollback artifact" and "simulated failure" in errors[1]
     assert running_artifact(fleet, canary) == NEW  # what the device really runs, as the state says
+    row = "document.querySelector('#rollout-table tr.rollout[data-rollout-id=\"r1\"]')"
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]
+    with Browser(chromium(), flags, tmp_path / "profile") as browser:
+        browser.goto(fleet.api.base + "/")
+        browser.wait(LOGIN_SHOWN, "the login form")
+        browser.eval(
+            f"document.getElementById('login-token').value = {fleet.api.token!r};"
+            "document.getElementById('login-form').requestSubmit(); true"
+        )
+        browser.wait(f"{row} && {row}.dataset.state === 'rollback_failed'", "the failed rollback")
+        tooltip = browser.eval(f"{row}.querySelector('td.state').title")
+    assert tooltip.startswith(f"rollback failed on:\n{canary}: rejected the rollback artifact; simulated failure")
 
 
 def test_the_simulator_refuses_a_lower_artifact_version_like_a_device() -> None:

@@ -106,7 +106,8 @@ def get_one(rollout_id: RolloutIdPath, service: Service) -> Rollout:
 @router.post("/{rollout_id}/abort", response_model=Rollout, dependencies=[Operator])
 def abort(rollout_id: RolloutIdPath, request: Request, service: Service, body: AbortRequest | None = None) -> Rollout:
     """Abort a rollout: the leader gives every device of the waves started its previous config back (new,
-    higher desired versions). An ended rollout is returned unchanged."""
+    higher desired versions; an artifact rollout's ``rollback_artifact`` in place of the artifact, ending
+    ``rolled_back`` or ``rollback_failed``). An ended rollout is returned unchanged."""
     request.state.audit_target = rollout_id
     reason = body.reason if body is not None else AbortRequest().reason
     return request_abort(service.store, rollout_id, reason)
