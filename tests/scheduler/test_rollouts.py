@@ -502,6 +502,8 @@ def test_bad_rollout_requests_get_422_naming_the_field(fleet: Fleet) -> None:
     assert problems({"group": "nobody"}) == ["group"]
     assert problems({"artifact": {"url": "https://a/m.onnx", "size": 0, "sha256": "0" * 64}}) == ["artifact.size"]
     assert problems({"artifact": NEW}) == ["rollback_artifact"]
+    status, answer = fleet.api.call("POST", "/api/rollouts", {"rollout_id": "a", "group": "g", "artifact": NEW})
+    assert status == 422 and "lepton-edge sign --version N+1" in answer["problems"][0]["message"]  # how to make one
     assert problems({"artifact": NEW, "rollback_artifact": OLD}) == ["rollback_artifact"]  # a lower version
     assert problems({"batch_size": 0}) == ["batch_size"]
     assert problems({"health": {"min_fps_ratio": 2}}) == ["health.min_fps_ratio"]
