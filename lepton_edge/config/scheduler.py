@@ -279,10 +279,24 @@ class SchedulerConfig(Strict):
         return self.sweep_interval_s or min(5.0, self.heartbeat_timeout_s / 4)
 
 
+def _files_relative_to(config: SchedulerConfig, base_dir: Path) -> SchedulerConfig:
+    """``config`` with its relative key and certificate paths resolved against ``base_dir``."""
+
+    def resolve(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else (base_dir / path).resolve()
+
+    api = config.api
+    api = api.model_copy(
+        update={"tls_cert": resolve(api.tls_cert), "tls_key": resolve(api.tls_key), "client_ca": resolve(api.client_ca)}
+    )
+    return config.model_copy(update={"desired_signing_key": resolve(config.desired_signing_key), "api": api})
+
+
 def parse_scheduler_config(
     data: Any, origin: str = "<scheduler config>", base_dir: Path | None = None
 ) -> SchedulerConfig:
-    """Validate a scheduler config mapping; a relative SQLite path is resolved against ``base_dir``."""
+    """Validate a scheduler config mapping; relative SQLite, key and certificate paths are resolved against
+    ``base_dir``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -292,9 +306,8 @@ def parse_scheduler_config(
         config = SchedulerConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, origin)) from None
-    key = config.desired_signing_key
-    if base_dir is not None and key is not None and not key.is_absolute():
-        config = config.model_copy(update={"desired_signing_key": (base_dir / key).resolve()})
+    if base_dir is not None:
+        config = _files_relative_to(config, base_dir)
     url = config.store_url
     if base_dir is not None and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         path = Path(url.removeprefix("sqlite:///"))

@@ -494,6 +494,21 @@ def test_example_config_is_valid_and_lists_every_option(tmp_path: Path) -> None:
         load_scheduler_config(bad)
 
 
+def test_key_and_certificate_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    from lepton_edge.config.scheduler import load_scheduler_config
+
+    path = tmp_path / "etc" / "scheduler.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "mqtt: {port: 1884}\ndesired_signing_key: keys/desired.key\n"
+        "api: {tls_cert: certs/api.crt, tls_key: /abs/api.key, client_ca: ../ca.crt}\n"
+    )
+    config = load_scheduler_config(path)
+    assert config.desired_signing_key == path.parent / "keys" / "desired.key"
+    assert config.api.tls_cert == path.parent / "certs" / "api.crt"
+    assert config.api.tls_key == Path("/abs/api.key") and config.api.client_ca == tmp_path / "ca.crt"
+
+
 @pytest.mark.integration
 def test_run_scheduler_serves_the_api_until_stopped(fresh_broker, tmp_path: Path, fleet) -> None:
     pytest.importorskip("fastapi", reason="the scheduler API needs fastapi (pip install 'lepton-edge[scheduler]')")
