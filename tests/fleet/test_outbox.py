@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sqlite3
@@ -26,6 +25,7 @@ from lepton_edge.fleet.outbox import (
     bench,
 )
 from tests.support.mosquitto import MessageCollector
+from tests.support.tiny_fs import fill, mounted_tmpfs
 
 ROOT = Path(__file__).parents[2]
 TOPIC = "lepton/v1/devices/d/events"  # 26 bytes
@@ -220,32 +220,7 @@ RESERVE = 256 * 1024
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs mounted for the test (needs root); skipped with the reason otherwise."""
-    if os.geteuid() != 0:
-        pytest.skip("filling a file system needs a small tmpfs, and mounting one needs root")
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
-
-
-def fill_up(folder: Path) -> Path:
-    """Write a file in ``folder`` until the file system refuses another byte; returns it."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * size)
-    return filler
+    yield from mounted_tmpfs(tmp_path / "small", 8)
 
 
 def open_small(folder: Path) -> Outbox:
@@ -273,7 +248,7 @@ def test_a_full_disk_drops_the_oldest_telemetry_for_a_durable_message(small_fs):
         high = outbox.put(TOPIC, b"kept", priority="high")
     # Closing deleted the WAL, so the next write must grow a file (an old WAL may have room to reuse).
     with open_small(small_fs) as outbox:
-        filler = fill_up(small_fs)
+        filler = fill(small_fs)
 
         # Telemetry does not spend the reserve: it is refused and counted.
         with pytest.raises(OutboxDiskFull, match=r"outbox.db: database or disk is full: .*free some space"):
@@ -307,7 +282,7 @@ def test_a_durable_message_with_no_telemetry_to_drop_is_refused_and_counted(smal
     with open_small(small_fs) as outbox:
         kept = [outbox.put(TOPIC, b"h" * 400, priority="high") for _ in range(3)]
     with open_small(small_fs) as outbox:  # with no WAL file, as above
-        filler = fill_up(small_fs)
+        filler = fill(small_fs)
         for _ in range(2):
             # SQLite fails this at COMMIT: the transaction must be rolled back and the totals recounted.
             with pytest.raises(OutboxDiskFull, match="disk is full"):

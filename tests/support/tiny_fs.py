@@ -13,24 +13,29 @@ import pytest
 TINY_FS_MIB = 4
 
 
-@pytest.fixture(name="tiny_fs")
-def tiny_fs_mount(tmp_path: Path) -> Iterator[Path]:
-    """``tiny_fs``: a small tmpfs mounted for the test (needs root and mount); skipped with the reason otherwise."""
+def mounted_tmpfs(folder: Path, size_mib: int) -> Iterator[Path]:
+    """Mount a ``size_mib`` MiB tmpfs at ``folder`` (created) for the test and unmount it after; skipped with the
+    reason where mounting is not possible (needs root)."""
     if os.geteuid() != 0:
-        pytest.skip("the disk-full scenario mounts a tiny tmpfs, which needs root (run the suite as root)")
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
+        pytest.skip("filling a file system mounts a small tmpfs, which needs root (run the suite as root)")
+    folder.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TINY_FS_MIB}m,mode=0755", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(folder)],
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): no tiny file system")
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): no small file system")
     try:
-        yield mount_point
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture(name="tiny_fs")
+def tiny_fs_mount(tmp_path: Path) -> Iterator[Path]:
+    """``tiny_fs``: a TINY_FS_MIB tmpfs mounted for the test; skipped with the reason where that is not possible."""
+    yield from mounted_tmpfs(tmp_path / "tiny", TINY_FS_MIB)
 
 
 def fill(folder: Path) -> Path:
