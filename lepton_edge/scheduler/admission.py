@@ -72,6 +72,11 @@ class Admission:
         now = time.time()
         view = self._views.known_or_unknown(device_id, now)
         if not view.bucket.take(now):
+            if kind is TopicKind.DEATH and now - view.death_sampled_at >= LIVENESS_SAMPLE_S:
+                view.death_sampled_at = now
+                death = self._current_session_death(message, view)
+                if death is not None:  # the one death that matters is never lost to the device's own burst
+                    return device_id, death
             self.reject("flood", topic, "device exceeds its message rate (ingest.device_rate_hz)", device_id)
             self.flooded(device_id, now)
             if view.online and now - view.sampled_at >= LIVENESS_SAMPLE_S:
@@ -87,6 +92,16 @@ class Admission:
             self.reject("spoofed", topic, f"payload claims device {claimed!r} on the topic of {device_id!r}", device_id)
             return None
         return device_id, decoded
+
+    def _current_session_death(self, message: IncomingMessage, view: DeviceView) -> Any | None:
+        """The decoded death in ``message`` if it ends the device's current session, else None."""
+        try:
+            death = decode(TopicKind.DEATH, message.payload, message.topic)
+        except ProtocolError:
+            return None
+        if view.online and death.device_id == view.device_id and death.session_id == view.session:
+            return death
+        return None
 
     def _liveness_from_rejected(self, kind: TopicKind, message: IncomingMessage, view: DeviceView, now: float) -> None:
         """A sample of a rejected message proves its device alive if it is valid and of the current session."""

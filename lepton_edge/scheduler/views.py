@@ -36,6 +36,8 @@ class DeviceView:
     """When the store was last asked about an unknown session (rate limit)."""
     sampled_at: float = 0.0
     """When a message rejected by the rate limit was last decoded to see whether it proves liveness."""
+    death_sampled_at: float = 0.0
+    """When a death the rate limit rejected was last decoded (a death of the current session still gets in)."""
     stored_seen_at: float = 0.0
     """When liveness was last written to the store without telemetry (``Store.device_seen``)."""
     last_report: tuple[int, str] | None = None

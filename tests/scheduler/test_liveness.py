@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lepton_edge.fleet.mqtt import IncomingMessage
-from lepton_edge.fleet.protocol import birth_topic, death_topic, encode, telemetry_topic
+from lepton_edge.fleet.protocol import Death, birth_topic, death_topic, encode, telemetry_topic
 from lepton_edge.scheduler.admission import LIVENESS_SAMPLE_S
 from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import DeviceSpec, SimDevice
@@ -96,6 +96,20 @@ def test_after_its_death_a_devices_session_proves_nothing(service: SchedulerServ
     service.ingestion.on_telemetry(_telemetry(device))
     view = service.views.get("cam-1")
     assert not view.online and view.last_seen == 0.0
+
+
+def test_a_devices_death_gets_through_its_own_burst_and_a_death_flood_is_decoded_once_a_second(
+    service: SchedulerService,
+) -> None:
+    device = _born(service)
+    _exhaust_bucket(service, device)
+    other = Death(device_id="cam-1", session_id=device.session_id + 7, reason="connection_lost")  # not current
+    for _ in range(50):
+        service.ingestion.on_death(IncomingMessage(death_topic("cam-1"), encode(other), 1, False))
+    assert service.views.get("cam-1").online and service.rejected["flood"] == 50
+    service.views.get("cam-1").death_sampled_at = time.time() - LIVENESS_SAMPLE_S  # a second later
+    service.ingestion.on_death(IncomingMessage(death_topic("cam-1"), encode(device.death()), 1, False))
+    assert not service.views.get("cam-1").online, "the current session's death was lost to the rate limit"
 
 
 def test_telemetry_dropped_for_a_full_writer_proves_liveness_and_reaches_the_store_by_the_control_queue(
