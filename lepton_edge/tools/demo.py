@@ -75,7 +75,7 @@ def demo_workload(device_config, device_id: str) -> dict[str, Any]:
         "model": str(device_config.model.path),
         "required_fps": 25.0,
         "pinned_device": device_id,
-        "config": {k: dumped[k] for k in ("postprocess", "sinks", "pipeline") if k in dumped}
+        "config": {k: dumped[k] for k in ("postprocess", "tracking", "analytics", "sinks", "pipeline") if k in dumped}
         | {"source": dumped["source"]},
     }
 
