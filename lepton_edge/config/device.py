@@ -34,10 +34,22 @@ from lepton_edge.config.pipeline import (
     SourceConfig,
     TrackingConfig,
 )
+from lepton_edge.config.workloads import (
+    MAX_MODELS,
+    MAX_STREAMS,
+    MAX_WORKLOADS,
+    SINGLE_WORKLOAD,
+    Name,
+    NamedModelConfig,
+    WorkloadConfig,
+)
 from lepton_edge.core.errors import ConfigError
 
-PIPELINE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "tracking", "analytics", "sinks",
-                     "pipeline")
+SINGLE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "tracking", "analytics", "sinks")
+"""The sections of the single-workload form (one source, one model)."""
+MULTI_SECTIONS = ("streams", "models", "workloads")
+"""The sections of the multi-stream form."""
+PIPELINE_SECTIONS = (*SINGLE_SECTIONS, *MULTI_SECTIONS, "pipeline")
 """The sections that describe the pipeline; an idle config has none of them."""
 
 
@@ -62,6 +74,20 @@ class DeviceConfig(Strict):
     analytics: AnalyticsConfig | None = Field(
         None, description="Zones, counting lines and loitering on the tracks; needs tracking.")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where results go.")
+    streams: dict[Name, SourceConfig] = Field(
+        default_factory=dict, max_length=MAX_STREAMS,
+        description="Multi-stream form: named sources (the `source` fields; `id` defaults to the name).",
+    )
+    models: dict[Name, NamedModelConfig] = Field(
+        default_factory=dict, max_length=MAX_MODELS,
+        description="Multi-stream form: named models (the `model` fields plus `backend`), each loaded once and "
+        "shared by the workloads that name it.",
+    )
+    workloads: dict[Name, WorkloadConfig] = Field(
+        default_factory=dict, max_length=MAX_WORKLOADS,
+        description="Multi-stream form: each binds a stream to a model with its own pre/postprocessing, tracking, "
+        "analytics, cascades and sinks. Leave out model, source and the other single-form sections.",
+    )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Pipeline tuning.")
     agent: AgentConfig | None = Field(
         None,
@@ -106,8 +132,8 @@ class DeviceConfig(Strict):
 
     @model_validator(mode="after")
     def _workload_or_idle(self) -> DeviceConfig:
+        given = [name for name in PIPELINE_SECTIONS if name in self.model_fields_set]
         if self.idle:
-            given = [name for name in PIPELINE_SECTIONS if name in self.model_fields_set]
             if given:
                 raise PydanticCustomError(
                     "idle_with_pipeline",
@@ -115,6 +141,18 @@ class DeviceConfig(Strict):
                     "idle: false to run the workload",
                     {"sections": and_list(given), "them": "it" if len(given) == 1 else "them"},
                 )
+            return self
+        single = [name for name in SINGLE_SECTIONS if name in self.model_fields_set]
+        multi = [name for name in MULTI_SECTIONS if name in self.model_fields_set]
+        if single and multi:
+            raise PydanticCustomError(
+                "mixed_forms",
+                "{single} and {multi} describe the pipeline twice: use either the single form (model, source, ...) "
+                "or named streams, models and workloads",
+                {"single": and_list(single), "multi": and_list(multi)},
+            )
+        if multi:
+            check_workloads(self)
             return self
         missing = [name for name in ("model", "source") if getattr(self, name) is None]
         if missing:
@@ -125,6 +163,121 @@ class DeviceConfig(Strict):
                 {"missing": and_list(missing), "verb": "is" if len(missing) == 1 else "are"},
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_workloads_is_idle(cls, data: Any) -> Any:
+        # The scheduler sends a device with no workloads left an empty set: that runs nothing, as idle: true does.
+        if isinstance(data, dict) and "workloads" in data and not data["workloads"] and not data.get("streams") \
+                and not data.get("models") and not any(name in data for name in SINGLE_SECTIONS):
+            data = {k: v for k, v in data.items() if k not in MULTI_SECTIONS}
+            data["idle"] = True
+        return data
+
+    @property
+    def multi(self) -> bool:
+        """True for the multi-stream form (named streams, models and workloads)."""
+        return bool(self.workloads)
+
+    def workload_views(self) -> dict[str, DeviceConfig]:
+        """Each workload as a single-form config (its stream as ``source``, its model and backend, its sections;
+        the device-level sections shared): what one pipeline runs. The single form is one workload named
+        ``main``; an idle config has none."""
+        if self.idle:
+            return {}
+        if not self.multi:
+            return {SINGLE_WORKLOAD: self}
+        return {name: workload_view(self, name) for name in self.workloads}
+
+
+def workload_view(config: DeviceConfig, name: str) -> DeviceConfig:
+    """Workload ``name`` of a multi-form ``config`` as a single-form config (see
+    :meth:`DeviceConfig.workload_views`)."""
+    workload = config.workloads[name]
+    named = config.models[workload.model]
+    model = ModelConfig.model_validate(named.model_dump(exclude={"backend"}, exclude_unset=True))
+    source = config.streams[workload.stream]
+    if source.id is None:
+        source = source.model_copy(update={"id": workload.stream})
+    data: dict[str, Any] = {
+        "device_id": config.device_id, "model": model, "backend": named.backend, "source": source,
+        "preprocess": workload.preprocess, "sinks": workload.sinks, "pipeline": config.pipeline,
+    }
+    for section in ("postprocess", "tracking", "analytics"):
+        if getattr(workload, section) is not None:
+            data[section] = getattr(workload, section)
+    if config.agent is not None:
+        data["agent"] = config.agent
+    return DeviceConfig.model_validate(data)
+
+
+def check_workloads(config: DeviceConfig) -> None:
+    """Raise a validation error naming the stream, model or workload at fault in a multi-form ``config``."""
+    problems: list[str] = []
+    used_streams: dict[str, str] = {}
+    used_models: set[str] = set()
+    for name, workload in config.workloads.items():
+        where = f"workloads.{name}"
+        if workload.stream not in config.streams:
+            problems.append(f"{where}.stream: no stream named {workload.stream!r} (streams: "
+                            f"{', '.join(sorted(config.streams)) or 'none'})")
+        elif workload.stream in used_streams:
+            problems.append(f"{where}.stream: stream {workload.stream!r} already feeds workload "
+                            f"{used_streams[workload.stream]!r}; a stream feeds one workload (add a cascade, or a "
+                            "second stream with the same uri)")
+        else:
+            used_streams[workload.stream] = name
+        for field, model in [("model", workload.model)] + [
+                (f"cascade.{i}.model", c.model) for i, c in enumerate(workload.cascade)]:
+            if model not in config.models:
+                problems.append(f"{where}.{field}: no model named {model!r} (models: "
+                                f"{', '.join(sorted(config.models)) or 'none'})")
+            used_models.add(model)
+        for i, cascade in enumerate(workload.cascade):
+            task = config.models[cascade.model].task if cascade.model in config.models else "auto"
+            if task not in ("auto", "classify"):
+                problems.append(f"{where}.cascade.{i}.model: {cascade.model!r} is a {task} model; a cascade runs a "
+                                "classifier on the crops (task: classify)")
+            if cascade.model == workload.model:
+                problems.append(f"{where}.cascade.{i}.model: the cascade runs the workload's own model "
+                                f"{cascade.model!r} on its crops; name a classifier")
+    problems += [f"streams.{name}: used by no workload" for name in config.streams if name not in used_streams]
+    problems += [f"models.{name}: used by no workload" for name in config.models if name not in used_models]
+    with_artifact = [name for name, m in config.models.items() if m.artifact is not None]
+    if len(with_artifact) > 1:
+        problems.append(f"models: {and_list(with_artifact)} each name an artifact; one model per device can come "
+                        "from a signed artifact (its A/B slot)")
+    problems += _shared_outputs(config)
+    for name in config.workloads if not problems else ():
+        try:
+            workload_view(config, name)
+        except ValidationError as e:
+            problems += [f"workloads.{name}{''.join(f'.{p}' for p in err['loc'])}: "
+                         f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
+    if problems:
+        raise PydanticCustomError("workloads", "{problems}", {"problems": "; ".join(problems)})
+
+
+def _shared_outputs(config: DeviceConfig) -> list[str]:
+    """Two workloads writing one file, or more than one console."""
+    writers: dict[str, str] = {}
+    consoles: list[str] = []
+    problems: list[str] = []
+    for name, workload in config.workloads.items():
+        for i, sink in enumerate(workload.sinks):
+            if isinstance(sink, ConsoleSinkConfig):
+                consoles.append(name)
+            path = getattr(sink, "path", None)
+            if path is None:
+                continue
+            key = os.path.normpath(str(path))
+            if key in writers and writers[key] != f"workloads.{name}":
+                problems.append(f"workloads.{name}.sinks.{i}.path: {path} is also written by {writers[key]}; give "
+                                "each workload its own file")
+            writers.setdefault(key, f"workloads.{name}")
+    if len(consoles) > 1:
+        problems.append(f"workloads {and_list(consoles)} each have a console sink; one console per device")
+    return problems
 
 
 def parse_config(data: Any, origin: str = "<config>", base_dir: Path | None = None) -> DeviceConfig:
@@ -155,29 +308,44 @@ def resolve_paths(config: DeviceConfig, base_dir: Path) -> DeviceConfig:
     # Only sections present are updated: model_copy marks updated fields as set, and an idle config must
     # not gain pipeline sections (it would no longer validate when dumped and parsed again).
     updates: dict[str, Any] = {}
-    model = config.model
-    if model is not None:
-        model_updates: dict[str, Any] = {"path": fix(model.path)}
-        if isinstance(model.labels, Path):
-            model_updates["labels"] = fix(model.labels)
-        for name in ("calibration", "validation_data", "cache_dir"):
-            if getattr(model, name) is not None:
-                model_updates[name] = fix(getattr(model, name))
-        updates["model"] = model.model_copy(update=model_updates)
+    if config.model is not None:
+        updates["model"] = _model_paths(config.model, fix)
     if config.sinks:
-        updates["sinks"] = [
-            s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in config.sinks
-        ]
+        updates["sinks"] = _sink_paths(config.sinks, fix)
     if config.agent is not None:
         updates["agent"] = resolve_agent_paths(config.agent, fix)
     if config.source is not None:
-        uri = config.source.uri
-        scheme, sep, rest = uri.partition("://")
-        if not sep and not uri.startswith(("gst:", "/dev/")):
-            updates["source"] = config.source.model_copy(update={"uri": str(fix(Path(uri)))})
-        elif scheme in ("npy", "file") and rest and not rest.startswith("/"):
-            updates["source"] = config.source.model_copy(update={"uri": f"{scheme}://{fix(Path(rest))}"})
+        updates["source"] = _source_path(config.source, fix)
+    if config.multi:
+        updates["models"] = {name: _model_paths(m, fix) for name, m in config.models.items()}
+        updates["streams"] = {name: _source_path(s, fix) for name, s in config.streams.items()}
+        updates["workloads"] = {name: w.model_copy(update={"sinks": _sink_paths(w.sinks, fix)}) if w.sinks else w
+                                for name, w in config.workloads.items()}
     return config.model_copy(update=updates)
+
+
+def _model_paths(model: Any, fix: Any) -> Any:
+    updates: dict[str, Any] = {"path": fix(model.path)}
+    if isinstance(model.labels, Path):
+        updates["labels"] = fix(model.labels)
+    for name in ("calibration", "validation_data", "cache_dir"):
+        if getattr(model, name) is not None:
+            updates[name] = fix(getattr(model, name))
+    return model.model_copy(update=updates)
+
+
+def _sink_paths(sinks: list[Any], fix: Any) -> list[Any]:
+    return [s.model_copy(update={"path": fix(s.path)}) if hasattr(s, "path") else s for s in sinks]
+
+
+def _source_path(source: SourceConfig, fix: Any) -> SourceConfig:
+    uri = source.uri
+    scheme, sep, rest = uri.partition("://")
+    if not sep and not uri.startswith(("gst:", "/dev/")):
+        return source.model_copy(update={"uri": str(fix(Path(uri)))})
+    if scheme in ("npy", "file") and rest and not rest.startswith("/"):
+        return source.model_copy(update={"uri": f"{scheme}://{fix(Path(rest))}"})
+    return source
 
 
 # ------------------------------------------------------------------------------------------- device agent

@@ -214,6 +214,25 @@ class InputsConfig(Strict):
         return self
 
 
+MAX_BATCH = 64
+"""Most frames one batched inference may take."""
+
+
+class BatchConfig(Strict):
+    """How a model's batcher gathers frames of the streams feeding it (docs/streams.md)."""
+
+    max_batch: int | None = Field(
+        None, ge=1, le=MAX_BATCH,
+        description="Most frames in one inference. None: the engine's fixed batch size, or for a dynamic batch "
+        "axis the number of streams feeding the model (at most 16). 1 runs the streams one after another.",
+    )
+    timeout_ms: float = Field(
+        10.0, ge=0, le=1000,
+        description="Once a frame waits, how long the batcher waits for the other streams' frames before it runs a "
+        "smaller batch; a stalled or reconnecting stream is never waited for.",
+    )
+
+
 class ModelConfig(Strict):
     path: Path = Field(description="ONNX model (or built artifact directory) to run.")
     artifact: ArtifactRef | None = Field(
@@ -261,6 +280,10 @@ class ModelConfig(Strict):
         default_factory=InputsConfig,
         description="Where each input comes from for models with several inputs: recorded arrays, constants, "
         "state fed back from outputs, the image (docs/sensors.md).",
+    )
+    batch: BatchConfig = Field(
+        default_factory=BatchConfig,
+        description="Cross-stream batching of the model when several streams feed it (docs/streams.md).",
     )
 
 
