@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lepton_edge.config.device import AgentConfig, DeviceConfig, RemotePolicyConfig, default_cache_dir
+from lepton_edge.config.pipeline import ModelConfig
 from lepton_edge.device.state import CONFIG_FILE, SESSION_FILE
 
 ARTIFACTS_DIR = "artifacts"
@@ -58,21 +59,51 @@ def owned_paths(agent: AgentConfig) -> list[Path]:
 
 def check_remote_config(config: DeviceConfig, agent: AgentConfig, origin: str) -> list[str]:
     """Every way ``config`` (a remote config, already validated and with paths made absolute) breaks the
-    policy of the local ``agent`` section; empty when it may be applied."""
+    policy of the local ``agent`` section; empty when it may be applied. Each workload of the multi-stream form is
+    checked as the single-form config it runs (:meth:`DeviceConfig.workload_views`)."""
+    problems = []
+    for name, view in config.workload_views().items():
+        where = f"{origin}: workloads.{name}" if config.multi else origin
+        problems += _check_workload(view, agent, where, model=not config.multi)
+    for name, model in config.models.items():  # cascade models are in no workload's view
+        checker = _Checker(agent, f"{origin}: models.{name}")
+        _check_model(checker, model)
+        problems += checker.problems
+    sinks = sum(len(w.sinks) for w in config.workloads.values())
+    if sinks > MAX_REMOTE_SINKS:
+        problems.append(f"{origin}: workloads: {sinks} sinks in all refused by the remote policy: a remote config "
+                        f"runs at most {MAX_REMOTE_SINKS} sinks on the device")
+    if config.agent is not None:
+        limit = agent.remote_policy.max_telemetry_interval_s
+        interval = config.agent.telemetry_interval_s
+        if interval > limit and interval != agent.telemetry_interval_s:  # the local value stays as it is
+            problems.append(
+                f"{origin}: agent.telemetry_interval_s: {interval:g} s is above the remote limit of {limit:g} s "
+                "(remote_policy.max_telemetry_interval_s, kept below the scheduler's heartbeat timeout so a "
+                "live device never looks offline)"
+            )
+    return problems
+
+
+def _check_model(checker: _Checker, model: ModelConfig, prefix: str = "") -> None:
+    checker.path(f"{prefix}path", model.path)
+    if isinstance(model.labels, Path):
+        checker.path(f"{prefix}labels", model.labels)
+    for name in ("calibration", "validation_data", "cache_dir"):
+        value = getattr(model, name)
+        if value is not None:
+            checker.path(f"{prefix}{name}", value)
+    if model.calibration_data is not None:
+        checker.path(f"{prefix}calibration_data", Path(model.calibration_data))
+    if model.artifact is not None:
+        checker.artifact_url(model.artifact.url)
+
+
+def _check_workload(config: DeviceConfig, agent: AgentConfig, origin: str, *, model: bool) -> list[str]:
+    """The policy's rules for one single-form config; ``model`` False leaves its model to the caller."""
     checker = _Checker(agent, origin)
-    model = config.model
-    if model is not None:
-        checker.path("model.path", model.path)
-        if isinstance(model.labels, Path):
-            checker.path("model.labels", model.labels)
-        for name in ("calibration", "validation_data", "cache_dir"):
-            value = getattr(model, name)
-            if value is not None:
-                checker.path(f"model.{name}", value)
-        if model.calibration_data is not None:
-            checker.path("model.calibration_data", Path(model.calibration_data))
-        if model.artifact is not None:
-            checker.artifact_url(model.artifact.url)
+    if model and config.model is not None:
+        _check_model(checker, config.model, "model.")
     if len(config.sinks) > MAX_REMOTE_SINKS:
         checker.refuse("sinks", f"{len(config.sinks)} sinks", f"a remote config runs at most {MAX_REMOTE_SINKS} sinks")
     pre = config.preprocess
@@ -92,15 +123,6 @@ def check_remote_config(config: DeviceConfig, agent: AgentConfig, origin: str) -
                            f"({agent.remote_policy.max_sink_bytes} bytes)")
     if config.source is not None:
         checker.source(config.source.uri)
-    if config.agent is not None:
-        limit = agent.remote_policy.max_telemetry_interval_s
-        interval = config.agent.telemetry_interval_s
-        if interval > limit and interval != agent.telemetry_interval_s:  # the local value stays as it is
-            checker.problems.append(
-                f"{origin}: agent.telemetry_interval_s: {interval:g} s is above the remote limit of {limit:g} s "
-                "(remote_policy.max_telemetry_interval_s, kept below the scheduler's heartbeat timeout so a "
-                "live device never looks offline)"
-            )
     return checker.problems
 
 
