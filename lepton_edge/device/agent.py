@@ -4,7 +4,8 @@
 
 - :class:`~lepton_edge.device.presence.Presence`: sessions, last wills, births, deaths, rebirths;
 - :class:`~lepton_edge.device.telemetry_publisher.TelemetryPublisher`: telemetry every interval;
-- :class:`~lepton_edge.device.commands.CommandServer`: MQTT v5 commands (ping, stats, rebirth, get_config);
+- :class:`~lepton_edge.device.commands.CommandServer`: MQTT v5 commands (ping, stats, rebirth, get_config, and
+  with clip folders :class:`~lepton_edge.device.clip_commands.ClipCommands`' clips.list and clips.read);
 - :class:`~lepton_edge.device.remote_config.RemoteConfig`: desired configs, applied on its worker through
   the :class:`~lepton_edge.device.controller.RuntimeController`, which stages signed artifacts in the
   :class:`~lepton_edge.device.updates.ArtifactStore`;
@@ -26,12 +27,14 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
 from lepton_edge.core.errors import ConfigError, LeptonError, error_text
 from lepton_edge.device.capabilities import DeviceCapabilities
+from lepton_edge.device.clip_commands import ClipCommands
 from lepton_edge.device.commands import CommandServer
 from lepton_edge.device.controller import RuntimeController
 from lepton_edge.device.desired_identity import DesiredIdentity
@@ -71,7 +74,14 @@ class DeviceAgent:
     in order (source, frames in flight, sinks, outbox, death, disconnect).
     """
 
-    def __init__(self, config: DeviceConfig, *, max_frames: int | None = None, sysfs: str | Path = "/sys") -> None:
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        max_frames: int | None = None,
+        sysfs: str | Path = "/sys",
+        clip_folders: Sequence[str | Path] = (),
+    ) -> None:
         if config.agent is None:
             raise ConfigError(
                 "the device agent needs an `agent` section in the config (see deploy/device.example.yaml)"
@@ -84,6 +94,10 @@ class DeviceAgent:
         self.device_id = config.device_id
         agent_cfg = config.agent
         self.store = StateStore(agent_cfg.state_dir)
+        self.clip_commands = (
+            ClipCommands.for_folders(clip_folders, forbidden=[agent_cfg.state_dir]) if clip_folders else None
+        )
+        """clips.list / clips.read over ``clip_folders`` (none without clip folders)."""
         self.presence = Presence(
             self.device_id,
             self.store,
@@ -318,6 +332,7 @@ class DeviceAgent:
             "stats": lambda args: json.loads(json.dumps(self.stats(), default=str)),
             "rebirth": rebirth,
             "get_config": get_config,
+            **(self.clip_commands.handlers() if self.clip_commands is not None else {}),
         }
 
 
