@@ -30,6 +30,7 @@ from lepton_edge.config.scheduler import SchedulerConfig
 from lepton_edge.core.errors import LeptonError
 from lepton_edge.fleet.mqtt import MqttClient
 from lepton_edge.scheduler.admission import Admission
+from lepton_edge.scheduler.clips import ClipFetcher
 from lepton_edge.scheduler.control import ControlQueue, StoreHealth
 from lepton_edge.scheduler.desired_publisher import DesiredPublisher, DesiredSigner
 from lepton_edge.scheduler.health import HealthWatch
@@ -110,6 +111,7 @@ class SchedulerService:
             self.store, self.views, self.planner, self.health, self.counts, config.heartbeat_timeout_s
         )
         self.rollouts = RolloutRunner(self.store, self.planner, self.counts)
+        self.clips = ClipFetcher.for_scheduler(config, self.mqtt)
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -120,6 +122,7 @@ class SchedulerService:
         self.start_workers()
         self.ingestion.subscribe(self.mqtt)
         self.desired.subscribe()
+        self.clips.start()
         self.mqtt.start()
         self.rebirths.started()
         log.info(
@@ -155,6 +158,7 @@ class SchedulerService:
             worker.wake()
         for thread in self._threads:  # the writer gives up at the deadline, after the batch in hand
             thread.join(max(0.1, self.writer.stop_deadline + 30 - time.monotonic()))
+        self.clips.stop(timeout=2.0)
         self.mqtt.stop(timeout=2.0)
         self.leadership.release()
         if self._owns_store:
