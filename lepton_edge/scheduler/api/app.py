@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from lepton_edge.scheduler.api import (
     assignments,
     audit,
+    clips,
     dashboard,
     devices,
     events,
@@ -57,7 +58,7 @@ def create_app(
     app.state.service = service
     app.state.authenticator = Authenticator(service.store, RateLimiter(*rate_limit), insecure_local=insecure_local)
     install_error_handlers(app)
-    for module in (devices, workloads, assignments, events, health, rollouts, tokens, audit, dashboard):
+    for module in (devices, clips, workloads, assignments, events, health, rollouts, tokens, audit, dashboard):
         app.include_router(module.router)
     dashboard.mount_static(app)
     # added last = outermost: headers on every answer, the Host check, the body limit, the audit, the token
