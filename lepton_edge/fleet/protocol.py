@@ -299,6 +299,49 @@ class OutboxStatus(Message):
 
 
 SourceState = Literal["starting", "running", "reconnecting", "stalled", "ended", "failed"]
+WorkloadState = Literal["starting", "running", "failed"]
+ConfigOutcome = Literal["applied", "rejected", "rolled_back"]
+MAX_TELEMETRY_WORKLOADS = 64
+"""Most workloads one telemetry message (and one reported config) may describe."""
+MAX_TELEMETRY_MODELS = 32
+"""Most models one telemetry message may describe."""
+
+
+def _without_empty(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``data`` without the optional maps in ``names`` that are empty: a message without them stays readable by
+    receivers older than those fields."""
+    for name in names:
+        if not data.get(name):
+            data.pop(name, None)
+    return data
+
+
+class WorkloadTelemetry(Message):
+    """One workload of a device (a stream bound to a model) over the last interval."""
+
+    stream: Name = Field(description="The stream the workload reads (its name in the device config).")
+    model: Name = Field(description="The model's artifact id (``model_id``): the key of ``Telemetry.models``.")
+    fps: NonNegative = Field(description="Frames of this workload processed per second over the last interval.")
+    frames: Count = Field(description="Frames of this workload processed since the session started.")
+    drops: dict[Name, Count] = Field(
+        default_factory=dict, max_length=32, description="Frames of this workload dropped, by reason."
+    )
+    latency_ms: Percentiles | None = Field(None, description="End-to-end latency (capture to result), ms.")
+    frame_age_ms: Percentiles | None = Field(None, description="Age of frames when inference starts, ms.")
+    source_state: SourceState = Field(description="State of the workload's stream.")
+    state: WorkloadState = Field(description="`running`, `starting`, or `failed` (it gave up; see `error`).")
+    error: Text | None = Field(None, description="Why it failed (or the last error), if any.")
+
+
+class ModelTelemetry(Message):
+    """One model of a device (all the streams it serves) over the last interval."""
+
+    fps: NonNegative = Field(description="Frames inferred per second over the interval, all its streams together.")
+    batch_mean: float = Field(ge=0, le=4096, allow_inf_nan=False, description="Mean batch size of its inferences.")
+    busy: float = Field(
+        ge=0, le=1, allow_inf_nan=False, description="Fraction (0-1) of the interval spent inferring."
+    )
+    streams: int = Field(ge=0, le=4096, description="Streams it serves.")
 
 
 class Telemetry(Message):
@@ -327,6 +370,22 @@ class Telemetry(Message):
     gpu_percent: Percent | None = Field(description="GPU load, 0-100, where readable.")
     config_version: ActiveVersion = Field(description="Version of the active config.")
     outbox: OutboxStatus = Field(description="Store-and-forward queue state.")
+    workloads: dict[Name, WorkloadTelemetry] = Field(
+        default_factory=dict,
+        max_length=MAX_TELEMETRY_WORKLOADS,
+        description="Each workload running (name in the device config -> its figures); empty from devices that "
+        "do not report them.",
+    )
+    models: dict[Name, ModelTelemetry] = Field(
+        default_factory=dict,
+        max_length=MAX_TELEMETRY_MODELS,
+        description="Each model loaded, by artifact id (``model_id``): its batched throughput; the scheduler "
+        "learns the device's capacity for the model from it (fps / busy).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_maps(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), ("workloads", "models"))
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -540,8 +599,25 @@ def desired_signed_bytes(device_id: str, desired: DesiredConfig) -> bytes:
     return DESIRED_SIGNATURE_CONTEXT + canonical.encode("utf-8")
 
 
+class WorkloadOutcome(Message):
+    """What the device did with one workload of a desired config."""
+
+    outcome: ConfigOutcome = Field(description="`applied`, `rejected` or `rolled_back`.")
+    errors: list[Text] = Field(default_factory=list, max_length=100, description="Why it was not applied.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkloadOutcome:
+        if (self.outcome == "applied") == bool(self.errors):
+            raise ValueError("an applied workload has no errors; a rejected or rolled back one says why")
+        return self
+
+
 class ReportedConfig(Message):
-    """What the device did with a desired config (retained)."""
+    """What the device did with a desired config (retained).
+
+    ``outcome`` is the document's: ``applied`` when it is the active config now, even if some of its
+    workloads were refused (``workloads`` says which, and why).
+    """
 
     device_id: DeviceId = Field(description="The device.")
     version: ConfigVersion = Field(description="The desired version this report is about.")
@@ -549,6 +625,16 @@ class ReportedConfig(Message):
     errors: list[Text] = Field(default_factory=list, max_length=100, description="Why it was rejected or rolled back.")
     timestamp: Timestamp = Field(description="Unix time (s) of the outcome.")
     active_version: ActiveVersion = Field(description="Version running now (0: the local config file).")
+    workloads: dict[Name, WorkloadOutcome] = Field(
+        default_factory=dict,
+        max_length=MAX_TELEMETRY_WORKLOADS,
+        description="Per workload of the document (its name): what was applied, rejected or rolled back; empty "
+        "from devices that do not report it (every workload then shares `outcome`).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_map(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), ("workloads",))
 
     @model_validator(mode="after")
     def _consistent(self) -> ReportedConfig:

@@ -327,6 +327,21 @@ BAD_VALUES = [
     (p.TopicKind.CONFIG_REPORTED, {"errors": []}, "must say why"),
     (p.TopicKind.CONFIG_REPORTED, {"outcome": "applied"}, "applied config has no errors"),
     (p.TopicKind.CONFIG_REPORTED, {"outcome": "applied", "errors": []}, "active_version must equal version"),
+    (p.TopicKind.TELEMETRY, {"models": {"m": {"fps": 1.0, "batch_mean": 1.0, "busy": 1.5, "streams": 1}}},
+     "models.m.busy"),
+    (p.TopicKind.TELEMETRY, {"models": {"m": {"fps": -1.0, "batch_mean": 1.0, "busy": 0.5, "streams": 1}}},
+     "models.m.fps"),
+    (p.TopicKind.TELEMETRY, {"models": {f"m{i}": {"fps": 1.0, "batch_mean": 1.0, "busy": 0.5, "streams": 1}
+                                        for i in range(33)}}, "models"),
+    (p.TopicKind.TELEMETRY, {"workloads": {"w": {"stream": "s", "model": "m", "fps": 1.0, "frames": 1,
+                                                 "source_state": "running", "state": "sleeping"}}},
+     "workloads.w.state"),
+    (p.TopicKind.TELEMETRY, {"workloads": {"w": {"stream": "s", "fps": 1.0, "frames": 1, "source_state": "running",
+                                                 "state": "running"}}}, "workloads.w.model"),
+    (p.TopicKind.CONFIG_REPORTED, {"workloads": {"w": {"outcome": "rejected"}}}, "rejected or rolled back one says"),
+    (p.TopicKind.CONFIG_REPORTED, {"workloads": {"w": {"outcome": "applied", "errors": ["x"]}}},
+     "an applied workload has no errors"),
+    (p.TopicKind.CONFIG_REPORTED, {"workloads": {f"w{i}": {"outcome": "applied"} for i in range(65)}}, "workloads"),
     (p.TopicKind.COMMAND, {"name": "a/b"}, "name"),
     (p.TopicKind.COMMAND, {"args": [1]}, "args"),
     (p.TopicKind.COMMAND_RESPONSE, {"status": "error"}, "must say why"),
@@ -340,6 +355,30 @@ def test_wrong_types_and_impossible_values_are_rejected(kind, changes, reason):
     with pytest.raises(p.ProtocolError, match=re.escape(reason)) as info:
         p.decode(kind, _with(kind, **changes))
     assert str(info.value).startswith(f"{kind.value} message: invalid payload")
+
+
+def test_per_workload_telemetry_and_outcomes_are_optional_and_round_trip():
+    workload = {"stream": "front", "model": "sha256:" + "ab" * 32, "fps": 14.5, "frames": 870,
+                "drops": {"stale": 2}, "latency_ms": {"p50": 30.0, "p90": 41.0, "p99": 55.0, "max": 60.0},
+                "frame_age_ms": None, "source_state": "reconnecting", "state": "running", "error": "timeout"}
+    model = {"fps": 58.0, "batch_mean": 3.5, "busy": 0.62, "streams": 4}
+    payload = _with(p.TopicKind.TELEMETRY, workloads={"front-det": workload}, models={workload["model"]: model})
+    telemetry = p.decode(p.TopicKind.TELEMETRY, payload)
+    assert isinstance(telemetry, p.Telemetry)
+    assert telemetry.workloads["front-det"].source_state == "reconnecting"
+    assert telemetry.models[workload["model"]].busy == 0.62
+    assert p.decode(p.TopicKind.TELEMETRY, p.encode(telemetry)) == telemetry
+    assert p.encode(EXAMPLES[p.TopicKind.TELEMETRY]) == PINNED[p.TopicKind.TELEMETRY]  # empty maps: left out
+    assert p.decode(p.TopicKind.TELEMETRY, PINNED[p.TopicKind.TELEMETRY]).workloads == {}  # older devices
+
+    outcomes = {"a": {"outcome": "applied", "errors": []}, "b": {"outcome": "rolled_back", "errors": ["no frames"]}}
+    report = p.decode(
+        p.TopicKind.CONFIG_REPORTED,
+        _with(p.TopicKind.CONFIG_REPORTED, outcome="applied", errors=[], active_version=4, workloads=outcomes),
+    )
+    assert isinstance(report, p.ReportedConfig)
+    assert report.outcome == "applied" and report.workloads["b"].errors == ["no frames"]
+    assert b'"workloads"' in p.encode(report) and b'"workloads"' not in PINNED[p.TopicKind.CONFIG_REPORTED]
 
 
 def test_encode_refuses_oversized_messages():
@@ -507,6 +546,9 @@ def test_docs_describe_every_topic_and_field():
         p.OutboxStatus,
         p.Detection,
         p.ClassScore,
+        p.WorkloadTelemetry,
+        p.ModelTelemetry,
+        p.WorkloadOutcome,
     }
     for model in models:
         assert f"### {model.__name__}" in doc, model.__name__
