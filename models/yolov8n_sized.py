@@ -4,10 +4,13 @@ It exists for speed benchmarks: the layer graph follows YOLOv8n (width 0.25, dep
 SPPF, FPN/PAN neck, decoupled head with DFL decode in the graph), so parameters (~3.2 M), FLOPs
 (~8.7 G at 640x640) and memory traffic are realistic, while the detections are meaningless.
 
-The output is the Ultralytics export layout: ``output0`` float32 ``[1, 4 + classes, anchors]`` with
-(cx, cy, w, h) in input pixels followed by sigmoid class scores.
+The output is the Ultralytics export layout: ``output0`` float32 ``[batch, 4 + classes, anchors]`` with
+(cx, cy, w, h) in input pixels followed by sigmoid class scores. The batch is 1 by default; ``--dynamic-batch``
+writes a dynamic batch axis (as Ultralytics ``dynamic=True`` does for the batch): every reshape keeps axis 0, so one
+call runs several frames. :func:`build_bench_model` is the multi-stream benchmark's model: 320x320, dynamic batch.
 
-Usage: ``python models/yolov8n_sized.py out.onnx [--size 640] [--classes 80] [--seed 0] [--opset 17]``.
+Usage: ``python models/yolov8n_sized.py out.onnx [--size 640] [--classes 80] [--seed 0] [--opset 17]
+[--dynamic-batch]``.
 This module imports only numpy and onnx, so it runs where torch is not installed.
 """
 
@@ -180,6 +183,7 @@ class _GraphBuilder:
         return self.conv(self.concat(parts, f"{name}.cat"), c_out, 1, 1, f"{name}.cv2")
 
     def reshape(self, x: str, shape: list[int], name: str) -> str:
+        """Reshape ``x`` to ``shape``; a leading 0 keeps the input's batch (ONNX Reshape: 0 copies that axis)."""
         shape_name = self.constant(f"{name}.shape", np.array(shape, dtype=np.int64))
         return self.node("Reshape", [x, shape_name], name)[0]
 
@@ -197,8 +201,10 @@ def _anchors(size: int) -> tuple[np.ndarray, np.ndarray]:
     return anchor_points, anchor_strides
 
 
-def _detect_head(g: _GraphBuilder, features: list[_Tensor], num_classes: int, size: int) -> None:
-    """Decoupled box/class branches per level, DFL decode to pixel boxes, output ``[1, 4 + C, A]``."""
+def _detect_head(g: _GraphBuilder, features: list[_Tensor], num_classes: int, size: int, dynamic: bool) -> None:
+    """Decoupled box/class branches per level, DFL decode to pixel boxes, output ``[N, 4 + C, A]``; the reshapes
+    keep the input's batch axis when ``dynamic`` (shape 0 on axis 0), else hard-code batch 1."""
+    n = 0 if dynamic else 1
     box_width = max(16, features[0].channels // 4, 4 * REG_MAX)
     cls_width = max(features[0].channels, min(num_classes, 100))
     box_levels, cls_levels = [], []
@@ -206,16 +212,16 @@ def _detect_head(g: _GraphBuilder, features: list[_Tensor], num_classes: int, si
         name = f"model.22.cv2.{level}"
         b = g.conv(g.conv(x, box_width, 3, 1, f"{name}.0"), box_width, 3, 1, f"{name}.1")
         b = g.conv2d(b, 4 * REG_MAX, 1, 1, f"{name}.2", std=_BOX_LOGIT_STD)
-        box_levels.append(g.reshape(b.name, [1, 4 * REG_MAX, -1], f"{name}.flat"))
+        box_levels.append(g.reshape(b.name, [n, 4 * REG_MAX, -1], f"{name}.flat"))
         name = f"model.22.cv3.{level}"
         c = g.conv(g.conv(x, cls_width, 3, 1, f"{name}.0"), cls_width, 3, 1, f"{name}.1")
         c = g.conv2d(c, num_classes, 1, 1, f"{name}.2", mean=_CLASS_LOGIT_MEAN)
-        cls_levels.append(g.reshape(c.name, [1, num_classes, -1], f"{name}.flat"))
+        cls_levels.append(g.reshape(c.name, [n, num_classes, -1], f"{name}.flat"))
     box_logits = g.node("Concat", box_levels, "model.22.box_cat", axis=2)[0]  # [1, 64, A]
     cls_logits = g.node("Concat", cls_levels, "model.22.cls_cat", axis=2)[0]  # [1, C, A]
 
     # DFL: for each box side a softmax over the bins, then the expected bin index (a distance in cells).
-    bins = g.reshape(box_logits, [1, 4, REG_MAX, -1], "model.22.dfl.bins")
+    bins = g.reshape(box_logits, [n, 4, REG_MAX, -1], "model.22.dfl.bins")
     prob = g.node("Softmax", [bins], "model.22.dfl.softmax", axis=2)[0]
     index = g.constant("model.22.dfl.index", np.arange(REG_MAX, dtype=np.float32).reshape(1, 1, REG_MAX, 1))
     weighted = g.node("Mul", [prob, index], "model.22.dfl.weighted")[0]
@@ -239,7 +245,7 @@ def _detect_head(g: _GraphBuilder, features: list[_Tensor], num_classes: int, si
     g.nodes.append(helper.make_node("Concat", [pixel_box, scores], ["output0"], name="model.22.out", axis=1))
 
 
-def _build_graph(g: _GraphBuilder, size: int, num_classes: int) -> None:
+def _build_graph(g: _GraphBuilder, size: int, num_classes: int, dynamic: bool) -> None:
     """YOLOv8n layer by layer; names follow the Ultralytics module indices (model.0 ... model.22)."""
     x = g.conv(g.image, 16, 3, 2, "model.0")  # P1/2
     x = g.conv(x, 32, 3, 2, "model.1")  # P2/4
@@ -261,7 +267,7 @@ def _build_graph(g: _GraphBuilder, size: int, num_classes: int) -> None:
     x = g.concat([g.conv(medium, 128, 3, 2, "model.19"), p5], "model.20")
     large = g.c2f(x, 256, 1, False, "model.21")  # P5/32 output
 
-    _detect_head(g, [small, medium, large], num_classes, size)
+    _detect_head(g, [small, medium, large], num_classes, size, dynamic)
 
 
 def _check_arguments(size: int, num_classes: int, opset: int) -> None:
@@ -277,24 +283,26 @@ def _check_arguments(size: int, num_classes: int, opset: int) -> None:
 
 
 def build_yolov8n_sized(
-    path: Path, size: int = 640, num_classes: int = 80, seed: int = 0, opset: int = 17
+    path: Path, size: int = 640, num_classes: int = 80, seed: int = 0, opset: int = 17, dynamic_batch: bool = False
 ) -> Path:
     """Write a YOLOv8n-sized detector with random weights to ``path`` and return the path.
 
     Input ``images`` float32 ``[1, 3, size, size]`` (pixels in 0..1); output ``output0`` float32
-    ``[1, 4 + num_classes, anchors]``. The same arguments always write the same file. Raises
+    ``[1, 4 + num_classes, anchors]``. With ``dynamic_batch`` axis 0 of both is the dynamic ``batch`` and the graph
+    runs any number of frames per call. The same arguments always write the same file. Raises
     ``ValueError`` for a size that is not a positive multiple of 32, fewer than one class, or an opset
     below 13 or newer than the installed onnx knows.
     """
     _check_arguments(size, num_classes, opset)
     g = _GraphBuilder(seed)
-    _build_graph(g, size, num_classes)
+    _build_graph(g, size, num_classes, dynamic_batch)
     anchors = sum((size // s) ** 2 for s in STRIDES)
+    batch: int | str = "batch" if dynamic_batch else 1
     graph = helper.make_graph(
         g.nodes,
         "yolov8n_sized",
-        inputs=[helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        outputs=[helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + num_classes, anchors])],
+        inputs=[helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        outputs=[helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + num_classes, anchors])],
         initializer=g.initializers,
     )
     opset_ids = [helper.make_opsetid("", opset)]
@@ -323,6 +331,15 @@ def build_yolov8n_sized(
     return path
 
 
+BENCH_SIZE = 320
+"""Input size of the multi-stream benchmark's model."""
+
+
+def build_bench_model(path: Path, size: int = BENCH_SIZE, seed: int = 0) -> Path:
+    """The multi-stream benchmark's model: YOLOv8n-sized, 80 classes, a dynamic batch axis, ``size`` x ``size``."""
+    return build_yolov8n_sized(path, size=size, seed=seed, dynamic_batch=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="where to write the .onnx file")
@@ -330,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=80, help="number of classes")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: batch 1)")
     args = parser.parse_args(argv)
     try:
-        path = build_yolov8n_sized(args.output, args.size, args.classes, args.seed, args.opset)
+        path = build_yolov8n_sized(args.output, args.size, args.classes, args.seed, args.opset, args.dynamic_batch)
     except ValueError as exc:
         parser.error(str(exc))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

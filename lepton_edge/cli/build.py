@@ -10,10 +10,12 @@ from pathlib import Path
 from lepton_edge.cli.inputs_args import add_input_arguments, inputs_from_args
 from lepton_edge.cli.inspect import format_manifest
 from lepton_edge.cli.preprocess_args import add_preprocess_arguments, preprocess_from_args
+from lepton_edge.config.base import read_yaml
 from lepton_edge.config.device import load_config
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.engines.artifacts import ARTIFACT_METADATA_KEY, FidelityInfo, MixedPrecisionInfo
 from lepton_edge.engines.auto import build
+from lepton_edge.engines.batching import stream_batch
 from lepton_edge.engines.engine_cache import open_resolved, resolve
 from lepton_edge.engines.options import MAX_BATCH, BuildOptions, CalibrationOptions, TrtOptions
 
@@ -32,6 +34,8 @@ EPILOG = """examples:
       --out out/artifacts/det-fp16
   lepton-edge build --model yolo11n_dynamic.onnx --target tensorrt --precision fp16 --size 480x480 \\
       --max-batch 4 --out out/artifacts/yolo-480   # profile: 480x480, batch 1..4
+  lepton-edge build --model yolov8n_320.onnx --batch dynamic --target tensorrt --config device.yaml \
+      --out out/artifacts/yolo-batched   # profile batch 1 / streams feeding it / models.<name>.batch.max_batch
   lepton-edge build --verify-config /etc/lepton-edge/device.yaml   # boot-time: resolve through the cache
   lepton-edge build --model models/silero_vad.onnx --constant sr=16000 --state stateN=state \
       --precision int8 --calibration-data models/silero_vad_audio.npz --out out/artifacts/vad-int8
@@ -48,7 +52,9 @@ The manifest records the preprocessing and input size the engine was calibrated 
 --config and the preprocessing flags, else the calibration table's, the model's metadata (lepton.preprocess,
 Ultralytics imgsz), its static shape. `lepton-edge run` uses that record for whatever its own config leaves
 unset. A model with a dynamic height or width and no size anywhere needs --size. TensorRT profiles default
-to that size with a dynamic batch 1..--max-batch.
+to that size with a dynamic batch 1..--max-batch, tuned for --opt-batch; with --config, the opt batch is the
+number of streams feeding the model and the max its models.<name>.batch.max_batch. --batch dynamic gives a
+model exported at batch 1 a dynamic batch axis where its graph allows it (`lepton-edge inspect` says).
 """
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,6 +103,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TensorRT: largest batch of the default profile for a model with a dynamic batch (default: "
                    "the batch it was exported for, Ultralytics batch metadata, else 1: the runtime feeds one frame; "
                    "the batch dimension stays dynamic)")
+    p.add_argument("--batch", metavar="dynamic|N",
+                   help="give the image input a dynamic batch axis (dynamic) or a fixed batch N before calibration and "
+                   "the engine build; refused, naming the node, when the graph hard-codes its batch (see `lepton-edge "
+                   "inspect`). Default: the batch the model was exported with")
+    p.add_argument("--opt-batch", type=int, metavar="N",
+                   help="TensorRT: the batch the default profile is tuned for (default: with --config, the number of "
+                   "streams feeding the model; else 1)")
     p.add_argument("--verify-config", type=Path, metavar="DEVICE_YAML",
                    help="resolve the config's model through the engine cache (build if needed) and exit 0 "
                    "when it is ready; for a boot-time oneshot unit")
@@ -142,14 +155,13 @@ def format_mixed_precision(mixed: MixedPrecisionInfo) -> str:
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
     profiles = [dict(_parse_profile(p) for p in args.profile)] if args.profile else None
-    if args.max_batch is not None and not 1 <= args.max_batch <= MAX_BATCH:
-        raise ConfigError(f"--max-batch {args.max_batch}: must be 1..{MAX_BATCH}")
+    opt_batch, max_batch = _profile_batches(args)
     trt = TrtOptions(workspace_mb=args.workspace_mb, dla_core=args.dla_core, device=args.device,
                      timing_cache=args.timing_cache,
-                     profiles=profiles, int8_mode=args.int8_mode, max_batch=args.max_batch)
+                     profiles=profiles, int8_mode=args.int8_mode, max_batch=max_batch, opt_batch=opt_batch)
     calibration = CalibrationOptions(method=args.calibration_method, samples=args.calibration_samples)
     given = {"fidelity_samples": args.fidelity_samples} if args.fidelity_samples is not None else {}
-    return BuildOptions(**given, inputs=inputs_from_args(args),
+    return BuildOptions(**given, inputs=inputs_from_args(args), batch=_batch_arg(args.batch),
                         mixed_precision=args.mixed_precision, max_float_layers=args.max_float_layers,
                         target=args.target, precision=args.precision, calibration=args.calibration,
                         calibration_data=args.calibration_data, calibration_options=calibration,
@@ -158,6 +170,31 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
                         min_fidelity_map=args.min_fidelity_map,
                         min_boxes_kept=args.min_boxes_kept, min_top1_agreement=args.min_top1_agreement, trt=trt,
                         preprocess=preprocess_from_args(args))
+
+
+def _batch_arg(text: str | None) -> int | str | None:
+    """``--batch``: dynamic, a number 1..MAX_BATCH, or None."""
+    if text is None or text.strip().lower() == "dynamic":
+        return None if text is None else "dynamic"
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_BATCH:
+        raise ConfigError(f"--batch {text!r}: expected dynamic or a number 1..{MAX_BATCH}")
+    return int(text)
+
+
+def _profile_batches(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """(opt, max) batch of the TensorRT profile: the flags, else what --config's streams and models say."""
+    opt, high = args.opt_batch, args.max_batch
+    for name, value in (("--opt-batch", opt), ("--max-batch", high)):
+        if value is not None and not 1 <= value <= MAX_BATCH:
+            raise ConfigError(f"{name} {value}: must be 1..{MAX_BATCH}")
+    config = getattr(args, "config", None)
+    if config is None or args.model is None:
+        return opt, high
+    data = read_yaml(config)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config}: expected a mapping (a device config)")
+    planned = stream_batch(data, args.model, config)
+    return opt or planned.streams, high or planned.max_batch
 
 
 def _verify_config(path: Path) -> int:

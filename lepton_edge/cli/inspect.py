@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lepton_edge.engines.artifacts import Manifest, describe_artifact, read_manifest
+from lepton_edge.engines.batching import batch_capability
 from lepton_edge.engines.model_inputs import describe_inputs
 from lepton_edge.engines.onnx_tools import (
     describe_model,
@@ -19,11 +20,13 @@ from lepton_edge.engines.onnx_tools import (
 DESCRIPTION = "Show an artifact (and whether it matches this machine) or an ONNX model."
 EPILOG = """examples:
   lepton-edge inspect out/artifacts/shapes-int8     # manifest, and whether it matches this machine
-  lepton-edge inspect models/shapes_detector.onnx   # inputs, outputs, opset, metadata, operators
+  lepton-edge inspect models/shapes_detector.onnx   # inputs, outputs, opset, metadata, operators, batching
   lepton-edge inspect out/artifacts/shapes-int8 --json
 
 Exit status 1 when an artifact does not match this machine (each mismatched field is listed), or when
 onnxruntime cannot create a session for a model (its unsupported or custom operators are named).
+"batching" says whether a model runs several frames per call (a dynamic batch axis, a fixed batch B)
+and, when it cannot, why: the node that hard-codes batch 1, state fed back, several framed inputs.
 """
 
 
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     described["unsupported_ops"] = {"onnxruntime-cpu": missing}
     described["warnings"] = runtime_warnings(model)
     described["input_needs"] = describe_inputs(model)
+    batching = batch_capability(model, probe=not missing)  # a model onnxruntime cannot run is not probed
+    described["batching"] = batching.describe()
     if args.json:
         print(json.dumps(described, indent=2, default=str))
         return 1 if missing else 0
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"quantized:   {'yes (Q/DQ)' if model.has_qdq else 'no'}")
     print(f"operators:   {', '.join(f'{op} x{n}' for op, n in sorted(model.ops.items()))}")
     print(f"onnxruntime: {'cannot run ' + ', '.join(missing) if missing else 'all operators supported'}")
+    print(f"batching:    {batching.summary()}")
     for key, value in model.metadata.items():
         print(f"metadata:    {key} = {value[:100]}")
     if missing:

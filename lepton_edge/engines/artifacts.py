@@ -115,6 +115,8 @@ class BuilderInfo(_Record):
     per_channel: bool | None = Field(None, description="int8 weights quantized per output channel.")
     strongly_typed: bool | None = Field(None, description="TensorRT network built strongly typed.")
     builder_flags: list[str] = Field(default_factory=list, description="TensorRT builder flags set.")
+    batch: int | str | None = Field(None, description="The batch axis the build gave the image input (dynamic or a "
+                                    "fixed N); null: as the model was exported.")
 
 
 class AccuracyInfo(_Record):
@@ -285,8 +287,8 @@ def compute_fingerprint(manifest: Manifest) -> str:
                         reuse_fields(manifest.target, manifest.precision)
                         if path not in DEVICE_IDENTITY or _lookup(env, path) is not None},
         "profiles": manifest.profiles,
-        "builder": manifest.builder.model_dump(),
-    }
+        "builder": manifest.builder.model_dump(exclude={"batch"} if manifest.builder.batch is None else None),
+    }  # a batch left as exported is absent, as in manifests written before the field: same fingerprint
     if manifest.preprocess is not None:  # absent from manifests written before the record: same fingerprint
         payload["preprocess"] = manifest.preprocess.model_dump(mode="json")
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

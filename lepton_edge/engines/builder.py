@@ -50,6 +50,7 @@ from lepton_edge.engines.artifacts import (
     tensor_info,
     write_manifest,
 )
+from lepton_edge.engines.batching import set_batch
 from lepton_edge.engines.calibration import (
     calibrate,
     dataset_manifest,
@@ -87,10 +88,10 @@ def _reporter(progress: ProgressArg, model: Path) -> Callable[[str], None]:
 
 
 def _default_profiles(inputs: list[TensorSpec], record: PreprocessRecord | None,
-                      max_batch: int) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
+                      max_batch: int, opt_batch: int = 1) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
     """One profile from the resolved input size: the image input's height and width at the size the engine is built
-    for (min = opt = max), a dynamic batch from 1 (min, opt: the runtime feeds one frame) to ``max_batch``, any
-    other dynamic dimension 1."""
+    for (min = opt = max), a dynamic batch from 1 to ``max_batch`` tuned for ``opt_batch`` (the streams feeding the
+    model; at most ``max_batch``), any other dynamic dimension 1."""
     if all(spec.is_static for spec in inputs):
         return []
     profile = {}
@@ -98,14 +99,15 @@ def _default_profiles(inputs: list[TensorSpec], record: PreprocessRecord | None,
         if spec.is_static:
             continue
         low = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
-        high = list(low)
+        high, opt = list(low), list(low)
         if record is not None and spec.name == record.input:
             _, h_axis, w_axis = image_axes(record.config.get("layout") or image_layout(spec))
             low[h_axis], low[w_axis] = record.size[1], record.size[0]
             high[h_axis], high[w_axis] = record.size[1], record.size[0]
+            opt[h_axis], opt[w_axis] = record.size[1], record.size[0]
         if len(spec.shape) >= 2 and not (isinstance(spec.shape[0], int) and spec.shape[0] > 0):
-            high[0] = max_batch
-        profile[spec.name] = (tuple(low), tuple(low), tuple(high))
+            high[0], opt[0] = max_batch, min(opt_batch, max_batch)
+        profile[spec.name] = (tuple(low), tuple(opt), tuple(high))
     return [profile]
 
 
@@ -328,13 +330,30 @@ def build_artifact(model: str | Path, out_dir: str | Path, options: BuildOptions
     """
     options = whole_sequences(options or BuildOptions())
     model = Path(model)
-    with _float32_source(model, options.precision) as (source, identity):
+    with _batched_source(model, options.batch) as (batched, original), \
+            _float32_source(batched, options.precision) as (source, identity):
+        identity = original or identity
         try:
             return _build_artifact(source, out_dir, options, progress=progress, identity=identity)
         except FidelityGateError as failure:
             if options.mixed_precision == "off" or failure.table is None:
                 raise
             return build_mixed_precision(source, Path(out_dir), options, failure, progress, identity=identity)
+
+
+@contextlib.contextmanager
+def _batched_source(model: Path, batch: int | str | None) -> Iterator[tuple[Path, Any]]:
+    """(the model the build starts from, the model the artifact records as its source): with ``batch``, a copy of
+    ``model`` whose image input has that batch axis (:func:`~lepton_edge.engines.batching.set_batch`, ModelError
+    naming the node when the graph hard-codes its batch), recorded as ``model``; else ``model`` itself (None)."""
+    if batch is None:
+        yield model, None
+        return
+    with tempfile.TemporaryDirectory(prefix="lepton-batch-") as scratch:
+        copy = Path(scratch) / model.name
+        capability = set_batch(model, copy, batch)  # type: ignore[arg-type]
+        log.info("%s: batch %s: %s", model.name, batch, capability.reason)
+        yield copy, inspect_onnx(model)
 
 
 @contextlib.contextmanager
@@ -394,6 +413,7 @@ def _build_artifact(model: str | Path, out_dir: str | Path, options: BuildOption
         else:
             engine_file, profiles = ONNX_ENGINE, []
             builder = _build_onnxruntime(model, info, staged / engine_file, table, report, keep_float)
+        builder.batch = options.batch
         engine_path = staged / engine_file
         manifest = _manifest(identity or info, options, engine_path, table, env, builder, profiles)
         manifest.preprocess = record
@@ -698,8 +718,10 @@ def _build_tensorrt(model: Path, info: Any, staged: Path, precision: str, table:
         profiles = options.profiles
         _check_size_in_profiles(model, record, profiles)
     else:
-        max_batch = 1 if options.dla_core is not None else default_max_batch(options.max_batch, info.metadata)
-        profiles = _default_profiles(info.inputs, record, max_batch)
+        opt_batch = 1 if options.dla_core is not None else options.opt_batch or 1
+        max_batch = 1 if options.dla_core is not None else max(
+            default_max_batch(options.max_batch, info.metadata), opt_batch if options.max_batch is None else 1)
+        profiles = _default_profiles(info.inputs, record, max_batch, opt_batch)
     if options.dla_core is not None:
         _check_fixed_profiles(model, profiles)
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,9 @@ class TrtOptions(_Options):
         None, description="Optimization profiles: input -> (min, opt, max) shapes. Default: one profile with the image "
         "input's height and width at the size the engine is built for, a dynamic batch 1..max_batch, other dynamic "
         "dims 1.")
+    opt_batch: int | None = Field(
+        None, ge=1, le=MAX_BATCH, description="Default profile: the batch TensorRT tunes for, e.g. the number of "
+        "streams feeding the model (at most max_batch); None: 1.")
     max_batch: int | None = Field(
         None, ge=1, le=MAX_BATCH, description="Default profile: largest batch of a model with a dynamic batch (min "
         "and opt stay 1, what the runtime feeds); the engine keeps its batch dimension dynamic. None: the batch the "
@@ -88,6 +91,10 @@ class BuildOptions(_Options):
         "(held-out ones first).")
     preprocess: PreprocessConfig | None = Field(
         None, description="Preprocessing for calibration and validation (default: the model's metadata).")
+    batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] | Literal["dynamic"] | None = Field(
+        None, description="The image input's batch axis in the engine: dynamic (any number of frames per call; "
+        "TensorRT profiles 1..trt.max_batch) or a fixed N, set in the ONNX before calibration, quantization and the "
+        "engine build; refused, naming the node, when the graph hard-codes its batch. None: as exported.")
     trt: TrtOptions = Field(default_factory=TrtOptions, description="TensorRT builder options.")
     inputs: InputsConfig | None = Field(
         None, description="Models with several inputs: constants, state fed back, recorded arrays (model.inputs); "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from onnx import TensorProto, helper
 
 from lepton_edge.cli import main
 from tests.support.user_models import custom_op_model, fp16_cast_model, lfs_pointer, save
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_an_fp16_export_is_inspected(tmp_path, capsys):
@@ -59,3 +62,22 @@ def test_several_inputs_and_undecodable_outputs_are_warned_about(tmp_path, capsy
     assert "2 inputs (a, b)" in warnings[0] and "cannot decode these outputs" in warnings[1]
     assert main(["inspect", str(path), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["warnings"]) == 2
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_inspect_says_whether_a_model_batches_and_names_the_node_that_stops_it(capsys, json_flag):
+    assert main(["inspect", str(REPO / "models" / "shapes_detector.onnx"), *json_flag]) == 0
+    out = capsys.readouterr().out
+    if json_flag:
+        batching = json.loads(out)["batching"]
+        assert (batching["kind"], batching["max_batch"], batching["fault"]) == ("single", 1, "/Reshape")
+    else:
+        assert "batching:    no, 1 frame per call: input 'images' [1, 3, 320, 320] has a fixed batch of 1, and the " \
+            "graph hard-codes it: Reshape node '/Reshape'" in out
+    dynamic = REPO / "models" / "ultralytics" / "detect" / "yolo11t-detect_dynamic.onnx"
+    assert main(["inspect", str(dynamic), *json_flag]) == 0
+    out = capsys.readouterr().out
+    if json_flag:
+        assert json.loads(out)["batching"]["kind"] == "dynamic"
+    else:
+        assert "batching:    dynamic (input images: any batch size)" in out

@@ -1,0 +1,241 @@
+"""Batching: which models can run several frames per call and why not; builds that keep or set a batch axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from lepton_edge.cli import main
+from lepton_edge.core.errors import ConfigError, ModelError
+from lepton_edge.data.yolov8n_sized import build_bench_model, build_yolov8n_sized
+from lepton_edge.engines.artifacts import compute_fingerprint, read_manifest
+from lepton_edge.engines.batching import batch_capability, set_batch, stream_batch
+from lepton_edge.engines.builder import build_artifact
+from lepton_edge.engines.onnx_tools import inspect_onnx
+from lepton_edge.engines.options import BuildOptions, TrtOptions
+from tests.support.fake_cuda import FakeGpu, block_pycuda, install_cuda_python
+from tests.support.fake_tensorrt import install_tensorrt
+
+REPO = Path(__file__).resolve().parents[2]
+FRAMES = REPO / "models" / "ultralytics" / "frames"
+CLASSIFIER = REPO / "models" / "ultralytics" / "classify" / "yolo11t-cls.onnx"
+"""Ultralytics static export: input [1, 3, 128, 128], a graph that carries any batch."""
+DYNAMIC = REPO / "models" / "ultralytics" / "detect" / "yolo11t-detect_dynamic.onnx"
+SHAPES = REPO / "models" / "shapes_detector.onnx"
+VAD = REPO / "models" / "silero_vad.onnx"
+INT8 = {"precision": "int8", "calibration_data": str(FRAMES), "fidelity": False,
+        "calibration_options": {"samples": 4, "method": "minmax"}}
+
+
+def _save(path: Path, nodes: list, inputs: list, outputs: list, initializers: list | None = None) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _frames(n: int, size: int) -> np.ndarray:
+    return np.random.default_rng(3).random((n, 3, size, size), dtype=np.float32)
+
+
+def _per_frame(session: ort.InferenceSession, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the outputs of one call on all frames, the outputs of one call per frame, stacked)."""
+    name = session.get_inputs()[0].name
+    batched = session.run(None, {name: frames})[0]
+    single = np.concatenate([session.run(None, {name: frames[i:i + 1]})[0] for i in range(len(frames))])
+    return batched, single
+
+
+# -- batch_capability ----------------------------------------------------------------------------------------
+
+def test_a_dynamic_batch_model_batches(tmp_path):
+    capability = batch_capability(build_yolov8n_sized(tmp_path / "dyn.onnx", size=64, dynamic_batch=True))
+    assert (capability.kind, capability.max_batch, capability.input) == ("dynamic", None, "images")
+    assert capability.settable and capability.fault is None
+
+
+def test_a_reshape_that_hard_codes_batch_one_is_named(tmp_path):
+    capability = batch_capability(build_yolov8n_sized(tmp_path / "one.onnx", size=64))
+    assert (capability.kind, capability.max_batch, capability.settable) == ("single", 1, False)
+    assert capability.fault == "model.22.cv2.0.flat"
+    assert "Reshape node 'model.22.cv2.0.flat'" in capability.reason
+    assert "'model.22.cv2.0.flat.shape' is [1, 64, -1]" in capability.reason
+
+
+def test_a_dynamic_input_whose_graph_hard_codes_batch_one_cannot_batch(tmp_path):
+    """A declared dynamic batch is not trusted: a Flatten with axis 0 folds the frames together."""
+    path = _save(tmp_path / "flat.onnx", [helper.make_node("Flatten", ["x"], ["y"], name="fold", axis=0)],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])])
+    capability = batch_capability(path)
+    assert capability.kind == "single" and capability.fault == "fold"
+    assert "declares a dynamic batch" in capability.reason and "Flatten node 'fold'" in capability.reason
+
+
+def test_the_onnxruntime_probe_finds_an_output_that_lost_the_batch(tmp_path):
+    """A shape computed from the data is unknown to shape inference; onnxruntime at batch 2 shows the frames mixed."""
+    path = _save(
+        tmp_path / "probe.onnx",
+        [helper.make_node("ReduceMin", ["x"], ["low"], name="low", keepdims=0),
+         helper.make_node("Mul", ["low", "zero"], ["nothing"], name="nothing"),
+         helper.make_node("Add", ["nothing", "unit"], ["rows"], name="rows"),
+         helper.make_node("Cast", ["rows"], ["rows_int"], name="rows_int", to=TensorProto.INT64),
+         helper.make_node("Unsqueeze", ["rows_int", "axis"], ["first"], name="first"),
+         helper.make_node("Concat", ["first", "rest"], ["target"], name="target", axis=0),
+         helper.make_node("Reshape", ["x", "target"], ["y"], name="to_rows")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("unit", TensorProto.FLOAT, [], [1.0]),
+         helper.make_tensor("axis", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("rest", TensorProto.INT64, [1], [-1])])
+    assert batch_capability(path, probe=False).kind == "dynamic", "inference alone cannot tell"
+    capability = batch_capability(path)
+    assert capability.kind == "single" and capability.fault == "y"
+    assert "output 'y' has 1 rows on axis 0 for 2 frames" in capability.reason
+
+
+def test_a_fixed_batch_runs_that_many_frames(tmp_path):
+    path = _save(tmp_path / "four.onnx", [helper.make_node("Relu", ["x"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3, 8, 8])])
+    capability = batch_capability(path)
+    assert (capability.kind, capability.max_batch) == ("fixed", 4)
+
+
+def test_a_batch_one_export_whose_graph_allows_more_says_how():
+    capability = batch_capability(CLASSIFIER)
+    assert (capability.kind, capability.settable) == ("single", True)
+    assert "build --batch dynamic" in capability.reason
+
+
+def test_state_fed_back_and_several_framed_inputs_cannot_batch(tmp_path):
+    stateful = batch_capability(VAD)
+    assert stateful.kind == "single" and "state is fed back between frames ('state' from output 'stateN')" in \
+        stateful.reason
+    path = _save(tmp_path / "two.onnx", [helper.make_node("Add", ["a", "b"], ["y"])],
+                 [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3]) for n in ("a", "b")],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+    two = batch_capability(path)
+    assert two.kind == "single" and "2 framed inputs (a, b)" in two.reason
+
+
+# -- set_batch and builds --------------------------------------------------------------------------------------
+
+def test_set_batch_makes_a_batch_one_export_dynamic(tmp_path):
+    capability = set_batch(CLASSIFIER, tmp_path / "dyn.onnx", "dynamic")
+    assert capability.kind == "dynamic"
+    assert inspect_onnx(tmp_path / "dyn.onnx").inputs[0].shape == ("batch", 3, 128, 128)
+    batched, single = _per_frame(_session(tmp_path / "dyn.onnx"), _frames(3, 128))
+    assert batched.shape[0] == 3
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+    fixed = set_batch(CLASSIFIER, tmp_path / "two.onnx", 2)
+    assert (fixed.kind, fixed.max_batch) == ("fixed", 2)
+
+
+def test_set_batch_refuses_a_graph_that_hard_codes_its_batch_naming_the_node(tmp_path):
+    with pytest.raises(ModelError, match=r"cannot set batch dynamic: .*Reshape node '/Reshape'"):
+        set_batch(SHAPES, tmp_path / "shapes.onnx", "dynamic")
+    with pytest.raises(ModelError, match=r"Reshape node '/Reshape'"):
+        build_artifact(SHAPES, tmp_path / "art", BuildOptions(batch=4), progress=False)
+    assert not (tmp_path / "art").exists()
+
+
+def test_an_int8_artifact_of_a_dynamic_batch_model_gives_per_frame_outputs_at_batch_4(tmp_path):
+    model = build_bench_model(tmp_path / "bench.onnx", size=96)
+    build_artifact(model, tmp_path / "int8", BuildOptions(**INT8), progress=False)
+    engine = tmp_path / "int8" / "model.onnx"
+    assert inspect_onnx(engine).has_qdq and inspect_onnx(engine).inputs[0].shape[0] == "batch"
+    batched, single = _per_frame(_session(engine), _frames(4, 96))
+    assert batched.shape == (4, 84, (96 // 8) ** 2 + (96 // 16) ** 2 + (96 // 32) ** 2)
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-3 * np.abs(single).max())
+
+
+def test_build_batch_dynamic_gives_an_int8_engine_a_batch_axis_and_records_it(tmp_path):
+    manifest = build_artifact(CLASSIFIER, tmp_path / "int8", BuildOptions(**INT8, batch="dynamic"), progress=False)
+    assert manifest.builder.batch == "dynamic"
+    assert manifest.source_model.sha256 == inspect_onnx(CLASSIFIER).sha256, "the source is the user's model"
+    assert manifest.fingerprint == compute_fingerprint(read_manifest(tmp_path / "int8"))
+    engine = tmp_path / "int8" / "model.onnx"
+    assert inspect_onnx(engine).inputs[0].shape == ("batch", 3, 128, 128)
+    batched, single = _per_frame(_session(engine), _frames(4, 128))
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+
+
+def test_a_build_without_batch_keeps_its_fingerprint_fields(tmp_path):
+    manifest = build_artifact(CLASSIFIER, tmp_path / "fp32", BuildOptions(), progress=False)
+    assert manifest.builder.batch is None
+    assert "batch" not in manifest.builder.model_dump(exclude={"batch"})
+    assert inspect_onnx(tmp_path / "fp32" / "model.onnx").inputs[0].shape[0] == 1
+
+
+# -- TensorRT profiles from the streams -----------------------------------------------------------------------
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    gpu = FakeGpu()
+    install_cuda_python(monkeypatch, gpu)
+    block_pycuda(monkeypatch)
+    return install_tensorrt(monkeypatch, "10.3.0", gpu)
+
+
+def _profile_calls(trt):
+    return [args for call, args in trt.calls if call == "IOptimizationProfile.set_shape"]
+
+
+def test_tensorrt_profile_is_tuned_for_the_streams(tmp_path, fake_trt):
+    options = BuildOptions(target="tensorrt", precision="fp16", trt=TrtOptions(opt_batch=3, max_batch=8))
+    manifest = build_artifact(DYNAMIC, tmp_path / "trt", options, progress=False)
+    want = [[1, 3, 160, 160], [3, 3, 160, 160], [8, 3, 160, 160]]
+    assert manifest.profiles == [{"images": want}]
+    assert _profile_calls(fake_trt) == [("images", *(tuple(s) for s in want))]
+    clamped = build_artifact(DYNAMIC, tmp_path / "trt2", options.model_copy(
+        update={"trt": TrtOptions(opt_batch=6, max_batch=4)}), progress=False)
+    assert clamped.profiles[0]["images"][1][0] == 4, "opt is at most max"
+
+
+DEVICE_YAML = """
+models:
+  det: {{path: {model}, batch: {{max_batch: 8}}}}
+  cls: {{path: other.onnx}}
+workloads:
+  - {{stream: cam1, model: det}}
+  - {{stream: cam2, model: det}}
+  - {{stream: cam3, model: det}}
+  - {{stream: cam3, model: cls}}
+"""
+
+
+def test_build_for_a_device_config_takes_opt_from_its_streams_and_max_from_the_model(tmp_path, fake_trt, capsys):
+    config = tmp_path / "device.yaml"
+    config.write_text(DEVICE_YAML.format(model=DYNAMIC))
+    assert main(["build", "--model", str(DYNAMIC), "--target", "tensorrt", "--precision", "fp16",
+                 "--config", str(config), "--out", str(tmp_path / "trt")]) == 0
+    profile = read_manifest(tmp_path / "trt").profiles[0]["images"]
+    assert [shape[0] for shape in profile] == [1, 3, 8]
+    assert [shape[0] for shape in _profile_calls(fake_trt)[0][1:]] == [1, 3, 8], "TensorRT got the same batches"
+    assert "profile:     images 1x3x160x160 / 3x3x160x160 / 8x3x160x160" in capsys.readouterr().out
+
+
+def test_stream_batch_reads_both_config_forms(tmp_path):
+    where = tmp_path / "device.yaml"
+    single = stream_batch({"model": {"path": "m.onnx", "batch": {"max_batch": 2}}}, tmp_path / "m.onnx", where)
+    assert (single.streams, single.max_batch) == (1, 2)
+    assert stream_batch({"model": {"path": "m.onnx"}}, tmp_path / "m.onnx", where).max_batch is None
+    workloads = {f"w{i}": {"stream": f"cam{i}", "model": "det"} for i in range(20)}
+    many = stream_batch({"models": {"det": {"path": "m.onnx"}}, "workloads": workloads}, tmp_path / "m.onnx", where)
+    assert (many.model, many.streams, many.max_batch) == ("det", 20, 16)
+    with pytest.raises(ConfigError, match=r"no single model in models has the path"):
+        stream_batch({"models": {"a": {"path": "a.onnx"}, "b": {"path": "b.onnx"}}}, tmp_path / "m.onnx", where)
