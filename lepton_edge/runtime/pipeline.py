@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,11 +31,12 @@ import numpy as np
 from lepton_edge.config.pipeline import InputsConfig
 from lepton_edge.core.errors import LeptonError, ModelError, PipelineError
 from lepton_edge.core.metrics import DropCounter, LatencyWindow
-from lepton_edge.core.results import Frame, Result, now
+from lepton_edge.core.results import Result, now
 from lepton_edge.runtime.backends.base import Backend
+from lepton_edge.runtime.batcher import Feed, ModelRunner, Work
 from lepton_edge.runtime.channel import CLOSED, Channel, ChannelClosed
 from lepton_edge.runtime.input_size import feed_shape
-from lepton_edge.runtime.inputs import InputPlan, InputState, fill_recorded, plan_inputs
+from lepton_edge.runtime.inputs import InputPlan, fill_recorded, plan_inputs
 from lepton_edge.runtime.preprocess import Preprocessor, Transform
 from lepton_edge.runtime.tracking import TrackingStage
 
@@ -78,20 +78,7 @@ class PipelineStats:
 
 
 
-@dataclass(slots=True)
-class _Work:
-    frame: Frame
-    stage_ms: dict[str, float] = field(default_factory=dict)
-    model: ModelBundle | None = None
-    buffer: dict[str, np.ndarray] | None = None
-    """The frame's own inputs (the image, or recorded arrays), from the model's pool."""
-    transform: Transform | None = None
-    outputs: list[np.ndarray] | None = None
-    age_ms: float = 0.0
-    epoch: tuple[int, int] = (0, 0)
-    """(reader generation, source opens): a change means the source opened again, which resets state."""
-    decoded_ts: float = 0.0
-    """When the source handed the frame over (monotonic), the start of its queue time."""
+_Work = Work
 
 
 def _fixed_or_one(dim: object) -> int:
@@ -119,37 +106,50 @@ def _is_image(data: Any) -> bool:
 
 
 class ModelBundle:
-    """A loaded model with its pre/postprocessing, how its inputs are fed (``inputs``: constants, state, recorded
-    arrays; :mod:`lepton_edge.runtime.inputs`) and its own pool of input buffers.
+    """One pipeline's model: the :class:`ModelRunner` that runs its inference (its own, or one shared with other
+    streams), the pipeline's pre/postprocessing, and its own pool of input buffers (batch axis 1).
 
-    The buffers have the shape the preprocessor resolved (:mod:`lepton_edge.runtime.input_size`), and the backend
-    is warmed up at that shape if load did not already. Recorded inputs with dynamic dims (audio samples) take
-    the size of the first frame; those are warmed up by it.
+    ``ModelBundle(backend, preprocessor, postprocessor, inputs)`` makes a private runner of batch 1 around a
+    loaded ``backend``; ``ModelBundle.on(runner, preprocessor, postprocessor)`` uses a shared one. The buffers
+    have the shape the preprocessor resolved (:mod:`lepton_edge.runtime.input_size`), and the backend is warmed up
+    at that shape if load did not already. Recorded inputs with dynamic dims (audio samples) take the size of the
+    first frame; those are warmed up by it.
 
-    The pipeline swaps bundles as one unit at a frame boundary; a retired bundle's backend is closed
-    once the last frame that used it has left the pipeline.
+    The pipeline swaps bundles as one unit at a frame boundary; a retired bundle is closed once the last frame
+    that used it has left the pipeline: its pool, and its runner with the backend if the runner is its own (a
+    shared runner is its owner's to close).
     """
 
-    def __init__(self, backend: Backend, preprocessor: Preprocessor | None,
+    def __init__(self, backend: Backend | None, preprocessor: Preprocessor | None,
                  postprocessor: Callable[[list[np.ndarray], Transform], Any],
-                 inputs: InputsConfig | None = None, plan: InputPlan | None = None) -> None:
-        self.backend = backend
+                 inputs: InputsConfig | None = None, plan: InputPlan | None = None, *,
+                 runner: ModelRunner | None = None) -> None:
+        if runner is None:
+            if backend is None:
+                raise ValueError("a model bundle needs a backend or a runner")
+            plan = plan or plan_inputs(backend.inputs, backend.outputs, inputs,
+                                       source="image" if preprocessor else "tensor", where=backend.name)
+            runner = ModelRunner(backend, plan=plan, max_batch=1, name=backend.name)
+            self.owns_runner = True
+        else:
+            self.owns_runner = False
+        self.runner = runner
         self.preprocessor = preprocessor
         self.postprocessor = postprocessor
-        self.plan = plan or plan_inputs(backend.inputs, backend.outputs, inputs,
-                                        source="image" if preprocessor else "tensor", where=backend.name)
-        self.state = InputState(self.plan)
-        """Constants and recurrent state; used by the infer stage only (one frame at a time, in order)."""
-        self.state_epoch: tuple[int, int] | None = None
-        self.input_name = self.plan.framed[0]
+        plan = self.plan
+        if preprocessor is not None and plan.image is None:
+            raise ModelError(f"model {runner.name!r} is fed recorded tensors (its runner was planned for a tensor "
+                             "source); an image stream cannot share it")
+        self.input_name = plan.framed[0]
+        backend = self.backend
         if len(backend.inputs) > 1:
-            log.info("model inputs: %s", "; ".join(f"{name}: {role}" for name, role in self.plan.describe().items()))
+            log.info("model inputs: %s", "; ".join(f"{name}: {role}" for name, role in plan.describe().items()))
         shapes: dict[str, tuple[int, ...]] = {}
         dtypes: dict[str, np.dtype] = {}
         sized = True
-        for name in self.plan.framed:
-            spec = self.plan.specs[name]
-            if preprocessor is not None and self.plan.image is not None and name == self.plan.image.name:
+        for name in plan.framed:
+            spec = plan.specs[name]
+            if preprocessor is not None and plan.image is not None and name == plan.image.name:
                 # Image inputs: the size the preprocessor resolved.
                 shapes[name], dtypes[name] = tuple(preprocessor.shape), preprocessor.dtype
                 continue
@@ -157,16 +157,39 @@ class ModelBundle:
             shapes[name] = tuple(feed_shape(spec, backend.metadata) or (_fixed_or_one(d) for d in spec.shape))
             dtypes[name] = spec.dtype
             sized = sized and (len(spec.shape) == 4 or all(isinstance(d, int) and d > 0 for d in spec.shape[1:]))
-        if sized:
-            warm = {**shapes, **{n: v.shape for n, v in self.plan.constants.items()},
-                    **{link.input.name: link.shape for link in self.plan.state}}
-            backend.warm_for(warm, dict(self.plan.constants))
+            if runner.mode == "fixed":
+                shapes[name] = (1, *shapes[name][1:])  # one frame; the runner stacks a batch of the fixed size
+        self.shapes = shapes
+        if sized and runner.mode != "fixed":  # a fixed batch is warmed up by the runner at its size
+            warm = {**shapes, **{n: v.shape for n, v in plan.constants.items()},
+                    **{link.input.name: link.shape for link in plan.state}}
+            backend.warm_for(warm, dict(plan.constants))
         self.pool: Channel[dict[str, np.ndarray]] = Channel(BUFFER_POOL_SIZE, "block")
         for _ in range(BUFFER_POOL_SIZE):
-            self.pool.put({name: np.zeros(shapes[name], dtypes[name]) for name in self.plan.framed})
+            self.pool.put({name: np.zeros(shapes[name], dtypes[name]) for name in plan.framed})
         self._lock = threading.Lock()
         self._in_flight = 0
         self._retired = False
+
+    @classmethod
+    def on(cls, runner: ModelRunner, preprocessor: Preprocessor | None,
+           postprocessor: Callable[[list[np.ndarray], Transform], Any]) -> ModelBundle:
+        """A pipeline's model on a shared ``runner`` (its backend and input plan), with the pipeline's own
+        pre/postprocessing."""
+        return cls(None, preprocessor, postprocessor, runner=runner)
+
+    @property
+    def backend(self) -> Backend:
+        return self.runner.backend
+
+    @backend.setter
+    def backend(self, backend: Backend) -> None:
+        """Replace the backend the runner calls (a guarded one while the model is on probation)."""
+        self.runner.backend = backend
+
+    @property
+    def plan(self) -> InputPlan:
+        return self.runner.plan
 
     def acquire(self) -> None:
         with self._lock:
@@ -180,7 +203,7 @@ class ModelBundle:
             self.close()
 
     def retire(self) -> None:
-        """Close the backend now if idle, else when the last in-flight frame is done."""
+        """Close now if idle, else when the last in-flight frame is done."""
         with self._lock:
             self._retired = True
             close = self._in_flight == 0
@@ -189,7 +212,8 @@ class ModelBundle:
 
     def close(self) -> None:
         self.pool.abort()
-        self.backend.close()
+        if self.owns_runner:
+            self.runner.close(quiet=True)
 
 
 class Pipeline:
@@ -197,13 +221,18 @@ class Pipeline:
 
     ``reader`` is an iterable of :class:`Frame` with a ``close()`` (a ``FrameReader``); ``live``
     selects the drop policy. Build one from a config with :func:`lepton_edge.runtime.assembly.build_pipeline`.
+
+    Inference runs on a :class:`~lepton_edge.runtime.batcher.ModelRunner`: with ``backend`` a private one of
+    batch 1; with ``runner`` (and no backend) a runner shared with other pipelines, which batches their frames.
+    The pipeline's own threads are the source, preprocess and postprocess; its frames wait in a feed of the
+    runner between preprocessing and inference.
     """
 
     def __init__(
         self,
         reader: Any,
-        backend: Backend,
-        postprocessor: Callable[[list[np.ndarray], Transform], Any],
+        backend: Backend | None = None,
+        postprocessor: Callable[[list[np.ndarray], Transform], Any] | None = None,
         sinks: Sequence[Any] = (),
         *,
         preprocessor: Preprocessor | None,
@@ -215,8 +244,20 @@ class Pipeline:
         stop_event: threading.Event | None = None,
         inputs: InputsConfig | None = None,
         tracking: TrackingStage | None = None,
+        runner: ModelRunner | None = None,
+        name: str | None = None,
     ) -> None:
-        self.model = ModelBundle(backend, preprocessor, postprocessor, inputs)
+        if postprocessor is None:
+            raise ValueError("a pipeline needs a postprocessor")
+        if (backend is None) == (runner is None):
+            raise ValueError("give a pipeline either a backend (its own model) or a runner (a shared one)")
+        if runner is not None:
+            if inputs is not None:
+                raise ValueError("a shared runner plans the model's inputs; give them to the runner")
+            self.model = ModelBundle.on(runner, preprocessor, postprocessor)
+        else:
+            self.model = ModelBundle(backend, preprocessor, postprocessor, inputs)
+        self.name = name or str(getattr(reader, "source_id", None) or "stream")
         self.tracking = tracking
         self.reader = reader
         self.sinks = list(sinks)
@@ -227,7 +268,9 @@ class Pipeline:
         self._stop = stop_event or threading.Event()
         self._frames: Channel[_Work] = Channel(1, "latest") if live else Channel(2, "block")
         self._apply_drop_policy()
-        self._tensors: Channel[_Work] = Channel(1, "block")
+        self._feed: Feed | None = None
+        self._fed_model: ModelBundle | None = None
+        self._abort_event = threading.Event()
         self._outputs: Channel[_Work] = Channel(2, "block")
         self._sinks_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -318,7 +361,6 @@ class Pipeline:
         for name, target in (
             ("source", self._source_loop),
             ("preprocess", self._preprocess_loop),
-            ("infer", self._infer_loop),
             ("postprocess", self._postprocess_loop),
         ):
             t = threading.Thread(target=self._guard, args=(name, target), name=f"lepton-{name}", daemon=True)
@@ -337,9 +379,13 @@ class Pipeline:
             with self._error_lock:
                 if self._error is None:
                     self._error = error
+        self._abort_event.set()
         self._stop.set()
-        for ch in (self._frames, self._tensors, self._outputs):
+        for ch in (self._frames, self._outputs):
             ch.abort()
+        feed = self._feed
+        if feed is not None:
+            feed.abort()
         self.model.pool.abort()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -349,6 +395,9 @@ class Pipeline:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self._threads and self.model.owns_runner and not self.model.runner.join(left):
+            return False  # its private inference thread ends with the last frame
         if self._error is not None:
             err = self._error
             if isinstance(err, LeptonError):
@@ -440,12 +489,57 @@ class Pipeline:
 
     def _drop(self, work: _Work, reason: str) -> None:
         self.stats.drops.add(reason)
+        work.return_buffer()
         if work.model is not None:
-            if work.buffer is not None:
-                work.model.pool.put(work.buffer)
-                work.buffer = None
             work.model.release()
             work.model = None
+
+    # -- the feed's owner (called by the model runner's thread) --------------------------------
+
+    def stale_after_s(self) -> float | None:
+        return self.max_age_s if self.drops_frames else None
+
+    def has_room(self) -> bool:
+        return len(self._outputs) < self._outputs.capacity
+
+    def deliver(self, work: _Work) -> None:
+        self.stats.latency["frame_age"].add(work.age_ms)
+        self.stats.latency["infer"].add(work.stage_ms["infer"])
+        try:
+            self._outputs.put(work)
+        except ChannelClosed:  # aborted
+            self._drop(work, "aborted")
+
+    def drop(self, work: _Work, reason: str) -> None:
+        self._drop(work, reason)
+
+    def fail(self, error: BaseException) -> None:
+        log.error("pipeline %s: inference failed: %s: %s", self.name, type(error).__name__, error)
+        self.abort(error)
+
+    def drained(self, feed: Feed) -> None:
+        if feed is self._feed:
+            self._outputs.close()
+
+    def _feed_for(self, model: ModelBundle) -> Feed | None:
+        """The feed of ``model``'s runner: after a model swap the old feed is drained first (frames stay in order),
+        then a feed on the new runner is attached. None when the pipeline was aborted meanwhile."""
+        feed = self._feed
+        if feed is not None and self._fed_model is model:
+            return feed
+        if feed is not None:
+            self._feed = None  # its drained() does not end the pipeline
+            feed.close()
+            while not feed.wait_done(0.1):
+                if self._aborted():
+                    return None
+        if self._aborted():
+            return None
+        self._feed, self._fed_model = model.runner.attach(self, self.name, model.shapes), model
+        return self._feed
+
+    def _aborted(self) -> bool:
+        return self._abort_event.is_set()
 
     def _preprocess_loop(self) -> None:
         try:
@@ -462,7 +556,7 @@ class Pipeline:
                 if buffer is CLOSED:  # the pipeline was aborted
                     return
                 model.acquire()
-                work.model, work.buffer = model, buffer
+                work.model, work.buffer, work.pool = model, buffer, model.pool
                 data = work.frame.data
                 pre, plan = model.preprocessor, model.plan
                 if pre is not None and plan.image is not None and _is_image(data):
@@ -474,42 +568,20 @@ class Pipeline:
                 work.stage_ms["preprocess"] = (now() - t) * 1000.0
                 self.stats.latency["queue"].add(work.stage_ms["queue"])
                 self.stats.latency["preprocess"].add(work.stage_ms["preprocess"])
+                feed = self._feed_for(model)
+                if feed is None:
+                    self._drop(work, "aborted")
+                    return
                 try:
-                    self._tensors.put(work)
+                    feed.put(work)
                 except ChannelClosed:
+                    self._drop(work, "aborted")
                     return
         finally:
-            self._tensors.close()
-
-    def _infer_loop(self) -> None:
-        try:
-            while (work := self._tensors.get()) is not CLOSED:
-                t = now()
-                if self.drops_frames and t - work.frame.capture_ts > self.max_age_s:
-                    self._drop(work, "too_old")
-                    continue
-                model = work.model
-                assert model is not None and work.buffer is not None
-                work.age_ms = (t - work.frame.capture_ts) * 1000.0
-                self.stats.latency["frame_age"].add(work.age_ms)
-                try:
-                    if model.state_epoch != work.epoch:
-                        if model.state_epoch is not None and model.plan.reset == "on_reopen":
-                            model.state.reset()
-                        model.state_epoch = work.epoch
-                    work.outputs = model.backend.infer(model.state.feeds(work.buffer))
-                    model.state.update(work.outputs)
-                finally:
-                    model.pool.put(work.buffer)
-                    work.buffer = None
-                work.stage_ms["infer"] = (now() - t) * 1000.0
-                self.stats.latency["infer"].add(work.stage_ms["infer"])
-                try:
-                    self._outputs.put(work)
-                except ChannelClosed:
-                    return
-        finally:
-            self._outputs.close()
+            if self._feed is not None:
+                self._feed.close()
+            else:
+                self._outputs.close()
 
     def _postprocess_loop(self) -> None:
         stats = self.stats

@@ -68,7 +68,8 @@ def test_offline_folder_is_lossless_ordered_and_correct(tmp_path, color_model):
     for r, want in zip(sink.results, names, strict=True):
         assert isinstance(r.output, Classification)
         assert r.output.labels[r.output.class_ids[0]] == want
-        assert set(r.stage_ms) == {"decode", "queue", "preprocess", "infer", "postprocess"}
+        assert set(r.stage_ms) == {"decode", "queue", "preprocess", "infer", "batch", "postprocess"}
+        assert r.stage_ms["batch"] == 1
         assert min(r.stage_ms.values()) >= 0, r.stage_ms  # file sources stamp capture time after decoding
         assert r.latency_ms >= r.stage_ms["infer"]
     assert no_stage_threads_left()

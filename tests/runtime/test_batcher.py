@@ -1,0 +1,243 @@
+"""Cross-stream batching: several pipelines on one ModelRunner, with real onnxruntime and real ONNX models."""
+
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from lepton_edge.core.errors import LeptonError, PipelineError
+from lepton_edge.core.results import Frame, Result, now
+from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from lepton_edge.runtime.batcher import ModelRunner
+from lepton_edge.runtime.pipeline import Pipeline
+from lepton_edge.runtime.sinks.base import Sink
+from tests.support.onnx_models import slow_model
+
+SIZE = 8
+
+
+def mean_model(path, batch: int | str = "N"):
+    """logits[n, c] = mean of input[n, c]: every frame's answer is its own fill value, whatever else is in the
+    batch. ``batch``: a fixed batch size or a dynamic axis name."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["logits"], axes=[2, 3], keepdims=0)], "mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+class RecordingBackend(OnnxRuntimeBackend):
+    """The real onnxruntime backend, noting the batch of every call; ``fail_after`` calls it raises."""
+
+    def __init__(self, path, fail_after: int | None = None) -> None:
+        super().__init__(path, in_pipeline=True)
+        self.batches: list[int] = []
+        self.fail_after = fail_after
+
+    def _infer(self, feeds):
+        if self.fail_after is not None and len(self.batches) >= self.fail_after:
+            raise RuntimeError("device lost")
+        self.batches.append(next(iter(feeds.values())).shape[0])
+        return super()._infer(feeds)
+
+
+class Reader:
+    """Frames of one stream: frame i of stream k is filled with ``k * 1000 + i``. ``fps`` paces it (a live
+    source); ``block_after`` frames it blocks until ``release`` is set (a stalled camera)."""
+
+    def __init__(self, k: int, frames: int, fps: float | None = None, block_after: int | None = None) -> None:
+        self.k, self.frames, self.fps, self.block_after = k, frames, fps, block_after
+        self.source_id = f"cam{k}"
+        self.captured: dict[int, float] = {}
+        self.release = threading.Event()
+        self.stop = threading.Event()
+
+    def __iter__(self):
+        next_t = now()
+        for i in range(self.frames):
+            if self.stop.is_set():
+                return
+            if self.block_after is not None and i >= self.block_after:
+                self.release.wait()
+                return
+            if self.fps:
+                next_t += 1.0 / self.fps
+                time.sleep(max(0.0, next_t - now()))
+            frame = Frame(np.full((3, SIZE, SIZE), self.k * 1000 + i, np.float32), i, self.source_id)
+            self.captured[i] = frame.capture_ts
+            yield frame
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+class ListSink(Sink):
+    name = "list"
+
+    def __init__(self) -> None:
+        super().__init__(4096)
+        self.results: list[Result] = []
+
+    def write(self, result: Result) -> None:
+        self.results.append(result)
+
+
+def first_logit(outputs, transform):
+    assert outputs[0].shape == (1, 3)  # the batch axis of 1 the decoders expect
+    return [float(outputs[0][0, 0])]
+
+
+def stream(runner, reader, live=False, **kw):
+    sink = ListSink()
+    pipeline = Pipeline(reader, runner=runner, postprocessor=first_logit, sinks=[sink], preprocessor=None,
+                        live=live, name=reader.source_id, **kw)
+    return pipeline, sink
+
+
+def lepton_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith("lepton-")]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batch")
+    return {"dynamic": mean_model(d / "dyn.onnx"), "fixed4": mean_model(d / "fixed4.onnx", 4),
+            "batch1": mean_model(d / "b1.onnx", 1), "slow": slow_model(d / "slow.onnx", size=SIZE, work=2)}
+
+
+def check_stream(reader, sink, frames):
+    assert [r.seq for r in sink.results] == list(range(frames)), reader.source_id
+    for r in sink.results:
+        assert r.source_id == reader.source_id
+        assert r.capture_ts == reader.captured[r.seq]
+        assert r.output == [reader.k * 1000 + r.seq], (reader.source_id, r.seq, r.output)
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("dynamic", "dynamic"), ("fixed4", "fixed")])
+def test_frames_of_several_streams_run_in_one_batch_and_return_to_their_own_stream(models, kind, mode):
+    backend = RecordingBackend(models[kind]).load()
+    runner = ModelRunner(backend, source="tensor", name=kind)
+    assert runner.mode == mode
+    readers = [Reader(k, 40) for k in range(3)]
+    pipes = [stream(runner, r) for r in readers]
+    for p, _ in pipes:
+        p.start()
+    for p, _ in pipes:
+        assert p.wait(20)
+    for reader, (p, sink) in zip(readers, pipes, strict=True):
+        check_stream(reader, sink, 40)
+        assert p.stats.snapshot()["drops"] == {}
+    batches = [r.stage_ms["batch"] for _, sink in pipes for r in sink.results]
+    assert max(batches) == 3 and max(backend.batches) == (4 if mode == "fixed" else 3)
+    assert sum(1 for b in batches if b > 1) > len(batches) / 2, batches  # most frames were batched
+    if mode == "fixed":
+        assert set(backend.batches) == {4}  # padded to the fixed batch
+    assert runner.join(5) and not lepton_threads()
+    runner.close()
+
+
+def test_batch_of_one_serves_streams_round_robin(models):
+    backend = RecordingBackend(models["slow"]).load()  # a fixed batch of 1, slower than the sources
+    runner = ModelRunner(backend, source="tensor", name="slow")
+    assert runner.mode == "single" and runner.max_batch == 1
+    readers = [Reader(k, 100_000, fps=400) for k in range(4)]
+    pipes = [stream(runner, r, live=True, max_frame_age_ms=10_000) for r in readers]
+    for p, _ in pipes:
+        p.start()
+    time.sleep(2.0)
+    for p, _ in pipes:
+        p.stop()
+    for p, _ in pipes:
+        assert p.wait(10)
+    counts = [len(sink.results) for _, sink in pipes]
+    assert min(counts) >= 0.8 * (sum(counts) / len(counts)), counts
+    assert max(backend.batches) == 1
+    assert sum(p.stats.drops.snapshot().get("superseded", 0) for p, _ in pipes) > 0  # the model was the bottleneck
+    for _, sink in pipes:
+        seqs = [r.seq for r in sink.results]
+        assert seqs == sorted(set(seqs))  # in order, each once
+    runner.close()
+
+
+def test_a_stalled_stream_does_not_delay_the_others(models):
+    backend = RecordingBackend(models["dynamic"]).load()
+    runner = ModelRunner(backend, source="tensor", batch_timeout_ms=100.0, name="dyn")
+    stalled = Reader(9, 100_000, fps=100, block_after=3)
+    healthy = [Reader(k, 100_000, fps=100) for k in range(2)]
+    pipes = [stream(runner, r, live=True) for r in [stalled, *healthy]]
+    for p, _ in pipes:
+        p.start()
+    time.sleep(1.5)
+    for p, _ in pipes:
+        p.stop()
+    stalled.release.set()
+    for p, _ in pipes:
+        assert p.wait(10)
+    assert len(pipes[0][1].results) == 3
+    for reader, (_, sink) in zip(healthy, pipes[1:], strict=True):
+        late = [r.latency_ms for r in sink.results if r.capture_ts - reader.captured[0] > 0.6]
+        assert len(late) > 40, len(late)
+        # Waiting for the stalled stream would cost the whole 100 ms batch timeout on every batch.
+        assert np.percentile(late, 90) < 50.0, sorted(late)[-10:]
+    runner.close()
+
+
+def test_streams_attach_and_detach_while_the_others_run(models):
+    backend = RecordingBackend(models["dynamic"]).load()
+    runner = ModelRunner(backend, source="tensor", name="dyn")
+    a, b = Reader(0, 100_000, fps=100), Reader(1, 100_000, fps=100)
+    (pa, sa), (pb, sb) = stream(runner, a, live=True), stream(runner, b, live=True)
+    pa.start()
+    time.sleep(0.4)
+    assert len(runner.feeds) == 1 and runner.max_batch == 1
+    pb.start()
+    time.sleep(0.6)
+    assert len(runner.feeds) == 2 and runner.max_batch == 2
+    pb.stop()
+    assert pb.wait(5)
+    n = len(sa.results)
+    time.sleep(0.4)
+    assert len(runner.feeds) == 1 and len(sa.results) > n + 20  # a kept running while b came and went
+    assert len(sb.results) > 20 and max(r.stage_ms["batch"] for r in sa.results) == 2
+    pa.stop()
+    assert pa.wait(5)
+    for reader, sink in ((a, sa), (b, sb)):
+        seqs = [r.seq for r in sink.results]
+        assert seqs == sorted(set(seqs))
+        assert all(r.output == [reader.k * 1000 + r.seq] for r in sink.results)
+    assert runner.join(5) and not lepton_threads()
+    runner.close()
+
+
+def test_an_inference_error_stops_every_stream_of_the_model(models):
+    backend = RecordingBackend(models["dynamic"], fail_after=5).load()
+    runner = ModelRunner(backend, source="tensor", name="dyn")
+    pipes = [stream(runner, Reader(k, 1000)) for k in range(2)]
+    for p, _ in pipes:
+        p.start()
+    for p, _ in pipes:
+        with pytest.raises(LeptonError, match="device lost"):
+            p.wait(10)
+    assert isinstance(runner.error, RuntimeError)
+    with pytest.raises(PipelineError, match="'dyn' failed"):
+        stream(runner, Reader(5, 10))[0].start().wait(5)
+    assert not lepton_threads()
+    runner.close()
+
+
+def test_the_private_runner_of_a_backend_pipeline_batches_nothing(models):
+    backend = RecordingBackend(models["dynamic"]).load()
+    reader, sink = Reader(0, 20), ListSink()
+    pipeline = Pipeline(reader, backend, first_logit, [sink], preprocessor=None, live=False)
+    assert pipeline.model.runner.max_batch == 1 and pipeline.backend is backend
+    pipeline.run()
+    check_stream(reader, sink, 20)
+    assert set(backend.batches) == {1}
+    assert not lepton_threads()
