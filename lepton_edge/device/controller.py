@@ -1,23 +1,18 @@
-"""The :class:`RuntimeController`: owns the running pipeline and applies new configs live.
+"""The :class:`RuntimeController`: runs every workload of the device config and changes them live, one at a time.
 
-A new config is compared with the running one and only what changed is rebuilt, at a frame boundary:
+Each workload (:meth:`DeviceConfig.workload_views`; the single form is one workload named ``main``) has its own
+:class:`~lepton_edge.device.workload.WorkloadController`. A new config is compared workload by workload:
 
-- postprocess (thresholds, top-k, labels, task) -> a new postprocessor for the loaded model;
-- sinks -> new sinks (the old ones are flushed and closed);
-- tracking or analytics -> a new tracking step (tracks and counters start again; the source keeps running);
-- source -> a new reader (offline files are opened once first, so a bad file is rejected up front);
-- model, backend or preprocess -> the new model is loaded first (a failure rejects the config and
-  changes nothing), swapped in, and watched on live frames for ``agent.health_check.window_s``: it must
-  produce ``min_frames`` results without an error, or the previous model (kept loaded) is swapped back.
+- a workload that is gone is stopped (its frames in flight finish, its sinks are flushed and closed);
+- a new workload is built, started and health-checked; if it fails it is not kept;
+- a changed workload rebuilds only what changed, as a single-workload device did before;
+- the others are not touched: their streams, models and sinks keep running.
 
-Everything that can fail is prepared before anything is swapped, so a rejected config leaves the
-pipeline exactly as it was. One change is applied at a time.
-
-An idle config (``idle: true``) runs no pipeline. Applying one stops the running pipeline (frames in
-flight finish, sinks are flushed and closed, the backend is closed); applying a workload config to an
-idle runtime builds a new pipeline (a load failure rejects the config and the runtime stays idle), starts
-it and health-checks it like a swapped model (a failure stops it again: rolled back to idle). Counters
-(:attr:`RuntimeController.stats`) continue across pipelines, so rates and the watchdog see one series.
+The outcome is ``applied`` when every changed workload applied; otherwise the worst outcome (``rolled_back``,
+then ``rejected``), with each workload's own outcome in :attr:`ApplyResult.workloads`. Workloads that applied
+stay applied: one bad camera or model does not hold back the others. :attr:`RuntimeController.config` and
+:attr:`version` stay at the last config that applied in full, which is what the agent persists and reports as
+active.
 """
 
 from __future__ import annotations
@@ -25,173 +20,29 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.config.pipeline import ModelConfig
-from lepton_edge.core.errors import ConfigError, LeptonError, error_text
-from lepton_edge.core.metrics import LatencyWindow
-from lepton_edge.device.probation import Probation, health_check
-from lepton_edge.device.updates import ArtifactStore
-from lepton_edge.engines.engine_cache import load_backend
-from lepton_edge.fleet.protocol import model_id
-from lepton_edge.runtime.assembly import build_pipeline, make_postprocessor, make_preprocessor, make_tracking
-from lepton_edge.runtime.pipeline import STAGES, ModelBundle, Pipeline, PipelineStats
-from lepton_edge.runtime.sinks import create_sinks
-from lepton_edge.runtime.sources import FrameReader, create_source
+from lepton_edge.core.errors import LeptonError
+from lepton_edge.device.device_stats import DeviceStats
+from lepton_edge.device.telemetry import WorkloadReport
+from lepton_edge.device.workload import ApplyResult, WorkloadController, open_pipeline, plan_changes
+from lepton_edge.runtime.pipeline import Pipeline, PipelineStats
 
 log = logging.getLogger(__name__)
 
-RELOAD_MODEL_FIELDS = frozenset(ModelConfig.model_fields) - {"labels", "task"}
-"""Model fields whose change needs the model loaded again (labels and task only change postprocessing)."""
+__all__ = ["ApplyResult", "RuntimeController", "open_pipeline", "plan_changes"]
 
-Outcome = Literal["applied", "rejected", "rolled_back"]
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """What :meth:`RuntimeController.apply` did."""
-
-    outcome: Outcome
-    errors: list[str] = field(default_factory=list)
-    changes: frozenset[str] = frozenset()
-    """Parts that changed: model, postprocess, source, frame_age, sinks, results, tracking, latency_window, settings;
-    ``idle`` when the pipeline was stopped, ``pipeline`` when an idle runtime got one."""
-
-
-def open_pipeline(config: DeviceConfig, *, max_frames: int | None = None, extra_sinks: list[Any] | None = None,
-                  stats: PipelineStats | None = None) -> Pipeline:
-    """The unstarted pipeline of ``config``, its model loaded through the engine cache."""
-    return build_pipeline(config, load_backend(config), max_frames=max_frames, extra_sinks=extra_sinks, stats=stats)
-
-
-def plan_changes(old: DeviceConfig, new: DeviceConfig) -> frozenset[str]:
-    """The parts of the runtime that must change to go from ``old`` to ``new``."""
-    if old.idle or new.idle:
-        if old.idle and new.idle:
-            return frozenset() if old == new else frozenset({"settings"})
-        return frozenset({"idle" if new.idle else "pipeline"})
-    assert old.model is not None and new.model is not None
-    assert old.source is not None and new.source is not None
-    changes: set[str] = set()
-    if (
-        any(getattr(old.model, f) != getattr(new.model, f) for f in RELOAD_MODEL_FIELDS)
-        or old.backend != new.backend
-        or old.preprocess != new.preprocess
-    ):
-        changes.add("model")
-    elif old.model != new.model or old.postprocess != new.postprocess:
-        changes.add("postprocess")
-    if old.source.model_copy(update={"max_frame_age_ms": 0}) != new.source.model_copy(
-        update={"max_frame_age_ms": 0}
-    ):
-        changes.add("source")
-    if old.source.max_frame_age_ms != new.source.max_frame_age_ms:
-        changes.add("frame_age")
-    if old.sinks != new.sinks:
-        changes.add("sinks")
-    if old.tracking != new.tracking or old.analytics != new.analytics:
-        changes.add("tracking")
-    old_results = old.agent.results if old.agent else None
-    new_results = new.agent.results if new.agent else None
-    if old_results != new_results:
-        changes.add("results")
-    if old.pipeline.latency_window != new.pipeline.latency_window:
-        changes.add("latency_window")
-    if not changes and old != new:
-        changes.add("settings")  # read where used (telemetry interval, health check, stats interval)
-    return frozenset(changes)
-
-
-@dataclass(slots=True)
-class _Prepared:
-    bundle: ModelBundle | None = None
-    postprocessor: Any = None
-    reader: Any = None
-    live: bool = False
-    sinks: list[Any] | None = None
-    extra: list[Any] | None = None
-    tracking: Any = None
-    artifact_id: str | None = None
-
-    def discard(self) -> None:
-        """Release what was prepared but never used."""
-        if self.bundle is not None:
-            self.bundle.close()
-        if self.reader is not None:
-            self.reader.close()
-        _close_sinks((self.sinks or []) + (self.extra or []))
-
-
-def check_offline_source(config: DeviceConfig) -> None:
-    """Open and close ``config``'s source if it is offline (a file), so that a bad one is rejected before
-    anything changes. Live sources are not opened: they reconnect by their own policy."""
-
-    assert config.source is not None
-    source = create_source(config.source)
-    if not source.live:
-        source.open()
-        source.close()
-
-
-def _close_sinks(sinks: list[Any]) -> None:
-    for sink in sinks:
-        try:
-            sink.close()
-        except Exception as e:
-            log.warning("closing unused sink %s failed: %s", getattr(sink, "name", sink), e)
-
-
-def artifact_id_of(config: DeviceConfig) -> str | None:
-    """Id of the model a config runs: ``sha256:<hex>`` of its artifact, else the model file name; None when
-    idle."""
-    if config.model is None:
-        return None
-    ref = config.model.artifact
-    return model_id(str(config.model.path), ref.sha256 if ref is not None else None)
-
-
-def with_artifact(artifacts: ArtifactStore | None, config: DeviceConfig) -> tuple[DeviceConfig, bool]:
-    """``config`` with ``model.path`` at its artifact, staged (downloaded, verified) and activated.
-
-    Returns the config and whether the active artifact changed (then a failure rolls it back). An
-    artifact already in a slot is not downloaded again. Configs without an artifact pass unchanged.
-    """
-    ref = config.model.artifact if config.model is not None else None
-    if ref is None or config.model is None:
-        return config, False
-    if artifacts is None:
-        raise ConfigError(
-            "model.artifact is set but this runtime has no artifact store; run it under the device agent "
-            "(agent section in the config)"
-        )
-    before = artifacts.current()
-    path = artifacts.activate(artifacts.stage(ref))
-    resolved = config.model_copy(update={"model": config.model.model_copy(update={"path": path})})
-    return resolved, path != before
-
-
-def rollback_artifact(artifacts: ArtifactStore) -> None:
-    """Undo the activation of a failed artifact: back to the previous slot, or to no artifact at all
-    when it was the first one (the local model file keeps running)."""
-    try:
-        if artifacts.previous() is None:
-            artifacts.deactivate()
-        else:
-            artifacts.rollback()
-    except Exception as e:
-        log.error("artifact rollback failed: %s", error_text(e))
+_SEVERITY = {"applied": 0, "rejected": 1, "rolled_back": 2}
 
 
 class RuntimeController:
-    """Builds the pipeline for ``config`` (version ``version``; 0 is the local file) and changes it live.
+    """Builds the workloads of ``config`` (version ``version``; 0 is the local file) and changes them live.
 
-    ``extra_sinks(config)`` returns sinks added to the configured ones (the MQTT results sink); it is
-    called again when ``agent.results`` changes and for every pipeline built after an idle period.
-    ``artifacts`` is the :class:`~lepton_edge.device.updates.ArtifactStore` used when the config names
-    ``model.artifact``: the artifact is staged and activated before the model is loaded, and rolled back
-    to the previous slot when the load or the health check fails. An idle ``config`` builds nothing.
+    ``extra_sinks(config)`` returns sinks added to a workload's configured ones (the MQTT results and events
+    sinks), called with the workload's own config. ``artifacts`` is the
+    :class:`~lepton_edge.device.updates.ArtifactStore` for the model that names ``artifact``. A failure to build
+    any workload of the starting config raises (the service cannot run the config it was given).
     """
 
     def __init__(
@@ -209,303 +60,188 @@ class RuntimeController:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._started = False
-        self._stats = PipelineStats(config.pipeline.latency_window)
-        self._stats.source_state = "idle"
-        self._extra: list[Any] = []
-        self.pipeline: Pipeline | None = None
-        """The running pipeline; None while idle."""
-        if not config.idle:
-            resolved, _ = with_artifact(self.artifacts, config)
-            self._extra = extra_sinks(config) if extra_sinks else []
-            self.pipeline = self._build(resolved, self._extra)
+        self.workloads: dict[str, WorkloadController] = {}
+        """The running workloads by name."""
+        self._stats = DeviceStats(lambda: {name: w.stats for name, w in list(self.workloads.items()) if not w.idle})
+        try:
+            for name, view in config.workload_views().items():
+                self.workloads[name] = self._workload(view, version)
+        except BaseException:
+            for workload in self.workloads.values():
+                workload.stop(1.0)
+            raise
         self.config = config
-        """The config running, as requested (``model.path`` unresolved when it names an artifact)."""
+        """The last config applied in full, as requested (artifact paths unresolved)."""
         self.version = version
-        self._artifact_id = artifact_id_of(config)
+
+    def _workload(self, view: DeviceConfig, version: int) -> WorkloadController:
+        return WorkloadController(view, version, max_frames=self._max_frames, extra_sinks=self._extra_factory,
+                                  artifacts=self.artifacts)
 
     # -- views (RuntimeView for telemetry) -----------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        """True while no pipeline runs (an idle config, or a workload still being loaded after one)."""
-        return self.pipeline is None
+        """True while no workload runs."""
+        return all(w.idle for w in self.workloads.values())
 
     @property
-    def stats(self) -> PipelineStats:
-        """Counters of every pipeline this controller ran (they continue across idle periods)."""
+    def stats(self) -> DeviceStats:
+        """Counters of every workload this controller ran, summed (they only grow)."""
         return self._stats
+
+    def workload_stats(self) -> dict[str, PipelineStats]:
+        """Each running workload's own counters."""
+        return {name: w.stats for name, w in list(self.workloads.items()) if not w.idle}
 
     @property
     def config_version(self) -> int:
         return self.version
 
     @property
+    def pipelines(self) -> dict[str, Pipeline]:
+        """The running pipelines by workload name."""
+        return {name: w.pipeline for name, w in list(self.workloads.items()) if w.pipeline is not None}
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The first running pipeline (the only one of a single-form config); None while idle."""
+        return next(iter(self.pipelines.values()), None)
+
+    @property
     def artifact_id(self) -> str | None:
-        return None if self.pipeline is None else self._artifact_id
+        """Id of the model running: the first workload's (the only one of a single-form config)."""
+        return next((w.artifact_id for w in self.workloads.values() if w.artifact_id is not None), None)
 
     @property
     def extra_sinks(self) -> list[Any]:
-        """The sinks added to the configured ones (see ``extra_sinks`` in the constructor)."""
-        return list(self._extra)
+        return [sink for w in self.workloads.values() for sink in w.extra_sinks]
 
     @property
     def source_id(self) -> str | None:
-        pipeline = self.pipeline
-        if pipeline is None:
-            return None
-        configured = self.config.source.id if self.config.source is not None else None
-        return str(getattr(pipeline.reader, "source_id", None) or configured or "source")
+        return next((w.source_id for w in self.workloads.values() if w.source_id is not None), None)
 
     def source_states(self) -> dict[str, str]:
-        """Source id -> reader state; empty while idle (no source is attached)."""
-        pipeline, source_id = self.pipeline, self.source_id
-        if pipeline is None or source_id is None:
-            return {}
-        state = getattr(pipeline.reader, "state", None)
-        value = getattr(state, "value", None) or pipeline.stats.source_state
-        return {source_id: str(value)}
+        """Source id -> reader state of every running workload; empty while idle."""
+        states: dict[str, str] = {}
+        for workload in list(self.workloads.values()):
+            states.update(workload.source_states())
+        return states
+
+    def workload_reports(self) -> dict[str, WorkloadReport]:
+        """Each running workload's figures and state, for telemetry."""
+        reports = {}
+        for name, workload in list(self.workloads.items()):
+            if workload.idle:
+                continue
+            states = workload.source_states()
+            reports[name] = WorkloadReport(
+                stats=workload.stats, stream=workload.source_id or name, model=workload.artifact_id or "unknown",
+                source_state=next(iter(states.values()), "starting"))
+        return reports
 
     @property
     def source_kind(self) -> str:
-        reader = self.pipeline.reader if self.pipeline is not None else None
-        return str(getattr(getattr(reader, "source", None), "kind", "image"))
+        return next((w.source_kind for w in self.workloads.values() if not w.idle), "image")
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> RuntimeController:
-        """Start the pipeline (an idle runtime starts the pipelines it gets later on apply)."""
+        """Start every workload (an idle runtime starts the workloads it gets later on apply)."""
         with self._lock:
             if not self._started:
                 self._started = True
-                if self.pipeline is not None:
-                    self.pipeline.start()
+                for workload in self.workloads.values():
+                    workload.start()
         return self
 
     def stop(self, timeout: float | None = 10.0) -> bool:
-        """Stop the source, let frames in flight finish and flush the sinks; True if it ended in time
-        (``timeout`` None: wait as long as that takes).
+        """Stop every stream, let frames in flight finish and flush the sinks; True if all ended in time.
 
-        Raises the first stage error, like :meth:`Pipeline.wait`.
-        """
+        Raises the first stage error, like :meth:`Pipeline.wait`."""
         self._stopping.set()
-        pipeline = self.pipeline
-        try:
-            if pipeline is None:
-                return True
-            pipeline.stop()
-            return pipeline.wait(timeout)
-        finally:
-            with self._lock:  # an apply in progress ends quickly once _stopping is set
-                if self.pipeline is not None:
-                    self.pipeline.backend.close()
+        for pipeline in self.pipelines.values():
+            pipeline.stop()  # all sources stop first, so the workloads drain side by side
+        ended, error = True, None
+        for workload in list(self.workloads.values()):
+            try:
+                ended = workload.stop(timeout) and ended
+            except LeptonError as e:
+                error = error or e
+        if error is not None:
+            raise error
+        return ended
 
     def abort(self) -> None:
         """Stop at once, discarding frames in flight (a second SIGTERM)."""
-        pipeline = self.pipeline
-        if pipeline is not None:
-            pipeline.abort()
+        for workload in list(self.workloads.values()):
+            workload.abort()
 
     def wait_finished(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the running pipeline to end by itself (its source ended or
-        ``max_frames`` was reached); True if it did. A pipeline stopped because the runtime went idle does
-        not count; while idle this just waits. Raises the running pipeline's stage error."""
-        pipeline = self.pipeline
-        if pipeline is None:
+        """Wait up to ``timeout`` s for every running workload to end by itself (its source ended or
+        ``max_frames`` was reached); True if all did. While idle this just waits. Raises a workload's stage
+        error."""
+        workloads = [w for w in list(self.workloads.values()) if not w.idle]
+        if not workloads:
             self._stopping.wait(timeout)
             return False
-        try:
-            ended = pipeline.wait(timeout)
-        except LeptonError:
-            if self.pipeline is not pipeline:  # stopped for an idle config; apply() logged its error
-                return False
-            raise
-        # apply() detaches a pipeline before stopping it, so one still attached ended by itself
-        return ended and self.pipeline is pipeline
+        share = timeout / len(workloads)
+        return all([w.wait_finished(share) for w in workloads])
 
     # -- live changes --------------------------------------------------------------------------------
 
     def apply(self, new: DeviceConfig, version: int) -> ApplyResult:
-        """Change the running pipeline to ``new``; see the module docstring for what restarts."""
+        """Change the running workloads to those of ``new``; see the module docstring."""
         with self._lock:
             if self._stopping.is_set():
                 return ApplyResult("rejected", ["the runtime is shutting down; send the config again later"])
-            changes = set(plan_changes(self.config, new))
-            if new.idle:
-                if self.pipeline is not None:
-                    self._go_idle()
-                return self._applied(new, version, changes)
-            if self.pipeline is None:
-                return self._leave_idle(new, version, changes)
-            activated = False
-            try:
-                resolved = new
-                if "model" in changes:
-                    resolved, activated = with_artifact(self.artifacts, new)
-                prepared = self._prepare(resolved, changes)
-            except Exception as e:
-                if activated:
-                    rollback_artifact(self.artifacts)
-                return self._rejected(version, e, changes)
-            if prepared.bundle is not None:
-                errors = self._swap_model_checked(prepared.bundle, new)
-                prepared.bundle = None  # owned by the pipeline now (or closed by the swap back)
-                if errors:
-                    prepared.discard()
-                    if activated:
-                        rollback_artifact(self.artifacts)
-                    return self._rolled_back(version, errors, changes)
-                self._artifact_id = prepared.artifact_id
-            self._commit(prepared, new, changes)
-            return self._applied(new, version, changes)
+            views = new.workload_views()
+            results: dict[str, ApplyResult] = {}
+            for name in [n for n in self.workloads if n not in views]:  # first: frees cores, files and cameras
+                results[name] = self._remove(name, version)
+            for name, view in views.items():
+                workload = self.workloads.get(name)
+                if workload is None:
+                    results[name] = self._add(name, view, version)
+                elif plan_changes(workload.config, view):
+                    results[name] = workload.apply(view, version)
+            return self._settle(new, version, results)
 
-    def _applied(self, new: DeviceConfig, version: int, changes: set[str]) -> ApplyResult:
-        self.config = new
-        self.version = version
-        log.info("config version %d applied (%s)", version, ", ".join(sorted(changes)) or "no change")
-        return ApplyResult("applied", [], frozenset(changes))
-
-    @staticmethod
-    def _rejected(version: int, error: BaseException, changes: set[str]) -> ApplyResult:
-        log.warning("config version %d rejected: %s", version, error_text(error))
-        return ApplyResult("rejected", [error_text(error)], frozenset(changes))
-
-    @staticmethod
-    def _rolled_back(version: int, errors: list[str], changes: set[str]) -> ApplyResult:
-        log.warning("config version %d rolled back: %s", version, "; ".join(errors))
-        return ApplyResult("rolled_back", errors, frozenset(changes))
-
-    def _build(self, resolved: DeviceConfig, extra: list[Any]) -> Pipeline:
-        return open_pipeline(resolved, max_frames=self._max_frames, extra_sinks=extra, stats=self._stats)
-
-    def _go_idle(self, timeout: float = 10.0) -> None:
-        """Stop the pipeline: frames in flight finish, sinks are flushed and closed, the backend is closed."""
-        pipeline = self.pipeline
-        assert pipeline is not None
-        self.pipeline = None  # detached first: wait_finished() must not take this stop for the source's end
-        self._retire(pipeline, timeout)
-        if not self._started:  # its stages never ran, so nothing closed its sinks
-            _close_sinks(pipeline.sinks)
-        self._extra = []
-        self._stats.latency = {name: LatencyWindow(self.config.pipeline.latency_window) for name in STAGES}
-        self._stats.source_state = "idle"
-
-    @staticmethod
-    def _retire(pipeline: Pipeline, timeout: float) -> None:
-        pipeline.stop()
-        try:
-            if not pipeline.wait(timeout):
-                log.warning("the pipeline did not drain within %.0f s; aborting it", timeout)
-                pipeline.abort()
-                pipeline.wait(timeout)
-        except LeptonError as e:
-            log.warning("the stopped pipeline ended with an error: %s", error_text(e))
-        finally:
-            pipeline.backend.close()
-
-    def _leave_idle(self, new: DeviceConfig, version: int, changes: set[str]) -> ApplyResult:
-        """Build, start and health-check a pipeline for ``new``; on any failure stay idle."""
-        assert new.source is not None
-        activated = False
-        extra: list[Any] = []
-        try:
-            check_offline_source(new)
-            resolved, activated = with_artifact(self.artifacts, new)
-            extra = self._extra_factory(new) if self._extra_factory else []
-            pipeline = self._build(resolved, extra)
-        except Exception as e:
-            _close_sinks(extra)
-            if activated:
-                rollback_artifact(self.artifacts)
-            return self._rejected(version, e, changes)
-        self._stats.latency = {name: LatencyWindow(new.pipeline.latency_window) for name in STAGES}
+    def _add(self, name: str, view: DeviceConfig, version: int) -> ApplyResult:
+        placeholder = DeviceConfig.model_validate({"device_id": view.device_id, "idle": True})
+        workload = self._workload(placeholder, version)
         if self._started:
-            probation = Probation(pipeline.model)
-            pipeline.start()
-            errors = health_check(probation, pipeline, new, self._stopping)
-            if errors:
-                self._retire(pipeline, 10.0)
-                self._stats.source_state = "idle"
-                if activated:
-                    rollback_artifact(self.artifacts)
-                return self._rolled_back(version, errors, changes)
-            probation.end()
-        self.pipeline = pipeline
-        self._extra = extra
-        self._artifact_id = artifact_id_of(new)
-        return self._applied(new, version, changes)
+            workload.start()
+        result = workload.apply(view, version)
+        if result.outcome == "applied":
+            self.workloads[name] = workload
+        return result
 
-    def _prepare(self, new: DeviceConfig, changes: set[str]) -> _Prepared:
-        pipeline = self.pipeline
-        assert pipeline is not None and new.source is not None
-        prepared = _Prepared()
-        try:
-            source = None
-            kind = self.source_kind
-            if "source" in changes:
-                source = create_source(new.source)
-                prepared.live = new.source.live if new.source.live is not None else source.live
-                if not prepared.live:  # a file: open it now so that a bad one is rejected up front
-                    source.open()
-                    source.close()
-                if source.kind != kind:
-                    kind = source.kind
-                    changes.add("model")  # tensors skip preprocessing: the model bundle changes
-            if "model" in changes:
-                backend = load_backend(new)
-                try:
-                    prepared.bundle = ModelBundle(
-                        backend, make_preprocessor(new, backend, kind), make_postprocessor(new, backend),
-                        new.model.inputs if new.model is not None else None,
-                    )
-                except BaseException:
-                    backend.close()
-                    raise
-                prepared.artifact_id = artifact_id_of(new)
-            elif "postprocess" in changes:
-                prepared.postprocessor = make_postprocessor(new, pipeline.backend)
-            if source is not None:
-                prepared.reader = FrameReader(source, new.source, pipeline.stop_event)
-            if "sinks" in changes:
-                prepared.sinks = create_sinks(new.sinks, pipeline.stats, title=new.device_id)
-            if "results" in changes and self._extra_factory is not None:
-                prepared.extra = self._extra_factory(new)
-            if "tracking" in changes:
-                prepared.tracking = make_tracking(new)
-        except BaseException:
-            prepared.discard()
-            raise
-        return prepared
+    def _remove(self, name: str, version: int) -> ApplyResult:
+        workload = self.workloads.pop(name)
+        result = workload.apply(DeviceConfig.model_validate({"device_id": workload.config.device_id, "idle": True}),
+                                version)
+        self._stats.retire(workload.stats)
+        return result
 
-    def _swap_model_checked(self, bundle: ModelBundle, config: DeviceConfig) -> list[str]:
-        """Swap ``bundle`` in and watch it; on failure swap the previous model back. Returns the errors."""
-        pipeline = self.pipeline
-        assert pipeline is not None
-        probation = Probation(bundle)
-        old = pipeline.swap_model(bundle, retire_old=False)
-        errors = health_check(probation, pipeline, config, self._stopping)
-        if errors:
-            pipeline.swap_model(old)  # the new bundle is closed once its frames are done
-            return errors
-        probation.end()
-        old.retire()
-        return []
+    def _settle(self, new: DeviceConfig, version: int, results: dict[str, ApplyResult]) -> ApplyResult:
+        changes = frozenset(f"{name}:{change}" for name, r in results.items() for change in r.changes) \
+            if new.multi or self.config.multi else frozenset(c for r in results.values() for c in r.changes)
+        failed = {name: r for name, r in results.items() if r.outcome != "applied"}
+        if not failed:
+            if not results and new != self.config:
+                changes = frozenset({"settings"})  # read where used (telemetry interval, health check, ...)
+            self.config, self.version = new, version
+            if new.multi or len(results) > 1:
+                log.info("config version %d applied to %d workload(s): %s", version, len(results),
+                         ", ".join(f"{n} ({', '.join(sorted(r.changes)) or 'no change'})"
+                                   for n, r in sorted(results.items())) or "no change")
+            return ApplyResult("applied", [], changes, results)
+        outcome = max((r.outcome for r in failed.values()), key=_SEVERITY.__getitem__)
+        errors = [f"workload {name}: {e}" if new.multi or self.config.multi else e
+                  for name, r in failed.items() for e in r.errors]
+        if len(results) > len(failed):
+            log.warning("config version %d %s for %s; applied to %s", version, outcome, ", ".join(sorted(failed)),
+                        ", ".join(sorted(set(results) - set(failed))))
+        return ApplyResult(outcome, errors, changes, results)  # type: ignore[arg-type]
 
-    def _commit(self, prepared: _Prepared, new: DeviceConfig, changes: set[str]) -> None:
-        pipeline = self.pipeline
-        assert pipeline is not None and new.source is not None
-        if prepared.postprocessor is not None:
-            pipeline.swap_postprocessor(prepared.postprocessor)
-        if prepared.sinks is not None or prepared.extra is not None:
-            configured = [s for s in pipeline.sinks if not any(s is e for e in self._extra)]
-            if prepared.extra is not None:
-                self._extra = prepared.extra
-            pipeline.swap_sinks((prepared.sinks if prepared.sinks is not None else configured) + self._extra)
-        if "tracking" in changes:
-            pipeline.swap_tracking(prepared.tracking)
-        if prepared.reader is not None:
-            pipeline.swap_source(prepared.reader, prepared.live)
-        if "frame_age" in changes:
-            pipeline.max_age_s = new.source.max_frame_age_ms / 1000.0
-        if "latency_window" in changes:
-            size = new.pipeline.latency_window
-            pipeline.stats.latency = {name: LatencyWindow(size) for name in pipeline.stats.latency}

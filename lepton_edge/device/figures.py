@@ -41,9 +41,14 @@ class AgentFigures:
         self._scrape_cpu = CpuMeter()
 
     @property
+    def result_sinks(self) -> list[MqttResultSink]:
+        """The MQTT results sinks the workloads deliver to now (one per workload)."""
+        return [s for s in self.controller.extra_sinks if isinstance(s, MqttResultSink)]
+
+    @property
     def result_sink(self) -> MqttResultSink | None:
-        """The MQTT results sink the pipeline delivers to now."""
-        return next((s for s in self.controller.extra_sinks if isinstance(s, MqttResultSink)), None)
+        """The first workload's MQTT results sink (the only one of a single-form config)."""
+        return next(iter(self.result_sinks), None)
 
     def stats(self) -> dict[str, Any]:
         """For the stats command and logs."""
@@ -85,11 +90,33 @@ class AgentFigures:
             quantiles = [(0.5, s["p50"]), (0.9, s["p90"]), (0.99, s["p99"])]
             m.summary("stage_latency_ms", "Per-stage latency (ms) over the recent window.", quantiles,
                       window.count, window.total_ms, {**labels, "stage": stage})
-        sink = self.result_sink
-        if sink is not None:
-            m.counter("results_published_total", "Results handed to MQTT.", sink.published, labels)
+        sinks = self.result_sinks
+        if sinks:
+            m.counter("results_published_total", "Results handed to MQTT.", sum(s.published for s in sinks), labels)
             m.counter("results_rate_limited_total", "Results dropped above results.max_rate_hz.",
-                      sink.rate_limited, labels)
+                      sum(s.rate_limited for s in sinks), labels)
+        self._stream_metrics(m, labels)
+
+    def _stream_metrics(self, m: MetricsText, labels: dict[str, str]) -> None:
+        """Each running workload's figures, labelled with the workload and its stream."""
+        for name, workload in sorted(self.controller.workloads.items()):
+            if workload.idle:
+                continue
+            stats, stream = workload.stats, workload.source_id or name
+            own = {**labels, "workload": name, "stream": stream}
+            m.counter("stream_frames_total", "Frames read, per stream.", stats.frames_in, own)
+            m.counter("stream_results_total", "Results, per stream (its rate is the stream's fps).", stats.results,
+                      own)
+            for reason, count in sorted(stats.drops.snapshot().items()):
+                m.counter("stream_drops_total", "Frames dropped per stream, by reason.", count,
+                          {**own, "reason": reason})
+            for stage in ("e2e", "frame_age"):
+                window = stats.latency[stage]
+                s = window.summary()
+                m.summary("stream_latency_ms", "End-to-end latency and frame age at inference per stream (ms).",
+                          [(0.5, s["p50"]), (0.9, s["p90"]), (0.99, s["p99"])], window.count, window.total_ms,
+                          {**own, "stage": stage})
+            m.gauge("stream_state", "1 for the stream's current source state.", 1, {**own, "state": stats.source_state})
 
     def _fleet_metrics(self, m: MetricsText, labels: dict[str, str]) -> None:
         outbox = self.outbox.stats()

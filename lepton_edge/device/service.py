@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from lepton_edge.config.device import DeviceConfig
+from lepton_edge.config.workloads import SINGLE_WORKLOAD
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.device.agent import run_device
 from lepton_edge.device.controller import RuntimeController
@@ -27,18 +28,20 @@ class PipelineService:
         self.runtime = RuntimeController(config, max_frames=max_frames)
 
     def start(self) -> None:
-        config, pipeline = self.runtime.config, self.runtime.pipeline
-        assert config.model is not None and config.source is not None and pipeline is not None
-        log.info("running model=%s source=%s backend=%s live=%s sinks=%s", config.model.path, config.source.uri,
-                 pipeline.backend.name, pipeline.live, ",".join(s.name for s in pipeline.sinks) or "none")
+        for name, workload in self.runtime.workloads.items():
+            config, pipeline = workload.config, workload.pipeline
+            assert config.model is not None and config.source is not None and pipeline is not None
+            log.info("running%s model=%s source=%s backend=%s live=%s sinks=%s",
+                     "" if name == SINGLE_WORKLOAD else f" workload={name}", config.model.path, config.source.uri,
+                     pipeline.backend.name, pipeline.live, ",".join(s.name for s in pipeline.sinks) or "none")
         self.runtime.start()
 
     def stop(self) -> None:
-        pipeline = self.runtime.pipeline
+        pipelines = list(self.runtime.pipelines.values())
         try:
             self.runtime.stop(timeout=None)  # frames in flight finish, however long that takes
         finally:
-            for sink in pipeline.sinks if pipeline is not None else []:
+            for sink in (sink for pipeline in pipelines for sink in pipeline.sinks):
                 if sink.name in ("jsonl", "video"):
                     log.info("wrote %s (%d results, %d dropped)", sink.path, sink.written, sink.dropped)
 
@@ -62,7 +65,6 @@ def run_service(config: DeviceConfig, *, duration_s: float | None = None, max_fr
             "there is no broker to wait on for a workload: nothing to do. Add an agent section "
             "(see deploy/device.example.yaml), or set idle: false and give a model and a source"
         )
-    assert config.model is not None and config.source is not None
-    if config.model.artifact is not None:
+    if any(view.model is not None and view.model.artifact is not None for view in config.workload_views().values()):
         raise ConfigError("model.artifact needs the device agent (an `agent` section) to download and verify it")
     return Supervisor(PipelineService(config, max_frames), duration_s=duration_s).run()

@@ -122,8 +122,9 @@ class Supervisor:
         return f"{text} {details}" if details else text
 
     def _log_stats_when_due(self) -> None:
-        pipeline = self.runtime.pipeline
-        if time.monotonic() < self._next_log or pipeline is None or any(s.name == "console" for s in pipeline.sinks):
+        pipelines = self.runtime.pipelines.values()
+        if time.monotonic() < self._next_log or not pipelines or any(
+                s.name == "console" for pipeline in pipelines for s in pipeline.sinks):
             return
         self._next_log = time.monotonic() + self.runtime.config.pipeline.stats_interval_s
         snap = self.runtime.stats.snapshot()

@@ -14,11 +14,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from lepton_edge.core.metrics import RateMeter
-from lepton_edge.fleet.protocol import OutboxStatus, Percentiles, Telemetry, Usage
+from lepton_edge.fleet.protocol import (
+    MAX_TELEMETRY_WORKLOADS,
+    OutboxStatus,
+    Percentiles,
+    Telemetry,
+    Usage,
+    WorkloadTelemetry,
+)
 from lepton_edge.runtime.pipeline import STAGES, PipelineStats
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,24 @@ class RuntimeView(Protocol):
     def idle(self) -> bool: ...
 
     def source_states(self) -> dict[str, str]: ...
+
+    def workload_reports(self) -> dict[str, WorkloadReport]: ...
+
+
+MAX_ERROR_TEXT = 1000
+"""Longest error text a workload's telemetry carries."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadReport:
+    """What the runtime says of one running workload (telemetry turns it into a ``WorkloadTelemetry``)."""
+
+    stats: PipelineStats
+    stream: str
+    model: str
+    source_state: str
+    state: str = "running"
+    error: str | None = None
 
 
 def clip_name(text: str) -> str:
@@ -186,6 +212,20 @@ class SystemMonitor:
         return None
 
 
+class _WorkloadCounter:
+    """Rates and counts of one workload since the session (or the workload) started."""
+
+    def __init__(self, stats: PipelineStats) -> None:
+        self.stats = stats
+        self.rate = RateMeter(stats)
+        self.frames_base = stats.results
+        self.drops_base = stats.drops.snapshot()
+
+    def drops(self) -> dict[str, int]:
+        return {clip_name(reason): count - self.drops_base.get(reason, 0)
+                for reason, count in self.stats.drops.snapshot().items() if count - self.drops_base.get(reason, 0) > 0}
+
+
 class TelemetryCollector:
     """Builds :class:`Telemetry` messages for one device from the runtime, the system and the outbox."""
 
@@ -197,6 +237,7 @@ class TelemetryCollector:
         self._rate = RateMeter(runtime.stats)
         self._frames_base = 0
         self._drops_base: dict[str, int] = {}
+        self._workloads: dict[str, _WorkloadCounter] = {}
         self.new_session()
 
     def new_session(self) -> None:
@@ -204,6 +245,27 @@ class TelemetryCollector:
         stats = self.runtime.stats
         self._frames_base = stats.results
         self._drops_base = stats.drops.snapshot()
+        self._workloads = {name: _WorkloadCounter(r.stats) for name, r in self.runtime.workload_reports().items()}
+
+    def _workload_figures(self) -> dict[str, WorkloadTelemetry]:
+        reports = self.runtime.workload_reports()
+        # a workload removed (or removed and added again) starts a count of its own
+        self._workloads = {n: c for n, c in self._workloads.items() if n in reports and c.stats is reports[n].stats}
+        figures = {}
+        for name, report in list(reports.items())[:MAX_TELEMETRY_WORKLOADS]:
+            counter, stats = self._workloads.setdefault(name, _WorkloadCounter(report.stats)), report.stats
+            e2e, age = stats.latency["e2e"], stats.latency["frame_age"]
+            figures[clip_name(name)] = WorkloadTelemetry(
+                stream=clip_name(report.stream), model=clip_name(report.model), fps=max(0.0, counter.rate.update()),
+                frames=max(0, stats.results - counter.frames_base),
+                drops=dict(list(counter.drops().items())[:32]),
+                latency_ms=percentiles(e2e.summary()) if e2e.count else None,
+                frame_age_ms=percentiles(age.summary()) if age.count else None,
+                source_state=protocol_source_state(report.source_state),  # type: ignore[arg-type]
+                state=report.state,  # type: ignore[arg-type]
+                error=report.error[:MAX_ERROR_TEXT] if report.error else None,
+            )
+        return figures
 
     def build(self, session_id: int, seq: int, interval_s: float) -> Telemetry:
         stats = self.runtime.stats
@@ -248,6 +310,7 @@ class TelemetryCollector:
             temperatures_c=self.system.temperatures(),
             gpu_percent=self.system.gpu_percent(),
             config_version=self.runtime.config_version,
+            workloads=self._workload_figures(),
             outbox=OutboxStatus(
                 depth=out.depth,
                 bytes=out.bytes,

@@ -55,17 +55,21 @@ def test_collector_reports_session_counters_and_the_outbox(tmp_path, color_model
     try:
         wait_until(lambda: controller.stats.results >= 5)
         collector = TelemetryCollector("tel", controller, outbox, SystemMonitor(tmp_path, sysfs))
-        controller.stats.drops.add("too_old", 3)
+        controller.workloads["main"].stats.drops.add("too_old", 3)  # the device's drops are its workloads' drops
         outbox.put("lepton/v1/devices/tel/telemetry", b"x" * 3000, priority="low")
         outbox.put("lepton/v1/devices/tel/telemetry", b"y" * 3000, priority="low")  # evicts the first
         message = collector.build(session_id=7, seq=1, interval_s=0.5)
         assert decode(TopicKind.TELEMETRY, encode(message)) == message  # a valid protocol message
         assert message.drops == {"too_old": 3} and message.frames >= 0
+        workload = message.workloads["main"]  # each workload's own figures: the single form is one, "main"
+        assert workload.drops == {"too_old": 3} and workload.stream == controller.source_id
+        assert workload.model == controller.artifact_id and workload.state == "running"
         assert message.temperatures_c["CPU-therm"] == 41.5 and message.gpu_percent == pytest.approx(53.7)
         assert message.outbox.depth == 1 and message.outbox.dropped["full_low_priority"] == 1
         wait_until(lambda: controller.stats.results >= 10)
         second = collector.build(session_id=7, seq=2, interval_s=0.5)
         assert second.fps > 0 and second.frames > message.frames
+        assert second.workloads["main"].fps > 0 and second.workloads["main"].frames > workload.frames
         collector.new_session()  # counters restart with every lepton session
         fresh = collector.build(session_id=8, seq=1, interval_s=0.5)
         assert fresh.drops == {} and fresh.frames <= 2
