@@ -28,6 +28,7 @@ from lepton_edge.fleet.protocol import (
     events_topic,
     results_topic,
 )
+from lepton_edge.runtime.analytics.events import AnalyticsEvent
 from lepton_edge.runtime.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -112,19 +113,42 @@ class MqttResultSink(Sink):
         }
 
 
-def analytics_events(result: Result, device_id: str, session_id: int) -> list[Event]:
+ClipRef = Callable[[str, AnalyticsEvent, str], str | None]
+"""The clip reference of an event (stream, event, event id), starting its clip (``runtime.clips.ClipRefs``)."""
+
+
+def _event_wall(result: Result, capture_ts: float) -> float:
+    """Wall time of an event: zone exits of ended tracks carry the frame's own capture time."""
+    return result.wall_time + (capture_ts - result.capture_ts)
+
+
+def analytics_event_key(device_id: str) -> Callable[[Result, AnalyticsEvent], str]:
+    """The protocol id of an analytics event of a result (the id :func:`analytics_events` gives it), for the clip
+    sink: its clips list the ids of the events they hold."""
+
+    def key(result: Result, e: AnalyticsEvent) -> str:
+        return analytics_event_id(device_id, result.source_id, e.track_id, e.kind, e.name or None,
+                                  _event_wall(result, e.capture_ts))
+
+    return key
+
+
+def analytics_events(result: Result, device_id: str, session_id: int, clip_ref: ClipRef | None = None) -> list[Event]:
     """The protocol events of one result's analytics: one per zone, line, loitering or appeared event, and one for
-    the periodic counts when the result carries them. Capture times are the frame's wall clock."""
+    the periodic counts when the result carries them. Capture times are the frame's wall clock. With ``clip_ref``,
+    each event's ``snapshot`` is its clip (``clip:<id>@<offset s>``), or null when it has none."""
     analytics = getattr(result, "analytics", None)
     if analytics is None:
         return []
     stream = result.source_id
+    key = analytics_event_key(device_id)
 
-    def wall(capture_ts: float) -> float:  # zone exits of ended tracks carry the frame's own capture time
-        return result.wall_time + (capture_ts - result.capture_ts)
+    def wall(capture_ts: float) -> float:
+        return _event_wall(result, capture_ts)
 
     out = []
     for e in analytics.events:
+        snapshot = None if clip_ref is None else clip_ref(stream, e, key(result, e))
         detail = AnalyticsDetail(
             stream=stream,
             track_id=e.track_id,
@@ -135,6 +159,7 @@ def analytics_events(result: Result, device_id: str, session_id: int) -> list[Ev
             direction=e.direction,
             dwell_s=e.dwell_s,
             capture_time=wall(e.capture_ts),
+            snapshot=snapshot,
         )
         text = f"{e.label} #{e.track_id} {e.kind.replace('_', ' ')}" + (f" {e.name}" if e.name else "")
         out.append(_event(device_id, session_id, e.kind, text + (f" ({e.direction})" if e.direction else ""), detail))
@@ -163,9 +188,12 @@ class AnalyticsEventSink(Sink):
 
     name = "mqtt-analytics"
 
-    def __init__(self, device_id: str, *, outbox: Any, session_id: Callable[[], int], queue_size: int = 1024) -> None:
+    def __init__(self, device_id: str, *, outbox: Any, session_id: Callable[[], int], queue_size: int = 1024,
+                 clip_ref: ClipRef | None = None) -> None:
         super().__init__(queue_size)
         self.device_id = device_id
+        self.clip_ref = clip_ref
+        """Each event's clip reference (``lepton_edge.runtime.clips.ClipRefs``); None when no stream records clips."""
         self.topic = events_topic(device_id)
         self.outbox = outbox
         self.session_id = session_id
@@ -181,7 +209,7 @@ class AnalyticsEventSink(Sink):
         return super().offer(result)
 
     def write(self, result: Result) -> None:
-        for event in analytics_events(result, self.device_id, self.session_id()):
+        for event in analytics_events(result, self.device_id, self.session_id(), self.clip_ref):
             try:
                 self.outbox.put(self.topic, encode(event), qos=1, priority="high")
             except LeptonError as e:

@@ -21,10 +21,12 @@ import pytest
 from lepton_edge.config.clips import ClipsConfig
 from lepton_edge.config.pipeline import SourceConfig
 from lepton_edge.core.results import Detections, Result
+from lepton_edge.device.results import analytics_event_key, analytics_events
 from lepton_edge.runtime.analytics.events import AnalyticsEvent, AnalyticsFrame, Geometry
 from lepton_edge.runtime.clips import (
     ClipError,
     ClipRecorder,
+    ClipRefs,
     ClipSink,
     ClipStore,
     PacketRing,
@@ -318,3 +320,24 @@ def test_the_pyav_source_delivers_every_frame_and_is_picked_for_files_and_stream
     assert isinstance(clip_source(SourceConfig(uri="rtsp://cam.example/stream")), PyAvVideoSource)
     for uri in ("synthetic://shapes", "/dev/video0", "csi://0", "frames.npy", "picture.jpg"):
         assert clip_source(SourceConfig(uri=uri)) is None
+
+
+def test_event_messages_reference_the_clip_that_lists_their_ids(tmp_path: Path) -> None:
+    key = analytics_event_key("dev-1")
+    sink = create_clip_sink(config(tmp_path / "clips", pre_s=0.5, post_s=0.5), "cam-raw", event_key=key)
+    refs = ClipRefs()
+    refs.add("cam-raw", sink)
+    event = AnalyticsEvent("zone_enter", "door", 7, 0, "person", 100.4)
+    with_event = result(np.zeros((48, 64, 3), np.uint8), 100.4, (event,))
+    for i in range(20):
+        if i == 4:  # the frames before the event are buffered (the offset counts from the first one, at 100.0)
+            deadline = time.monotonic() + 10
+            while sink.recorder.stats()["ring_entries"] < 4 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        sink.offer(with_event if i == 4 else result(np.zeros((48, 64, 3), np.uint8), 100.0 + i / 10))
+    [message] = analytics_events(with_event, "dev-1", 1, refs)  # the event sink, after the clip sink saw it
+    sink.close()
+    [clip] = sink.recorder.store.list()
+    assert message.analytics is not None and message.analytics.snapshot == f"clip:{clip['id']}@0.400"
+    assert clip["event_ids"] == [message.id]
+    assert analytics_events(with_event, "dev-1", 1)[0].analytics.snapshot is None  # no clips: null, as before

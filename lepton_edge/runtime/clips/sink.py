@@ -41,7 +41,7 @@ class ClipSink(Sink):
         self.event_key = event_key
         self.latest_only = True  # a raw frame that could not be buffered in time is not worth counting as a drop
         self._kinds = None if self.config.trigger_kinds is None else frozenset(self.config.trigger_kinds)
-        self._last_frame_ts: float | None = None
+        self._next_frame_ts: float | None = None
 
     def offer(self, result: Result) -> bool:
         analytics = result.analytics
@@ -64,10 +64,11 @@ class ClipSink(Sink):
         image = result.image
         if image is None:
             return
-        last = self._last_frame_ts
-        if last is not None and result.capture_ts - last < 1.0 / self.config.raw_fps:
+        period = 1.0 / self.config.raw_fps
+        due = self._next_frame_ts
+        if due is not None and result.capture_ts < due - 0.1 * period:  # 10 %: a camera at raw_fps has jitter
             return
-        self._last_frame_ts = result.capture_ts
+        self._next_frame_ts = max(due or 0.0, result.capture_ts) + period
         self.recorder.add_frame(_downscale(image, self.config.raw_max_width), result.capture_ts, result.wall_time)
 
     def release(self) -> None:
