@@ -15,6 +15,8 @@ It governs remote input only (a local ``--config`` file is trusted as it is):
   allowed folders; checked here, before anything is fetched;
 - ``agent.telemetry_interval_s`` at most ``max_telemetry_interval_s``, so a live device never looks dead.
 - at most :data:`MAX_REMOTE_SINKS` sinks (each runs a thread, holds a file and buffers up to its queue size).
+- a ``clips`` section (:func:`check_remote_clips`): its folder a folder of its own strictly inside an allowed folder,
+  holding none of the agent's state, and its quota at most ``max_clip_bytes``.
 - ``preprocess`` scale, mean and std that keep normalized pixel values within ``MAX_REMOTE_PIXEL_VALUE``
   (1e308 gave infinite scores, and every result was then dropped while telemetry looked healthy).
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from lepton_edge.config.clips import ClipsConfig
 from lepton_edge.config.device import AgentConfig, DeviceConfig, RemotePolicyConfig, default_cache_dir
 from lepton_edge.config.pipeline import ModelConfig
 from lepton_edge.device.state import CONFIG_FILE, SESSION_FILE
@@ -38,6 +41,9 @@ ARTIFACTS_DIR = "artifacts"
 _VIDEO_DEVICE = re.compile(r"^/dev/video[0-9]{1,3}$")
 MAX_REMOTE_SINKS = 8
 """Most sinks a remote config may run; the schema bounds each one, this bounds how many."""
+DEFAULT_MAX_REMOTE_CLIP_BYTES = 2 << 30
+"""Largest clip quota (``clips.max_bytes``) a remote config may set while the local policy names none
+(``remote_policy.max_clip_bytes``, when the local config has that field, replaces it)."""
 MAX_REMOTE_PIXEL_VALUE = 1e6
 """Bound on |(pixel * scale - mean) / std| for pixels 0..255 in a remote preprocess (real ones stay below 300)."""
 
@@ -123,6 +129,30 @@ def _check_workload(config: DeviceConfig, agent: AgentConfig, origin: str, *, mo
                            f"({agent.remote_policy.max_sink_bytes} bytes)")
     if config.source is not None:
         checker.source(config.source.uri)
+    return checker.problems
+
+
+def check_remote_clips(clips: ClipsConfig, agent: AgentConfig, origin: str, field: str = "clips") -> list[str]:
+    """Every way a remote ``clips`` section (paths already made absolute) breaks the policy of the local ``agent``:
+    the clip folder must resolve (symlinks followed) strictly inside an allowed folder, be none of the agent's own
+    state and hold none of it (the clip store deletes ``.part`` files and unpaired ``.mp4`` files it finds), and the
+    quota must stay within ``remote_policy.max_clip_bytes``. The schema bounds the times and sizes."""
+    checker = _Checker(agent, origin)
+    checker.path(f"{field}.folder", clips.folder)
+    try:
+        folder = Path(clips.folder).resolve()
+    except (OSError, RuntimeError):
+        return checker.problems  # already refused by path()
+    if any(folder == allowed for allowed in checker.folders):
+        checker.refuse(f"{field}.folder", clips.folder, "clips need a folder of their own inside an allowed folder, "
+                       "not the allowed folder itself")
+    state = Path(agent.state_dir).resolve()
+    if any(own.is_relative_to(folder) for own in checker.owned) or state.is_relative_to(folder):
+        checker.refuse(f"{field}.folder", clips.folder, "the clip folder may not hold the agent's own state")
+    limit = getattr(agent.remote_policy, "max_clip_bytes", DEFAULT_MAX_REMOTE_CLIP_BYTES)
+    if clips.max_bytes > limit:
+        checker.refuse(f"{field}.max_bytes", f"{clips.max_bytes} bytes",
+                       f"a remote clip quota is at most remote_policy.max_clip_bytes ({limit} bytes)")
     return checker.problems
 
 
