@@ -1,5 +1,7 @@
-"""The pipeline: ``source -> preprocess -> backend -> postprocess (-> tracking, analytics) -> sinks``, one thread
-per stage.
+"""The pipeline of one stream (one workload): ``source -> preprocess -> model runner -> postprocess (-> tracking,
+analytics) -> sinks``. The pipeline has a source, a preprocess and a postprocess thread; inference runs on the
+model's :class:`~lepton_edge.runtime.batcher.ModelRunner`, its own (batch 1) or one shared with the other streams
+of the same model, which batches their frames (docs/streams.md).
 
 - Live sources feed a one-slot *latest-frame-wins* channel: when inference is slower than the
   camera, the older frame is dropped (``superseded``), never queued. Frames older than

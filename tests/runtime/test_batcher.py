@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from lepton_edge.config.pipeline import InputsConfig
 from lepton_edge.core.errors import LeptonError, PipelineError
 from lepton_edge.core.results import Frame, Result, now
 from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -52,8 +53,9 @@ class Reader:
     """Frames of one stream: frame i of stream k is filled with ``k * 1000 + i``. ``fps`` paces it (a live
     source); ``block_after`` frames it blocks until ``release`` is set (a stalled camera)."""
 
-    def __init__(self, k: int, frames: int, fps: float | None = None, block_after: int | None = None) -> None:
-        self.k, self.frames, self.fps, self.block_after = k, frames, fps, block_after
+    def __init__(self, k: int, frames: int, fps: float | None = None, block_after: int | None = None,
+                 shape: tuple[int, ...] = (3, SIZE, SIZE)) -> None:
+        self.k, self.frames, self.fps, self.block_after, self.shape = k, frames, fps, block_after, shape
         self.source_id = f"cam{k}"
         self.captured: dict[int, float] = {}
         self.release = threading.Event()
@@ -70,7 +72,7 @@ class Reader:
             if self.fps:
                 next_t += 1.0 / self.fps
                 time.sleep(max(0.0, next_t - now()))
-            frame = Frame(np.full((3, SIZE, SIZE), self.k * 1000 + i, np.float32), i, self.source_id)
+            frame = Frame(np.full(self.shape, self.k * 1000 + i, np.float32), i, self.source_id)
             self.captured[i] = frame.capture_ts
             yield frame
 
@@ -90,7 +92,7 @@ class ListSink(Sink):
 
 
 def first_logit(outputs, transform):
-    assert outputs[0].shape == (1, 3)  # the batch axis of 1 the decoders expect
+    assert outputs[0].shape[0] == 1  # the batch axis of 1 the decoders expect
     return [float(outputs[0][0, 0])]
 
 
@@ -229,6 +231,41 @@ def test_an_inference_error_stops_every_stream_of_the_model(models):
     with pytest.raises(PipelineError, match="'dyn' failed"):
         stream(runner, Reader(5, 10))[0].start().wait(5)
     assert not lepton_threads()
+    runner.close()
+
+
+def accumulator_model(path):
+    """total = state + x, fed back as the next state: a running sum per sequence."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["state", "x"], ["total"]), helper.make_node("Identity", ["total"], ["stateN"])],
+        "accumulate",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_shared_stateful_model_keeps_each_streams_own_state(tmp_path):
+    backend = RecordingBackend(accumulator_model(tmp_path / "acc.onnx")).load()
+    inputs = InputsConfig.model_validate({"state": [{"output": "stateN", "input": "state"}]})
+    runner = ModelRunner(backend, inputs=inputs, source="tensor", max_batch=8, name="acc")
+    assert runner.mode == "single" and runner.max_batch == 1
+    readers = [Reader(k, 30, shape=(1,)) for k in (1, 2)]
+    pipes = [stream(runner, r) for r in readers]
+    for p, _ in pipes:
+        p.start()
+    for p, _ in pipes:
+        assert p.wait(10)
+    for reader, (_, sink) in zip(readers, pipes, strict=True):
+        # frame i holds k * 1000 + i: the running sum of this stream's frames only
+        want = np.cumsum([reader.k * 1000 + i for i in range(30)])
+        assert [r.seq for r in sink.results] == list(range(30))
+        assert [r.output[0] for r in sink.results] == want.tolist()
     runner.close()
 
 
