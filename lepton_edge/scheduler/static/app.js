@@ -2,6 +2,8 @@
 // Plain DOM and inline SVG, no libraries, no network access beyond this scheduler.
 // Logs in with an API token kept in sessionStorage (this tab only, never in a URL) and sent as the
 // Authorization header; a 401 (revoked or unknown token) returns to the login form.
+// Events can be filtered (device, stream, kind, time range); clips are fetched from the devices by operators and
+// downloaded with the token (a blob, since a plain link could not carry the Authorization header).
 "use strict";
 
 const POLL_MS = 2000;
@@ -15,6 +17,11 @@ const state = {
   serverOffset: 0, // server clock minus browser clock, s
   events: [],
   lastEventId: null,
+  eventQuery: "", // the events filter as a query string ("" = every event)
+  eventGen: 0, // generation of the events list; a filter change starts a new one
+  clipJobs: new Map(), // "device/clip" -> fetch job (GET /api/clips)
+  clipsError: null, // why the fetch jobs cannot be shown (a replica without a fetcher)
+  deviceClips: null, // {device_id, source, error, clips} of the last device listed
   histories: new Map(), // device id -> {rows: [], lastTs: number|null}
   token: sessionStorage.getItem(TOKEN_KEY), // null: not logged in (or --insecure-local)
   loop: 0, // generation of the refresh loop; logging out ends the running one
@@ -29,7 +36,9 @@ function el(tag, attrs, ...children) {
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
     if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "dataset") {
+      for (const [name, data] of Object.entries(value)) if (data !== null && data !== undefined) node.dataset[name] = data;
+    }
     else node.setAttribute(key, value === true ? "" : String(value));
   }
   for (const child of children.flat()) {
@@ -72,6 +81,19 @@ function clock(ts) {
 
 function badge(text, kind, title) {
   return el("span", { class: `badge ${kind}`, title }, text);
+}
+
+function size(n) {
+  if (n === null || n === undefined) return "?";
+  if (n < 1024) return `${n} B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+function showError(message) {
+  const error = document.getElementById("error");
+  error.textContent = message;
+  error.hidden = false;
 }
 
 // A JSON call to the scheduler's API with the token as a header: api(path) reads, api(path, {method, body}) changes.
@@ -394,27 +416,246 @@ document.querySelector("#rollout-table tbody").addEventListener("click", async (
 // -------------------------------------------------------------------------------------------- events
 
 async function refreshEvents() {
-  const query = state.lastEventId === null ? "limit=200" : `since_id=${state.lastEventId}&limit=500`;
+  const generation = state.eventGen;
+  const filter = state.eventQuery ? `&${state.eventQuery}` : "";
+  const query = state.lastEventId === null ? `limit=200${filter}` : `since_id=${state.lastEventId}&limit=500${filter}`;
   const fresh = await api(`/api/events?${query}`);
+  if (generation !== state.eventGen) return; // the filters changed while this was under way
   if (fresh.length) {
     state.events = state.events.concat(fresh).slice(-MAX_EVENTS);
     state.lastEventId = fresh[fresh.length - 1].id;
   }
 }
 
+// The stream of an analytics event, and the clip an event refers to (`details.clip`, or its analytics' `clip` or
+// `snapshot`: an id, or an object with an `id`).
+function eventStream(e) {
+  const analytics = (e.details || {}).analytics;
+  return analytics && typeof analytics.stream === "string" ? analytics.stream : "";
+}
+
+function eventClip(e) {
+  const details = e.details || {};
+  const analytics = details.analytics || {};
+  for (const ref of [details.clip, analytics.clip, analytics.snapshot]) {
+    if (typeof ref === "string" && ref) return ref;
+    if (ref && typeof ref === "object" && typeof ref.id === "string") return ref.id;
+  }
+  return null;
+}
+
 function eventRow(e) {
   const kind = { warning: "warn", error: "bad", critical: "bad", debug: "off" }[e.severity] || "info";
+  const clip = eventClip(e);
+  const stream = eventStream(e);
   return el(
     "tr",
-    { class: `event sev-${e.severity}`, dataset: { eventId: e.id, kind: e.kind, severity: e.severity } },
+    {
+      class: `event sev-${e.severity}`,
+      dataset: { eventId: e.id, kind: e.kind, severity: e.severity, stream: stream || null, clip: clip || null },
+    },
     el("td", { class: "time" }, clock(e.time)),
     el("td", {}, badge(e.severity, kind)),
     el("td", { class: "kind" }, e.kind),
-    el("td", {}, e.device_id ?? ""),
+    el("td", { class: "device" }, e.device_id ?? ""),
+    el("td", { class: "stream" }, stream),
     el("td", {}, e.workload_id ?? ""),
     el("td", { class: "message" }, e.message),
+    el("td", { class: "clip" }, clip ? [el("span", { class: "clip-id" }, clip), " ", clipAction(e.device_id, clip)] : ""),
   );
 }
+
+function renderEvents() {
+  fill("#event-table tbody", "events-empty", state.events.slice().reverse().map(eventRow));
+}
+
+// The filters as the query of /api/events; times are read in the browser's time zone, as the table shows them.
+function eventFilterQuery() {
+  const params = new URLSearchParams();
+  for (const [id, key] of [["filter-device", "device"], ["filter-stream", "stream"], ["filter-kind", "kind"]]) {
+    const value = document.getElementById(id).value.trim();
+    if (value) params.set(key, value);
+  }
+  for (const [id, key] of [["filter-since", "since"], ["filter-until", "until"]]) {
+    const value = document.getElementById(id).value;
+    const ts = value ? new Date(value).getTime() / 1000 : NaN;
+    if (Number.isFinite(ts)) params.set(key, String(ts));
+  }
+  return params.toString();
+}
+
+async function applyEventFilters() {
+  state.eventQuery = eventFilterQuery();
+  state.eventGen += 1;
+  state.events = [];
+  state.lastEventId = null;
+  document.getElementById("filter-summary").textContent = state.eventQuery
+    ? `filtered: ${[...new URLSearchParams(state.eventQuery).keys()].join(", ")}`
+    : "";
+  try {
+    await refreshEvents();
+    renderEvents();
+  } catch (err) {
+    if (err instanceof Unauthorized) showLogin(`Logged out: ${err.message}`);
+    else showError(`Cannot load the events: ${err.message}`);
+  }
+}
+
+document.getElementById("event-filters").addEventListener("submit", (event) => {
+  event.preventDefault();
+  applyEventFilters();
+});
+
+document.getElementById("filter-clear").addEventListener("click", () => {
+  document.getElementById("event-filters").reset();
+  applyEventFilters();
+});
+
+// --------------------------------------------------------------------------------------------- clips
+
+const CLIP_STATES = { complete: "ok", fetching: "info", queued: "warn", waiting: "warn", failed: "bad" };
+
+function clipKey(deviceId, clipId) {
+  return `${deviceId}/${clipId}`;
+}
+
+// What can be done with a clip now: download it (fetched), see its progress, or fetch it (operators).
+function clipAction(deviceId, clipId) {
+  const job = state.clipJobs.get(clipKey(deviceId, clipId));
+  const data = { deviceId, clipId };
+  if (job && job.state === "complete") return el("button", { type: "button", class: "download", dataset: data }, "Download");
+  if (job && job.state !== "failed") {
+    return badge(`${job.state} ${Math.round((job.progress || 0) * 100)} %`, CLIP_STATES[job.state] || "off", job.error);
+  }
+  if (deviceId && mayChange()) {
+    return el("button", { type: "button", class: "fetch", dataset: data, title: job ? job.error : null }, job ? "Fetch again" : "Fetch");
+  }
+  return job ? badge("failed", "bad", job.error) : null;
+}
+
+async function refreshClips() {
+  try {
+    const jobs = await api("/api/clips");
+    state.clipJobs = new Map(jobs.map((j) => [clipKey(j.device_id, j.clip_id), j]));
+    state.clipsError = null;
+  } catch (err) {
+    if (err instanceof Unauthorized) throw err;
+    state.clipsError = err.message; // shown in the clips panel: the rest of the dashboard still works
+  }
+}
+
+function clipJobRow(j) {
+  const percent = Math.round((j.progress || 0) * 100);
+  const retry = j.state === "waiting" && j.retry_in_s !== null ? `retrying in ${j.retry_in_s} s` : null;
+  return el(
+    "tr",
+    { class: "clip-job", dataset: { deviceId: j.device_id, clipId: j.clip_id, state: j.state } },
+    el("td", { class: "id" }, j.device_id),
+    el("td", { class: "clip-id" }, j.clip_id),
+    el("td", { class: "state", title: retry }, badge(j.state, CLIP_STATES[j.state] || "off")),
+    el("td", { class: "progress" }, el("progress", { max: 100, value: percent }), ` ${percent} %`),
+    el("td", { class: "num bytes" }, `${size(j.fetched)} / ${size(j.size)}`),
+    el("td", {}, j.requested_by ?? "–"),
+    el("td", { title: clock(j.updated_at) }, ago(j.updated_at)),
+    el("td", { class: "reason" }, j.error ?? ""),
+    el("td", {}, clipAction(j.device_id, j.clip_id)),
+  );
+}
+
+function deviceClipRow(deviceId, c) {
+  const job = state.clipJobs.get(clipKey(deviceId, c.id));
+  const events = c.event_count ?? (c.event_ids || []).length;
+  return el(
+    "tr",
+    { class: "device-clip", dataset: { deviceId, clipId: c.id } },
+    el("td", { class: "clip-id" }, c.id),
+    el("td", {}, c.stream ?? "–"),
+    el("td", { title: c.end_wall ? clock(c.end_wall) : null }, c.end_wall ? ago(c.end_wall) : "–"),
+    el("td", { class: "num" }, size(c.bytes)),
+    el("td", { class: "num", title: (c.event_ids || []).join("\n") || null }, events ?? "–"),
+    el("td", {}, job ? badge(job.state, CLIP_STATES[job.state] || "off") : c.fetch ? badge(c.fetch, CLIP_STATES[c.fetch] || "off") : "–"),
+    el("td", {}, clipAction(deviceId, c.id)),
+  );
+}
+
+function renderClips() {
+  fill("#clip-table tbody", "clips-empty", [...state.clipJobs.values()].map(clipJobRow));
+  const empty = document.getElementById("clips-empty");
+  empty.dataset.text = empty.dataset.text || empty.textContent;
+  empty.textContent = state.clipsError ? `Clip fetches cannot be shown: ${state.clipsError}` : empty.dataset.text;
+  empty.hidden = state.clipJobs.size > 0 && !state.clipsError;
+  const listed = state.deviceClips;
+  const table = document.getElementById("device-clip-table");
+  table.hidden = !listed;
+  if (!listed) return;
+  table.querySelector("tbody").replaceChildren(...listed.clips.map((c) => deviceClipRow(listed.device_id, c)));
+  const note = listed.source === "device"
+    ? `${listed.clips.length} clip(s) on ${listed.device_id}, as it lists them now`
+    : `${listed.device_id} did not answer (${listed.error}); the clips this scheduler knows of it`;
+  document.getElementById("device-clips-note").textContent = note;
+}
+
+async function listDeviceClips(deviceId) {
+  const note = document.getElementById("device-clips-note");
+  note.textContent = `asking ${deviceId}…`;
+  try {
+    state.deviceClips = await api(`/api/devices/${encodeURIComponent(deviceId)}/clips`);
+    renderClips();
+  } catch (err) {
+    if (err instanceof Unauthorized) showLogin(`Logged out: ${err.message}`);
+    else note.textContent = `Cannot list the clips of ${deviceId}: ${err.message}`;
+  }
+}
+
+async function fetchClip(deviceId, clipId) {
+  const path = `/api/devices/${encodeURIComponent(deviceId)}/clips/${encodeURIComponent(clipId)}/fetch`;
+  const job = await api(path, { method: "POST" });
+  state.clipJobs.set(clipKey(job.device_id, job.clip_id), job);
+  renderClips();
+  renderEvents();
+}
+
+// The clip through the API with the token, handed to the browser as a download (a blob: URL of this page).
+async function downloadClip(deviceId, clipId, button) {
+  const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+  const path = `/api/clips/${encodeURIComponent(deviceId)}/${encodeURIComponent(clipId)}`;
+  const response = await fetch(path, { headers, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer" });
+  if (response.status === 401) throw new Unauthorized(response.statusText);
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  const blob = await response.blob();
+  const url = URL.createObjectURL(blob);
+  const link = el("a", { href: url, download: `${deviceId}-${clipId}.mp4`, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+  button.dataset.downloaded = String(blob.size);
+}
+
+document.getElementById("clip-lister").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const deviceId = document.getElementById("clip-device").value.trim();
+  if (deviceId) listDeviceClips(deviceId);
+});
+
+// One listener for every fetch and download button (the tables are redrawn at every refresh).
+document.getElementById("dashboard").addEventListener("click", async (event) => {
+  const button = event.target.closest("button.fetch, button.download");
+  if (!button) return;
+  const { deviceId, clipId } = button.dataset;
+  button.disabled = true;
+  try {
+    if (button.classList.contains("fetch")) await fetchClip(deviceId, clipId);
+    else await downloadClip(deviceId, clipId, button);
+  } catch (err) {
+    if (err instanceof Unauthorized) {
+      showLogin(`Logged out: ${err.message}`);
+      return;
+    }
+    showError(`Clip ${clipId} of ${deviceId}: ${err.message}`);
+  }
+  button.disabled = false;
+});
 
 // ------------------------------------------------------------------------------------------ the loop
 
@@ -430,6 +671,7 @@ async function refresh(loop) {
       api("/api/assignments"),
       api("/api/rollouts"),
       refreshEvents(),
+      refreshClips(),
     ]);
     state.serverOffset = stats.time - Date.now() / 1000;
     renderSummary(stats);
@@ -437,7 +679,9 @@ async function refresh(loop) {
     const byWorkload = new Map(assignments.map((a) => [a.workload_id, a]));
     fill("#workload-table tbody", "workloads-empty", workloads.map((w) => workloadRow(w, byWorkload.get(w.workload.workload_id))));
     fill("#rollout-table tbody", "rollouts-empty", rollouts.slice().reverse().map(rolloutRow));
-    fill("#event-table tbody", "events-empty", state.events.slice().reverse().map(eventRow));
+    document.getElementById("device-ids").replaceChildren(...devices.map((d) => el("option", { value: d.device_id })));
+    renderEvents();
+    renderClips();
     renderPlots(await refreshHistories(devices));
     error.hidden = true;
     status.textContent = `updated ${clock(now())}`;
