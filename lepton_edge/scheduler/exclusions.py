@@ -1,10 +1,17 @@
-"""Two rules of the service on top of the pure planner: exclusions (failed configs) and one workload per device."""
+"""Two rules of the service on top of the pure planner: exclusions (failed configs) and workloads that cannot
+share a device (conflicting device-level settings, a sink file written twice, an oversized document)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 from lepton_edge.scheduler import placement
+from lepton_edge.scheduler.models import Workload
+
+Conflicts = Callable[[Sequence[Workload]], dict[str, str]]
+"""Given one device's workloads (those to keep first), the ones that cannot join the others -> why
+(:func:`lepton_edge.scheduler.desired.device_conflicts`)."""
 
 
 def plan_with_exclusions(
@@ -13,43 +20,48 @@ def plan_with_exclusions(
     *,
     headroom: float,
     hysteresis: float,
+    conflicts: Conflicts | None = None,
     max_rounds: int = 8,
 ) -> placement.Plan:
     """:func:`placement.plan` with two rules of the service on top, still pure and deterministic:
 
     - a workload is kept off the devices in ``excluded[workload_id]`` (they failed its config recently);
-    - a device runs one workload (a device config has one source and one model): when the plan puts
-      several on one device, the one already there (else the largest, then by id) stays and the others
-      are planned again without that device, for at most ``max_rounds`` rounds; what is still left over
-      is unplaced.
+    - workloads that ``conflicts`` says cannot share a device are kept apart: on each device, the ones
+      already there (then the largest, then by id) stay, and the others are planned again without that
+      device, for at most ``max_rounds`` rounds; what still conflicts after that is unplaced.
 
-    Exclusions are expressed to the pure planner as a runtime requirement only the allowed devices
-    have, so its feasibility rules, capacity and stability apply unchanged.
+    The pure planner packs as many workloads on a device as its capacity allows. Exclusions are expressed to
+    it as a runtime requirement only the allowed devices have, so its feasibility rules, capacity and
+    stability apply unchanged.
     """
     excluded = {w: set(ds) for w, ds in excluded.items() if ds}
+    failed = set(excluded)
     current = {a.workload_id: a.device_id for a in inp.assignments}
     by_id = {w.workload_id: w for w in inp.workloads}
     result = placement.plan(_excluding(inp, excluded), headroom=headroom, hysteresis=hysteresis)
-    for _ in range(max_rounds):
-        hosted: dict[str, list[str]] = {}
-        for workload_id, device_id in result.assignments.items():
-            if device_id is not None:
-                hosted.setdefault(device_id, []).append(workload_id)
-        crowded = {d: ws for d, ws in hosted.items() if len(ws) > 1}
-        if not crowded:
+    why: dict[str, str] = {}
+    for _ in range(max_rounds if conflicts is not None else 0):
+        found = _conflicting(result, by_id, current, conflicts)  # type: ignore[arg-type]
+        if not found:
             break
-        for device_id, workload_ids in crowded.items():
-            keep = min(
-                workload_ids,
-                key=lambda w: (current.get(w) != device_id, -by_id[w].required_fps, w),
-            )
-            for workload_id in workload_ids:
-                if workload_id != keep:
-                    excluded.setdefault(workload_id, set()).add(device_id)
+        for (workload_id, device_id), reason in found.items():
+            excluded.setdefault(workload_id, set()).add(device_id)
+            why[workload_id] = f"{device_id}: {reason}"
         result = placement.plan(_excluding(inp, excluded), headroom=headroom, hysteresis=hysteresis)
     assignments = dict(result.assignments)
     unplaced = dict(result.unplaced)
-    _unplace_leftovers(assignments, unplaced, current, excluded)
+    if conflicts is not None:
+        for (workload_id, device_id), reason in _conflicting(result, by_id, current, conflicts).items():
+            assignments[workload_id] = None  # still conflicting after max_rounds
+            unplaced[workload_id] = f"{placement.NO_ROOM}: conflicts on {device_id}: {reason}"
+    for workload_id, reason in unplaced.items():
+        if workload_id in excluded and not reason.startswith(f"{placement.NO_ROOM}: conflicts"):
+            kind = reason.split(":", 1)[0]
+            avoided = ", ".join(sorted(excluded[workload_id])[:5])
+            causes = ["a failed config"] if workload_id in failed else []
+            if workload_id in why:
+                causes.append(f"a conflict on {why[workload_id]}")
+            unplaced[workload_id] = f"{kind}: no device left after excluding {avoided} ({' and '.join(causes)})"
     moved = [w for w in sorted(by_id) if w in current and assignments.get(w) != current[w]]
     added = [w for w in sorted(by_id) if w not in current and assignments.get(w) is not None]
     return placement.Plan(
@@ -61,27 +73,22 @@ def plan_with_exclusions(
     )
 
 
-def _unplace_leftovers(
-    assignments: dict[str, str | None], unplaced: dict[str, str], current: dict[str, str], excluded: dict[str, set[str]]
-) -> None:
-    """Unplace the workloads still sharing a device (the one already there stays), and say which devices an
-    unplaced workload was kept off."""
-    seen: set[str] = set()
-    for workload_id, device_id in sorted(assignments.items(), key=lambda kv: (current.get(kv[0]) != kv[1], kv[0])):
-        if device_id is None:
+def _conflicting(
+    result: placement.Plan, by_id: dict[str, Workload], current: dict[str, str], conflicts: Conflicts
+) -> dict[tuple[str, str], str]:
+    """(workload, device) -> why, for each workload the plan puts with others it conflicts with."""
+    hosted: dict[str, list[str]] = {}
+    for workload_id, device_id in result.assignments.items():
+        if device_id is not None:
+            hosted.setdefault(device_id, []).append(workload_id)
+    found: dict[tuple[str, str], str] = {}
+    for device_id, workload_ids in sorted(hosted.items()):
+        if len(workload_ids) < 2:
             continue
-        if device_id in seen:  # still crowded after max_rounds
-            assignments[workload_id] = None
-            unplaced[workload_id] = f"{placement.NO_ROOM}: every feasible device already runs a workload"
-        seen.add(device_id)
-    for workload_id, reason in unplaced.items():
-        if workload_id in excluded:
-            kind = reason.split(":", 1)[0]
-            avoided = ", ".join(sorted(excluded[workload_id])[:5])
-            unplaced[workload_id] = (
-                f"{kind}: no device left after excluding {avoided} (a failed config, or busy with another "
-                "workload; one workload per device)"
-            )
+        order = sorted(workload_ids, key=lambda w: (current.get(w) != device_id, -by_id[w].required_fps, w))
+        for workload_id, reason in conflicts([by_id[w] for w in order]).items():
+            found[(workload_id, device_id)] = reason
+    return found
 
 
 _EXCLUSION_TOKEN = "\x00allowed-for:"

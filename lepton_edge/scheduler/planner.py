@@ -14,7 +14,7 @@ from lepton_edge.config.scheduler import PlacementConfig
 from lepton_edge.fleet.protocol import DesiredConfig, ProtocolError
 from lepton_edge.scheduler import placement
 from lepton_edge.scheduler.control import StoreHealth
-from lepton_edge.scheduler.desired import device_config_for
+from lepton_edge.scheduler.desired import device_conflicts, device_document
 from lepton_edge.scheduler.desired_publisher import DesiredPublisher
 from lepton_edge.scheduler.exclusions import plan_with_exclusions
 from lepton_edge.scheduler.models import Assignment, Workload
@@ -106,8 +106,10 @@ class Planner:
         self._cooldowns: dict[tuple[str, str], float] = {}
         self._orphaned_devices: set[str] = set()
         """Devices whose workload was removed: they get a new (idle) desired config at the next plan."""
+        self._cooldown_lock = threading.Lock()
         self._planned_workloads: dict[str, Workload] | None = None
         self._required_by_device: dict[str, tuple[float, int]] = {}
+        self._hosted: dict[str, frozenset[str]] = {}
 
     # ---------------------------------------------------------------------------------- triggers
 
@@ -142,7 +144,8 @@ class Planner:
         self._planned_workloads = None
 
     def device_freed(self, device_id: str) -> None:
-        """``device_id``'s workload was removed: push it an idle config at the next plan."""
+        """A workload of ``device_id`` was removed: push it a new config (idle if it has no other) at the next
+        plan."""
         self._orphaned_devices.add(device_id)
 
     def push_again(self, device_ids: Iterable[str], reason: str) -> None:
@@ -151,18 +154,26 @@ class Planner:
         self.replan(reason)
 
     def cool_down(self, workload_id: str, device_id: str) -> None:
-        """Keep ``workload_id`` off ``device_id`` for ``failure_cooldown_s`` (it failed its config there)."""
-        self._cooldowns[(workload_id, device_id)] = time.time() + self._policy.failure_cooldown_s
+        """Keep ``workload_id`` off ``device_id`` for ``failure_cooldown_s`` (it failed there); the device's
+        other workloads stay."""
+        with self._cooldown_lock:
+            self._cooldowns[(workload_id, device_id)] = time.time() + self._policy.failure_cooldown_s
 
     def required(self, device_id: str) -> tuple[float, int]:
-        """(fps the device's workload needs, desired version carrying it); (0, 0) when it has none."""
+        """(fps the device's workloads need together, desired version carrying them); (0, 0) when it has none."""
         return self._required_by_device.get(device_id, (0.0, 0))
+
+    def hosted(self, device_id: str) -> frozenset[str]:
+        """The workloads the last plan put on ``device_id``."""
+        return self._hosted.get(device_id, frozenset())
 
     def check_changes(self) -> None:
         """Re-plan when a cool-down is over, or the workloads in the store differ from the last plan's
         (changed at another replica). Raises StoreError."""
         now = time.time()
-        if any(until <= now for until in self._cooldowns.values()):
+        with self._cooldown_lock:
+            expired = any(until <= now for until in self._cooldowns.values())
+        if expired:
             self.replan("failure cool-down over")  # the plan drops the expired ones
         if self._planned_workloads is not None:
             workloads = {w.workload_id: w for w in self._store.list_workloads()}
@@ -215,7 +226,11 @@ class Planner:
         assignments = store.list_assignments()
         inp = placement.PlacementInput(devices=store.list_devices(), workloads=workloads, assignments=assignments)
         plan = plan_with_exclusions(
-            inp, self._excluded(now), headroom=self._policy.headroom, hysteresis=self._policy.hysteresis
+            inp,
+            self._excluded(now),
+            headroom=self._policy.headroom,
+            hysteresis=self._policy.hysteresis,
+            conflicts=device_conflicts,
         )
         by_id = {w.workload_id: w for w in workloads}
         changes = diff_plan(plan, by_id, {a.workload_id: a for a in assignments}, self._planned_workloads or by_id)
@@ -237,6 +252,7 @@ class Planner:
             d: (sum(by_id[w].required_fps for w in ws), versions[d] if d in versions else self.required(d)[1])
             for d, ws in hosted.items()
         }
+        self._hosted = {d: frozenset(ws) for d, ws in hosted.items()}
         self._record_plan_events(changes.moved, plan, reasons)
         self.unplaced_models = frozenset(by_id[w].model_id for w in plan.unplaced if w in by_id)
         self._finish(changes, plan, reasons, len(versions), started, now)
@@ -244,9 +260,11 @@ class Planner:
 
     def _excluded(self, now: float) -> dict[str, set[str]]:
         """Workload -> devices it is kept off (cool-downs still running; the expired ones are dropped)."""
-        self._cooldowns = {k: until for k, until in self._cooldowns.items() if until > now}
+        with self._cooldown_lock:
+            self._cooldowns = {k: until for k, until in self._cooldowns.items() if until > now}
+            cooling = list(self._cooldowns)
         excluded: dict[str, set[str]] = {}
-        for workload_id, device_id in self._cooldowns:
+        for workload_id, device_id in cooling:
             excluded.setdefault(workload_id, set()).add(device_id)
         return excluded
 
@@ -285,18 +303,14 @@ class Planner:
         if not workloads:
             config = dict(self._policy.idle_config)
         else:
-            if len(workloads) > 1:
-                log.warning(
-                    "device %s was given %d workloads; a device runs one, so only %s is pushed",
-                    device_id, len(workloads), workloads[0].workload_id,
-                )  # fmt: skip
-            config = device_config_for(workloads[0] if change is None else change.apply(workloads[0]))
+            config = device_document([w if change is None else change.apply(w) for w in workloads])
         try:
             desired = DesiredConfig(version=version, config=config, issued_at=now, issued_by=self._replica_id)
             payload = self._desired.encode(device_id, desired)
         except (ProtocolError, ValueError) as e:
             # The API refuses such workloads (422); one stored before that check cannot be delivered.
-            what = f"workload {workloads[0].workload_id}" if workloads else "the idle config"
+            ids = [w.workload_id for w in workloads]
+            what = f"workload{'s' if len(ids) > 1 else ''} {', '.join(ids[:10])}" if ids else "the idle config"
             log.error(
                 "device %s: desired config v%d for %s cannot be sent and is skipped: %s; fix or delete the "
                 "workload (PUT or DELETE /api/workloads/<id>), the API now checks it", device_id, version, what,
@@ -306,7 +320,7 @@ class Planner:
                 "config.undeliverable",
                 f"desired config v{version} for {what} cannot be sent: {str(e)[:3000]}",
                 device_id=device_id,
-                workload_id=workloads[0].workload_id if workloads else None,
+                workload_id=workloads[0].workload_id if len(workloads) == 1 else None,
                 severity="error",
             )
             return

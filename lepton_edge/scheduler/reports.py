@@ -1,5 +1,6 @@
 """Reported configs: a device's outcome for a desired config version sets its assignments' status; a failed
-config keeps the workload off that device for a while and triggers a re-plan (failover)."""
+config (or one failed workload of it, where the device reports per workload) keeps that workload off that device
+for a while and triggers a re-plan (failover); the device's other workloads stay."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from lepton_edge.fleet.mqtt import IncomingMessage
 from lepton_edge.fleet.protocol import MAX_CONFIG_VERSION, ReportedConfig, TopicKind, config_reported_topic
 from lepton_edge.scheduler.admission import Admission
 from lepton_edge.scheduler.control import ControlQueue
+from lepton_edge.scheduler.models import Assignment
 from lepton_edge.scheduler.planner import Planner
 from lepton_edge.scheduler.store import Store
 from lepton_edge.scheduler.views import DeviceViews
+
+Failure = tuple[str, str, list[str]]
+"""(workload id, outcome, errors) of a workload a device did not apply."""
 
 
 class ConfigReports:
@@ -75,15 +80,32 @@ class ConfigReports:
         affected = [
             a for a in store.list_assignments() if a.device_id == device_id and a.desired_version == report.version
         ]
-        if report.outcome == "applied":
-            for a in affected:
-                store.set_assignment_status(a.workload_id, "applied", desired_version=report.version)
-            return
-        reason = f"{report.outcome}: {'; '.join(report.errors)[:500]}"
+        failed: list[Failure] = []
         for a in affected:
+            own = report.workloads.get(a.workload_id)  # a device that reports per workload says which failed
+            outcome, errors = (own.outcome, list(own.errors)) if own is not None else (report.outcome, report.errors)
+            if outcome == "applied":
+                store.set_assignment_status(a.workload_id, "applied", desired_version=report.version)
+                continue
+            reason = f"{outcome}: {'; '.join(errors)[:500]}"
             store.set_assignment_status(a.workload_id, "failed", reason, desired_version=report.version)
-            self._planner.cool_down(a.workload_id, device_id)
+            self._planner.cool_down(a.workload_id, device_id)  # off this device only; its others stay
+            failed.append((a.workload_id, outcome, list(errors)))
+        if report.outcome == "applied" and not failed:
+            return
         if self._records_presence():  # one replica records it
+            self._record(device_id, report, affected, failed)
+        if failed:
+            self._planner.replan(
+                f"device {device_id} {'/'.join(sorted({o for _, o, _ in failed}))} v{report.version} "
+                f"({', '.join(w for w, _, _ in failed[:5])})"
+            )
+
+    def _record(
+        self, device_id: str, report: ReportedConfig, affected: list[Assignment], failed: list[Failure]
+    ) -> None:
+        store = self._store
+        if report.outcome != "applied":  # the whole document
             store.add_event(
                 f"config.{report.outcome}",
                 f"device {device_id} {report.outcome} desired config v{report.version}"
@@ -93,5 +115,13 @@ class ConfigReports:
                 severity="error",
                 details={"version": report.version, "errors": list(report.errors)[:10]},
             )
-        if affected:
-            self._planner.replan(f"device {device_id} {report.outcome} v{report.version}")
+            return
+        for workload_id, outcome, errors in failed:  # the document applied, these workloads of it did not
+            store.add_event(
+                f"config.{outcome}",
+                f"device {device_id} {outcome} workload {workload_id} of desired config v{report.version}",
+                device_id=device_id,
+                workload_id=workload_id,
+                severity="error",
+                details={"version": report.version, "errors": errors[:10]},
+            )

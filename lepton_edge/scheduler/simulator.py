@@ -3,9 +3,16 @@
 ``lepton-edge simulate --devices N --broker host:port [--rate 1] [--prefix sim] [--duration S]``
 
 Each simulated device publishes a birth with its capabilities, telemetry at ``rate`` messages per second
-with a per-session ``seq``, applies desired configs (validated with the device's own config schema) and
-reports the outcome, answers rebirth requests, and can be told to fail configs, run hot, skip sequence
-numbers or die abruptly.
+with a per-session ``seq``, applies desired configs (single or multi form; each workload validated with the
+device's own config schema, applied or refused on its own, and reported per workload) and reports the
+outcome, answers rebirth requests, and can be told to fail configs or one workload, lose a workload's
+camera, run hot, skip sequence numbers or die abruptly.
+
+Throughput: a device runs ``capacity_fps`` frames per second of a model fed by one stream; a model fed by
+``n`` streams batches them and runs ``capacity_fps * batch_gain(n)`` (:func:`batch_gain`: 1 + 0.25 per
+extra stream, at most 2x). When its workloads ask for more than it has, every stream is slowed by the same
+factor. Telemetry reports each workload (``workloads``) and each model's fps, mean batch and busy fraction
+(``models``), from which the scheduler learns the device's batched capacity.
 
 Two transports, because presence needs one MQTT connection per device (the last will is a property of
 the connection) and thousands of paho clients (one thread each) do not fit in one process:
@@ -42,11 +49,13 @@ from lepton_edge.fleet.protocol import (
     FLEET_REBIRTH_TOPIC,
     Birth,
     Capabilities,
+    ConfigOutcome,
     Death,
     DesiredConfig,
     ProtocolError,
     ReportedConfig,
     TopicKind,
+    WorkloadOutcome,
     birth_topic,
     config_desired_topic,
     config_reported_topic,
@@ -60,6 +69,7 @@ from lepton_edge.fleet.protocol import (
     telemetry_topic,
     validate_id,
 )
+from lepton_edge.scheduler.desired import split_document
 
 log = logging.getLogger("lepton_edge.scheduler.simulator")
 
@@ -70,8 +80,18 @@ DEFAULT_SOURCE_FPS = 30.0
 IDLE_CONFIG = {"idle": True}
 """The desired config that idles a device (the scheduler's default ``placement.idle_config``)."""
 
+BATCH_GAIN_PER_STREAM = 0.25
+"""Extra throughput of a model per extra stream it batches (simulated cross-stream batching)."""
+MAX_BATCH_GAIN = 2.0
+"""The most a model's throughput grows by batching streams."""
+
 Mode = Literal["auto", "device", "bulk"]
 FailOutcome = Literal["rejected", "rolled_back"]
+
+
+def batch_gain(streams: int) -> float:
+    """How many times faster a model runs with ``streams`` streams batched than with one."""
+    return min(MAX_BATCH_GAIN, 1.0 + BATCH_GAIN_PER_STREAM * max(0, streams - 1))
 
 
 def model_id_of(config: dict[str, Any]) -> str | None:
@@ -128,6 +148,15 @@ class SimDevice:
         self.connected = False
         self.fail_with: FailOutcome | None = None
         """When set, every new desired config is answered with this outcome."""
+        self.fail_workloads: dict[str, FailOutcome] = {}
+        """Workloads answered with this outcome in every new desired config (the others are applied)."""
+        self.source_failed: dict[str, str] = {}
+        """Workloads whose camera is dead -> the error (reported ``failed`` in telemetry, 0 fps)."""
+        self.workloads: dict[str, dict[str, Any]] = {}
+        """The workloads running, each as a single-form device config (see ``desired.split_document``)."""
+        self.workload_frames: Counter[str] = Counter()
+        self.starts: Counter[str] = Counter()
+        """Times each workload was (re)started: a workload whose config did not change keeps running."""
         self.active_version = 0
         self.handled_version = 0
         self.artifact_versions: dict[str, int] = {}
@@ -173,14 +202,38 @@ class SimDevice:
 
     @property
     def running(self) -> bool:
-        return self.config is not None
+        return bool(self.workloads)
 
     @property
     def fps(self) -> float:
-        """Frames per second it delivers: what its source gives, at most its capacity."""
-        if self.config is None:
-            return 0.0
-        return min(self.capacity_fps, source_fps(str(self.config.get("source", {}).get("uri", ""))))
+        """Frames per second it delivers, all workloads together."""
+        return round(sum(self.throughput()[0].values()), 3)
+
+    def throughput(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """(fps of each running workload, model id -> {fps, busy, streams, capacity}): each workload gets
+        what its source gives, all slowed by one factor when the device cannot keep up (see the module
+        docstring)."""
+        wanted: dict[str, float] = {}
+        by_model: dict[str, list[str]] = {}
+        for name, config in self.workloads.items():
+            if name in self.source_failed:
+                continue
+            wanted[name] = source_fps(str((config.get("source") or {}).get("uri", "")))
+            by_model.setdefault(model_id_of(config) or "?", []).append(name)
+        capacity = {m: self.capacity_fps * batch_gain(len(ws)) for m, ws in by_model.items()}
+        load = sum(wanted[w] / capacity[m] for m, ws in by_model.items() for w in ws if capacity[m] > 0)
+        scale = 1.0 / load if load > 1.0 else 1.0
+        fps = {w: f * scale for w, f in wanted.items()}
+        models = {
+            m: {
+                "fps": sum(fps[w] for w in ws),
+                "busy": min(1.0, sum(fps[w] for w in ws) / capacity[m]) if capacity[m] > 0 else 0.0,
+                "streams": len(ws),
+                "capacity": capacity[m],
+            }
+            for m, ws in by_model.items()
+        }
+        return fps, models
 
     def skip(self, messages: int) -> None:
         """Lose the next ``messages`` telemetry sequence numbers (a gap the scheduler should notice)."""
@@ -191,11 +244,26 @@ class SimDevice:
         """The next telemetry message, encoded (built directly for speed; it decodes as a ``Telemetry``)."""
         with self._lock:
             self.seq += 1
-            fps = self.fps
+            per_workload, models = self.throughput()
+            fps = round(sum(per_workload.values()), 3)
             self.frames += round(fps * interval_s)
-            model = model_id_of(self.config) if self.config else None
+            model = min(models, default=None)
             stage_ms = round(1000.0 / self.capacity_fps, 3) if self.capacity_fps > 0 else 0.0
-            cpu = min(100.0, round(100.0 * fps / self.capacity_fps, 2)) if self.capacity_fps > 0 else 0.0
+            cpu = min(100.0, round(100.0 * sum(m["busy"] for m in models.values()), 2))
+            workloads = {}
+            for name, rate in per_workload.items():
+                self.workload_frames[name] += round(rate * interval_s)
+            for name, config in sorted(self.workloads.items())[:64]:
+                error = self.source_failed.get(name)
+                workloads[name] = {
+                    "stream": name,
+                    "model": model_id_of(config) or "?",
+                    "fps": round(per_workload.get(name, 0.0), 3),
+                    "frames": self.workload_frames[name],
+                    "source_state": "failed" if error else "running",
+                    "state": "failed" if error else "running",
+                    **({"error": error} if error else {}),
+                }
             data = {
                 "device_id": self.device_id,
                 "session_id": max(1, self.session_id),
@@ -209,7 +277,7 @@ class SimDevice:
                     {"infer": {"p50": stage_ms, "p90": stage_ms, "p99": stage_ms, "max": stage_ms}} if model else {}
                 ),
                 "frame_age_ms": None,
-                "sources": {"cam": "running"} if model else {},
+                "sources": {name: w["source_state"] for name, w in workloads.items()},
                 "artifact_id": model,
                 "cpu_percent": cpu,
                 "memory": {"used_bytes": self.spec.memory_bytes // 4, "total_bytes": self.spec.memory_bytes},
@@ -219,6 +287,18 @@ class SimDevice:
                 "config_version": self.active_version,
                 "outbox": {"depth": 0, "bytes": 0, "dropped": {}},
             }
+            if workloads:
+                data["workloads"] = workloads
+            if models:
+                data["models"] = {
+                    m: {
+                        "fps": round(f["fps"], 3),
+                        "batch_mean": float(f["streams"]),
+                        "busy": round(f["busy"], 4),
+                        "streams": int(f["streams"]),
+                    }
+                    for m, f in sorted(models.items())[:32]
+                }
         return json.dumps(data, separators=(",", ":")).encode()
 
     # -- remote configuration -----------------------------------------------------------------------
@@ -228,28 +308,44 @@ class SimDevice:
         the scheduler gives it one: its telemetry then reports that model and its throughput."""
         with self._lock:
             self.config = dict(config)
+            self.workloads = split_document(self.config)
+            self.starts.update(self.workloads)
 
     def apply(self, desired: DesiredConfig, now: float | None = None) -> ReportedConfig | None:
-        """Validate and apply a desired config like the agent does; None when its version is not new."""
+        """Validate and apply a desired config like the agent does, workload by workload; None when its
+        version is not new. A multi-form document is reported per workload: the refused ones do not run, the
+        others do (those whose config did not change keep running, not restarted)."""
         with self._lock:
             self.desired_received.append(desired)
             if desired.version <= self.handled_version:
                 return None
             self.handled_version = desired.version
             config = dict(desired.config)
-            errors = self._validate(config)
-            outcome: Literal["applied", "rejected", "rolled_back"]
-            if errors:
+            workloads = split_document(config)
+            per_workload = {name: self._validate(single) for name, single in workloads.items()}
+            for name, outcome in self.fail_workloads.items():
+                if name in per_workload and not per_workload[name]:
+                    per_workload[name] = [f"simulated failure: workload {name} told to answer {outcome}"]
+            refused = {name for name, errors in per_workload.items() if errors}
+            multi = "workloads" in config
+            outcome: ConfigOutcome = "applied"
+            errors: list[str] = []
+            if self.fail_with is not None:
+                outcome, errors = self.fail_with, [f"simulated failure: device told to answer {self.fail_with}"]
+            elif refused and (not multi or refused == set(workloads)):
                 outcome = "rejected"
-            elif self.fail_with is not None:
-                outcome = self.fail_with
-                errors = [f"simulated failure: device told to answer {self.fail_with}"]
-            else:
-                outcome = "applied"
+                errors = [f"{name}: {e}" if multi else e for name in sorted(refused) for e in per_workload[name]]
+                errors = [e[:4096] for e in errors][:100]
+            if outcome == "applied":
                 self.active_version = desired.version
-                if (signed := _target_version(config)) is not None:
-                    target, version = signed
-                    self.artifact_versions[target] = max(version, self.artifact_versions.get(target, 0))
+                running = {n: w for n, w in workloads.items() if n not in refused}
+                for name, single in running.items():
+                    if self.workloads.get(name) != single:
+                        self.starts[name] += 1
+                    if (signed := _target_version(single)) is not None:
+                        target, version = signed
+                        self.artifact_versions[target] = max(version, self.artifact_versions.get(target, 0))
+                self.workloads = running
                 self.config = None if config == IDLE_CONFIG else config
             report = ReportedConfig(
                 device_id=self.device_id,
@@ -258,14 +354,28 @@ class SimDevice:
                 errors=errors,
                 timestamp=now or time.time(),
                 active_version=self.active_version,
+                workloads=self._outcomes(workloads, per_workload, outcome) if multi else {},
             )
             self.reports.append(report)
             return report
 
-    def _validate(self, config: dict[str, Any]) -> list[str]:
-        if config == IDLE_CONFIG:
-            return []
+    def _outcomes(
+        self, workloads: dict[str, Any], errors: dict[str, list[str]], overall: ConfigOutcome
+    ) -> dict[str, WorkloadOutcome]:
+        out: dict[str, WorkloadOutcome] = {}
+        for name in sorted(workloads)[:64]:
+            if overall != "applied":
+                own = errors[name] or [f"the document was {overall}"]
+                out[name] = WorkloadOutcome(outcome=overall, errors=own[:100])
+            elif errors[name]:
+                failed_as = self.fail_workloads.get(name, "rejected")
+                out[name] = WorkloadOutcome(outcome=failed_as, errors=errors[name][:100])
+            else:
+                out[name] = WorkloadOutcome(outcome="applied")
+        return out
 
+    def _validate(self, config: dict[str, Any]) -> list[str]:
+        """Why the device refuses one workload (a single-form config); [] when it accepts it."""
         try:
             parse_config({**config, "device_id": self.device_id}, f"desired config for {self.device_id}")
         except ConfigError as e:
@@ -585,6 +695,23 @@ class FleetSimulator:
     def set_fail(self, device_id: str, outcome: FailOutcome | None) -> None:
         """Answer new desired configs with ``outcome`` (``rejected``/``rolled_back``); None: apply them."""
         self.device(device_id).fail_with = outcome
+
+    def set_fail_workload(self, device_id: str, workload_id: str, outcome: FailOutcome | None) -> None:
+        """Answer ``workload_id`` in new desired configs with ``outcome`` (the device's others are applied);
+        None: apply it."""
+        fails = self.device(device_id).fail_workloads
+        if outcome is None:
+            fails.pop(workload_id, None)
+        else:
+            fails[workload_id] = outcome
+
+    def fail_source(self, device_id: str, workload_id: str, error: str | None = "camera unreachable") -> None:
+        """The camera of ``workload_id`` on ``device_id`` dies (reported ``failed`` in telemetry); None: back."""
+        failed = self.device(device_id).source_failed
+        if error is None:
+            failed.pop(workload_id, None)
+        else:
+            failed[workload_id] = error
 
     def set_temperature(self, device_id: str, celsius: float) -> None:
         self.device(device_id).temperature_c = celsius

@@ -13,6 +13,7 @@ Every method is safe to call from several threads; the PostgreSQL store is also 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ THROTTLE_TEMPERATURE_C = 85.0
 """A device whose hottest sensor reaches this temperature counts as throttled."""
 CAPACITY_SMOOTHING = 0.3
 """Weight of a new throughput measurement in the running estimate of a device's capacity for a model."""
+MIN_BUSY = 0.05
+"""A model whose inference worker was busy less than this fraction of a telemetry interval teaches nothing
+about its capacity (``fps / busy`` of a nearly idle worker is noise)."""
 _PIPELINE_STAGES = ("preprocess", "infer", "postprocess")
 
 
@@ -349,11 +353,23 @@ def is_throttled(data: dict[str, Any], temperature_c: float | None, limit_c: flo
 def learn_capacity(previous: dict[str, float], data: dict[str, Any]) -> dict[str, float]:
     """Update the per-model throughput estimate of a device from one telemetry payload.
 
-    The pipeline's stages run concurrently, so the device can sustain ``1000 / p50`` of its slowest stage
-    (preprocess, infer, postprocess) in frames per second; it demonstrably sustains at least the ``fps``
-    it reports. The estimate is smoothed (:data:`CAPACITY_SMOOTHING`) so one noisy window does not move
-    workloads around.
+    When the payload has ``models`` (a device that batches several streams per model), the capacity of
+    model ``m`` is ``fps / busy``: the frames per second its inference worker gives at the batch sizes it
+    actually runs, had it been busy the whole interval; a model busy less than :data:`MIN_BUSY` of the
+    interval teaches nothing and is skipped. Otherwise (older devices, one model): the pipeline's stages run
+    concurrently, so the device can sustain ``1000 / p50`` of its slowest stage (preprocess, infer,
+    postprocess) in frames per second; it demonstrably sustains at least the ``fps`` it reports. Estimates
+    are smoothed (:data:`CAPACITY_SMOOTHING`) so one noisy window does not move workloads around.
     """
+    models = data.get("models")
+    if isinstance(models, dict) and models:
+        learned = dict(previous)
+        for model, figures in models.items():
+            fps = figures.get("fps") if isinstance(figures, dict) else None
+            busy = figures.get("busy") if isinstance(figures, dict) else None
+            if _number(fps) and _number(busy) and busy >= MIN_BUSY and fps > 0:
+                learned = _smoothed(learned, model, float(fps) / float(busy))
+        return learned
     model = data.get("artifact_id")
     if not isinstance(model, str) or not model:
         return previous
@@ -366,10 +382,18 @@ def learn_capacity(previous: dict[str, float], data: dict[str, Any]) -> dict[str
     slowest = max(p50s, default=0.0)
     estimate = 1000.0 / slowest if slowest > 0 else 0.0
     fps = data.get("fps")
-    if isinstance(fps, int | float) and not isinstance(fps, bool):
+    if _number(fps):
         estimate = max(estimate, float(fps))
     if estimate <= 0:
         return previous
+    return _smoothed(previous, model, estimate)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _smoothed(previous: dict[str, float], model: str, estimate: float) -> dict[str, float]:
     old = previous.get(model)
     new = estimate if not old else old + CAPACITY_SMOOTHING * (estimate - old)
     return {**previous, model: round(new, 3)}

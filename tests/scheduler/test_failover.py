@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lepton_edge.fleet.protocol import TopicKind, subscription
-from lepton_edge.scheduler.planner import device_config_for
+from lepton_edge.scheduler.desired import device_document
 from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import IDLE_CONFIG, FleetSimulator
 from lepton_edge.scheduler.stores import open_store
@@ -65,14 +65,14 @@ def test_dead_device_workload_moves_and_the_rest_stays(fresh_broker, tmp_path, f
         service.add_workload(w2)
         host1 = wait_until(lambda: applied_on(service.store, "w1"), what="w1 applied")
         host2 = wait_until(lambda: applied_on(service.store, "w2"), what="w2 applied")
-        assert host1 != host2  # one workload per device
+        assert host1 != host2  # spread: each goes to the least utilised device
         (spare,) = set(sim.devices) - {host1, host2}
         version_before = recorder.latest(host1).version
 
         sim.kill(host1)
         wait_until(lambda: applied_on(service.store, "w1") == spare, what="w1 applied on the spare device")
-        assert recorder.latest(spare).config == device_config_for(w1)
-        assert sim.device(spare).config == device_config_for(w1)
+        assert recorder.latest(spare).config == device_document([w1])
+        assert sim.device(spare).config == device_document([w1])
         assert recorder.latest(host1).config == IDLE_CONFIG  # waiting for it, retained, if it comes back
         assert recorder.latest(host1).version > version_before
         assert applied_on(service.store, "w2") == host2  # untouched
@@ -121,7 +121,7 @@ def test_leader_takeover_between_two_replicas(postgres_schema_url, fresh_broker,
         sim.kill(host)
         new_host = wait_until(lambda: (d := applied_on(observer, "w1")) != host and d, what="w1 moved")
         assert recorder.latest(new_host).issued_by == "replica-b"
-        assert recorder.latest(new_host).config == device_config_for(workload("w1"))
+        assert recorder.latest(new_host).config == device_document([workload("w1")])
         # telemetry is still ingested by the survivor (a shared subscription with one member left)
         before = observer.get_device(new_host).telemetry["seq"]
         wait_until(lambda: observer.get_device(new_host).telemetry["seq"] > before, what="telemetry ingested")

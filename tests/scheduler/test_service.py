@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,9 +28,9 @@ from lepton_edge.fleet.protocol import (
     subscription,
     telemetry_topic,
 )
+from lepton_edge.scheduler.desired import device_config_for, device_conflicts, device_document
 from lepton_edge.scheduler.exclusions import plan_with_exclusions
 from lepton_edge.scheduler.models import Workload
-from lepton_edge.scheduler.planner import device_config_for
 from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.simulator import IDLE_CONFIG, DeviceSpec, FleetSimulator, SimDevice
 from lepton_edge.scheduler.stores import open_store
@@ -251,8 +252,8 @@ def test_placement_pushes_retained_desired_configs_with_rising_versions(start_se
     host = placed.device_id
     first = recorder.latest(host)
     assert first is not None and first.version == placed.desired_version
-    assert first.config == device_config_for(w1) and first.issued_by == "r1"
-    assert sim.device(host).config == device_config_for(w1)
+    assert first.config == device_document([w1]) and first.issued_by == "r1"
+    assert sim.device(host).config == device_document([w1])
 
     changed = w1.model_copy(update={"source_uri": "synthetic://shapes?fps=4&id=w1b", "required_fps": 4.0})
     service.store.update_workload(changed)
@@ -300,7 +301,9 @@ def test_rejected_config_marks_assignment_failed_and_replans(start_service, flee
                what="the invalid workload to be unplaced")
     assert "excluding" in service.unplaced["bad"]
     assert any(e.kind == "placement.unplaced" and e.workload_id == "bad" for e in service.store.list_events())
-    assert assignment(service, "w1", "applied").device_id == second  # undisturbed
+    # undisturbed: the bad one joined w1's device and left it again; w1 stayed there and kept running
+    wait_until(lambda: (a := assignment(service, "w1", "applied")) and a.device_id == second, what="w1 applied")
+    assert sim.device(second).starts["w1"] == 1
 
 
 @pytest.mark.integration
@@ -358,7 +361,7 @@ def test_under_rate_device_loses_its_workload(start_service, fleet) -> None:
     assert service.store.get_device(host).fps_capacity["det.onnx"] < 5
 
 
-def test_one_workload_per_device_and_exclusions_are_pure() -> None:
+def test_packing_exclusions_and_conflicts_are_pure() -> None:
     from lepton_edge.scheduler.models import Assignment, Device
     from lepton_edge.scheduler.placement import PlacementInput
 
@@ -367,21 +370,37 @@ def test_one_workload_per_device_and_exclusions_are_pure() -> None:
                       accelerator="cpu", runtimes={"onnxruntime": "1"}, desired_version=0, reported_version=0,
                       last_outcome=None, telemetry=None, throttled=False, temperature_c=None)
 
+    def plan(inp: PlacementInput, excluded: dict[str, set[str]]) -> Any:
+        return plan_with_exclusions(inp, excluded, headroom=0.8, hysteresis=0.15, conflicts=device_conflicts)
+
     small = [Workload(workload_id=f"w{i}", source_uri="x", model="m", required_fps=1) for i in range(3)]
     inp = PlacementInput([device(0), device(1)], small, [Assignment("w2", "d1", "applied", 1, 0.0)])
-    plan = plan_with_exclusions(inp, {}, headroom=0.8, hysteresis=0.15)
-    hosts = [d for d in plan.assignments.values() if d is not None]
-    assert sorted(hosts) == ["d0", "d1"] and plan.assignments["w2"] == "d1"  # kept where it runs
-    assert len(plan.unplaced) == 1
-    assert plan == plan_with_exclusions(inp, {}, headroom=0.8, hysteresis=0.15)  # deterministic
+    packed = plan(inp, {})
+    assert packed.assignments == {"w0": "d0", "w1": "d0", "w2": "d1"} and not packed.unplaced  # two on d0
+    assert packed == plan(inp, {})  # deterministic
 
     running = [Assignment("w0", "d0", "applied", 1, 0.0), Assignment("w2", "d1", "applied", 1, 0.0)]
     inp = PlacementInput([device(0), device(1), device(2)], [small[0], small[2]], running)
-    excluded = plan_with_exclusions(inp, {"w2": {"d1"}}, headroom=0.8, hysteresis=0.15)
+    excluded = plan(inp, {"w2": {"d1"}})
     assert excluded.assignments == {"w0": "d0", "w2": "d2"} and excluded.moved == ["w2"]
-    stuck = plan_with_exclusions(inp, {"w2": {"d1", "d2"}}, headroom=0.8, hysteresis=0.15)
-    assert stuck.assignments["w2"] is None and "d1, d2" in stuck.unplaced["w2"]
+    stuck = plan(inp, {"w2": {"d1", "d2"}})
+    assert stuck.assignments == {"w0": "d0", "w2": "d0"}  # packed with w0, where it may go
+    stuck = plan(inp, {"w2": {"d0", "d1", "d2"}})
+    assert stuck.assignments["w2"] is None and "d0, d1, d2 (a failed config)" in stuck.unplaced["w2"]
 
+    # device-level settings that differ keep two workloads apart; the one already there stays
+    slow, fast = ({"pipeline": {"stats_interval_s": v}} for v in (5.0, 1.0))
+    a, b = (Workload(workload_id=i, source_uri="x", model="m", required_fps=1, config=c) for i, c in (("a", slow),
+                                                                                                    ("b", fast)))
+    same = Workload(workload_id="c", source_uri="x", model="m", required_fps=1, config=slow)
+    inp = PlacementInput([device(0)], [a, b, same], [Assignment("b", "d0", "applied", 1, 0.0)])
+    apart = plan(inp, {})
+    assert apart.assignments == {"a": None, "b": "d0", "c": None}
+    assert "a conflict on d0: device-level setting pipeline.stats_interval_s differs from workload b's" in (
+        apart.unplaced["a"]
+    )
+    inp = PlacementInput([device(0), device(1)], [a, b, same], [Assignment("b", "d0", "applied", 1, 0.0)])
+    assert plan(inp, {}).assignments == {"a": "d1", "b": "d0", "c": "d1"}
 
 
 @pytest.mark.integration

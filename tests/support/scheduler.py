@@ -83,9 +83,11 @@ class DesiredRecorder:
         return entries[-1][0] if entries else None
 
     def running(self, device_id: str) -> str | None:
-        """The source URI of the latest desired config of ``device_id`` (None: nothing or idle)."""
+        """The source URI of the latest desired config of ``device_id`` (its first stream's in the multi form;
+        None: nothing or idle)."""
         latest = self.latest(device_id)
         if latest is None:
             return None
-        source = latest.config.get("source")
+        streams = latest.config.get("streams")
+        source = next(iter(streams.values()), None) if isinstance(streams, dict) else latest.config.get("source")
         return source.get("uri") if isinstance(source, dict) else None  # type: ignore[return-value]
