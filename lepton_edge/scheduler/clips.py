@@ -48,6 +48,7 @@ from lepton_edge.fleet.protocol import (
     response_topic,
     validate_id,
 )
+from lepton_edge.scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,23 @@ class ClipFetcher:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def for_scheduler(cls, config: SchedulerConfig, mqtt: MqttClient, **options: Any) -> ClipFetcher:
-        """The fetcher of a replica: requests as the replica id, clips in :func:`default_clips_dir`."""
+    def for_scheduler(
+        cls, config: SchedulerConfig, mqtt: MqttClient, store: Store | None = None, **options: Any
+    ) -> ClipFetcher:
+        """The fetcher of a replica: requests as the replica id, clips in :func:`default_clips_dir`; each
+        completed fetch is recorded in ``store`` as a ``clip.fetched`` event (its ``details.clip`` the clip id)."""
+        if store is not None and "on_complete" not in options:
+            options["on_complete"] = lambda job: store.add_event(
+                "clip.fetched",
+                f"clip {job.clip_id} fetched from {job.device_id} ({job.size} bytes)",
+                device_id=job.device_id,
+                details={
+                    "clip": job.clip_id,
+                    "bytes": job.size,
+                    "sha256": job.sha256,
+                    "requested_by": job.requested_by,
+                },
+            )
         return cls(CommandClient(mqtt, config.replicas.replica_id), default_clips_dir(config), **options)
 
     # -- lifecycle --------------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class SchedulerService:
             self.store, self.views, self.planner, self.health, self.counts, config.heartbeat_timeout_s
         )
         self.rollouts = RolloutRunner(self.store, self.planner, self.counts)
-        self.clips = ClipFetcher.for_scheduler(config, self.mqtt)
+        self.clips = ClipFetcher.for_scheduler(config, self.mqtt, self.store)
 
     # ------------------------------------------------------------------------------- lifecycle
 

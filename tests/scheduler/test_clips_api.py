@@ -15,13 +15,14 @@ import pytest
 
 from lepton_edge.scheduler.api import ApiServer, serve
 from lepton_edge.scheduler.clips import ClipFetcher
+from lepton_edge.scheduler.service import SchedulerService
 from lepton_edge.scheduler.store import Store
 from lepton_edge.scheduler.stores import open_store
 from tests.device.test_clip_commands import write_clip
 from tests.scheduler.test_api import StoreService
 from tests.scheduler.test_clips import ClipDevice, make_fetcher
 from tests.support.api_client import ApiClient, make_token
-from tests.support.scheduler import wait_until
+from tests.support.scheduler import fast_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +152,30 @@ def test_a_replica_without_a_fetcher_answers_503(tmp_path: Path) -> None:
         with serve(ClipService(store, None), "127.0.0.1", 0) as server:
             status, answer = ApiClient(server.url, make_token(store, "viewer")).get("/api/clips")
     assert status == 503 and "does not fetch clips" in answer["detail"]
+
+
+def test_a_scheduler_replica_fetches_beside_its_store_and_records_the_fetch(
+    tmp_path: Path, mqtt_broker: Any, make_mqtt_client: Any, unique: str
+) -> None:
+    device_id = f"cam-{unique}"
+    data = os.urandom(200_000)
+    write_clip(tmp_path / "device-clips", "evt-9", data)
+    device = ClipDevice(make_mqtt_client, mqtt_broker.port, device_id, tmp_path / "device-clips").start()
+    config = fast_config(mqtt_broker.port, f"sqlite:///{tmp_path / 'fleet.db'}", replica_id=f"r-{unique}")
+    try:
+        with SchedulerService(config) as service, serve(service, "127.0.0.1", 0) as server:
+            assert service.wait_connected(10) and service.mqtt.wait_subscribed(5)
+            service.store.device_birth(device_id, 1, {"accelerator": "cpu"}, time.time())
+            operator = ApiClient(server.url, make_token(service.store, "operator"))
+            status, job = operator.call("POST", f"/api/devices/{device_id}/clips/evt-9/fetch")
+            assert status in (200, 202), job
+
+            def recorded() -> list[Any]:
+                return operator.get(f"/api/events?device={device_id}&kind=clip.fetched")[1]
+
+            (event,) = wait_until(recorded, 30, "the clip.fetched event")
+            assert event["details"]["clip"] == "evt-9" and event["details"]["bytes"] == len(data)
+            assert event["details"]["requested_by"].startswith("token:")
+            assert (tmp_path / "clips" / device_id / "evt-9.mp4").read_bytes() == data  # beside the store
+    finally:
+        device.stop()
