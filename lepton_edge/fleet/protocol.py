@@ -389,7 +389,15 @@ class Telemetry(Message):
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-_OPTIONAL_PARTS = ("keypoints", "rotated_box", "mask_area")
+_OPTIONAL_PARTS = ("keypoints", "rotated_box", "mask_area", "attributes")
+MAX_ATTRIBUTES = 8
+"""Most cascade answers one detection carries."""
+
+
+class ClassScore(Message):
+    label: Text = Field(description="Class name (the class id as text when there are no labels).")
+    class_id: Count = Field(description="Class index.")
+    score: float = Field(allow_inf_nan=False, description="Probability, or the raw logit without softmax.")
 
 
 class Detection(Message):
@@ -410,6 +418,11 @@ class Detection(Message):
     mask_area: Count | None = Field(
         None, description="Segmentation models: pixels in the mask (the mask itself stays on the device's sinks).",
     )
+    attributes: dict[Name, ClassScore] | None = Field(
+        None, max_length=MAX_ATTRIBUTES,
+        description="Cascades: each cascade classifier's top class for this detection, by the classifier's model "
+        "name (only the detections it classified).",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_absent_parts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -428,14 +441,8 @@ class Detection(Message):
             label=item["label"], class_id=item["class_id"], score=item["score"], box=item["box"],
             keypoints=item.get("keypoints"),
             rotated_box=None if rotated is None else [rotated[k] for k in ("cx", "cy", "w", "h", "angle")],
-            mask_area=mask_area,
+            mask_area=mask_area, attributes=item.get("attributes"),
         )
-
-
-class ClassScore(Message):
-    label: Text = Field(description="Class name (the class id as text when there are no labels).")
-    class_id: Count = Field(description="Class index.")
-    score: float = Field(allow_inf_nan=False, description="Probability, or the raw logit without softmax.")
 
 
 class ResultMessage(Message):
