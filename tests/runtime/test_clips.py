@@ -33,6 +33,7 @@ from lepton_edge.runtime.clips import (
     RawFrame,
     create_clip_sink,
 )
+from lepton_edge.runtime.sources import FrameReader
 from lepton_edge.runtime.sources.pyav_video import PyAvVideoSource, clip_source
 from tests.support.tiny_fs import fill, mounted_tmpfs
 
@@ -341,3 +342,25 @@ def test_event_messages_reference_the_clip_that_lists_their_ids(tmp_path: Path) 
     assert message.analytics is not None and message.analytics.snapshot == f"clip:{clip['id']}@0.400"
     assert clip["event_ids"] == [message.id]
     assert analytics_events(with_event, "dev-1", 1)[0].analytics.snapshot is None  # no clips: null, as before
+
+
+def test_a_looping_file_read_by_the_frame_reader_cuts_clips_by_the_frames_capture_times(video: Path,
+                                                                                        tmp_path: Path) -> None:
+    cfg = config(tmp_path / "clips", pre_s=0.5, post_s=0.5)
+    source = clip_source(SourceConfig(uri=str(video), loop=True))
+    assert source is not None
+    sink = create_clip_sink(cfg, "cam-1", source)
+    assert not sink.needs_image  # the source feeds its own packets
+    reader = FrameReader(source, SourceConfig(uri=str(video), loop=True))
+    event = None
+    for frame in reader:
+        if frame.seq == SECONDS * FPS + 30:  # the second pass, at 1.2 s of the file
+            event = AnalyticsEvent("appeared", "", 1, 0, "person", frame.capture_ts, confidence=0.9)
+            sink.offer(result(frame.data, frame.capture_ts, (event,)))
+        if frame.seq == SECONDS * FPS + 80:
+            reader.close()
+    sink.close()
+    assert reader.opens == 2
+    [clip] = sink.recorder.store.list()
+    got = packets_of(sink.recorder.store.path(clip["id"]))
+    assert [bytes(p) for p in got] == [bytes(p) for p in packets_of(video)[0:43]]  # keyframe 0 (before 0.7 s) to 1.7 s
