@@ -212,6 +212,8 @@ class ModelRunner:
         self._next = 0
         self._cond = threading.Condition(threading.RLock())
         self._thread: threading.Thread | None = None
+        """The running inference thread; None once it decided to end."""
+        self._worker: threading.Thread | None = None
         self._closed = False
         self._batch_buffers: dict[tuple[Any, int], dict[str, np.ndarray]] = {}
         self._warmed: set[tuple[Any, int]] = set()
@@ -251,7 +253,8 @@ class ModelRunner:
             feed = Feed(self, owner, name, shapes)
             self._feeds.append(feed)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"lepton-infer-{self.name}", daemon=True)
+                self._thread = self._worker = threading.Thread(target=self._run, name=f"lepton-infer-{self.name}",
+                                                               daemon=True)
                 self._thread.start()
             self._cond.notify_all()
             return feed
@@ -289,7 +292,7 @@ class ModelRunner:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the inference thread to end (it ends when no feed is attached); True if it did."""
-        thread = self._thread
+        thread = self._worker  # the last one started, which may be ending
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             return not thread.is_alive()
