@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import av
@@ -35,6 +36,7 @@ from lepton_edge.runtime.clips import (
 )
 from lepton_edge.runtime.sources import FrameReader
 from lepton_edge.runtime.sources.pyav_video import PyAvVideoSource, clip_source
+from tests.support.http_server import LoopbackServer
 from tests.support.tiny_fs import fill, mounted_tmpfs
 
 FPS = 25
@@ -364,3 +366,53 @@ def test_a_looping_file_read_by_the_frame_reader_cuts_clips_by_the_frames_captur
     [clip] = sink.recorder.store.list()
     got = packets_of(sink.recorder.store.path(clip["id"]))
     assert [bytes(p) for p in got] == [bytes(p) for p in packets_of(video)[0:43]]  # keyframe 0 (before 0.7 s) to 1.7 s
+
+
+class TsServer(LoopbackServer):
+    """Serves one MPEG-TS file over HTTP, as a camera's HTTP stream would (Annex B H.264, parameters in band)."""
+
+    def __init__(self, path: Path) -> None:
+        self.data = path.read_bytes()
+        super().__init__()
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        req.send_response(200)
+        req.send_header("Content-Type", "video/mp2t")
+        req.send_header("Content-Length", str(len(self.data)))
+        req.end_headers()
+        req.wfile.write(self.data)
+
+
+def decoded_images(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+
+
+def test_a_network_stream_clip_keeps_its_coded_frames(tmp_path: Path) -> None:
+    ts = tmp_path / "camera.ts"
+    with av.open(str(make_video(tmp_path / "source.mp4"))) as src, av.open(str(ts), "w", format="mpegts") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)  # the same coded frames, in the stream's own (Annex B) framing
+    server = TsServer(ts)
+    try:
+        source = clip_source(SourceConfig(uri=server.url("live.ts")))
+        assert isinstance(source, PyAvVideoSource) and source.live
+        recorder = recorder_for(config(tmp_path / "clips"))
+        source.attach_clips(recorder)
+        source.open()
+        frames = 0
+        while source.read() is not None:
+            frames += 1
+            if frames == 138:
+                recorder.trigger(time.monotonic(), "e")
+        source.close()
+        recorder.close()
+    finally:
+        server.close()
+    [clip] = recorder.store.list()
+    assert (frames, clip["codec"], clip["reencoded"], clip["frames"]) == (250, "h264", False, 138)
+    got, expected = decoded_images(recorder.store.path(clip["id"])), decoded_images(ts)[75:213]
+    assert len(got) == 138 and all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -54,6 +54,8 @@ class ClipStore:
         self.removed_incomplete = 0
         """``.part`` files and clips without metadata deleted at start (left by a crash)."""
         self._lock = threading.Lock()
+        self._enforcing = threading.Lock()
+        """One enforcement at a time (streams sharing the store): a clip is deleted and counted once."""
         self._clips: dict[str, dict[str, Any]] = {}
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder = self.folder.resolve()
@@ -123,7 +125,10 @@ class ClipStore:
 
     def enforce(self, now: float | None = None) -> int:
         """Delete clips past their retention, then the oldest until the folder is within its quota; how many."""
-        now = time.time() if now is None else now
+        with self._enforcing:
+            return self._enforce(time.time() if now is None else now)
+
+    def _enforce(self, now: float) -> int:
         expired, over = [], []
         with self._lock:
             clips = sorted(self._clips.values(), key=_age_key)
