@@ -110,7 +110,7 @@ def test_clip_keeps_the_source_packets_from_the_keyframe_before_its_start(video:
     assert play(video, recorder, {138: "e1"}) == SECONDS * FPS  # the event at t = 137 / 25 = 5.48 s
 
     [clip] = recorder.store.list()
-    assert recorder.stats()["written"] == 1 and recorder.stats()["failed"] == 0
+    assert recorder.stats()["clips_written"] == 1 and recorder.stats()["failed"] == 0
     # From the keyframe at or before 5.48 - 2 = 3.48 s (frame 75, t = 3.0) to 5.48 + 3 = 8.48 s (frame 212).
     source = packets_of(video)[75:213]
     got = packets_of(recorder.store.path(clip["id"]))

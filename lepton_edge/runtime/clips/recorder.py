@@ -176,9 +176,9 @@ class ClipRecorder:
             ring = {"ring_bytes": self._ring.bytes, "ring_entries": len(self._ring), "ring_evicted": self._ring.evicted,
                     "recording": len(self._active)}
         return {
-            "started": self.started, "merged": self.merged, "written": self.written,
+            "started": self.started, "merged": self.merged, "clips_written": self.written,
             "bytes_written": self.bytes_written, "failed": self.failed, "refused": self.refused,
-            "dropped": self.dropped, "empty": self.empty, "last_error": self.last_error, **ring,
+            "clips_dropped": self.dropped, "empty": self.empty, "clip_error": self.last_error, **ring,
             **self.store.stats(),
         }  # fmt: skip
 

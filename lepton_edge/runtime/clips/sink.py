@@ -39,7 +39,6 @@ class ClipSink(Sink):
         self.config = recorder.config
         self.needs_image = raw
         self.event_key = event_key
-        self.latest_only = True  # a raw frame that could not be buffered in time is not worth counting as a drop
         self._kinds = None if self.config.trigger_kinds is None else frozenset(self.config.trigger_kinds)
         self._next_frame_ts: float | None = None
 
@@ -75,6 +74,7 @@ class ClipSink(Sink):
         self.recorder.close()
 
     def stats(self) -> dict[str, Any]:
+        """The sink's own figures (``written``, ``dropped``: raw frames buffered or not) and the recorder's."""
         return {**super().stats(), **self.recorder.stats()}
 
 
