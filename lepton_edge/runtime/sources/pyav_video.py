@@ -8,6 +8,7 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import av
 import numpy as np
@@ -168,7 +169,7 @@ def clip_source(config: SourceConfig) -> PyAvVideoSource | None:
         return None
     if uri.startswith(("/dev/", "gst:")):
         return None
-    path = Path(uri[len("file://"):] if uri.lower().startswith("file://") else uri).expanduser()
+    path = Path(unquote(uri[len("file://"):]) if uri.lower().startswith("file://") else uri).expanduser()
     if path.is_dir() or path.suffix.lower() in _NOT_VIDEO_SUFFIXES:
         return None
     return PyAvVideoSource(uri, path=path, live=live)
