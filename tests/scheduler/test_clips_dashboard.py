@@ -39,7 +39,7 @@ EVENT_ROWS = "[...document.querySelectorAll('#event-table tr.event')]"
 def analytics_event(store: Store, device_id: str, stream: str, kind: str, ts: float, clip: str | None = None) -> None:
     analytics: dict[str, Any] = {"stream": stream, "track_id": 4, "name": "door-line", "capture_time": ts}
     if clip is not None:
-        analytics["clip"] = clip
+        analytics["snapshot"] = f"clip:{clip}@2.500"  # as the device refers to its clip (docs/clips.md)
     store.add_event(
         f"device.analytics.{kind}",
         f"person #4 {kind.replace('_', ' ')} door-line",

@@ -427,21 +427,21 @@ async function refreshEvents() {
   }
 }
 
-// The stream of an analytics event, and the clip an event refers to (`details.clip`, or its analytics' `clip` or
-// `snapshot`: an id, or an object with an `id`).
+// The stream of an analytics event, and the clip an event refers to: `details.clip` (a clip id, as in clip.fetched),
+// or its analytics detail's `snapshot` when that is a clip reference, `clip:<clip id>@<offset s>` (docs/clips.md).
 function eventStream(e) {
   const analytics = (e.details || {}).analytics;
   return analytics && typeof analytics.stream === "string" ? analytics.stream : "";
 }
 
+const CLIP_REF = /^clip:([A-Za-z0-9][A-Za-z0-9_.-]{0,127})(@[0-9.]+)?$/;
+
 function eventClip(e) {
   const details = e.details || {};
   const analytics = details.analytics || {};
-  for (const ref of [details.clip, analytics.clip, analytics.snapshot]) {
-    if (typeof ref === "string" && ref) return ref;
-    if (ref && typeof ref === "object" && typeof ref.id === "string") return ref.id;
-  }
-  return null;
+  if (typeof details.clip === "string" && details.clip) return { id: details.clip, offset: null };
+  const match = typeof analytics.snapshot === "string" ? CLIP_REF.exec(analytics.snapshot) : null;
+  return match ? { id: match[1], offset: match[2] ? Number(match[2].slice(1)) : null } : null;
 }
 
 function eventRow(e) {
@@ -452,7 +452,7 @@ function eventRow(e) {
     "tr",
     {
       class: `event sev-${e.severity}`,
-      dataset: { eventId: e.id, kind: e.kind, severity: e.severity, stream: stream || null, clip: clip || null },
+      dataset: { eventId: e.id, kind: e.kind, severity: e.severity, stream: stream || null, clip: clip ? clip.id : null },
     },
     el("td", { class: "time" }, clock(e.time)),
     el("td", {}, badge(e.severity, kind)),
@@ -461,7 +461,11 @@ function eventRow(e) {
     el("td", { class: "stream" }, stream),
     el("td", {}, e.workload_id ?? ""),
     el("td", { class: "message" }, e.message),
-    el("td", { class: "clip" }, clip ? [el("span", { class: "clip-id" }, clip), " ", clipAction(e.device_id, clip)] : ""),
+    el(
+      "td",
+      { class: "clip", title: clip && clip.offset !== null ? `${clip.offset} s into the clip` : null },
+      clip ? [el("span", { class: "clip-id" }, clip.id), " ", clipAction(e.device_id, clip.id)] : "",
+    ),
   );
 }
 
