@@ -1,4 +1,4 @@
-"""The scheduler benchmark (``lepton-edge bench --suite scheduler``), three parts in one run:
+"""The scheduler benchmark (``lepton-edge bench --suite scheduler``), four parts in one run:
 
 1. **ingestion**: simulated devices (a separate process, bulk mode) send telemetry at ``rate`` messages
    per second each through a real mosquitto (started here on a free port) to one scheduler replica with
@@ -10,6 +10,10 @@
    for a closed connection); measured from the death's publication to the arrival, at a subscriber, of
    the desired config that moves the workload to another device. Detection is not included: a closed
    connection's will is immediate, a silent network loss is noticed after 1.5 x the device's keepalive.
+4. **packing**: more workloads than devices; simulated devices batch the streams of a model (more throughput
+   per stream, :func:`~lepton_edge.scheduler.simulator.batch_gain`) and report it per model; measured: how
+   many workloads each device gets, the capacity the scheduler learns from that telemetry, and what the death
+   of the fullest device moves (its workloads only; the survivors' running workloads are not restarted).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from lepton_edge.fleet.protocol import (
 from lepton_edge.scheduler.models import Workload
 from lepton_edge.scheduler.placement import bench_placement
 from lepton_edge.scheduler.service import SchedulerService
-from lepton_edge.scheduler.simulator import DeviceSpec, FleetSimulator, SimDevice
+from lepton_edge.scheduler.simulator import DeviceSpec, FleetSimulator, SimDevice, batch_gain
 
 log = logging.getLogger(__name__)
 
@@ -274,13 +278,19 @@ class _DesiredWatcher:
                     if device_id == exclude:
                         continue
                     for arrived, desired in entries:
-                        source = desired.config.get("source")
-                        if arrived >= after and isinstance(source, dict) and source.get("uri") == uri:
+                        if arrived >= after and uri in _source_uris(desired.config):
                             return device_id, arrived
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+
+
+def _source_uris(config: dict[str, Any]) -> set[str]:
+    """The source URIs of a device document, either form."""
+    streams = config.get("streams")
+    sources = list(streams.values()) if isinstance(streams, dict) else [config.get("source")]
+    return {str(s["uri"]) for s in sources if isinstance(s, dict) and "uri" in s}
 
 
 def bench_failover(deaths: int = 100, devices: int = 300, workloads: int = 150,
@@ -353,6 +363,90 @@ def bench_failover(deaths: int = 100, devices: int = 300, workloads: int = 150,
     }
 
 
+# ---------------------------------------------------------------------------------------------- packing
+
+
+def bench_packing(devices: int = 20, workloads: int = 80, capacity_fps: float = 40.0, fps: float = 5.0,
+                  workdir: Path | None = None) -> dict[str, Any]:
+    """``workloads`` streams of ``fps`` on ``devices`` simulated CUDA devices (``capacity_fps`` for one stream of a
+    model, more when batched): how they are packed, the capacity learned, and a packed device's failover."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="lepton-sched-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    specs = [DeviceSpec(f"pk-{i:04d}", accelerator="cuda", runtimes={"onnxruntime": "1.20.1", "tensorrt": "10.3.0"},
+                        capacity_fps=capacity_fps) for i in range(devices)]  # fmt: skip
+    with LocalBroker(workdir) as broker:
+        service = _service(broker.port, f"sqlite:///{workdir / 'packing.db'}", "bench-packing",
+                           heartbeat_timeout_s=60)
+        sim = FleetSimulator("127.0.0.1", broker.port, specs, rate_hz=2.0, prefix="pk", mode="bulk", connections=1)
+        try:
+            service.start()
+            sim.start()
+            _wait(lambda: service.stats()["devices_online"] >= devices, 60, "the simulated devices online")
+            for i in range(workloads):
+                service.store.add_workload(Workload(
+                    workload_id=f"pk-{i:04d}", source_uri=f"synthetic://shapes?fps={fps:g}&id={i}", model="det.onnx",
+                    required_fps=fps))
+            service.replan("benchmark workloads added")
+            placed = _wait(lambda: _applied(service, workloads), 120, "every workload applied")
+            per_device = [sum(1 for d in placed.values() if d == s.device_id) for s in specs]
+            busy = [s.device_id for s, n in zip(specs, per_device, strict=True) if n]
+            learned = _wait(lambda: _learned(service, busy), 60, "capacity learned from every busy device")
+            fullest = max(busy, key=lambda d: (sum(1 for x in placed.values() if x == d), d))
+            orphans = sorted(w for w, d in placed.items() if d == fullest)
+            died_at = time.monotonic()
+            sim.kill(fullest)
+            after = _wait(lambda: (p := _applied(service, workloads)) and fullest not in p.values() and p, 60,
+                          "the dead device's workloads applied elsewhere")
+            failover_s = time.monotonic() - died_at
+            restarted = sum(sim.device(d).starts[w] - 1 for w, d in placed.items() if d != fullest)
+        finally:
+            sim.stop()
+            service.stop()
+    values = sorted(learned.values())
+    return {
+        "devices": devices,
+        "workloads": workloads,
+        "fps_per_workload": fps,
+        "workloads_per_device": {"min": min(per_device), "mean": round(statistics.fmean(per_device), 2),
+                                 "max": max(per_device)},
+        "single_stream_capacity_fps": capacity_fps,
+        "learned_capacity_fps": {"min": values[0], "median": statistics.median(values), "max": values[-1]},
+        "expected_capacity_fps": sorted({round(capacity_fps * batch_gain(n), 3) for n in per_device if n}),
+        "failover": {
+            "device_workloads": len(orphans),
+            "moved": sum(1 for w in orphans if after.get(w) not in (None, fullest)),
+            "others_moved": sum(1 for w, d in placed.items() if d != fullest and after.get(w) != d),
+            "survivor_restarts": restarted,
+            "seconds": round(failover_s, 3),
+        },
+    }
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise LeptonError(f"packing bench: {what} did not happen within {timeout:.0f} s")
+        time.sleep(0.2)
+    return value
+
+
+def _applied(service: SchedulerService, n: int) -> dict[str, str] | None:
+    """Workload -> device once all ``n`` workloads are applied and none is pending, else None."""
+    assignments = service.store.list_assignments()
+    if len(assignments) != n or any(a.status != "applied" for a in assignments):
+        return None
+    return {a.workload_id: a.device_id for a in assignments}
+
+
+def _learned(service: SchedulerService, device_ids: list[str]) -> dict[str, float] | None:
+    """Device -> capacity learned for the benchmark's model, once every one of ``device_ids`` has one."""
+    capacity = {d.device_id: d.fps_capacity.get("det.onnx") for d in service.store.list_devices()}
+    if not all(capacity.get(d) for d in device_ids):
+        return None
+    return {d: float(capacity[d] or 0.0) for d in device_ids}
+
+
 # -------------------------------------------------------------------------------------------- suite
 
 
@@ -370,7 +464,9 @@ def bench_scheduler(devices: int = 10_000, duration_s: float = 60.0, rate_hz: fl
     placement_report = bench_placement(placement_workloads, placement_devices)
     print(f"scheduler: failover over {deaths} deaths ...", file=sys.stderr, flush=True)
     failover = bench_failover(deaths)
-    return {"ingestion": ingestion, "placement": placement_report, "failover": failover}
+    print("scheduler: packing several workloads per device ...", file=sys.stderr, flush=True)
+    packing = bench_packing()
+    return {"ingestion": ingestion, "placement": placement_report, "failover": failover, "packing": packing}
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -394,6 +490,15 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"scheduler failover   {fo['deaths']} deaths ({fo['devices']} devices, {fo['workloads']} workloads): "
           f"median {fo['median_ms']} ms   p99 {fo['p99_ms']} ms   max {fo['max_ms']} ms   missed {fo['missed']}"
           "   (+ detection)")
+    if "packing" in report:
+        pk = report["packing"]
+        per, cap, dead = pk["workloads_per_device"], pk["learned_capacity_fps"], pk["failover"]
+        print(f"scheduler packing    {pk['workloads']} workloads x {pk['fps_per_workload']:g} fps on {pk['devices']} "
+              f"devices: {per['min']}-{per['max']} per device (mean {per['mean']})")
+        print(f"  capacity learned {cap['min']:g}-{cap['max']:g} fps (one stream {pk['single_stream_capacity_fps']:g}, "
+              f"batched {pk['expected_capacity_fps']})   fullest device died: {dead['moved']} of "
+              f"{dead['device_workloads']} moved in {dead['seconds']:.2f} s, others moved {dead['others_moved']}, "
+              f"restarted {dead['survivor_restarts']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from lepton_edge.tools.bench_scheduler import bench_failover, bench_ingest_ceiling, bench_ingestion, print_table
+from lepton_edge.tools.bench_scheduler import (
+    bench_failover,
+    bench_ingest_ceiling,
+    bench_ingestion,
+    bench_packing,
+    print_table,
+)
 from tests.support.mosquitto import require_mosquitto
 
 pytestmark = pytest.mark.integration
@@ -25,6 +31,14 @@ def test_small_benchmark_reports_ingestion_and_failover(tmp_path, capsys) -> Non
 
     placement = {"n_workloads": 10, "n_devices": 5, "plan_s": 0.001, "replan_s": 0.001, "failover_s": 0.001,
                  "moved_on_failover": 0, "workloads_on_failed_devices": 0, "balance": {"max_over_lower_bound": 1.0}}
-    print_table({"ingestion": ingestion, "placement": placement, "failover": failover})
+    packing = bench_packing(devices=3, workloads=9, workdir=tmp_path / "packing")
+    assert packing["workloads_per_device"] == {"min": 3, "mean": 3.0, "max": 3}
+    assert packing["expected_capacity_fps"] == [40.0 * 1.5]  # three streams batched
+    assert packing["learned_capacity_fps"]["min"] > 40.0  # more than one stream gives: batched throughput learned
+    dead = packing["failover"]
+    assert dead["moved"] == dead["device_workloads"] == 3 and dead["others_moved"] == dead["survivor_restarts"] == 0
+
+    print_table({"ingestion": ingestion, "placement": placement, "failover": failover, "packing": packing})
     out = capsys.readouterr().out
     assert "scheduler ingestion" in out and "scheduler failover" in out and "median" in out
+    assert "scheduler packing" in out and "3 of 3 moved" in out

@@ -21,7 +21,15 @@ from lepton_edge.fleet.protocol import (
     encode,
     subscription,
 )
-from lepton_edge.scheduler.desired import desired_size, device_config_for, workload_problems
+from lepton_edge.scheduler.desired import (
+    desired_size,
+    device_config_for,
+    device_conflicts,
+    device_document,
+    model_name,
+    split_document,
+    workload_problems,
+)
 from lepton_edge.scheduler.desired_publisher import DesiredSigner
 from lepton_edge.scheduler.models import Workload
 from lepton_edge.scheduler.service import SchedulerService
@@ -75,6 +83,71 @@ def test_a_config_over_the_protocol_limit_is_one_problem() -> None:
 def test_the_size_check_assumes_the_widest_envelope() -> None:
     config = device_config_for(_workload())
     assert desired_size(config) > len(str(config))
+
+
+# --------------------------------------------------------------------- a device's document: its workloads
+
+
+def test_a_device_document_shares_one_model_entry_among_the_workloads_of_one_model() -> None:
+    artifact = {"url": "https://a/det.onnx", "size": 1, "sha256": "ab" * 32}
+    front = _workload(workload_id="front", model="models/Det v8.onnx", artifact=artifact,
+                      config={"source": {"max_frame_age_ms": 200}, "postprocess": {"type": "detect"}})
+    back = _workload(workload_id="back", source_uri="rtsp://10.1.2.4/main", model="models/Det v8.onnx",
+                     artifact=artifact, config={"sinks": [{"type": "jsonl", "path": "out/back.jsonl"}]})
+    other = _workload(workload_id="side", model="cls.onnx", config={"backend": {"type": "onnxruntime"}})
+    doc = device_document([other, front, back])
+    assert doc == device_document([back, other, front])  # any order: the same document
+    (shared,) = {doc["workloads"][w]["model"] for w in ("front", "back")}
+    assert shared.startswith("det-v8-") and shared == model_name({"path": "models/Det v8.onnx", "artifact": artifact})
+    assert doc["models"][shared] == {"path": "models/Det v8.onnx", "artifact": artifact}
+    assert doc["models"][doc["workloads"]["side"]["model"]] == {"path": "cls.onnx", "backend": {"type": "onnxruntime"}}
+    assert doc["streams"] == {"back": {"uri": "rtsp://10.1.2.4/main"}, "front": {"uri": "rtsp://10.1.2.3/main",
+                              "max_frame_age_ms": 200}, "side": {"uri": "rtsp://10.1.2.3/main"}}
+    assert doc["workloads"]["front"] == {"stream": "front", "model": shared, "postprocess": {"type": "detect"}}
+    assert set(doc) == {"streams", "models", "workloads"}
+
+    # moving one workload off leaves the others' entries as they were: the device changes only that one
+    without = device_document([front, other])
+    assert without["workloads"]["front"] == doc["workloads"]["front"] and "back" not in without["streams"]
+    # a workload that sets the model differently gets its own entry
+    tuned = back.model_copy(update={"config": {"model": {"task": "detect"}}})
+    apart = device_document([front, tuned])
+    assert apart["workloads"]["front"]["model"] != apart["workloads"]["back"]["model"]
+    assert len(apart["models"]) == 2
+
+
+def test_each_workload_of_a_document_is_the_single_form_config_the_api_validated() -> None:
+    a = _workload(workload_id="a", config={"postprocess": {"type": "detect", "conf_threshold": 0.4},
+                                           "backend": {"type": "onnxruntime"}, "pipeline": {"stats_interval_s": 2}})
+    b = _workload(workload_id="b", source_uri="synthetic://shapes", model="m/other.onnx")
+    split = split_document(device_document([a, b]))
+    assert split == {"a": device_config_for(a), "b": {**device_config_for(b), "pipeline": {"stats_interval_s": 2}}}
+    assert split_document(device_config_for(a)) == {"default": device_config_for(a)}
+    assert split_document({"idle": True}) == {} and split_document({"workloads": {}}) == {}
+    broken = split_document({"streams": {}, "models": {}, "workloads": {"x": {"stream": "nope", "model": "nope"}}})
+    assert broken == {"x": {}}  # no source, no model: the device schema says so
+
+
+def test_workloads_that_cannot_share_a_device_are_named_with_the_reason() -> None:
+    base = _workload(workload_id="base", config={"pipeline": {"stats_interval_s": 2},
+                                                 "sinks": [{"type": "jsonl", "path": "out/r.jsonl"}]})
+    same = _workload(workload_id="same", config={"pipeline": {"stats_interval_s": 2}})
+    other = _workload(workload_id="other", config={"pipeline": {"stats_interval_s": 5}})
+    nested = _workload(workload_id="nested", config={"pipeline": {"latency_window": 50}})
+    writer = _workload(workload_id="writer", config={"sinks": [{"type": "jsonl", "path": "out/r.jsonl"}]})
+    conflicts = device_conflicts([base, same, other, nested, writer])
+    assert conflicts == {
+        "other": "device-level setting pipeline.stats_interval_s differs from workload base's",
+        "writer": "writes sink file 'out/r.jsonl', as workload base does",
+    }
+    assert device_conflicts([other, base]) == {
+        "base": "device-level setting pipeline.stats_interval_s differs from workload other's"
+    }  # the first ones stay
+    half = {"sinks": [{"type": "console", "note": "x" * (MAX_PAYLOAD_BYTES // 2)}]}
+    large = [_workload(workload_id=f"big{i}", config=half) for i in range(3)]
+    assert all(desired_size(device_document([w])) <= MAX_PAYLOAD_BYTES for w in large)  # each fits alone...
+    too_big = device_conflicts(large)
+    assert list(too_big) == ["big1", "big2"] and "payload limit" in too_big["big1"]  # ...not together
 
 
 # ------------------------------------------------------------------ signed desired documents, re-asserted

@@ -363,6 +363,21 @@ def test_capacity_learning_is_smoothed_and_per_model() -> None:
     assert learn_capacity(second, {"artifact_id": "m", "fps": 0.0, "latency_ms": {}}) == second
 
 
+def test_capacity_of_a_batching_device_is_each_models_fps_over_its_busy_fraction() -> None:
+    # 4 streams batched: 48 frames/s inferred with the worker busy 60 % of the time -> 80 fps at this batch size,
+    # whatever the single-stream latencies say (the per-model figures win)
+    data = {"artifact_id": "det", "fps": 50.0, "latency_ms": {"infer": {"p50": 40.0}},
+            "models": {"det": {"fps": 48.0, "batch_mean": 3.9, "busy": 0.6, "streams": 4},
+                       "cls": {"fps": 12.0, "batch_mean": 1.0, "busy": 0.3, "streams": 1},
+                       "idle": {"fps": 0.2, "batch_mean": 1.0, "busy": 0.01, "streams": 1}}}
+    first = learn_capacity({"old": 5.0}, data)
+    assert first == {"old": 5.0, "det": pytest.approx(80.0), "cls": pytest.approx(40.0)}  # "idle" taught nothing
+    busier = {**data, "models": {"det": {"fps": 90.0, "batch_mean": 4.0, "busy": 0.9, "streams": 4}}}
+    assert learn_capacity(first, busier)["det"] == pytest.approx(80.0 + 0.3 * (100.0 - 80.0))  # smoothed
+    nothing = {**data, "models": {"det": {"fps": 0.0, "batch_mean": 0.0, "busy": 0.0, "streams": 4}}}
+    assert learn_capacity(first, nothing) == first
+
+
 # ------------------------------------------------------------------------------------- workloads
 
 
