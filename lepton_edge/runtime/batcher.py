@@ -355,6 +355,7 @@ class ModelRunner:
     def _collect(self) -> list[tuple[Feed, Work]] | None:
         """The next batch, or None when the thread should end (closed, or no feed left)."""
         while True:
+            self._warm()  # a feed attached: the batch size it brings (cheap once warm)
             drained: list[Feed] = []
             with self._cond:
                 if self._closed:
@@ -374,7 +375,6 @@ class ModelRunner:
                 self._detach(feed, None)
             if drained:
                 continue
-            self._warm()
             with self._cond:
                 if not self._closed and not any(self._ready(f) for f in self._feeds):
                     # Poll while a frame waits for room in its pipeline (nothing notifies when a result is taken).
@@ -415,26 +415,34 @@ class ModelRunner:
         return batch
 
     def _warm(self) -> None:
-        """Warm up (and check) every input size attached feeds use at batch 1 and at ``max_batch``."""
+        """Warm up (and check) every input size attached feeds use at ``max_batch`` (batch 1 is warmed up by each
+        pipeline's model bundle, or by load)."""
         if self.mode == "single":
             return
-        sizes = {self.max_batch}
+        rows = self.max_batch
+        if rows == 1:
+            return
         for feed in self.feeds:
-            for rows in sizes:
-                key = (tuple(sorted(feed.shapes.items())), rows)
-                if key in self._warmed or rows == 1:
-                    continue
-                self._warmed.add(key)
-                feeds = {name: np.zeros((rows, *shape[1:]), self.plan.specs[name].dtype)
-                         for name, shape in feed.shapes.items()}
+            key = (tuple(sorted(feed.shapes.items())), rows)
+            if key in self._warmed:
+                continue
+            self._warmed.add(key)
+            feeds = {name: np.zeros((rows, *shape[1:]), self.plan.specs[name].dtype)
+                     for name, shape in feed.shapes.items()}
+            try:
                 for _ in range(max(1, self.backend.warmup_runs)):
                     outputs = self.backend.infer(feeds)
-                bad = [i for i, o in enumerate(outputs) if np.ndim(o) == 0 or np.shape(o)[0] != rows]
-                if bad:
-                    log.warning("model %s: output(s) %s do not follow the batch axis at batch %d; frames run one "
-                                "by one", self.name, [self.backend.outputs[i].name for i in bad], rows)
-                    self.mode = "single"
-                    return
+            except Exception as e:  # a "dynamic" batch axis the graph does not honour (a reshape to batch 1)
+                log.warning("model %s cannot run a batch of %d (%s: %s); frames run one by one", self.name, rows,
+                            type(e).__name__, str(e)[:300])
+                self.mode = "single"
+                return
+            bad = [i for i, o in enumerate(outputs) if np.ndim(o) == 0 or np.shape(o)[0] != rows]
+            if bad:
+                log.warning("model %s: output(s) %s do not follow the batch axis at batch %d; frames run one "
+                            "by one", self.name, [self.backend.outputs[i].name for i in bad], rows)
+                self.mode = "single"
+                return
 
     def _infer(self, batch: list[tuple[Feed, Work]]) -> None:
         t = now()

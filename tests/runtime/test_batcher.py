@@ -234,6 +234,37 @@ def test_an_inference_error_stops_every_stream_of_the_model(models):
     runner.close()
 
 
+def batch_one_inside_model(path):
+    """Declares a dynamic batch axis but reshapes to batch 1 inside, as some exports do: it cannot batch."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+         helper.make_node("Reshape", ["m", "one"], ["logits"])], "reshape1",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor("one", TensorProto.INT64, [2], [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_that_cannot_batch_runs_frames_one_by_one(tmp_path):
+    backend = RecordingBackend(batch_one_inside_model(tmp_path / "r1.onnx")).load()
+    runner = ModelRunner(backend, source="tensor", name="r1")
+    assert runner.mode == "single"  # onnxruntime infers the output's batch of 1
+    readers = [Reader(k, 20) for k in range(2)]
+    pipes = [stream(runner, r) for r in readers]
+    for p, _ in pipes:
+        p.start()
+    for p, _ in pipes:
+        assert p.wait(10)
+    assert set(backend.batches) == {1}
+    for reader, (_, sink) in zip(readers, pipes, strict=True):
+        check_stream(reader, sink, 20)
+    runner.close()
+
+
 def accumulator_model(path):
     """total = state + x, fed back as the next state: a running sum per sequence."""
     graph = helper.make_graph(
