@@ -35,17 +35,20 @@ from lepton_edge.config.pipeline import (
     TrackingConfig,
 )
 from lepton_edge.config.workloads import (
+    MAX_CASCADES,
     MAX_MODELS,
     MAX_STREAMS,
     MAX_WORKLOADS,
     SINGLE_WORKLOAD,
+    InlineCascadeConfig,
     Name,
     NamedModelConfig,
     WorkloadConfig,
 )
 from lepton_edge.core.errors import ConfigError
 
-SINGLE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "tracking", "analytics", "sinks")
+SINGLE_SECTIONS = ("model", "backend", "source", "preprocess", "postprocess", "tracking", "analytics", "cascade",
+                   "sinks")
 """The sections of the single-workload form (one source, one model)."""
 MULTI_SECTIONS = ("streams", "models", "workloads")
 """The sections of the multi-stream form."""
@@ -73,6 +76,11 @@ class DeviceConfig(Strict):
         "null: no tracking, no cost.")
     analytics: AnalyticsConfig | None = Field(
         None, description="Zones, counting lines and loitering on the tracks; needs tracking.")
+    cascade: list[InlineCascadeConfig] = Field(
+        default_factory=list, max_length=MAX_CASCADES,
+        description="Classifiers run on crops of the detections (detector -> classifier), each answer attached to "
+        "its detection under the cascade's name.",
+    )
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where results go.")
     streams: dict[Name, SourceConfig] = Field(
         default_factory=dict, max_length=MAX_STREAMS,
@@ -128,6 +136,21 @@ class DeviceConfig(Strict):
                 f"tracking follows boxes, but this workload's postprocess is {kind} (no boxes to track): remove "
                 "the tracking (and analytics) section, or use a detection model"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cascade_on_boxes(self) -> DeviceConfig:
+        kind = self.postprocess.type if self.postprocess is not None else self.model.task if self.model else None
+        if self.cascade and kind in ("classify", "raw"):
+            raise ValueError(f"a cascade classifies crops of detections, but this workload's postprocess is {kind}: "
+                             "remove the cascade, or use a detection model")
+        for i, cascade in enumerate(self.cascade):
+            if cascade.model.task not in ("auto", "classify"):
+                raise ValueError(f"cascade.{i}.model is a {cascade.model.task} model; a cascade runs a classifier "
+                                 "on the crops (task: classify)")
+        names = [c.name for c in self.cascade]
+        if len(set(names)) < len(names):
+            raise ValueError(f"cascade names {names} repeat; each answer needs its own name")
         return self
 
     @model_validator(mode="after")
@@ -206,6 +229,10 @@ def workload_view(config: DeviceConfig, name: str) -> DeviceConfig:
     for section in ("postprocess", "tracking", "analytics"):
         if getattr(workload, section) is not None:
             data[section] = getattr(workload, section)
+    if workload.cascade:
+        data["cascade"] = [
+            InlineCascadeConfig.model_validate({**c.model_dump(exclude={"model"}), "name": c.model,
+                                                "model": config.models[c.model]}) for c in workload.cascade]
     if config.agent is not None:
         data["agent"] = config.agent
     return DeviceConfig.model_validate(data)

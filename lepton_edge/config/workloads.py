@@ -45,10 +45,9 @@ class NamedModelConfig(ModelConfig):
     backend: BackendConfig = Field(default_factory=OnnxRuntimeBackendConfig, description="Inference backend.")
 
 
-class CascadeConfig(Strict):
-    """A classifier run on crops of the workload's detections; its top class is attached to each detection."""
+class CascadeSelection(Strict):
+    """Which detections a cascade classifies."""
 
-    model: Name = Field(description="A model of the `models` section; it must be a classifier.")
     classes: list[str | int] | None = Field(
         None, max_length=256,
         description="Detections of these classes (labels or class ids) are classified; None: every class.",
@@ -60,6 +59,20 @@ class CascadeConfig(Strict):
         description="Most crops per frame, highest scores first; the rest keep no cascade result.",
     )
     padding: float = Field(0.0, ge=0, le=1, description="Grow each crop by this fraction of its box on every side.")
+
+
+class CascadeConfig(CascadeSelection):
+    """A classifier (a model of the ``models`` section) run on crops of the workload's detections; its top class
+    is attached to each detection under the model's name."""
+
+    model: Name = Field(description="A model of the `models` section; it must be a classifier.")
+
+
+class InlineCascadeConfig(CascadeSelection):
+    """A cascade of the single form: the classifier's model given in place, its answers attached under ``name``."""
+
+    name: Name = Field(description="Under which name each detection carries the classifier's answer.")
+    model: NamedModelConfig = Field(description="The classifier (the `model` fields plus `backend`).")
 
 
 class WorkloadConfig(Strict):

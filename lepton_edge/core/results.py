@@ -207,11 +207,42 @@ class Tracks:
 
 
 @dataclass(slots=True)
+class Attributes:
+    """One cascade classifier's answer per detection: its top class and score; class id -1 where the detection was
+    not classified (too small, too unsure, not of the classes asked, or beyond the crops per frame)."""
+
+    class_ids: np.ndarray
+    scores: np.ndarray
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        if len(self.class_ids) != len(self.scores):
+            raise ValueError("Attributes class_ids and scores disagree in length")
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    def select(self, keep: np.ndarray) -> Attributes:
+        return Attributes(self.class_ids[keep], self.scores[keep], self.labels)
+
+    def item(self, i: int) -> dict[str, Any] | None:
+        """Detection ``i``'s answer as a protocol class score; None when it was not classified."""
+        c = int(self.class_ids[i])
+        if c < 0:
+            return None
+        return {"label": self.labels[c] if c < len(self.labels) else str(c), "class_id": c,
+                "score": round(float(self.scores[i]), 4)}
+
+
+@dataclass(slots=True)
 class Detections:
     """Detections as parallel arrays: boxes ``(N, 4)`` xyxy in source pixels, scores ``(N,)``, class ids ``(N,)``.
 
     Segmentation, pose and oriented-box models add one entry per detection in ``masks``, ``keypoints`` or
-    ``rotated`` (``boxes`` is then the axis-aligned box around it). A tracker adds ``tracks``.
+    ``rotated`` (``boxes`` is then the axis-aligned box around it). A tracker adds ``tracks``; cascades add
+    ``attributes`` (one :class:`Attributes` per cascade classifier, by its model name).
     """
 
     boxes: np.ndarray
@@ -223,6 +254,7 @@ class Detections:
     keypoints: Keypoints | None = None
     rotated: RotatedBoxes | None = None
     tracks: Tracks | None = None
+    attributes: dict[str, Attributes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -231,6 +263,7 @@ class Detections:
         n = len(self.boxes)
         lengths = {"scores": len(self.scores), "class_ids": len(self.class_ids)}
         lengths |= {name: len(part) for name, part in self._parts().items()}
+        lengths |= {f"attributes.{name}": len(part) for name, part in self.attributes.items()}
         if any(length != n for length in lengths.values()):
             raise ValueError(
                 f"Detections arrays disagree in length: boxes {n}, "
@@ -262,6 +295,7 @@ class Detections:
             keypoints=None if self.keypoints is None else self.keypoints.select(keep),
             rotated=None if self.rotated is None else self.rotated.select(keep),
             tracks=None if self.tracks is None else self.tracks.select(keep),
+            attributes={name: part.select(keep) for name, part in self.attributes.items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +327,11 @@ class Detections:
                 item["track_id"] = int(tid)
                 item["track_age_s"] = round(float(age), 3)
                 item["velocity"] = [round(float(vx), 1), round(float(vy), 1)]
+        for name, part in self.attributes.items():
+            for i, item in enumerate(items):
+                answer = part.item(i)
+                if answer is not None:
+                    item.setdefault("attributes", {})[name] = answer
         return {"detections": items}
 
 

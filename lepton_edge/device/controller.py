@@ -25,6 +25,7 @@ from typing import Any
 from lepton_edge.config.device import DeviceConfig
 from lepton_edge.core.errors import LeptonError
 from lepton_edge.device.device_stats import DeviceStats
+from lepton_edge.device.model_registry import ModelRegistry
 from lepton_edge.device.telemetry import WorkloadReport
 from lepton_edge.device.workload import ApplyResult, WorkloadController, open_pipeline, plan_changes
 from lepton_edge.runtime.pipeline import Pipeline, PipelineStats
@@ -60,6 +61,8 @@ class RuntimeController:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._started = False
+        self.models = ModelRegistry()
+        """The loaded models, each shared by the workloads that run it."""
         self.workloads: dict[str, WorkloadController] = {}
         """The running workloads by name."""
         self._stats = DeviceStats(lambda: {name: w.stats for name, w in list(self.workloads.items()) if not w.idle})
@@ -76,7 +79,7 @@ class RuntimeController:
 
     def _workload(self, view: DeviceConfig, version: int) -> WorkloadController:
         return WorkloadController(view, version, max_frames=self._max_frames, extra_sinks=self._extra_factory,
-                                  artifacts=self.artifacts)
+                                  artifacts=self.artifacts, models=self.models)
 
     # -- views (RuntimeView for telemetry) -----------------------------------------------------------
 

@@ -110,6 +110,8 @@ def _check_workload(config: DeviceConfig, agent: AgentConfig, origin: str, *, mo
     checker = _Checker(agent, origin)
     if model and config.model is not None:
         _check_model(checker, config.model, "model.")
+    for i, cascade in enumerate(config.cascade if model else ()):  # the multi form's are among its models
+        _check_model(checker, cascade.model, f"cascade.{i}.model.")
     if len(config.sinks) > MAX_REMOTE_SINKS:
         checker.refuse("sinks", f"{len(config.sinks)} sinks", f"a remote config runs at most {MAX_REMOTE_SINKS} sinks")
     pre = config.preprocess

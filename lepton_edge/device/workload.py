@@ -31,22 +31,27 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.config.pipeline import ModelConfig
 from lepton_edge.core.errors import ConfigError, LeptonError, error_text
 from lepton_edge.core.metrics import LatencyWindow
+from lepton_edge.device.model_registry import RELOAD_MODEL_FIELDS, ModelRegistry
 from lepton_edge.device.probation import Probation, health_check
 from lepton_edge.device.updates import ArtifactStore
 from lepton_edge.engines.engine_cache import load_backend
 from lepton_edge.fleet.protocol import model_id
-from lepton_edge.runtime.assembly import build_pipeline, make_postprocessor, make_preprocessor, make_tracking
+from lepton_edge.runtime.assembly import (
+    build_pipeline,
+    make_cascade,
+    make_postprocessor,
+    make_preprocessor,
+    make_tracking,
+)
+from lepton_edge.runtime.cascade import CascadeStage
 from lepton_edge.runtime.pipeline import STAGES, ModelBundle, Pipeline, PipelineStats
 from lepton_edge.runtime.sinks import create_sinks
 from lepton_edge.runtime.sources import FrameReader, create_source
 
 log = logging.getLogger(__name__)
 
-RELOAD_MODEL_FIELDS = frozenset(ModelConfig.model_fields) - {"labels", "task"}
-"""Model fields whose change needs the model loaded again (labels and task only change postprocessing)."""
 
 Outcome = Literal["applied", "rejected", "rolled_back"]
 
@@ -97,6 +102,8 @@ def plan_changes(old: DeviceConfig, new: DeviceConfig) -> frozenset[str]:
         changes.add("sinks")
     if old.tracking != new.tracking or old.analytics != new.analytics:
         changes.add("tracking")
+    if old.cascade != new.cascade:
+        changes.add("cascade")
     old_results = old.agent.results if old.agent else None
     new_results = new.agent.results if new.agent else None
     if old_results != new_results:
@@ -117,12 +124,15 @@ class _Prepared:
     sinks: list[Any] | None = None
     extra: list[Any] | None = None
     tracking: Any = None
+    cascade: CascadeStage | None = None
     artifact_id: str | None = None
 
-    def discard(self) -> None:
-        """Release what was prepared but never used."""
+    def discard(self, release: Callable[[ModelBundle], None], release_cascade: Callable[[Any], None]) -> None:
+        """Release what was prepared but never used (``release`` lets go of a bundle's model, ``release_cascade`` of
+        a cascade's classifiers)."""
         if self.bundle is not None:
-            self.bundle.close()
+            release(self.bundle)
+        release_cascade(self.cascade)
         if self.reader is not None:
             self.reader.close()
         _close_sinks((self.sinks or []) + (self.extra or []))
@@ -206,8 +216,10 @@ class WorkloadController:
         max_frames: int | None = None,
         extra_sinks: Callable[[DeviceConfig], list[Any]] | None = None,
         artifacts: Any = None,
+        models: ModelRegistry | None = None,
     ) -> None:
         self.artifacts = artifacts
+        self._models = models if models is not None else ModelRegistry()
         self._extra_factory = extra_sinks
         self._max_frames = max_frames
         self._lock = threading.Lock()
@@ -301,7 +313,8 @@ class WorkloadController:
         finally:
             with self._lock:  # an apply in progress ends quickly once _stopping is set
                 if self.pipeline is not None:
-                    self.pipeline.backend.close()
+                    self._release_model(self.pipeline.model)
+                    self._release_cascade(self.pipeline.cascade)
 
     def abort(self) -> None:
         """Stop at once, discarding frames in flight (a second SIGTERM)."""
@@ -354,7 +367,7 @@ class WorkloadController:
                 errors = self._swap_model_checked(prepared.bundle, new)
                 prepared.bundle = None  # owned by the pipeline now (or closed by the swap back)
                 if errors:
-                    prepared.discard()
+                    prepared.discard(self._release_model, self._release_cascade)
                     if activated:
                         rollback_artifact(self.artifacts)
                     return self._rolled_back(version, errors, changes)
@@ -379,7 +392,29 @@ class WorkloadController:
         return ApplyResult("rolled_back", errors, frozenset(changes))
 
     def _build(self, resolved: DeviceConfig, extra: list[Any]) -> Pipeline:
-        return open_pipeline(resolved, max_frames=self._max_frames, extra_sinks=extra, stats=self._stats)
+        """The pipeline of ``resolved`` on its model's shared runner."""
+        assert resolved.source is not None
+        runner = self._models.acquire(resolved, create_source(resolved.source).kind)
+        classifiers: dict[str, Any] = {}
+        try:
+            classifiers = self._models.acquire_classifiers(resolved)
+            return build_pipeline(resolved, runner=runner, max_frames=self._max_frames, extra_sinks=extra,
+                                  stats=self._stats, classifiers=classifiers)
+        except BaseException:
+            self._models.release_classifiers(classifiers)
+            self._models.release(runner)
+            raise
+
+    def _release_cascade(self, cascade: CascadeStage | None) -> None:
+        """Let go of ``cascade``'s classifiers (closed when no other cascade runs them)."""
+        if cascade is not None:
+            self._models.release_classifiers({step.name: step.classifier for step in cascade.steps})
+
+    def _release_model(self, bundle: ModelBundle) -> None:
+        """Let go of ``bundle`` and its model (closed when no other workload runs it)."""
+        bundle.retire()
+        if not bundle.owns_runner:
+            self._models.release(bundle.runner)
 
     def _go_idle(self, timeout: float = 10.0) -> None:
         """Stop the pipeline: frames in flight finish, sinks are flushed and closed, the backend is closed."""
@@ -393,8 +428,7 @@ class WorkloadController:
         self._stats.latency = {name: LatencyWindow(self.config.pipeline.latency_window) for name in STAGES}
         self._stats.source_state = "idle"
 
-    @staticmethod
-    def _retire(pipeline: Pipeline, timeout: float) -> None:
+    def _retire(self, pipeline: Pipeline, timeout: float) -> None:
         pipeline.stop()
         try:
             if not pipeline.wait(timeout):
@@ -404,7 +438,8 @@ class WorkloadController:
         except LeptonError as e:
             log.warning("the stopped pipeline ended with an error: %s", error_text(e))
         finally:
-            pipeline.backend.close()
+            self._release_model(pipeline.model)
+            self._release_cascade(pipeline.cascade)
 
     def _leave_idle(self, new: DeviceConfig, version: int, changes: set[str]) -> ApplyResult:
         """Build, start and health-check a pipeline for ``new``; on any failure stay idle."""
@@ -455,14 +490,12 @@ class WorkloadController:
                     kind = source.kind
                     changes.add("model")  # tensors skip preprocessing: the model bundle changes
             if "model" in changes:
-                backend = load_backend(new)
+                runner = self._models.acquire(new, kind)
                 try:
-                    prepared.bundle = ModelBundle(
-                        backend, make_preprocessor(new, backend, kind), make_postprocessor(new, backend),
-                        new.model.inputs if new.model is not None else None,
-                    )
+                    prepared.bundle = ModelBundle.on(runner, make_preprocessor(new, runner.backend, kind),
+                                                     make_postprocessor(new, runner.backend))
                 except BaseException:
-                    backend.close()
+                    self._models.release(runner)
                     raise
                 prepared.artifact_id = artifact_id_of(new)
             elif "postprocess" in changes:
@@ -475,8 +508,10 @@ class WorkloadController:
                 prepared.extra = self._extra_factory(new)
             if "tracking" in changes:
                 prepared.tracking = make_tracking(new)
+            if "cascade" in changes:
+                prepared.cascade = make_cascade(new, self._models.acquire_classifiers(new))
         except BaseException:
-            prepared.discard()
+            prepared.discard(self._release_model, self._release_cascade)
             raise
         return prepared
 
@@ -488,10 +523,11 @@ class WorkloadController:
         old = pipeline.swap_model(bundle, retire_old=False)
         errors = health_check(probation, pipeline, config, self._stopping)
         if errors:
-            pipeline.swap_model(old)  # the new bundle is closed once its frames are done
+            pipeline.swap_model(old, retire_old=False)
+            self._release_model(bundle)  # closed once its frames are done
             return errors
         probation.end()
-        old.retire()
+        self._release_model(old)
         return []
 
     def _commit(self, prepared: _Prepared, new: DeviceConfig, changes: set[str]) -> None:
@@ -506,6 +542,10 @@ class WorkloadController:
             pipeline.swap_sinks((prepared.sinks if prepared.sinks is not None else configured) + self._extra)
         if "tracking" in changes:
             pipeline.swap_tracking(prepared.tracking)
+        if "cascade" in changes:
+            old_cascade = pipeline.cascade
+            pipeline.swap_cascade(prepared.cascade)
+            self._release_cascade(old_cascade)
         if prepared.reader is not None:
             pipeline.swap_source(prepared.reader, prepared.live)
         if "frame_age" in changes:

@@ -10,9 +10,12 @@ import threading
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.config.pipeline import PostprocessConfig, PreprocessConfig, RawConfig
+from lepton_edge.config.pipeline import ClassifyConfig, PostprocessConfig, PreprocessConfig, RawConfig
+from lepton_edge.config.workloads import InlineCascadeConfig
 from lepton_edge.core.errors import ConfigError, LeptonError
 from lepton_edge.runtime.backends.base import Backend
+from lepton_edge.runtime.batcher import ModelRunner
+from lepton_edge.runtime.cascade import CascadeClassifier, CascadeStage, CascadeStep
 from lepton_edge.runtime.input_size import ARTIFACT_PREPROCESS_KEY
 from lepton_edge.runtime.inputs import plan_inputs
 from lepton_edge.runtime.labels import labels_from_metadata, load_labels
@@ -105,38 +108,73 @@ def make_preprocessor(config: DeviceConfig, backend: Backend, source_kind: str) 
                         metadata=backend.metadata)
 
 
+def make_cascade_classifier(cascade: InlineCascadeConfig, backend: Backend) -> CascadeClassifier:
+    """The classifier of ``cascade`` around its loaded ``backend``: preprocessing from the model's metadata, its
+    top class decoded with the labels of the config, else of the model."""
+    model = cascade.model
+    labels = load_labels(model.labels) or labels_from_metadata(backend.metadata)
+    post = create_postprocessor(ClassifyConfig(type="classify", top_k=1), backend.outputs, backend.metadata, labels)
+    plan = plan_inputs(backend.inputs, backend.outputs, model.inputs, source="image", where=str(model.path))
+    if plan.image is None:
+        raise ConfigError(f"cascade {cascade.name!r}: {model.path} has no image input to take the crops")
+    pre = Preprocessor(plan.image, preprocess_from_metadata(PreprocessConfig(), backend.metadata),
+                       metadata=backend.metadata)
+    return CascadeClassifier(cascade.name, backend, pre, post)
+
+
+def make_cascade(config: DeviceConfig, classifiers: dict[str, CascadeClassifier]) -> CascadeStage | None:
+    """The cascade step of ``config`` (one workload) on its loaded ``classifiers`` (by cascade name); None without
+    cascades."""
+    if not config.cascade:
+        return None
+    missing = [c.name for c in config.cascade if c.name not in classifiers]
+    if missing:
+        raise ConfigError(f"cascade {', '.join(missing)}: its classifier is not loaded (cascades run under the device "
+                          "runtime, which loads them)")
+    return CascadeStage([CascadeStep(c.name, c, classifiers[c.name]) for c in config.cascade])
+
+
 def make_tracking(config: DeviceConfig) -> TrackingStage | None:
     """The tracking (and analytics) step ``config`` asks for; None when it has no tracking section."""
     return TrackingStage(config.tracking, config.analytics) if config.tracking is not None else None
 
 
-def build_pipeline(config: DeviceConfig, backend: Backend, *, max_frames: int | None = None,
-                   extra_sinks: list[Any] | None = None, stats: PipelineStats | None = None) -> Pipeline:
-    """Open the source and the sinks described by ``config`` around the loaded ``backend``; returns an unstarted
-    pipeline. The backend is closed when anything fails.
+def build_pipeline(config: DeviceConfig, backend: Backend | None = None, *, runner: ModelRunner | None = None,
+                   max_frames: int | None = None, extra_sinks: list[Any] | None = None,
+                   stats: PipelineStats | None = None,
+                   classifiers: dict[str, CascadeClassifier] | None = None) -> Pipeline:
+    """Open the source and the sinks described by ``config`` (one workload) around its model: a loaded ``backend``
+    (the pipeline's own, closed when anything fails) or a ``runner`` shared with other workloads (left open).
+    Returns an unstarted pipeline.
 
     ``stats`` (optional) is reused instead of new counters, so figures continue across pipelines; its
-    latency windows must already have ``config.pipeline.latency_window`` samples.
+    latency windows must already have ``config.pipeline.latency_window`` samples. ``classifiers`` are the loaded
+    cascade classifiers by cascade name (required when the config has cascades).
     Raises ConfigError/ModelError/SourceError with a clear message when any part is wrong, and ConfigError
     for an idle config (nothing to build).
     """
+    if (backend is None) == (runner is None):
+        raise ValueError("build_pipeline needs a backend or a runner")
     try:
         require_workload(config)
         assert config.model is not None and config.source is not None
-        postprocessor = make_postprocessor(config, backend)
+        model_backend = backend if backend is not None else runner.backend  # type: ignore[union-attr]
+        postprocessor = make_postprocessor(config, model_backend)
         source = create_source(config.source)
         live = config.source.live if config.source.live is not None else source.live
-        preprocessor = make_preprocessor(config, backend, getattr(source, "kind", "image"))
+        preprocessor = make_preprocessor(config, model_backend, getattr(source, "kind", "image"))
         stats = stats if stats is not None else PipelineStats(config.pipeline.latency_window)
         stop = threading.Event()
         reader = FrameReader(source, config.source, stop)
         sinks = create_sinks(config.sinks, stats, title=config.device_id) + list(extra_sinks or [])
         return Pipeline(
-            reader, backend, postprocessor, sinks,
+            reader, backend, postprocessor, sinks, runner=runner,
             preprocessor=preprocessor, live=live, max_frame_age_ms=config.source.max_frame_age_ms,
-            max_frames=max_frames, stats=stats, stop_event=stop, inputs=config.model.inputs,
-            tracking=make_tracking(config),
+            max_frames=max_frames, stats=stats, stop_event=stop,
+            inputs=config.model.inputs if runner is None else None, tracking=make_tracking(config),
+            cascade=make_cascade(config, classifiers or {}), name=config.source.id,
         )
     except BaseException:
-        backend.close()
+        if backend is not None:
+            backend.close()
         raise

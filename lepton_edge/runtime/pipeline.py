@@ -10,8 +10,9 @@ of the same model, which batches their frames (docs/streams.md).
 - Input tensors come from a small pool of preallocated buffers; nothing is allocated per frame on the
   preprocess/infer path once the frame size is stable.
 - Every result carries its capture time and the milliseconds spent in each stage.
-- Tracking and analytics, when configured, run in the postprocess thread right after decoding (a few hundred
-  microseconds a frame; ``stage_ms["track"]``), so every sink sees tracked results; without them nothing runs.
+- Cascades (classifiers on crops of the detections; ``stage_ms["cascade"]``), tracking and analytics (a few
+  hundred microseconds a frame; ``stage_ms["track"]``), when configured, run in the postprocess thread right after
+  decoding, so every sink sees classified, tracked results; without them nothing runs.
 - Models with several inputs are fed through an :class:`~lepton_edge.runtime.inputs.InputPlan`: the image or the
   recorded arrays per frame, constants, and state fed back from the previous frame's outputs. A stateful model
   runs every frame in order: its pipeline drops nothing, even from a live source (logged), and its state goes
@@ -36,6 +37,7 @@ from lepton_edge.core.metrics import DropCounter, LatencyWindow
 from lepton_edge.core.results import Result, now
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.batcher import Feed, ModelRunner, Work
+from lepton_edge.runtime.cascade import CascadeStage
 from lepton_edge.runtime.channel import CLOSED, Channel, ChannelClosed
 from lepton_edge.runtime.input_size import feed_shape
 from lepton_edge.runtime.inputs import InputPlan, fill_recorded, plan_inputs
@@ -246,6 +248,7 @@ class Pipeline:
         stop_event: threading.Event | None = None,
         inputs: InputsConfig | None = None,
         tracking: TrackingStage | None = None,
+        cascade: CascadeStage | None = None,
         runner: ModelRunner | None = None,
         name: str | None = None,
     ) -> None:
@@ -261,6 +264,7 @@ class Pipeline:
             self.model = ModelBundle(backend, preprocessor, postprocessor, inputs)
         self.name = name or str(getattr(reader, "source_id", None) or "stream")
         self.tracking = tracking
+        self.cascade = cascade
         self.reader = reader
         self.sinks = list(sinks)
         self.live = live
@@ -317,6 +321,10 @@ class Pipeline:
         """Track (and count) with ``tracking`` from the next frame on; None turns tracking off. Tracks start
         again."""
         self.tracking = tracking
+
+    def swap_cascade(self, cascade: CascadeStage | None) -> None:
+        """Classify crops with ``cascade`` from the next frame on; None turns cascades off."""
+        self.cascade = cascade
 
     def swap_sinks(self, sinks: Sequence[Any]) -> None:
         """Deliver to ``sinks`` from the next result on; the old sinks are flushed and closed."""
@@ -603,6 +611,10 @@ class Pipeline:
                     model.release()
                 done = now()
                 work.stage_ms["postprocess"] = (done - t) * 1000.0
+                if (cascade := self.cascade) is not None:
+                    output = cascade(output, frame.data)
+                    t, done = done, now()
+                    work.stage_ms["cascade"] = (done - t) * 1000.0
                 analytics = None
                 if (tracking := self.tracking) is not None:
                     output, analytics = tracking(output, frame.capture_ts, frame.source_id, _frame_size(frame.data))

@@ -173,3 +173,25 @@ class ListSink(Sink):
     def labels(self, start: int = 0) -> list[str]:
         """Top label of each result from ``start`` on."""
         return [r.output.labels[r.output.class_ids[0]] for r in self.results[start:] if len(r.output)]
+
+
+def multi_data(tmp_path: Path, models: dict[str, Path], workloads: dict[str, dict[str, Any]], port: int = 1883,
+               device_id: str = "multi", **sections: Any) -> dict[str, Any]:
+    """A multi-stream device config mapping: ``models`` name -> ONNX path (onnxruntime, one thread), and per
+    workload its ``uri`` (a stream of the workload's name) and ``model`` plus any workload sections; the agent
+    section as :func:`agent_data` makes it (its allowed folders cover every model)."""
+    first = next(iter(models.values()))
+    base = agent_data(tmp_path, first, port, device_id)
+    folders = {str(Path(p).parent) for p in models.values()} | {str(tmp_path)}
+    base["agent"]["remote_policy"]["allowed_folders"] = sorted(folders)
+    backend = {"type": "onnxruntime", "intra_op_threads": 1, "warmup_runs": 0}
+    data: dict[str, Any] = {
+        "device_id": device_id,
+        "streams": {name: {"uri": w["uri"]} for name, w in workloads.items()},
+        "models": {name: {"path": str(path), "backend": backend} for name, path in models.items()},
+        "workloads": {name: {"stream": name, "postprocess": {"type": "classify", "top_k": 3},
+                             **{k: v for k, v in w.items() if k != "uri"}} for name, w in workloads.items()},
+        "agent": base["agent"],
+    }
+    data.update(sections)
+    return data

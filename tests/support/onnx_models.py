@@ -22,21 +22,22 @@ def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str] | None = 
     return path
 
 
-def mean_color_classifier(path: Path, size: int = 32, layout: str = "nchw") -> Path:
+def mean_color_classifier(path: Path, size: int = 32, layout: str = "nchw", batch: int | str = 1) -> Path:
     """Classifies an image by its mean colour: logits = mean per channel (R, G, B order in the tensor).
 
-    The answer is computable by hand, so tests can check preprocessing end to end.
+    The answer is computable by hand, so tests can check preprocessing end to end. ``batch``: a fixed batch
+    size, or the name of a dynamic batch axis.
     """
     if layout == "nchw":
-        shape = [1, 3, size, size]
+        shape = [batch, 3, size, size]
         nodes = [helper.make_node("ReduceMean", ["images"], ["logits"], axes=[2, 3], keepdims=0)]
     else:
-        shape = [1, size, size, 3]
+        shape = [batch, size, size, 3]
         nodes = [helper.make_node("ReduceMean", ["images"], ["logits"], axes=[1, 2], keepdims=0)]
     graph = helper.make_graph(
         nodes, "mean_color",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
     )
     # ReduceMean with axes as an attribute is valid up to opset 17.
     return _save(graph, path, {"lepton.task": "classify", "lepton.labels": json.dumps(["red", "green", "blue"])})
