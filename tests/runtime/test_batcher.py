@@ -37,14 +37,17 @@ def mean_model(path, batch: int | str = "N"):
 class RecordingBackend(OnnxRuntimeBackend):
     """The real onnxruntime backend, noting the batch of every call; ``fail_after`` calls it raises."""
 
-    def __init__(self, path, fail_after: int | None = None) -> None:
+    def __init__(self, path, fail_after: int | None = None, max_batch: int | None = None) -> None:
         super().__init__(path, in_pipeline=True)
         self.batches: list[int] = []
         self.fail_after = fail_after
+        self.max_batch = max_batch
 
     def _infer(self, feeds):
         if self.fail_after is not None and len(self.batches) >= self.fail_after:
             raise RuntimeError("device lost")
+        if self.max_batch is not None and next(iter(feeds.values())).shape[0] > self.max_batch:
+            raise RuntimeError("out of memory")  # an engine whose profile stops at max_batch
         self.batches.append(next(iter(feeds.values())).shape[0])
         return super()._infer(feeds)
 
@@ -260,6 +263,22 @@ def test_a_model_that_cannot_batch_runs_frames_one_by_one(tmp_path):
     for p, _ in pipes:
         assert p.wait(10)
     assert set(backend.batches) == {1}
+    for reader, (_, sink) in zip(readers, pipes, strict=True):
+        check_stream(reader, sink, 20)
+    runner.close()
+
+
+def test_a_model_that_fails_at_its_batch_size_falls_back_to_one_by_one(models, caplog):
+    backend = RecordingBackend(models["dynamic"], max_batch=1).load()
+    runner = ModelRunner(backend, source="tensor", name="dyn")
+    assert runner.mode == "dynamic"  # as declared; the warm-up at the batch size finds out
+    readers = [Reader(k, 20) for k in range(3)]
+    pipes = [stream(runner, r) for r in readers]
+    for p, _ in pipes:
+        p.start()
+    for p, _ in pipes:
+        assert p.wait(10)
+    assert runner.mode == "single" and "cannot run a batch of" in caplog.text
     for reader, (_, sink) in zip(readers, pipes, strict=True):
         check_stream(reader, sink, 20)
     runner.close()
