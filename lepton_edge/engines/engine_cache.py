@@ -104,6 +104,9 @@ def cache_key(model_cfg: ModelConfig, target: str, model_sha256: str,
         "trt_options": TrtOptions().model_dump(mode="json", exclude={"max_batch", "device"})
         if target == "tensorrt" else None,
     }
+    max_batch = _max_batch(model_cfg)
+    if target == "tensorrt" and max_batch is not None:  # set: the profile's largest batch (unset keeps the slot)
+        identity["max_batch"] = max_batch
     explicit = preprocess.model_dump(mode="json", exclude_unset=True) if preprocess is not None else {}
     if explicit:
         identity["preprocess"] = explicit
@@ -169,8 +172,14 @@ def _build_slot(model: Path, entry: Path, model_cfg: ModelConfig, target: str, p
                            calibration_data=model_cfg.calibration_data,
                            validation_data=model_cfg.validation_data if gated else None,
                            max_accuracy_drop=model_cfg.max_accuracy_drop, preprocess=preprocess,
-                           inputs=model_cfg.inputs, trt=TrtOptions(device=device))
+                           inputs=model_cfg.inputs, trt=TrtOptions(device=device, max_batch=_max_batch(model_cfg)))
     return build(model, entry, options, progress=progress)
+
+
+def _max_batch(model_cfg: ModelConfig) -> int | None:
+    """``model.batch.max_batch``: the largest batch a TensorRT profile takes (None: the build's default)."""
+    batch = getattr(model_cfg, "batch", None)
+    return getattr(batch, "max_batch", None)
 
 
 def resolve(model_cfg: ModelConfig, backend_cfg: BackendConfig, *, progress: ProgressArg = True,

@@ -11,11 +11,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from lepton_edge.cli import main
+from lepton_edge.config.pipeline import ModelConfig, TensorRTBackendConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.data.yolov8n_sized import build_bench_model, build_yolov8n_sized
 from lepton_edge.engines.artifacts import compute_fingerprint, read_manifest
 from lepton_edge.engines.batching import batch_capability, set_batch, stream_batch
 from lepton_edge.engines.builder import build_artifact
+from lepton_edge.engines.engine_cache import cache_key, resolve
 from lepton_edge.engines.onnx_tools import inspect_onnx
 from lepton_edge.engines.options import BuildOptions, TrtOptions
 from tests.support.fake_cuda import FakeGpu, block_pycuda, install_cuda_python
@@ -239,3 +241,13 @@ def test_stream_batch_reads_both_config_forms(tmp_path):
     assert (many.model, many.streams, many.max_batch) == ("det", 20, 16)
     with pytest.raises(ConfigError, match=r"no single model in models has the path"):
         stream_batch({"models": {"a": {"path": "a.onnx"}, "b": {"path": "b.onnx"}}}, tmp_path / "m.onnx", where)
+
+
+def test_the_engine_cache_profiles_tensorrt_up_to_the_models_max_batch(tmp_path, fake_trt):
+    sha = inspect_onnx(DYNAMIC).sha256
+    plain = ModelConfig(path=DYNAMIC, precision="fp16", cache_dir=tmp_path)
+    batched = ModelConfig(path=DYNAMIC, precision="fp16", cache_dir=tmp_path, batch={"max_batch": 8})
+    assert cache_key(batched, "tensorrt", sha) != cache_key(plain, "tensorrt", sha), "another slot"
+    assert cache_key(batched, "onnxruntime-cpu", sha) == cache_key(plain, "onnxruntime-cpu", sha)
+    resolution = resolve(batched, TensorRTBackendConfig(type="tensorrt"), progress=False)
+    assert [shape[0] for shape in read_manifest(resolution.path).profiles[0]["images"]] == [1, 1, 8]
