@@ -11,8 +11,8 @@ path, a symlink out of the folder, a ``.part``, the agent's state files) is refu
 :class:`~lepton_edge.fleet.protocol.CommandResponse` stays under the protocol's 256 KiB payload limit) with the
 clip's total size and SHA-256, so a requester can resume from any offset and verify the whole file.
 
-:class:`ClipFolders` reads the recorder's on-disk layout directly; the recorder's own ``ClipStore`` can replace
-it once it exists (same two methods: ``list`` and ``open``).
+:class:`ClipFolders` reads the recorder's on-disk layout directly; the recorder's own ``ClipStore``
+(``runtime/clips/store.py``) writes that layout; :meth:`ClipCommands.for_stores` serves the folders of its stores.
 """
 
 from __future__ import annotations
@@ -149,6 +149,11 @@ class ClipCommands:
     @classmethod
     def for_folders(cls, folders: Sequence[str | Path], *, forbidden: Sequence[str | Path] = ()) -> ClipCommands:
         return cls(ClipFolders(folders, forbidden=forbidden))
+
+    @classmethod
+    def for_stores(cls, stores: Sequence[Any], *, forbidden: Sequence[str | Path] = ()) -> ClipCommands:
+        """Over the folders of the recorder's clip stores (anything with a ``folder``)."""
+        return cls.for_folders([store.folder for store in stores], forbidden=forbidden)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {"clips.list": self.list, "clips.read": self.read}

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.device.clip_commands import MAX_CHUNK_BYTES, MAX_LIST_LIMIT, ClipCommands, ClipFolders, ClipRefused
 from lepton_edge.fleet.protocol import MAX_PAYLOAD_BYTES, CommandResponse, encode
+from lepton_edge.runtime.clips.store import ClipStore
 
 
 def write_clip(folder: Path, clip_id: str, data: bytes, *, end_wall: float = 1000.0, **meta: Any) -> Path:
@@ -142,3 +144,15 @@ def test_a_clip_folder_inside_the_state_dir_is_a_config_error(tmp_path: Path) ->
         ClipFolders([tmp_path / "state" / "clips"], forbidden=[tmp_path / "state"])
     with pytest.raises(ConfigError, match="no clip folder"):
         ClipFolders([])
+
+
+def test_the_recorders_clip_store_is_served(tmp_path: Path) -> None:
+    store = ClipStore(tmp_path / "store", max_bytes=1 << 20, retention_s=3600)
+    data = os.urandom(5000)
+    store.path("rec-1").write_bytes(data)
+    meta = {"id": "rec-1", "stream": "door", "end_wall": time.time(), "bytes": len(data), "event_ids": []}
+    store.commit("rec-1", meta)
+    commands = ClipCommands.for_stores([store])
+    assert [c["id"] for c in commands.list({})["clips"]] == ["rec-1"]
+    out, _ = read_all(commands, "rec-1")
+    assert out == data
