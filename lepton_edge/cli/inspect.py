@@ -100,6 +100,8 @@ def format_manifest(m: Manifest) -> str:
         calibrated = f", calibrated at {pre.calibrated_size[0]}x{pre.calibrated_size[1]}" if pre.calibrated_size else ""
         lines.append(f"preprocess:  {pre.input} {pre.size[0]}x{pre.size[1]} ({pre.size_source}{calibrated}), "
                      f"{pre.config.get('resize')}, {pre.config.get('color')}")
+    if m.builder.batch is not None:
+        lines.append(f"batch:       {m.builder.batch} (the image input's batch axis, set at build)")
     for profile in m.profiles:
         shown = "; ".join(f"{name} " + " / ".join("x".join(map(str, s)) for s in shapes)
                           for name, shapes in profile.items())

@@ -11,10 +11,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from lepton_edge.cli import main
-from lepton_edge.config.pipeline import ModelConfig, TensorRTBackendConfig
+from lepton_edge.cli.inspect import format_manifest
+from lepton_edge.config.pipeline import ModelConfig, OnnxRuntimeBackendConfig, TensorRTBackendConfig
 from lepton_edge.core.errors import ConfigError, ModelError
 from lepton_edge.data.yolov8n_sized import build_bench_model, build_yolov8n_sized
-from lepton_edge.engines.artifacts import compute_fingerprint, read_manifest
+from lepton_edge.engines.artifacts import compute_fingerprint, open_artifact, read_manifest
 from lepton_edge.engines.batching import batch_capability, set_batch, stream_batch
 from lepton_edge.engines.builder import build_artifact
 from lepton_edge.engines.engine_cache import cache_key, resolve
@@ -174,6 +175,18 @@ def test_build_batch_dynamic_gives_an_int8_engine_a_batch_axis_and_records_it(tm
     assert inspect_onnx(engine).inputs[0].shape == ("batch", 3, 128, 128)
     batched, single = _per_frame(_session(engine), _frames(4, 128))
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+    with open_artifact(tmp_path / "int8", OnnxRuntimeBackendConfig(warmup_runs=0)) as backend:
+        assert backend.infer({"images": _frames(4, 128)})[0].shape[0] == 4, "the runtime opens it and batches"
+    assert "batch:       dynamic (the image input's batch axis, set at build)" in format_manifest(manifest)
+
+
+def test_build_batch_on_the_command_line(tmp_path, capsys):
+    assert main(["build", "--model", str(SHAPES), "--batch", "dynamic", "--out", str(tmp_path / "a")]) != 0
+    assert "Reshape node '/Reshape'" in capsys.readouterr().err
+    assert main(["build", "--model", str(CLASSIFIER), "--batch", "0", "--out", str(tmp_path / "b")]) != 0
+    assert "--batch '0': expected dynamic or a number 1..256" in capsys.readouterr().err
+    assert main(["build", "--model", str(CLASSIFIER), "--batch", "2", "--out", str(tmp_path / "c")]) == 0
+    assert inspect_onnx(tmp_path / "c" / "model.onnx").inputs[0].shape[0] == 2
 
 
 def test_a_build_without_batch_keeps_its_fingerprint_fields(tmp_path):
