@@ -50,9 +50,11 @@ from lepton_edge.device.state import ConfigState, StateStore
 from lepton_edge.fleet.protocol import (
     MAX_CONFIG_VERSION,
     MAX_CONFIG_VERSION_STEP,
+    MAX_TELEMETRY_WORKLOADS,
     DesiredConfig,
     ReportedConfig,
     TopicKind,
+    WorkloadOutcome,
     decode,
 )
 
@@ -72,6 +74,15 @@ def error_lines(error: BaseException | str) -> list[str]:
     """An error message as a report's ``errors`` list (one entry per line, within protocol limits)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or ["unknown error"]
     return [line[:MAX_ERROR_CHARS] for line in lines[:MAX_ERRORS]]
+
+
+def workload_outcomes(config: DeviceConfig, applied: ApplyResult) -> dict[str, ApplyResult]:
+    """What to report per workload of a multi-stream ``config``: each workload the apply touched with its own
+    outcome, the untouched ones as applied (they run as the document says); empty for the single form."""
+    if not config.multi:
+        return {}
+    untouched = ApplyResult("applied")
+    return {name: applied.workloads.get(name, untouched) for name in config.workloads}
 
 
 class RemoteConfig:
@@ -292,7 +303,8 @@ class RemoteConfig:
         else:
             applied = self.controller.apply(config, desired.version)
             lines = [line for err in applied.errors for line in error_lines(err)]
-            result = ApplyResult(applied.outcome, lines[:MAX_ERRORS], applied.changes)
+            result = ApplyResult(applied.outcome, lines[:MAX_ERRORS], applied.changes,
+                                 workload_outcomes(config, applied))
         if result.outcome == "applied":
             self.state = ConfigState(desired.version, desired.version, dict(desired.config))
         else:
@@ -368,6 +380,8 @@ class RemoteConfig:
             errors=result.errors[:MAX_ERRORS],
             timestamp=time.time(),
             active_version=self.state.active_version,
+            workloads={name: WorkloadOutcome(outcome=r.outcome, errors=[e[:4000] for e in r.errors[:MAX_ERRORS]])
+                       for name, r in list(result.workloads.items())[:MAX_TELEMETRY_WORKLOADS]},
         )
         self.last_report = report
         self.report(report)

@@ -622,8 +622,10 @@ class WorkloadOutcome(Message):
 class ReportedConfig(Message):
     """What the device did with a desired config (retained).
 
-    ``outcome`` is the document's: ``applied`` when it is the active config now, even if some of its
-    workloads were refused (``workloads`` says which, and why).
+    ``outcome`` is the document's: ``applied`` when every workload it changed applied (it is the active config
+    now); otherwise the worst of their outcomes, and ``active_version`` stays at the last document applied in
+    full. ``workloads`` says per workload of the document what happened (untouched ones ``applied``): workloads
+    that applied keep running as the document says even when another one was refused.
     """
 
     device_id: DeviceId = Field(description="The device.")

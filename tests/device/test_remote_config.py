@@ -6,7 +6,7 @@ import pytest
 
 from lepton_edge.device.agent import DeviceAgent
 from lepton_edge.fleet.protocol import DesiredConfig, ReportedConfig, TopicKind, config_desired_topic, encode
-from tests.device.helpers import LIVE_SOURCE, agent_config, agent_data, wait_until
+from tests.device.helpers import LIVE_SOURCE, agent_config, agent_data, multi_data, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -319,3 +319,41 @@ def test_a_device_starts_idle_from_its_local_file_and_from_its_persisted_config(
         results_stay_at(rec)
     finally:
         second.stop()
+
+
+def multi_desired(tmp_path, models, workloads, version) -> bytes:
+    data = multi_data(tmp_path, models, workloads)
+    data.pop("agent")
+    data.pop("device_id")
+    return encode(DesiredConfig(version=version, config=data, issued_at=time.time(), issued_by="test"))
+
+
+def test_a_multi_stream_config_is_applied_per_workload_and_reported_per_workload(
+    mqtt_broker, start_agent, recorder, tmp_path, color_model, unique
+):
+    """Two workloads arrive over MQTT; then a third whose model is missing: it alone is refused, the report says
+    so per workload, and the two keep delivering results and telemetry of their own."""
+    device = f"rcm-{unique}"
+    rec = recorder(mqtt_broker.port, f"lepton/v1/devices/{device}/#")
+    agent = start_agent(mqtt_broker.port, device)
+    two = {"front": {"uri": LIVE_SOURCE, "model": "color"}, "rear": {"uri": LIVE_SOURCE + "&seed=5", "model": "color"}}
+    publish_desired(rec, device, multi_desired(tmp_path, {"color": color_model}, two, 1))
+    report = rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 1)
+    assert (report.outcome, report.active_version) == ("applied", 1), report.errors
+    assert {n: w.outcome for n, w in report.workloads.items()} == {"front": "applied", "rear": "applied"}
+    assert len(agent.controller.models.runners()) == 1
+    wait_until(lambda: {"front", "rear"} <= {r.source for r in rec.of(TopicKind.RESULT)})
+    front = agent.controller.pipelines["front"]
+
+    three = {**two, "side": {"uri": LIVE_SOURCE, "model": "missing"}}
+    models = {"color": color_model, "missing": tmp_path / "missing.onnx"}
+    publish_desired(rec, device, multi_desired(tmp_path, models, three, 2))
+    report = rec.wait(TopicKind.CONFIG_REPORTED, lambda r: r.version == 2)
+    assert (report.outcome, report.active_version) == ("rejected", 1)
+    outcomes = {n: w.outcome for n, w in report.workloads.items()}
+    assert outcomes == {"front": "applied", "rear": "applied", "side": "rejected"}
+    assert "missing.onnx" in report.workloads["side"].errors[0]
+    assert agent.controller.pipelines["front"] is front  # untouched
+    telemetry = rec.wait(TopicKind.TELEMETRY, lambda t: {"front", "rear"} <= set(t.workloads)
+                         and all(w.fps > 0 for w in t.workloads.values()))
+    assert telemetry.workloads["front"].stream == "front" and telemetry.workloads["rear"].source_state == "running"
