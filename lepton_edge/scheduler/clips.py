@@ -60,6 +60,9 @@ CHUNK_BYTES = 128 * 1024
 """Bytes asked for per ``clips.read`` (the device's own cap)."""
 MAX_CLIP_BYTES = 4 << 30
 """A clip larger than this is not fetched (the scheduler's disk is not the device's to fill)."""
+LISTING_REUSE_S = 2.0
+"""A device's clip list is asked for at most once per this many seconds; callers in between get the last one
+(viewers polling the list cannot turn into a stream of commands to the device)."""
 _TRANSIENT_ANSWERS = ("refused: the agent is busy", "refused: the command expired")
 """How device errors that say "try again" rather than "never" begin (``device/commands.py``)."""
 
@@ -230,6 +233,8 @@ class ClipFetcher:
         self.max_clip_bytes = max_clip_bytes
         self.on_complete = on_complete
         self._jobs: dict[tuple[str, str], FetchJob] = {}
+        self._listings: dict[str, tuple[float, int, dict[str, Any]]] = {}
+        """device -> (monotonic time, limit, answer) of its last clip list."""
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stopping = False
@@ -342,12 +347,21 @@ class ClipFetcher:
         """The device's clips as it lists them now (``source: device``), or, when it does not answer, the
         clips this replica has fetched or is fetching from it (``source: scheduler``, with the reason)."""
         validate_id(device_id)
+        with self._lock:
+            last = self._listings.get(device_id)
+        if last is not None and time.monotonic() - last[0] < LISTING_REUSE_S and last[1] >= limit:
+            return {**last[2], "clips": last[2]["clips"][:limit]}
         try:
             answer = self.commands.call(device_id, "clips.list", {"limit": limit}, timeout_s=min(self.timeout_s, 5.0))
             clips = answer.get("clips") if isinstance(answer, dict) else None
             if not isinstance(clips, list):
                 raise CommandError(f"clips.list on {device_id}: answer without a clip list", transient=False)
-            return {"device_id": device_id, "source": "device", "error": None, "clips": clips[:limit]}
+            listing = {"device_id": device_id, "source": "device", "error": None, "clips": clips[:limit]}
+            with self._lock:
+                if len(self._listings) > 10_000:
+                    self._listings.clear()
+                self._listings[device_id] = (time.monotonic(), limit, listing)
+            return listing
         except CommandError as e:
             known = [
                 {"id": j.clip_id, "bytes": j.size, "sha256": j.sha256, "fetch": j.state}

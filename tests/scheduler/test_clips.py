@@ -18,7 +18,7 @@ from lepton_edge.device.commands import CommandServer
 from lepton_edge.device.events import Rejections
 from lepton_edge.fleet.mqtt import MqttClient
 from lepton_edge.fleet.protocol import TopicKind, subscription
-from lepton_edge.scheduler.clips import ClipFetcher, CommandClient, CommandError, FetchJob
+from lepton_edge.scheduler.clips import LISTING_REUSE_S, ClipFetcher, CommandClient, CommandError, FetchJob
 from tests.device.test_clip_commands import write_clip
 from tests.support.scheduler import wait_until
 
@@ -253,6 +253,10 @@ def test_the_device_lists_its_clips_and_the_scheduler_answers_for_a_silent_devic
     fetchers.append(fetcher)
     listed = fetcher.device_clips(device.device_id, limit=2)
     assert listed["source"] == "device" and [c["id"] for c in listed["clips"]] == ["c2", "c1"]
+    write_clip(folder, "c3", b"new", end_wall=103.0)
+    assert fetcher.device_clips(device.device_id, limit=1)["clips"][0]["id"] == "c2"  # the list of a moment ago
+    time.sleep(LISTING_REUSE_S)
+    assert [c["id"] for c in fetcher.device_clips(device.device_id, limit=2)["clips"]] == ["c3", "c2"]
     fetcher.request(device.device_id, "c0")
     wait_until(finished(fetcher, device.device_id, "c0"), 20, "the fetch")
     device.stop()
