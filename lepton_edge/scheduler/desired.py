@@ -16,9 +16,13 @@ How a scheduler workload ``W`` becomes part of the document:
   device loads the model once and batches their streams); its name is the model file's stem plus a hash
   of the entry (:func:`model_name`), so it is the same in every document and on every device;
 - workload ``W.workload_id``: ``stream``, ``model``, and ``W.config``'s workload sections (:data:`WORKLOAD_SECTIONS`);
+- each inline cascade of ``W.config["cascade"]`` (a classifier run on crops of the detections): its model
+  becomes a model entry named by the cascade's ``name`` (the key each detection carries its answer under, as
+  on a device with a single-form config), the workload's cascade names it;
 - every other key of ``W.config`` (``agent``, ``pipeline``...) is device-level: the device's sections are
-  merged from its workloads' (nested mappings merge). Two workloads that set the same device-level value
-  differently cannot share a device (:func:`device_conflicts`), nor can two that write the same sink file.
+  merged from its workloads' (nested mappings merge). Workloads that would break a rule of the device config
+  together (a device-level value set differently, one sink file written twice, two artifacts, more workloads
+  or models than a device config holds...) never share a device: :func:`device_conflicts`.
 
 A document changes only by the workloads that changed: moving one workload off a device leaves the others'
 stream, model and workload entries as they were, so the device applies the change live.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lepton_edge.config.device import DeviceConfig
+from lepton_edge.config.workloads import MAX_MODELS, MAX_WORKLOADS
 from lepton_edge.fleet.protocol import MAX_PAYLOAD_BYTES, DesiredConfig, ProtocolError, encode
 from lepton_edge.scheduler.models import Workload
 
@@ -49,8 +55,11 @@ STREAM_SECTION = "source"
 """The key of ``Workload.config`` that becomes the workload's stream entry."""
 MODEL_SECTIONS = ("model", "backend")
 """Keys of ``Workload.config`` that go into the workload's model entry."""
+CASCADE_SECTION = "cascade"
+"""The key of ``Workload.config`` whose inline classifiers become model entries named by each cascade's ``name``."""
 WORKLOAD_SECTIONS = ("preprocess", "postprocess", "tracking", "analytics", "sinks")
-"""Keys of ``Workload.config`` that go into the workload's own entry; every other key is device-level."""
+"""Keys of ``Workload.config`` that go into the workload's own entry; every other key (but the ones above) is
+device-level."""
 _SIZE_MARGIN = 8192
 """Below the payload limit by this much (estimated), a document is not encoded to check its size."""
 
@@ -96,15 +105,38 @@ def model_name(entry: dict[str, Any]) -> str:
     return f"{slug}-{digest[:8]}"
 
 
-def _parts(workload: Workload) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(stream entry, model entry, workload entry without its model name, device-level sections)."""
-    config = dict(workload.config)
-    stream = {"uri": workload.source_uri}
-    if isinstance(config.get(STREAM_SECTION), dict):
-        stream = _merge(stream, config[STREAM_SECTION])  # type: ignore[arg-type]
-    entry = {"stream": workload.workload_id, **{k: config[k] for k in WORKLOAD_SECTIONS if k in config}}
-    device = {k: v for k, v in config.items() if k != STREAM_SECTION and k not in MODEL_SECTIONS + WORKLOAD_SECTIONS}
-    return stream, model_entry(workload), entry, device
+class _Parts:
+    """One workload's share of a device document."""
+
+    def __init__(self, workload: Workload) -> None:
+        config = dict(workload.config)
+        self.workload_id = workload.workload_id
+        self.stream: dict[str, Any] = {"uri": workload.source_uri}
+        if isinstance(config.get(STREAM_SECTION), dict):
+            self.stream = _merge(self.stream, config[STREAM_SECTION])  # type: ignore[arg-type]
+        self.model = model_entry(workload)
+        self.model_name = model_name(self.model)
+        self.cascade_models: dict[str, dict[str, Any]] = {}
+        cascades = []
+        for inline in config.get(CASCADE_SECTION) or []:
+            if not isinstance(inline, dict):
+                continue
+            inline = dict(inline)
+            name, model = str(inline.pop("name", "")), inline.pop("model", None)
+            self.cascade_models[name] = dict(model) if isinstance(model, dict) else {}
+            cascades.append({**inline, "model": name})
+        self.entry: dict[str, Any] = {
+            "stream": workload.workload_id,
+            "model": self.model_name,
+            **{k: config[k] for k in WORKLOAD_SECTIONS if k in config},
+            **({CASCADE_SECTION: cascades} if cascades else {}),
+        }
+        skip = {STREAM_SECTION, CASCADE_SECTION, *MODEL_SECTIONS, *WORKLOAD_SECTIONS}
+        self.device = {k: v for k, v in config.items() if k not in skip}
+
+    @property
+    def models(self) -> dict[str, dict[str, Any]]:
+        return {self.model_name: self.model, **self.cascade_models}
 
 
 def device_document(workloads: Sequence[Workload]) -> dict[str, Any]:
@@ -119,20 +151,19 @@ def device_document(workloads: Sequence[Workload]) -> dict[str, Any]:
     entries: dict[str, Any] = {}
     device: dict[str, Any] = {}
     for w in sorted(workloads, key=lambda w: w.workload_id):
-        stream, model, entry, extra = _parts(w)
-        name = model_name(model)
-        streams[w.workload_id] = stream
-        models[name] = model
-        entries[w.workload_id] = {"stream": entry.pop("stream"), "model": name, **entry}
-        device = _merge(device, extra)
+        parts = _Parts(w)
+        streams[w.workload_id] = parts.stream
+        models.update(parts.models)
+        entries[w.workload_id] = parts.entry
+        device = _merge(device, parts.device)
     return {**device, "streams": streams, "models": dict(sorted(models.items())), "workloads": entries}
 
 
 def split_document(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each workload of a multi-form document as a single-form device config (its stream as ``source``, its
-    model entry as ``model`` and ``backend``, the device-level sections); a single-form document is one
-    workload named ``default``; an idle or empty one has none. An entry naming a stream or model the document
-    lacks has no ``source`` or ``model``, so the device schema says one is missing."""
+    model entry as ``model`` and ``backend``, its cascades inline, the device-level sections); a single-form
+    document is one workload named ``default``; an idle or empty one has none. An entry naming a stream or
+    model the document lacks has no ``source`` or ``model``, so the device schema says one is missing."""
     if "workloads" not in document and "streams" not in document and "models" not in document:
         if document.get("idle") is True or not document:
             return {}
@@ -151,6 +182,11 @@ def split_document(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if "backend" in model:
                 config["backend"] = model.pop("backend")
             config["model"] = model
+        if isinstance(entry.get(CASCADE_SECTION), list):
+            config[CASCADE_SECTION] = [
+                {**c, "name": c.get("model"), "model": models.get(c.get("model"), {})}
+                for c in entry[CASCADE_SECTION] if isinstance(c, dict)
+            ]  # fmt: skip
         out[name] = config
     return out
 
@@ -158,43 +194,89 @@ def split_document(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def device_conflicts(workloads: Sequence[Workload]) -> dict[str, str]:
     """The workloads of ``workloads`` that cannot join the ones before them on one device -> why.
 
-    Walks ``workloads`` in the given order (put the ones to keep first): a workload conflicts when it sets a
-    device-level value (``agent``, ``pipeline``...) differently from one already accepted, writes a sink
-    file one already accepted writes, or would take the device's document over the payload limit.
+    Walks ``workloads`` in the given order (put the ones to keep first). A workload conflicts when it would
+    break a rule of the device config (the device refuses the whole document otherwise):
+
+    - it sets a device-level value (``agent``, ``pipeline``...) differently from one already accepted;
+    - it writes a sink file one already accepted writes, or adds a second console sink;
+    - its model comes from a signed artifact and another model of the device does too (one A/B slot);
+    - a cascade model of its has the name of a different model already there;
+    - the device would run more than its limits of workloads or models, or its document would be over the
+      protocol's payload limit.
     """
     conflicts: dict[str, str] = {}
     device: dict[str, Any] = {}
     owner: dict[tuple[str, ...], str] = {}
     sink_paths: dict[str, str] = {}
+    consoles: list[str] = []
+    models: dict[str, tuple[dict[str, Any], str]] = {}
     accepted: list[Workload] = []
     estimate = 0
     for w in workloads:
-        stream, model, entry, extra = _parts(w)
-        clash = _clash(device, extra, ())
-        if clash is not None:
-            conflicts[w.workload_id] = (
-                f"device-level setting {'.'.join(clash)} differs from workload {owner.get(clash, '?')}'s"
-            )
+        parts = _Parts(w)
+        reason = _conflict(parts, device, owner, sink_paths, consoles, models, len(accepted))
+        if reason is None:
+            size = len(json.dumps([parts.stream, parts.models, parts.entry, parts.device], separators=(",", ":")))
+            if estimate + size > MAX_PAYLOAD_BYTES - _SIZE_MARGIN:
+                try:
+                    desired_size(device_document([*accepted, w]))
+                except ProtocolError:
+                    reason = "the device's desired config would be over the protocol's payload limit"
+            estimate += size
+        if reason is not None:
+            conflicts[w.workload_id] = reason
             continue
-        paths = [str(s["path"]) for s in entry.get("sinks") or [] if isinstance(s, dict) and "path" in s]
-        taken = next((p for p in paths if p in sink_paths), None)
-        if taken is not None:
-            conflicts[w.workload_id] = f"writes sink file {taken!r}, as workload {sink_paths[taken]} does"
-            continue
-        size = len(json.dumps([stream, model, entry, extra], separators=(",", ":")))
-        if estimate + size > MAX_PAYLOAD_BYTES - _SIZE_MARGIN:
-            try:
-                desired_size(device_document([*accepted, w]))
-            except ProtocolError:
-                conflicts[w.workload_id] = "the device's desired config would be over the protocol's payload limit"
-                continue
-        estimate += size
         accepted.append(w)
-        for leaf in _leaves(extra, ()):
+        for leaf in _leaves(parts.device, ()):
             owner.setdefault(leaf, w.workload_id)
-        device = _merge(device, extra)
-        sink_paths.update((p, w.workload_id) for p in paths)
+        device = _merge(device, parts.device)
+        sink_paths.update((path, w.workload_id) for path in _sink_paths(parts.entry))
+        consoles += [w.workload_id] if _has_console(parts.entry) else []
+        models.update((n, (m, w.workload_id)) for n, m in parts.models.items() if n not in models)
     return conflicts
+
+
+def _conflict(
+    parts: _Parts,
+    device: dict[str, Any],
+    owner: dict[tuple[str, ...], str],
+    sink_paths: dict[str, str],
+    consoles: list[str],
+    models: dict[str, tuple[dict[str, Any], str]],
+    accepted: int,
+) -> str | None:
+    """Why one workload cannot join the ones accepted so far (see :func:`device_conflicts`), or None."""
+    clash = _clash(device, parts.device, ())
+    if clash is not None:
+        return f"device-level setting {'.'.join(clash)} differs from workload {owner.get(clash, '?')}'s"
+    taken = next((path for path in _sink_paths(parts.entry) if path in sink_paths), None)
+    if taken is not None:
+        return f"writes sink file {taken!r}, as workload {sink_paths[taken]} does"
+    if consoles and _has_console(parts.entry):
+        return f"has a console sink, as workload {consoles[0]} does (one console per device)"
+    for name, model in parts.cascade_models.items():
+        if name in models and models[name][0] != model:
+            return f"its cascade model {name!r} differs from the model of that name of workload {models[name][1]}"
+    new = {n: m for n, m in parts.models.items() if n not in models}
+    signed = [(models[n][1], n) for n in models if models[n][0].get("artifact")]
+    if signed and any(m.get("artifact") for m in new.values()):
+        return (f"its model comes from a signed artifact, as model {signed[0][1]} of workload {signed[0][0]} does "
+                "(one artifact per device)")
+    if accepted + 1 > MAX_WORKLOADS:
+        return f"the device already runs {MAX_WORKLOADS} workloads, the most a device config holds"
+    if len(models) + len(new) > MAX_MODELS:
+        return f"the device would load more than {MAX_MODELS} models, the most a device config holds"
+    return None
+
+
+def _sink_paths(entry: dict[str, Any]) -> list[str]:
+    return [
+        os.path.normpath(str(s["path"])) for s in entry.get("sinks") or [] if isinstance(s, dict) and "path" in s
+    ]
+
+
+def _has_console(entry: dict[str, Any]) -> bool:
+    return any(isinstance(s, dict) and s.get("type") == "console" for s in entry.get("sinks") or [])
 
 
 def _clash(base: dict[str, Any], extra: dict[str, Any], at: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -303,4 +385,17 @@ def workload_problems(workload: Workload) -> list[dict[str, Any]]:
                     "input": err.get("input"),
                 }
             )
+    if not problems and _SCHEMA_KNOWS_MULTI_FORM:
+        try:  # what the device is sent: the multi form, this workload alone
+            DeviceConfig.model_validate(device_document([workload]))
+        except ValidationError as e:
+            problems.extend(
+                {"type": err["type"], "loc": ("body", "config", *err["loc"]), "msg": err["msg"],
+                 "input": err.get("input")}
+                for err in e.errors()
+            )  # fmt: skip
     return problems
+
+
+_SCHEMA_KNOWS_MULTI_FORM = "workloads" in DeviceConfig.model_fields
+"""Whether the device config schema validates the multi form (``streams``, ``models``, ``workloads``) too."""

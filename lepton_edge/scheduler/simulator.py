@@ -330,7 +330,13 @@ class SimDevice:
             multi = "workloads" in config
             outcome: ConfigOutcome = "applied"
             errors: list[str] = []
-            if self.fail_with is not None:
+            whole: list[str] = []
+            if multi and refused != set(workloads):
+                whole = self._validate(_subset(config, set(workloads) - refused))
+            if whole:  # the rules of the document as a whole (shared files, limits...): refused whole
+                outcome, errors = "rejected", whole
+                per_workload = {name: errs or whole for name, errs in per_workload.items()}
+            elif self.fail_with is not None:
                 outcome, errors = self.fail_with, [f"simulated failure: device told to answer {self.fail_with}"]
             elif refused and (not multi or refused == set(workloads)):
                 outcome = "rejected"
@@ -389,6 +395,21 @@ class SimDevice:
                     "accepted [refused: anti-rollback]"
                 ]
         return []
+
+
+def _subset(document: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """A multi-form ``document`` with only the workloads ``names`` (and the streams and models they use)."""
+    workloads = {n: w for n, w in (document.get("workloads") or {}).items() if n in names and isinstance(w, dict)}
+    used = {w.get("model") for w in workloads.values()} | {
+        c.get("model") for w in workloads.values() for c in w.get("cascade") or [] if isinstance(c, dict)
+    }
+    streams = {w.get("stream") for w in workloads.values()}
+    return {
+        **document,
+        "streams": {n: v for n, v in (document.get("streams") or {}).items() if n in streams},
+        "models": {n: v for n, v in (document.get("models") or {}).items() if n in used},
+        "workloads": workloads,
+    }
 
 
 def _target_version(config: dict[str, Any]) -> tuple[str, int] | None:

@@ -11,6 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lepton_edge.config.device import DeviceConfig
+from lepton_edge.config.workloads import MAX_MODELS, MAX_WORKLOADS
 from lepton_edge.core.errors import ConfigError
 from lepton_edge.device.signing import generate_keypair
 from lepton_edge.fleet.protocol import (
@@ -143,11 +145,40 @@ def test_workloads_that_cannot_share_a_device_are_named_with_the_reason() -> Non
     assert device_conflicts([other, base]) == {
         "base": "device-level setting pipeline.stats_interval_s differs from workload other's"
     }  # the first ones stay
-    half = {"sinks": [{"type": "console", "note": "x" * (MAX_PAYLOAD_BYTES // 2)}]}
+    console = [_workload(workload_id=f"con{i}", config={"sinks": [{"type": "console"}]}) for i in range(2)]
+    assert device_conflicts(console) == {"con1": "has a console sink, as workload con0 does (one console per device)"}
+    signed = [_workload(workload_id=f"s{i}", model=f"m{i}.onnx", artifact={"url": f"https://a/m{i}.onnx", "size": 1,
+                                                                           "sha256": f"{i}" * 64}) for i in range(2)]
+    assert "one artifact per device" in device_conflicts(signed)["s1"]
+    assert device_conflicts([signed[0], signed[0].model_copy(update={"workload_id": "again"})]) == {}  # one model
+    many = [_workload(workload_id=f"n{i:02d}") for i in range(MAX_WORKLOADS + 2)]
+    assert list(device_conflicts(many)) == [f"n{MAX_WORKLOADS}", f"n{MAX_WORKLOADS + 1}"]
+    models = [_workload(workload_id=f"k{i:02d}", model=f"k{i}.onnx") for i in range(MAX_MODELS + 1)]
+    assert list(device_conflicts(models)) == [f"k{MAX_MODELS}"]
+    colour = [_workload(workload_id=f"c{i}", config={"cascade": [{"name": "colour", "model": {"path": f"c{i}.onnx",
+                                                                  "task": "classify"}}]}) for i in range(2)]
+    assert "cascade model 'colour' differs" in device_conflicts(colour)["c1"]
+    half = {"postprocess": {"type": "detect", "note": "x" * (MAX_PAYLOAD_BYTES // 2)}}
     large = [_workload(workload_id=f"big{i}", config=half) for i in range(3)]
     assert all(desired_size(device_document([w])) <= MAX_PAYLOAD_BYTES for w in large)  # each fits alone...
     too_big = device_conflicts(large)
     assert list(too_big) == ["big1", "big2"] and "payload limit" in too_big["big1"]  # ...not together
+
+
+def test_the_device_schema_accepts_a_document_of_several_workloads_with_cascades() -> None:
+    cascade = {"name": "colour", "model": {"path": "cls.onnx", "task": "classify"}, "min_size": 8}
+    workloads = [
+        _workload(workload_id="front", config={"cascade": [cascade], "postprocess": {"type": "detect"}}),
+        _workload(workload_id="back", source_uri="synthetic://shapes", config={"cascade": [cascade]}),
+        _workload(workload_id="side", model="other.onnx", config={"sinks": [{"type": "jsonl", "path": "o.jsonl"}]}),
+    ]
+    assert all(workload_problems(w) == [] for w in workloads) and device_conflicts(workloads) == {}
+    document = device_document(workloads)
+    assert document["workloads"]["front"]["cascade"] == [{"model": "colour", "min_size": 8}]
+    assert document["models"]["colour"] == {"path": "cls.onnx", "task": "classify"}  # one entry, shared
+    config = DeviceConfig.model_validate(document)
+    assert config.multi and sorted(config.workload_views()) == ["back", "front", "side"]
+    assert split_document(document) == {w.workload_id: device_config_for(w) for w in workloads}
 
 
 # ------------------------------------------------------------------ signed desired documents, re-asserted
