@@ -373,7 +373,8 @@ class Pipeline:
             ("preprocess", self._preprocess_loop),
             ("postprocess", self._postprocess_loop),
         ):
-            t = threading.Thread(target=self._guard, args=(name, target), name=f"lepton-{name}", daemon=True)
+            t = threading.Thread(target=self._guard, args=(name, target), name=f"lepton-{name}-{self.name}",
+                                 daemon=True)
             self._threads.append(t)
         for t in self._threads:
             t.start()
