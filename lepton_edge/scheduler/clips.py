@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import contextlib
 import hashlib
 import json
@@ -58,6 +59,8 @@ _CLIP_ID = re.compile(CLIP_ID_PATTERN)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK_BYTES = 128 * 1024
 """Bytes asked for per ``clips.read`` (the device's own cap)."""
+WINDOW = 4
+"""Reads in flight per fetch: a link with a long round trip still carries chunks back to back."""
 MAX_CLIP_BYTES = 4 << 30
 """A clip larger than this is not fetched (the scheduler's disk is not the device's to fill)."""
 LISTING_REUSE_S = 2.0
@@ -77,59 +80,86 @@ class CommandError(LeptonError):
 
 
 @dataclass
-class _Pending:
+class PendingCommand:
+    """A command sent and not yet answered: :meth:`CommandClient.wait` for its result."""
+
     device_id: str
+    name: str
+    correlation: bytes
+    deadline: float
+    """Monotonic time after which waiting for it stops."""
     done: threading.Event = field(default_factory=threading.Event)
     response: CommandResponse | None = None
 
 
 class CommandClient:
     """Sends commands to devices as MQTT v5 requests (response topic, correlation data, expiry) and waits for
-    their answers on this requester's response topics. Thread-safe; one client per requester id."""
+    their answers on this requester's response topics. Thread-safe; one client per requester id. Several
+    requests may be in flight (:meth:`send`, then :meth:`wait` for each); a device runs them in order."""
 
     def __init__(self, mqtt: MqttClient, requester_id: str) -> None:
         self.mqtt = mqtt
         self.requester_id = validate_id(requester_id, "requester id")
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes, PendingCommand] = {}
         self._lock = threading.Lock()
         self.subscription = mqtt.subscribe(response_subscription(self.requester_id), self._on_response)
 
     def call(self, device_id: str, name: str, args: dict[str, Any], *, timeout_s: float = 10.0) -> Any:
         """Run command ``name`` on ``device_id`` and return its result; :class:`CommandError` otherwise. The
         request expires (MessageExpiryInterval) when the caller stops waiting, so it never runs late."""
+        return self.wait(self.send(device_id, name, args, timeout_s=timeout_s))
+
+    def send(self, device_id: str, name: str, args: dict[str, Any], *, timeout_s: float = 10.0) -> PendingCommand:
+        """Publish a request that expires in ``timeout_s``; :class:`CommandError` (transient) when it cannot be
+        sent (not connected to the broker)."""
         validate_id(device_id)
         if not self.mqtt.connected:
             raise CommandError(f"{name} on {device_id}: the scheduler is not connected to the broker", transient=True)
-        correlation = uuid.uuid4().bytes
-        pending = _Pending(device_id)
+        pending = PendingCommand(device_id, name, uuid.uuid4().bytes, time.monotonic() + timeout_s)
         with self._lock:
-            self._pending[correlation] = pending
+            self._pending[pending.correlation] = pending
         try:
             handle = self.mqtt.publish(
                 command_topic(device_id, name),
                 encode(CommandRequest(name=name, args=args)),
                 qos=1,
                 response_topic=response_topic(self.requester_id, device_id),
-                correlation_data=correlation,
+                correlation_data=pending.correlation,
                 message_expiry_interval=max(1, math.ceil(timeout_s)),
             )
-            if handle.error is not None:
-                raise CommandError(f"{name} on {device_id}: not sent ({handle.error})", transient=True)
-            if not pending.done.wait(timeout_s):
+        except BaseException:
+            self.forget(pending)
+            raise
+        if handle.error is not None:
+            self.forget(pending)
+            raise CommandError(f"{name} on {device_id}: not sent ({handle.error})", transient=True)
+        return pending
+
+    def wait(self, pending: PendingCommand, *, deadline: float | None = None) -> Any:
+        """The result of a sent command, waiting until its deadline (or ``deadline``, a monotonic time);
+        :class:`CommandError` otherwise."""
+        try:
+            until = pending.deadline if deadline is None else deadline
+            if not pending.done.wait(max(0.0, until - time.monotonic())):
                 raise CommandError(
-                    f"{name} on {device_id}: no answer within {timeout_s:g} s (device offline or link down)",
+                    f"{pending.name} on {pending.device_id}: no answer in time (device offline or link down)",
                     transient=True,
                 )
         finally:
-            with self._lock:
-                self._pending.pop(correlation, None)
+            self.forget(pending)
         response = pending.response
         assert response is not None
         if response.status != "ok":
             error = response.error or "error"
-            transient = error.startswith(_TRANSIENT_ANSWERS)
-            raise CommandError(f"{name} on {device_id}: {error}", transient=transient)
+            raise CommandError(
+                f"{pending.name} on {pending.device_id}: {error}", transient=error.startswith(_TRANSIENT_ANSWERS)
+            )
         return response.result
+
+    def forget(self, pending: PendingCommand) -> None:
+        """Stop waiting for ``pending``: its answer, if one comes, is dropped."""
+        with self._lock:
+            self._pending.pop(pending.correlation, None)
 
     def _on_response(self, msg: IncomingMessage) -> None:
         """Network thread: match an answer to its request by correlation data and answering device."""
@@ -218,6 +248,7 @@ class ClipFetcher:
         clips_dir: str | Path,
         *,
         chunk_bytes: int = CHUNK_BYTES,
+        window: int = WINDOW,
         timeout_s: float = 10.0,
         retry_min_s: float = 1.0,
         retry_max_s: float = 60.0,
@@ -227,6 +258,7 @@ class ClipFetcher:
         self.commands = commands
         self.dir = Path(clips_dir)
         self.chunk_bytes = chunk_bytes
+        self.window = max(1, window)
         self.timeout_s = timeout_s
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
@@ -421,42 +453,67 @@ class ClipFetcher:
         return self.dir / device_id / f"{clip_id}.mp4"
 
     def _fetch(self, job: FetchJob) -> None:
-        """Chunks from the part's size to the end, then verify and rename; raises on what stops it."""
+        """Chunks from the part's size to the end, ``window`` requests in flight, then verify and rename; raises
+        on what stops it (requests still in flight are forgotten: their answers are dropped)."""
         part = self._part(job.device_id, job.clip_id)
         part.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "ab") as out:
-            offset = out.seek(0, os.SEEK_END)
-            while True:
-                if self._stopping:
+        in_flight: collections.deque[tuple[int, PendingCommand]] = collections.deque()
+        try:
+            with open(part, "ab") as out:
+                offset = out.seek(0, os.SEEK_END)
+                step = self.chunk_bytes
+                progress = time.monotonic()
+                while True:
+                    if self._stopping:
+                        with self._lock:
+                            job.state = "queued"
+                        return
+                    self._fill(job, in_flight, offset, step)
+                    asked, pending = in_flight.popleft()
+                    # a slow link delivers the answers one after another: the time limit runs from the last one
+                    chunk = self.commands.wait(pending, deadline=max(pending.deadline, progress + self.timeout_s))
+                    progress = time.monotonic()
+                    data, size, digest = self._check_chunk(job, chunk, asked)
+                    if job.size is not None and (size, digest) != (job.size, job.sha256) and offset > 0:
+                        self._forget(in_flight)
+                        self._restart(job, out, f"the clip changed on the device ({job.size} -> {size} bytes)")
+                        offset = 0
+                        continue
+                    if (job.size, job.sha256) != (size, digest):
+                        with self._lock:
+                            job.size, job.sha256 = size, digest
+                        _write_json(part.with_name(part.name + ".json"), {
+                            "size": size, "sha256": digest, "requested_by": job.requested_by,
+                        })  # fmt: skip
+                    out.write(data)
+                    out.flush()
+                    offset += len(data)
                     with self._lock:
-                        job.state = "queued"
-                    return
-                chunk = self.commands.call(
-                    job.device_id,
-                    "clips.read",
-                    {"id": job.clip_id, "offset": offset, "length": self.chunk_bytes},
-                    timeout_s=self.timeout_s,
-                )
-                data, size, digest = self._check_chunk(job, chunk, offset)
-                if job.size is not None and (size, digest) != (job.size, job.sha256) and offset > 0:
-                    self._restart(job, out, f"the clip changed on the device ({job.size} -> {size} bytes)")
-                    offset = 0
-                    continue
-                if (job.size, job.sha256) != (size, digest):
-                    with self._lock:
-                        job.size, job.sha256 = size, digest
-                    _write_json(part.with_name(part.name + ".json"), {
-                        "size": size, "sha256": digest, "requested_by": job.requested_by,
-                    })  # fmt: skip
-                out.write(data)
-                out.flush()
-                offset += len(data)
-                with self._lock:
-                    job.fetched, job.updated_at, job.error = offset, time.time(), None
-                if offset >= size:
-                    os.fsync(out.fileno())
-                    break
+                        job.fetched, job.updated_at, job.error = offset, time.time(), None
+                    if offset >= size:
+                        os.fsync(out.fileno())
+                        break
+                    if len(data) != step:  # the device sends less than asked: go on at its pace from here
+                        self._forget(in_flight)
+                        step = len(data)
+        finally:
+            self._forget(in_flight)
         self._complete(job, part)
+
+    def _fill(self, job: FetchJob, in_flight: collections.deque[tuple[int, PendingCommand]], offset: int,
+              step: int) -> None:  # fmt: skip
+        """Send reads of the next chunks until ``window`` are in flight (one while the clip's size is unknown),
+        none past the end."""
+        limit = self.window if job.size is not None else 1
+        planned = in_flight[-1][0] + step if in_flight else offset
+        while len(in_flight) < limit and (not in_flight or job.size is None or planned < job.size):
+            args = {"id": job.clip_id, "offset": planned, "length": step}
+            in_flight.append((planned, self.commands.send(job.device_id, "clips.read", args, timeout_s=self.timeout_s)))
+            planned += step
+
+    def _forget(self, in_flight: collections.deque[tuple[int, PendingCommand]]) -> None:
+        while in_flight:
+            self.commands.forget(in_flight.popleft()[1])
 
     def _check_chunk(self, job: FetchJob, chunk: Any, offset: int) -> tuple[bytes, int, str]:
         where = f"clips.read of {job.clip_id} on {job.device_id} at {offset}"

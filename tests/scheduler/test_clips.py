@@ -131,8 +131,8 @@ def test_a_fetch_survives_a_broker_outage_and_resumes_byte_identical(
     assert job.sha256 == hashlib.sha256(data).hexdigest() and job.size == job.fetched == len(data)
     assert job.attempts >= 1 and job.restarts == 0  # it waited and retried, never started over
     assert not list(fetched.parent.glob("*.part*"))
-    after_cut = device.offsets[device.offsets.index(next(o for o in device.offsets if o >= cut_at)) :]
-    assert min(after_cut) >= cut_at  # resumed where it was, never from byte 0
+    assert device.offsets.count(0) == 1  # resumed where it was, never from byte 0
+    assert len(device.offsets) < 2 * (len(data) // CHUNK + 1)  # what had arrived was not asked for again
     assert fetcher.clip_path(device.device_id, "evt-1") == fetched
 
 
@@ -176,6 +176,8 @@ def test_a_restarted_scheduler_resumes_from_the_part(
     first.request(device.device_id, "evt-2")
     wait_until(stopped.is_set, 20, "the first scheduler to stop")
     wait_until(lambda: first._thread is not None and not first._thread.is_alive(), 10, "its worker to end")
+    settled: list[int] = []  # the reads the first scheduler had in flight reach the device, then nothing more
+    wait_until(lambda: settled.append(len(device.offsets)) or settled[-5:] == [settled[-1]] * 5, 10, "quiet")
     part = tmp_path / "sched" / device.device_id / "evt-2.mp4.part"
     resume_at = part.stat().st_size
     assert 200_000 <= resume_at < len(data)
