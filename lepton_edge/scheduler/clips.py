@@ -19,6 +19,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -460,6 +461,10 @@ class ClipFetcher:
         in_flight: collections.deque[tuple[int, PendingCommand]] = collections.deque()
         try:
             with open(part, "ab") as out:
+                try:  # replicas sharing a folder never write one part together
+                    fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise CommandError(f"{part} is being written by another fetcher", transient=True) from None
                 offset = out.seek(0, os.SEEK_END)
                 step = self.chunk_bytes
                 progress = time.monotonic()

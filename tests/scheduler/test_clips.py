@@ -269,3 +269,20 @@ def test_the_device_lists_its_clips_and_the_scheduler_answers_for_a_silent_devic
     with pytest.raises(CommandError) as refused:
         fetcher.commands.call(device.device_id, "clips.read", {"id": "c0"}, timeout_s=0.3)
     assert refused.value.transient
+
+
+def test_two_fetchers_sharing_a_folder_never_write_one_part_together(
+    tmp_path: Path, mqtt_broker: Any, make_mqtt_client: Any, fetchers: list, devices: list, unique: str
+) -> None:
+    data = os.urandom(1024 * 1024)
+    write_clip(tmp_path / "device-clips", "shared", data)
+    device = ClipDevice(make_mqtt_client, mqtt_broker.port, f"cam-{unique}", tmp_path / "device-clips")
+    devices.append(device.start())
+    pair = [make_fetcher(make_mqtt_client, mqtt_broker.port, tmp_path / "sched", f"r{i}-{unique}") for i in (1, 2)]
+    fetchers.extend(pair)
+    for fetcher in pair:
+        fetcher.request(device.device_id, "shared")
+    jobs = [wait_until(finished(f, device.device_id, "shared"), 30, "both fetches") for f in pair]
+    assert [j.state for j in jobs] == ["complete", "complete"]
+    assert sum(j.attempts for j in jobs) >= 1  # one found the part locked and waited
+    assert (tmp_path / "sched" / device.device_id / "shared.mp4").read_bytes() == data
