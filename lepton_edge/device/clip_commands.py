@@ -21,6 +21,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -40,13 +41,16 @@ MAX_CHUNK_BYTES = 128 * 1024
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 200
 """The most clips one ``clips.list`` returns (their metadata stays far below the payload limit)."""
-MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 1 << 20
+"""The largest metadata file read (the recorder's own limit)."""
 MAX_EVENT_IDS = 32
 """Event ids listed per clip (the metadata file may hold more; ``event_count`` says how many)."""
 METADATA_FIELDS = (
     "stream", "start_capture", "end_capture", "start_wall", "end_wall", "bytes", "sha256", "codec", "reencoded",
 )  # fmt: skip
 _HASH_BLOCK = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 class ClipRefused(LeptonError):
@@ -69,18 +73,38 @@ class ClipFile:
 class ClipFolders:
     """The recorder's clip folders, read-only: complete clips only, never a path outside them."""
 
-    def __init__(self, folders: Sequence[str | Path], *, forbidden: Sequence[str | Path] = ()) -> None:
-        if not folders:
-            raise ConfigError("clip commands: no clip folder given")
-        resolved = [Path(f).resolve() for f in folders]
-        for folder in resolved:
-            for other in (Path(p).resolve() for p in forbidden):
-                if folder == other or other in folder.parents:
-                    raise ConfigError(
-                        f"clip folder {folder} is inside {other}, which holds the agent's own files; "
-                        "give the clips a folder of their own"
-                    )
-        self.folders = list(dict.fromkeys(resolved))
+    def __init__(self, folders: Sequence[str | Path] | Callable[[], Sequence[str | Path]], *,
+                 forbidden: Sequence[str | Path] = ()) -> None:
+        """``folders``: the clip folders, or a function giving the folders of the streams running now."""
+        self._folders = folders
+        self._forbidden = [Path(p).resolve() for p in forbidden]
+        if not callable(folders):
+            if not folders:
+                raise ConfigError("clip commands: no clip folder given")
+            for folder in self.folders:
+                self._check(folder)
+
+    def _check(self, folder: Path) -> None:
+        for other in self._forbidden:
+            if folder == other or other in folder.parents:
+                raise ConfigError(
+                    f"clip folder {folder} is inside {other}, which holds the agent's own files; "
+                    "give the clips a folder of their own"
+                )
+
+    @property
+    def folders(self) -> list[Path]:
+        """The clip folders now (a clip folder inside the agent's own state is never served)."""
+        given = self._folders() if callable(self._folders) else self._folders
+        served = []
+        for folder in dict.fromkeys(Path(f).resolve() for f in given):
+            try:
+                self._check(folder)
+            except ConfigError as e:
+                log.warning("%s", e)
+                continue
+            served.append(folder)
+        return served
 
     def list(self, limit: int) -> list[dict[str, Any]]:
         """Metadata of the complete clips, newest first (by end wall time, else the file's time), at most
