@@ -81,8 +81,8 @@ class ClipFolders:
         if not callable(folders):
             if not folders:
                 raise ConfigError("clip commands: no clip folder given")
-            for folder in self.folders:
-                self._check(folder)
+            for folder in folders:  # a fixed list is checked now: a bad folder is a config error
+                self._check(Path(folder).resolve())
 
     def _check(self, folder: Path) -> None:
         for other in self._forbidden:
