@@ -93,11 +93,17 @@ class CaseRun:
 
     fps: dict[str, float]
     window_s: float
+    cpu_s: float  # CPU time the case used over the window (its process, or its processes)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
         return sum(self.fps.values())
+
+    @property
+    def per_cpu_second(self) -> float:
+        """Frames per CPU second: what the case makes of the cores it got (the machine may be shared)."""
+        return self.total * self.window_s / self.cpu_s if self.cpu_s > 0 else 0.0
 
 
 def thread_budget(threads: int) -> int:
@@ -133,10 +139,24 @@ def single_config(model: Path, video: str, *, threads: int, stream_id: str, json
     return data
 
 
+def process_cpu_s(processes: list[psutil.Process] | None = None) -> float:
+    """User + system CPU seconds of ``processes`` (default: this one), all their threads."""
+    total = 0.0
+    for process in processes or [psutil.Process()]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def measure(counts: Callable[[], dict[str, int]], names: list[str], warmup_s: float, seconds: float,
-            start_timeout_s: float, alive: Callable[[], str | None] = lambda: None) -> CaseRun:
+            start_timeout_s: float, alive: Callable[[], str | None] = lambda: None,
+            cpu: Callable[[], float] = process_cpu_s) -> CaseRun:
     """Wait for a first result of every stream in ``names``, then ``warmup_s``; the results per stream over the
-    next ``seconds`` as frames per second. ``alive`` returns why the case died (or None)."""
+    next ``seconds`` as frames per second, and the CPU time ``cpu`` counts over them. ``alive`` returns why the
+    case died (or None)."""
     deadline = now() + start_timeout_s
     while True:
         c = counts()
@@ -150,11 +170,11 @@ def measure(counts: Callable[[], dict[str, int]], names: list[str], warmup_s: fl
             raise RuntimeError(f"no result from stream(s) {', '.join(missing)} after {start_timeout_s:g} s")
         time.sleep(0.05)
     time.sleep(warmup_s)
-    c0, t0 = counts(), now()
+    c0, t0, cpu0 = counts(), now(), cpu()
     time.sleep(seconds)
-    c1, t1 = counts(), now()
+    c1, t1, cpu1 = counts(), now(), cpu()
     window = t1 - t0
-    return CaseRun({n: (c1.get(n, 0) - c0.get(n, 0)) / window for n in names}, window)
+    return CaseRun({n: (c1.get(n, 0) - c0.get(n, 0)) / window for n in names}, window, cpu1 - cpu0)
 
 
 # -- the cases ----------------------------------------------------------------------------------------
@@ -171,7 +191,8 @@ class Case:
         o = self.options
         self.start()
         try:
-            result = measure(self.counts, self.names, o.warmup_s, o.case_seconds, o.start_timeout_s, self.died)
+            result = measure(self.counts, self.names, o.warmup_s, o.case_seconds, o.start_timeout_s, self.died,
+                             self.cpu_seconds)
             result.extra.update(self.details())
             return result
         finally:
@@ -188,6 +209,9 @@ class Case:
 
     def died(self) -> str | None:
         return None
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_s()
 
     def details(self) -> dict[str, Any]:
         return {}
@@ -323,6 +347,9 @@ class ProcessesCase(Case):
                 counts[name] = 0
         return counts
 
+    def cpu_seconds(self) -> float:
+        return process_cpu_s([psutil.Process(p.pid) for p in self.procs.values() if p.poll() is None])
+
     def died(self) -> str | None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
@@ -442,6 +469,8 @@ def bench_live(options: StreamsBenchOptions, model: Path, video: str) -> dict[st
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else 0.0,
             "frames_in": stats[name]["frames_in"],
             "drops": stats[name]["drops"],
+            "stage_p50_ms": {k: v["p50"] for k, v in stats[name]["latency_ms"].items() if k != "e2e"},
+            "frame_age_p99_ms": stats[name]["latency_ms"]["frame_age"]["p99"],
         }
     deviation = max(abs(s["deviation_from_mean"]) for s in streams.values())
     worst_p99 = max(s["p99_ms"] for s in streams.values())
@@ -452,6 +481,7 @@ def bench_live(options: StreamsBenchOptions, model: Path, video: str) -> dict[st
         "max_frame_age_ms": options.max_frame_age_ms,
         "intra_op_threads": thread_budget(options.threads),
         "aggregate_fps": run.total,
+        "cpu_cores_used": run.cpu_s / run.window_s,
         "mean_fps": mean,
         "max_deviation_from_mean": deviation,
         "worst_p99_ms": worst_p99,
@@ -521,10 +551,15 @@ def run_streams_bench(options: StreamsBenchOptions, log: Callable[[str], None] =
             "aggregate_fps_rounds": [run.total for run in runs],
             "per_stream_fps": {s: statistics.median(run.fps[s] for run in runs) for s in runs[0].fps},
             "window_s": statistics.median(run.window_s for run in runs),
+            "cpu_cores_used": statistics.median(run.cpu_s / run.window_s for run in runs),
+            "fps_per_cpu_second": statistics.median(run.per_cpu_second for run in runs),
             **runs[0].extra,
         }
     fps = {name: case["aggregate_fps"] for name, case in offline.items()}
     ratios = {"a_vs_c": fps["a"] / fps["c"] if fps["c"] else 0.0, "a_vs_b": fps["a"] / fps["b"] if fps["b"] else 0.0}
+    per_cpu = {name: case["fps_per_cpu_second"] for name, case in offline.items()}
+    ratios |= {f"{a}_vs_{b}_per_cpu_second": per_cpu[a] / per_cpu[b] if per_cpu[b] else 0.0
+               for a, b in (("a", "c"), ("a", "b"))}
     if "a_batched" in fps:
         ratios |= {"a_batched_vs_c": fps["a_batched"] / fps["c"] if fps["c"] else 0.0,
                    "a_batched_vs_b": fps["a_batched"] / fps["b"] if fps["b"] else 0.0}
@@ -562,39 +597,46 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"`{report['command']}`",
         "",
-        "| case | aggregate fps | per stream fps | rounds |",
-        "|---|---:|---|---|",
+        "| case | aggregate fps | per stream fps | rounds | CPU cores used | fps per CPU second |",
+        "|---|---:|---|---|---:|---:|",
     ]
     for name, case in report["offline"].items():
         per = " ".join(f"{v:.1f}" for v in case["per_stream_fps"].values())
         rounds = " ".join(f"{v:.1f}" for v in case["aggregate_fps_rounds"])
-        lines.append(f"| {name}: {case['description']} | {case['aggregate_fps']:.1f} | {per} | {rounds} |")
+        lines.append(f"| {name}: {case['description']} | {case['aggregate_fps']:.1f} | {per} | {rounds} | "
+                     f"{case['cpu_cores_used']:.2f} | {case['fps_per_cpu_second']:.2f} |")
     a = report["offline"]["a"]
     lines += ["", f"Device runtime: {a.get('runners')} model runner(s), shared: {a.get('shared_runner')}, "
-              f"max batch {a.get('max_batch')}.", "", "| ratio | measured | target |", "|---|---:|---:|"]
+              f"max batch {a.get('max_batch')}, mean batch {a.get('mean_batch', 0):.2f}.", "",
+              "| ratio | measured | target |", "|---|---:|---:|"]
     for name, value in report["ratios"].items():
         target = report["targets"].get(name)
-        lines.append(f"| {name.replace('_vs_', ' / ')} | {value:.2f} | {f'>= {target:.2f}' if target else ''} |")
+        label = name.replace("_vs_", " / ").replace("_per_cpu_second", ", frames per CPU second")
+        lines.append(f"| {label} | {value:.2f} | {f'>= {target:.2f}' if target else ''} |")
     live = report.get("live")
     if live:
         mem = live["memory"]
         lines += [
             "",
             f"Live: {live['streams']} streams at {live['source_fps']:g} fps for {live['seconds']:.0f} s through the "
-            f"device runtime ({live['intra_op_threads']} intra-op threads); aggregate {live['aggregate_fps']:.1f} "
-            f"fps, mean {live['mean_fps']:.2f} fps per stream, largest deviation from the mean "
+            f"device runtime ({live['intra_op_threads']} intra-op threads, max batch {live['runtime']['max_batch']}, "
+            f"mean batch {live['runtime']['mean_batch']:.2f}, {live['cpu_cores_used']:.2f} CPU cores used); "
+            f"aggregate {live['aggregate_fps']:.1f} fps, mean {live['mean_fps']:.2f} fps per stream, largest "
+            f"deviation from the mean "
             f"{live['max_deviation_from_mean'] * 100:.1f} % (target 10 %); worst p99 {live['worst_p99_ms']:.0f} ms "
             f"vs max_frame_age_ms {live['max_frame_age_ms']:g}; RSS {mem.get('start_mb', 0):.0f} -> "
             f"{mem.get('end_mb', 0):.0f} MB (growth {mem.get('growth_mb', 0):+.1f} MB, second half "
             f"{mem.get('second_half_growth_mb', 0):+.1f} MB, slope {mem.get('slope_mb_per_min', 0):+.2f} MB/min).",
             "",
-            "| stream | fps | vs mean | p50 ms | p99 ms | frames in | drops |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| stream | fps | vs mean | e2e p50 ms | e2e p99 ms | infer p50 ms | age at infer p99 ms | frames in | "
+            "drops |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for name, s in live["per_stream"].items():
             drops = ", ".join(f"{k} {v}" for k, v in s["drops"].items()) or "none"
             lines.append(f"| {name} | {s['fps']:.2f} | {s['deviation_from_mean'] * 100:+.1f} % | {s['p50_ms']:.0f} | "
-                         f"{s['p99_ms']:.0f} | {s['frames_in']} | {drops} |")
+                         f"{s['p99_ms']:.0f} | {s['stage_p50_ms'].get('infer', 0):.0f} | "
+                         f"{s['frame_age_p99_ms']:.0f} | {s['frames_in']} | {drops} |")
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,7 @@ def test_bench_streams_reports_every_case_side_by_side(inputs, tmp_path, monkeyp
         assert set(case["per_stream_fps"]) == {"s0", "s1"}
         assert case["aggregate_fps"] == pytest.approx(sum(case["per_stream_fps"].values()), rel=0.5)
         assert case["aggregate_fps"] > 0 and len(case["aggregate_fps_rounds"]) == 1
+        assert case["cpu_cores_used"] > 0 and case["fps_per_cpu_second"] > 0
     assert offline["c"]["processes"] == 2
     assert offline["a"]["runners"] >= 1
     assert set(report["ratios"]) >= {"a_vs_c", "a_vs_b"} and report["ratios"]["a_vs_c"] > 0
