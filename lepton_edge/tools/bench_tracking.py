@@ -179,9 +179,10 @@ def analytics_config() -> AnalyticsConfig:
 
 
 def keep_frames(n: int, drop: float, seed: int) -> np.ndarray:
-    """Indices of the frames a tracker sees when ``drop`` of them are dropped at random (the first is kept)."""
+    """Indices of the frames a tracker sees when ``drop`` of them are dropped at random. The first and the last are
+    kept: latest-frame-wins drops a frame only for a newer one, and nothing newer replaces a stream's last frame."""
     keep = np.random.default_rng(seed + 7919).random(n) >= drop
-    keep[0] = True
+    keep[0] = keep[-1] = True
     return np.flatnonzero(keep)
 
 
@@ -196,6 +197,8 @@ def run_ours(seq: Sequence, frames: np.ndarray, config: TrackingConfig) -> tuple
         d = update.detections
         on = d.tracks.ids >= 0
         out.append((d.tracks.ids[on], d.boxes[on]))
+    # The sequence ends: so do its tracks (a crossing on its last frames counts, a zone visit ends).
+    analytics.update(Detections.empty(LABELS), float(seq.times[frames[-1]]), (WIDTH, HEIGHT), tuple(tracker.reset()))
     counts = {f"{line.name} {d}": line.totals[d] for line, _ in analytics.lines for d in ("in", "out")}
     counts["zone entries"] = sum(z.entered.total() for z, _ in analytics.zones)
     return out, counts, costs

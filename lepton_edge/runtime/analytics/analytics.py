@@ -83,7 +83,7 @@ class Analytics:
             pick = self._pick(labels, classes)
             events += zone.update(ids[pick], class_ids[pick], [labels[i] for i in pick], anchors[pick], t)
         for line, classes in self.lines:
-            line.forget(ended)
+            events += line.finish(ended)
             pick = self._pick(labels, classes)
             events += line.update(ids[pick], class_ids[pick], [labels[i] for i in pick], anchors[pick], t)
         return AnalyticsFrame(

@@ -8,7 +8,10 @@ Per frame at capture time ``t`` (seconds):
    an occluded object's weak detection keeps its track);
 4. tentative tracks take the high-score detections left, by IoU; a tentative track that misses is dropped;
 5. confirmed tracks still unmatched may take a high-score detection left whose centre lies within ``recover_gate``
-   standard deviations of the predicted centre (the prediction's uncertainty grows with the time it was lost);
+   standard deviations of the predicted centre (the prediction's uncertainty grows with the time it was lost), or,
+   for a moving track, one on its path: within ``recover_gate`` deviations of the line through where it was last
+   seen along its velocity, between that point and twice the predicted displacement (an object that braked or
+   sped up since it was last seen, which a constant-velocity prediction misses);
 6. high-score detections still left with at least ``new_track_threshold`` start tentative tracks, confirmed (and
    given an id) after ``confirm_hits`` detections;
 7. a confirmed track without a detection for more than ``max_lost_s`` seconds of capture time ends.
@@ -25,6 +28,9 @@ from lepton_edge.config.pipeline import TrackingConfig
 from lepton_edge.core.results import Detections, Tracks
 from lepton_edge.runtime.tracking.association import assign, iou_matrix
 from lepton_edge.runtime.tracking.motion import BoxMotion
+
+PATH_SPAN = 2.0
+"""The path gate reaches this many times the predicted displacement since a track was last seen."""
 
 
 @dataclass(slots=True)
@@ -56,6 +62,8 @@ class Tracker:
         self.hits = np.zeros(0, np.int64)
         self.first_ts = np.zeros(0)
         self.last_ts = np.zeros(0)
+        self.seen_at = np.zeros((0, 2))
+        """Centre of each track when it was last detected (after correction)."""
         self.clock: float | None = None
         self._previous_frame_ts = -np.inf
         return ended
@@ -88,6 +96,20 @@ class Tracker:
             ratio = (boxes[cols, 3] - boxes[cols, 1])[None, :] / np.maximum(self.motion.x[rows, 3:4], 1.0)
             return np.where(same_class(rows, cols) & (ratio > 0.5) & (ratio < 2.0), d2, np.inf)
 
+        def path_cost(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            """Squared distance, in deviations, from each detection's centre to the line each track moves along,
+            for detections between where it was last seen and ``PATH_SPAN`` times its predicted displacement."""
+            shift = self.motion.v[rows, :2] * (t - self.last_ts[rows])[:, None]
+            length = np.maximum(np.hypot(shift[:, 0], shift[:, 1]), 1e-9)
+            heading = shift / length[:, None]
+            centres = (boxes[cols, :2] + boxes[cols, 2:]) / 2
+            rel = centres[None, :, :] - self.seen_at[rows, None, :]
+            along = (rel * heading[:, None, :]).sum(axis=2) / length[:, None]
+            across = rel[..., 0] * heading[:, None, 1] - rel[..., 1] * heading[:, None, 0]
+            moving = (length > 0.25 * self.motion.x[rows, 3])[:, None]  # a path, not a point (position_cost)
+            on_path = moving & (along >= 0) & (along <= PATH_SPAN) & (position_cost(rows, cols) < np.inf)
+            return np.where(on_path, across * across / self.p_across(rows)[:, None], np.inf)
+
         def match(track_mask: np.ndarray, det_mask: np.ndarray, cost: Callable, max_cost: float) -> None:
             rows, cols = np.flatnonzero(track_mask & free_track), np.flatnonzero(det_mask & free_det)
             if not len(rows) or not len(cols):
@@ -104,10 +126,12 @@ class Tracker:
         match(~confirmed, high, overlap_cost, max_iou_cost)  # tentative tracks
         if cfg.recover_gate > 0:  # tracks left unmatched by overlap (missed or lost), by predicted position
             match(confirmed, high, position_cost, cfg.recover_gate**2)
+            match(confirmed, high, path_cost, cfg.recover_gate**2)
 
         matched = det_track >= 0
         rows = det_track[matched]
         self.motion.update(rows, boxes[matched])
+        self.seen_at[rows] = self.motion.x[rows, :2]
         self.hits[rows] += 1
         self.last_ts[rows] = t
         if cfg.class_agnostic:
@@ -132,6 +156,7 @@ class Tracker:
             self.hits = np.concatenate([self.hits, np.ones(len(starts), np.int64)])
             self.first_ts = np.concatenate([self.first_ts, np.full(len(starts), t)])
             self.last_ts = np.concatenate([self.last_ts, np.full(len(starts), t)])
+            self.seen_at = np.concatenate([self.seen_at, self.motion.x[-len(starts) :, :2]])
             if cfg.confirm_hits <= 1:
                 self.ids[-len(starts) :] = np.arange(self.next_id, self.next_id + len(starts))
                 self.next_id += len(starts)
@@ -147,8 +172,13 @@ class Tracker:
         valid = det_track >= 0
         det_track[valid] = np.where(keep[det_track[valid]], new_row[det_track[valid]], -1)
         self.motion.keep(keep)
-        for name in ("ids", "classes", "hits", "first_ts", "last_ts"):
+        for name in ("ids", "classes", "hits", "first_ts", "last_ts", "seen_at"):
             setattr(self, name, getattr(self, name)[keep])
+
+    def p_across(self, rows: np.ndarray) -> np.ndarray:
+        """Variance across a track's path: its centre's position variance plus a detection's."""
+        x = self.motion.x[rows]
+        return self.motion.p00[rows, :2].mean(axis=1) + self.motion.measurement_var(x)[:, 0]
 
     def _cap(self, det_track: np.ndarray) -> list[int]:
         """End the longest-lost tracks beyond ``max_tracks``."""

@@ -47,6 +47,49 @@ def test_a_crossing_between_two_frames_far_apart_counts_once():
     assert [e.direction for e in events] == ["in"]
 
 
+def test_a_track_lost_just_past_the_line_counts_when_it_ends():
+    # A sudden change of speed while frames were dropped: the track's last observation is 2 px past the line
+    # (inside the 4 px band), then it breaks. It crossed: it counts when it ends, at the time it crossed.
+    a = analytics(lines=[LINE], hysteresis_px=4)
+    events = feed(a, [(500, 300), (500, 380), (500, 402)], dt=0.2)
+    assert events == []
+    frame = a.update(tracked([], []), 2.0, SIZE, ended=(1,))
+    assert [(e.kind, e.direction, e.track_id, e.capture_ts) for e in frame.events] == [
+        ("line_crossed", "in", 1, pytest.approx(0.4))
+    ]
+    assert a.lines[0][0].totals == {"in": 1, "out": 0}
+
+
+def test_a_crossing_on_the_last_frame_of_a_stream_counts_when_its_tracks_end():
+    a = analytics(lines=[LINE], hysteresis_px=4)
+    feed(a, [(500, y) for y in (360, 370, 380, 390, 398)] + [(500, 401)], dt=1 / 30)
+    assert a.lines[0][0].totals == {"in": 0, "out": 0}  # 1 px past: not yet clear
+    a.update(tracked([], []), 1.0, SIZE, ended=(1,))  # the stream ended: so did its tracks
+    assert a.lines[0][0].totals == {"in": 1, "out": 0}
+
+
+def test_a_track_that_comes_back_within_the_band_does_not_count_even_when_it_ends():
+    a = analytics(lines=[LINE], hysteresis_px=4)
+    feed(a, [(500, 380), (500, 402), (500, 398), (500, 380)])
+    a.update(tracked([], []), 9.0, SIZE, ended=(1,))
+    assert a.lines[0][0].totals == {"in": 0, "out": 0}
+
+
+def test_a_crossing_held_while_inside_the_band_counts_once_when_the_track_goes_clear():
+    a = analytics(lines=[LINE], hysteresis_px=4)
+    events = feed(a, [(500, 380), (500, 401), (500, 402), (500, 399), (500, 403), (500, 420)])
+    assert [e.direction for e in events] == ["in"]
+    a.update(tracked([], []), 9.0, SIZE, ended=(1,))
+    assert a.lines[0][0].totals == {"in": 1, "out": 0}
+
+
+def test_a_pending_crossing_beyond_the_end_of_the_segment_does_not_count():
+    a = analytics(lines=[LINE], hysteresis_px=4)
+    feed(a, [(950, 380), (950, 402)])
+    a.update(tracked([], []), 9.0, SIZE, ended=(1,))
+    assert a.lines[0][0].totals == {"in": 0, "out": 0}
+
+
 def test_passing_beyond_the_end_of_the_segment_is_not_a_crossing():
     a = analytics(lines=[LINE])
     assert feed(a, [(950, y) for y in range(300, 501, 20)]) == []

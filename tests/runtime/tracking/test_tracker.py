@@ -38,6 +38,28 @@ def test_frame_counting_would_lose_it():
     assert seen != {1}
 
 
+@pytest.mark.parametrize("factor", [0.2, 1.8])
+def test_an_object_that_brakes_or_speeds_up_during_a_gap_keeps_its_id(factor):
+    # 300 px/s, then a 0.2 s gap during which it changes speed: it is 60 * factor px on instead of the 60 px
+    # predicted, off the predicted box and many deviations from the predicted centre, but on its own path.
+    tracker = Tracker(TrackingConfig())
+    times = [f / 30 for f in range(30)] + [1.0 + 0.2 + f / 30 for f in range(20)]
+    seen = set()
+    for t in times:
+        x = 100 + 300 * t if t <= 1.0 else 400 + 300 * factor * (t - 1.0)
+        seen.update(i for i in ids_of(tracker.update(detections([[x, 300]]), t)) if i >= 0)
+    assert seen == {1}
+
+
+def test_a_detection_behind_a_track_or_off_its_path_is_not_taken_by_it():
+    tracker = Tracker(TrackingConfig())
+    for f in range(30):
+        tracker.update(detections([[100 + 300 * f / 30, 300]]), f / 30)
+    # 0.2 s later: one detection back where it came from, one well off its line of motion.
+    update = tracker.update(detections([[250, 300], [420, 420]]), 29 / 30 + 0.2)
+    assert ids_of(update) == [-1, -1]
+
+
 def test_crossing_objects_keep_their_own_ids():
     tracker = Tracker(TrackingConfig())
     for f in range(60):
