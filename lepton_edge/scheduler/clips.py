@@ -19,6 +19,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -67,6 +68,7 @@ MAX_CLIP_BYTES = 4 << 30
 LISTING_REUSE_S = 2.0
 """A device's clip list is asked for at most once per this many seconds; callers in between get the last one
 (viewers polling the list cannot turn into a stream of commands to the device)."""
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _TRANSIENT_ANSWERS = ("refused: the agent is busy", "refused: the command expired")
 """How device errors that say "try again" rather than "never" begin (``device/commands.py``)."""
 
@@ -428,7 +430,12 @@ class ClipFetcher:
                     self._retry_later(job, str(e))
                 else:
                     self._fail(job, str(e))
-            except (OSError, ValueError) as e:
+            except OSError as e:
+                if e.errno in _DISK_FULL:  # the scheduler's disk: space may come back
+                    self._retry_later(job, f"clip {job.clip_id} of {job.device_id}: {e}")
+                else:
+                    self._fail(job, f"clip {job.clip_id} of {job.device_id}: {e}")
+            except ValueError as e:
                 self._fail(job, f"clip {job.clip_id} of {job.device_id}: {e}")
             except Exception as e:  # a bug must not end the worker
                 log.exception("clip fetch %s/%s failed", job.device_id, job.clip_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from lepton_edge.fleet.protocol import TopicKind, subscription
 from lepton_edge.scheduler.clips import LISTING_REUSE_S, ClipFetcher, CommandClient, CommandError, FetchJob
 from tests.device.test_clip_commands import write_clip
 from tests.support.scheduler import wait_until
+from tests.support.tiny_fs import TINY_FS_MIB, tiny_fs_mount  # noqa: F401 - the tiny_fs fixture
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +288,26 @@ def test_two_fetchers_sharing_a_folder_never_write_one_part_together(
     assert [j.state for j in jobs] == ["complete", "complete"]
     assert sum(j.attempts for j in jobs) >= 1  # one found the part locked and waited
     assert (tmp_path / "sched" / device.device_id / "shared.mp4").read_bytes() == data
+
+
+def test_a_full_scheduler_disk_waits_and_the_fetch_resumes_when_space_comes_back(
+    tiny_fs: Path, mqtt_broker: Any, make_mqtt_client: Any, fetchers: list, devices: list, unique: str
+) -> None:
+    data = os.urandom((TINY_FS_MIB + 2) << 20)  # larger than the scheduler's file system
+    write_clip(tiny_fs.parent / "device-clips", "big", data)
+    device = ClipDevice(make_mqtt_client, mqtt_broker.port, f"cam-{unique}", tiny_fs.parent / "device-clips")
+    devices.append(device.start())
+    fetcher = make_fetcher(make_mqtt_client, mqtt_broker.port, tiny_fs / "clips", f"r-{unique}", chunk_bytes=128 << 10)
+    fetchers.append(fetcher)
+    fetcher.request(device.device_id, "big")
+    full = wait_until(
+        lambda: (j := fetcher.job(device.device_id, "big")) is not None and j.error and "No space" in j.error and j,
+        30,
+        "the fetch to find the disk full",
+    )
+    assert full.state in ("waiting", "fetching") and 0 < full.fetched < len(data)
+    grown = subprocess.run(["mount", "-o", f"remount,size={TINY_FS_MIB + 8}m", str(tiny_fs)], capture_output=True)
+    assert grown.returncode == 0, grown.stderr
+    job = wait_until(finished(fetcher, device.device_id, "big"), 60, "the fetch once there is room")
+    assert job.state == "complete" and job.restarts == 0
+    assert (tiny_fs / "clips" / device.device_id / "big.mp4").read_bytes() == data
