@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.config.workloads import MAX_MODELS, MAX_WORKLOADS
+from lepton_edge.config.workloads import MAX_MODELS, MAX_WORKLOADS, SINGLE_WORKLOAD
 from lepton_edge.fleet.protocol import MAX_PAYLOAD_BYTES, DesiredConfig, ProtocolError, encode
 from lepton_edge.scheduler.models import Workload
 
@@ -162,12 +162,12 @@ def device_document(workloads: Sequence[Workload]) -> dict[str, Any]:
 def split_document(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each workload of a multi-form document as a single-form device config (its stream as ``source``, its
     model entry as ``model`` and ``backend``, its cascades inline, the device-level sections); a single-form
-    document is one workload named ``default``; an idle or empty one has none. An entry naming a stream or
-    model the document lacks has no ``source`` or ``model``, so the device schema says one is missing."""
+    document is one workload named ``main`` (as on the device); an idle or empty one has none. An entry naming a
+    stream or model the document lacks has no ``source`` or ``model``, so the device schema says one is missing."""
     if "workloads" not in document and "streams" not in document and "models" not in document:
         if document.get("idle") is True or not document:
             return {}
-        return {"default": dict(document)}
+        return {SINGLE_WORKLOAD: dict(document)}
     device = {k: v for k, v in document.items() if k not in ("streams", "models", "workloads")}
     streams, models = document.get("streams") or {}, document.get("models") or {}
     out: dict[str, dict[str, Any]] = {}

@@ -124,7 +124,7 @@ def test_each_workload_of_a_document_is_the_single_form_config_the_api_validated
     b = _workload(workload_id="b", source_uri="synthetic://shapes", model="m/other.onnx")
     split = split_document(device_document([a, b]))
     assert split == {"a": device_config_for(a), "b": {**device_config_for(b), "pipeline": {"stats_interval_s": 2}}}
-    assert split_document(device_config_for(a)) == {"default": device_config_for(a)}
+    assert split_document(device_config_for(a)) == {"main": device_config_for(a)}
     assert split_document({"idle": True}) == {} and split_document({"workloads": {}}) == {}
     broken = split_document({"streams": {}, "models": {}, "workloads": {"x": {"stream": "nope", "model": "nope"}}})
     assert broken == {"x": {}}  # no source, no model: the device schema says so
