@@ -204,6 +204,8 @@ def device_conflicts(workloads: Sequence[Workload]) -> dict[str, str]:
     - the device would run more than its limits of workloads or models, or its document would be over the
       protocol's payload limit.
     """
+    if _plain(workloads):
+        return {}
     conflicts: dict[str, str] = {}
     device: dict[str, Any] = {}
     owner: dict[tuple[str, ...], str] = {}
@@ -234,6 +236,17 @@ def device_conflicts(workloads: Sequence[Workload]) -> dict[str, str]:
         consoles += [w.workload_id] if _has_console(parts.entry) else []
         models.update((n, (m, w.workload_id)) for n, m in parts.models.items() if n not in models)
     return conflicts
+
+
+def _plain(workloads: Sequence[Workload]) -> bool:
+    """True when ``workloads`` cannot conflict: no config at all, within the limits, at most one artifact, and
+    a document far below the payload limit (the common case, decided without building the document)."""
+    if len(workloads) > MAX_WORKLOADS or any(w.config for w in workloads):
+        return False
+    artifacts = {(w.model, json.dumps(w.artifact, sort_keys=True)) for w in workloads if w.artifact}
+    models = {(w.model, json.dumps(w.artifact, sort_keys=True)) for w in workloads}
+    size = sum(len(w.source_uri) + len(w.model) + 2048 for w in workloads)  # an artifact reference is < 2 KiB
+    return len(artifacts) <= 1 and len(models) <= MAX_MODELS and size < MAX_PAYLOAD_BYTES - _SIZE_MARGIN
 
 
 def _conflict(
