@@ -75,7 +75,11 @@ class ConfigReports:
                 device_id,
             )
             return
-        if not store.record_reported(device_id, report.version, report.outcome, list(report.errors)):
+        refused = [  # an applied document may have refused some of its workloads: the device's errors say so
+            f"workload {name}: {error}"
+            for name, own in sorted(report.workloads.items()) if own.outcome != "applied" for error in own.errors
+        ]  # fmt: skip
+        if not store.record_reported(device_id, report.version, report.outcome, (list(report.errors) or refused)[:100]):
             return
         affected = [
             a for a in store.list_assignments() if a.device_id == device_id and a.desired_version == report.version

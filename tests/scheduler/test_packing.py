@@ -98,7 +98,7 @@ def test_workloads_are_packed_by_learned_batched_capacity_and_a_dead_device_move
     for survivor in set(sim.devices) - {dead}:
         assert on(placed, survivor) <= on(after, survivor)  # kept what it had
         assert all(sim.device(survivor).starts[w] == 1 for w in on(placed, survivor))  # never restarted
-    assert {w for w in orphans} == {w for w in after if placed[w] != after[w]}  # nothing else moved
+    assert set(orphans) == {w for w in after if placed[w] != after[w]}  # nothing else moved
     moves = [e for e in service.store.list_events(limit=1000) if e.kind == "placement.moved"]
     assert sorted(e.workload_id for e in moves) == sorted(orphans)
 
@@ -138,3 +138,4 @@ def test_a_workload_whose_camera_dies_or_whose_config_is_refused_moves_alone(ser
     assert report.outcome == "applied" and report.workloads[refused].outcome == "rejected"
     rejected = [e for e in service.store.list_events(limit=1000) if e.kind == "config.rejected"]
     assert [(e.workload_id, e.device_id) for e in rejected] == [(refused, second)]
+    assert "simulated failure" in rejected[0].details["errors"][0]
