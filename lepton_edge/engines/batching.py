@@ -165,9 +165,32 @@ def _constant_values(graph: Any) -> dict[str, list[int]]:  # onnx.GraphProto
     return values
 
 
-def _inferred_fault(proto: Any, input_name: str) -> str | None:
+@dataclass(frozen=True)
+class _FixingNode:
+    """A node whose input carries the batch axis and whose output's axis 0 is fixed (shape inference's verdict)."""
+
+    node: Any  # onnx.NodeProto of the graph it was found in
+    output: str
+    carried: str
+    dim: int
+    shape_input: list[int] | None
+    """A Reshape's shape when it is a small integer constant, else None."""
+
+    def describe(self) -> str:
+        shape_note = ""
+        if self.shape_input is not None:
+            shape_note = f" (its shape constant {self.node.input[1]!r} is {self.shape_input})"
+        elif self.node.op_type == "Flatten":
+            shape_note = " (Flatten's axis folds the batch)"
+        return (f"{self.node.op_type} node '{self.node.name or self.output}' fixes axis 0 of its output "
+                f"{self.output!r} at {self.dim} while its input {self.carried!r} carries the batch{shape_note}; "
+                "export it with a dynamic batch (a shape of 0 or -1 on axis 0)")
+
+
+def _first_fixing_node(proto: Any, input_name: str) -> _FixingNode | None:
     """The first node (graph order) whose input carries the batch axis and whose output's axis 0 is fixed, found by
-    ONNX shape inference with the batch symbolic; None when there is none or inference cannot run."""
+    ONNX shape inference with the batch symbolic; None when there is none or inference cannot run. ``node`` is the
+    node of ``proto`` itself (same index), so a caller may edit it."""
     import onnx
 
     model = _with_symbolic_batch(proto, input_name, _SYMBOL)
@@ -182,7 +205,7 @@ def _inferred_fault(proto: Any, input_name: str) -> str | None:
     shapes = {v.name: _dims(v) for v in [*graph.input, *graph.value_info, *graph.output]}
     constants = _constant_values(graph)
     downstream = {input_name}  # tensors computed from the frames (shape arithmetic excluded)
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
         if node.op_type in _SHAPE_OPS or not downstream.intersection(node.input):
             continue
         downstream.update(node.output)
@@ -192,15 +215,27 @@ def _inferred_fault(proto: Any, input_name: str) -> str | None:
         for out in node.output:
             dims = shapes.get(out, [])
             if dims and _fixed(dims[0]):
-                shape_note = ""
-                if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
-                    shape_note = f" (its shape constant {node.input[1]!r} is {constants[node.input[1]]})"
-                elif node.op_type == "Flatten":
-                    shape_note = " (Flatten's axis folds the batch)"
-                return (f"{node.op_type} node '{node.name or out}' fixes axis 0 of its output {out!r} at {dims[0]} "
-                        f"while its input {carried[0]!r} carries the batch{shape_note}; export it with a dynamic "
-                        "batch (a shape of 0 or -1 on axis 0)")
+                shape = None
+                if node.op_type == "Reshape" and len(node.input) > 1:
+                    shape = _shape_constant(graph, constants, node.input[1])
+                return _FixingNode(proto.graph.node[index], out, carried[0], int(dims[0]), shape)  # type: ignore[arg-type]
     return None
+
+
+def _shape_constant(graph: Any, constants: dict[str, list[int]], name: str) -> list[int] | None:
+    """The value of ``name`` when it is a small integer constant or a Concat (axis 0) of such constants."""
+    if name in constants:
+        return constants[name]
+    producer = next((n for n in graph.node if name in n.output), None)
+    if producer is None or producer.op_type != "Concat" or not all(i in constants for i in producer.input):
+        return None
+    return [v for i in producer.input for v in constants[i]]
+
+
+def _inferred_fault(proto: Any, input_name: str) -> str | None:
+    """Why shape inference says the graph cannot batch (the first node fixing axis 0), or None."""
+    found = _first_fixing_node(proto, input_name)
+    return found.describe() if found is not None else None
 
 
 def _fixed(dim: object) -> bool:
@@ -262,27 +297,141 @@ def set_batch(source: Path, dest: Path, batch: int | Literal["dynamic"]) -> Batc
     """Write ``source`` to ``dest`` with its framed input's batch axis dynamic (``"dynamic"``, named
     :data:`DYNAMIC_BATCH`) or fixed at ``batch``; the capability of the written model.
 
+    A graph that hard-codes batch 1 in the shape of a Reshape (a constant, or a Concat of constants, with 1 on
+    axis 0, whose data input carries the batch) has that 1 replaced by 0 (ONNX Reshape: copy the input's axis),
+    then is proven by onnxruntime on random frames: at batch 1 it gives the original's outputs, at batch N each
+    frame's outputs are those of a batch-1 call (:func:`unpin_reshapes`, :func:`verify_batched`).
+
     ModelError, naming the node or tensor at fault, when the graph cannot batch (see :func:`batch_capability`).
     """
     import onnx
 
     info = inspect_onnx(source)
     capability = batch_capability(info)
-    if not capability.settable or capability.input is None:
-        raise ModelError(f"{source}: cannot set batch {batch}: {capability.reason}")
     proto = onnx.load(str(source), load_external_data=True)
+    rewritten: list[str] = []
+    if not capability.settable and capability.fault is not None and capability.input is not None:
+        original = proto
+        proto, rewritten = unpin_reshapes(original, capability.input, str(source))
+        if not rewritten:  # the fault is not a Reshape shape constant (or only onnxruntime saw it)
+            raise ModelError(f"{source}: cannot set batch {batch}: {capability.reason}")
+        spec = next(s for s in info.inputs if s.name == capability.input)
+        verify_batched(original, proto, spec, info, batch, rewritten, str(source))
+    elif not capability.settable or capability.input is None:
+        raise ModelError(f"{source}: cannot set batch {batch}: {capability.reason}")
+    assert capability.input is not None
     value: str | int = DYNAMIC_BATCH if batch == "dynamic" else int(batch)
     try:
         onnx.save(_with_symbolic_batch(proto, capability.input, value), str(dest))
     except ValueError as e:  # protobuf's 2 GiB limit
         raise ModelError(f"{source}: cannot write it with a new batch axis ({e})") from None
+    note = f"; Reshape node(s) {', '.join(rewritten)} take the batch from their input" if rewritten else ""
     if batch == "dynamic":
         return BatchCapability("dynamic", None, capability.input, f"input {capability.input!r} has a dynamic batch "
-                               "axis (set at build)", settable=True)
+                               f"axis (set at build{note})", settable=True)
     result = batch_capability(inspect_onnx(dest))
     if result.kind == "single" and int(batch) > 1:
         raise ModelError(f"{source}: batch {batch} was set but the model does not run it: {result.reason}")
     return result
+
+
+def unpin_reshapes(proto: Any, input_name: str, where: str) -> tuple[Any, list[str]]:
+    """A copy of ``proto`` whose Reshapes no longer hard-code batch 1, and the names of the ones changed.
+
+    Node after node (shape inference with a symbolic batch finds the next one), a Reshape whose data input carries
+    the batch and whose shape is a constant or a Concat of constants with 1 on axis 0 and ``allowzero`` 0 gets a
+    new shape constant with 0 there. The first fixing node that is anything else stops the rewrite: ModelError
+    naming it when some Reshape was already changed (the graph still cannot batch), else the unchanged copy."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    rewritten: list[str] = []
+    initializers = {t.name for t in model.graph.initializer}
+    for _ in range(len(model.graph.node) + 1):
+        found = _first_fixing_node(model, input_name)
+        if found is None:
+            return model, rewritten
+        node = found.node
+        allowzero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+        fixable = (node.op_type == "Reshape" and found.shape_input is not None and found.shape_input[0] == 1
+                   and allowzero == 0)
+        if not fixable:
+            if rewritten:
+                raise ModelError(f"{where}: cannot set a batch: after giving Reshape node(s) {', '.join(rewritten)} "
+                                 f"the input's batch, {found.describe()}")
+            return model, rewritten
+        assert found.shape_input is not None
+        name = f"{node.input[1]}__lepton_batch"
+        if name not in initializers:
+            shape = np.array([0, *found.shape_input[1:]], dtype=np.int64)
+            model.graph.initializer.append(numpy_helper.from_array(shape, name))
+            initializers.add(name)
+        node.input[1] = name
+        rewritten.append(f"'{node.name or found.output}'")
+    raise ModelError(f"{where}: cannot set a batch: the Reshape rewrite did not converge")
+
+
+VERIFY_BATCH = 3
+"""Frames per call when :func:`verify_batched` checks a dynamic batch."""
+
+
+def verify_batched(original: Any, candidate: Any, spec: Any, info: ModelInfo, batch: int | Literal["dynamic"],
+                   rewritten: list[str], where: str) -> None:
+    """Prove a rewritten graph with onnxruntime on random frames: at batch 1 its outputs are the original's, and at
+    ``batch`` (:data:`VERIFY_BATCH` for dynamic) each frame's outputs are those of a batch-1 call. ModelError
+    naming the rewritten nodes and the output that differs, otherwise."""
+    import onnxruntime as ort
+
+    size = VERIFY_BATCH if batch == "dynamic" else int(batch)
+    dims = [_probe_dim(d, info.metadata) for d in spec.shape[1:]]
+    nodes = ", ".join(rewritten)
+    if any(d is None for d in dims):
+        raise ModelError(f"{where}: cannot prove the rewrite of Reshape node(s) {nodes}: input {spec.name!r} "
+                         f"{spec.shape_str} has a dynamic dimension with no size")
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(spec.dtype)
+    shape = [size, *dims]
+    frames = (rng.random(shape) if dtype.kind == "f" else rng.integers(0, 255, shape)).astype(dtype)
+    others = {o.name: np.zeros([d if isinstance(d, int) else 1 for d in o.shape], o.dtype)
+              for o in info.inputs if o.name != spec.name}
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.intra_op_num_threads = 1
+
+    def session(proto: Any, value: str | int) -> Any:
+        model = _with_symbolic_batch(proto, spec.name, value)
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def check(got: np.ndarray, want: np.ndarray, name: str, what: str) -> None:
+        scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
+            diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
+            raise ModelError(f"{where}: Reshape node(s) {nodes} were given the input's batch, but output {name!r} "
+                             f"{what} (shapes {list(got.shape)} vs {list(want.shape)}, max difference {diff:.3g}); "
+                             "refused")
+
+    try:
+        reference = session(original, 1)
+        single = session(candidate, 1)
+        batched = session(candidate, DYNAMIC_BATCH if batch == "dynamic" else size)
+        names = [o.name for o in reference.get_outputs()]
+        ones = [single.run(None, {spec.name: frames[i:i + 1], **others}) for i in range(size)]
+        for i in range(size):
+            for name, got, want in zip(names, ones[i], reference.run(None, {spec.name: frames[i:i + 1], **others}),
+                                       strict=True):
+                check(got, want, name, "at batch 1 differs from the original model's")
+        for index, (name, got) in enumerate(zip(names, batched.run(None, {spec.name: frames, **others}),
+                                                strict=True)):
+            want = np.concatenate([one[index] for one in ones])
+            check(np.asarray(got), want, name, f"at batch {size} differs from {size} batch-1 calls")
+    except ModelError:
+        raise
+    except Exception as e:  # onnxruntime raises several unrelated types
+        text = str(e).strip().split("Status Message:")[-1].strip().splitlines()[0][:200]
+        raise ModelError(f"{where}: Reshape node(s) {nodes} were given the input's batch, but onnxruntime fails "
+                         f"to run the result ({text}); refused") from None
 
 
 DEFAULT_STREAM_BATCH_CAP = 16

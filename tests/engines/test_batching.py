@@ -148,12 +148,83 @@ def test_set_batch_makes_a_batch_one_export_dynamic(tmp_path):
     assert (fixed.kind, fixed.max_batch) == ("fixed", 2)
 
 
+def _folding(path: Path) -> Path:
+    """A batch-1 graph whose Flatten (axis 0) folds the frames together: no rewrite can give it a batch."""
+    return _save(path, [helper.make_node("Flatten", ["x"], ["y"], name="fold", axis=0)],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48])])
+
+
+def _pinned(path: Path, after: list, shape_nodes: list | None = None, allowzero: int = 0) -> Path:
+    """x [1, 3, 4, 4] -> Reshape 'pin' to ``target`` (1 on axis 0) -> ``after`` nodes -> z."""
+    initializers = [helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+                    helper.make_tensor("rest", TensorProto.INT64, [1], [-1])]
+    if shape_nodes is None:
+        shape_nodes = [helper.make_node("Concat", ["one", "rest"], ["target"], name="target", axis=0)]
+    return _save(path, [*shape_nodes, helper.make_node("Reshape", ["x", "target"], ["y"], name="pin",
+                                                       allowzero=allowzero), *after],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                 [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 48])], initializers)
+
+
+def test_set_batch_gives_the_demo_detectors_pinned_reshapes_the_batch_and_proves_it(tmp_path):
+    """shapes_detector.onnx hard-codes batch 1 in six Reshapes ([1, 4, -1], [1, 3, -1]): they get 0 there."""
+    capability = set_batch(SHAPES, tmp_path / "dyn.onnx", "dynamic")
+    assert capability.kind == "dynamic" and "'/Reshape', '/Reshape_1'" in capability.reason
+    assert batch_capability(tmp_path / "dyn.onnx").kind == "dynamic", "the written graph carries the batch"
+    assert inspect_onnx(tmp_path / "dyn.onnx").inputs[0].shape == ("batch", 3, 320, 320)
+    frames = _frames(3, 320)
+    original = _session(SHAPES).run(None, {"images": frames[:1]})[0]
+    batched, single = _per_frame(_session(tmp_path / "dyn.onnx"), frames)
+    np.testing.assert_allclose(single[:1], original, rtol=1e-5, atol=1e-4)
+    assert batched.shape == (3, 7, 2100)
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-3)
+    fixed = set_batch(SHAPES, tmp_path / "two.onnx", 2)
+    assert (fixed.kind, fixed.max_batch) == ("fixed", 2)
+
+
+def test_set_batch_rewrites_a_concat_of_constants_and_a_constant_node(tmp_path):
+    concat = set_batch(_pinned(tmp_path / "concat.onnx", [helper.make_node("Relu", ["y"], ["z"])]),
+                       tmp_path / "a.onnx", "dynamic")
+    assert concat.kind == "dynamic" and "'pin'" in concat.reason
+    batched, single = _per_frame(_session(tmp_path / "a.onnx"), _frames(4, 4))
+    assert batched.shape == (4, 48)
+    np.testing.assert_array_equal(batched, single)
+    constant = [helper.make_node("Constant", [], ["target"], name="target",
+                                 value=helper.make_tensor("v", TensorProto.INT64, [2], [1, 48]))]
+    path = _pinned(tmp_path / "const.onnx", [helper.make_node("Relu", ["y"], ["z"])], constant)
+    assert set_batch(path, tmp_path / "b.onnx", 3).max_batch == 3
+
+
 def test_set_batch_refuses_a_graph_that_hard_codes_its_batch_naming_the_node(tmp_path):
-    with pytest.raises(ModelError, match=r"cannot set batch dynamic: .*Reshape node '/Reshape'"):
-        set_batch(SHAPES, tmp_path / "shapes.onnx", "dynamic")
-    with pytest.raises(ModelError, match=r"Reshape node '/Reshape'"):
-        build_artifact(SHAPES, tmp_path / "art", BuildOptions(batch=4), progress=False)
+    with pytest.raises(ModelError, match=r"cannot set batch dynamic: .*Flatten node 'fold'"):
+        set_batch(_folding(tmp_path / "fold.onnx"), tmp_path / "out.onnx", "dynamic")
+    with pytest.raises(ModelError, match=r"Flatten node 'fold'"):
+        build_artifact(tmp_path / "fold.onnx", tmp_path / "art", BuildOptions(batch=4), progress=False)
     assert not (tmp_path / "art").exists()
+    with pytest.raises(ModelError, match=r"cannot set batch dynamic: .*Reshape node 'pin'"):  # allowzero=1: 0 is 0
+        set_batch(_pinned(tmp_path / "zero.onnx", [helper.make_node("Relu", ["y"], ["z"])], allowzero=1),
+                  tmp_path / "out.onnx", "dynamic")
+
+
+def test_set_batch_refuses_a_rewrite_that_still_cannot_batch_naming_the_next_node(tmp_path):
+    """The Reshape is fixed, but a ReduceMax over axis 0 after it folds the frames: shape inference names it."""
+    path = _pinned(tmp_path / "reduce.onnx", [helper.make_node("ReduceMax", ["y"], ["z"], name="over_frames",
+                                                               axes=[0], keepdims=1)])
+    with pytest.raises(ModelError, match=r"after giving Reshape node\(s\) 'pin' the input's batch, ReduceMax node "
+                       r"'over_frames' fixes axis 0"):
+        set_batch(path, tmp_path / "out.onnx", "dynamic")
+
+
+def test_set_batch_refuses_a_rewrite_whose_frames_mix_at_run_time(tmp_path):
+    """The batch survives in the shapes, but each row is scaled by the maximum over the whole batch: only running
+    it shows batch 3 differs from 3 batch-1 calls."""
+    path = _pinned(tmp_path / "mix.onnx", [helper.make_node("ReduceMax", ["y"], ["top"], name="top", keepdims=0),
+                                           helper.make_node("Sub", ["y", "top"], ["z"], name="shift")])
+    with pytest.raises(ModelError, match=r"Reshape node\(s\) 'pin' were given the input's batch, but output 'z' at "
+                       r"batch 3 differs from 3 batch-1 calls"):
+        set_batch(path, tmp_path / "out.onnx", "dynamic")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_an_int8_artifact_of_a_dynamic_batch_model_gives_per_frame_outputs_at_batch_4(tmp_path):
@@ -181,8 +252,9 @@ def test_build_batch_dynamic_gives_an_int8_engine_a_batch_axis_and_records_it(tm
 
 
 def test_build_batch_on_the_command_line(tmp_path, capsys):
-    assert main(["build", "--model", str(SHAPES), "--batch", "dynamic", "--out", str(tmp_path / "a")]) != 0
-    assert "Reshape node '/Reshape'" in capsys.readouterr().err
+    assert main(["build", "--model", str(_folding(tmp_path / "fold.onnx")), "--batch", "dynamic", "--out",
+                 str(tmp_path / "a")]) != 0
+    assert "Flatten node 'fold'" in capsys.readouterr().err
     assert main(["build", "--model", str(CLASSIFIER), "--batch", "0", "--out", str(tmp_path / "b")]) != 0
     assert "--batch '0': expected dynamic or a number 1..256" in capsys.readouterr().err
     assert main(["build", "--model", str(CLASSIFIER), "--batch", "2", "--out", str(tmp_path / "c")]) == 0
