@@ -75,7 +75,7 @@ class ConfigReports:
                 device_id,
             )
             return
-        refused = [  # an applied document may have refused some of its workloads: the device's errors say so
+        refused = [  # the workloads refused, where the document's own errors say nothing
             f"workload {name}: {error}"
             for name, own in sorted(report.workloads.items()) if own.outcome != "applied" for error in own.errors
         ]  # fmt: skip
@@ -109,7 +109,7 @@ class ConfigReports:
         self, device_id: str, report: ReportedConfig, affected: list[Assignment], failed: list[Failure]
     ) -> None:
         store = self._store
-        if report.outcome != "applied":  # the whole document
+        if not report.workloads:  # a device that reports the document only: every workload shares its outcome
             store.add_event(
                 f"config.{report.outcome}",
                 f"device {device_id} {report.outcome} desired config v{report.version}"
@@ -120,7 +120,7 @@ class ConfigReports:
                 details={"version": report.version, "errors": list(report.errors)[:10]},
             )
             return
-        for workload_id, outcome, errors in failed:  # the document applied, these workloads of it did not
+        for workload_id, outcome, errors in failed:  # per workload: only the ones refused
             store.add_event(
                 f"config.{outcome}",
                 f"device {device_id} {outcome} workload {workload_id} of desired config v{report.version}",

@@ -314,7 +314,8 @@ class SimDevice:
     def apply(self, desired: DesiredConfig, now: float | None = None) -> ReportedConfig | None:
         """Validate and apply a desired config like the agent does, workload by workload; None when its
         version is not new. A multi-form document is reported per workload: the refused ones do not run, the
-        others do (those whose config did not change keep running, not restarted)."""
+        others do (those whose config did not change keep running, not restarted); the document's outcome is
+        ``applied`` only when every workload applied, else the worst (and the active version stays)."""
         with self._lock:
             self.desired_received.append(desired)
             if desired.version <= self.handled_version:
@@ -338,12 +339,13 @@ class SimDevice:
                 per_workload = {name: errs or whole for name, errs in per_workload.items()}
             elif self.fail_with is not None:
                 outcome, errors = self.fail_with, [f"simulated failure: device told to answer {self.fail_with}"]
-            elif refused and (not multi or refused == set(workloads)):
-                outcome = "rejected"
+            elif refused:  # like the device: the document is the worst outcome of its workloads
+                told = {self.fail_workloads.get(n) for n in refused}
+                outcome = "rolled_back" if told == {"rolled_back"} else "rejected"
                 errors = [f"{name}: {e}" if multi else e for name in sorted(refused) for e in per_workload[name]]
                 errors = [e[:4096] for e in errors][:100]
-            if outcome == "applied":
-                self.active_version = desired.version
+            partly = multi and not whole and self.fail_with is None and refused != set(workloads)
+            if outcome == "applied" or partly:  # the workloads that applied run as the document says
                 running = {n: w for n, w in workloads.items() if n not in refused}
                 for name, single in running.items():
                     if self.workloads.get(name) != single:
@@ -352,6 +354,8 @@ class SimDevice:
                         target, version = signed
                         self.artifact_versions[target] = max(version, self.artifact_versions.get(target, 0))
                 self.workloads = running
+            if outcome == "applied":
+                self.active_version = desired.version
                 self.config = None if config == IDLE_CONFIG else config
             report = ReportedConfig(
                 device_id=self.device_id,
@@ -370,9 +374,8 @@ class SimDevice:
     ) -> dict[str, WorkloadOutcome]:
         out: dict[str, WorkloadOutcome] = {}
         for name in sorted(workloads)[:64]:
-            if overall != "applied":
-                own = errors[name] or [f"the document was {overall}"]
-                out[name] = WorkloadOutcome(outcome=overall, errors=own[:100])
+            if overall != "applied" and (self.fail_with is not None or not any(errors.values())):
+                out[name] = WorkloadOutcome(outcome=overall, errors=[f"the document was {overall}"])
             elif errors[name]:
                 failed_as = self.fail_workloads.get(name, "rejected")
                 out[name] = WorkloadOutcome(outcome=failed_as, errors=errors[name][:100])

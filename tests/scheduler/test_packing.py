@@ -135,7 +135,8 @@ def test_a_workload_whose_camera_dies_or_whose_config_is_refused_moves_alone(ser
     assert on(final, second) == on(moved, second) - {refused}
     assert all(sim.device(second).starts[w] == 1 for w in on(final, second))  # the others kept running
     report = next(r for r in reversed(sim.device(second).reports) if refused in r.workloads)
-    assert report.outcome == "applied" and report.workloads[refused].outcome == "rejected"
+    assert report.outcome == "rejected" and report.workloads[refused].outcome == "rejected"  # the document's: worst
+    assert all(o.outcome == "applied" for w, o in report.workloads.items() if w != refused)
     rejected = [e for e in service.store.list_events(limit=1000) if e.kind == "config.rejected"]
     assert [(e.workload_id, e.device_id) for e in rejected] == [(refused, second)]
     assert "simulated failure" in rejected[0].details["errors"][0]
