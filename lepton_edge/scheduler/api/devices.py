@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import ValidationError
 
+from lepton_edge.fleet.protocol import ModelTelemetry, WorkloadTelemetry
 from lepton_edge.scheduler.api.auth import Operator, Viewer
 from lepton_edge.scheduler.api.deps import Service, device_or_404
-from lepton_edge.scheduler.api.schemas import DeviceDetail, DeviceIdPath, DeviceOut, GroupUpdate, TelemetryRow
+from lepton_edge.scheduler.api.schemas import (
+    DeviceDetail,
+    DeviceIdPath,
+    DeviceOut,
+    DeviceStreams,
+    GroupUpdate,
+    ModelOut,
+    StreamOut,
+    TelemetryRow,
+)
 from lepton_edge.scheduler.models import Assignment, Device, Workload
 from lepton_edge.scheduler.store import Store
 
@@ -99,6 +110,62 @@ def _detail(store: Store, device: Device) -> DeviceDetail:
     return DeviceDetail(**_device_fields(device, assigned), telemetry=device.telemetry)
 
 
+def _problem(kind: str, name: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "itself"
+    return f"{kind} {name!r}: {where}: {first['msg']}"
+
+
+def _streams(device: Device) -> DeviceStreams:
+    """The device's workloads and models as its latest telemetry reports them; entries that do not follow the
+    protocol schema (a payload stored by an older scheduler) are listed in ``skipped``, not guessed at."""
+    data = device.telemetry or {}
+    raw_workloads = data.get("workloads") if isinstance(data.get("workloads"), dict) else {}
+    raw_models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    streams: list[StreamOut] = []
+    models: list[ModelOut] = []
+    skipped: list[str] = []
+    for name, raw in sorted(raw_workloads.items()):
+        try:
+            w = WorkloadTelemetry.model_validate(raw)
+        except ValidationError as e:
+            skipped.append(_problem("workload", name, e))
+            continue
+        latency, age = w.latency_ms, w.frame_age_ms
+        streams.append(
+            StreamOut(
+                workload=name,
+                stream=w.stream,
+                model=w.model,
+                fps=w.fps,
+                frames=w.frames,
+                drops=dict(sorted(w.drops.items())),
+                latency_p50_ms=latency.p50 if latency else None,
+                latency_p90_ms=latency.p90 if latency else None,
+                latency_p99_ms=latency.p99 if latency else None,
+                frame_age_p99_ms=age.p99 if age else None,
+                source_state=w.source_state,
+                state=w.state,
+                error=w.error,
+            )
+        )
+    for name, raw in sorted(raw_models.items()):
+        try:
+            m = ModelTelemetry.model_validate(raw)
+        except ValidationError as e:
+            skipped.append(_problem("model", name, e))
+            continue
+        models.append(ModelOut(model=name, fps=m.fps, batch_mean=m.batch_mean, busy=m.busy, streams=m.streams))
+    return DeviceStreams(
+        device_id=device.device_id,
+        online=device.online,
+        telemetry_time=_number(data, "timestamp"),
+        streams=streams,
+        models=models,
+        skipped=skipped,
+    )
+
+
 @router.get("", response_model=list[DeviceOut])
 def list_devices(service: Service) -> list[DeviceOut]:
     """Every device (ordered by id) with its latest telemetry summarised."""
@@ -125,6 +192,13 @@ def device_telemetry(
     device_or_404(service.store, device_id)
     rows = service.store.telemetry_history(device_id, since=since, limit=limit)
     return [_telemetry_row(row, summary) for row in rows]
+
+
+@router.get("/{device_id}/streams", response_model=DeviceStreams)
+def device_streams(device_id: DeviceIdPath, service: Service) -> DeviceStreams:
+    """Each stream of the device (fps, drops by reason, end-to-end latency percentiles, frame age, source and
+    workload state) and each model (fps, mean batch, busy fraction), from its latest telemetry."""
+    return _streams(device_or_404(service.store, device_id))
 
 
 @router.put("/{device_id}/group", response_model=DeviceDetail, dependencies=[Operator])

@@ -51,6 +51,46 @@ class DeviceDetail(DeviceOut):
     telemetry: dict[str, Any] | None
 
 
+class StreamOut(Out):
+    """One workload of a device (a stream bound to a model), from the device's latest telemetry."""
+
+    workload: str = Field(description="The workload's name in the device config.")
+    stream: str = Field(description="The stream it reads.")
+    model: str = Field(description="The model's artifact id.")
+    fps: float = Field(description="Frames of this workload processed per second over the last interval.")
+    frames: int = Field(description="Frames processed since the device's session started.")
+    drops: dict[str, int] = Field(description="Frames dropped since the session started, by reason.")
+    latency_p50_ms: float | None = Field(description="End-to-end latency (capture to result), median, ms.")
+    latency_p90_ms: float | None = Field(description="End-to-end latency, 90th percentile, ms.")
+    latency_p99_ms: float | None = Field(description="End-to-end latency, 99th percentile, ms.")
+    frame_age_p99_ms: float | None = Field(description="Age of frames when inference starts, 99th percentile, ms.")
+    source_state: str = Field(description="starting, running, reconnecting, stalled, ended or failed.")
+    state: str = Field(description="The workload's state: starting, running or failed.")
+    error: str | None = Field(description="Why it failed (or its last error), if any.")
+
+
+class ModelOut(Out):
+    """One model loaded on a device: its batched throughput over the last telemetry interval."""
+
+    model: str = Field(description="The model's artifact id.")
+    fps: float = Field(description="Frames inferred per second, all its streams together.")
+    batch_mean: float = Field(description="Mean batch size of its inferences.")
+    busy: float = Field(description="Fraction (0-1) of the interval its inference worker was busy.")
+    streams: int = Field(description="Streams it serves.")
+
+
+class DeviceStreams(Out):
+    """Each stream and model of a device, from its latest telemetry (empty lists for a device that does not
+    report them, or before its first telemetry)."""
+
+    device_id: str
+    online: bool
+    telemetry_time: float | None = Field(description="Unix time the telemetry shown was built.")
+    streams: list[StreamOut] = Field(description="Each workload, ordered by name.")
+    models: list[ModelOut] = Field(description="Each model, ordered by artifact id.")
+    skipped: list[str] = Field(description="Workloads or models of the payload that could not be read, and why.")
+
+
 class TelemetryRow(Out):
     """One telemetry message of a device's history."""
 
