@@ -366,6 +366,9 @@ def _sink_paths(sinks: list[Any], fix: Any) -> list[Any]:
 
 
 def _source_path(source: SourceConfig, fix: Any) -> SourceConfig:
+    if source.clips is not None:
+        clips = source.clips.model_copy(update={"folder": fix(source.clips.folder)})
+        source = source.model_copy(update={"clips": clips})
     uri = source.uri
     scheme, sep, rest = uri.partition("://")
     if not sep and not uri.startswith(("gst:", "/dev/")):
@@ -494,6 +497,11 @@ class RemotePolicyConfig(Strict):
         le=MAX_SINK_MAX_BYTES,
         description="Largest sinks.*.max_bytes (the rotation size of a file sink) a remote config may set; a "
         "remote file sink holds at most about twice this on disk (default: the sinks' default, 256 MiB).",
+    )
+
+    max_clip_bytes: int = Field(
+        2 << 30, ge=1 << 20, le=1 << 40,
+        description="Largest clip quota (source.clips.max_bytes) a remote config may set, in bytes (default 2 GiB).",
     )
 
     @field_validator("http_hosts", "artifact_hosts")

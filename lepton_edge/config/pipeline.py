@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lepton_edge.config.base import Strict
+from lepton_edge.config.clips import ClipsConfig
 
 MAX_ARTIFACT_VERSION = 2**53 - 1
 """Highest artifact version (exact in JSON numbers everywhere)."""
@@ -358,6 +359,8 @@ class SourceConfig(Strict):
     )
     loop: bool = Field(False, description="Restart file sources from the beginning when they end.")
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source recovery policy.")
+    clips: ClipsConfig | None = Field(
+        None, description="Clips around this stream's analytics events, with pre-roll (docs/clips.md); null: none.")
 
 
 MAX_IMAGE_SIDE = 16384

@@ -34,7 +34,7 @@ from typing import Any
 from lepton_edge.config.device import DeviceConfig
 from lepton_edge.core.errors import ConfigError, LeptonError, error_text
 from lepton_edge.device.capabilities import DeviceCapabilities
-from lepton_edge.device.clip_commands import ClipCommands
+from lepton_edge.device.clip_commands import ClipCommands, ClipFolders
 from lepton_edge.device.commands import CommandServer
 from lepton_edge.device.controller import RuntimeController
 from lepton_edge.device.desired_identity import DesiredIdentity
@@ -43,7 +43,7 @@ from lepton_edge.device.figures import AgentFigures
 from lepton_edge.device.presence import Presence
 from lepton_edge.device.prometheus import PrometheusExporter
 from lepton_edge.device.remote_config import RemoteConfig
-from lepton_edge.device.results import AnalyticsEventSink, MqttResultSink
+from lepton_edge.device.results import AnalyticsEventSink, MqttResultSink, analytics_event_key
 from lepton_edge.device.state import StateStore
 from lepton_edge.device.supervisor import Supervisor
 from lepton_edge.device.telemetry import SystemMonitor, TelemetryCollector
@@ -60,6 +60,7 @@ from lepton_edge.fleet.protocol import (
     subscription,
     validate_id,
 )
+from lepton_edge.runtime.clips.sink import ClipRefs
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,11 @@ class DeviceAgent:
         self.device_id = config.device_id
         agent_cfg = config.agent
         self.store = StateStore(agent_cfg.state_dir)
-        self.clip_commands = (
-            ClipCommands.for_folders(clip_folders, forbidden=[agent_cfg.state_dir]) if clip_folders else None
-        )
-        """clips.list / clips.read over ``clip_folders`` (none without clip folders)."""
+        self._extra_clip_folders = [Path(f) for f in clip_folders]
+        self.clip_refs = ClipRefs()
+        """The clip sinks of the streams recording clips: events carry their clip's reference."""
+        self.clip_commands = ClipCommands(ClipFolders(self._clip_folders, forbidden=[agent_cfg.state_dir]))
+        """clips.list / clips.read over the clip folders of the running streams (and ``clip_folders``)."""
         self.presence = Presence(
             self.device_id,
             self.store,
@@ -162,8 +164,17 @@ class DeviceAgent:
 
     def _controller(self, config: DeviceConfig, version: int, max_frames: int | None) -> RuntimeController:
         return RuntimeController(
-            config, version, max_frames=max_frames, extra_sinks=self._result_sinks, artifacts=self.artifacts
+            config, version, max_frames=max_frames, extra_sinks=self._result_sinks, artifacts=self.artifacts,
+            clip_refs=self.clip_refs, event_key=analytics_event_key(self.device_id),
         )
+
+    def _clip_folders(self) -> list[Path]:
+        """The clip folders of the streams running now, and those given to the agent."""
+        controller = getattr(self, "controller", None)
+        workloads = list(controller.workloads.values()) if controller is not None else []
+        folders = [w.config.source.clips.folder for w in workloads
+                   if w.config.source is not None and w.config.source.clips is not None]
+        return folders + self._extra_clip_folders
 
     def _result_sinks(self, config: DeviceConfig) -> list[Any]:
         assert config.agent is not None
@@ -175,7 +186,8 @@ class DeviceAgent:
                 outbox=self.outbox,
                 session_id=lambda: self.session_id,
             ),
-            AnalyticsEventSink(self.device_id, outbox=self.outbox, session_id=lambda: self.session_id),
+            AnalyticsEventSink(self.device_id, outbox=self.outbox, session_id=lambda: self.session_id,
+                               clip_ref=self.clip_refs),
         ]
 
     # -- state ---------------------------------------------------------------------------------------
@@ -332,7 +344,7 @@ class DeviceAgent:
             "stats": lambda args: json.loads(json.dumps(self.stats(), default=str)),
             "rebirth": rebirth,
             "get_config": get_config,
-            **(self.clip_commands.handlers() if self.clip_commands is not None else {}),
+            **self.clip_commands.handlers(),
         }
 
 

@@ -26,8 +26,9 @@ from lepton_edge.config.device import DeviceConfig
 from lepton_edge.core.errors import LeptonError
 from lepton_edge.device.device_stats import DeviceStats
 from lepton_edge.device.model_registry import ModelRegistry
-from lepton_edge.device.telemetry import WorkloadReport
+from lepton_edge.device.telemetry import ModelReport, WorkloadReport
 from lepton_edge.device.workload import ApplyResult, WorkloadController, open_pipeline, plan_changes
+from lepton_edge.runtime.clips.sink import ClipRefs, EventKey, local_event_key
 from lepton_edge.runtime.pipeline import Pipeline, PipelineStats
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,12 @@ class RuntimeController:
         max_frames: int | None = None,
         extra_sinks: Callable[[DeviceConfig], list[Any]] | None = None,
         artifacts: Any = None,
+        clip_refs: ClipRefs | None = None,
+        event_key: EventKey = local_event_key,
     ) -> None:
         self.artifacts = artifacts
+        self._clip_refs = clip_refs
+        self._event_key = event_key
         self._extra_factory = extra_sinks
         self._max_frames = max_frames
         self._lock = threading.Lock()
@@ -79,7 +84,8 @@ class RuntimeController:
 
     def _workload(self, view: DeviceConfig, version: int) -> WorkloadController:
         return WorkloadController(view, version, max_frames=self._max_frames, extra_sinks=self._extra_factory,
-                                  artifacts=self.artifacts, models=self.models)
+                                  artifacts=self.artifacts, models=self.models, clip_refs=self._clip_refs,
+                                  event_key=self._event_key)
 
     # -- views (RuntimeView for telemetry) -----------------------------------------------------------
 
@@ -142,6 +148,15 @@ class RuntimeController:
                 stats=workload.stats, stream=workload.source_id or name, model=workload.artifact_id or "unknown",
                 source_state=next(iter(states.values()), "starting"))
         return reports
+
+    def model_reports(self) -> dict[str, ModelReport]:
+        """Each loaded model's inference totals by model id (what telemetry's ``models`` is keyed by)."""
+        runners: dict[str, Any] = {}
+        for workload in list(self.workloads.values()):
+            pipeline = workload.pipeline
+            if pipeline is not None and workload.artifact_id is not None:
+                runners.setdefault(workload.artifact_id, pipeline.model.runner)
+        return {name: ModelReport(r.frames, r.batches, r.busy_s, len(r.feeds)) for name, r in runners.items()}
 
     @property
     def source_kind(self) -> str:
@@ -206,6 +221,11 @@ class RuntimeController:
                 workload = self.workloads.get(name)
                 if workload is None:
                     results[name] = self._add(name, view, version)
+                elif _records_clips(workload.config, view):  # its source and clip sink go together: start again
+                    removed = self._remove(name, version)
+                    added = self._add(name, view, version)
+                    results[name] = added if added.outcome != "applied" else ApplyResult(
+                        "applied", [], removed.changes | added.changes)
                 elif plan_changes(workload.config, view):
                     results[name] = workload.apply(view, version)
             return self._settle(new, version, results)
@@ -248,3 +268,10 @@ class RuntimeController:
                         ", ".join(sorted(set(results) - set(failed))))
         return ApplyResult(outcome, errors, changes, results)  # type: ignore[arg-type]
 
+
+def _records_clips(old: DeviceConfig, new: DeviceConfig) -> bool:
+    """True when a workload's stream changes and it records clips before or after (the clip sink takes the source's
+    packets, so both are built again)."""
+    if old.source is None or new.source is None or old.source == new.source:
+        return False
+    return any(s.clips is not None and s.clips.enabled for s in (old.source, new.source))

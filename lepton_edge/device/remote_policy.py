@@ -41,9 +41,6 @@ ARTIFACTS_DIR = "artifacts"
 _VIDEO_DEVICE = re.compile(r"^/dev/video[0-9]{1,3}$")
 MAX_REMOTE_SINKS = 8
 """Most sinks a remote config may run; the schema bounds each one, this bounds how many."""
-DEFAULT_MAX_REMOTE_CLIP_BYTES = 2 << 30
-"""Largest clip quota (``clips.max_bytes``) a remote config may set while the local policy names none
-(``remote_policy.max_clip_bytes``, when the local config has that field, replaces it)."""
 MAX_REMOTE_PIXEL_VALUE = 1e6
 """Bound on |(pixel * scale - mean) / std| for pixels 0..255 in a remote preprocess (real ones stay below 300)."""
 
@@ -131,6 +128,8 @@ def _check_workload(config: DeviceConfig, agent: AgentConfig, origin: str, *, mo
                            f"({agent.remote_policy.max_sink_bytes} bytes)")
     if config.source is not None:
         checker.source(config.source.uri)
+        if config.source.clips is not None:
+            checker.problems += check_remote_clips(config.source.clips, agent, origin, "source.clips")
     return checker.problems
 
 
@@ -151,7 +150,7 @@ def check_remote_clips(clips: ClipsConfig, agent: AgentConfig, origin: str, fiel
     state = Path(agent.state_dir).resolve()
     if any(own.is_relative_to(folder) for own in checker.owned) or state.is_relative_to(folder):
         checker.refuse(f"{field}.folder", clips.folder, "the clip folder may not hold the agent's own state")
-    limit = getattr(agent.remote_policy, "max_clip_bytes", DEFAULT_MAX_REMOTE_CLIP_BYTES)
+    limit = agent.remote_policy.max_clip_bytes
     if clips.max_bytes > limit:
         checker.refuse(f"{field}.max_bytes", f"{clips.max_bytes} bytes",
                        f"a remote clip quota is at most remote_policy.max_clip_bytes ({limit} bytes)")

@@ -20,7 +20,9 @@ from typing import Any, Protocol
 
 from lepton_edge.core.metrics import RateMeter
 from lepton_edge.fleet.protocol import (
+    MAX_TELEMETRY_MODELS,
     MAX_TELEMETRY_WORKLOADS,
+    ModelTelemetry,
     OutboxStatus,
     Percentiles,
     Telemetry,
@@ -69,6 +71,8 @@ class RuntimeView(Protocol):
 
     def workload_reports(self) -> dict[str, WorkloadReport]: ...
 
+    def model_reports(self) -> dict[str, ModelReport]: ...
+
 
 MAX_ERROR_TEXT = 1000
 """Longest error text a workload's telemetry carries."""
@@ -84,6 +88,16 @@ class WorkloadReport:
     source_state: str
     state: str = "running"
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReport:
+    """A loaded model's totals so far (telemetry turns their growth over an interval into a ``ModelTelemetry``)."""
+
+    frames: int
+    batches: int
+    busy_s: float
+    streams: int
 
 
 def clip_name(text: str) -> str:
@@ -246,6 +260,24 @@ class TelemetryCollector:
         self._frames_base = stats.results
         self._drops_base = stats.drops.snapshot()
         self._workloads = {name: _WorkloadCounter(r.stats) for name, r in self.runtime.workload_reports().items()}
+        self._models: dict[str, tuple[ModelReport, float]] = {}
+
+    def _model_figures(self) -> dict[str, ModelTelemetry]:
+        """Each model's batched throughput over the interval (from the second message on: it needs a start)."""
+        t = time.monotonic()
+        reports = dict(list(self.runtime.model_reports().items())[:MAX_TELEMETRY_MODELS])
+        figures = {}
+        for name, report in reports.items():
+            before = self._models.get(name)
+            if before is None or report.frames < before[0].frames:
+                continue
+            last, dt = before[0], max(t - before[1], 1e-6)
+            frames, batches = report.frames - last.frames, report.batches - last.batches
+            figures[clip_name(name)] = ModelTelemetry(
+                fps=frames / dt, batch_mean=frames / batches if batches else 0.0,
+                busy=min(1.0, max(0.0, (report.busy_s - last.busy_s) / dt)), streams=min(report.streams, 4096))
+        self._models = {name: (report, t) for name, report in reports.items()}
+        return figures
 
     def _workload_figures(self) -> dict[str, WorkloadTelemetry]:
         reports = self.runtime.workload_reports()
@@ -311,6 +343,7 @@ class TelemetryCollector:
             gpu_percent=self.system.gpu_percent(),
             config_version=self.runtime.config_version,
             workloads=self._workload_figures(),
+            models=self._model_figures(),
             outbox=OutboxStatus(
                 depth=out.depth,
                 bytes=out.bytes,

@@ -46,6 +46,7 @@ from lepton_edge.runtime.assembly import (
     make_tracking,
 )
 from lepton_edge.runtime.cascade import CascadeStage
+from lepton_edge.runtime.clips.sink import ClipRefs, EventKey, local_event_key
 from lepton_edge.runtime.pipeline import STAGES, ModelBundle, Pipeline, PipelineStats
 from lepton_edge.runtime.sinks import create_sinks
 from lepton_edge.runtime.sources import FrameReader, create_source
@@ -217,8 +218,12 @@ class WorkloadController:
         extra_sinks: Callable[[DeviceConfig], list[Any]] | None = None,
         artifacts: Any = None,
         models: ModelRegistry | None = None,
+        clip_refs: ClipRefs | None = None,
+        event_key: EventKey = local_event_key,
     ) -> None:
         self.artifacts = artifacts
+        self._clip_refs = clip_refs
+        self._event_key = event_key
         self._models = models if models is not None else ModelRegistry()
         self._extra_factory = extra_sinks
         self._max_frames = max_frames
@@ -399,7 +404,8 @@ class WorkloadController:
         try:
             classifiers = self._models.acquire_classifiers(resolved)
             return build_pipeline(resolved, runner=runner, max_frames=self._max_frames, extra_sinks=extra,
-                                  stats=self._stats, classifiers=classifiers)
+                                  stats=self._stats, classifiers=classifiers, clip_refs=self._clip_refs,
+                                  event_key=self._event_key)
         except BaseException:
             self._models.release_classifiers(classifiers)
             self._models.release(runner)
@@ -421,6 +427,8 @@ class WorkloadController:
         pipeline = self.pipeline
         assert pipeline is not None
         self.pipeline = None  # detached first: wait_finished() must not take this stop for the source's end
+        if self._clip_refs is not None:
+            self._clip_refs.remove(str(getattr(pipeline.reader, "source_id", "")))
         self._retire(pipeline, timeout)
         if not self._started:  # its stages never ran, so nothing closed its sinks
             _close_sinks(pipeline.sinks)

@@ -16,6 +16,7 @@ from lepton_edge.core.errors import ConfigError, LeptonError
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.batcher import ModelRunner
 from lepton_edge.runtime.cascade import CascadeClassifier, CascadeStage, CascadeStep
+from lepton_edge.runtime.clips.sink import ClipRefs, EventKey, create_clip_sink, local_event_key
 from lepton_edge.runtime.input_size import ARTIFACT_PREPROCESS_KEY
 from lepton_edge.runtime.inputs import plan_inputs
 from lepton_edge.runtime.labels import labels_from_metadata, load_labels
@@ -24,6 +25,7 @@ from lepton_edge.runtime.postprocess import DEFAULT_CONFIGS, create_postprocesso
 from lepton_edge.runtime.preprocess import Preprocessor
 from lepton_edge.runtime.sinks import create_sinks
 from lepton_edge.runtime.sources import FrameReader, create_source
+from lepton_edge.runtime.sources.pyav_video import clip_source
 from lepton_edge.runtime.tracking import TrackingStage
 
 log = logging.getLogger(__name__)
@@ -142,14 +144,17 @@ def make_tracking(config: DeviceConfig) -> TrackingStage | None:
 def build_pipeline(config: DeviceConfig, backend: Backend | None = None, *, runner: ModelRunner | None = None,
                    max_frames: int | None = None, extra_sinks: list[Any] | None = None,
                    stats: PipelineStats | None = None,
-                   classifiers: dict[str, CascadeClassifier] | None = None) -> Pipeline:
+                   classifiers: dict[str, CascadeClassifier] | None = None, clip_refs: ClipRefs | None = None,
+                   event_key: EventKey = local_event_key) -> Pipeline:
     """Open the source and the sinks described by ``config`` (one workload) around its model: a loaded ``backend``
     (the pipeline's own, closed when anything fails) or a ``runner`` shared with other workloads (left open).
     Returns an unstarted pipeline.
 
     ``stats`` (optional) is reused instead of new counters, so figures continue across pipelines; its
     latency windows must already have ``config.pipeline.latency_window`` samples. ``classifiers`` are the loaded
-    cascade classifiers by cascade name (required when the config has cascades).
+    cascade classifiers by cascade name (required when the config has cascades). A source with clips gets a clip
+    sink, registered in ``clip_refs`` under its stream id so that its events carry their clip; ``event_key`` names
+    events as the event messages do.
     Raises ConfigError/ModelError/SourceError with a clear message when any part is wrong, and ConfigError
     for an idle config (nothing to build).
     """
@@ -160,13 +165,19 @@ def build_pipeline(config: DeviceConfig, backend: Backend | None = None, *, runn
         assert config.model is not None and config.source is not None
         model_backend = backend if backend is not None else runner.backend  # type: ignore[union-attr]
         postprocessor = make_postprocessor(config, model_backend)
-        source = create_source(config.source)
+        clips = config.source.clips if config.source.clips is not None and config.source.clips.enabled else None
+        source = (clip_source(config.source) if clips is not None else None) or create_source(config.source)
         live = config.source.live if config.source.live is not None else source.live
         preprocessor = make_preprocessor(config, model_backend, getattr(source, "kind", "image"))
         stats = stats if stats is not None else PipelineStats(config.pipeline.latency_window)
         stop = threading.Event()
         reader = FrameReader(source, config.source, stop)
         sinks = create_sinks(config.sinks, stats, title=config.device_id) + list(extra_sinks or [])
+        if clips is not None:
+            clip_sink = create_clip_sink(clips, reader.source_id, source, event_key=event_key)
+            sinks.append(clip_sink)
+            if clip_refs is not None:
+                clip_refs.add(reader.source_id, clip_sink)
         return Pipeline(
             reader, backend, postprocessor, sinks, runner=runner,
             preprocessor=preprocessor, live=live, max_frame_age_ms=config.source.max_frame_age_ms,

@@ -208,6 +208,11 @@ class ModelRunner:
         self.error: BaseException | None = None
         self.batches = 0
         """Backend calls made for frames (warm-up not counted)."""
+        self.frames = 0
+        """Frames inferred (padding rows not counted)."""
+        self.busy_s = 0.0
+        """Seconds spent inside the backend for those calls: ``frames / busy_s`` is the model's batched throughput
+        here, whatever the streams ask of it (the scheduler learns capacity from it)."""
         self._feeds: list[Feed] = []
         self._next = 0
         self._cond = threading.Condition(threading.RLock())
@@ -236,6 +241,11 @@ class ModelRunner:
     def feeds(self) -> list[Feed]:
         with self._cond:
             return list(self._feeds)
+
+    def _count(self, frames: int, seconds: float) -> None:
+        self.batches += 1
+        self.frames += frames
+        self.busy_s += seconds
 
     def _stall_s(self, feed: Feed) -> float:
         return max(4.0 * self.batch_timeout_s, 3.0 * (feed.interval_s or 0.0))
@@ -481,12 +491,13 @@ class ModelRunner:
         except Exception as e:
             self._finish(feed, work, e, "error")
             return
+        t = now()
         try:
             outputs = self.backend.infer(feeds)
         except BaseException:
             self._lost([(feed, work)])
             raise
-        self.batches += 1
+        self._count(1, now() - t)
         work.return_buffer()
         try:
             feed.state.update(outputs)
@@ -513,6 +524,7 @@ class ModelRunner:
                 stacked[name][i] = array[0]
             work.return_buffer()
         run = rows if self.mode == "fixed" else n
+        t = now()
         try:
             outputs = self.backend.infer({name: array[:run] for name, array in stacked.items()})
             if outputs:  # an empty list: an inference a model on probation failed (see device/probation.py)
@@ -523,7 +535,7 @@ class ModelRunner:
         except BaseException:
             self._lost(items)
             raise
-        self.batches += 1
+        self._count(n, now() - t)
         ms = (now() - t) * 1000.0
         for i, (feed, work) in enumerate(items):
             work.outputs = [o[i:i + 1] for o in outputs] if outputs else outputs

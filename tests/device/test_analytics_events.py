@@ -172,3 +172,32 @@ def test_event_ids_are_stable_and_tell_events_apart():
     ids = {e.id for r in (result, later, elsewhere) for e in analytics_events(r, "cam", 1)}
     assert len(ids) == 6
     assert first[0].timestamp == first[0].analytics.capture_time == 1.7e9
+
+
+def test_events_carry_their_clip_and_the_clip_is_listed_and_read_over_mqtt(mqtt_broker, tmp_path, unique):
+    """A stream with clips: each line crossing's event names its clip (``snapshot``: ``clip:<id>@<offset>``), the
+    clip is written complete (mp4 beside its metadata, never a .part) and served by clips.list / clips.read."""
+    device = f"clips-{unique}"
+    rec = Recorder.connect(mqtt_broker.port, f"rec-{device}", f"lepton/v1/devices/{device}/#")
+    folder = tmp_path / "clips"
+    source = {"uri": SCENE + "&seed=5", "clips": {"enabled": True, "folder": str(folder), "pre_s": 1.0,
+                                                 "post_s": 1.0, "max_clip_s": 5.0}}
+    sections = {k: v for k, v in workload(VERTICAL).items() if k not in ("model", "backend", "source")}
+    config = agent_config(tmp_path, MODEL, mqtt_broker.port, device, source=source, **sections)
+    agent = DeviceAgent(config).start()
+    try:
+        crossed = wait_until(lambda: [e for e in analytics(rec, "analytics.line_crossed") if e.analytics.snapshot],
+                             30)
+        reference = crossed[0].analytics.snapshot
+        clip_id = reference.removeprefix("clip:").split("@")[0]
+        wait_until(lambda: (folder / f"{clip_id}.json").exists(), 20)
+        metadata = json.loads((folder / f"{clip_id}.json").read_text())
+        assert crossed[0].id in metadata["event_ids"] and (folder / f"{clip_id}.mp4").stat().st_size == metadata["bytes"]
+        assert not list(folder.glob("*.part"))
+        listed = agent.clip_commands.list({})
+        assert clip_id in [c["id"] for c in listed["clips"]]
+        chunk = agent.clip_commands.read({"id": clip_id, "offset": 0, "length": 1024})
+        assert chunk["size"] == metadata["bytes"] and chunk["sha256"] == metadata["sha256"]
+    finally:
+        agent.stop()
+        rec.stop()

@@ -70,6 +70,8 @@ def test_collector_reports_session_counters_and_the_outbox(tmp_path, color_model
         second = collector.build(session_id=7, seq=2, interval_s=0.5)
         assert second.fps > 0 and second.frames > message.frames
         assert second.workloads["main"].fps > 0 and second.workloads["main"].frames > workload.frames
+        model = second.models[controller.artifact_id]  # the model's batched throughput, for the scheduler's capacity
+        assert model.fps > 0 and model.batch_mean == 1.0 and 0 < model.busy <= 1 and model.streams == 1
         collector.new_session()  # counters restart with every lepton session
         fresh = collector.build(session_id=8, seq=1, interval_s=0.5)
         assert fresh.drops == {} and fresh.frames <= 2

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from lepton_edge.config.clips import ClipsConfig
-from lepton_edge.config.device import AgentConfig
-from lepton_edge.device.remote_policy import DEFAULT_MAX_REMOTE_CLIP_BYTES, check_remote_clips
+from lepton_edge.config.device import AgentConfig, RemotePolicyConfig
+from lepton_edge.device.remote_policy import check_remote_clips
 from tests.device.helpers import agent_config
+
+DEFAULT_MAX_REMOTE_CLIP_BYTES = RemotePolicyConfig().max_clip_bytes
 
 AREA = "clips (remote config)"
 
