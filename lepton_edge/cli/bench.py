@@ -75,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          f"(default {STREAMS.warmup_s:g})")
     streams.add_argument("--streams-batch-timeout-ms", type=float, default=STREAMS.batch_timeout_ms,
                          help=f"the model's batch timeout in the device runtime (default {STREAMS.batch_timeout_ms:g})")
+    streams.add_argument("--streams-max-batch", type=int, metavar="B",
+                         help="the model's batch.max_batch in the device runtime (default: the number of streams)")
     streams.add_argument("--streams-max-frame-age-ms", type=float, default=STREAMS.max_frame_age_ms,
                          help=f"every stream's max_frame_age_ms (default {STREAMS.max_frame_age_ms:g})")
 
@@ -83,6 +85,7 @@ def run_streams(args: argparse.Namespace) -> int:
     options = StreamsBenchOptions(
         streams=args.streams, rounds=args.rounds, case_seconds=args.case_seconds, warmup_s=args.streams_warmup,
         threads=args.threads, batch_timeout_ms=args.streams_batch_timeout_ms,
+        max_batch=args.streams_max_batch,
         model=Path(args.model[0]) if args.model else None, video=args.source, live_streams=args.streams_live,
         live_seconds=args.streams_seconds, max_frame_age_ms=args.streams_max_frame_age_ms,
         work_dir=BENCH_DIR,

@@ -76,6 +76,7 @@ class StreamsBenchOptions:
     warmup_s: float = 2.0  # after every stream's first result, before the window
     threads: int = 0  # onnxruntime thread budget per case (0: physical cores)
     batch_timeout_ms: float = 10.0
+    max_batch: int | None = None  # the model's batch.max_batch in case a (None: the number of streams)
     size: int = 320  # model input side
     video: str | None = None  # none: a generated 1280x720 video of the shapes scene
     model: Path | None = None  # none: the generated YOLOv8n-architecture model with a dynamic batch axis
@@ -111,14 +112,14 @@ def thread_budget(threads: int) -> int:
 
 
 def streams_config(model: Path, video: str, n: int, *, threads: int, live: bool, batch_timeout_ms: float,
-                   max_frame_age_ms: float) -> DeviceConfig:
+                   max_frame_age_ms: float, max_batch: int | None = None) -> DeviceConfig:
     """The multi-form device config: streams s0..s{n-1} of ``video``, one model, workloads w0..w{n-1}."""
     streams = {f"s{i}": {"uri": video, "loop": True, "live": live, "max_frame_age_ms": max_frame_age_ms}
                for i in range(n)}
     data = {
         "device_id": "bench-streams",
         "streams": streams,
-        "models": {MODEL_NAME: {"path": str(model), "batch": {"timeout_ms": batch_timeout_ms},
+        "models": {MODEL_NAME: {"path": str(model), "batch": {"timeout_ms": batch_timeout_ms, "max_batch": max_batch},
                                 "backend": {"type": "onnxruntime", "intra_op_threads": threads}}},
         "workloads": {f"w{i}": {"stream": f"s{i}", "model": MODEL_NAME} for i in range(n)},
     }
@@ -227,7 +228,7 @@ class DeviceCase(Case):
         self.names = [f"s{i}" for i in range(n)]
         self.config = streams_config(model, video, n, threads=thread_budget(options.threads), live=live,
                                      batch_timeout_ms=options.batch_timeout_ms,
-                                     max_frame_age_ms=options.max_frame_age_ms)
+                                     max_frame_age_ms=options.max_frame_age_ms, max_batch=options.max_batch)
         self.extra_sinks = extra_sinks
         self.controller: RuntimeController | None = None
 
@@ -290,7 +291,8 @@ class BatchedRunnerCase(Case):
                                 max_frame_age_ms=self.options.max_frame_age_ms)
         views = list(config.workload_views().values())
         backend = load_backend(views[0])
-        self.runner = ModelRunner(backend, batch_timeout_ms=self.options.batch_timeout_ms, name=MODEL_NAME)
+        self.runner = ModelRunner(backend, batch_timeout_ms=self.options.batch_timeout_ms,
+                                  max_batch=self.options.max_batch, name=MODEL_NAME)
         self.pipelines: dict[str, Pipeline] = {}
         for name, view in zip(self.names, views, strict=True):
             assert view.source is not None
@@ -515,6 +517,8 @@ def command_line(options: StreamsBenchOptions) -> str:
     parts = [f"lepton-edge bench --streams {options.streams} --threads {options.threads} --rounds {options.rounds}",
              f"--case-seconds {options.case_seconds:g} --streams-live {options.live_streams}",
              f"--streams-seconds {options.live_seconds:g}"]
+    if options.max_batch is not None:
+        parts.append(f"--streams-max-batch {options.max_batch}")
     if options.model is not None:
         parts.append(f"--model {options.model}")
     if options.video is not None:
