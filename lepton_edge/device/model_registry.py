@@ -76,7 +76,8 @@ class ModelRegistry:
                     backend.close()
                     raise
                 entry = self._entries[key] = _Entry(runner)
-                log.info("model %s loaded (%s batch, up to %d frames)", runner.name, runner.mode, runner.max_batch)
+                log.info("model %s loaded: %s", runner.name, "frames one at a time" if runner.mode == "single" else
+                         f"{runner.mode} batch, up to {runner.max_batch} frames per inference")
             entry.users += 1
             return entry.runner
 
