@@ -23,6 +23,9 @@ const state = {
   clipsError: null, // why the fetch jobs cannot be shown (a replica without a fetcher)
   deviceClips: null, // {device_id, source, error, clips} of the last device listed
   histories: new Map(), // device id -> {rows: [], lastTs: number|null}
+  streamDevice: null, // the device whose streams are shown (chosen by the operator, else the first online one)
+  streams: null, // GET /api/devices/{id}/streams of that device
+  streamsError: null,
   token: sessionStorage.getItem(TOKEN_KEY), // null: not logged in (or --insecure-local)
   loop: 0, // generation of the refresh loop; logging out ends the running one
 };
@@ -174,7 +177,11 @@ function deviceRow(d) {
   );
   return el(
     "tr",
-    { class: `device${d.online ? "" : " offline"}`, dataset: { deviceId: d.device_id, state: d.online ? "online" : "offline" } },
+    {
+      class: `device${d.online ? "" : " offline"}${d.device_id === state.streamDevice ? " selected" : ""}`,
+      dataset: { deviceId: d.device_id, state: d.online ? "online" : "offline" },
+      title: "show its streams",
+    },
     el("td", { class: "id" }, d.device_id),
     el("td", { class: "state" }, stateBadges),
     el("td", {}, d.group ?? "–"),
@@ -193,6 +200,117 @@ function deviceRow(d) {
     el("td", { class: "seen", title: d.last_seen ? clock(d.last_seen) : "" }, ago(d.last_seen)),
   );
 }
+
+// ------------------------------------------------------------------------------------------- streams
+
+// The colour of a stream's source state and of a workload's state.
+const SOURCE_STATES = { running: "ok", starting: "info", reconnecting: "warn", stalled: "warn", ended: "off", failed: "bad" };
+const WORKLOAD_STATES = { running: "ok", starting: "info", failed: "bad" };
+
+function drops(byReason) {
+  const items = Object.entries(byReason || {}).filter(([, n]) => n > 0);
+  return items.length ? items.map(([reason, n]) => `${reason}: ${n}`).join(", ") : "–";
+}
+
+function streamRow(s) {
+  return el(
+    "tr",
+    { class: "stream", dataset: { workload: s.workload, sourceState: s.source_state, state: s.state } },
+    el("td", { class: "id workload" }, s.workload),
+    el("td", { class: "stream-name" }, s.stream),
+    el("td", { class: "model" }, s.model),
+    el("td", { class: "state" }, badge(s.state, WORKLOAD_STATES[s.state] || "off")),
+    el("td", { class: "source-state" }, badge(s.source_state, SOURCE_STATES[s.source_state] || "off")),
+    el("td", { class: "num fps", title: `${s.frames} frames this session` }, num(s.fps)),
+    el("td", { class: "drops" }, drops(s.drops)),
+    el("td", { class: "num latency" }, `${num(s.latency_p50_ms)} / ${num(s.latency_p90_ms)} / ${num(s.latency_p99_ms)}`),
+    el("td", { class: "num age" }, num(s.frame_age_p99_ms)),
+    el("td", { class: `reason error${s.error ? " bad-text" : ""}` }, s.error ?? ""),
+  );
+}
+
+function modelRow(m) {
+  return el(
+    "tr",
+    { class: "model", dataset: { model: m.model } },
+    el("td", { class: "id" }, m.model),
+    el("td", { class: "num fps" }, num(m.fps)),
+    el("td", { class: "num batch" }, num(m.batch_mean, 2)),
+    el("td", { class: `num busy${m.busy >= 0.95 ? " warn-text" : ""}` }, num(m.busy * 100, 0)),
+    el("td", { class: "num" }, m.streams),
+  );
+}
+
+// Keeps the chosen device while it exists, else the first online device, else the first one; rebuilds the
+// picker only when the device list changed (an open drop-down is not closed by a poll).
+function pickStreamDevice(devices) {
+  const ids = devices.map((d) => d.device_id);
+  if (!ids.includes(state.streamDevice)) {
+    const online = devices.find((d) => d.online);
+    state.streamDevice = online ? online.device_id : ids[0] ?? null;
+  }
+  const select = document.getElementById("streams-device");
+  if (select.dataset.ids !== ids.join("\n")) {
+    select.replaceChildren(...ids.map((id) => el("option", { value: id }, id)));
+    select.dataset.ids = ids.join("\n");
+  }
+  if (state.streamDevice !== null) select.value = state.streamDevice;
+}
+
+async function refreshStreams() {
+  const deviceId = state.streamDevice;
+  if (deviceId === null) {
+    state.streams = null;
+    return;
+  }
+  try {
+    const answer = await api(`/api/devices/${encodeURIComponent(deviceId)}/streams`);
+    if (deviceId !== state.streamDevice) return; // another device was chosen meanwhile
+    state.streams = answer;
+    state.streamsError = null;
+  } catch (err) {
+    if (err instanceof Unauthorized) throw err;
+    state.streams = null;
+    state.streamsError = err.message;
+  }
+}
+
+function renderStreams() {
+  const data = state.streams && state.streams.device_id === state.streamDevice ? state.streams : null;
+  fill("#stream-table tbody", "streams-empty", data ? data.streams.map(streamRow) : []);
+  fill("#model-table tbody", "models-empty", data ? data.models.map(modelRow) : []);
+  const note = document.getElementById("streams-note");
+  if (state.streamDevice === null) note.textContent = "no device yet";
+  else if (state.streamsError) note.textContent = `cannot load: ${state.streamsError}`;
+  else if (!data) note.textContent = "loading…";
+  else {
+    const when = data.telemetry_time ? `telemetry of ${ago(data.telemetry_time)}` : "no telemetry yet";
+    const skipped = data.skipped.length ? `; unreadable: ${data.skipped.join("; ")}` : "";
+    note.textContent = `${data.online ? "" : "offline; last "}${when}${skipped}`;
+  }
+  for (const row of document.querySelectorAll("#device-table tr.device")) {
+    row.classList.toggle("selected", row.dataset.deviceId === state.streamDevice);
+  }
+}
+
+async function showStreamsOf(deviceId) {
+  state.streamDevice = deviceId;
+  document.getElementById("streams-device").value = deviceId;
+  renderStreams();
+  try {
+    await refreshStreams();
+    renderStreams();
+  } catch (err) {
+    if (err instanceof Unauthorized) showLogin(`Logged out: ${err.message}`);
+  }
+}
+
+document.getElementById("streams-device").addEventListener("change", (event) => showStreamsOf(event.target.value));
+document.getElementById("streams-picker").addEventListener("submit", (event) => event.preventDefault());
+document.getElementById("device-table").addEventListener("click", (event) => {
+  const row = event.target.closest("tr.device");
+  if (row) showStreamsOf(row.dataset.deviceId);
+});
 
 // ------------------------------------------------------------------------------------------- history
 
@@ -679,7 +797,10 @@ async function refresh(loop) {
     ]);
     state.serverOffset = stats.time - Date.now() / 1000;
     renderSummary(stats);
+    pickStreamDevice(devices);
     fill("#device-table tbody", "devices-empty", devices.map(deviceRow));
+    await refreshStreams();
+    renderStreams();
     const byWorkload = new Map(assignments.map((a) => [a.workload_id, a]));
     fill("#workload-table tbody", "workloads-empty", workloads.map((w) => workloadRow(w, byWorkload.get(w.workload.workload_id))));
     fill("#rollout-table tbody", "rollouts-empty", rollouts.slice().reverse().map(rolloutRow));
