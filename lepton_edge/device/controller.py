@@ -17,13 +17,14 @@ active.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from lepton_edge.config.device import DeviceConfig
-from lepton_edge.core.errors import LeptonError
+from lepton_edge.core.errors import LeptonError, error_text
 from lepton_edge.device.device_stats import DeviceStats
 from lepton_edge.device.model_registry import ModelRegistry
 from lepton_edge.device.telemetry import ModelReport, WorkloadReport
@@ -70,6 +71,8 @@ class RuntimeController:
         """The loaded models, each shared by the workloads that run it."""
         self.workloads: dict[str, WorkloadController] = {}
         """The running workloads by name."""
+        self.failed: dict[str, WorkloadReport] = {}
+        """Workloads stopped by a failure while running, with the error, until a config names them again."""
         self._stats = DeviceStats(lambda: {name: w.stats for name, w in list(self.workloads.items()) if not w.idle})
         try:
             for name, view in config.workload_views().items():
@@ -147,7 +150,7 @@ class RuntimeController:
             reports[name] = WorkloadReport(
                 stats=workload.stats, stream=workload.source_id or name, model=workload.artifact_id or "unknown",
                 source_state=next(iter(states.values()), "starting"))
-        return reports
+        return {**reports, **self.failed}
 
     def model_reports(self) -> dict[str, ModelReport]:
         """Each loaded model's inference totals by model id (what telemetry's ``models`` is keyed by)."""
@@ -197,14 +200,41 @@ class RuntimeController:
 
     def wait_finished(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for every running workload to end by itself (its source ended or
-        ``max_frames`` was reached); True if all did. While idle this just waits. Raises a workload's stage
-        error."""
-        workloads = [w for w in list(self.workloads.values()) if not w.idle]
+        ``max_frames`` was reached); True if all did. While idle this just waits.
+
+        A workload whose pipeline fails (a stage raised) is isolated in the multi-stream form: it is stopped and
+        reported as failed (telemetry, logs) while the others keep running; the scheduler moves it, and a config
+        that names it again starts it again. The single form raises the error (the service exits and systemd
+        restarts it), as does a device without an agent whose every workload failed."""
+        workloads = [(n, w) for n, w in list(self.workloads.items()) if not w.idle]
         if not workloads:
             self._stopping.wait(timeout)
             return False
-        share = timeout / len(workloads)
-        return all([w.wait_finished(share) for w in workloads])
+        share, finished = timeout / len(workloads), True
+        for name, workload in workloads:
+            try:
+                finished = workload.wait_finished(share) and finished
+            except LeptonError as e:
+                if not self.config.multi:
+                    raise
+                self._isolate(name, e)
+                if not self.workloads and self.config.agent is None:
+                    raise
+        return finished and bool(self.workloads)
+
+    def _isolate(self, name: str, error: LeptonError) -> None:
+        with self._lock:
+            workload = self.workloads.pop(name, None)
+        if workload is None:
+            return
+        log.error("workload %s failed and is stopped; the other workloads keep running: %s", name,
+                  error_text(error))
+        self.failed[name] = WorkloadReport(
+            stats=workload.stats, stream=workload.source_id or name, model=workload.artifact_id or "unknown",
+            source_state="failed", state="failed", error=error_text(error))
+        with contextlib.suppress(LeptonError):  # the error it stopped with, logged above
+            workload.stop(5.0)
+        self._stats.retire(workload.stats)
 
     # -- live changes --------------------------------------------------------------------------------
 
@@ -214,6 +244,7 @@ class RuntimeController:
             if self._stopping.is_set():
                 return ApplyResult("rejected", ["the runtime is shutting down; send the config again later"])
             views = new.workload_views()
+            self.failed.clear()  # a failed workload named again starts again; one left out is gone
             results: dict[str, ApplyResult] = {}
             for name in [n for n in self.workloads if n not in views]:  # first: frees cores, files and cameras
                 results[name] = self._remove(name, version)

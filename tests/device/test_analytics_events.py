@@ -192,7 +192,8 @@ def test_events_carry_their_clip_and_the_clip_is_listed_and_read_over_mqtt(mqtt_
         clip_id = reference.removeprefix("clip:").split("@")[0]
         wait_until(lambda: (folder / f"{clip_id}.json").exists(), 20)
         metadata = json.loads((folder / f"{clip_id}.json").read_text())
-        assert crossed[0].id in metadata["event_ids"] and (folder / f"{clip_id}.mp4").stat().st_size == metadata["bytes"]
+        assert crossed[0].id in metadata["event_ids"]
+        assert (folder / f"{clip_id}.mp4").stat().st_size == metadata["bytes"]
         assert not list(folder.glob("*.part"))
         listed = agent.clip_commands.list({})
         assert clip_id in [c["id"] for c in listed["clips"]]

@@ -1,6 +1,8 @@
 """Several workloads on one device: a shared, batched model; live add, change and remove of one workload without
 touching the others; a failing workload isolated. Real onnxruntime, real synthetic sources."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from lepton_edge.config.device import parse_config
 from lepton_edge.data import DEMO_MODEL
 from lepton_edge.device.controller import RuntimeController
 from tests.device.helpers import ListSink, multi_data, wait_until
+from tests.device.models import fails_at_inference
 from tests.support.onnx_models import mean_color_classifier
 
 FAST = "synthetic://shapes?fps=30&width=64&height=48"
@@ -139,7 +142,7 @@ class ImageSink(ListSink):
 
 
 def mean_rgb_argmax(image, box):
-    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
     region = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)].reshape(-1, 3).astype(np.float64)
     means = region.mean(axis=0)[::-1]  # BGR frame -> R, G, B as the classifier's tensor has them
     ordered = np.sort(means)
@@ -181,3 +184,24 @@ def test_a_cascade_classifies_crops_of_real_detections(tmp_path, models, device)
     assert checked >= 5
     item = next(d for r in sink_images for d in r.output.to_dict()["detections"] if "attributes" in d)
     assert set(item["attributes"]["color"]) == {"label", "class_id", "score"}
+
+
+def test_a_workload_failing_while_running_is_isolated_and_reported(tmp_path, models, device):
+    """A model that raises on real frames stops its own workload only: the other keeps delivering, and telemetry's
+    report says which workload failed and why."""
+    start, sinks = device
+    fails = fails_at_inference(tmp_path / "fails.onnx")
+    workloads = {"good": {"uri": FAST, "model": "color"}, "bad": {"uri": FAST, "model": "fails"}}
+    controller = start(parse_config(multi_data(tmp_path, {"color": models["color"], "fails": fails}, workloads),
+                                    "test"))
+    deadline = time.monotonic() + 20
+    while "bad" not in controller.failed and time.monotonic() < deadline:
+        assert not controller.wait_finished(0.2)
+    assert set(controller.workloads) == {"good"} and "bad" in controller.failed
+    report = controller.workload_reports()["bad"]
+    assert report.state == "failed" and "Gather" in (report.error or "")
+    before = len(results(sinks, "good"))
+    wait_until(lambda: len(results(sinks, "good")) >= before + 5)
+    again = controller.apply(parse_config(multi_data(tmp_path, {"color": models["color"]},
+                                                     {"good": workloads["good"]}), "test"), 2)
+    assert again.outcome == "applied" and not controller.failed  # left out of the new config: gone
