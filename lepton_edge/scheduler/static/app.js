@@ -225,7 +225,7 @@ function streamRow(s) {
     el("td", { class: "drops" }, drops(s.drops)),
     el("td", { class: "num latency" }, `${num(s.latency_p50_ms)} / ${num(s.latency_p90_ms)} / ${num(s.latency_p99_ms)}`),
     el("td", { class: "num age" }, num(s.frame_age_p99_ms)),
-    el("td", { class: `reason error${s.error ? " bad-text" : ""}` }, s.error ?? ""),
+    el("td", { class: `reason stream-error${s.error ? " bad-text" : ""}` }, s.error ?? ""),
   );
 }
 
