@@ -74,12 +74,15 @@ class RuntimeController:
         self.failed: dict[str, WorkloadReport] = {}
         """Workloads stopped by a failure while running, with the error, until a config names them again."""
         self._stats = DeviceStats(lambda: {name: w.stats for name, w in list(self.workloads.items()) if not w.idle})
+        name = None
         try:
             for name, view in config.workload_views().items():
                 self.workloads[name] = self._workload(view, version)
-        except BaseException:
+        except BaseException as e:
             for workload in self.workloads.values():
                 workload.stop(1.0)
+            if config.multi and isinstance(e, LeptonError):
+                raise type(e)(f"workload {name}: {e}") from e  # which camera or model of the device config
             raise
         self.config = config
         """The last config applied in full, as requested (artifact paths unresolved)."""
