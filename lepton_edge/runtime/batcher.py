@@ -202,7 +202,9 @@ class ModelRunner:
         if self.plan.stateful:
             self.mode, why = "single", "the model feeds state back between frames"
         if self.mode == "single" and max_batch not in (None, 1):
-            log.info("model %s runs frames one by one (%s): max_batch %d is not used", self.name, why, max_batch)
+            log.warning("model %s cannot batch (%s): batch.max_batch %d is not used, its streams run one frame at a "
+                        "time (lepton-edge inspect says why; lepton-edge build --batch dynamic sets a batch axis where "
+                        "the graph allows it)", self.name, why, max_batch)
         self._max_batch = max_batch
         self.batch_timeout_s = batch_timeout_ms / 1000.0
         self.error: BaseException | None = None
