@@ -77,6 +77,46 @@ def device_config(
     return agent_data(workdir, model, port, device_id, source=source, agent=overrides, **sections)
 
 
+EVENT_SCENE = "synthetic://shapes?fps=30&width=160&height=120&seed=5"
+"""The synthetic scene the event scenarios watch: shapes crossing its middle lines several times a second."""
+
+
+def events_config(
+    workdir: Path,
+    port: int,
+    device_id: str,
+    *,
+    source: str | dict[str, Any] = EVENT_SCENE,
+    counts_interval_s: float = 0.5,
+    agent: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A device making analytics events: the bundled shapes detector, tracking, two lines and a zone across the
+    scene (line crossings, zone enter/exit, counts every ``counts_interval_s``), results in ``events`` mode (no
+    per-frame results: every durable message on the results path is an event)."""
+    from lepton_edge.data import DEMO_MODEL
+
+    analytics = {
+        "coordinates": "normalized",
+        "counts_interval_s": counts_interval_s,
+        "lines": [
+            {"name": "vertical", "start": [0.5, 0], "end": [0.5, 1]},
+            {"name": "horizontal", "start": [0, 0.5], "end": [1, 0.5]},
+        ],
+        "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}],
+    }
+    return device_config(
+        workdir,
+        DEMO_MODEL.resolve(),
+        port,
+        device_id,
+        source=source,
+        agent=merge_sections({"results": {"mode": "events"}}, agent or {}),
+        postprocess={"type": "detect"},
+        tracking={},
+        analytics=analytics,
+    )
+
+
 # ----------------------------------------------------------------------------------------- device process
 
 
@@ -94,6 +134,7 @@ class DeviceProcess:
         *,
         env: dict[str, str] | None = None,
         stuck_file: Path | None = None,
+        sink_stats: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +144,8 @@ class DeviceProcess:
         self.log_path = self.workdir / "device.log"
         self.env = env or {}
         self.stuck_file = stuck_file
+        self.sink_stats_path = self.workdir / "sinks.json" if sink_stats else None
+        """The event and clip sinks' counters, written by the device (``--sink-stats``)."""
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -121,6 +164,8 @@ class DeviceProcess:
         command = [sys.executable, "-m", "tests.reliability.device", "--ledger", str(self.ledger_path)]
         if self.stuck_file is not None:
             command += ["--stuck-file", str(self.stuck_file)]
+        if self.sink_stats_path is not None:
+            command += ["--sink-stats", str(self.sink_stats_path)]
         command += ["--", "--log-level", "info", "run", "--config", str(self.config_path)]
         inherited = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
         env = {**inherited, "PYTHONUNBUFFERED": "1", **self.env}
@@ -186,6 +231,15 @@ class DeviceProcess:
             except ValueError:  # a line cut by SIGKILL mid-write
                 continue
         return out
+
+    def sink_stats(self) -> dict[str, Any]:
+        """The latest counters of the device's analytics event sinks and clip sinks (``events``, ``clips``: one
+        entry per sink the process made); empty lists before the first write."""
+        assert self.sink_stats_path is not None, "start the device with sink_stats=True"
+        try:
+            return dict(json.loads(self.sink_stats_path.read_text()))
+        except (FileNotFoundError, ValueError):
+            return {"events": [], "clips": []}
 
     def outbox_state(self) -> dict[str, Any]:
         """Depth and drop counters of the outbox on disk (the device must not be running)."""
@@ -334,6 +388,72 @@ def account(device: DeviceProcess, subscriber: Subscriber) -> Accounting:
         telemetry_delivered=len(telemetry & received),
         put_failures=failures,
         conflicting_duplicates=sorted(set(conflicting)),
+    )
+
+
+@dataclass
+class EventAccounting:
+    """Analytics events: what the device created (its outbox puts, by event id) against what arrived."""
+
+    created: int
+    """Distinct analytics event ids the device put in its outbox."""
+    received: int
+    """Distinct analytics event ids the subscriber received (after dedup by id)."""
+    lost: list[str]
+    """Created, never received."""
+    duplicates: int
+    """Deliveries beyond the first of an event id."""
+    conflicting: list[str]
+    """Event ids delivered with different payloads (must be empty)."""
+    unexpected: int
+    """Event ids received that the device never put (must be 0: nothing invented)."""
+    by_kind: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "events_created": self.created,
+            "events_received": self.received,
+            "events_lost": len(self.lost),
+            "event_duplicates": self.duplicates,
+            "events_by_kind": dict(self.by_kind),
+        }
+
+
+def analytics_puts(device: DeviceProcess, before: float | None = None) -> list[dict[str, Any]]:
+    """The ledger's analytics event puts (at wall time < ``before`` when given)."""
+    return [
+        r
+        for r in device.ledger()
+        if r["event"] == "put"
+        and str(r.get("kind") or "").startswith("analytics.")
+        and (before is None or r["t"] < before)
+    ]
+
+
+def account_events(device: DeviceProcess, subscriber: Subscriber) -> EventAccounting:
+    """Analytics events created by the device (ledger) against those received, deduplicated by event id."""
+    created: dict[str, str] = {r["event_id"]: r["kind"] for r in analytics_puts(device)}
+    counts: Counter[str] = Counter()
+    payloads: dict[str, bytes] = {}
+    conflicting: set[str] = set()
+    for d in subscriber.all(TopicKind.EVENT):
+        try:
+            event = json.loads(d.payload)
+        except ValueError:
+            continue
+        if not str(event.get("kind", "")).startswith("analytics."):
+            continue
+        counts[event["id"]] += 1
+        if payloads.setdefault(event["id"], d.payload) != d.payload:
+            conflicting.add(event["id"])
+    return EventAccounting(
+        created=len(created),
+        received=len(set(counts) & set(created)),
+        lost=sorted(set(created) - set(counts)),
+        duplicates=sum(n - 1 for n in counts.values()),
+        conflicting=sorted(conflicting),
+        unexpected=len(set(counts) - set(created)),
+        by_kind=Counter(created.values()),
     )
 
 

@@ -34,6 +34,11 @@ class ScenarioRecord:
     durable_lost: int | None = None
     duplicates: int | None = None
     recovery_s: float | None = None
+    events_created: int | None = None
+    """Analytics events the device created (distinct ids put in its outbox); event scenarios only."""
+    events_received: int | None = None
+    """Of those, distinct ids the subscriber received (after dedup by id)."""
+    events_lost: int | None = None
     recovery_means: str = ""
     """What ``recovery_s`` measures (from which event to which)."""
     observations: list[str] = field(default_factory=list)
@@ -52,6 +57,14 @@ class ScenarioRecord:
 
     def note(self, text: str) -> None:
         self.observations.append(self.clean(text))
+
+    def set_events(self, summary: dict[str, Any]) -> None:
+        """Copy the figures of :meth:`tests.reliability.harness.EventAccounting.summary`."""
+        self.events_created = summary["events_created"]
+        self.events_received = summary["events_received"]
+        self.events_lost = summary["events_lost"]
+        self.metrics["event_duplicates"] = summary["event_duplicates"]
+        self.metrics["events_by_kind"] = summary["events_by_kind"]
 
     def set_accounting(self, summary: dict[str, Any]) -> None:
         """Copy the message counts of :meth:`tests.reliability.harness.Accounting.summary`."""
@@ -84,8 +97,12 @@ def render_markdown(records: list[ScenarioRecord], meta: dict[str, Any]) -> str:
         "*Lost* = stored in the device's outbox but never received by the subscriber; *duplicates* = "
         "extra deliveries of an id already received (allowed, and identifiable by `lepton-msg-id`).",
         "",
-        "| scenario | outcome | durable sent | delivered | lost | duplicates | recovery (s) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "*Events* (event scenarios): analytics events the device created (distinct ids in its outbox), how many "
+        "arrived after dedup by event id, and how many never did.",
+        "",
+        "| scenario | outcome | durable sent | delivered | lost | duplicates | events created | received | "
+        "lost | recovery (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         lines.append(
@@ -99,6 +116,9 @@ def render_markdown(records: list[ScenarioRecord], meta: dict[str, Any]) -> str:
                     r.durable_delivered,
                     r.durable_lost,
                     r.duplicates,
+                    r.events_created,
+                    r.events_received,
+                    r.events_lost,
                     r.recovery_s,
                 )
             )
