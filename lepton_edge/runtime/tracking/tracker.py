@@ -10,7 +10,7 @@ Per frame at capture time ``t`` (seconds):
 5. confirmed tracks still unmatched may take a high-score detection left whose centre lies within ``recover_gate``
    standard deviations of the predicted centre (the prediction's uncertainty grows with the time it was lost), or,
    for a moving track, one on its path: within ``recover_gate`` deviations of the line through where it was last
-   seen along its velocity, between that point and twice the predicted displacement (an object that braked or
+   seen along its velocity, between that point and four times the predicted displacement (an object that braked or
    sped up since it was last seen, which a constant-velocity prediction misses);
 6. high-score detections still left with at least ``new_track_threshold`` start tentative tracks, confirmed (and
    given an id) after ``confirm_hits`` detections;
@@ -29,7 +29,7 @@ from lepton_edge.core.results import Detections, Tracks
 from lepton_edge.runtime.tracking.association import assign, iou_matrix
 from lepton_edge.runtime.tracking.motion import BoxMotion
 
-PATH_SPAN = 2.0
+PATH_SPAN = 4.0
 """The path gate reaches this many times the predicted displacement since a track was last seen."""
 
 
