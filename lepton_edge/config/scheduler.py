@@ -209,6 +209,32 @@ class ApiConfig(Strict):
         return list(dict.fromkeys([self.host, "localhost", "127.0.0.1"]))
 
 
+class ClipsConfig(Strict):
+    """The folder of event clips fetched from devices, its quota and how long clips are kept."""
+
+    folder: Path | None = Field(
+        None,
+        description="Where fetched clips are kept (one subfolder per device). A relative path is relative to the "
+        "config file's folder. None: `clips/` beside a SQLite store, else `$LEPTON_SCHEDULER_DATA/clips` "
+        "(default `./lepton-scheduler-data/clips`).",
+    )
+    max_bytes: int | None = Field(
+        10 << 30,
+        ge=1 << 20,
+        le=1 << 50,
+        description="Quota of the folder, bytes: when its clips (and the parts being fetched) take more, the "
+        "oldest fetched clips are deleted first until they fit; a clip larger than this is not fetched. "
+        "None: no quota.",
+    )
+    retention_s: float | None = Field(
+        None,
+        gt=0,
+        le=10 * 365 * 86400,
+        description="Fetched clips older than this many seconds (since their fetch completed) are deleted. "
+        "None: kept until the quota needs the room.",
+    )
+
+
 class SchedulerConfig(Strict):
     """One scheduler replica: where the fleet state lives, the broker, and the fleet policies."""
 
@@ -247,6 +273,7 @@ class SchedulerConfig(Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Telemetry ingestion and flood control.")
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Placement policy.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and dashboard.")
+    clips: ClipsConfig = Field(default_factory=ClipsConfig, description="Event clips fetched from devices.")
 
     @model_validator(mode="before")
     @classmethod
@@ -280,7 +307,7 @@ class SchedulerConfig(Strict):
 
 
 def _files_relative_to(config: SchedulerConfig, base_dir: Path) -> SchedulerConfig:
-    """``config`` with its relative key and certificate paths resolved against ``base_dir``."""
+    """``config`` with its relative key, certificate and clip folder paths resolved against ``base_dir``."""
 
     def resolve(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else (base_dir / path).resolve()
@@ -289,7 +316,10 @@ def _files_relative_to(config: SchedulerConfig, base_dir: Path) -> SchedulerConf
     api = api.model_copy(
         update={"tls_cert": resolve(api.tls_cert), "tls_key": resolve(api.tls_key), "client_ca": resolve(api.client_ca)}
     )
-    return config.model_copy(update={"desired_signing_key": resolve(config.desired_signing_key), "api": api})
+    clips = config.clips.model_copy(update={"folder": resolve(config.clips.folder)})
+    return config.model_copy(
+        update={"desired_signing_key": resolve(config.desired_signing_key), "api": api, "clips": clips}
+    )
 
 
 def parse_scheduler_config(

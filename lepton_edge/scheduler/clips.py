@@ -68,6 +68,8 @@ MAX_CLIP_BYTES = 4 << 30
 LISTING_REUSE_S = 2.0
 """A device's clip list is asked for at most once per this many seconds; callers in between get the last one
 (viewers polling the list cannot turn into a stream of commands to the device)."""
+PRUNE_INTERVAL_S = 60.0
+"""How often the worker applies the clip folder's retention and quota between fetches."""
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _TRANSIENT_ANSWERS = ("refused: the agent is busy", "refused: the command expired")
 """How device errors that say "try again" rather than "never" begin (``device/commands.py``)."""
@@ -256,6 +258,8 @@ class ClipFetcher:
         retry_min_s: float = 1.0,
         retry_max_s: float = 60.0,
         max_clip_bytes: int = MAX_CLIP_BYTES,
+        max_bytes: int | None = None,
+        retention_s: float | None = None,
         on_complete: Callable[[FetchJob], None] | None = None,
     ) -> None:
         self.commands = commands
@@ -265,8 +269,16 @@ class ClipFetcher:
         self.timeout_s = timeout_s
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
-        self.max_clip_bytes = max_clip_bytes
+        self.max_bytes = max_bytes
+        """Quota of the folder (fetched clips and parts); the oldest fetched clips make room. None: none."""
+        self.retention_s = retention_s
+        """Fetched clips older than this (since completion) are deleted. None: kept."""
+        self.max_clip_bytes = max_clip_bytes if max_bytes is None else min(max_clip_bytes, max_bytes)
         self.on_complete = on_complete
+        self.pruned: collections.Counter[str] = collections.Counter()
+        """Fetched clips deleted, by reason (``retention``, ``quota``), and their ``bytes``."""
+        self._prune_at = 0.0
+        """Monotonic time of the next periodic :meth:`prune`."""
         self._jobs: dict[tuple[str, str], FetchJob] = {}
         self._listings: dict[str, tuple[float, int, dict[str, Any]]] = {}
         """device -> (monotonic time, limit, answer) of its last clip list."""
@@ -279,8 +291,9 @@ class ClipFetcher:
     def for_scheduler(
         cls, config: SchedulerConfig, mqtt: MqttClient, store: Store | None = None, **options: Any
     ) -> ClipFetcher:
-        """The fetcher of a replica: requests as the replica id, clips in :func:`default_clips_dir`; each
-        completed fetch is recorded in ``store`` as a ``clip.fetched`` event (its ``details.clip`` the clip id)."""
+        """The fetcher of a replica: requests as the replica id, clips in :func:`default_clips_dir` under the
+        quota and retention of ``config.clips``; each completed fetch is recorded in ``store`` as a
+        ``clip.fetched`` event (its ``details.clip`` the clip id)."""
         if store is not None and "on_complete" not in options:
             options["on_complete"] = lambda job: store.add_event(
                 "clip.fetched",
@@ -293,13 +306,17 @@ class ClipFetcher:
                     "requested_by": job.requested_by,
                 },
             )
+        options.setdefault("max_bytes", config.clips.max_bytes)
+        options.setdefault("retention_s", config.clips.retention_s)
         return cls(CommandClient(mqtt, config.replicas.replica_id), default_clips_dir(config), **options)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> ClipFetcher:
-        """Pick up what a previous run left (parts resume, complete clips are listed) and start the worker."""
+        """Pick up what a previous run left (parts resume, complete clips are listed), apply the retention and
+        quota, and start the worker."""
         self._recover()
+        self.prune()
         self._thread = threading.Thread(target=self._run, name="scheduler-clips", daemon=True)
         self._thread.start()
         return self
@@ -405,24 +422,98 @@ class ClipFetcher:
             ]
             return {"device_id": device_id, "source": "scheduler", "error": str(e), "clips": known[:limit]}
 
+    # -- retention and quota ----------------------------------------------------------------------------
+
+    def prune(
+        self, *, reserve: int = 0, keep: tuple[str, str] | None = None, now: float | None = None
+    ) -> dict[str, int]:
+        """Delete the fetched clips older than :attr:`retention_s`, then the oldest fetched clips until the folder
+        plus ``reserve`` bytes (the rest of a fetch under way) fits :attr:`max_bytes`. Parts being fetched are
+        counted, never deleted, and so is ``keep`` (the clip just fetched) for the quota. Counts each deletion
+        in :attr:`pruned`, logs them, and returns this run's ``{reason: clips}``."""
+        now = time.time() if now is None else now
+        self._prune_at = time.monotonic() + PRUNE_INTERVAL_S
+        with self._lock:
+            jobs = list(self._jobs.values())
+        complete: list[tuple[float, FetchJob, int]] = []
+        total = 0
+        for job in jobs:
+            path = self._final(*job.key) if job.state == "complete" else self._part(*job.key)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            total += stat.st_size
+            if job.state == "complete":
+                complete.append((job.completed_at or stat.st_mtime, job, stat.st_size))
+        complete.sort(key=lambda c: c[0])  # oldest first
+        deleted: collections.Counter[str] = collections.Counter()
+        freed = 0
+        for completed_at, job, size in complete:
+            if self.retention_s is not None and now - completed_at > self.retention_s:
+                reason = "retention"
+            elif self.max_bytes is not None and total + reserve > self.max_bytes and job.key != keep:
+                reason = "quota"
+            else:
+                continue
+            if not self._delete(job):
+                continue
+            total -= size
+            freed += size
+            deleted[reason] += 1
+            log.debug("clip %s/%s deleted (%s): %d bytes", job.device_id, job.clip_id, reason, size)
+        if deleted:
+            self.pruned.update(deleted)
+            self.pruned["bytes"] += freed
+            log.info(
+                "clips: deleted %d fetched clip(s), %d bytes (%s) in %s; %d bytes left, quota %s",
+                sum(deleted.values()), freed, ", ".join(f"{r} {n}" for r, n in sorted(deleted.items())), self.dir,
+                total, self.max_bytes if self.max_bytes is not None else "none",
+            )  # fmt: skip
+        return dict(deleted)
+
+    def _delete(self, job: FetchJob) -> bool:
+        """Forget a fetched clip and delete its file and record; False when it changed meanwhile (asked again)."""
+        with self._lock:
+            if self._jobs.get(job.key) is not job or job.state != "complete":
+                return False
+            del self._jobs[job.key]
+        final = self._final(*job.key)
+        for path in (final, final.with_suffix(".json")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        _fsync_dir(final.parent)
+        return True
+
     # -- worker -----------------------------------------------------------------------------------------
 
     def _next(self) -> FetchJob | None:
-        """The next job due (oldest first), waiting for one; None when stopping."""
+        """The next job due (oldest first), waiting for one; None when stopping or when a prune is due."""
         with self._wake:
             while not self._stopping:
                 now = time.monotonic()
+                if now >= self._prune_at:
+                    return None
                 due = [j for j in self._jobs.values() if j.state in ("queued", "waiting") and j.next_try_at <= now]
                 if due:
                     job = min(due, key=lambda j: j.created_at)
                     job.state = "fetching"
                     return job
                 waits = [j.next_try_at - now for j in self._jobs.values() if j.state == "waiting"]
-                self._wake.wait(min(waits, default=1.0))
+                self._wake.wait(min([*waits, self._prune_at - now, 1.0]))
         return None
 
     def _run(self) -> None:
-        while (job := self._next()) is not None:
+        while not self._stopping:
+            if time.monotonic() >= self._prune_at:
+                try:
+                    self.prune()
+                except Exception:  # a bug must not end the worker
+                    log.exception("clip folder prune failed")
+                    self._prune_at = time.monotonic() + PRUNE_INTERVAL_S
+            job = self._next()
+            if job is None:
+                continue
             try:
                 self._fetch(job)
             except CommandError as e:
@@ -494,6 +585,7 @@ class ClipFetcher:
                     if (job.size, job.sha256) != (size, digest):
                         with self._lock:
                             job.size, job.sha256 = size, digest
+                        self.prune(reserve=size - offset)  # make room for the rest before it arrives
                         _write_json(part.with_name(part.name + ".json"), {
                             "size": size, "sha256": digest, "requested_by": job.requested_by,
                         })  # fmt: skip
@@ -581,6 +673,7 @@ class ClipFetcher:
         with self._lock:
             job.state, job.completed_at, job.updated_at, job.fetched = "complete", completed, completed, job.size or 0
         log.info("clip %s/%s fetched: %d bytes, sha256 %s", job.device_id, job.clip_id, job.size, job.sha256)
+        self.prune(keep=job.key)
         if self.on_complete is not None:
             try:
                 self.on_complete(FetchJob(**asdict(job)))
@@ -589,8 +682,10 @@ class ClipFetcher:
 
 
 def default_clips_dir(config: SchedulerConfig) -> Path:
-    """Where a replica keeps fetched clips: ``clips/`` beside its SQLite store, else
-    ``$LEPTON_SCHEDULER_DATA/clips`` (default ``./lepton-scheduler-data/clips``) for a PostgreSQL store."""
+    """Where a replica keeps fetched clips: ``config.clips.folder`` when set, else ``clips/`` beside its SQLite
+    store, else ``$LEPTON_SCHEDULER_DATA/clips`` (default ``./lepton-scheduler-data/clips``)."""
+    if config.clips.folder is not None:
+        return config.clips.folder
     url = config.store_url
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         return Path(url[len("sqlite:///") :]).parent / "clips"
