@@ -31,6 +31,8 @@ PACKAGE_DATA = {
     "demo.yaml": "deploy/demo.yaml",
     "shapes_detector.onnx": "models/shapes_detector.onnx",
     "shapes_detector.labels.txt": "models/shapes_detector.labels.txt",
+    "shapes_detector_batched.onnx": "models/shapes_detector_batched.onnx",
+    "colour_classifier.onnx": "models/colour_classifier.onnx",
     "digits_classifier.onnx": "models/digits_classifier.onnx",
     "digits_classifier.labels.txt": "models/digits_classifier.labels.txt",
     "yolov8n_sized.py": "models/yolov8n_sized.py",
