@@ -203,6 +203,7 @@ def test_openapi_schema_lists_every_endpoint_and_cdn_docs_are_off(http: Http) ->
         "/api/devices": {"get"},
         "/api/devices/{device_id}": {"get"},
         "/api/devices/{device_id}/telemetry": {"get"},
+        "/api/devices/{device_id}/streams": {"get"},
         "/api/devices/{device_id}/group": {"put"},
         "/api/devices/{device_id}/clips": {"get"},
         "/api/devices/{device_id}/clips/{clip_id}/fetch": {"post"},

@@ -166,6 +166,7 @@ ROUTES = [
     ("GET", "/api/devices", None, "viewer"),
     ("GET", "/api/devices/cam-1", None, "viewer"),
     ("GET", "/api/devices/cam-1/telemetry", None, "viewer"),
+    ("GET", "/api/devices/cam-1/streams", None, "viewer"),
     ("PUT", "/api/devices/cam-1/group", {"group": "gate"}, "operator"),
     ("GET", "/api/workloads", None, "viewer"),
     ("POST", "/api/workloads", WORKLOAD, "operator"),
