@@ -463,14 +463,20 @@ class ClipFetcher:
             deleted[reason] += 1
             log.debug("clip %s/%s deleted (%s): %d bytes", job.device_id, job.clip_id, reason, size)
         if deleted:
-            self.pruned.update(deleted)
-            self.pruned["bytes"] += freed
+            with self._lock:  # read by the service's statistics on another thread
+                self.pruned.update(deleted)
+                self.pruned["bytes"] += freed
             log.info(
                 "clips: deleted %d fetched clip(s), %d bytes (%s) in %s; %d bytes left, quota %s",
                 sum(deleted.values()), freed, ", ".join(f"{r} {n}" for r, n in sorted(deleted.items())), self.dir,
                 total, self.max_bytes if self.max_bytes is not None else "none",
             )  # fmt: skip
         return dict(deleted)
+
+    def pruned_counts(self) -> dict[str, int]:
+        """A copy of :attr:`pruned`."""
+        with self._lock:
+            return dict(self.pruned)
 
     def _delete(self, job: FetchJob) -> bool:
         """Forget a fetched clip and delete its file and record; False when it changed meanwhile (asked again)."""

@@ -327,7 +327,7 @@ class SchedulerService:
             "flood_isolated": self.ingestion.isolation.isolated,
             "flood_isolations": self.counts["flood_isolations"],
             "desired_reasserted": self.counts["desired_reasserted"],
-            "clips_pruned": dict(self.clips.pruned),
+            "clips_pruned": self.clips.pruned_counts(),
         }
 
     def _log_stats(self) -> None:
