@@ -11,6 +11,12 @@ previous sample. After a warm-up (default 30 s, excluded from the verdicts) it r
 - **latency stability**: e2e and frame-age p50/p99 for every minute, and the ratio of the worst minute's
   p99 to the best one's.
 
+With ``--clips`` the stream also records event clips (``docs/clips.md``) the way the demo does: tracking, two
+lines across the scene, a clip around every line crossing (1 s before, 1 s after, every frame at 320 pixels wide,
+encoded), in a folder whose quota
+(``--clip-max-bytes``, 1 MiB by default) is so small that clips are written and deleted all the time. Every sample
+then carries the clip counters (written, deleted for the quota, failed) and the events queued in the outbox.
+
 It prints tables and writes ``out/soak/soak.json``. A machine shared with other work shows that work in
 the latency figures; memory growth is the figure that says whether something leaks.
 """
@@ -34,12 +40,20 @@ from lepton_edge.core.errors import ConfigError
 from lepton_edge.core.logs import setup_logging
 from lepton_edge.data import DEMO_MODEL
 from lepton_edge.device.agent import DeviceAgent
+from lepton_edge.device.results import AnalyticsEventSink
 from lepton_edge.fleet.broker import LocalBroker
+from lepton_edge.runtime.clips.sink import ClipSink
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "synthetic://shapes?fps=30&width=640&height=480&seed=5"
 DEFAULT_OUT = Path("out/soak")
+CLIP_QUOTA_BYTES = 1 << 20
+"""The clip folder's quota with ``--clips``: the smallest allowed, so clips are deleted as fast as they come."""
+SOAK_LINES = [
+    {"name": "vertical", "start": [0.5, 0.0], "end": [0.5, 1.0]},
+    {"name": "horizontal", "start": [0.0, 0.5], "end": [1.0, 0.5]},
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,15 @@ class Sample:
     outbox_depth: int
     connected: bool
     warmup: bool
+    clips_written: int = 0
+    """Clips written complete since the start (``--clips``; 0 otherwise)."""
+    clips_deleted: int = 0
+    """Clips deleted for the quota or retention since the start."""
+    clips_failed: int = 0
+    clip_folder_mb: float = 0.0
+    """Clips and metadata in the folder now."""
+    events: int = 0
+    """Analytics events queued in the outbox since the start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,18 +112,22 @@ def linear_slope(xs: list[float], ys: list[float]) -> float:
 
 
 class _NewSamples:
-    """Reads the values a LatencyWindow received since the previous read (the window is a ring)."""
+    """Reads the values a latency window received since the previous read (the window is a ring).
 
-    def __init__(self, window: Any) -> None:
+    ``window()`` gives the window afresh at every read: the device's windows are views over its running workloads'
+    own (``DeviceStats.latency``), made when asked, so one taken before the pipeline started stays empty."""
+
+    def __init__(self, window: Callable[[], Any]) -> None:
         self.window = window
-        self.seen = window.count
+        self.seen = window().count
 
     def read(self) -> np.ndarray:
-        count = self.window.count
+        window = self.window()
+        count = window.count
         new, self.seen = count - self.seen, count
         if new <= 0:
             return np.empty(0)
-        values = self.window.samples()
+        values = window.samples()
         return values[-min(new, len(values)) :]
 
 
@@ -108,24 +135,62 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def soak_config(model: Path, source: str, port: int, state_dir: Path, telemetry_s: float, durable: bool):
-    """The demo pipeline (deploy/demo.yaml's model, camera and detector settings) with an agent section."""
-
-    return parse_config(
-        {
-            "device_id": "soak-device",
-            "model": {"path": str(model)},
-            "source": {"uri": source, "max_frame_age_ms": 200},
-            "postprocess": {"type": "detect", "conf_threshold": 0.4},
-            "agent": {
-                "mqtt": {"host": "127.0.0.1", "port": port},
-                "state_dir": str(state_dir),
-                "telemetry_interval_s": telemetry_s,
-                "results": {"durable": durable},
-            },
+def soak_config(
+    model: Path,
+    source: str,
+    port: int,
+    state_dir: Path,
+    telemetry_s: float,
+    durable: bool,
+    clips_folder: Path | None = None,
+    clip_max_bytes: int = CLIP_QUOTA_BYTES,
+):
+    """The demo pipeline (deploy/demo.yaml's model, camera and detector settings) with an agent section; with
+    ``clips_folder``, tracking, two lines and a clip around each line crossing (1 s before, 1 s after, every frame at
+    320 pixels wide: many short clips, quota ``clip_max_bytes``)."""
+    source_section: dict[str, Any] = {"uri": source, "max_frame_age_ms": 200}
+    data: dict[str, Any] = {
+        "device_id": "soak-device",
+        "model": {"path": str(model)},
+        "source": source_section,
+        "postprocess": {"type": "detect", "conf_threshold": 0.4},
+        "agent": {
+            "mqtt": {"host": "127.0.0.1", "port": port},
+            "state_dir": str(state_dir),
+            "telemetry_interval_s": telemetry_s,
+            "results": {"durable": durable},
         },
-        "soak",
-    )
+    }
+    if clips_folder is not None:
+        source_section["clips"] = {
+            "enabled": True,
+            "folder": str(clips_folder),
+            "pre_s": 1.0,
+            "post_s": 1.0,
+            "max_clip_s": 4.0,
+            "max_bytes": clip_max_bytes,
+            "trigger_kinds": ["line_crossed"],
+            "raw_fps": 30.0,
+            "raw_max_width": 320,
+        }
+        data["tracking"] = {}
+        data["analytics"] = {"coordinates": "normalized", "lines": SOAK_LINES, "counts_interval_s": 5.0}
+    return parse_config(data, "soak")
+
+
+def _clip_counters(agent: DeviceAgent) -> dict[str, Any]:
+    """Clip and event counters of the running pipeline (zeros without clips)."""
+    pipeline = agent.controller.pipeline
+    sinks = [s for s in pipeline.sinks if isinstance(s, ClipSink)] if pipeline is not None else []
+    figures = [s.stats() for s in sinks]
+    events = [s for s in agent.controller.extra_sinks if isinstance(s, AnalyticsEventSink)]
+    return {
+        "clips_written": sum(f["clips_written"] for f in figures),
+        "clips_deleted": sum(f["deleted_quota"] + f["deleted_retention"] for f in figures),
+        "clips_failed": sum(f["failed"] for f in figures),
+        "clip_folder_mb": sum(f["bytes"] for f in figures) / 2**20,
+        "events": sum(s.queued for s in events),
+    }
 
 
 def summarize(
@@ -150,6 +215,15 @@ def summarize(
         out["drops"] = steady[-1].drops - drops_before
         out["disconnected_samples"] = sum(not s.connected for s in steady)
         out["max_outbox_depth"] = max(s.outbox_depth for s in steady)
+        last = samples[-1]
+        if last.clips_written or last.clips_failed or last.events:
+            out["clips"] = {
+                "written": last.clips_written,
+                "deleted": last.clips_deleted,
+                "failed": last.clips_failed,
+                "folder_max_mb": max(s.clip_folder_mb for s in samples),
+                "events": last.events,
+            }
     full = [m for m in minutes if not m.partial and m.results]
     if full:
         p99 = [m.e2e_p99_ms for m in full]
@@ -198,9 +272,15 @@ def run_soak(
     source: str = DEFAULT_SOURCE,
     telemetry_s: float = 2.0,
     durable: bool = True,
+    clips: bool = False,
+    clip_max_bytes: int = CLIP_QUOTA_BYTES,
+    clips_folder: Path | None = None,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> dict[str, Any]:
     """Run the soak for ``duration_s`` seconds and return the report (samples, minutes, summary).
+
+    ``clips`` records event clips on line crossings into ``clips_folder`` (default: a temporary one) with the quota
+    ``clip_max_bytes``.
 
     ``minute_s`` is the length of a latency window (60 s; shorter only for tests). Ctrl-C ends the run
     early with a report of what was measured.
@@ -219,10 +299,18 @@ def run_soak(
     with tempfile.TemporaryDirectory(prefix="lepton-soak-") as tmp:
         broker = LocalBroker(Path(tmp) / "broker").start()
         try:
-            config = soak_config(Path(model), source, broker.port, Path(tmp) / "state", telemetry_s, durable)
+            if clips and clips_folder is None:
+                clips_folder = Path(tmp) / "clips"
+            elif not clips:
+                clips_folder = None
+            state = Path(tmp) / "state"
+            config = soak_config(
+                Path(model), source, broker.port, state, telemetry_s, durable, clips_folder, clip_max_bytes
+            )
             agent = DeviceAgent(config)
             stats = agent.controller.stats
-            e2e, age = _NewSamples(stats.latency["e2e"]), _NewSamples(stats.latency["frame_age"])
+            e2e = _NewSamples(lambda: stats.latency["e2e"])
+            age = _NewSamples(lambda: stats.latency["frame_age"])
             window: _Window | None = None
             agent.start()
             started = time.monotonic()
@@ -247,6 +335,7 @@ def run_soak(
                         outbox_depth=agent.outbox.depth(),
                         connected=agent.connected,
                         warmup=t < warmup_s,
+                        **_clip_counters(agent),
                     )
                     samples.append(sample)
                     last_t, last_results = t, results
@@ -279,6 +368,8 @@ def run_soak(
         "source": source,
         "telemetry_interval_s": telemetry_s,
         "durable_results": durable,
+        "clips": clips,
+        "clip_max_bytes": clip_max_bytes if clips else None,
         "summary": summarize(samples, minutes, warmup_s, minute_s),
         "minutes": [asdict(m) for m in minutes],
         "samples": [asdict(s) for s in samples],
@@ -299,6 +390,8 @@ SAMPLE_HEADER = (
 
 def sample_row(s: Sample) -> str:
     note = "warm-up" if s.warmup else ("" if s.connected else "broker disconnected")
+    if s.clips_written or s.clips_failed:
+        note = f"clips {s.clips_written} written, {s.clips_deleted} deleted, {s.clips_failed} failed  {note}"
     return (
         f"{s.t_s:7.1f} {s.rss_mb:8.1f} {s.fps:6.1f} {_ms(s.e2e_p50_ms):>8} {_ms(s.e2e_p99_ms):>8} "
         f"{_ms(s.age_p50_ms):>8} {_ms(s.age_p99_ms):>8}  {note}"
@@ -331,6 +424,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"{summary['drops']} frame(s) dropped; outbox depth max {summary['max_outbox_depth']}; "
             f"{summary['disconnected_samples']} sample(s) disconnected",
         ]
+    clips = summary.get("clips")
+    if clips:
+        lines.append(
+            f"clips: {clips['written']} written, {clips['deleted']} deleted (quota/retention), {clips['failed']} "
+            f"failed; folder at most {clips['folder_max_mb']:.2f} MB; {clips['events']} analytics event(s) queued"
+        )
     latency = summary.get("latency")
     if latency:
         ratio = latency["e2e_p99_worst_over_best"]
@@ -363,6 +462,17 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="results through the on-disk outbox (default) or published best effort",
     )
+    parser.add_argument(
+        "--clips",
+        action="store_true",
+        help="also track, count line crossings and record a clip around each in a small-quota folder",
+    )
+    parser.add_argument(
+        "--clip-max-bytes",
+        type=int,
+        default=CLIP_QUOTA_BYTES,
+        help=f"quota of the clip folder with --clips (default {CLIP_QUOTA_BYTES}: written and deleted all the time)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder of soak.json (out/soak)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -370,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"soak: {args.duration:g} s of {args.model.name} on {args.source}, agent on (telemetry every "
         f"{args.telemetry_interval:g} s, {'durable' if args.durable else 'best-effort'} results)"
+        + (f", clips on line crossings (quota {args.clip_max_bytes} bytes)" if args.clips else "")
     )
     print(SAMPLE_HEADER, flush=True)
     try:
@@ -381,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             source=args.source,
             telemetry_s=args.telemetry_interval,
             durable=args.durable,
+            clips=args.clips,
+            clip_max_bytes=args.clip_max_bytes,
             on_sample=lambda s: print(sample_row(s), flush=True),
         )
     except ConfigError as e:
