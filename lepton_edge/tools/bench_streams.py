@@ -182,16 +182,18 @@ def measure(counts: Callable[[], dict[str, int]], names: list[str], warmup_s: fl
 
 
 class Case:
-    """One way of running N streams: built, started, measured, stopped (fresh in every round)."""
+    """One way of running N streams: built, started, measured, stopped (fresh in every round). ``stop`` also
+    cleans up after a ``start`` that failed half-way."""
 
     def __init__(self, options: StreamsBenchOptions, model: Path, video: str) -> None:
         self.options, self.model, self.video = options, model, video
         self.names = [f"s{i}" for i in range(options.streams)]
+        self.pipelines: dict[str, Pipeline] = {}
 
     def run(self) -> CaseRun:
         o = self.options
-        self.start()
         try:
+            self.start()
             result = measure(self.counts, self.names, o.warmup_s, o.case_seconds, o.start_timeout_s, self.died,
                              self.cpu_seconds)
             result.extra.update(self.details())
@@ -262,7 +264,7 @@ class PipelinesCase(Case):
 
     def start(self) -> None:
         threads = max(1, thread_budget(self.options.threads) // self.options.streams)
-        self.pipelines: dict[str, Pipeline] = {}
+        self.pipelines = {}
         for name in self.names:
             config = parse_config(single_config(self.model, self.video, threads=threads, stream_id=name,
                                                 max_frame_age_ms=self.options.max_frame_age_ms), "bench case b")
@@ -277,12 +279,16 @@ class PipelinesCase(Case):
         for pipeline in self.pipelines.values():
             pipeline.stop()
         for pipeline in self.pipelines.values():
-            pipeline.wait(30.0)
-            pipeline.model.close()
+            try:
+                pipeline.wait(30.0)
+            finally:
+                pipeline.model.close()
 
 
 class BatchedRunnerCase(Case):
     """Case a_batched: one shared ModelRunner (dynamic batch) fed by N pipelines, built from runtime pieces."""
+
+    runner: ModelRunner | None = None
 
     def start(self) -> None:
         config = streams_config(self.model, self.video, self.options.streams,
@@ -293,7 +299,7 @@ class BatchedRunnerCase(Case):
         backend = load_backend(views[0])
         self.runner = ModelRunner(backend, batch_timeout_ms=self.options.batch_timeout_ms,
                                   max_batch=self.options.max_batch, name=MODEL_NAME)
-        self.pipelines: dict[str, Pipeline] = {}
+        self.pipelines = {}
         for name, view in zip(self.names, views, strict=True):
             assert view.source is not None
             stop = threading.Event()
@@ -309,27 +315,36 @@ class BatchedRunnerCase(Case):
         return {name: p.stats.results for name, p in self.pipelines.items()}
 
     def details(self) -> dict[str, Any]:
+        runner = self.runner
+        assert runner is not None
         results = sum(self.counts().values())
-        return {"runners": 1, "shared_runner": True, "max_batch": self.runner.max_batch, "mode": self.runner.mode,
-                "mean_batch": results / self.runner.batches if self.runner.batches else 0.0}
+        return {"runners": 1, "shared_runner": True, "max_batch": runner.max_batch, "mode": runner.mode,
+                "mean_batch": results / runner.batches if runner.batches else 0.0}
 
     def stop(self) -> None:
         for pipeline in self.pipelines.values():
             pipeline.stop()
-        for pipeline in self.pipelines.values():
-            pipeline.wait(30.0)
-        self.runner.close(quiet=True)
+        try:
+            for pipeline in self.pipelines.values():
+                pipeline.wait(30.0)
+        finally:
+            if self.runner is not None:
+                self.runner.close(quiet=True)
 
 
 class ProcessesCase(Case):
     """Case c: N ``lepton-edge run`` processes, each one stream with a jsonl sink flushed every result."""
 
+    def __init__(self, options: StreamsBenchOptions, model: Path, video: str) -> None:
+        super().__init__(options, model, video)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.outputs: dict[str, Path] = {}
+        self.dir: Path | None = None
+
     def start(self) -> None:
         threads = max(1, thread_budget(self.options.threads) // self.options.streams)
         self.options.work_dir.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix="streams-c-", dir=self.options.work_dir)).resolve()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.outputs: dict[str, Path] = {}
         for name in self.names:
             out = self.outputs[name] = self.dir / f"{name}.jsonl"
             cfg = self.dir / f"{name}.yaml"
@@ -353,6 +368,7 @@ class ProcessesCase(Case):
         return process_cpu_s([psutil.Process(p.pid) for p in self.procs.values() if p.poll() is None])
 
     def died(self) -> str | None:
+        assert self.dir is not None
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 tail = (self.dir / f"{name}.log").read_text(errors="replace")[-800:]
@@ -373,7 +389,8 @@ class ProcessesCase(Case):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 CASE_KINDS: dict[str, type[Case]] = {"a": DeviceCase, "a_batched": BatchedRunnerCase, "b": PipelinesCase,
