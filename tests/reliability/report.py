@@ -97,12 +97,8 @@ def render_markdown(records: list[ScenarioRecord], meta: dict[str, Any]) -> str:
         "*Lost* = stored in the device's outbox but never received by the subscriber; *duplicates* = "
         "extra deliveries of an id already received (allowed, and identifiable by `lepton-msg-id`).",
         "",
-        "*Events* (event scenarios): analytics events the device created (distinct ids in its outbox), how many "
-        "arrived after dedup by event id, and how many never did.",
-        "",
-        "| scenario | outcome | durable sent | delivered | lost | duplicates | events created | received | "
-        "lost | recovery (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | outcome | durable sent | delivered | lost | duplicates | recovery (s) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         lines.append(
@@ -116,14 +112,24 @@ def render_markdown(records: list[ScenarioRecord], meta: dict[str, Any]) -> str:
                     r.durable_delivered,
                     r.durable_lost,
                     r.duplicates,
-                    r.events_created,
-                    r.events_received,
-                    r.events_lost,
                     r.recovery_s,
                 )
             )
             + " |"
         )
+    with_events = [r for r in records if r.events_created is not None]
+    if with_events:
+        lines += [
+            "",
+            "Analytics events (event scenarios): created = distinct event ids the device put in its outbox; "
+            "received = of those, distinct ids that arrived (duplicates removed by id); lost = never arrived.",
+            "",
+            "| scenario | events created | received | lost |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in with_events:
+            cells = (r.name, r.events_created, r.events_received, r.events_lost)
+            lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
     for r in records:
         lines += ["", f"## {r.name}", "", f"**Fault:** {r.fault}", "", f"**Outcome:** {r.outcome}"]
         if r.failure:
