@@ -131,6 +131,9 @@ class Feed:
         self.state_epoch: tuple[int, int] | None = None
         self.done = threading.Event()
         """Set once the feed is detached (drained, aborted or failed)."""
+        self.released = False
+        """Detached without being drained (a private runner closed while its pipeline still held the feed open):
+        closing it later tells the owner it is drained."""
 
     def put(self, work: Work) -> None:
         """Hand a preprocessed frame over, waiting while the previous one is still in the slot.
@@ -287,7 +290,10 @@ class ModelRunner:
     def _close_feed(self, feed: Feed) -> None:
         with self._cond:
             feed.closed = True
+            released = feed.released
             self._cond.notify_all()
+        if released and not feed.aborted:
+            feed.owner.drained(feed)  # let go of when this runner closed: nothing is left for it to deliver
 
     def _abort_feed(self, feed: Feed) -> list[Work]:
         with self._cond:
@@ -330,6 +336,7 @@ class ModelRunner:
         with self._cond:
             if feed in self._feeds:
                 self._feeds.remove(feed)
+            feed.released = not notify and not feed.closed
             left, feed.item = feed.item, None
             self._cond.notify_all()
         if left is not None:
