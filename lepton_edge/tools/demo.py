@@ -203,6 +203,9 @@ def run_demo(duration_s: float | None, out_dir: Path, fleet: bool = True) -> int
                 "state_dir": str(out_dir / "device-state"),
                 "telemetry_interval_s": 1.0,
                 "scheduler_public_keys": [str(public_key)],
+                # each new workload is watched on live frames before the next is applied: 2 s, not the default 5,
+                # so the second stream joins the batch soon after the first starts
+                "health_check": {"window_s": 2.0},
                 # The workloads the scheduler pushes name the packaged models and write into out_dir.
                 "remote_policy": {"allowed_folders": [str(DATA_DIR), str(DEMO_MODEL.resolve().parent),
                                                       str(out_dir)]},
