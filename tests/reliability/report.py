@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,10 +144,16 @@ def render_markdown(records: list[ScenarioRecord], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _order(record: ScenarioRecord) -> tuple[int, str]:
+    """Scenarios in the order of their leading number (``2`` before ``10``, ``5b`` after ``5``), then by name."""
+    match = re.match(r"(\d+)(.*)", record.name)
+    return (int(match.group(1)), match.group(2)) if match else (1 << 30, record.name)
+
+
 def write_report(records: list[ScenarioRecord], directory: Path | None = None) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` (scenarios sorted by name); returns their paths."""
+    """Write ``report.json`` and ``report.md`` (scenarios in number order); returns their paths."""
     directory = directory or report_dir()
-    records = sorted(records, key=lambda r: r.name)
+    records = sorted(records, key=_order)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

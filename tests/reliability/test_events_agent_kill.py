@@ -74,7 +74,9 @@ def test_device_sigkill_during_a_burst_of_events_resends_every_queued_event(
         f"{len(stored)} were still unacknowledged on disk"
     )
     assert len(stored) >= 3, "the kill must leave events in the outbox, or it tests nothing"
-    assert set(stored) <= acknowledged  # the ledger line follows the commit; nothing in the outbox is unledgered
+    # The ledger line follows the commit, so the kill may cut the line of the put in progress: at most one event can
+    # be in the outbox without its line (it then counts as received-but-unledgered, never as lost).
+    assert len(set(stored) - acknowledged) <= 1
 
     restarted_at = time.monotonic()
     device.start()
@@ -109,6 +111,6 @@ def test_device_sigkill_during_a_burst_of_events_resends_every_queued_event(
     )
     assert acknowledged <= analytics_received(subscriber)  # 0 lost of those acknowledged to the outbox
     assert resent_equal == len(stored)
-    assert events.lost == [] and events.unexpected == 0 and events.conflicting == []
+    assert events.lost == [] and events.unexpected <= 1 and events.conflicting == []  # 1: a ledger line cut by the kill
     assert accounting.durable_lost == [] and accounting.conflicting_duplicates == []
     assert device.outbox_state()["depth"] == 0
