@@ -79,18 +79,22 @@ def test_short_soak_samples_the_running_device(tmp_path):
     assert "per minute" in text and "memory: slope" in text and "(partial)" in text
 
 
-def prefill_clip_folder(folder: Path, total_bytes: int, clip_bytes: int = 25_000) -> int:
-    """Fill ``folder`` with complete-looking old clips (video bytes and metadata) up to about ``total_bytes``, so
-    the first clip the soak writes is already over the quota; returns how many."""
+def prefill_clip_folder(folder: Path, quota: int, clip_bytes: int = 25_000, margin: int = 4096) -> int:
+    """Fill ``folder`` with complete-looking old clips (video bytes and metadata) to between ``margin`` and
+    ``margin`` + 200 bytes below ``quota``, so every clip of more than that the soak writes deletes at least one;
+    returns how many."""
     folder.mkdir(parents=True)
-    count = total_bytes // (clip_bytes + 200) - 1
-    old = time.time() - 3600
-    for i in range(count):
-        clip_id = f"prefill-{i:03d}"
-        (folder / f"{clip_id}.mp4").write_bytes(os.urandom(clip_bytes))
-        metadata = {"id": clip_id, "stream": "prefill", "end_wall": old + i, "bytes": clip_bytes}
-        (folder / f"{clip_id}.json").write_text(json.dumps(metadata))
-    return count
+    old, used, count = time.time() - 3600, 0, 0
+    while True:
+        clip_id = f"prefill-{count:03d}"
+        size = min(clip_bytes, quota - margin - used - 200)  # 200: more than the metadata takes
+        if size <= 0:
+            return count
+        metadata = json.dumps({"id": clip_id, "stream": "prefill", "end_wall": old + count, "bytes": size})
+        (folder / f"{clip_id}.mp4").write_bytes(os.urandom(size))
+        (folder / f"{clip_id}.json").write_text(metadata)
+        used += size + len(metadata)
+        count += 1
 
 
 @pytest.mark.integration
@@ -133,8 +137,9 @@ def test_short_soak_with_clips_written_and_deleted_keeps_memory_flat(scenario, t
         f"prefilled), {clips['failed']} failed; the folder holds {folder_bytes} bytes after the run (quota "
         f"{CLIP_QUOTA_BYTES}); RSS slope {memory['slope_mb_per_min']:+.2f} MB/min after the warm-up"
     )
-    assert clips["written"] >= 3 and clips["deleted"] >= clips["written"] - 1 and clips["failed"] == 0
+    assert clips["written"] >= 3 and clips["deleted"] >= clips["written"] and clips["failed"] == 0
     assert folder_bytes <= CLIP_QUOTA_BYTES and not [n for n in left if n.endswith(".part")]
-    # A short run only catches a gross leak (a raw frame kept per frame would be ~400 MB/min); the long run in
-    # docs/reliability.md is the verdict on flatness.
-    assert memory["slope_mb_per_min"] < 60.0 and memory["max_mb"] - memory["first_minute_mb"] < 60.0
+    # A short run only catches a gross leak: its slope over 14 s swings by tens of MB/min as clips hold their raw
+    # frames (up to 28 MB for a 4 s clip) until written, so it is reported, not judged. The frames of the 7 or so
+    # clips written, kept, would be about 100 MB; the long run in docs/reliability.md is the verdict on flatness.
+    assert memory["max_mb"] - memory["first_minute_mb"] < 60.0
