@@ -66,6 +66,8 @@ class RuntimeController:
         self._max_frames = max_frames
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._pending_lock = threading.Lock()
+        self._pending: WorkloadController | None = None
         self._started = False
         self.models = ModelRegistry()
         """The loaded models, each shared by the workloads that run it."""
@@ -184,6 +186,10 @@ class RuntimeController:
 
         Raises the first stage error, like :meth:`Pipeline.wait`."""
         self._stopping.set()
+        with self._pending_lock:
+            pending = self._pending
+        if pending is not None:
+            pending.stop(timeout)  # a workload being added: its health check ends now and it is not kept
         for pipeline in self.pipelines.values():
             pipeline.stop()  # all sources stop first, so the workloads drain side by side
         ended, error = True, None
@@ -192,6 +198,8 @@ class RuntimeController:
                 ended = workload.stop(timeout) and ended
             except LeptonError as e:
                 error = error or e
+        if self._lock.acquire(timeout=10.0 if timeout is None else timeout):  # an apply in progress has ended
+            self._lock.release()
         if error is not None:
             raise error
         return ended
@@ -267,9 +275,20 @@ class RuntimeController:
     def _add(self, name: str, view: DeviceConfig, version: int) -> ApplyResult:
         placeholder = DeviceConfig.model_validate({"device_id": view.device_id, "idle": True})
         workload = self._workload(placeholder, version)
-        if self._started:
-            workload.start()
-        result = workload.apply(view, version)
+        with self._pending_lock:  # either stop() sees this workload, or this sees the stop
+            if self._stopping.is_set():
+                return ApplyResult("rejected", ["the runtime is shutting down; send the config again later"])
+            self._pending = workload
+        try:
+            if self._started:
+                workload.start()
+            result = workload.apply(view, version)
+        finally:
+            with self._pending_lock:
+                self._pending = None
+        if result.outcome == "applied" and self._stopping.is_set():
+            workload.stop(10.0)
+            return ApplyResult("rejected", ["the runtime is shutting down; send the config again later"])
         if result.outcome == "applied":
             self.workloads[name] = workload
         return result

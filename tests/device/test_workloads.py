@@ -1,6 +1,7 @@
 """Several workloads on one device: a shared, batched model; live add, change and remove of one workload without
 touching the others; a failing workload isolated. Real onnxruntime, real synthetic sources."""
 
+import threading
 import time
 
 import numpy as np
@@ -205,3 +206,24 @@ def test_a_workload_failing_while_running_is_isolated_and_reported(tmp_path, mod
     again = controller.apply(parse_config(multi_data(tmp_path, {"color": models["color"]},
                                                      {"good": workloads["good"]}), "test"), 2)
     assert again.outcome == "applied" and not controller.failed  # left out of the new config: gone
+
+
+def test_stop_during_the_health_check_of_an_added_workload_leaves_nothing_running(tmp_path, models, device):
+    """A stop that lands while a new workload is on probation ends the probation, and neither the workload nor
+    its model's inference thread outlives the stop (a thread left inside onnxruntime aborts the process at exit)."""
+    start, _ = device
+    one = {"a": {"uri": FAST, "model": "color"}}
+    controller = start(config(tmp_path, models, one))
+    two = multi_data(tmp_path, {"color": models["color"], "color16": models["color16"]},
+                     {**one, "b": {"uri": FAST, "model": "color16"}})
+    two["agent"]["health_check"] = {"window_s": 60, "min_frames": 1000}
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("r", controller.apply(parse_config(two, "t"), 2)))
+    thread.start()
+    wait_until(lambda: len(controller.models.runners()) == 2)  # b's model is loaded: b is on probation
+    started = time.monotonic()
+    assert controller.stop(10)
+    thread.join(10)
+    assert time.monotonic() - started < 8 and outcome["r"].workloads["b"].outcome != "applied"
+    assert "b" not in controller.workloads
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("lepton-infer")], 5)
