@@ -275,10 +275,17 @@ class ModelRunner:
             return feed
 
     def _put(self, feed: Feed, work: Work) -> None:
+        superseded = None
         with self._cond:
+            if feed.item is not None and getattr(feed.owner, "drops_frames", False):
+                # Latest frame wins here too: a live stream's newer frame replaces the one still waiting, so a
+                # frame is not inferred a whole batch cycle after it was preprocessed.
+                superseded, feed.item = feed.item, None
             while feed.item is not None and not (feed.closed or feed.aborted or self._closed):
                 self._cond.wait()
             if feed.closed or feed.aborted or self._closed:
+                if superseded is not None:
+                    feed.owner.drop(superseded, "superseded")
                 raise ChannelClosed
             t = now()
             gap = t - feed.last_put
@@ -286,6 +293,8 @@ class ModelRunner:
             feed.last_put = work.arrived_ts = t
             feed.item = work
             self._cond.notify_all()
+        if superseded is not None:
+            feed.owner.drop(superseded, "superseded")
 
     def _close_feed(self, feed: Feed) -> None:
         with self._cond:

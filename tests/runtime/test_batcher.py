@@ -171,6 +171,29 @@ def test_batch_of_one_serves_streams_round_robin(models):
     runner.close()
 
 
+def test_a_live_streams_newer_frame_replaces_the_one_waiting_for_the_model(tmp_path):
+    """Latest frame wins at the model too: while four live streams wait their turn at a slow model, each stream's
+    newest preprocessed frame replaces the one waiting, so a frame is not inferred a whole round after it was
+    taken (its age at inference stays well under the round of four inferences it would otherwise wait)."""
+    path = slow_model(tmp_path / "slower.onnx", size=16, work=6)  # a few ms per frame: slower than the sources
+    backend = RecordingBackend(path).load()
+    runner = ModelRunner(backend, source="tensor", name="slower")
+    pipes = [stream(runner, Reader(k, 100_000, fps=400, shape=(3, 16, 16)), live=True, max_frame_age_ms=10_000)
+             for k in range(4)]
+    for p, _ in pipes:
+        p.start()
+    time.sleep(2.0)
+    for p, _ in pipes:
+        p.stop()
+    for p, _ in pipes:
+        assert p.wait(10)
+    done = [r for _, sink in pipes for r in sink.results[5:]]
+    age = float(np.median([r.age_ms - r.stage_ms["queue"] - r.stage_ms["preprocess"] for r in done]))
+    infer = float(np.median([r.stage_ms["infer"] for r in done]))
+    assert age < 2.0 * infer, (age, infer)  # waiting for a whole round would be about 3 inferences
+    runner.close()
+
+
 def test_a_stalled_stream_does_not_delay_the_others(models):
     backend = RecordingBackend(models["dynamic"]).load()
     runner = ModelRunner(backend, source="tensor", batch_timeout_ms=100.0, name="dyn")
