@@ -32,9 +32,11 @@ the model. An error in one feed's own state (a state output that cannot be fed b
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -48,6 +50,20 @@ from lepton_edge.runtime.channel import ChannelClosed
 from lepton_edge.runtime.inputs import InputPlan, InputState, plan_inputs
 
 log = logging.getLogger(__name__)
+
+_RUNNERS: weakref.WeakSet[ModelRunner] = weakref.WeakSet()
+"""Every runner not yet garbage: closed at interpreter exit (see :func:`_close_runners_at_exit`)."""
+
+
+@atexit.register
+def _close_runners_at_exit() -> None:
+    """Stop every inference thread before the interpreter tears the inference libraries down: a daemon thread
+    still inside an onnxruntime session at exit aborts the process ("terminate called without an active
+    exception"), whatever stopped or did not stop the pipelines before."""
+    for runner in list(_RUNNERS):
+        with contextlib.suppress(Exception):
+            runner.close(timeout=5.0, quiet=True)
+
 
 MAX_DYNAMIC_BATCH = 16
 """The default batch of a dynamic-batch model: the number of attached feeds, at most this."""
@@ -199,6 +215,7 @@ class ModelRunner:
         if not 0.0 <= batch_timeout_ms <= 10_000.0:
             raise ValueError(f"batch_timeout_ms must be between 0 and 10000, got {batch_timeout_ms}")
         self.backend = backend
+        _RUNNERS.add(self)
         self.name = name or backend.name
         self.plan = plan or plan_inputs(backend.inputs, backend.outputs, inputs, source=source, where=self.name)
         self.mode, self._fixed, why = batch_mode(self.plan, backend)

@@ -7,7 +7,10 @@ source frame. A frame's crops go through the classifier as one batch when its ba
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +22,16 @@ from lepton_edge.core.errors import ConfigError
 from lepton_edge.core.results import Attributes, Classification, Detections
 from lepton_edge.runtime.backends.base import Backend
 from lepton_edge.runtime.preprocess import Preprocessor, Transform
+
+_CLASSIFIERS: weakref.WeakSet[CascadeClassifier] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_classifiers_at_exit() -> None:
+    """As the batcher's runners: no postprocess thread may be inside a classifier when the interpreter exits."""
+    for classifier in list(_CLASSIFIERS):
+        with contextlib.suppress(Exception):
+            classifier.close()
 
 
 class CascadeClassifier:
@@ -40,6 +53,7 @@ class CascadeClassifier:
         """True when the batch axis is dynamic: a frame's crops run in one inference."""
         self._lock = threading.Lock()
         self._closed = False
+        _CLASSIFIERS.add(self)
 
     def classify(self, crops: Sequence[np.ndarray]) -> list[Classification]:
         """The classifier's answer for each crop (BGR images of any size); none once closed (a frame that was

@@ -1,7 +1,11 @@
 """Cross-stream batching: several pipelines on one ModelRunner, with real onnxruntime and real ONNX models."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -351,3 +355,31 @@ def test_the_private_runner_of_a_backend_pipeline_batches_nothing(models):
     check_stream(reader, sink, 20)
     assert set(backend.batches) == {1}
     assert not lepton_threads()
+
+
+EXIT_SCRIPT = """
+import sys, time
+from pathlib import Path
+from lepton_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from lepton_edge.runtime.batcher import ModelRunner
+from lepton_edge.runtime.pipeline import Pipeline
+from tests.runtime.test_batcher import ListSink, Reader
+runner = ModelRunner(OnnxRuntimeBackend(Path(sys.argv[1]), in_pipeline=True).load(), source="tensor", name="slow")
+sink = ListSink()
+Pipeline(Reader(0, 100_000, fps=200, shape=(3, 32, 32)), runner=runner, postprocessor=lambda o, t: o, sinks=[sink],
+         preprocessor=None, live=True).start()
+while len(sink.results) < 20:
+    time.sleep(0.05)
+"""
+
+
+def test_the_process_exits_cleanly_while_a_model_is_inferring(tmp_path):
+    """A process that exits with a pipeline still running (no stop) must not abort: an inference thread inside
+    onnxruntime while the interpreter tears it down ends in "terminate called without an active exception"."""
+    model = slow_model(tmp_path / "slow32.onnx", size=32, work=16)
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script), str(model)], cwd=root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
