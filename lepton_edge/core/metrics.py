@@ -43,11 +43,15 @@ class LatencyWindow:
 
     def summary(self) -> dict[str, float]:
         """p50/p90/p99 of the window and the all-time max, in ms (zeros when empty)."""
-        s = self.samples()
-        if not len(s):
-            return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
-        p50, p90, p99 = np.percentile(s, (50, 90, 99))
-        return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": self.max_ms, "count": self.count}
+        return latency_summary(self.samples(), self.count, self.max_ms)
+
+
+def latency_summary(samples: np.ndarray, count: int, max_ms: float) -> dict[str, float]:
+    """p50/p90/p99 of ``samples`` with the all-time ``count`` and ``max_ms`` (zeros when there are no samples)."""
+    if not len(samples):
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
+    p50, p90, p99 = np.percentile(samples, (50, 90, 99))
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": max_ms, "count": count}
 
 
 class DropCounter:

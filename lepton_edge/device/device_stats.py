@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from lepton_edge.core.metrics import LatencyWindow
+from lepton_edge.core.metrics import LatencyWindow, latency_summary
 from lepton_edge.core.results import now
 from lepton_edge.runtime.pipeline import STAGES, PipelineStats
 
@@ -26,11 +26,7 @@ class MergedWindow:
         return np.concatenate([w.samples() for w in self._windows]) if self._windows else np.zeros(0)
 
     def summary(self) -> dict[str, float]:
-        s = self.samples()
-        if not len(s):
-            return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
-        p50, p90, p99 = np.percentile(s, (50, 90, 99))
-        return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": self.max_ms, "count": self.count}
+        return latency_summary(self.samples(), self.count, self.max_ms)
 
 
 class MergedDrops:
