@@ -118,7 +118,7 @@ def evaluate(path: Path) -> dict[str, float]:
         boxes, _ = scene.boxes()
         crops, wanted = [], []
         for shape, box in zip(scene.shapes, boxes, strict=True):
-            x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+            x0, y0, x1, y1 = (round(float(v)) for v in box)
             if nearest_hue(shape.color) >= 0 and x1 > x0 and y1 > y0:
                 crops.append(image[y0:y1, x0:x1])
                 wanted.append(nearest_hue(shape.color))
