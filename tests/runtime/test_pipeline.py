@@ -94,7 +94,8 @@ def test_frames_older_than_max_age_are_dropped(slow):
     sink = ListSink()
     cfg = config(slow, "synthetic://shapes?fps=1000&width=320&height=240", source={"max_frame_age_ms": 2})
     stats = open_pipeline(cfg, max_frames=100, extra_sinks=[sink]).run()
-    assert stats["drops"].get("too_old", 0) > 0
+    # Stale frames go: too old at a stage, or replaced by a newer one while waiting for the model.
+    assert stats["drops"].get("too_old", 0) + stats["drops"].get("superseded", 0) > 0
     assert sink.results, "some fresh frames must get through"
     for r in sink.results:
         assert r.age_ms <= 2.0  # the check happens just before inference starts
