@@ -29,7 +29,9 @@ def test_a_flooder_is_isolated_then_heard_again_and_devices_born_meanwhile_are_s
     config = fast_config(
         fresh_broker.port,
         f"sqlite:///{tmp_path}/fleet.db",
-        heartbeat_timeout_s=5.0,
+        # Longer than the whole sequence: the flooder must not go offline by its heartbeat while it is isolated
+        # (on a busy machine the isolation, the late birth and the refill took more than 5 s).
+        heartbeat_timeout_s=30.0,
         ingest={"device_rate_hz": 5.0, "device_burst": 5, "flood_threshold": 50, "flood_quarantine_s": 1.5},
     )
     service = SchedulerService(config).start()
