@@ -608,10 +608,3 @@ class ModelRunner:
                 feed.owner.drop(work, "aborted")
         finally:
             self._release(feed)
-
-
-def describe(runner: ModelRunner) -> dict[str, Any]:
-    """How ``runner`` batches, for logs and telemetry."""
-    return {"model": runner.name, "mode": runner.mode, "max_batch": runner.max_batch,
-            "batch_timeout_ms": runner.batch_timeout_s * 1000.0, "feeds": [f.name for f in runner.feeds]}
-

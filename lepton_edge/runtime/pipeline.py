@@ -82,9 +82,6 @@ class PipelineStats:
 
 
 
-_Work = Work
-
-
 def _fixed_or_one(dim: object) -> int:
     return dim if isinstance(dim, int) and dim > 0 else 1
 
@@ -272,12 +269,12 @@ class Pipeline:
         self.max_frames = max_frames
         self.stats = stats or PipelineStats(latency_window)
         self._stop = stop_event or threading.Event()
-        self._frames: Channel[_Work] = Channel(1, "latest") if live else Channel(2, "block")
+        self._frames: Channel[Work] = Channel(1, "latest") if live else Channel(2, "block")
         self._apply_drop_policy()
         self._feed: Feed | None = None
         self._fed_model: ModelBundle | None = None
         self._abort_event = threading.Event()
-        self._outputs: Channel[_Work] = Channel(2, "block")
+        self._outputs: Channel[Work] = Channel(2, "block")
         self._sinks_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
@@ -493,12 +490,12 @@ class Pipeline:
             frame = next(frames, None)
             if frame is None:
                 return
-            work = _Work(frame, epoch=(generation, getattr(reader, "opens", 0)), decoded_ts=now())
+            work = Work(frame, epoch=(generation, getattr(reader, "opens", 0)), decoded_ts=now())
             work.stage_ms["decode"] = (work.decoded_ts - t0) * 1000.0
             self.stats.latency["decode"].add(work.stage_ms["decode"])
             yield work
 
-    def _drop(self, work: _Work, reason: str) -> None:
+    def _drop(self, work: Work, reason: str) -> None:
         self.stats.drops.add(reason)
         work.return_buffer()
         if work.model is not None:
@@ -513,7 +510,7 @@ class Pipeline:
     def has_room(self) -> bool:
         return len(self._outputs) < self._outputs.capacity
 
-    def deliver(self, work: _Work) -> None:
+    def deliver(self, work: Work) -> None:
         self.stats.latency["frame_age"].add(work.age_ms)
         self.stats.latency["infer"].add(work.stage_ms["infer"])
         try:
@@ -521,7 +518,7 @@ class Pipeline:
         except ChannelClosed:  # aborted
             self._drop(work, "aborted")
 
-    def drop(self, work: _Work, reason: str) -> None:
+    def drop(self, work: Work, reason: str) -> None:
         self._drop(work, reason)
 
     def fail(self, error: BaseException) -> None:
